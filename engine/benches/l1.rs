@@ -1,0 +1,257 @@
+//! `cargo bench -p engine --bench l1`: the engine against moka (W-TinyLFU) and quick_cache
+//! (S3-FIFO), same keys, same capacity, same run.
+//!
+//! - `get_hit`: 100k entries with 100-byte values in caches of capacity 131,072, keys read
+//!   in a fixed random order.
+//!   `engine` borrows the value under its read guard (`get_with`), which is what the
+//!   server does when it writes a response; `engine_copy` copies it out (`get`); moka and
+//!   quick_cache hand out a clone of an `Arc<[u8]>` value.
+//! - `set`: random keys from a space of 200k into a cache of capacity 100k, so the steady
+//!   state mixes overwrites with inserts that evict.
+//! - `get_hit_concurrent`: `get_hit` on 2 threads; time is wall time over the total
+//!   operations of both (as Go's `RunParallel` reports ns/op).
+//! - `singleflight`: one leader joining and completing a flight, no followers (the Go
+//!   service's `BenchmarkRequestCoalescer`).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use engine::singleflight::{Join, SingleFlight};
+use engine::{Cache, CoarseClock};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const ENTRIES: usize = 100_000;
+/// Capacity for the read benchmarks: room for every key, since keys hash unevenly across
+/// shards (all three caches are sharded). `set` uses `ENTRIES` so that it evicts.
+const READ_CAPACITY: usize = 131_072;
+const VALUE: [u8; 100] = [7; 100];
+const ORDER_LEN: usize = 1 << 20;
+
+fn keys(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("key:{i}").into_bytes()).collect()
+}
+
+fn random_order(space: usize, seed: u64) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..ORDER_LEN)
+        .map(|_| rng.gen_range(0..space as u32))
+        .collect()
+}
+
+fn engine_cache(keys: &[Vec<u8>], capacity: usize) -> Cache<CoarseClock> {
+    let cache = Cache::builder(capacity).clock(CoarseClock::new()).build();
+    for k in keys {
+        cache.insert(k, &VALUE, None).unwrap();
+    }
+    cache
+}
+
+fn moka_cache(keys: &[Vec<u8>], capacity: usize) -> moka::sync::Cache<Vec<u8>, Arc<[u8]>> {
+    let cache = moka::sync::Cache::new(capacity as u64);
+    for k in keys {
+        cache.insert(k.clone(), Arc::from(&VALUE[..]));
+    }
+    cache.run_pending_tasks();
+    cache
+}
+
+fn quick_cache(keys: &[Vec<u8>], capacity: usize) -> quick_cache::sync::Cache<Vec<u8>, Arc<[u8]>> {
+    let cache = quick_cache::sync::Cache::new(capacity);
+    for k in keys {
+        cache.insert(k.clone(), Arc::from(&VALUE[..]));
+    }
+    cache
+}
+
+/// Runs `op` over the fixed order, `iters` times in all.
+fn drive(iters: u64, order: &[u32], mut op: impl FnMut(u32)) {
+    let mut i = 0;
+    for _ in 0..iters {
+        op(order[i]);
+        i = (i + 1) & (ORDER_LEN - 1);
+    }
+}
+
+fn get_hit(c: &mut Criterion) {
+    let keys = keys(ENTRIES);
+    let order = random_order(ENTRIES, 1);
+    let mut group = c.benchmark_group("get_hit");
+
+    let cache = engine_cache(&keys, READ_CAPACITY);
+    assert_eq!(cache.len(), ENTRIES, "every key fits");
+    group.bench_function("engine", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            drive(iters, &order, |i| {
+                black_box(cache.get_with(&keys[i as usize], |e| e.value.len()));
+            });
+            start.elapsed()
+        })
+    });
+    group.bench_function("engine_copy", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            drive(iters, &order, |i| {
+                black_box(cache.get(&keys[i as usize]));
+            });
+            start.elapsed()
+        })
+    });
+    drop(cache);
+
+    let moka = moka_cache(&keys, READ_CAPACITY);
+    group.bench_function("moka", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            drive(iters, &order, |i| {
+                black_box(moka.get(&keys[i as usize][..]));
+            });
+            start.elapsed()
+        })
+    });
+    drop(moka);
+
+    let quick = quick_cache(&keys, READ_CAPACITY);
+    group.bench_function("quick_cache", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            drive(iters, &order, |i| {
+                black_box(quick.get(&keys[i as usize][..]));
+            });
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+fn set(c: &mut Criterion) {
+    let space = 2 * ENTRIES;
+    let keys = keys(space);
+    let order = random_order(space, 2);
+    let mut group = c.benchmark_group("set");
+
+    let cache = engine_cache(&keys[..ENTRIES], ENTRIES);
+    group.bench_function("engine", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            drive(iters, &order, |i| {
+                black_box(cache.insert(&keys[i as usize], &VALUE, None).ok());
+            });
+            start.elapsed()
+        })
+    });
+    drop(cache);
+
+    let moka = moka_cache(&keys[..ENTRIES], ENTRIES);
+    let value: Arc<[u8]> = Arc::from(&VALUE[..]);
+    group.bench_function("moka", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            drive(iters, &order, |i| {
+                moka.insert(keys[i as usize].clone(), value.clone());
+            });
+            start.elapsed()
+        })
+    });
+    drop(moka);
+
+    let quick = quick_cache(&keys[..ENTRIES], ENTRIES);
+    group.bench_function("quick_cache", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            drive(iters, &order, |i| {
+                quick.insert(keys[i as usize].clone(), value.clone());
+            });
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+/// Splits `iters` operations over two threads; returns the wall time of the whole.
+fn two_threads(iters: u64, orders: &[Vec<u32>; 2], op: impl Fn(u32) + Sync) -> Duration {
+    let barrier = std::sync::Barrier::new(3);
+    std::thread::scope(|s| {
+        for order in orders {
+            let (barrier, op) = (&barrier, &op);
+            s.spawn(move || {
+                barrier.wait();
+                drive(iters / 2, order, op);
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+fn get_hit_concurrent(c: &mut Criterion) {
+    let keys = keys(ENTRIES);
+    let orders = [random_order(ENTRIES, 3), random_order(ENTRIES, 4)];
+    let mut group = c.benchmark_group("get_hit_concurrent");
+
+    let cache = engine_cache(&keys, READ_CAPACITY);
+    group.bench_function("engine", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &orders, |i| {
+                black_box(cache.get_with(&keys[i as usize], |e| e.value.len()));
+            })
+        })
+    });
+    drop(cache);
+
+    let moka = moka_cache(&keys, READ_CAPACITY);
+    group.bench_function("moka", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &orders, |i| {
+                black_box(moka.get(&keys[i as usize][..]));
+            })
+        })
+    });
+    drop(moka);
+
+    let quick = quick_cache(&keys, READ_CAPACITY);
+    group.bench_function("quick_cache", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &orders, |i| {
+                black_box(quick.get(&keys[i as usize][..]));
+            })
+        })
+    });
+    group.finish();
+}
+
+fn singleflight(c: &mut Criterion) {
+    let keys = keys(1_024);
+    let order = random_order(keys.len(), 5);
+    let flights: SingleFlight<Arc<[u8]>, ()> = SingleFlight::new();
+    let value: Arc<[u8]> = Arc::from(&VALUE[..]);
+    let mut group = c.benchmark_group("singleflight");
+    group.bench_function("engine", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            drive(iters, &order, |i| match flights.join(&keys[i as usize]) {
+                Join::Leader(fill) => {
+                    black_box(fill.complete(Ok(value.clone())));
+                }
+                Join::Follower(_) => unreachable!("no concurrent flights"),
+            });
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = get_hit, set, get_hit_concurrent, singleflight
+}
+criterion_main!(benches);

@@ -1,0 +1,228 @@
+//! [`Cache`]: the engine as a library, for callers without a thread-per-core runtime.
+//!
+//! It is the same shards the server runs, with each shard's writer behind its own mutex
+//! instead of on its own core: reads stay lock-free, writes lock one shard. It does not
+//! count hits and misses (one shared counter touched by every read would cost more than
+//! the read); callers that want them count where they read, as the server does per core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::glob::Glob;
+use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::router::Router;
+use crate::shard::{InsertError, Inserted, ShardConfig, ShardWriter};
+use crate::table::{EntryRef, TableReader};
+use crate::time::{Clock, SystemClock};
+
+pub struct Cache<C: Clock = SystemClock> {
+    router: Router,
+    readers: Box<[TableReader]>,
+    writers: Box<[Mutex<ShardWriter>]>,
+    metrics: Box<[Arc<ShardMetrics>]>,
+    clock: C,
+}
+
+pub struct CacheBuilder<C: Clock> {
+    max_entries: usize,
+    max_bytes: u64,
+    shards: Option<usize>,
+    seeds: Option<[u64; 4]>,
+    clock: C,
+}
+
+impl Cache<SystemClock> {
+    /// A builder for a cache of at most `max_entries` entries (and no byte bound unless
+    /// one is set).
+    pub fn builder(max_entries: usize) -> CacheBuilder<SystemClock> {
+        CacheBuilder {
+            max_entries,
+            max_bytes: u64::MAX,
+            shards: None,
+            seeds: None,
+            clock: SystemClock,
+        }
+    }
+}
+
+impl<C: Clock> CacheBuilder<C> {
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Number of shards (default: four per available core, so writers rarely contend).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Fixes the hash seeds (default: random per process).
+    pub fn seeds(mut self, seeds: [u64; 4]) -> Self {
+        self.seeds = Some(seeds);
+        self
+    }
+
+    pub fn clock<C2: Clock>(self, clock: C2) -> CacheBuilder<C2> {
+        CacheBuilder {
+            max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+            shards: self.shards,
+            seeds: self.seeds,
+            clock,
+        }
+    }
+
+    /// Builds the cache. Bounds are split across shards so that their sum is exactly the
+    /// configured bound; a cache with fewer entries than shards gets fewer shards.
+    pub fn build(self) -> Cache<C> {
+        let default_shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
+        let shards = self
+            .shards
+            .unwrap_or(default_shards)
+            .clamp(1, self.max_entries.max(1));
+        let router = match self.seeds {
+            Some(seeds) => Router::with_seeds(shards, seeds),
+            None => Router::new(shards),
+        };
+        let now = self.clock.now_ms();
+        let metrics: Box<[Arc<ShardMetrics>]> = (0..shards).map(|_| Arc::default()).collect();
+        let writers: Box<[Mutex<ShardWriter>]> = (0..shards)
+            .map(|i| {
+                let config = ShardConfig {
+                    max_entries: split(self.max_entries as u64, shards, i) as usize,
+                    max_bytes: split(self.max_bytes, shards, i),
+                };
+                Mutex::new(ShardWriter::new(config, metrics[i].clone(), now))
+            })
+            .collect();
+        let readers = writers.iter().map(|w| w.lock().reader()).collect();
+        Cache {
+            router,
+            readers,
+            writers,
+            metrics,
+            clock: self.clock,
+        }
+    }
+}
+
+/// Shard `i`'s part of `total` over `shards` parts, the remainder going to the first ones.
+fn split(total: u64, shards: usize, i: usize) -> u64 {
+    if total == u64::MAX {
+        return u64::MAX;
+    }
+    total / shards as u64 + u64::from((i as u64) < total % shards as u64)
+}
+
+impl<C: Clock> Cache<C> {
+    /// Reads `key` lock-free and hands the entry to `read` while it is protected; the
+    /// value is borrowed, not copied.
+    #[inline]
+    pub fn get_with<R>(&self, key: &[u8], read: impl FnOnce(EntryRef<'_>) -> R) -> Option<R> {
+        let hash = self.router.hash(key);
+        self.readers[self.router.shard_of(hash)].get_with(hash, key, self.clock.now_ms(), read)
+    }
+
+    /// A copy of the value of `key`, if it is present and not expired.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.get_with(key, |e| e.value.to_vec())
+    }
+
+    /// Stores `value` under `key` for `ttl` (forever if `None`). Runs due expiries on the
+    /// shard first, so expired entries make room before anything is evicted.
+    pub fn insert(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Inserted, InsertError> {
+        let hash = self.router.hash(key);
+        let now = self.clock.now_ms();
+        let expires_at = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+        let mut shard = self.writers[self.router.shard_of(hash)].lock();
+        shard.expire(now);
+        shard.insert(hash, key, value, expires_at, now)
+    }
+
+    /// Deletes `key`; says whether a live entry was there.
+    pub fn remove(&self, key: &[u8]) -> bool {
+        let hash = self.router.hash(key);
+        self.writers[self.router.shard_of(hash)]
+            .lock()
+            .remove(hash, key, self.clock.now_ms())
+    }
+
+    /// Deletes every key matching `pattern` (Redis glob syntax); returns how many. A
+    /// pattern without wildcards goes straight to its key's shard.
+    pub fn invalidate(&self, pattern: &Glob) -> usize {
+        if pattern.is_literal() {
+            return usize::from(self.remove(pattern.literal_prefix()));
+        }
+        let now = self.clock.now_ms();
+        self.writers
+            .iter()
+            .map(|w| w.lock().remove_matching(pattern, now))
+            .sum()
+    }
+
+    /// Drops every expired entry now instead of at the next insert; returns how many.
+    pub fn run_pending_tasks(&self) -> usize {
+        let now = self.clock.now_ms();
+        self.writers.iter().map(|w| w.lock().expire(now)).sum()
+    }
+
+    /// Entries held (expired ones included until they are dropped).
+    pub fn len(&self) -> usize {
+        self.metrics().entries as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        MetricsSnapshot::sum(self.metrics.iter().map(|m| &**m))
+    }
+}
+
+#[cfg(all(test, not(engine_loom)))]
+mod tests {
+    use super::*;
+    use crate::time::ManualClock;
+
+    #[test]
+    fn bounds_split_exactly_across_shards() {
+        let parts: Vec<u64> = (0..4).map(|i| split(10, 4, i)).collect();
+        assert_eq!(parts, vec![3, 3, 2, 2]);
+        assert_eq!(split(u64::MAX, 3, 1), u64::MAX);
+        let cache = Cache::builder(3).shards(8).build();
+        assert_eq!(cache.writers.len(), 3);
+    }
+
+    #[test]
+    fn ttl_follows_the_injected_clock() {
+        let clock = ManualClock::new(1_000_000);
+        let cache = Cache::builder(100).shards(2).clock(clock.clone()).build();
+        cache
+            .insert(b"k", b"v", Some(Duration::from_secs(10)))
+            .unwrap();
+        clock.advance(Duration::from_millis(9_999));
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"v"[..]));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(cache.get(b"k"), None);
+        assert_eq!(cache.run_pending_tasks(), 1);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn literal_patterns_take_the_direct_route() {
+        let cache = Cache::builder(100).shards(4).build();
+        cache.insert(b"a*b", b"1", None).unwrap();
+        cache.insert(b"axb", b"2", None).unwrap();
+        assert_eq!(cache.invalidate(&Glob::new(b"a\\*b")), 1);
+        assert_eq!(cache.get(b"axb").as_deref(), Some(&b"2"[..]));
+    }
+}

@@ -1,0 +1,36 @@
+//! The cache core of cache-manager, with no I/O: pure data structures driven by their
+//! caller, testable in microseconds.
+//!
+//! - [`table`]: the per-shard hash table — one writer, lock-free readers (seize).
+//! - [`clock`]: CLOCK eviction, bounded by entries and bytes.
+//! - [`wheel`]: the hierarchical timer wheel that expires TTLs.
+//! - [`shard`]: the three together, with honest byte accounting.
+//! - [`singleflight`]: one fill per missing key, with fencing against invalidations.
+//! - [`glob`]: Redis-exact glob patterns in O(pattern × key).
+//! - [`router`]: key → owner shard, and the messages cores send owners.
+//! - [`metrics`]: per-shard counters and HDR latency histograms.
+//! - [`time`]: injected clocks.
+//! - [`Cache`]: all of it as a thread-safe library cache.
+
+pub mod cache;
+pub mod clock;
+pub mod glob;
+pub mod metrics;
+pub mod router;
+pub mod shard;
+pub mod singleflight;
+mod sync;
+pub mod table;
+pub mod time;
+pub mod wheel;
+
+pub use cache::{Cache, CacheBuilder};
+pub use glob::Glob;
+pub use metrics::{LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics};
+pub use router::{mailboxes, Command, Mailboxes, OwnedEntry, Router, ShardGone};
+pub use shard::{entry_charge, InsertError, Inserted, ShardConfig, ShardWriter, ENTRY_OVERHEAD};
+pub use table::{EntryRef, TableReader};
+pub use time::{Clock, CoarseClock, ManualClock, SystemClock};
+
+#[cfg(all(test, engine_loom))]
+mod loom_tests;

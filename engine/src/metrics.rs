@@ -1,0 +1,230 @@
+//! Counters and latency histograms, readable from any core at any time.
+//!
+//! Each shard (one per core in the server) owns a [`ShardMetrics`]: every counter is an
+//! atomic on its own cache line, written by that core alone (the owner for writes, the
+//! accepting core for reads), so counting never bounces a line between cores. A reader
+//! of the metrics sums the shards with relaxed loads: each counter is exact, a snapshot
+//! across counters is approximate, as in Redis's INFO.
+//!
+//! Latency goes into HDR histograms (`hdrhistogram`, 3 significant digits, 1 µs to 1 h),
+//! one per operation per core behind an uncontended lock, merged on read.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+/// A monotonically increasing count on its own cache line.
+#[derive(Debug, Default)]
+pub struct Counter(CachePadded<AtomicU64>);
+
+impl Counter {
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
+    #[inline(always)]
+    pub fn incr(&self) {
+        self.add(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A level (entries, bytes) set by its single writer.
+#[derive(Debug, Default)]
+pub struct Gauge(CachePadded<AtomicU64>);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// One shard's counters.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub sets: Counter,
+    pub deletes: Counter,
+    pub evictions: Counter,
+    pub expirations: Counter,
+    /// Misses that waited on another request's fill instead of fetching themselves.
+    pub coalesced: Counter,
+    pub entries: Gauge,
+    pub bytes: Gauge,
+}
+
+/// Totals over a set of shards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub sets: u64,
+    pub deletes: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub coalesced: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl ShardMetrics {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            sets: self.sets.get(),
+            deletes: self.deletes.get(),
+            evictions: self.evictions.get(),
+            expirations: self.expirations.get(),
+            coalesced: self.coalesced.get(),
+            entries: self.entries.get(),
+            bytes: self.bytes.get(),
+        }
+    }
+}
+
+impl MetricsSnapshot {
+    pub fn sum<'a>(shards: impl IntoIterator<Item = &'a ShardMetrics>) -> Self {
+        shards
+            .into_iter()
+            .map(ShardMetrics::snapshot)
+            .fold(Self::default(), |a, b| a + b)
+    }
+
+    /// Hits over lookups, 0 when there were none.
+    pub fn hit_rate(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
+}
+
+impl std::ops::Add for MetricsSnapshot {
+    type Output = Self;
+
+    fn add(self, o: Self) -> Self {
+        Self {
+            hits: self.hits + o.hits,
+            misses: self.misses + o.misses,
+            sets: self.sets + o.sets,
+            deletes: self.deletes + o.deletes,
+            evictions: self.evictions + o.evictions,
+            expirations: self.expirations + o.expirations,
+            coalesced: self.coalesced + o.coalesced,
+            entries: self.entries + o.entries,
+            bytes: self.bytes + o.bytes,
+        }
+    }
+}
+
+/// Latency of one operation on one core, in microseconds.
+#[derive(Debug)]
+pub struct LatencyRecorder(Mutex<Histogram<u64>>);
+
+/// Percentiles of a latency distribution, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+const HIGHEST_TRACKABLE_US: u64 = 3_600_000_000;
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        Self(Mutex::new(
+            Histogram::new_with_bounds(1, HIGHEST_TRACKABLE_US, 3).expect("valid bounds"),
+        ))
+    }
+}
+
+impl LatencyRecorder {
+    pub fn record(&self, latency: Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, HIGHEST_TRACKABLE_US);
+        self.0.lock().saturating_record(us);
+    }
+
+    /// Merges several recorders (one per core) into one histogram.
+    pub fn merged<'a>(recorders: impl IntoIterator<Item = &'a LatencyRecorder>) -> Histogram<u64> {
+        let mut total =
+            Histogram::new_with_bounds(1, HIGHEST_TRACKABLE_US, 3).expect("valid bounds");
+        for r in recorders {
+            total.add(&*r.0.lock()).expect("same bounds");
+        }
+        total
+    }
+
+    pub fn summarize(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            mean_us: h.mean(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_sum_across_shards() {
+        let a = ShardMetrics::default();
+        let b = ShardMetrics::default();
+        a.hits.add(3);
+        b.hits.incr();
+        b.misses.add(4);
+        a.entries.set(10);
+        b.entries.set(5);
+        let total = MetricsSnapshot::sum([&a, &b]);
+        assert_eq!(total.hits, 4);
+        assert_eq!(total.misses, 4);
+        assert_eq!(total.entries, 15);
+        assert!((total.hit_rate() - 0.5).abs() < 1e-9);
+        assert_eq!(MetricsSnapshot::default().hit_rate(), 0.0);
+    }
+
+    #[test]
+    fn latency_percentiles_merge_across_cores() {
+        let core0 = LatencyRecorder::default();
+        let core1 = LatencyRecorder::default();
+        for us in 1..=900 {
+            core0.record(Duration::from_micros(us));
+        }
+        for us in 901..=1000 {
+            core1.record(Duration::from_micros(us));
+        }
+        let summary = LatencyRecorder::summarize(&LatencyRecorder::merged([&core0, &core1]));
+        assert_eq!(summary.count, 1000);
+        assert!((495..=505).contains(&summary.p50_us), "{summary:?}");
+        assert!((985..=995).contains(&summary.p99_us), "{summary:?}");
+        assert_eq!(summary.max_us, 1000);
+    }
+}

@@ -1,0 +1,377 @@
+//! Which shard owns a key, and the messages other cores send to that owner.
+//!
+//! Keys are hashed once with ahash under seeds fixed for the life of the process (random
+//! by default, so key choice cannot be used to flood one chain); the high 32 bits pick
+//! the shard and the low bits the table bucket, so the two never correlate. Every write
+//! is a [`Command`] sent over a flume channel to the owner, which applies commands in
+//! arrival order and answers each on its own one-shot reply channel. Invalidation by
+//! pattern fans out to every shard and sums what they removed.
+
+use std::sync::Arc;
+
+use crate::glob::Glob;
+use crate::shard::{InsertError, Inserted, ShardWriter};
+
+#[derive(Clone, Debug)]
+pub struct Router {
+    hasher: ahash::RandomState,
+    shards: u32,
+}
+
+impl Router {
+    /// A router over `shards` shards with seeds drawn once, for this process.
+    pub fn new(shards: usize) -> Self {
+        Self::from_hasher(shards, ahash::RandomState::new())
+    }
+
+    /// A router with explicit seeds: the same keys land on the same shards every run.
+    pub fn with_seeds(shards: usize, seeds: [u64; 4]) -> Self {
+        Self::from_hasher(
+            shards,
+            ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
+        )
+    }
+
+    fn from_hasher(shards: usize, hasher: ahash::RandomState) -> Self {
+        let shards = u32::try_from(shards).expect("fewer than 2^32 shards");
+        assert!(shards > 0, "at least one shard");
+        Self { hasher, shards }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards as usize
+    }
+
+    #[inline(always)]
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard that owns keys with this hash.
+    #[inline(always)]
+    pub fn shard_of(&self, hash: u64) -> usize {
+        (((hash >> 32) * self.shards as u64) >> 32) as usize
+    }
+
+    pub fn owner(&self, key: &[u8]) -> usize {
+        self.shard_of(self.hash(key))
+    }
+}
+
+/// One-shot reply channel.
+pub type Reply<T> = flume::Sender<T>;
+
+/// A copy of an entry, for answers that cross cores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedEntry {
+    pub value: Vec<u8>,
+    pub cached_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// A request to a shard's owner.
+#[derive(Debug)]
+pub enum Command {
+    /// A read answered by the owner: every read when reads hop, or a miss that needs the
+    /// owner (which re-checks its table before anything is fetched).
+    Lookup {
+        hash: u64,
+        key: Vec<u8>,
+        reply: Reply<Option<OwnedEntry>>,
+    },
+    Set {
+        hash: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        reply: Reply<Result<Inserted, InsertError>>,
+    },
+    Delete {
+        hash: u64,
+        key: Vec<u8>,
+        reply: Reply<bool>,
+    },
+    /// Keys already routed to this shard, with their hashes.
+    InvalidateKeys {
+        keys: Vec<(u64, Vec<u8>)>,
+        reply: Reply<usize>,
+    },
+    InvalidatePattern {
+        pattern: Arc<Glob>,
+        reply: Reply<usize>,
+    },
+    /// Drops everything (coherence was lost); answers how many entries were dropped.
+    Flush { reply: Reply<usize> },
+}
+
+impl Command {
+    /// Applies the command to the shard it was routed to and sends the answer. A requester
+    /// that has gone away is not an error: the work is done regardless.
+    pub fn apply(self, shard: &mut ShardWriter, now_ms: u64) {
+        match self {
+            Command::Lookup { hash, key, reply } => {
+                let entry = shard.get_with(hash, &key, now_ms, |e| OwnedEntry {
+                    value: e.value.to_vec(),
+                    cached_at_ms: e.cached_at_ms,
+                    expires_at_ms: e.expires_at_ms,
+                });
+                let _ = reply.send(entry);
+            }
+            Command::Set {
+                hash,
+                key,
+                value,
+                expires_at_ms,
+                reply,
+            } => {
+                let _ = reply.send(shard.insert(hash, &key, &value, expires_at_ms, now_ms));
+            }
+            Command::Delete { hash, key, reply } => {
+                let _ = reply.send(shard.remove(hash, &key, now_ms));
+            }
+            Command::InvalidateKeys { keys, reply } => {
+                let removed = keys
+                    .iter()
+                    .filter(|(hash, key)| shard.remove(*hash, key, now_ms))
+                    .count();
+                let _ = reply.send(removed);
+            }
+            Command::InvalidatePattern { pattern, reply } => {
+                let _ = reply.send(shard.remove_matching(&pattern, now_ms));
+            }
+            Command::Flush { reply } => {
+                let _ = reply.send(shard.clear());
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("shard {shard} is not running (its owner stopped)")]
+pub struct ShardGone {
+    pub shard: usize,
+}
+
+/// Senders to every shard's owner, with the router that picks among them. Cheap to clone:
+/// each core keeps one.
+#[derive(Clone, Debug)]
+pub struct Mailboxes {
+    router: Router,
+    senders: Arc<[flume::Sender<Command>]>,
+}
+
+/// Creates one bounded mailbox per shard: the senders for every core, and the receivers,
+/// in shard order, for each owner to drain.
+pub fn mailboxes(router: Router, capacity: usize) -> (Mailboxes, Vec<flume::Receiver<Command>>) {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..router.shards())
+        .map(|_| flume::bounded(capacity))
+        .unzip();
+    (
+        Mailboxes {
+            router,
+            senders: senders.into(),
+        },
+        receivers,
+    )
+}
+
+impl Mailboxes {
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Sends the command `make` builds to `shard` and waits for its answer.
+    pub async fn call<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, ShardGone> {
+        let (reply, answer) = flume::bounded(1);
+        self.senders[shard]
+            .send_async(make(reply))
+            .await
+            .map_err(|_| ShardGone { shard })?;
+        answer.recv_async().await.map_err(|_| ShardGone { shard })
+    }
+
+    pub async fn lookup(&self, key: &[u8]) -> Result<Option<OwnedEntry>, ShardGone> {
+        let hash = self.router.hash(key);
+        let key = key.to_vec();
+        self.call(self.router.shard_of(hash), |reply| Command::Lookup {
+            hash,
+            key,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn set(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+    ) -> Result<Result<Inserted, InsertError>, ShardGone> {
+        let hash = self.router.hash(key);
+        let key = key.to_vec();
+        self.call(self.router.shard_of(hash), |reply| Command::Set {
+            hash,
+            key,
+            value,
+            expires_at_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, ShardGone> {
+        let hash = self.router.hash(key);
+        let key = key.to_vec();
+        self.call(self.router.shard_of(hash), |reply| Command::Delete {
+            hash,
+            key,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes each distinct key on its owner; returns how many were present.
+    pub async fn invalidate_keys<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize, ShardGone> {
+        let mut per_shard: Vec<Vec<(u64, Vec<u8>)>> = vec![Vec::new(); self.router.shards()];
+        let mut seen = std::collections::HashSet::new();
+        for key in keys {
+            let key = key.as_ref();
+            if seen.insert(key) {
+                let hash = self.router.hash(key);
+                per_shard[self.router.shard_of(hash)].push((hash, key.to_vec()));
+            }
+        }
+        self.fan_out(|shard, reply| {
+            let keys = std::mem::take(&mut per_shard[shard]);
+            (!keys.is_empty()).then_some(Command::InvalidateKeys { keys, reply })
+        })
+        .await
+    }
+
+    /// Deletes every key matching `pattern` on every shard; returns how many.
+    pub async fn invalidate_pattern(&self, pattern: Arc<Glob>) -> Result<usize, ShardGone> {
+        self.fan_out(|_, reply| {
+            Some(Command::InvalidatePattern {
+                pattern: pattern.clone(),
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Empties every shard; returns how many entries were dropped.
+    pub async fn flush(&self) -> Result<usize, ShardGone> {
+        self.fan_out(|_, reply| Some(Command::Flush { reply }))
+            .await
+    }
+
+    /// Sends one command to each shard that gets one, all before waiting for any answer,
+    /// then sums the answers.
+    async fn fan_out(
+        &self,
+        mut make: impl FnMut(usize, Reply<usize>) -> Option<Command>,
+    ) -> Result<usize, ShardGone> {
+        let mut pending = Vec::with_capacity(self.senders.len());
+        for (shard, sender) in self.senders.iter().enumerate() {
+            let (reply, answer) = flume::bounded(1);
+            if let Some(command) = make(shard, reply) {
+                sender
+                    .send_async(command)
+                    .await
+                    .map_err(|_| ShardGone { shard })?;
+                pending.push((shard, answer));
+            }
+        }
+        let mut total = 0;
+        for (shard, answer) in pending {
+            total += answer.recv_async().await.map_err(|_| ShardGone { shard })?;
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(all(test, not(engine_loom)))]
+mod tests {
+    use super::*;
+    use crate::shard::ShardConfig;
+    use futures_executor::block_on;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn hashing_is_stable_per_router_and_spreads_keys() {
+        let router = Router::with_seeds(4, [1, 2, 3, 4]);
+        let again = Router::with_seeds(4, [1, 2, 3, 4]);
+        let mut counts = [0usize; 4];
+        for i in 0..10_000 {
+            let key = format!("key:{i}");
+            assert_eq!(router.owner(key.as_bytes()), again.owner(key.as_bytes()));
+            counts[router.owner(key.as_bytes())] += 1;
+        }
+        for c in counts {
+            assert!((2_000..3_000).contains(&c), "uneven spread {counts:?}");
+        }
+        let clone = router.clone();
+        assert_eq!(clone.hash(b"x"), router.hash(b"x"));
+    }
+
+    /// Owners on their own threads, driven only through mailboxes, as the server does.
+    #[test]
+    fn commands_reach_owners_and_pattern_invalidation_sums_over_shards() {
+        let router = Router::with_seeds(3, [9, 8, 7, 6]);
+        let (mail, receivers) = mailboxes(router, 64);
+        let owners: Vec<_> = receivers
+            .into_iter()
+            .map(|rx| {
+                std::thread::spawn(move || {
+                    let config = ShardConfig {
+                        max_entries: 1_000,
+                        max_bytes: u64::MAX,
+                    };
+                    let mut shard = ShardWriter::new(config, Default::default(), NOW);
+                    for command in rx.iter() {
+                        command.apply(&mut shard, NOW);
+                    }
+                    shard.len()
+                })
+            })
+            .collect();
+        block_on(async {
+            for i in 0..30 {
+                let key = format!("user:{i}");
+                mail.set(key.as_bytes(), b"v".to_vec(), None)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            mail.set(b"order:1", b"o".to_vec(), None)
+                .await
+                .unwrap()
+                .unwrap();
+            let got = mail.lookup(b"user:7").await.unwrap().unwrap();
+            assert_eq!(got.value, b"v");
+            assert_eq!(got.cached_at_ms, NOW);
+            assert!(mail.delete(b"user:7").await.unwrap());
+            assert!(!mail.delete(b"user:7").await.unwrap());
+            let removed = mail
+                .invalidate_keys(&["user:1", "user:1", "user:2", "absent"])
+                .await
+                .unwrap();
+            assert_eq!(removed, 2, "distinct keys that were present");
+            let removed = mail
+                .invalidate_pattern(Arc::new(Glob::new(b"user:*")))
+                .await
+                .unwrap();
+            assert_eq!(removed, 27);
+            assert_eq!(mail.lookup(b"user:3").await.unwrap(), None);
+            assert_eq!(mail.flush().await.unwrap(), 1);
+        });
+        drop(mail);
+        let remaining: usize = owners.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(remaining, 0);
+    }
+}

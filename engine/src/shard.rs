@@ -1,0 +1,506 @@
+//! A shard: one table, its CLOCK ring and its timer wheel, bounded by entries and bytes.
+//!
+//! [`ShardWriter`] is the only thing that changes a shard. In the server it lives on the
+//! shard's own core, so writes take no lock; library users of [`crate::Cache`] get one
+//! behind a mutex per shard. [`TableReader`]s read the same table lock-free from anywhere.
+//!
+//! Bytes are charged honestly: key + value + [`ENTRY_OVERHEAD`], which counts the node,
+//! its bucket pointer, its ring slot, its timer and the allocator's headers for the two
+//! allocations (node and payload) an entry makes.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::clock::{slot_bytes, ClockRing, Referenced};
+use crate::glob::Glob;
+use crate::metrics::ShardMetrics;
+use crate::table::{
+    node_key, table, EntryRef, NewEntry, Node, TableReader, TableWriter, NEVER, NODE_BYTES,
+};
+use crate::wheel::{TimerId, TimerWheel, TIMER_BYTES};
+
+/// A shard's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    pub max_entries: usize,
+    pub max_bytes: u64,
+}
+
+/// glibc malloc's per-allocation header and rounding, on average.
+const ALLOCATION_OVERHEAD: usize = 16;
+
+/// Bytes charged per entry on top of its key and value.
+pub const ENTRY_OVERHEAD: usize =
+    NODE_BYTES + slot_bytes::<Resident>() + TIMER_BYTES + 2 * ALLOCATION_OVERHEAD;
+
+/// What an entry of this key and value length is charged against the byte bound.
+pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
+    (key_len + value_len + ENTRY_OVERHEAD) as u64
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    #[error("entry needs {charge} bytes (key {key_len} + value {value_len} + {ENTRY_OVERHEAD} overhead) but a shard holds at most {max_bytes}")]
+    TooLarge {
+        charge: u64,
+        key_len: usize,
+        value_len: usize,
+        max_bytes: u64,
+    },
+    #[error("key of {key_len} bytes is longer than the engine's limit of {limit}")]
+    KeyTooLong { key_len: usize, limit: usize },
+}
+
+/// What an insert did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inserted {
+    pub cached_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    /// Whether the key was already present (expired or not).
+    pub replaced: bool,
+    /// Entries evicted to make room.
+    pub evicted: usize,
+}
+
+/// A ring slot's occupant: the entry's node and its expiry timer.
+struct Resident {
+    node: NonNull<Node>,
+    timer: Option<TimerId>,
+}
+
+// SAFETY: a `Resident` is only dereferenced by the `ShardWriter` that owns its ring; the
+// node it points to is owned by the table, whose nodes are `Send + Sync`.
+unsafe impl Send for Resident {}
+
+impl Resident {
+    fn node(&self) -> &Node {
+        // SAFETY: a resident's node is linked in the table until the writer removes the
+        // resident, and only the writer unlinks or retires nodes.
+        unsafe { self.node.as_ref() }
+    }
+
+    fn key(&self) -> &[u8] {
+        // SAFETY: as in `node`: the node outlives the resident's borrow.
+        unsafe { node_key(self.node) }
+    }
+}
+
+impl Referenced for Resident {
+    fn take_reference(&self) -> bool {
+        self.node().take_reference()
+    }
+}
+
+pub struct ShardWriter {
+    table: TableWriter,
+    reader: TableReader,
+    ring: ClockRing<Resident>,
+    wheel: TimerWheel,
+    bytes: u64,
+    config: ShardConfig,
+    metrics: Arc<ShardMetrics>,
+    fired: Vec<u32>,
+}
+
+impl ShardWriter {
+    /// A new, empty shard whose timer wheel starts at `now_ms`.
+    pub fn new(config: ShardConfig, metrics: Arc<ShardMetrics>, now_ms: u64) -> Self {
+        assert!(config.max_entries > 0, "a shard holds at least one entry");
+        let (reader, table) = table(config.max_entries);
+        Self {
+            table,
+            reader,
+            ring: ClockRing::new(),
+            wheel: TimerWheel::new(now_ms),
+            bytes: 0,
+            config,
+            metrics,
+            fired: Vec::new(),
+        }
+    }
+
+    /// A handle for lock-free reads from any thread.
+    pub fn reader(&self) -> TableReader {
+        self.reader.clone()
+    }
+
+    pub fn config(&self) -> ShardConfig {
+        self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<ShardMetrics> {
+        &self.metrics
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// A read on the owner, with the same semantics as [`TableReader::get_with`].
+    pub fn get_with<R>(
+        &self,
+        hash: u64,
+        key: &[u8],
+        now_ms: u64,
+        read: impl FnOnce(EntryRef<'_>) -> R,
+    ) -> Option<R> {
+        self.reader.get_with(hash, key, now_ms, read)
+    }
+
+    /// Stores `value` under `key` until `expires_at_ms` (never, if `None`), evicting by
+    /// CLOCK until both bounds hold.
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Inserted, InsertError> {
+        if u32::try_from(key.len()).is_err() {
+            return Err(InsertError::KeyTooLong {
+                key_len: key.len(),
+                limit: u32::MAX as usize,
+            });
+        }
+        let charge = entry_charge(key.len(), value.len());
+        if charge > self.config.max_bytes {
+            return Err(InsertError::TooLarge {
+                charge,
+                key_len: key.len(),
+                value_len: value.len(),
+                max_bytes: self.config.max_bytes,
+            });
+        }
+        let deadline = expires_at_ms.unwrap_or(NEVER);
+        let existing = self.table.find(hash, key);
+        let (spare, freed) = match existing {
+            // SAFETY: `find` returns linked, hence live, nodes.
+            Some(old) => unsafe {
+                let old = old.as_ref();
+                (Some(old.slot), charge_of(old))
+            },
+            None => (None, 0),
+        };
+        let mut evicted = 0;
+        while (existing.is_none() && self.ring.len() >= self.config.max_entries)
+            || self.bytes - freed + charge > self.config.max_bytes
+        {
+            let Some(victim) = self.ring.next_victim(spare) else {
+                break;
+            };
+            self.remove_slot(victim);
+            evicted += 1;
+        }
+        let mut entry = NewEntry {
+            hash,
+            key,
+            value,
+            slot: 0,
+            cached_at_ms: now_ms,
+            expires_at_ms: deadline,
+            referenced: false,
+        };
+        let slot = match existing {
+            Some(old) => {
+                // SAFETY: eviction spared `old`'s slot, so it is still linked and live.
+                let old_node = unsafe { old.as_ref() };
+                entry.slot = old_node.slot;
+                entry.referenced = old_node.is_referenced();
+                let node = self.table.replace(old, entry);
+                let resident = self.ring.get_mut(entry_slot(node)).expect("resident slot");
+                resident.node = node;
+                if let Some(timer) = resident.timer.take() {
+                    self.wheel.cancel(timer);
+                }
+                entry_slot(node)
+            }
+            None => {
+                let table = &mut self.table;
+                self.ring.insert_with(|slot| {
+                    entry.slot = slot;
+                    Resident {
+                        node: table.insert(entry),
+                        timer: None,
+                    }
+                })
+            }
+        };
+        if deadline != NEVER {
+            let timer = self.wheel.schedule(deadline, slot);
+            self.ring.get_mut(slot).expect("resident slot").timer = Some(timer);
+        }
+        self.bytes = self.bytes - freed + charge;
+        self.metrics.sets.incr();
+        self.metrics.evictions.add(evicted as u64);
+        self.publish_levels();
+        Ok(Inserted {
+            cached_at_ms: now_ms,
+            expires_at_ms,
+            replaced: existing.is_some(),
+            evicted,
+        })
+    }
+
+    /// Deletes `key`; says whether it was present (an expired entry counts as absent).
+    pub fn remove(&mut self, hash: u64, key: &[u8], now_ms: u64) -> bool {
+        let Some(node) = self.table.find(hash, key) else {
+            return false;
+        };
+        // SAFETY: `find` returns linked, hence live, nodes.
+        let (slot, live) = unsafe {
+            let n = node.as_ref();
+            (n.slot, n.expires_at_ms > now_ms)
+        };
+        self.remove_slot(slot);
+        if live {
+            self.metrics.deletes.incr();
+        } else {
+            self.metrics.expirations.incr();
+        }
+        self.publish_levels();
+        live
+    }
+
+    /// Deletes every live key `pattern` matches and returns how many.
+    pub fn remove_matching(&mut self, pattern: &Glob, now_ms: u64) -> usize {
+        let doomed: Vec<(u32, bool)> = self
+            .ring
+            .iter()
+            .filter(|(_, r)| pattern.matches(r.key()))
+            .map(|(slot, r)| (slot, r.node().expires_at_ms > now_ms))
+            .collect();
+        let live = doomed.iter().filter(|(_, live)| *live).count();
+        for (slot, _) in &doomed {
+            self.remove_slot(*slot);
+        }
+        self.metrics.deletes.add(live as u64);
+        self.metrics.expirations.add((doomed.len() - live) as u64);
+        self.publish_levels();
+        live
+    }
+
+    /// Deletes everything (a coherence flush); returns how many entries were dropped.
+    pub fn clear(&mut self) -> usize {
+        let slots: Vec<u32> = self.ring.iter().map(|(slot, _)| slot).collect();
+        for &slot in &slots {
+            self.remove_slot(slot);
+        }
+        self.publish_levels();
+        slots.len()
+    }
+
+    /// Drops every entry whose deadline is at or before `now_ms`; returns how many.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(now_ms, |slot| fired.push(slot));
+        for &slot in &fired {
+            let resident = self
+                .ring
+                .get_mut(slot)
+                .expect("a live timer has a resident");
+            resident.timer = None;
+            debug_assert!(resident.node().expires_at_ms <= now_ms);
+            self.remove_slot(slot);
+        }
+        let expired = fired.len();
+        fired.clear();
+        self.fired = fired;
+        if expired > 0 {
+            self.metrics.expirations.add(expired as u64);
+            self.publish_levels();
+        }
+        expired
+    }
+
+    /// When the next expiry is due, if any entry has a deadline.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.wheel.next_deadline()
+    }
+
+    fn remove_slot(&mut self, slot: u32) {
+        let resident = self.ring.remove(slot).expect("slot is occupied");
+        if let Some(timer) = resident.timer {
+            self.wheel.cancel(timer);
+        }
+        self.bytes -= charge_of(resident.node());
+        self.table.remove(resident.node);
+    }
+
+    fn publish_levels(&self) {
+        self.metrics.entries.set(self.ring.len() as u64);
+        self.metrics.bytes.set(self.bytes);
+    }
+}
+
+fn charge_of(node: &Node) -> u64 {
+    (node.payload_len() + ENTRY_OVERHEAD) as u64
+}
+
+fn entry_slot(node: NonNull<Node>) -> u32 {
+    // SAFETY: called on a node the writer has just linked.
+    unsafe { node.as_ref() }.slot
+}
+
+#[cfg(all(test, not(engine_loom)))]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn shard(max_entries: usize, max_bytes: u64) -> ShardWriter {
+        ShardWriter::new(
+            ShardConfig {
+                max_entries,
+                max_bytes,
+            },
+            Arc::default(),
+            NOW,
+        )
+    }
+
+    fn h(key: &[u8]) -> u64 {
+        // Any hash works for a single shard; collisions exercise chains.
+        key.iter()
+            .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(*b as u64))
+            % 5
+    }
+
+    fn get(s: &ShardWriter, key: &str, now: u64) -> Option<Vec<u8>> {
+        s.get_with(h(key.as_bytes()), key.as_bytes(), now, |e| e.value.to_vec())
+    }
+
+    fn put(s: &mut ShardWriter, key: &str, value: &str, ttl: Option<u64>, now: u64) -> Inserted {
+        s.insert(
+            h(key.as_bytes()),
+            key.as_bytes(),
+            value.as_bytes(),
+            ttl.map(|t| now + t),
+            now,
+        )
+        .unwrap()
+    }
+
+    /// The original service's own LRU test.
+    #[test]
+    fn capacity_three_read_k1_insert_k4_evicts_k2() {
+        let mut s = shard(3, u64::MAX);
+        put(&mut s, "k1", "v1", None, NOW);
+        put(&mut s, "k2", "v2", None, NOW);
+        put(&mut s, "k3", "v3", None, NOW);
+        assert!(get(&s, "k1", NOW).is_some());
+        let inserted = put(&mut s, "k4", "v4", None, NOW);
+        assert_eq!(inserted.evicted, 1);
+        assert_eq!(get(&s, "k2", NOW), None);
+        for k in ["k1", "k3", "k4"] {
+            assert!(get(&s, k, NOW).is_some(), "{k} remains");
+        }
+        assert_eq!(s.metrics().evictions.get(), 1);
+    }
+
+    #[test]
+    fn byte_bound_counts_key_value_and_overhead() {
+        let per_entry = entry_charge(2, 10);
+        let mut s = shard(1_000, per_entry * 3);
+        for k in ["a1", "a2", "a3", "a4"] {
+            put(&mut s, k, "0123456789", None, NOW);
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.bytes(), per_entry * 3);
+        let err = s
+            .insert(1, b"big", &vec![0; (per_entry * 3) as usize], None, NOW)
+            .unwrap_err();
+        assert!(matches!(err, InsertError::TooLarge { .. }), "{err}");
+        assert_eq!(s.len(), 3, "a refused insert leaves the shard as it was");
+    }
+
+    #[test]
+    fn overwrite_keeps_one_entry_and_updates_bytes_and_ttl() {
+        let mut s = shard(10, u64::MAX);
+        put(&mut s, "k", "short", Some(1_000), NOW);
+        let ins = put(&mut s, "k", "a longer value", Some(5_000), NOW);
+        assert!(ins.replaced);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.bytes(), entry_charge(1, 14));
+        assert_eq!(s.expire(NOW + 1_000), 0, "the old timer was cancelled");
+        assert_eq!(
+            get(&s, "k", NOW + 4_999).as_deref(),
+            Some(&b"a longer value"[..])
+        );
+        assert_eq!(s.expire(NOW + 5_000), 1);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn overwrite_at_the_byte_bound_evicts_others_not_itself() {
+        let small = entry_charge(2, 1);
+        let mut s = shard(10, small * 3);
+        put(&mut s, "k1", "x", None, NOW);
+        put(&mut s, "k2", "x", None, NOW);
+        put(&mut s, "k3", "x", None, NOW);
+        let ins = put(&mut s, "k2", &"y".repeat(small as usize + 1), None, NOW);
+        assert!(ins.replaced);
+        assert!(ins.evicted >= 1);
+        assert!(get(&s, "k2", NOW).is_some());
+        assert!(s.bytes() <= small * 3);
+    }
+
+    #[test]
+    fn expired_entries_are_never_served_even_before_the_wheel_runs() {
+        let mut s = shard(10, u64::MAX);
+        put(&mut s, "k", "v", Some(100), NOW);
+        assert!(get(&s, "k", NOW + 99).is_some());
+        assert_eq!(get(&s, "k", NOW + 100), None);
+        assert_eq!(s.len(), 1, "still resident until the wheel fires");
+        assert_eq!(s.expire(NOW + 100), 1);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.metrics().expirations.get(), 1);
+        assert_eq!(
+            s.metrics().evictions.get(),
+            0,
+            "expiry and eviction are counted apart"
+        );
+    }
+
+    #[test]
+    fn remove_and_pattern_invalidation_count_only_live_entries() {
+        let mut s = shard(100, u64::MAX);
+        for k in ["user:1", "user:2", "user:3", "order:1"] {
+            put(&mut s, k, "v", None, NOW);
+        }
+        put(&mut s, "user:old", "v", Some(10), NOW);
+        assert!(s.remove(h(b"user:1"), b"user:1", NOW));
+        assert!(!s.remove(h(b"user:1"), b"user:1", NOW));
+        assert_eq!(s.remove_matching(&Glob::new(b"user:*"), NOW + 10), 2);
+        assert_eq!(s.len(), 1);
+        assert!(get(&s, "order:1", NOW).is_some());
+        assert_eq!(s.metrics().deletes.get(), 3);
+        assert_eq!(s.clear(), 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn metadata_is_kept_with_the_entry() {
+        let mut s = shard(10, u64::MAX);
+        put(&mut s, "k", "v", Some(3_600_000), NOW);
+        let (cached, expires) = s
+            .get_with(h(b"k"), b"k", NOW + 5, |e| {
+                (e.cached_at_ms, e.expires_at_ms)
+            })
+            .unwrap();
+        assert_eq!(cached, NOW);
+        assert_eq!(expires, Some(NOW + 3_600_000));
+        put(&mut s, "forever", "v", None, NOW);
+        let e = s.get_with(h(b"forever"), b"forever", u64::MAX - 1, |e| e.expires_at_ms);
+        assert_eq!(e, Some(None));
+    }
+}

@@ -1,0 +1,125 @@
+//! Time sources. Shard operations take `now` (milliseconds since the UNIX epoch) as an
+//! argument, so the engine never reads a clock by itself and TTL tests are exact: they
+//! drive a [`ManualClock`] and never sleep. A server uses [`CoarseClock`], which one
+//! ticker refreshes (memcached keeps its `current_time` the same way), so the per-read
+//! deadline check costs one relaxed load instead of a `clock_gettime`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_utils::CachePadded;
+
+/// A source of "now", in milliseconds since the UNIX epoch.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+/// Reads the system clock on every call: precise, and about 20 ns per read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        wall_clock_ms()
+    }
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A clock that moves only when told to: for tests and simulations.
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    pub fn new(start_ms: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(start_ms)))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn set(&self, now_ms: u64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Wall-clock milliseconds anchored to a monotonic `Instant` (so it never runs backwards),
+/// refreshed by [`CoarseClock::tick`] and read with one relaxed load.
+#[derive(Clone, Debug)]
+pub struct CoarseClock(Arc<CoarseInner>);
+
+#[derive(Debug)]
+struct CoarseInner {
+    now_ms: CachePadded<AtomicU64>,
+    anchor: Instant,
+    anchor_wall_ms: u64,
+}
+
+impl CoarseClock {
+    pub fn new() -> Self {
+        let anchor_wall_ms = wall_clock_ms();
+        Self(Arc::new(CoarseInner {
+            now_ms: CachePadded::new(AtomicU64::new(anchor_wall_ms)),
+            anchor: Instant::now(),
+            anchor_wall_ms,
+        }))
+    }
+
+    /// Brings the cached time up to date and returns it. Call it from one ticker, about
+    /// once a millisecond; concurrent callers are harmless (the value only grows).
+    pub fn tick(&self) -> u64 {
+        let now = self.0.anchor_wall_ms + self.0.anchor.elapsed().as_millis() as u64;
+        self.0.now_ms.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+}
+
+impl Default for CoarseClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for CoarseClock {
+    #[inline(always)]
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::new(1_000);
+        assert_eq!(clock.now_ms(), 1_000);
+        clock.advance(Duration::from_millis(250));
+        assert_eq!(clock.now_ms(), 1_250);
+        clock.set(5);
+        assert_eq!(clock.now_ms(), 5);
+    }
+
+    #[test]
+    fn coarse_clock_never_runs_backwards_and_tracks_wall_time() {
+        let clock = CoarseClock::new();
+        let first = clock.now_ms();
+        let ticked = clock.tick();
+        assert!(ticked >= first);
+        assert!(clock.now_ms() >= first);
+        assert!(ticked.abs_diff(wall_clock_ms()) < 1_000);
+    }
+}
