@@ -14,8 +14,10 @@
 //! It lives on one core (the owner), so it uses `Rc`/`RefCell`, not locks; waiters may
 //! be anywhere, since they wait on flume channels.
 
+use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 /// Why a waiter got no value.
@@ -30,11 +32,35 @@ pub enum FlightError<E> {
 type Outcome<V, E> = Result<V, FlightError<E>>;
 
 struct Flight<V, E> {
+    key: Box<[u8]>,
     waiters: RefCell<Vec<flume::Sender<Outcome<V, E>>>>,
     fenced: Cell<bool>,
 }
 
-type Flights<V, E> = Rc<RefCell<HashMap<Box<[u8]>, Rc<Flight<V, E>>>>>;
+/// A flight in the set, found by its key: one allocation for the key, one for the flight.
+struct InFlight<V, E>(Rc<Flight<V, E>>);
+
+impl<V, E> Borrow<[u8]> for InFlight<V, E> {
+    fn borrow(&self) -> &[u8] {
+        &self.0.key
+    }
+}
+
+impl<V, E> Hash for InFlight<V, E> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl<V, E> PartialEq for InFlight<V, E> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl<V, E> Eq for InFlight<V, E> {}
+
+type Flights<V, E> = Rc<RefCell<HashSet<InFlight<V, E>, ahash::RandomState>>>;
 
 pub struct SingleFlight<V, E> {
     flights: Flights<V, E>,
@@ -56,7 +82,6 @@ pub enum Join<V, E> {
 }
 
 pub struct Fill<V, E> {
-    key: Box<[u8]>,
     flight: Rc<Flight<V, E>>,
     flights: Flights<V, E>,
     completed: bool,
@@ -80,18 +105,18 @@ impl<V: Clone, E: Clone> SingleFlight<V, E> {
 
     pub fn join(&self, key: &[u8]) -> Join<V, E> {
         let mut flights = self.flights.borrow_mut();
-        if let Some(flight) = flights.get(key) {
+        if let Some(InFlight(flight)) = flights.get(key) {
             let (tx, rx) = flume::bounded(1);
             flight.waiters.borrow_mut().push(tx);
             return Join::Follower(Waiter(rx));
         }
         let flight = Rc::new(Flight {
+            key: key.into(),
             waiters: RefCell::new(Vec::new()),
             fenced: Cell::new(false),
         });
-        flights.insert(key.into(), flight.clone());
+        flights.insert(InFlight(flight.clone()));
         Join::Leader(Fill {
-            key: key.into(),
             flight,
             flights: self.flights.clone(),
             completed: false,
@@ -100,8 +125,8 @@ impl<V: Clone, E: Clone> SingleFlight<V, E> {
 
     /// Fences the fill in flight for `key`, if any; says whether there was one.
     pub fn fence(&self, key: &[u8]) -> bool {
-        match self.flights.borrow_mut().remove(key) {
-            Some(flight) => {
+        match self.flights.borrow_mut().take(key) {
+            Some(InFlight(flight)) => {
                 flight.fenced.set(true);
                 true
             }
@@ -113,8 +138,8 @@ impl<V: Clone, E: Clone> SingleFlight<V, E> {
     /// them on a flush); returns how many.
     pub fn fence_where(&self, mut doomed: impl FnMut(&[u8]) -> bool) -> usize {
         let mut fenced = 0;
-        self.flights.borrow_mut().retain(|key, flight| {
-            if doomed(key) {
+        self.flights.borrow_mut().retain(|InFlight(flight)| {
+            if doomed(&flight.key) {
                 flight.fenced.set(true);
                 fenced += 1;
                 false
@@ -127,13 +152,13 @@ impl<V: Clone, E: Clone> SingleFlight<V, E> {
 
     /// Fills in flight (not counting fenced ones).
     pub fn in_flight(&self) -> usize {
-        self.flights.borrow().len()
+        RefCell::borrow(&self.flights).len()
     }
 }
 
 impl<V: Clone, E: Clone> Fill<V, E> {
     pub fn key(&self) -> &[u8] {
-        &self.key
+        &self.flight.key
     }
 
     /// Whether an invalidation has fenced this fill so far.
@@ -160,16 +185,22 @@ impl<V: Clone, E: Clone> Fill<V, E> {
         }
     }
 
-    /// Removes this flight from the map unless a fence already did (and a newer flight
-    /// for the same key may have taken its place).
     fn detach(&self) {
-        let mut flights = self.flights.borrow_mut();
-        if flights
-            .get(&self.key)
-            .is_some_and(|current| Rc::ptr_eq(current, &self.flight))
-        {
-            flights.remove(&self.key);
-        }
+        detach(&mut self.flights.borrow_mut(), &self.flight);
+    }
+}
+
+/// Removes `flight` from the set unless a fence already did (and a newer flight for the
+/// same key may have taken its place).
+fn detach<V, E>(
+    flights: &mut HashSet<InFlight<V, E>, ahash::RandomState>,
+    flight: &Rc<Flight<V, E>>,
+) {
+    if flights
+        .get(&flight.key[..])
+        .is_some_and(|InFlight(current)| Rc::ptr_eq(current, flight))
+    {
+        flights.remove(&flight.key[..]);
     }
 }
 
@@ -179,12 +210,7 @@ impl<V, E> Drop for Fill<V, E> {
             return;
         }
         if let Ok(mut flights) = self.flights.try_borrow_mut() {
-            if flights
-                .get(&self.key)
-                .is_some_and(|current| Rc::ptr_eq(current, &self.flight))
-            {
-                flights.remove(&self.key);
-            }
+            detach(&mut flights, &self.flight);
         }
         for waiter in self.flight.waiters.borrow_mut().drain(..) {
             let _ = waiter.send(Err(FlightError::Abandoned));

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test cache-manager has: formatting, clippy, the workspace's tests (unit,
+# property, end-to-end) and the loom models. Installs what the tests need first
+# (redis-server and redis-tools, curl) from the OS packages when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if ((${#missing[@]})); then
+    install="apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ${missing[*]}"
+    if [ "$(id -u)" -eq 0 ]; then
+        as_root=(sh -c)
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        as_root=(sudo sh -c)
+    else
+        echo "scripts/test.sh: the tests need ${missing[*]}; install them with:" >&2
+        echo "    sudo sh -c '$install'" >&2
+        exit 1
+    fi
+    echo "scripts/test.sh: installing ${missing[*]}"
+    if ! "${as_root[@]}" "$install"; then
+        echo "scripts/test.sh: could not install ${missing[*]}; run this and try again:" >&2
+        echo "    sudo sh -c '$install'" >&2
+        exit 1
+    fi
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+scripts/loom.sh
