@@ -102,6 +102,8 @@ pub enum Command {
     },
     /// Drops everything (coherence was lost); answers how many entries were dropped.
     Flush { reply: Reply<usize> },
+    /// Frees expired entries now (the periodic sweep); answers how many.
+    Expire { reply: Reply<usize> },
 }
 
 impl Command {
@@ -141,6 +143,9 @@ impl Command {
             }
             Command::Flush { reply } => {
                 let _ = reply.send(shard.clear());
+            }
+            Command::Expire { reply } => {
+                let _ = reply.send(shard.expire(now_ms));
             }
         }
     }

@@ -1,0 +1,453 @@
+//! The HTTP API: routes, handlers and their JSON, as the original service defined them.
+//!
+//! Values are stored with a one-byte tag: `j` for a JSON value (stored as the exact text
+//! the client sent, validated) and `b` for raw bytes (`PUT` with `Content-Type:
+//! application/octet-stream`). The modes see each other's values like this:
+//! - a JSON `GET` of a raw value returns it as a JSON string when it is UTF-8, else as
+//!   base64 with `"encoding": "base64"`;
+//! - a raw `GET` (`Accept: application/octet-stream`) of a JSON value returns the JSON
+//!   text with `Content-Type: application/json`, and of a raw value the bytes with
+//!   `application/octet-stream`; the metadata is in `X-Cache-*` and `Cache-Control`.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use base64::Engine as _;
+use engine::{Glob, InsertError, OwnedEntry};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::ReadPath;
+use crate::core::Core;
+use crate::http::{Method, Request, Response};
+use crate::stats;
+
+const JSON_TAG: u8 = b'j';
+const BYTES_TAG: u8 = b'b';
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Get,
+    Set,
+    Delete,
+    Invalidate,
+}
+
+/// Answers one request.
+pub async fn handle(core: &Rc<Core>, request: Request) -> Response {
+    let started = Instant::now();
+    let (op, response) = route(core, request).await;
+    if let (Some(op), true) = (op, core.config.metrics_enabled) {
+        let latency = &core.stats().latency;
+        let recorder = match op {
+            Op::Get => &latency.get,
+            Op::Set => &latency.set,
+            Op::Delete => &latency.delete,
+            Op::Invalidate => &latency.invalidate,
+        };
+        recorder.record(started.elapsed());
+    }
+    response
+}
+
+/// A refusal that can be given before the body is read (so `100 Continue` is not sent).
+pub fn refuse_early(core: &Core, method: Method, authorization: Option<&[u8]>) -> Option<(u16, String)> {
+    let mutating = matches!(method, Method::Put | Method::Delete | Method::Post);
+    (mutating && !authorized(core, authorization)).then(unauthorized_message)
+}
+
+fn unauthorized_message() -> (u16, String) {
+    (401, "missing or wrong bearer token (Authorization: Bearer <CACHE_AUTH_TOKEN>)".into())
+}
+
+fn authorized(core: &Core, authorization: Option<&[u8]>) -> bool {
+    let Some(token) = core.config.auth_token.as_deref() else {
+        return true;
+    };
+    let presented = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    constant_time_eq::constant_time_eq(presented, token.as_bytes())
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    Response::error(405, format!("method not allowed here; allowed: {allow}")).with_header("Allow", allow)
+}
+
+async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
+    let readable = matches!(request.method, Method::Get | Method::Head);
+    let response = match request.path.as_str() {
+        "/healthz" if readable => json(200, &serde_json::json!({ "status": "ok" })),
+        "/readyz" if readable => {
+            if core.stopping() {
+                Response::error(503, "shutting down")
+            } else {
+                json(200, &serde_json::json!({ "status": "ready" }))
+            }
+        }
+        "/metrics" | "/api/cache/metrics" if readable && !core.config.metrics_enabled => {
+            Response::error(404, "metrics are disabled (METRICS_ENABLED=false)")
+        }
+        "/metrics" if readable => stats::prometheus(&core.shared),
+        "/api/cache/metrics" if readable => json(200, &stats::snapshot(&core.shared)),
+        "/healthz" | "/readyz" | "/metrics" | "/api/cache/metrics" => method_not_allowed("GET, HEAD"),
+        "/api/cache/invalidate" => {
+            if request.method != Method::Post {
+                return (None, method_not_allowed("POST"));
+            }
+            return (Some(Op::Invalidate), invalidate(core, &request).await);
+        }
+        path => match path.strip_prefix("/api/cache/") {
+            Some(rest) => return entry_route(core, rest, &request).await,
+            None => Response::error(404, format!("no route for {path}")),
+        },
+    };
+    (None, response)
+}
+
+async fn entry_route(core: &Rc<Core>, rest: &str, request: &Request) -> (Option<Op>, Response) {
+    let encoded = rest.strip_prefix("entry/").unwrap_or(rest);
+    if encoded.contains('/') {
+        return (None, Response::error(404, "a key is one path segment; encode '/' as %2F"));
+    }
+    let key: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
+    if let Err(response) = check_key(core, &key, 414) {
+        return (None, response);
+    }
+    if matches!(request.method, Method::Put | Method::Delete) && !authorized(core, request.authorization.as_deref()) {
+        let (status, message) = unauthorized_message();
+        return (None, Response::error(status, message));
+    }
+    match request.method {
+        Method::Get | Method::Head => (Some(Op::Get), get(core, &key, request.wants_bytes).await),
+        Method::Put => (Some(Op::Set), put(core, &key, request).await),
+        Method::Delete => (Some(Op::Delete), delete(core, &key).await),
+        _ => (None, method_not_allowed("GET, HEAD, PUT, DELETE")),
+    }
+}
+
+/// Keys are 1 to CACHE_MAX_KEY_BYTES bytes, without control characters.
+fn check_key(core: &Core, key: &[u8], too_long: u16) -> Result<(), Response> {
+    let limit = core.config.max_key_bytes;
+    if key.is_empty() {
+        return Err(Response::error(400, "empty key"));
+    }
+    if key.len() > limit {
+        return Err(Response::error(
+            too_long,
+            format!("key is {} bytes; the limit is {limit} (CACHE_MAX_KEY_BYTES)", key.len()),
+        ));
+    }
+    if let Some(b) = key.iter().find(|b| b.is_ascii_control()) {
+        return Err(Response::error(400, format!("key contains the control byte 0x{b:02x}")));
+    }
+    Ok(())
+}
+
+fn json(status: u16, value: &impl serde::Serialize) -> Response {
+    Response::json(status, serde_json::to_vec(value).expect("serializable"))
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn shard_unavailable(e: engine::ShardGone) -> Response {
+    Response::error(503, e.to_string())
+}
+
+async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
+    let shared = &core.shared;
+    let now = core.now_ms();
+    let render = |value: &[u8], cached_at_ms: u64, expires_at_ms: Option<u64>| {
+        render_hit(value, cached_at_ms, expires_at_ms, wants_bytes, now)
+    };
+    let found = match core.config.read_path {
+        ReadPath::Direct => {
+            let hash = shared.router.hash(key);
+            shared.readers[shared.router.shard_of(hash)]
+                .get_with(hash, key, now, |e| render(e.value, e.cached_at_ms, e.expires_at_ms))
+        }
+        ReadPath::Hop => match shared.mail.lookup(key).await {
+            Ok(entry) => entry.map(|OwnedEntry { value, cached_at_ms, expires_at_ms }| {
+                render(&value, cached_at_ms, expires_at_ms)
+            }),
+            Err(e) => return shard_unavailable(e),
+        },
+    };
+    let metrics = core.shard_metrics();
+    match found {
+        Some(response) => {
+            metrics.hits.incr();
+            response
+        }
+        None => {
+            metrics.misses.incr();
+            let message = format!("no entry for key {:?}", String::from_utf8_lossy(key));
+            json(404, &serde_json::json!({ "hit": false, "error": message }))
+        }
+    }
+}
+
+fn render_hit(
+    stored: &[u8],
+    cached_at_ms: u64,
+    expires_at_ms: Option<u64>,
+    wants_bytes: bool,
+    now_ms: u64,
+) -> Response {
+    let (tag, data) = stored.split_first().unwrap_or((&JSON_TAG, b"null"));
+    let cached_at = rfc3339(cached_at_ms);
+    let expires_at = expires_at_ms.map(rfc3339);
+    if wants_bytes {
+        let mut response = Response::json(200, data.to_vec());
+        if *tag == BYTES_TAG {
+            response.content_type = "application/octet-stream";
+        }
+        response = response
+            .with_header("X-Cache-Source", "l1")
+            .with_header("X-Cache-Cached-At", cached_at);
+        if let Some(expires_ms) = expires_at_ms {
+            let max_age = expires_ms.saturating_sub(now_ms) / 1000;
+            response = response
+                .with_header("Cache-Control", format!("max-age={max_age}"))
+                .with_header("X-Cache-Expires-At", expires_at.unwrap_or_default());
+        }
+        return response;
+    }
+    let mut body = Vec::with_capacity(data.len() + 128);
+    body.extend_from_slice(b"{\"value\":");
+    let mut base64 = false;
+    if *tag == JSON_TAG {
+        body.extend_from_slice(data);
+    } else if let Ok(text) = std::str::from_utf8(data) {
+        serde_json::to_writer(&mut body, text).expect("a string serializes");
+    } else {
+        base64 = true;
+        serde_json::to_writer(&mut body, &base64::engine::general_purpose::STANDARD.encode(data))
+            .expect("a string serializes");
+    }
+    body.extend_from_slice(b",\"hit\":true,\"source\":\"l1\",\"cached_at\":\"");
+    body.extend_from_slice(cached_at.as_bytes());
+    match expires_at {
+        Some(e) => {
+            body.extend_from_slice(b"\",\"expires_at\":\"");
+            body.extend_from_slice(e.as_bytes());
+            body.extend_from_slice(b"\"");
+        }
+        None => body.extend_from_slice(b"\",\"expires_at\":null"),
+    }
+    if base64 {
+        body.extend_from_slice(b",\"encoding\":\"base64\"");
+    }
+    body.push(b'}');
+    Response::json(200, body)
+}
+
+#[derive(Deserialize)]
+struct PutBody<'a> {
+    #[serde(default, borrow)]
+    key: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    value: &'a RawValue,
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+fn is_json_media(media: Option<&str>) -> bool {
+    match media {
+        None => true,
+        Some(m) => m == "application/json" || m.ends_with("+json") || m == "text/json",
+    }
+}
+
+/// `ttl=N` from a query string, for raw-bytes PUTs.
+fn query_ttl(query: Option<&str>) -> Result<Option<u64>, Response> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("ttl=") {
+            return v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| Response::error(400, format!("ttl must be a non-negative integer of seconds, got {v:?}")));
+        }
+    }
+    Ok(None)
+}
+
+async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
+    let config = &core.config;
+    let limit = config.max_value_bytes;
+    let too_large = |n: usize| {
+        Response::error(413, format!("value is {n} bytes; the limit is {limit} (CACHE_MAX_VALUE_BYTES)"))
+    };
+    let media = request.content_type.as_deref();
+    let (stored, ttl) = if media == Some("application/octet-stream") {
+        if request.body.len() > limit {
+            return too_large(request.body.len());
+        }
+        let ttl = match query_ttl(request.query.as_deref()) {
+            Ok(ttl) => ttl,
+            Err(response) => return response,
+        };
+        let mut stored = Vec::with_capacity(request.body.len() + 1);
+        stored.push(BYTES_TAG);
+        stored.extend_from_slice(&request.body);
+        (stored, ttl)
+    } else if is_json_media(media) {
+        let body: PutBody<'_> = match serde_json::from_slice(&request.body) {
+            Ok(body) => body,
+            Err(e) => return Response::error(400, format!("invalid JSON body: {e}")),
+        };
+        if let Some(body_key) = &body.key {
+            if body_key.as_bytes() != key {
+                return Response::error(400, format!("body key {body_key:?} differs from the key in the path"));
+            }
+        }
+        let value = body.value.get().as_bytes();
+        if value.len() > limit {
+            return too_large(value.len());
+        }
+        let mut stored = Vec::with_capacity(value.len() + 1);
+        stored.push(JSON_TAG);
+        stored.extend_from_slice(value);
+        (stored, body.ttl)
+    } else {
+        return Response::error(415, format!(
+            "Content-Type {:?} is not accepted: send application/json or application/octet-stream",
+            media.unwrap_or_default()
+        ));
+    };
+    let ttl = match ttl {
+        Some(0) | None => config.default_ttl(),
+        Some(secs) if config.max_ttl > 0 && secs > config.max_ttl => {
+            return Response::error(400, format!("ttl {secs} is above the limit of {} seconds (CACHE_MAX_TTL)", config.max_ttl));
+        }
+        Some(secs) => Some(Duration::from_secs(secs)),
+    };
+    let now = core.now_ms();
+    let expires_at = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+    match core.shared.mail.set(key, stored, expires_at).await {
+        Ok(Ok(inserted)) => json(
+            200,
+            &serde_json::json!({
+                "success": true,
+                "expires_at": inserted.expires_at_ms.map(rfc3339),
+            }),
+        ),
+        Ok(Err(e @ InsertError::TooLarge { .. })) => Response::error(413, format!("{e} (CACHE_L1_MAX_BYTES per core)")),
+        Ok(Err(e)) => Response::error(400, e.to_string()),
+        Err(e) => shard_unavailable(e),
+    }
+}
+
+async fn delete(core: &Rc<Core>, key: &[u8]) -> Response {
+    match core.shared.mail.delete(key).await {
+        Ok(deleted) => json(200, &serde_json::json!({ "success": true, "deleted": deleted })),
+        Err(e) => shard_unavailable(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidateBody {
+    #[serde(default)]
+    keys: Option<Vec<String>>,
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
+    if !authorized(core, request.authorization.as_deref()) {
+        let (status, message) = unauthorized_message();
+        return Response::error(status, message);
+    }
+    if !is_json_media(request.content_type.as_deref()) {
+        return Response::error(415, "send the invalidation as application/json");
+    }
+    let body: InvalidateBody = match serde_json::from_slice(&request.body) {
+        Ok(body) => body,
+        Err(e) => return Response::error(400, format!("invalid JSON body: {e}")),
+    };
+    let mail = &core.shared.mail;
+    let invalidated = match (body.keys, body.pattern) {
+        (Some(keys), None) => {
+            let limit = core.config.max_invalidate_keys;
+            if keys.len() > limit {
+                return Response::error(400, format!("{} keys in one request; the limit is {limit} (CACHE_MAX_INVALIDATE_KEYS)", keys.len()));
+            }
+            if let Some(bad) = keys.iter().find_map(|k| check_key(core, k.as_bytes(), 400).err()) {
+                return bad;
+            }
+            mail.invalidate_keys(&keys).await
+        }
+        (None, Some(pattern)) => {
+            let limit = core.config.max_pattern_bytes;
+            if pattern.is_empty() {
+                return Response::error(400, "empty pattern");
+            }
+            if pattern.len() > limit {
+                return Response::error(400, format!("pattern is {} bytes; the limit is {limit} (CACHE_MAX_PATTERN_BYTES)", pattern.len()));
+            }
+            mail.invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes()))).await
+        }
+        _ => return Response::error(400, "send exactly one of \"keys\" (a list) or \"pattern\" (a glob)"),
+    };
+    match invalidated {
+        Ok(n) => json(200, &serde_json::json!({ "invalidated": n, "success": true })),
+        Err(e) => shard_unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(r: &Response) -> serde_json::Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn json_values_come_back_verbatim_with_metadata() {
+        let stored = [&[JSON_TAG][..], br#"{"id": 123,  "name":"John"}"#].concat();
+        let r = render_hit(&stored, 1_705_314_600_000, Some(1_705_318_200_000), false, 0);
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        assert!(text.starts_with(r#"{"value":{"id": 123,  "name":"John"},"#), "{text}");
+        let v = body(&r);
+        assert_eq!(v["hit"], true);
+        assert_eq!(v["source"], "l1");
+        assert_eq!(v["cached_at"], "2024-01-15T10:30:00Z");
+        assert_eq!(v["expires_at"], "2024-01-15T11:30:00Z");
+    }
+
+    #[test]
+    fn raw_values_seen_through_json_are_strings_or_base64() {
+        let text = render_hit(&[&[BYTES_TAG][..], b"plain \"text\""].concat(), 0, None, false, 0);
+        assert_eq!(body(&text)["value"], "plain \"text\"");
+        assert_eq!(body(&text)["expires_at"], serde_json::Value::Null);
+        let binary = render_hit(&[BYTES_TAG, 0xff, 0x00], 0, None, false, 0);
+        assert_eq!(body(&binary)["value"], "/wA=");
+        assert_eq!(body(&binary)["encoding"], "base64");
+    }
+
+    #[test]
+    fn raw_reads_return_bytes_and_headers() {
+        let r = render_hit(&[BYTES_TAG, 1, 2, 3], 0, Some(90_500), true, 500);
+        assert_eq!(r.body, vec![1, 2, 3]);
+        assert_eq!(r.content_type, "application/octet-stream");
+        assert!(r.headers.contains(&("Cache-Control", "max-age=90".into())));
+        let j = render_hit(&[&[JSON_TAG][..], b"[1]"].concat(), 0, None, true, 0);
+        assert_eq!(j.content_type, "application/json");
+        assert_eq!(j.body, b"[1]");
+    }
+
+    #[test]
+    fn query_ttl_parses_only_integers() {
+        assert_eq!(query_ttl(Some("a=1&ttl=30")).unwrap(), Some(30));
+        assert_eq!(query_ttl(None).unwrap(), None);
+        assert!(query_ttl(Some("ttl=-1")).is_err());
+        assert!(query_ttl(Some("ttl=1.5")).is_err());
+    }
+}

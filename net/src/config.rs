@@ -1,0 +1,246 @@
+//! The service's configuration: every option is a flag and an environment variable
+//! (the original service's variables keep their names and defaults), parsed once by clap.
+//! `--print-config` prints the effective values.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadPath {
+    /// The accepting core reads the owner's table lock-free.
+    Direct,
+    /// Every read is sent to the key's owner core and answered from there.
+    Hop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Parser, Serialize)]
+#[command(name = "cache-manager", version, about = "A thread-per-core HTTP cache service")]
+pub struct Config {
+    /// Address every core listens on (SO_REUSEPORT spreads connections over them).
+    #[arg(long, env = "CACHE_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+
+    /// Cores to run on, one pinned executor and one shard each (default: all).
+    #[arg(long, env = "CACHE_CORES")]
+    pub cores: Option<usize>,
+
+    /// Most entries held in L1, over all cores.
+    #[arg(long, env = "CACHE_L1_MAX_ENTRIES", default_value_t = 10_000)]
+    pub l1_max_entries: usize,
+
+    /// Most bytes held in L1 (keys, values and per-entry overhead), over all cores.
+    #[arg(long, env = "CACHE_L1_MAX_BYTES", default_value_t = 256 << 20)]
+    pub l1_max_bytes: u64,
+
+    /// TTL in seconds for entries stored without one (0: never expire).
+    #[arg(long, env = "CACHE_DEFAULT_TTL", default_value_t = 3600)]
+    pub default_ttl: u64,
+
+    /// Largest TTL in seconds a client may ask for (0: no limit).
+    #[arg(long, env = "CACHE_MAX_TTL", default_value_t = 0)]
+    pub max_ttl: u64,
+
+    /// Seconds between sweeps that free expired entries (reads never return them).
+    #[arg(long, env = "CACHE_CLEANUP_INTERVAL", default_value_t = 60)]
+    pub cleanup_interval: u64,
+
+    /// Record latency histograms and serve the metrics endpoints.
+    #[arg(long, env = "METRICS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_enabled: bool,
+
+    /// Seconds between metrics summaries in the log (0: none).
+    #[arg(long, env = "METRICS_INTERVAL", default_value_t = 10)]
+    pub metrics_interval: u64,
+
+    /// Longest key in bytes, after percent-decoding (memcached's limit).
+    #[arg(long, env = "CACHE_MAX_KEY_BYTES", default_value_t = 250)]
+    pub max_key_bytes: usize,
+
+    /// Largest value in bytes.
+    #[arg(long, env = "CACHE_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    pub max_value_bytes: usize,
+
+    /// Longest invalidation pattern in bytes.
+    #[arg(long, env = "CACHE_MAX_PATTERN_BYTES", default_value_t = 1024)]
+    pub max_pattern_bytes: usize,
+
+    /// Most keys in one invalidation request.
+    #[arg(long, env = "CACHE_MAX_INVALIDATE_KEYS", default_value_t = 10_000)]
+    pub max_invalidate_keys: usize,
+
+    /// When set, PUT, DELETE and POST need `Authorization: Bearer <token>`.
+    #[arg(long, env = "CACHE_AUTH_TOKEN", hide_env_values = true)]
+    #[serde(serialize_with = "redact")]
+    pub auth_token: Option<String>,
+
+    /// Largest request head (request line and headers) in bytes.
+    #[arg(long, env = "CACHE_MAX_HEADER_BYTES", default_value_t = 16 << 10)]
+    pub max_header_bytes: usize,
+
+    /// Most headers in a request.
+    #[arg(long, env = "CACHE_MAX_HEADERS", default_value_t = 64)]
+    pub max_headers: usize,
+
+    /// Milliseconds a client has to send a whole request head once it has started.
+    #[arg(long, env = "CACHE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// Milliseconds a client has to send a whole request body.
+    #[arg(long, env = "CACHE_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
+    /// Milliseconds an idle keep-alive connection stays open.
+    #[arg(long, env = "CACHE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Most open connections per core; past it a client gets a 503.
+    #[arg(long, env = "CACHE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// How reads reach a key's shard; `direct` measured faster (see README).
+    #[arg(long, env = "CACHE_READ_PATH", value_enum, default_value_t = ReadPath::Direct)]
+    pub read_path: ReadPath,
+
+    /// Milliseconds in-flight requests get to finish on SIGTERM or SIGINT.
+    #[arg(long, env = "CACHE_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "CACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+}
+
+fn redact<S: serde::Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if token.is_some() { "<set>" } else { "<unset>" })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} must be at least {min}, got {value}")]
+    TooSmall {
+        name: &'static str,
+        min: u64,
+        value: u64,
+    },
+    #[error("CACHE_CORES is {requested} but this machine has {available} cores")]
+    TooManyCores { requested: usize, available: usize },
+    #[error("CACHE_AUTH_TOKEN is set but empty")]
+    EmptyToken,
+}
+
+impl Config {
+    /// Checks what clap cannot: ranges and the relations between options.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least = |name, min: u64, value: u64| {
+            if value < min {
+                Err(ConfigError::TooSmall { name, min, value })
+            } else {
+                Ok(())
+            }
+        };
+        at_least("CACHE_L1_MAX_ENTRIES", self.cores() as u64, self.l1_max_entries as u64)?;
+        at_least("CACHE_MAX_KEY_BYTES", 1, self.max_key_bytes as u64)?;
+        at_least("CACHE_MAX_HEADERS", 8, self.max_headers as u64)?;
+        at_least("CACHE_MAX_HEADER_BYTES", 1024, self.max_header_bytes as u64)?;
+        at_least("CACHE_MAX_CONNECTIONS", 1, self.max_connections as u64)?;
+        at_least("CACHE_CLEANUP_INTERVAL", 1, self.cleanup_interval)?;
+        at_least("CACHE_HEADER_TIMEOUT_MS", 1, self.header_timeout_ms)?;
+        at_least("CACHE_BODY_TIMEOUT_MS", 1, self.body_timeout_ms)?;
+        at_least("CACHE_IDLE_TIMEOUT_MS", 1, self.idle_timeout_ms)?;
+        let available = available_cores();
+        if self.cores() > available {
+            return Err(ConfigError::TooManyCores {
+                requested: self.cores(),
+                available,
+            });
+        }
+        if self.auth_token.as_deref() == Some("") {
+            return Err(ConfigError::EmptyToken);
+        }
+        Ok(())
+    }
+
+    pub fn cores(&self) -> usize {
+        self.cores.unwrap_or_else(available_cores).max(1)
+    }
+
+    pub fn default_ttl(&self) -> Option<Duration> {
+        (self.default_ttl > 0).then(|| Duration::from_secs(self.default_ttl))
+    }
+
+    /// The largest request body worth reading: a value plus its JSON envelope.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_value_bytes + self.max_key_bytes * 6 + 1024
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_original_services() {
+        let c = Config::try_parse_from(["cache-manager"]).unwrap();
+        assert_eq!(c.l1_max_entries, 10_000);
+        assert_eq!(c.default_ttl, 3600);
+        assert_eq!(c.cleanup_interval, 60);
+        assert!(c.metrics_enabled);
+        assert_eq!(c.metrics_interval, 10);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(c.max_key_bytes, 250);
+        assert_eq!(c.max_value_bytes, 1 << 20);
+        assert_eq!(c.read_path, ReadPath::Direct);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn flags_override_and_bad_values_are_named() {
+        let c = Config::try_parse_from(["cache-manager", "--cores", "1", "--l1-max-entries", "0"])
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("CACHE_L1_MAX_ENTRIES must be at least 1, got 0"), "{err}");
+        let c = Config::try_parse_from(["cache-manager", "--metrics-enabled", "false"]).unwrap();
+        assert!(!c.metrics_enabled);
+        assert!(Config::try_parse_from(["cache-manager", "--read-path", "sideways"]).is_err());
+    }
+
+    #[test]
+    fn the_token_is_never_printed() {
+        let c = Config::try_parse_from(["cache-manager", "--auth-token", "s3cret"]).unwrap();
+        let printed = serde_json::to_string(&c).unwrap();
+        assert!(!printed.contains("s3cret"));
+        assert!(printed.contains("<set>"));
+    }
+}

@@ -1,0 +1,154 @@
+//! What the connections of one core share (`Core`), and what all cores share (`Shared`):
+//! the router, every shard's lock-free reader, the owners' mailboxes, the coarse clock,
+//! the counters, and the shutdown signal.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use engine::metrics::{Counter, Gauge};
+use engine::{Clock, CoarseClock, LatencyRecorder, Mailboxes, Router, ShardMetrics, TableReader};
+use event_listener::Event;
+
+use crate::config::Config;
+
+/// One core's request-side counters (the shard-side ones are in its `ShardMetrics`).
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    pub connections: Gauge,
+    pub requests: Counter,
+    /// Requests answered with an error before reaching a handler (framing, limits).
+    pub rejected: Counter,
+    /// Connections turned away over CACHE_MAX_CONNECTIONS.
+    pub refused: Counter,
+    pub latency: OpLatency,
+}
+
+/// Latency per operation, on one core.
+#[derive(Debug, Default)]
+pub struct OpLatency {
+    pub get: LatencyRecorder,
+    pub set: LatencyRecorder,
+    pub delete: LatencyRecorder,
+    pub invalidate: LatencyRecorder,
+}
+
+/// Set once on SIGTERM/SIGINT; wakes everything waiting for it, on every core.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    flag: AtomicBool,
+    event: Event,
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub async fn wait(&self) {
+        loop {
+            if self.is_triggered() {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.is_triggered() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub readers: Box<[TableReader]>,
+    pub mail: Mailboxes,
+    pub clock: CoarseClock,
+    /// Indexed by shard, which is also the core that owns it.
+    pub shards: Box<[Arc<ShardMetrics>]>,
+    pub cores: Box<[CoreStats]>,
+    pub shutdown: Shutdown,
+}
+
+pub struct Core {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    open_connections: Cell<usize>,
+    /// The `Date` header for the current second.
+    date: RefCell<(u64, Rc<str>)>,
+}
+
+impl Core {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        Self {
+            id,
+            config: shared.config.clone(),
+            shared,
+            open_connections: Cell::new(0),
+            date: RefCell::new((u64::MAX, Rc::from(""))),
+        }
+    }
+
+    pub fn stats(&self) -> &CoreStats {
+        &self.shared.cores[self.id]
+    }
+
+    pub fn shard_metrics(&self) -> &ShardMetrics {
+        &self.shared.shards[self.id]
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.shared.shutdown.is_triggered()
+    }
+
+    pub async fn shutdown_signal(&self) {
+        self.shared.shutdown.wait().await
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.get()
+    }
+
+    /// Counts a connection open until the returned guard drops.
+    pub fn connection_opened(self: &Rc<Self>) -> ConnectionGuard {
+        self.set_open(self.open_connections.get() + 1);
+        ConnectionGuard(self.clone())
+    }
+
+    fn set_open(&self, n: usize) {
+        self.open_connections.set(n);
+        self.stats().connections.set(n as u64);
+    }
+
+    pub fn http_date(&self) -> Rc<str> {
+        let now_ms = self.now_ms();
+        let second = now_ms / 1000;
+        let mut date = self.date.borrow_mut();
+        if date.0 != second {
+            let formatted = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(second));
+            *date = (second, Rc::from(formatted));
+        }
+        date.1.clone()
+    }
+}
+
+pub struct ConnectionGuard(Rc<Core>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.set_open(self.0.open_connections.get() - 1);
+    }
+}

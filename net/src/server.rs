@@ -1,0 +1,226 @@
+//! Starting and stopping the service: one glommio executor pinned to each core, each
+//! owning one engine shard and its own listener on the shared address (glommio sets
+//! SO_REUSEPORT, so the kernel spreads connections across cores).
+//!
+//! On every core run: the accept loop, one task per connection, the shard's owner (the
+//! only task that writes the shard, draining its mailbox in order) and a ticker that
+//! keeps the coarse clock current and asks the owner to sweep expired entries every
+//! CACHE_CLEANUP_INTERVAL. On SIGTERM/SIGINT every core stops accepting, lets open
+//! connections finish the request in hand, and the process exits 0 once all are closed
+//! or CACHE_SHUTDOWN_GRACE_MS has passed.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use engine::{mailboxes, Clock, CoarseClock, Command, Router, ShardConfig, ShardMetrics, ShardWriter};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::core::{Core, CoreStats, Shared, Shutdown};
+use crate::http;
+use crate::stats;
+
+/// Depth of each owner's mailbox; senders wait when it is full.
+const MAILBOX_DEPTH: usize = 4096;
+
+/// Runs the service until a signal stops it.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let cores = config.cores();
+    let clock = CoarseClock::new();
+    let router = Router::new(cores);
+    let (mail, receivers) = mailboxes(router.clone(), MAILBOX_DEPTH);
+    let shards: Box<[Arc<ShardMetrics>]> = (0..cores).map(|_| Arc::default()).collect();
+    let writers: Vec<ShardWriter> = (0..cores)
+        .map(|i| {
+            let config = ShardConfig {
+                max_entries: split(config.l1_max_entries as u64, cores, i) as usize,
+                max_bytes: split(config.l1_max_bytes, cores, i),
+            };
+            ShardWriter::new(config, shards[i].clone(), clock.now_ms())
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        router,
+        readers: writers.iter().map(ShardWriter::reader).collect(),
+        mail,
+        clock,
+        shards,
+        cores: (0..cores).map(|_| CoreStats::default()).collect(),
+        shutdown: Shutdown::default(),
+    });
+    watch_signals(shared.clone())?;
+
+    let (ready_tx, ready_rx) = flume::bounded::<Result<(), String>>(cores);
+    let draining = Arc::new(AtomicUsize::new(cores));
+    let mut executors = Vec::with_capacity(cores);
+    for (id, (writer, mailbox)) in writers.into_iter().zip(receivers).enumerate() {
+        let (shared, ready, draining) = (shared.clone(), ready_tx.clone(), draining.clone());
+        let executor = LocalExecutorBuilder::new(Placement::Fixed(id))
+            .name(&format!("core-{id}"))
+            .spawn(move || async move {
+                let core = Rc::new(Core::new(id, shared));
+                core_main(core, writer, mailbox, ready, draining).await
+            })
+            .map_err(|e| anyhow::anyhow!("starting the executor for core {id}: {e}"))?;
+        executors.push(executor);
+    }
+    drop(ready_tx);
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.shutdown.trigger();
+                bail!(e);
+            }
+            Err(_) => bail!("a core stopped before it was ready"),
+        }
+    }
+    tracing::info!(
+        listen = %config.listen, cores, read_path = ?config.read_path,
+        l1_max_entries = config.l1_max_entries, l1_max_bytes = config.l1_max_bytes,
+        "cache-manager ready (L1 only)"
+    );
+    for executor in executors {
+        executor.join().map_err(|e| anyhow::anyhow!("a core failed: {e}"))?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Core `i`'s part of `total` over `cores` parts (they add up to exactly `total`).
+fn split(total: u64, cores: usize, i: usize) -> u64 {
+    total / cores as u64 + u64::from((i as u64) < total % cores as u64)
+}
+
+fn watch_signals(shared: Arc<Shared>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "stopping: no new connections, finishing requests in hand");
+                shared.shutdown.trigger();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+async fn core_main(
+    core: Rc<Core>,
+    writer: ShardWriter,
+    mailbox: flume::Receiver<Command>,
+    ready: flume::Sender<Result<(), String>>,
+    draining: Arc<AtomicUsize>,
+) {
+    let listener = match TcpListener::bind(core.config.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(format!("core {} cannot listen on {}: {e}", core.id, core.config.listen)));
+            return;
+        }
+    };
+    glommio::spawn_local(own_shard(writer, mailbox, core.shared.clock.clone())).detach();
+    glommio::spawn_local(tick(core.clone())).detach();
+    let _ = ready.send(Ok(()));
+    drop(ready);
+
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            core.shutdown_signal().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                if core.open_connections() >= core.config.max_connections {
+                    core.stats().refused.incr();
+                    glommio::spawn_local(http::refuse_connection(stream, core.clone())).detach();
+                    continue;
+                }
+                let guard = core.connection_opened();
+                let conn_core = core.clone();
+                glommio::spawn_local(async move {
+                    http::serve(stream, conn_core).await;
+                    drop(guard);
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(core = core.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+
+    let deadline = Instant::now() + Duration::from_millis(core.config.shutdown_grace_ms);
+    while core.open_connections() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if core.open_connections() > 0 {
+        tracing::warn!(core = core.id, open = core.open_connections(), "grace period over; closing");
+    }
+    // Other cores may still be finishing requests that need this core's shard.
+    draining.fetch_sub(1, Ordering::SeqCst);
+    while draining.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The shard's only writer: applies commands in arrival order, draining what is queued
+/// before it waits again, and frees due expiries first so they make room before CLOCK
+/// evicts anything.
+async fn own_shard(mut writer: ShardWriter, mailbox: flume::Receiver<Command>, clock: CoarseClock) {
+    while let Ok(command) = mailbox.recv_async().await {
+        let now = clock.now_ms();
+        writer.expire(now);
+        command.apply(&mut writer, now);
+        for command in mailbox.try_iter().take(MAILBOX_DEPTH) {
+            command.apply(&mut writer, now);
+        }
+    }
+}
+
+/// Keeps the coarse clock within a millisecond, sweeps expiries every cleanup interval,
+/// and (on core 0) logs a metrics summary every METRICS_INTERVAL.
+async fn tick(core: Rc<Core>) {
+    let shared = core.shared.clone();
+    let cleanup = Duration::from_secs(core.config.cleanup_interval);
+    let summary = Duration::from_secs(core.config.metrics_interval);
+    let (mut next_cleanup, mut next_summary) = (Instant::now() + cleanup, Instant::now() + summary);
+    loop {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+        shared.clock.tick();
+        let now = Instant::now();
+        if now >= next_cleanup {
+            next_cleanup = now + cleanup;
+            let own = shared.router.shards();
+            debug_assert!(core.id < own);
+            let _ = shared.mail.call(core.id, |reply| Command::Expire { reply }).await;
+        }
+        if core.id == 0 && core.config.metrics_enabled && !summary.is_zero() && now >= next_summary {
+            next_summary = now + summary;
+            let s = stats::snapshot(&shared);
+            tracing::info!(
+                hits = s.hits, misses = s.misses, hit_rate = format!("{:.3}", s.hit_rate),
+                entries = s.l1_size, bytes = s.l1_bytes, evictions = s.evictions,
+                expirations = s.expirations, connections = s.connections,
+                get_p99_us = s.latency_us.get.p99, "metrics"
+            );
+        }
+        if shared.shutdown.is_triggered() && core.open_connections() == 0 {
+            // Keep ticking while other cores drain: they may still read this clock.
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The metrics endpoints: `/api/cache/metrics` (the original's JSON fields, then ours) and
+//! `/metrics` (the same in Prometheus text format), both summed over every core.
+
+use std::fmt::Write;
+
+use engine::{LatencyRecorder, LatencySummary, MetricsSnapshot};
+use serde::Serialize;
+
+use crate::core::{OpLatency, Shared};
+use crate::http::Response;
+
+#[derive(Serialize)]
+pub struct Snapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate: f64,
+    pub sets: u64,
+    pub deletes: u64,
+    pub evictions: u64,
+    pub l1_size: u64,
+    /// The L2 tier does not exist yet: these stay 0 in L1-only mode.
+    pub l2_hits: u64,
+    pub l2_misses: u64,
+    pub l2_errors: u64,
+    pub expirations: u64,
+    pub l1_bytes: u64,
+    pub l1_max_entries: usize,
+    pub l1_max_bytes: u64,
+    pub coalesced: u64,
+    pub origin_fetches: u64,
+    pub connections: u64,
+    pub requests: u64,
+    pub rejected_requests: u64,
+    pub refused_connections: u64,
+    pub latency_us: Latencies,
+    pub cores: Vec<CoreSnapshot>,
+}
+
+#[derive(Serialize)]
+pub struct Latencies {
+    pub get: Percentiles,
+    pub set: Percentiles,
+    pub delete: Percentiles,
+    pub invalidate: Percentiles,
+}
+
+#[derive(Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl From<LatencySummary> for Percentiles {
+    fn from(s: LatencySummary) -> Self {
+        Self {
+            count: s.count,
+            p50: s.p50_us,
+            p90: s.p90_us,
+            p99: s.p99_us,
+            p999: s.p999_us,
+            max: s.max_us,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct CoreSnapshot {
+    pub core: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub sets: u64,
+    pub deletes: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub entries: u64,
+    pub bytes: u64,
+    pub connections: u64,
+    pub requests: u64,
+}
+
+fn merged(shared: &Shared, pick: impl Fn(&OpLatency) -> &LatencyRecorder) -> Percentiles {
+    let histogram = LatencyRecorder::merged(shared.cores.iter().map(|c| pick(&c.latency)));
+    LatencyRecorder::summarize(&histogram).into()
+}
+
+pub fn snapshot(shared: &Shared) -> Snapshot {
+    let total = MetricsSnapshot::sum(shared.shards.iter().map(|m| &**m));
+    let cores: Vec<CoreSnapshot> = shared
+        .shards
+        .iter()
+        .zip(shared.cores.iter())
+        .enumerate()
+        .map(|(core, (shard, stats))| {
+            let m = shard.snapshot();
+            CoreSnapshot {
+                core,
+                hits: m.hits,
+                misses: m.misses,
+                sets: m.sets,
+                deletes: m.deletes,
+                evictions: m.evictions,
+                expirations: m.expirations,
+                entries: m.entries,
+                bytes: m.bytes,
+                connections: stats.connections.get(),
+                requests: stats.requests.get(),
+            }
+        })
+        .collect();
+    let sum = |f: fn(&crate::core::CoreStats) -> u64| shared.cores.iter().map(f).sum::<u64>();
+    Snapshot {
+        hits: total.hits,
+        misses: total.misses,
+        hit_rate: total.hit_rate(),
+        sets: total.sets,
+        deletes: total.deletes,
+        evictions: total.evictions,
+        l1_size: total.entries,
+        l2_hits: 0,
+        l2_misses: 0,
+        l2_errors: 0,
+        expirations: total.expirations,
+        l1_bytes: total.bytes,
+        l1_max_entries: shared.config.l1_max_entries,
+        l1_max_bytes: shared.config.l1_max_bytes,
+        coalesced: total.coalesced,
+        origin_fetches: 0,
+        connections: sum(|c| c.connections.get()),
+        requests: sum(|c| c.requests.get()),
+        rejected_requests: sum(|c| c.rejected.get()),
+        refused_connections: sum(|c| c.refused.get()),
+        latency_us: Latencies {
+            get: merged(shared, |l| &l.get),
+            set: merged(shared, |l| &l.set),
+            delete: merged(shared, |l| &l.delete),
+            invalidate: merged(shared, |l| &l.invalidate),
+        },
+        cores,
+    }
+}
+
+/// The snapshot in Prometheus text exposition format 0.0.4.
+pub fn prometheus(shared: &Shared) -> Response {
+    let s = snapshot(shared);
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(out, "# HELP cache_{name} {help}\n# TYPE cache_{name} {kind}\ncache_{name} {value}");
+    };
+    metric("hits_total", "counter", "Lookups answered from L1.", s.hits.to_string());
+    metric("misses_total", "counter", "Lookups that found nothing.", s.misses.to_string());
+    metric("hit_rate", "gauge", "Hits over lookups since start.", format!("{:.6}", s.hit_rate));
+    metric("sets_total", "counter", "Entries stored.", s.sets.to_string());
+    metric("deletes_total", "counter", "Entries deleted or invalidated.", s.deletes.to_string());
+    metric("evictions_total", "counter", "Entries evicted by CLOCK to respect a bound.", s.evictions.to_string());
+    metric("expirations_total", "counter", "Entries dropped at the end of their TTL.", s.expirations.to_string());
+    metric("l1_entries", "gauge", "Entries held in L1.", s.l1_size.to_string());
+    metric("l1_bytes", "gauge", "Bytes charged in L1 (keys, values, overhead).", s.l1_bytes.to_string());
+    metric("l1_max_entries", "gauge", "L1 entry bound.", s.l1_max_entries.to_string());
+    metric("l1_max_bytes", "gauge", "L1 byte bound.", s.l1_max_bytes.to_string());
+    metric("l2_hits_total", "counter", "Lookups answered from L2.", s.l2_hits.to_string());
+    metric("l2_misses_total", "counter", "L2 lookups that found nothing.", s.l2_misses.to_string());
+    metric("l2_errors_total", "counter", "Failed L2 commands.", s.l2_errors.to_string());
+    metric("coalesced_total", "counter", "Misses that waited on another request's fill.", s.coalesced.to_string());
+    metric("origin_fetches_total", "counter", "Fills from the origin.", s.origin_fetches.to_string());
+    metric("connections", "gauge", "Open client connections.", s.connections.to_string());
+    metric("requests_total", "counter", "Requests received.", s.requests.to_string());
+    metric("rejected_requests_total", "counter", "Requests refused for framing or limits.", s.rejected_requests.to_string());
+    metric("refused_connections_total", "counter", "Connections refused over CACHE_MAX_CONNECTIONS.", s.refused_connections.to_string());
+    let _ = writeln!(out, "# HELP cache_request_latency_microseconds Request latency by operation.\n# TYPE cache_request_latency_microseconds summary");
+    for (op, p) in [("get", &s.latency_us.get), ("set", &s.latency_us.set), ("delete", &s.latency_us.delete), ("invalidate", &s.latency_us.invalidate)] {
+        for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99), ("0.999", p.p999), ("1", p.max)] {
+            let _ = writeln!(out, "cache_request_latency_microseconds{{op=\"{op}\",quantile=\"{q}\"}} {v}");
+        }
+        let _ = writeln!(out, "cache_request_latency_microseconds_count{{op=\"{op}\"}} {}", p.count);
+    }
+    let _ = writeln!(out, "# HELP cache_core_requests_total Requests received, by core.\n# TYPE cache_core_requests_total counter");
+    for c in &s.cores {
+        let _ = writeln!(out, "cache_core_requests_total{{core=\"{}\"}} {}", c.core, c.requests);
+    }
+    let _ = writeln!(out, "# HELP cache_core_entries Entries held, by core.\n# TYPE cache_core_entries gauge");
+    for c in &s.cores {
+        let _ = writeln!(out, "cache_core_entries{{core=\"{}\"}} {}", c.core, c.entries);
+    }
+    let mut response = Response::json(200, out.into_bytes());
+    response.content_type = "text/plain; version=0.0.4";
+    response
+}
