@@ -192,6 +192,8 @@ impl<V: Clone, E: Clone> Fill<V, E> {
 
 /// Removes `flight` from the set unless a fence already did (and a newer flight for the
 /// same key may have taken its place).
+// An `InFlight` hashes and compares only its immutable key; the cells inside take no part.
+#[allow(clippy::mutable_key_type)]
 fn detach<V, E>(
     flights: &mut HashSet<InFlight<V, E>, ahash::RandomState>,
     flight: &Rc<Flight<V, E>>,

@@ -53,13 +53,20 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Response {
 }
 
 /// A refusal that can be given before the body is read (so `100 Continue` is not sent).
-pub fn refuse_early(core: &Core, method: Method, authorization: Option<&[u8]>) -> Option<(u16, String)> {
+pub fn refuse_early(
+    core: &Core,
+    method: Method,
+    authorization: Option<&[u8]>,
+) -> Option<(u16, String)> {
     let mutating = matches!(method, Method::Put | Method::Delete | Method::Post);
     (mutating && !authorized(core, authorization)).then(unauthorized_message)
 }
 
 fn unauthorized_message() -> (u16, String) {
-    (401, "missing or wrong bearer token (Authorization: Bearer <CACHE_AUTH_TOKEN>)".into())
+    (
+        401,
+        "missing or wrong bearer token (Authorization: Bearer <CACHE_AUTH_TOKEN>)".into(),
+    )
 }
 
 fn authorized(core: &Core, authorization: Option<&[u8]>) -> bool {
@@ -73,7 +80,8 @@ fn authorized(core: &Core, authorization: Option<&[u8]>) -> bool {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response {
-    Response::error(405, format!("method not allowed here; allowed: {allow}")).with_header("Allow", allow)
+    Response::error(405, format!("method not allowed here; allowed: {allow}"))
+        .with_header("Allow", allow)
 }
 
 async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
@@ -92,7 +100,9 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
         }
         "/metrics" if readable => stats::prometheus(&core.shared),
         "/api/cache/metrics" if readable => json(200, &stats::snapshot(&core.shared)),
-        "/healthz" | "/readyz" | "/metrics" | "/api/cache/metrics" => method_not_allowed("GET, HEAD"),
+        "/healthz" | "/readyz" | "/metrics" | "/api/cache/metrics" => {
+            method_not_allowed("GET, HEAD")
+        }
         "/api/cache/invalidate" => {
             if request.method != Method::Post {
                 return (None, method_not_allowed("POST"));
@@ -110,13 +120,18 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
 async fn entry_route(core: &Rc<Core>, rest: &str, request: &Request) -> (Option<Op>, Response) {
     let encoded = rest.strip_prefix("entry/").unwrap_or(rest);
     if encoded.contains('/') {
-        return (None, Response::error(404, "a key is one path segment; encode '/' as %2F"));
+        return (
+            None,
+            Response::error(404, "a key is one path segment; encode '/' as %2F"),
+        );
     }
     let key: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
     if let Err(response) = check_key(core, &key, 414) {
         return (None, response);
     }
-    if matches!(request.method, Method::Put | Method::Delete) && !authorized(core, request.authorization.as_deref()) {
+    if matches!(request.method, Method::Put | Method::Delete)
+        && !authorized(core, request.authorization.as_deref())
+    {
         let (status, message) = unauthorized_message();
         return (None, Response::error(status, message));
     }
@@ -137,11 +152,17 @@ fn check_key(core: &Core, key: &[u8], too_long: u16) -> Result<(), Response> {
     if key.len() > limit {
         return Err(Response::error(
             too_long,
-            format!("key is {} bytes; the limit is {limit} (CACHE_MAX_KEY_BYTES)", key.len()),
+            format!(
+                "key is {} bytes; the limit is {limit} (CACHE_MAX_KEY_BYTES)",
+                key.len()
+            ),
         ));
     }
     if let Some(b) = key.iter().find(|b| b.is_ascii_control()) {
-        return Err(Response::error(400, format!("key contains the control byte 0x{b:02x}")));
+        return Err(Response::error(
+            400,
+            format!("key contains the control byte 0x{b:02x}"),
+        ));
     }
     Ok(())
 }
@@ -167,13 +188,18 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
     let found = match core.config.read_path {
         ReadPath::Direct => {
             let hash = shared.router.hash(key);
-            shared.readers[shared.router.shard_of(hash)]
-                .get_with(hash, key, now, |e| render(e.value, e.cached_at_ms, e.expires_at_ms))
+            shared.readers[shared.router.shard_of(hash)].get_with(hash, key, now, |e| {
+                render(e.value, e.cached_at_ms, e.expires_at_ms)
+            })
         }
         ReadPath::Hop => match shared.mail.lookup(key).await {
-            Ok(entry) => entry.map(|OwnedEntry { value, cached_at_ms, expires_at_ms }| {
-                render(&value, cached_at_ms, expires_at_ms)
-            }),
+            Ok(entry) => entry.map(
+                |OwnedEntry {
+                     value,
+                     cached_at_ms,
+                     expires_at_ms,
+                 }| { render(&value, cached_at_ms, expires_at_ms) },
+            ),
             Err(e) => return shard_unavailable(e),
         },
     };
@@ -226,8 +252,11 @@ fn render_hit(
         serde_json::to_writer(&mut body, text).expect("a string serializes");
     } else {
         base64 = true;
-        serde_json::to_writer(&mut body, &base64::engine::general_purpose::STANDARD.encode(data))
-            .expect("a string serializes");
+        serde_json::to_writer(
+            &mut body,
+            &base64::engine::general_purpose::STANDARD.encode(data),
+        )
+        .expect("a string serializes");
     }
     body.extend_from_slice(b",\"hit\":true,\"source\":\"l1\",\"cached_at\":\"");
     body.extend_from_slice(cached_at.as_bytes());
@@ -268,10 +297,12 @@ fn query_ttl(query: Option<&str>) -> Result<Option<u64>, Response> {
     let Some(query) = query else { return Ok(None) };
     for pair in query.split('&') {
         if let Some(v) = pair.strip_prefix("ttl=") {
-            return v
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| Response::error(400, format!("ttl must be a non-negative integer of seconds, got {v:?}")));
+            return v.parse::<u64>().map(Some).map_err(|_| {
+                Response::error(
+                    400,
+                    format!("ttl must be a non-negative integer of seconds, got {v:?}"),
+                )
+            });
         }
     }
     Ok(None)
@@ -281,7 +312,10 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
     let config = &core.config;
     let limit = config.max_value_bytes;
     let too_large = |n: usize| {
-        Response::error(413, format!("value is {n} bytes; the limit is {limit} (CACHE_MAX_VALUE_BYTES)"))
+        Response::error(
+            413,
+            format!("value is {n} bytes; the limit is {limit} (CACHE_MAX_VALUE_BYTES)"),
+        )
     };
     let media = request.content_type.as_deref();
     let (stored, ttl) = if media == Some("application/octet-stream") {
@@ -303,7 +337,10 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
         };
         if let Some(body_key) = &body.key {
             if body_key.as_bytes() != key {
-                return Response::error(400, format!("body key {body_key:?} differs from the key in the path"));
+                return Response::error(
+                    400,
+                    format!("body key {body_key:?} differs from the key in the path"),
+                );
             }
         }
         let value = body.value.get().as_bytes();
@@ -315,15 +352,24 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
         stored.extend_from_slice(value);
         (stored, body.ttl)
     } else {
-        return Response::error(415, format!(
+        return Response::error(
+            415,
+            format!(
             "Content-Type {:?} is not accepted: send application/json or application/octet-stream",
             media.unwrap_or_default()
-        ));
+        ),
+        );
     };
     let ttl = match ttl {
         Some(0) | None => config.default_ttl(),
         Some(secs) if config.max_ttl > 0 && secs > config.max_ttl => {
-            return Response::error(400, format!("ttl {secs} is above the limit of {} seconds (CACHE_MAX_TTL)", config.max_ttl));
+            return Response::error(
+                400,
+                format!(
+                    "ttl {secs} is above the limit of {} seconds (CACHE_MAX_TTL)",
+                    config.max_ttl
+                ),
+            );
         }
         Some(secs) => Some(Duration::from_secs(secs)),
     };
@@ -337,7 +383,9 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
                 "expires_at": inserted.expires_at_ms.map(rfc3339),
             }),
         ),
-        Ok(Err(e @ InsertError::TooLarge { .. })) => Response::error(413, format!("{e} (CACHE_L1_MAX_BYTES per core)")),
+        Ok(Err(e @ InsertError::TooLarge { .. })) => {
+            Response::error(413, format!("{e} (CACHE_L1_MAX_BYTES per core)"))
+        }
         Ok(Err(e)) => Response::error(400, e.to_string()),
         Err(e) => shard_unavailable(e),
     }
@@ -345,7 +393,10 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
 
 async fn delete(core: &Rc<Core>, key: &[u8]) -> Response {
     match core.shared.mail.delete(key).await {
-        Ok(deleted) => json(200, &serde_json::json!({ "success": true, "deleted": deleted })),
+        Ok(deleted) => json(
+            200,
+            &serde_json::json!({ "success": true, "deleted": deleted }),
+        ),
         Err(e) => shard_unavailable(e),
     }
 }
@@ -376,9 +427,18 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
         (Some(keys), None) => {
             let limit = core.config.max_invalidate_keys;
             if keys.len() > limit {
-                return Response::error(400, format!("{} keys in one request; the limit is {limit} (CACHE_MAX_INVALIDATE_KEYS)", keys.len()));
+                return Response::error(
+                    400,
+                    format!(
+                        "{} keys in one request; the limit is {limit} (CACHE_MAX_INVALIDATE_KEYS)",
+                        keys.len()
+                    ),
+                );
             }
-            if let Some(bad) = keys.iter().find_map(|k| check_key(core, k.as_bytes(), 400).err()) {
+            if let Some(bad) = keys
+                .iter()
+                .find_map(|k| check_key(core, k.as_bytes(), 400).err())
+            {
                 return bad;
             }
             mail.invalidate_keys(&keys).await
@@ -389,14 +449,29 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
                 return Response::error(400, "empty pattern");
             }
             if pattern.len() > limit {
-                return Response::error(400, format!("pattern is {} bytes; the limit is {limit} (CACHE_MAX_PATTERN_BYTES)", pattern.len()));
+                return Response::error(
+                    400,
+                    format!(
+                        "pattern is {} bytes; the limit is {limit} (CACHE_MAX_PATTERN_BYTES)",
+                        pattern.len()
+                    ),
+                );
             }
-            mail.invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes()))).await
+            mail.invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes())))
+                .await
         }
-        _ => return Response::error(400, "send exactly one of \"keys\" (a list) or \"pattern\" (a glob)"),
+        _ => {
+            return Response::error(
+                400,
+                "send exactly one of \"keys\" (a list) or \"pattern\" (a glob)",
+            )
+        }
     };
     match invalidated {
-        Ok(n) => json(200, &serde_json::json!({ "invalidated": n, "success": true })),
+        Ok(n) => json(
+            200,
+            &serde_json::json!({ "invalidated": n, "success": true }),
+        ),
         Err(e) => shard_unavailable(e),
     }
 }
@@ -412,9 +487,18 @@ mod tests {
     #[test]
     fn json_values_come_back_verbatim_with_metadata() {
         let stored = [&[JSON_TAG][..], br#"{"id": 123,  "name":"John"}"#].concat();
-        let r = render_hit(&stored, 1_705_314_600_000, Some(1_705_318_200_000), false, 0);
+        let r = render_hit(
+            &stored,
+            1_705_314_600_000,
+            Some(1_705_318_200_000),
+            false,
+            0,
+        );
         let text = String::from_utf8(r.body.clone()).unwrap();
-        assert!(text.starts_with(r#"{"value":{"id": 123,  "name":"John"},"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"value":{"id": 123,  "name":"John"},"#),
+            "{text}"
+        );
         let v = body(&r);
         assert_eq!(v["hit"], true);
         assert_eq!(v["source"], "l1");
@@ -424,7 +508,13 @@ mod tests {
 
     #[test]
     fn raw_values_seen_through_json_are_strings_or_base64() {
-        let text = render_hit(&[&[BYTES_TAG][..], b"plain \"text\""].concat(), 0, None, false, 0);
+        let text = render_hit(
+            &[&[BYTES_TAG][..], b"plain \"text\""].concat(),
+            0,
+            None,
+            false,
+            0,
+        );
         assert_eq!(body(&text)["value"], "plain \"text\"");
         assert_eq!(body(&text)["expires_at"], serde_json::Value::Null);
         let binary = render_hit(&[BYTES_TAG, 0xff, 0x00], 0, None, false, 0);

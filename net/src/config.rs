@@ -25,7 +25,11 @@ pub enum LogFormat {
 }
 
 #[derive(Clone, Debug, Parser, Serialize)]
-#[command(name = "cache-manager", version, about = "A thread-per-core HTTP cache service")]
+#[command(
+    name = "cache-manager",
+    version,
+    about = "A thread-per-core HTTP cache service"
+)]
 pub struct Config {
     /// Address every core listens on (SO_REUSEPORT spreads connections over them).
     #[arg(long, env = "CACHE_LISTEN", default_value = "127.0.0.1:4000")]
@@ -154,7 +158,11 @@ impl Config {
                 Ok(())
             }
         };
-        at_least("CACHE_L1_MAX_ENTRIES", self.cores() as u64, self.l1_max_entries as u64)?;
+        at_least(
+            "CACHE_L1_MAX_ENTRIES",
+            self.cores() as u64,
+            self.l1_max_entries as u64,
+        )?;
         at_least("CACHE_MAX_KEY_BYTES", 1, self.max_key_bytes as u64)?;
         at_least("CACHE_MAX_HEADERS", 8, self.max_headers as u64)?;
         at_least("CACHE_MAX_HEADER_BYTES", 1024, self.max_header_bytes as u64)?;
@@ -230,7 +238,10 @@ mod tests {
         let c = Config::try_parse_from(["cache-manager", "--cores", "1", "--l1-max-entries", "0"])
             .unwrap();
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("CACHE_L1_MAX_ENTRIES must be at least 1, got 0"), "{err}");
+        assert!(
+            err.contains("CACHE_L1_MAX_ENTRIES must be at least 1, got 0"),
+            "{err}"
+        );
         let c = Config::try_parse_from(["cache-manager", "--metrics-enabled", "false"]).unwrap();
         assert!(!c.metrics_enabled);
         assert!(Config::try_parse_from(["cache-manager", "--read-path", "sideways"]).is_err());

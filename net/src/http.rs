@@ -269,7 +269,12 @@ impl Connection {
         let read = if idle {
             let core = self.core.clone();
             futures_lite::future::or(
-                async { self.stream.read(&mut self.input[start..]).await.map_err(ReadError::from) },
+                async {
+                    self.stream
+                        .read(&mut self.input[start..])
+                        .await
+                        .map_err(ReadError::from)
+                },
                 async move {
                     core.shutdown_signal().await;
                     Err(ReadError::Stopping)
@@ -277,12 +282,18 @@ impl Connection {
             )
             .await
         } else {
-            self.stream.read(&mut self.input[start..]).await.map_err(ReadError::from)
+            self.stream
+                .read(&mut self.input[start..])
+                .await
+                .map_err(ReadError::from)
         };
         let n = match read {
             Ok(n) => n,
             Err(ReadError::Io(e))
-                if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) =>
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
             {
                 self.input.truncate(start);
                 return Err(ReadError::Idle);
@@ -305,7 +316,10 @@ impl Connection {
         let config = self.core.config.clone();
         let max_body = config.max_body_bytes();
         if head.length_required {
-            return Err(reject(411, "PUT and POST need a Content-Length or chunked body"));
+            return Err(reject(
+                411,
+                "PUT and POST need a Content-Length or chunked body",
+            ));
         }
         if let Framing::Length(n) = head.framing {
             if n > max_body as u64 {
@@ -321,7 +335,8 @@ impl Connection {
             {
                 return Err(ReadError::Reject(status, message));
             }
-            self.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.output
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             self.flush().await?;
         }
         let deadline = Instant::now() + config.body_timeout();
@@ -359,7 +374,7 @@ impl Connection {
                 match request.parse(self.unread()) {
                     Ok(httparse::Status::Complete(len)) => {
                         if len > config.max_header_bytes {
-                            return Err(head_too_large(&config));
+                            return Err(oversized_head(self.unread(), config.max_header_bytes));
                         }
                         let head = interpret(&request, &config)?;
                         self.pos += len;
@@ -367,16 +382,17 @@ impl Connection {
                     }
                     Ok(httparse::Status::Partial) => {
                         if self.unread().len() > config.max_header_bytes {
-                            let line_ended = self.unread().windows(2).any(|w| w == b"\r\n");
-                            return Err(if line_ended {
-                                head_too_large(&config)
-                            } else {
-                                reject(414, format!("request line is longer than the {} bytes a head may have (CACHE_MAX_HEADER_BYTES)", config.max_header_bytes))
-                            });
+                            return Err(oversized_head(self.unread(), config.max_header_bytes));
                         }
                     }
                     Err(httparse::Error::TooManyHeaders) => {
-                        return Err(reject(431, format!("more than {} headers (CACHE_MAX_HEADERS)", config.max_headers)));
+                        return Err(reject(
+                            431,
+                            format!(
+                                "more than {} headers (CACHE_MAX_HEADERS)",
+                                config.max_headers
+                            ),
+                        ));
                     }
                     Err(e) => return Err(reject(400, format!("malformed request head: {e}"))),
                 }
@@ -394,7 +410,11 @@ impl Connection {
         Ok(body)
     }
 
-    async fn read_chunked_body(&mut self, max: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+    async fn read_chunked_body(
+        &mut self,
+        max: usize,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ReadError> {
         let mut body = Vec::new();
         loop {
             let (line, size) = loop {
@@ -407,7 +427,10 @@ impl Connection {
                 }
             };
             if body.len() as u64 + size > max as u64 {
-                return Err(reject(413, format!("chunked body is larger than the limit of {max} bytes")));
+                return Err(reject(
+                    413,
+                    format!("chunked body is larger than the limit of {max} bytes"),
+                ));
             }
             let size = size as usize;
             self.pos += line;
@@ -438,32 +461,58 @@ impl Connection {
                 return Ok(());
             }
             if self.unread().len() > limit {
-                return Err(reject(431, format!("trailers are longer than {limit} bytes")));
+                return Err(reject(
+                    431,
+                    format!("trailers are longer than {limit} bytes"),
+                ));
             }
             self.fill(deadline, false).await?;
         }
     }
 }
 
-fn head_too_large(config: &crate::config::Config) -> ReadError {
-    reject(
-        431,
-        format!("request head is larger than {} bytes (CACHE_MAX_HEADER_BYTES)", config.max_header_bytes),
-    )
+/// 414 when the request line alone is over the head limit, else 431.
+fn oversized_head(unread: &[u8], limit: usize) -> ReadError {
+    let line = unread
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(unread.len());
+    if line > limit {
+        reject(
+            414,
+            format!("request line is longer than {limit} bytes (CACHE_MAX_HEADER_BYTES)"),
+        )
+    } else {
+        reject(
+            431,
+            format!("request head is larger than {limit} bytes (CACHE_MAX_HEADER_BYTES)"),
+        )
+    }
 }
 
 /// Turns a parsed head into what the service needs, enforcing the framing rules.
-fn interpret(request: &httparse::Request<'_, '_>, config: &crate::config::Config) -> Result<Head, ReadError> {
+fn interpret(
+    request: &httparse::Request<'_, '_>,
+    config: &crate::config::Config,
+) -> Result<Head, ReadError> {
     let method = Method::parse(request.method.unwrap_or(""));
     let http11 = request.version == Some(1);
     let target = request.path.unwrap_or("");
-    let origin_form = match target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
+    let origin_form = match target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
         Some(rest) => match rest.find('/') {
             Some(i) => &rest[i..],
             None => "/",
         },
         None if target.starts_with('/') => target,
-        None => return Err(reject(400, format!("unsupported request target {target:?}"))),
+        None => {
+            return Err(reject(
+                400,
+                format!("unsupported request target {target:?}"),
+            ))
+        }
     };
     let (path, query) = match origin_form.split_once('?') {
         Some((p, q)) => (p, Some(q.to_owned())),
@@ -483,8 +532,14 @@ fn interpret(request: &httparse::Request<'_, '_>, config: &crate::config::Config
         if name.eq_ignore_ascii_case("content-length") {
             lengths.push(h.value);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let value = std::str::from_utf8(h.value).map_err(|_| reject(400, "Transfer-Encoding is not ASCII"))?;
-            codings.extend(value.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()));
+            let value = std::str::from_utf8(h.value)
+                .map_err(|_| reject(400, "Transfer-Encoding is not ASCII"))?;
+            codings.extend(
+                value
+                    .split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty()),
+            );
         } else if name.eq_ignore_ascii_case("connection") {
             for token in String::from_utf8_lossy(h.value).split(',') {
                 let token = token.trim();
@@ -493,12 +548,21 @@ fn interpret(request: &httparse::Request<'_, '_>, config: &crate::config::Config
             }
         } else if name.eq_ignore_ascii_case("content-type") {
             let media = String::from_utf8_lossy(h.value);
-            let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = media
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             content_type = Some(media);
         } else if name.eq_ignore_ascii_case("accept") {
-            wants_bytes |= String::from_utf8_lossy(h.value)
-                .split(',')
-                .any(|m| m.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/octet-stream"));
+            wants_bytes |= String::from_utf8_lossy(h.value).split(',').any(|m| {
+                m.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/octet-stream")
+            });
         } else if name.eq_ignore_ascii_case("authorization") {
             authorization = Some(h.value.to_vec());
         } else if name.eq_ignore_ascii_case("expect") {
@@ -511,14 +575,24 @@ fn interpret(request: &httparse::Request<'_, '_>, config: &crate::config::Config
         (false, false) => return Err(reject(400, "Content-Length and Transfer-Encoding together")),
         (true, false) => {
             if codings.last().map(String::as_str) != Some("chunked") || codings.len() > 1 {
-                return Err(reject(400, format!("unsupported Transfer-Encoding {:?}; only chunked is accepted", codings.join(", "))));
+                return Err(reject(
+                    400,
+                    format!(
+                        "unsupported Transfer-Encoding {:?}; only chunked is accepted",
+                        codings.join(", ")
+                    ),
+                ));
             }
             Framing::Chunked
         }
         (false, true) => Framing::Length(content_length(&lengths)?),
     };
     let length_required = matches!(method, Method::Put | Method::Post) && framing == Framing::None;
-    let keep_alive = if http11 { !connection_close } else { connection_keep_alive && !connection_close };
+    let keep_alive = if http11 {
+        !connection_close
+    } else {
+        connection_keep_alive && !connection_close
+    };
     if path.len() > config.max_header_bytes {
         return Err(reject(414, "request target too long"));
     }
@@ -529,7 +603,11 @@ fn interpret(request: &httparse::Request<'_, '_>, config: &crate::config::Config
         content_type,
         wants_bytes,
         authorization,
-        framing: if framing == Framing::Length(0) { Framing::None } else { framing },
+        framing: if framing == Framing::Length(0) {
+            Framing::None
+        } else {
+            framing
+        },
         expects_continue,
         keep_alive,
         length_required,
@@ -543,7 +621,13 @@ fn content_length(values: &[&[u8]]) -> Result<u64, ReadError> {
         for item in value.split(|b| *b == b',') {
             let item = item.trim_ascii();
             if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
-                return Err(reject(400, format!("invalid Content-Length {:?}", String::from_utf8_lossy(value))));
+                return Err(reject(
+                    400,
+                    format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(value)
+                    ),
+                ));
             }
             let n = std::str::from_utf8(item)
                 .ok()
@@ -563,7 +647,10 @@ pub async fn refuse_connection(mut stream: TcpStream, core: Rc<Core>) {
     let mut out = Vec::new();
     let response = Response::error(
         503,
-        format!("too many connections: this core serves at most {} (CACHE_MAX_CONNECTIONS)", core.config.max_connections),
+        format!(
+            "too many connections: this core serves at most {} (CACHE_MAX_CONNECTIONS)",
+            core.config.max_connections
+        ),
     );
     write_response(&mut out, &response, false, false, &core.http_date());
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
@@ -580,7 +667,14 @@ mod tests {
         assert_eq!(content_length(&[b"42"]).unwrap(), 42);
         assert_eq!(content_length(&[b"42", b"42"]).unwrap(), 42);
         assert_eq!(content_length(&[b"42, 42"]).unwrap(), 42);
-        for bad in [&b"-1"[..], b"+5", b"", b"1 2", b"0x10", b"99999999999999999999999"] {
+        for bad in [
+            &b"-1"[..],
+            b"+5",
+            b"",
+            b"1 2",
+            b"0x10",
+            b"99999999999999999999999",
+        ] {
             assert!(content_length(&[bad]).is_err(), "{bad:?}");
         }
         assert!(content_length(&[b"1", b"2"]).is_err());
@@ -601,6 +695,9 @@ mod tests {
         let mut head = Vec::new();
         write_response(&mut head, &r, true, false, "d");
         let head = String::from_utf8(head).unwrap();
-        assert!(head.ends_with("Connection: close\r\n\r\n"), "HEAD has no body: {head}");
+        assert!(
+            head.ends_with("Connection: close\r\n\r\n"),
+            "HEAD has no body: {head}"
+        );
     }
 }

@@ -23,7 +23,9 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         config::LogFormat::Text => builder.init(),
         config::LogFormat::Json => builder.json().init(),

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use engine::{mailboxes, Clock, CoarseClock, Command, Router, ShardConfig, ShardMetrics, ShardWriter};
+use engine::{
+    mailboxes, Clock, CoarseClock, Command, Router, ShardConfig, ShardMetrics, ShardWriter,
+};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -87,7 +89,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         "cache-manager ready (L1 only)"
     );
     for executor in executors {
-        executor.join().map_err(|e| anyhow::anyhow!("a core failed: {e}"))?;
+        executor
+            .join()
+            .map_err(|e| anyhow::anyhow!("a core failed: {e}"))?;
     }
     tracing::info!("stopped");
     Ok(())
@@ -100,12 +104,16 @@ fn split(total: u64, cores: usize, i: usize) -> u64 {
 
 fn watch_signals(shared: Arc<Shared>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                tracing::info!(signal, "stopping: no new connections, finishing requests in hand");
+                tracing::info!(
+                    signal,
+                    "stopping: no new connections, finishing requests in hand"
+                );
                 shared.shutdown.trigger();
             }
         })
@@ -123,7 +131,10 @@ async fn core_main(
     let listener = match TcpListener::bind(core.config.listen) {
         Ok(listener) => listener,
         Err(e) => {
-            let _ = ready.send(Err(format!("core {} cannot listen on {}: {e}", core.id, core.config.listen)));
+            let _ = ready.send(Err(format!(
+                "core {} cannot listen on {}: {e}",
+                core.id, core.config.listen
+            )));
             return;
         }
     };
@@ -168,7 +179,11 @@ async fn core_main(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if core.open_connections() > 0 {
-        tracing::warn!(core = core.id, open = core.open_connections(), "grace period over; closing");
+        tracing::warn!(
+            core = core.id,
+            open = core.open_connections(),
+            "grace period over; closing"
+        );
     }
     // Other cores may still be finishing requests that need this core's shard.
     draining.fetch_sub(1, Ordering::SeqCst);
@@ -206,16 +221,26 @@ async fn tick(core: Rc<Core>) {
             next_cleanup = now + cleanup;
             let own = shared.router.shards();
             debug_assert!(core.id < own);
-            let _ = shared.mail.call(core.id, |reply| Command::Expire { reply }).await;
+            let _ = shared
+                .mail
+                .call(core.id, |reply| Command::Expire { reply })
+                .await;
         }
-        if core.id == 0 && core.config.metrics_enabled && !summary.is_zero() && now >= next_summary {
+        if core.id == 0 && core.config.metrics_enabled && !summary.is_zero() && now >= next_summary
+        {
             next_summary = now + summary;
             let s = stats::snapshot(&shared);
             tracing::info!(
-                hits = s.hits, misses = s.misses, hit_rate = format!("{:.3}", s.hit_rate),
-                entries = s.l1_size, bytes = s.l1_bytes, evictions = s.evictions,
-                expirations = s.expirations, connections = s.connections,
-                get_p99_us = s.latency_us.get.p99, "metrics"
+                hits = s.hits,
+                misses = s.misses,
+                hit_rate = format!("{:.3}", s.hit_rate),
+                entries = s.l1_size,
+                bytes = s.l1_bytes,
+                evictions = s.evictions,
+                expirations = s.expirations,
+                connections = s.connections,
+                get_p99_us = s.latency_us.get.p99,
+                "metrics"
             );
         }
         if shared.shutdown.is_triggered() && core.open_connections() == 0 {

@@ -148,42 +148,174 @@ pub fn prometheus(shared: &Shared) -> Response {
     let s = snapshot(shared);
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(out, "# HELP cache_{name} {help}\n# TYPE cache_{name} {kind}\ncache_{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP cache_{name} {help}\n# TYPE cache_{name} {kind}\ncache_{name} {value}"
+        );
     };
-    metric("hits_total", "counter", "Lookups answered from L1.", s.hits.to_string());
-    metric("misses_total", "counter", "Lookups that found nothing.", s.misses.to_string());
-    metric("hit_rate", "gauge", "Hits over lookups since start.", format!("{:.6}", s.hit_rate));
-    metric("sets_total", "counter", "Entries stored.", s.sets.to_string());
-    metric("deletes_total", "counter", "Entries deleted or invalidated.", s.deletes.to_string());
-    metric("evictions_total", "counter", "Entries evicted by CLOCK to respect a bound.", s.evictions.to_string());
-    metric("expirations_total", "counter", "Entries dropped at the end of their TTL.", s.expirations.to_string());
-    metric("l1_entries", "gauge", "Entries held in L1.", s.l1_size.to_string());
-    metric("l1_bytes", "gauge", "Bytes charged in L1 (keys, values, overhead).", s.l1_bytes.to_string());
-    metric("l1_max_entries", "gauge", "L1 entry bound.", s.l1_max_entries.to_string());
-    metric("l1_max_bytes", "gauge", "L1 byte bound.", s.l1_max_bytes.to_string());
-    metric("l2_hits_total", "counter", "Lookups answered from L2.", s.l2_hits.to_string());
-    metric("l2_misses_total", "counter", "L2 lookups that found nothing.", s.l2_misses.to_string());
-    metric("l2_errors_total", "counter", "Failed L2 commands.", s.l2_errors.to_string());
-    metric("coalesced_total", "counter", "Misses that waited on another request's fill.", s.coalesced.to_string());
-    metric("origin_fetches_total", "counter", "Fills from the origin.", s.origin_fetches.to_string());
-    metric("connections", "gauge", "Open client connections.", s.connections.to_string());
-    metric("requests_total", "counter", "Requests received.", s.requests.to_string());
-    metric("rejected_requests_total", "counter", "Requests refused for framing or limits.", s.rejected_requests.to_string());
-    metric("refused_connections_total", "counter", "Connections refused over CACHE_MAX_CONNECTIONS.", s.refused_connections.to_string());
+    metric(
+        "hits_total",
+        "counter",
+        "Lookups answered from L1.",
+        s.hits.to_string(),
+    );
+    metric(
+        "misses_total",
+        "counter",
+        "Lookups that found nothing.",
+        s.misses.to_string(),
+    );
+    metric(
+        "hit_rate",
+        "gauge",
+        "Hits over lookups since start.",
+        format!("{:.6}", s.hit_rate),
+    );
+    metric(
+        "sets_total",
+        "counter",
+        "Entries stored.",
+        s.sets.to_string(),
+    );
+    metric(
+        "deletes_total",
+        "counter",
+        "Entries deleted or invalidated.",
+        s.deletes.to_string(),
+    );
+    metric(
+        "evictions_total",
+        "counter",
+        "Entries evicted by CLOCK to respect a bound.",
+        s.evictions.to_string(),
+    );
+    metric(
+        "expirations_total",
+        "counter",
+        "Entries dropped at the end of their TTL.",
+        s.expirations.to_string(),
+    );
+    metric(
+        "l1_entries",
+        "gauge",
+        "Entries held in L1.",
+        s.l1_size.to_string(),
+    );
+    metric(
+        "l1_bytes",
+        "gauge",
+        "Bytes charged in L1 (keys, values, overhead).",
+        s.l1_bytes.to_string(),
+    );
+    metric(
+        "l1_max_entries",
+        "gauge",
+        "L1 entry bound.",
+        s.l1_max_entries.to_string(),
+    );
+    metric(
+        "l1_max_bytes",
+        "gauge",
+        "L1 byte bound.",
+        s.l1_max_bytes.to_string(),
+    );
+    metric(
+        "l2_hits_total",
+        "counter",
+        "Lookups answered from L2.",
+        s.l2_hits.to_string(),
+    );
+    metric(
+        "l2_misses_total",
+        "counter",
+        "L2 lookups that found nothing.",
+        s.l2_misses.to_string(),
+    );
+    metric(
+        "l2_errors_total",
+        "counter",
+        "Failed L2 commands.",
+        s.l2_errors.to_string(),
+    );
+    metric(
+        "coalesced_total",
+        "counter",
+        "Misses that waited on another request's fill.",
+        s.coalesced.to_string(),
+    );
+    metric(
+        "origin_fetches_total",
+        "counter",
+        "Fills from the origin.",
+        s.origin_fetches.to_string(),
+    );
+    metric(
+        "connections",
+        "gauge",
+        "Open client connections.",
+        s.connections.to_string(),
+    );
+    metric(
+        "requests_total",
+        "counter",
+        "Requests received.",
+        s.requests.to_string(),
+    );
+    metric(
+        "rejected_requests_total",
+        "counter",
+        "Requests refused for framing or limits.",
+        s.rejected_requests.to_string(),
+    );
+    metric(
+        "refused_connections_total",
+        "counter",
+        "Connections refused over CACHE_MAX_CONNECTIONS.",
+        s.refused_connections.to_string(),
+    );
     let _ = writeln!(out, "# HELP cache_request_latency_microseconds Request latency by operation.\n# TYPE cache_request_latency_microseconds summary");
-    for (op, p) in [("get", &s.latency_us.get), ("set", &s.latency_us.set), ("delete", &s.latency_us.delete), ("invalidate", &s.latency_us.invalidate)] {
-        for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99), ("0.999", p.p999), ("1", p.max)] {
-            let _ = writeln!(out, "cache_request_latency_microseconds{{op=\"{op}\",quantile=\"{q}\"}} {v}");
+    for (op, p) in [
+        ("get", &s.latency_us.get),
+        ("set", &s.latency_us.set),
+        ("delete", &s.latency_us.delete),
+        ("invalidate", &s.latency_us.invalidate),
+    ] {
+        for (q, v) in [
+            ("0.5", p.p50),
+            ("0.9", p.p90),
+            ("0.99", p.p99),
+            ("0.999", p.p999),
+            ("1", p.max),
+        ] {
+            let _ = writeln!(
+                out,
+                "cache_request_latency_microseconds{{op=\"{op}\",quantile=\"{q}\"}} {v}"
+            );
         }
-        let _ = writeln!(out, "cache_request_latency_microseconds_count{{op=\"{op}\"}} {}", p.count);
+        let _ = writeln!(
+            out,
+            "cache_request_latency_microseconds_count{{op=\"{op}\"}} {}",
+            p.count
+        );
     }
     let _ = writeln!(out, "# HELP cache_core_requests_total Requests received, by core.\n# TYPE cache_core_requests_total counter");
     for c in &s.cores {
-        let _ = writeln!(out, "cache_core_requests_total{{core=\"{}\"}} {}", c.core, c.requests);
+        let _ = writeln!(
+            out,
+            "cache_core_requests_total{{core=\"{}\"}} {}",
+            c.core, c.requests
+        );
     }
-    let _ = writeln!(out, "# HELP cache_core_entries Entries held, by core.\n# TYPE cache_core_entries gauge");
+    let _ = writeln!(
+        out,
+        "# HELP cache_core_entries Entries held, by core.\n# TYPE cache_core_entries gauge"
+    );
     for c in &s.cores {
-        let _ = writeln!(out, "cache_core_entries{{core=\"{}\"}} {}", c.core, c.entries);
+        let _ = writeln!(
+            out,
+            "cache_core_entries{{core=\"{}\"}} {}",
+            c.core, c.entries
+        );
     }
     let mut response = Response::json(200, out.into_bytes());
     response.content_type = "text/plain; version=0.0.4";

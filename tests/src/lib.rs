@@ -1,0 +1,239 @@
+//! A harness for end-to-end tests: starts the real `cache-manager` binary on a free
+//! loopback port, waits for it by polling `/readyz`, and stops it with SIGTERM.
+//!
+//! The binary is built (once per test process, a no-op when it is fresh) with the same
+//! cargo, profile and target directory as the test itself, so a test never runs a stale
+//! server; `CACHE_MANAGER_BIN` names a binary to use instead.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+pub fn binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("CACHE_MANAGER_BIN") {
+                return path.into();
+            }
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/<profile>/deps");
+            let target_dir = profile_dir.parent().expect("target/");
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "net",
+                    "--bin",
+                    "cache-manager",
+                    "--target-dir",
+                ])
+                .arg(target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("run cargo build");
+            assert!(status.success(), "building cache-manager failed");
+            profile_dir.join("cache-manager")
+        })
+        .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts the service with these environment variables (on top of a free port).
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut command = Command::new(binary());
+        command
+            .env_clear()
+            .env("CACHE_LISTEN", addr.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start cache-manager");
+        let mut server = Server { child, addr };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("cache-manager exited before it was ready: {status}");
+            }
+            if self.get_once("/readyz").is_some_and(|r| r.status == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cache-manager not ready after 20 s"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `within`.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_exit(within)
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cache-manager did not exit within {within:?}"
+            );
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// The metrics JSON.
+    pub fn metrics(&self) -> serde_json::Value {
+        self.get_once("/api/cache/metrics")
+            .expect("metrics answered")
+            .json()
+    }
+
+    /// One GET on its own connection, closed afterwards (so the harness never holds a
+    /// connection the test is counting); `None` if the server cannot be reached.
+    pub fn get_once(&self, path: &str) -> Option<RawResponse> {
+        let mut stream = TcpStream::connect(self.addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        try_read_response(&mut stream, false)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A raw HTTP response read off a socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Reads one response (with a Content-Length body, as the service always sends).
+pub fn read_response(stream: &mut TcpStream) -> RawResponse {
+    read_response_to(stream, false)
+}
+
+/// Like `read_response`, for a response to HEAD (no body follows its headers).
+pub fn read_head_response(stream: &mut TcpStream) -> RawResponse {
+    read_response_to(stream, true)
+}
+
+fn read_response_to(stream: &mut TcpStream, head_only: bool) -> RawResponse {
+    try_read_response(stream, head_only).expect("a whole response before the connection closed")
+}
+
+fn try_read_response(stream: &mut TcpStream, head_only: bool) -> Option<RawResponse> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? != 1 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).ok()?;
+    let status = head.get(9..12)?.parse().ok()?;
+    let mut response = RawResponse {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    let length: usize = response
+        .header("content-length")
+        .map_or(Some(0), |v| v.parse().ok())?;
+    if !head_only && status != 100 {
+        response.body.resize(length, 0);
+        stream.read_exact(&mut response.body).ok()?;
+    }
+    Some(response)
+}
+
+/// Writes raw bytes and reads one response.
+pub fn exchange(stream: &mut TcpStream, request: &[u8]) -> RawResponse {
+    stream.write_all(request).unwrap();
+    read_response(stream)
+}
+
+/// True once the peer has closed the connection (reads EOF or a reset).
+pub fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}

@@ -1,0 +1,466 @@
+//! The API end to end, through a real HTTP client (ureq) and curl: every example of the
+//! original service's README, both route forms, both value modes, the errors, auth, TTL
+//! expiry, the eviction bound under concurrent load.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::Server;
+use serde_json::{json, Value};
+
+fn status_and_json(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = response.status();
+    assert_eq!(response.content_type(), "application/json");
+    (status, response.into_json().unwrap())
+}
+
+fn put(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    status_and_json(ureq::put(&s.url(path)).send_json(body))
+}
+
+fn get(s: &Server, path: &str) -> (u16, Value) {
+    status_and_json(ureq::get(&s.url(path)).call())
+}
+
+#[test]
+fn the_original_readme_examples_work_as_documented() {
+    let s = Server::start(&[]);
+    let (status, set) = put(
+        &s,
+        "/api/cache/user:123",
+        json!({"key": "user:123", "value": {"id": 123, "name": "John"}, "ttl": 3600}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(set["success"], true);
+    let expires_at = set["expires_at"].as_str().unwrap().to_owned();
+    assert!(
+        expires_at.ends_with('Z') && expires_at.len() == 20,
+        "RFC 3339 UTC: {expires_at}"
+    );
+
+    for path in ["/api/cache/user:123", "/api/cache/entry/user:123"] {
+        let (status, hit) = get(&s, path);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(hit["value"], json!({"id": 123, "name": "John"}));
+        assert_eq!(hit["hit"], true);
+        assert_eq!(hit["source"], "l1");
+        assert_eq!(hit["expires_at"], expires_at);
+        assert!(hit["cached_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    put(&s, "/api/cache/user:456", json!({"value": [1, 2, 3]}));
+    let (status, inv) = status_and_json(
+        ureq::post(&s.url("/api/cache/invalidate"))
+            .send_json(json!({"keys": ["user:123", "user:456"]})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(inv, json!({"invalidated": 2, "success": true}));
+
+    put(&s, "/api/cache/user:1", json!({"value": 1}));
+    put(&s, "/api/cache/user:2", json!({"value": 2}));
+    put(&s, "/api/cache/order:1", json!({"value": 3}));
+    let (_, inv) = status_and_json(
+        ureq::post(&s.url("/api/cache/invalidate")).send_json(json!({"pattern": "user:*"})),
+    );
+    assert_eq!(inv, json!({"invalidated": 2, "success": true}));
+    assert_eq!(get(&s, "/api/cache/order:1").0, 200);
+
+    let (status, miss) = get(&s, "/api/cache/user:1");
+    assert_eq!(status, 404);
+    assert_eq!(miss["hit"], false);
+    assert!(miss["error"].as_str().unwrap().contains("user:1"));
+
+    let m = s.metrics();
+    for field in [
+        "hits",
+        "misses",
+        "hit_rate",
+        "sets",
+        "deletes",
+        "evictions",
+        "l1_size",
+        "l2_hits",
+        "l2_misses",
+        "l2_errors",
+        "expirations",
+        "l1_bytes",
+        "coalesced",
+        "origin_fetches",
+    ] {
+        assert!(m.get(field).is_some(), "metrics field {field}");
+    }
+    assert_eq!(m["sets"], 5);
+    assert_eq!(m["deletes"], 4);
+    assert_eq!(m["l1_size"], 1);
+    assert!(m["hits"].as_u64().unwrap() >= 3);
+    assert!(m["latency_us"]["get"]["count"].as_u64().unwrap() >= 4);
+    assert_eq!(m["cores"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn values_are_any_json_returned_verbatim_and_deletes_answer() {
+    let s = Server::start(&[]);
+    for value in [
+        json!(null),
+        json!("text"),
+        json!(12.5),
+        json!([{"a": [true, null]}]),
+        json!({"nested": {"deep": [1]}}),
+    ] {
+        assert_eq!(put(&s, "/api/cache/k", json!({"value": value})).0, 200);
+        assert_eq!(get(&s, "/api/cache/k").1["value"], value);
+    }
+    // The stored bytes are the client's own text, spacing included.
+    let raw = ureq::put(&s.url("/api/cache/spaced"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"value": {"b" :1,  "a":2}}"#)
+        .unwrap();
+    assert_eq!(raw.status(), 200);
+    let text = ureq::get(&s.url("/api/cache/spaced"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(text.starts_with(r#"{"value":{"b" :1,  "a":2},"#), "{text}");
+
+    let (status, deleted) = status_and_json(ureq::delete(&s.url("/api/cache/k")).call());
+    assert_eq!(
+        (status, deleted),
+        (200, json!({"success": true, "deleted": true}))
+    );
+    let (_, again) = status_and_json(ureq::delete(&s.url("/api/cache/k")).call());
+    assert_eq!(again["deleted"], false);
+    assert_eq!(get(&s, "/api/cache/k").0, 404);
+}
+
+#[test]
+fn raw_bytes_mode_and_how_it_sees_json_values() {
+    let s = Server::start(&[]);
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    let r = ureq::put(&s.url("/api/cache/blob?ttl=120"))
+        .set("Content-Type", "application/octet-stream")
+        .send_bytes(&bytes)
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = ureq::get(&s.url("/api/cache/blob"))
+        .set("Accept", "application/octet-stream")
+        .call()
+        .unwrap();
+    assert_eq!(r.content_type(), "application/octet-stream");
+    assert_eq!(r.header("X-Cache-Source"), Some("l1"));
+    let max_age: u64 = r
+        .header("Cache-Control")
+        .unwrap()
+        .strip_prefix("max-age=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((118..=120).contains(&max_age), "{max_age}");
+    let mut body = Vec::new();
+    r.into_reader().read_to_end(&mut body).unwrap();
+    assert_eq!(body, bytes);
+    // Through JSON, non-UTF-8 bytes come back as base64.
+    let (_, hit) = get(&s, "/api/cache/blob");
+    assert_eq!(hit["encoding"], "base64");
+    // UTF-8 bytes come back as a string; JSON values come back as their text.
+    ureq::put(&s.url("/api/cache/text"))
+        .set("Content-Type", "application/octet-stream")
+        .send_string("héllo")
+        .unwrap();
+    assert_eq!(get(&s, "/api/cache/text").1["value"], "héllo");
+    put(&s, "/api/cache/doc", json!({"value": {"x": 1}}));
+    let r = ureq::get(&s.url("/api/cache/doc"))
+        .set("Accept", "application/octet-stream")
+        .call()
+        .unwrap();
+    assert_eq!(r.content_type(), "application/json");
+    assert_eq!(r.into_string().unwrap(), r#"{"x":1}"#);
+}
+
+use std::io::Read;
+
+#[test]
+fn bad_requests_get_json_errors_with_the_right_status() {
+    let s = Server::start(&[("CACHE_MAX_TTL", "86400")]);
+    let cases: Vec<(ureq::Request, Option<&str>, u16, &str)> = vec![
+        (
+            ureq::put(&s.url("/api/cache/k")),
+            Some("{not json"),
+            400,
+            "invalid JSON",
+        ),
+        (
+            ureq::put(&s.url("/api/cache/k")),
+            Some(r#"{"ttl": 5}"#),
+            400,
+            "missing field `value`",
+        ),
+        (
+            ureq::put(&s.url("/api/cache/k")),
+            Some(r#"{"value": 1, "ttl": -5}"#),
+            400,
+            "invalid JSON",
+        ),
+        (
+            ureq::put(&s.url("/api/cache/k")),
+            Some(r#"{"value": 1, "ttl": 1.5}"#),
+            400,
+            "invalid JSON",
+        ),
+        (
+            ureq::put(&s.url("/api/cache/k")),
+            Some(r#"{"value": 1, "ttl": 86401}"#),
+            400,
+            "CACHE_MAX_TTL",
+        ),
+        (
+            ureq::put(&s.url("/api/cache/k")),
+            Some(r#"{"key": "other", "value": 1}"#),
+            400,
+            "differs",
+        ),
+        (
+            ureq::put(&s.url("/api/cache/k")).set("Content-Type", "text/plain"),
+            Some("x"),
+            415,
+            "Content-Type",
+        ),
+        (
+            ureq::post(&s.url("/api/cache/invalidate")),
+            Some(r#"{}"#),
+            400,
+            "exactly one",
+        ),
+        (
+            ureq::post(&s.url("/api/cache/invalidate")),
+            Some(r#"{"keys": [], "pattern": "a*"}"#),
+            400,
+            "exactly one",
+        ),
+        (
+            ureq::post(&s.url("/api/cache/invalidate")),
+            Some(r#"{"pattern": ""}"#),
+            400,
+            "empty pattern",
+        ),
+        (
+            ureq::get(&s.url("/api/cache/invalidate")),
+            None,
+            405,
+            "allowed: POST",
+        ),
+        (
+            ureq::post(&s.url("/api/cache/k")),
+            Some("{}"),
+            405,
+            "allowed: GET, HEAD, PUT, DELETE",
+        ),
+        (ureq::get(&s.url("/nothing/here")), None, 404, "no route"),
+        (ureq::get(&s.url("/api/cache/a/b")), None, 404, "%2F"),
+        (
+            ureq::get(&s.url("/api/cache/bad%0Akey")),
+            None,
+            400,
+            "control byte 0x0a",
+        ),
+        (
+            ureq::get(&s.url("/api/cache/nul%00")),
+            None,
+            400,
+            "control byte 0x00",
+        ),
+        (
+            ureq::get(&s.url(&format!("/api/cache/{}", "k".repeat(251)))),
+            None,
+            414,
+            "251 bytes; the limit is 250",
+        ),
+    ];
+    for (request, body, expected, needle) in cases {
+        let what = format!("{} {}", request.method(), request.url());
+        let result = match body {
+            Some(b) => request.send_string(b),
+            None => request.call(),
+        };
+        let (status, error) = status_and_json(result);
+        assert_eq!(status, expected, "{what}: {error}");
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{what}: {message:?} lacks {needle:?}"
+        );
+    }
+    let (status, _) = get(&s, &format!("/api/cache/{}", "k".repeat(250)));
+    assert_eq!(status, 404, "a 250-byte key is valid (and absent)");
+    // Deep nesting is valid JSON: it is stored and returned whole, without recursion.
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let (status, _) = status_and_json(
+        ureq::put(&s.url("/api/cache/deep")).send_string(&format!("{{\"value\": {deep}}}")),
+    );
+    assert_eq!(status, 200);
+    let text = ureq::get(&s.url("/api/cache/deep"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(text.starts_with(&format!("{{\"value\":{deep},")));
+    // Where a structure is expected, it is refused.
+    let nested_keys = format!("{{\"keys\": {deep}}}");
+    let (status, _) =
+        status_and_json(ureq::post(&s.url("/api/cache/invalidate")).send_string(&nested_keys));
+    assert_eq!(status, 400);
+    assert_eq!(get(&s, "/healthz").1, json!({"status": "ok"}));
+}
+
+#[test]
+fn the_auth_token_guards_every_mutating_route() {
+    let s = Server::start(&[("CACHE_AUTH_TOKEN", "s3cret")]);
+    let unauth = [
+        ureq::put(&s.url("/api/cache/k")).send_json(json!({"value": 1})),
+        ureq::delete(&s.url("/api/cache/k")).call(),
+        ureq::post(&s.url("/api/cache/invalidate")).send_json(json!({"pattern": "*"})),
+        ureq::put(&s.url("/api/cache/k"))
+            .set("Authorization", "Bearer wrong")
+            .send_json(json!({"value": 1})),
+    ];
+    for result in unauth {
+        let (status, error) = status_and_json(result);
+        assert_eq!(status, 401, "{error}");
+    }
+    let ok = ureq::put(&s.url("/api/cache/k"))
+        .set("Authorization", "Bearer s3cret")
+        .send_json(json!({"value": 1}));
+    assert_eq!(status_and_json(ok).0, 200);
+    assert_eq!(get(&s, "/api/cache/k").0, 200, "reads stay open");
+}
+
+#[test]
+fn entries_expire_at_their_ttl() {
+    let s = Server::start(&[("CACHE_CLEANUP_INTERVAL", "1")]);
+    put(&s, "/api/cache/short", json!({"value": "v", "ttl": 1}));
+    put(&s, "/api/cache/long", json!({"value": "v"}));
+    assert_eq!(get(&s, "/api/cache/short").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&s, "/api/cache/short").0 == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "still served 10 s after a 1 s TTL"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    // The sweep frees it (and counts it) within a cleanup interval or two.
+    while s.metrics()["expirations"] != 1 {
+        assert!(Instant::now() < deadline, "never swept: {}", s.metrics());
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    assert_eq!(s.metrics()["l1_size"], 1);
+    assert_eq!(get(&s, "/api/cache/long").0, 200);
+}
+
+#[test]
+fn the_entry_bound_holds_under_concurrent_writers() {
+    let s = Server::start(&[("CACHE_L1_MAX_ENTRIES", "100")]);
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let s = &s;
+            scope.spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                for i in 0..250 {
+                    let r = agent
+                        .put(&s.url(&format!("/api/cache/t{t}-{i}")))
+                        .send_json(json!({"value": i}));
+                    assert_eq!(r.unwrap().status(), 200);
+                    if i % 10 == 0 {
+                        let _ = agent.get(&s.url(&format!("/api/cache/t{t}-{i}"))).call();
+                    }
+                }
+            });
+        }
+    });
+    let m = s.metrics();
+    assert_eq!(m["sets"], 2000);
+    assert!(m["l1_size"].as_u64().unwrap() <= 100, "{m}");
+    assert_eq!(
+        m["evictions"].as_u64().unwrap() + m["l1_size"].as_u64().unwrap(),
+        2000
+    );
+    assert!(m["requests"].as_u64().unwrap() >= 2200);
+}
+
+#[test]
+fn curl_with_a_large_body_uses_expect_continue_and_works() {
+    let s = Server::start(&[]);
+    let value = "x".repeat(4096);
+    let file = std::env::temp_dir().join(format!("cache-manager-e2e-{}.json", std::process::id()));
+    std::fs::write(&file, json!({"value": value}).to_string()).unwrap();
+    let out = Command::new("curl")
+        // curl 7.88 adds `Expect: 100-continue` by itself only above 1 MiB; ask for it.
+        .args([
+            "-sS",
+            "-v",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", file.display()))
+        .arg(s.url("/api/cache/big"))
+        .output()
+        .expect("curl runs (scripts/test.sh installs it)");
+    let _ = std::fs::remove_file(&file);
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{trace}");
+    assert!(
+        trace.contains("Expect: 100-continue"),
+        "curl sent Expect: {trace}"
+    );
+    assert!(
+        trace.contains("HTTP/1.1 100 Continue"),
+        "the server answered 100: {trace}"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["success"],
+        true
+    );
+    assert_eq!(get(&s, "/api/cache/big").1["value"], value);
+    let head = Command::new("curl")
+        .args(["-sS", "-I"])
+        .arg(s.url("/api/cache/big"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: "),
+        "{head}"
+    );
+}
+
+#[test]
+fn prometheus_text_is_served() {
+    let s = Server::start(&[]);
+    put(&s, "/api/cache/k", json!({"value": 1}));
+    get(&s, "/api/cache/k");
+    let r = ureq::get(&s.url("/metrics")).call().unwrap();
+    assert!(r.content_type().starts_with("text/plain"));
+    let text = r.into_string().unwrap();
+    assert!(
+        text.contains("# TYPE cache_hits_total counter\ncache_hits_total 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("cache_request_latency_microseconds{op=\"get\",quantile=\"0.99\"}"));
+    assert!(text.contains("cache_core_requests_total{core=\"1\"}"));
+    let off = Server::start(&[("METRICS_ENABLED", "false")]);
+    assert_eq!(
+        status_and_json(ureq::get(&off.url("/api/cache/metrics")).call()).0,
+        404
+    );
+}

@@ -1,0 +1,364 @@
+//! HTTP/1.1 over raw sockets: pipelining, `Expect: 100-continue`, chunked bodies, the
+//! framing rules, every limit at its edge, slow clients, the connection limit, and the
+//! SIGTERM drain. A bad request closes its own connection and disturbs nothing else.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use e2e::{closed_by_peer, exchange, read_head_response, read_response, Server};
+
+fn put_request(key: &str, body: &str) -> String {
+    format!(
+        "PUT /api/cache/{key} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn get_request(key: &str) -> String {
+    format!("GET /api/cache/{key} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let batch = [
+        put_request("p1", r#"{"value":1}"#),
+        get_request("p1"),
+        put_request("p1", r#"{"value":2}"#),
+        get_request("p1"),
+        "HEAD /api/cache/p1 HTTP/1.1\r\nHost: t\r\n\r\n".to_string(),
+        get_request("absent"),
+    ]
+    .concat();
+    c.write_all(batch.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut c).status, 200);
+    assert_eq!(read_response(&mut c).json()["value"], 1);
+    assert_eq!(read_response(&mut c).status, 200);
+    let second = read_response(&mut c);
+    assert_eq!(second.json()["value"], 2);
+    let head = read_head_response(&mut c);
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length").unwrap(),
+        second.body.len().to_string()
+    );
+    assert_eq!(read_response(&mut c).status, 404);
+    // Still open for more.
+    assert_eq!(exchange(&mut c, get_request("p1").as_bytes()).status, 200);
+}
+
+#[test]
+fn expect_continue_gets_100_then_the_answer_and_a_refusal_gets_no_100() {
+    let s = Server::start(&[("CACHE_AUTH_TOKEN", "t0k")]);
+    let mut c = s.connect();
+    let body = r#"{"value":"after 100"}"#;
+    write!(c, "PUT /api/cache/e HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer t0k\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    assert_eq!(read_response(&mut c).status, 100);
+    c.write_all(body.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut c).status, 200);
+
+    let mut c = s.connect();
+    c.write_all(b"PUT /api/cache/e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n").unwrap();
+    let refused = read_response(&mut c);
+    assert_eq!(
+        refused.status, 401,
+        "refused before the body, without a 100"
+    );
+    assert!(closed_by_peer(&mut c));
+}
+
+#[test]
+fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let r = exchange(
+        &mut c,
+        b"PUT /api/cache/ch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;ext=1\r\n{\"val\r\n\
+          A\r\nue\":\"chunk\r\n\
+          2\r\n\"}\r\n\
+          0\r\nX-Trailer: yes\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        exchange(&mut c, get_request("ch").as_bytes()).json()["value"],
+        "chunk"
+    );
+}
+
+#[test]
+fn framing_violations_are_400_and_close_the_connection() {
+    let s = Server::start(&[]);
+    let cases: [&[u8]; 9] = [
+        b"PUT /api/cache/f HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"PUT /api/cache/f HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}",
+        b"PUT /api/cache/f HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"PUT /api/cache/f HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n",
+        b"PUT /api/cache/f HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
+        b"PUT /api/cache/f HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"PUT /api/cache/f HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"PUT /api/cache/f HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\n",
+        b"GET /api/cache/f HTTP/1.1\r\nBad Header\r\n\r\n",
+    ];
+    for request in cases {
+        let mut c = s.connect();
+        let r = exchange(&mut c, request);
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(request));
+        assert!(r.json()["error"].is_string());
+        assert!(
+            closed_by_peer(&mut c),
+            "closed after {}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let mut c = s.connect();
+    assert_eq!(
+        exchange(&mut c, b"PUT /api/cache/f HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        411
+    );
+    assert_eq!(s.metrics()["rejected_requests"], 10);
+}
+
+#[test]
+fn head_and_target_limits_are_431_and_414() {
+    let s = Server::start(&[]);
+    let mut headers = String::new();
+    for i in 0..64 {
+        headers.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    let mut c = s.connect();
+    let r = exchange(
+        &mut c,
+        format!("GET /healthz HTTP/1.1\r\n{headers}\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 200, "64 headers are allowed");
+    let r = exchange(
+        &mut c,
+        format!("GET /healthz HTTP/1.1\r\n{headers}X-H64: v\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 431, "65 headers are not");
+    let mut c = s.connect();
+    let big = "a".repeat(17 * 1024);
+    assert_eq!(
+        exchange(
+            &mut c,
+            format!("GET /healthz HTTP/1.1\r\nX-Big: {big}\r\n\r\n").as_bytes()
+        )
+        .status,
+        431
+    );
+    let mut c = s.connect();
+    assert_eq!(
+        exchange(&mut c, format!("GET /{big} HTTP/1.1\r\n\r\n").as_bytes()).status,
+        414
+    );
+    // Absolute-form targets are accepted, as RFC 9112 requires of servers.
+    let mut c = s.connect();
+    assert_eq!(
+        exchange(&mut c, b"GET http://example.test/healthz HTTP/1.1\r\n\r\n").status,
+        200
+    );
+}
+
+#[test]
+fn value_limit_is_exact_and_a_refused_put_keeps_the_old_value() {
+    let max = 1000;
+    let s = Server::start(&[("CACHE_MAX_VALUE_BYTES", &max.to_string())]);
+    let mut c = s.connect();
+    let fits = format!("\"{}\"", "v".repeat(max - 2));
+    assert_eq!(
+        exchange(
+            &mut c,
+            put_request("lim", &format!("{{\"value\":{fits}}}")).as_bytes()
+        )
+        .status,
+        200
+    );
+    let over = format!("\"{}\"", "w".repeat(max - 1));
+    let r = exchange(
+        &mut c,
+        put_request("lim", &format!("{{\"value\":{over}}}")).as_bytes(),
+    );
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("limit is 1000"));
+    let raw = format!("PUT /api/cache/lim HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n{}", max + 1, "z".repeat(max + 1));
+    assert_eq!(exchange(&mut c, raw.as_bytes()).status, 413);
+    let got = exchange(&mut c, get_request("lim").as_bytes()).json();
+    assert_eq!(
+        got["value"].as_str().unwrap().len(),
+        max - 2,
+        "the earlier value is intact"
+    );
+    // A declared body far over the limit is refused before it is read.
+    let mut c = s.connect();
+    let r = exchange(
+        &mut c,
+        b"PUT /api/cache/lim HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n",
+    );
+    assert_eq!(r.status, 413);
+    assert!(closed_by_peer(&mut c));
+}
+
+#[test]
+fn http_1_0_closes_unless_asked_to_keep_alive() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let r = exchange(&mut c, b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(closed_by_peer(&mut c));
+    let mut c = s.connect();
+    let r = exchange(
+        &mut c,
+        b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        exchange(
+            &mut c,
+            b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"
+        )
+        .header("connection"),
+        Some("close")
+    );
+    assert!(closed_by_peer(&mut c));
+}
+
+#[test]
+fn slow_clients_are_cut_off_at_the_header_timeout_without_starving_others() {
+    let s = Server::start(&[
+        ("CACHE_HEADER_TIMEOUT_MS", "500"),
+        ("CACHE_IDLE_TIMEOUT_MS", "60000"),
+    ]);
+    let mut slow: Vec<TcpStream> = (0..200).map(|_| s.connect()).collect();
+    for c in &mut slow {
+        c.write_all(b"GET /healthz HTT").unwrap();
+    }
+    // Normal clients are served meanwhile.
+    let started = Instant::now();
+    for _ in 0..20 {
+        let mut c = s.connect();
+        assert_eq!(
+            exchange(&mut c, b"GET /healthz HTTP/1.1\r\n\r\n").status,
+            200
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "served while 200 slow clients wait"
+    );
+    // A byte now and then does not extend the deadline.
+    for c in &mut slow {
+        let _ = c.write_all(b"P");
+    }
+    for c in &mut slow {
+        let r = read_response(c);
+        assert_eq!(r.status, 408);
+        assert!(closed_by_peer(c));
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn connections_past_the_per_core_limit_get_a_503() {
+    let s = Server::start(&[("CACHE_MAX_CONNECTIONS", "5"), ("CACHE_CORES", "1")]);
+    let mut held: Vec<TcpStream> = (0..5).map(|_| s.connect()).collect();
+    // An answer on each proves all five are accepted before the sixth arrives.
+    for c in &mut held {
+        assert_eq!(exchange(c, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
+    }
+    let mut extra = s.connect();
+    let r = read_response(&mut extra);
+    assert_eq!(r.status, 503);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("CACHE_MAX_CONNECTIONS"));
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(r) = s.get_once("/api/cache/metrics").filter(|r| r.status == 200) {
+            assert!(r.json()["refused_connections"].as_u64().unwrap() >= 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slots are freed when the held connections close"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn many_connections_at_once_all_get_correct_answers() {
+    let s = Server::start(&[]);
+    std::thread::scope(|scope| {
+        for t in 0..32 {
+            let s = &s;
+            scope.spawn(move || {
+                let mut c = s.connect();
+                for i in 0..50 {
+                    let key = format!("c{t}-{i}");
+                    let value = format!("{{\"value\":\"{t}/{i}\"}}");
+                    assert_eq!(
+                        exchange(&mut c, put_request(&key, &value).as_bytes()).status,
+                        200
+                    );
+                    let got = exchange(&mut c, get_request(&key).as_bytes()).json();
+                    assert_eq!(got["value"], format!("{t}/{i}"));
+                    if i == 25 {
+                        // Garbage on another connection of the same client changes nothing here.
+                        let mut bad = s.connect();
+                        assert_eq!(exchange(&mut bad, b"\x00\x01garbage\r\n\r\n").status, 400);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(s.metrics()["l1_size"], 1600);
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_hand_then_exits_zero() {
+    let mut s = Server::start(&[]);
+    let mut idle = s.connect();
+    assert_eq!(exchange(&mut idle, get_request("x").as_bytes()).status, 404);
+    let mut busy = s.connect();
+    let body = r#"{"value":"finished"}"#;
+    write!(
+        busy,
+        "PUT /api/cache/drain HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    )
+    .unwrap();
+    busy.flush().unwrap();
+    // Let the server read the head before the signal (it is waiting on the body then).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.metrics()["requests"].as_u64().unwrap() < 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    let started = Instant::now();
+    let status_handle = {
+        let pid = s.pid();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(status_handle.success());
+    assert!(closed_by_peer(&mut idle), "idle connections are closed");
+    busy.write_all(&body.as_bytes()[5..]).unwrap();
+    let r = read_response(&mut busy);
+    assert_eq!(r.status, 200, "the request in hand is answered");
+    assert_eq!(r.header("connection"), Some("close"));
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(TcpStream::connect(s.addr).is_err(), "no longer listening");
+}
