@@ -182,13 +182,17 @@ struct Head {
 struct Connection {
     stream: TcpStream,
     core: Rc<Core>,
+    /// Received bytes live in `input[pos..end]`; the buffer is zeroed once, when it is
+    /// allocated or grown, never per read.
     input: Vec<u8>,
-    /// Where the unread part of `input` starts.
     pos: usize,
+    end: usize,
     output: Vec<u8>,
 }
 
 const READ_CHUNK: usize = 16 << 10;
+/// Free space below which the buffer is compacted (or grown) before a read.
+const MIN_READ: usize = 4 << 10;
 
 /// Serves one connection until the client closes it, an error closes it, or shutdown.
 pub async fn serve(stream: TcpStream, core: Rc<Core>) {
@@ -196,8 +200,9 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
     let mut conn = Connection {
         stream,
         core,
-        input: Vec::with_capacity(READ_CHUNK),
+        input: vec![0; READ_CHUNK],
         pos: 0,
+        end: 0,
         output: Vec::with_capacity(READ_CHUNK),
     };
     loop {
@@ -216,7 +221,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                 conn.respond(&Response::error(status, message), false, false);
                 break;
             }
-            Err(ReadError::Idle) if conn.pos < conn.input.len() => {
+            Err(ReadError::Idle) if conn.pos < conn.end => {
                 conn.respond(&Response::error(408, "request not completed within the time limit (CACHE_HEADER_TIMEOUT_MS / CACHE_BODY_TIMEOUT_MS)"), false, false);
                 break;
             }
@@ -242,7 +247,25 @@ impl Connection {
     }
 
     fn unread(&self) -> &[u8] {
-        &self.input[self.pos..]
+        &self.input[self.pos..self.end]
+    }
+
+    /// Makes room for a read of at least `MIN_READ` bytes.
+    fn make_room(&mut self) {
+        if self.pos == self.end {
+            (self.pos, self.end) = (0, 0);
+            if self.input.len() > 4 * READ_CHUNK {
+                // A large body grew the buffer; an idle connection gives it back.
+                self.input = vec![0; READ_CHUNK];
+            }
+        }
+        if self.input.len() - self.end < MIN_READ {
+            self.input.copy_within(self.pos..self.end, 0);
+            (self.pos, self.end) = (0, self.end - self.pos);
+        }
+        if self.input.len() - self.end < MIN_READ {
+            self.input.resize(self.input.len() * 2, 0);
+        }
     }
 
     /// Reads more bytes, waiting at most until `deadline` (and, when `idle`, until
@@ -250,13 +273,7 @@ impl Connection {
     /// them before it sends anything else.
     async fn fill(&mut self, deadline: Instant, idle: bool) -> Result<(), ReadError> {
         self.flush().await?;
-        if self.pos > 0 && self.pos == self.input.len() {
-            self.input.clear();
-            self.pos = 0;
-        } else if self.pos > READ_CHUNK {
-            self.input.drain(..self.pos);
-            self.pos = 0;
-        }
+        self.make_room();
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ReadError::Idle);
@@ -264,8 +281,7 @@ impl Connection {
         self.stream
             .set_read_timeout(Some(remaining))
             .map_err(|e| ReadError::Io(io::Error::other(e.to_string())))?;
-        let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
+        let start = self.end;
         let read = if idle {
             let core = self.core.clone();
             futures_lite::future::or(
@@ -295,15 +311,11 @@ impl Connection {
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
                 ) =>
             {
-                self.input.truncate(start);
                 return Err(ReadError::Idle);
             }
-            Err(e) => {
-                self.input.truncate(start);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
-        self.input.truncate(start + n);
+        self.end += n;
         if n == 0 {
             return Err(ReadError::Closed);
         }

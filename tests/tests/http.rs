@@ -362,3 +362,34 @@ fn sigterm_finishes_the_request_in_hand_then_exits_zero() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(TcpStream::connect(s.addr).is_err(), "no longer listening");
 }
+
+#[test]
+fn a_near_limit_body_then_small_requests_on_the_same_connection() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let value = "b".repeat((1 << 20) - 10);
+    let body = format!("{{\"value\":\"{value}\"}}");
+    assert_eq!(
+        exchange(&mut c, put_request("huge", &body).as_bytes()).status,
+        200
+    );
+    let mut chunked =
+        b"PUT /api/cache/huge2 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.as_bytes().chunks(70_000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(exchange(&mut c, &chunked).status, 200);
+    for key in ["huge", "huge2"] {
+        let got = exchange(&mut c, get_request(key).as_bytes()).json();
+        assert_eq!(got["value"].as_str().map(str::len), Some(value.len()));
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            exchange(&mut c, b"GET /healthz HTTP/1.1\r\n\r\n").status,
+            200
+        );
+    }
+}
