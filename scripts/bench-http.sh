@@ -2,16 +2,20 @@
 # GET-hit throughput of cache-manager against nginx serving the same bytes as static
 # files, measured with wrk in one run on this machine, and printed as ratios.
 #
-#   scripts/bench-http.sh [DURATION] [CONNECTIONS]      (defaults: 10s, 64)
+#   scripts/bench-http.sh [DURATION] [CONNECTIONS] [ROUNDS]    (defaults: 10s, 64, 3)
 #
 # 10,000 keys with 100-byte values; every request picks a key at random. cache-manager
 # is measured in raw mode (Accept: application/octet-stream: exactly the 100 bytes, as
 # nginx sends) with both read paths (CACHE_READ_PATH=direct and hop), and in JSON mode
-# (the original API's envelope). Installs wrk and nginx from the OS packages if missing.
+# (the original API's envelope). All servers run side by side (idle ones cost nothing);
+# each round runs wrk once against each of them in turn, and the table reports the
+# median of the rounds, so drift on a noisy machine hits every server alike. Installs
+# wrk, nginx and python3 from the OS packages if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10s}"
 connections="${2:-64}"
+rounds="${3:-3}"
 keys=10000
 
 missing=()
@@ -72,12 +76,11 @@ run_wrk() { # url accept -> requests/s
     awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
 }
 
-start_cache_manager() { # read_path; sets $port and $server_pid
+start_cache_manager() { # read_path; sets $port
     port=$(free_port)
     CACHE_LISTEN="127.0.0.1:$port" CACHE_READ_PATH="$1" CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn \
         target/release/cache-manager > "$work/cm-$1.log" 2>&1 &
-    server_pid=$!
-    pids+=("$server_pid")
+    pids+=($!)
     wait_port "$port"
     python3 - "$port" "$keys" "$value" <<'PY'
 import socket, sys
@@ -96,30 +99,34 @@ PY
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
-echo "wrk -t2 -c$connections -d$duration, $keys keys, 100-byte values, random keys"
+echo "wrk -t2 -c$connections -d$duration, $keys keys, 100-byte values, random keys, median of $rounds rounds"
 
 port=$(free_port)
 sed "s/PORT/$port/" "$work/nginx.conf" > "$work/nginx-run.conf"
 "$nginx_bin" -c "$work/nginx-run.conf" -g 'daemon off;' &
-server_pid=$!
-pids+=("$server_pid")
+pids+=($!)
 wait_port "$port"
-nginx_rps=$(run_wrk "http://127.0.0.1:$port" "*/*")
-kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
-
-declare -A rps
+declare -A url accept results
+url[nginx]="http://127.0.0.1:$port"; accept[nginx]="*/*"
 for path in direct hop; do
     start_cache_manager "$path"
-    rps[$path]=$(run_wrk "http://127.0.0.1:$port" "application/octet-stream")
-    if [ "$path" = direct ]; then
-        rps[json]=$(run_wrk "http://127.0.0.1:$port" "application/json")
-    fi
-    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+    url[$path]="http://127.0.0.1:$port"; accept[$path]="application/octet-stream"
+done
+url[json]="${url[direct]}"; accept[json]="application/json"
+
+servers=(nginx direct hop json)
+for round in $(seq 1 "$rounds"); do
+    for server in "${servers[@]}"; do
+        results[$server]+="$(run_wrk "${url[$server]}" "${accept[$server]}") "
+    done
+    echo "round $round: $(for s in "${servers[@]}"; do printf '%s=%s ' "$s" "$(echo "${results[$s]}" | awk '{print $NF}')"; done)"
 done
 
-printf '\n%-44s %12s %10s\n' "server" "requests/s" "vs nginx"
-printf '%-44s %12.0f %10s\n' "nginx (static files)" "$nginx_rps" "1.00"
-for row in "direct:cache-manager raw, CACHE_READ_PATH=direct" "hop:cache-manager raw, CACHE_READ_PATH=hop" "json:cache-manager JSON envelope, direct"; do
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+nginx_rps=$(echo "${results[nginx]}" | median)
+printf '\n%-44s %12s %10s\n' "server (median of $rounds)" "requests/s" "vs nginx"
+for row in "nginx:nginx (static files)" "direct:cache-manager raw, CACHE_READ_PATH=direct" "hop:cache-manager raw, CACHE_READ_PATH=hop" "json:cache-manager JSON envelope, direct"; do
     key=${row%%:*}; label=${row#*:}
-    printf '%-44s %12.0f %10.2f\n' "$label" "${rps[$key]}" "$(awk -v a="${rps[$key]}" -v b="$nginx_rps" 'BEGIN {print a / b}')"
+    value=$(echo "${results[$key]}" | median)
+    printf '%-44s %12.0f %10.2f\n' "$label" "$value" "$(awk -v a="$value" -v b="$nginx_rps" 'BEGIN {print a / b}')"
 done
