@@ -1,9 +1,9 @@
 //! A harness for end-to-end tests: starts the real `cache-manager` binary on a free
 //! loopback port, waits for it by polling `/readyz`, and stops it with SIGTERM.
 //!
-//! The binary is built (once per test process, a no-op when it is fresh) with the same
-//! cargo, profile and target directory as the test itself, so a test never runs a stale
-//! server; `CACHE_MANAGER_BIN` names a binary to use instead.
+//! The binaries are built (once per test process, a no-op when they are fresh) with the
+//! same cargo, profile and target directory as the test itself, so a test never runs a
+//! stale one; `CACHE_MANAGER_BIN` and `CACHE_BENCH_BIN` name binaries to use instead.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -20,37 +20,47 @@ pub struct Server {
 pub fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("CACHE_MANAGER_BIN") {
-                return path.into();
-            }
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("target/<profile>/deps");
-            let target_dir = profile_dir.parent().expect("target/");
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "net",
-                    "--bin",
-                    "cache-manager",
-                    "--target-dir",
-                ])
-                .arg(target_dir)
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            let status = cargo.status().expect("run cargo build");
-            assert!(status.success(), "building cache-manager failed");
-            profile_dir.join("cache-manager")
-        })
+        .get_or_init(|| build("net", "cache-manager", "CACHE_MANAGER_BIN"))
         .clone()
+}
+
+/// The `cache-bench` load generator, built the same way (`CACHE_BENCH_BIN` overrides).
+pub fn bench_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build("bench-harness", "cache-bench", "CACHE_BENCH_BIN"))
+        .clone()
+}
+
+fn build(package: &str, bin: &str, override_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(override_var) {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target/");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            package,
+            "--bin",
+            bin,
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.ends_with("release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
 }
 
 fn free_port() -> u16 {

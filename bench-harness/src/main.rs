@@ -1,0 +1,398 @@
+//! `cache-bench`: latency benchmarking and capacity planning for cache-manager (or any
+//! server answering its API): `load` (open or closed loop, HDR reports), `sweep` (the
+//! highest rate that meets a latency objective) and `replay` (hit ratio of a trace).
+
+mod client;
+mod load;
+mod pacing;
+mod replay;
+mod report;
+mod sweep;
+mod trace;
+mod workload;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::load::LoadConfig;
+use crate::workload::{KeyDistribution, ValueSize};
+
+#[derive(Parser)]
+#[command(
+    name = "cache-bench",
+    version,
+    about = "Latency benchmarking and capacity planning for cache-manager"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive load at a server and report latency percentiles per outcome.
+    Load(LoadArgs),
+    /// Step the offered rate and find the highest one that meets an SLO.
+    Sweep(SweepArgs),
+    /// Replay a key trace against the engine, exact LRU and moka; print hit ratios.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Clone)]
+struct Workload {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:4000")]
+    target: String,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Load threads, each pinned to a core.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Keys are `{key-prefix}0` … `{key-prefix}{keys-1}`.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    #[arg(long, default_value = "key:")]
+    key_prefix: String,
+    /// uniform, zipf:THETA or hotset:FRACTION:PROBABILITY.
+    #[arg(long, default_value = "uniform")]
+    distribution: KeyDistribution,
+    /// Share of requests that are GETs (the rest are PUTs).
+    #[arg(long, default_value_t = 1.0)]
+    read_ratio: f64,
+    /// Value size in bytes for PUTs: N or MIN-MAX.
+    #[arg(long, default_value = "100")]
+    value_size: ValueSize,
+    /// TTL in seconds sent with PUTs.
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// PUT every key once before measuring.
+    #[arg(long)]
+    prefill: bool,
+    /// A request taking longer than this counts as a timeout error.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl Workload {
+    fn config(&self, rate: Option<f64>) -> anyhow::Result<LoadConfig> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.read_ratio),
+            "--read-ratio must be within 0..=1"
+        );
+        anyhow::ensure!(self.keys > 0, "--keys must be at least 1");
+        Ok(LoadConfig {
+            target: self.target.trim_end_matches('/').to_owned(),
+            connections: self.connections,
+            threads: self.threads,
+            duration: self.duration,
+            warmup: self.warmup,
+            rate,
+            keys: self.keys,
+            key_prefix: self.key_prefix.clone(),
+            distribution: self.distribution.clone(),
+            read_ratio: self.read_ratio,
+            value_size: self.value_size,
+            ttl: self.ttl,
+            prefill: self.prefill,
+            request_timeout: self.request_timeout,
+            quiet: self.quiet,
+        })
+    }
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    workload: Workload,
+    /// Requests per second over all connections (open loop); omit for closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write the latency distribution of all successful requests (HdrHistogram format).
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write the summary, configuration and per-second windows as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw latency by percentile (.svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    workload: Workload,
+    /// Latency objective, e.g. p99=500us or p99.9=2ms.
+    #[arg(long, default_value = "p99=1ms")]
+    slo: sweep::Slo,
+    /// First offered rate.
+    #[arg(long, default_value_t = 1000.0)]
+    from: f64,
+    /// Last offered rate; with --steps, a fixed ladder. Without, the rate doubles until
+    /// the SLO breaks and is then bisected.
+    #[arg(long, requires = "steps")]
+    to: Option<f64>,
+    #[arg(long, requires = "to")]
+    steps: Option<usize>,
+    /// Bisection rounds after doubling.
+    #[arg(long, default_value_t = 4)]
+    bisect: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Latency versus throughput (.svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The trace: .lis or .lis.zst (ARC format), .csv (with --csv-column), or one key per line.
+    trace: PathBuf,
+    /// Capacities in entries, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000,5000,10000")]
+    capacities: Vec<usize>,
+    /// Column holding the key in a CSV trace.
+    #[arg(long)]
+    csv_column: Option<String>,
+    /// Replay at most this many requests.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Also replay over HTTP against this running service (its own capacity applies).
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long, default_value = "trace:")]
+    key_prefix: String,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Hit ratio versus capacity (.svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Load(args) => load_command(args),
+        Command::Sweep(args) => sweep_command(args),
+        Command::Replay(args) => replay_command(args),
+    }
+}
+
+fn write_json(path: &PathBuf, value: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn load_command(args: LoadArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.plot {
+        report::check_plot_path(path)?;
+    }
+    let report = load::run(args.workload.config(args.rate)?)?;
+    report::print_table(&report, &mut std::io::stdout().lock())?;
+    if let Some(path) = &args.hgrm {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        report::write_hgrm(&report.recorded.all(), &mut file)?;
+        file.flush()?;
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &report::to_json(&report))?;
+    }
+    if let Some(path) = &args.plot {
+        report::plot_percentiles(&report, path)?;
+    }
+    Ok(())
+}
+
+fn sweep_command(args: SweepArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.plot {
+        report::check_plot_path(path)?;
+    }
+    let base = args.workload.config(None)?;
+    if base.prefill {
+        load::prefill(&base)?;
+    }
+    let base = LoadConfig {
+        quiet: true,
+        prefill: false,
+        ..base
+    };
+    let slo = args.slo.clone();
+    let mut steps: Vec<sweep::Step> = Vec::new();
+    let mut probe = |rate: f64| -> anyhow::Result<bool> {
+        let step = sweep::run_step(&base, &slo, rate)?;
+        eprintln!(
+            "offered {:>10.0}  achieved {:>10.0}  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>5}  {}",
+            step.offered_rps, step.achieved_rps, report::micros(step.p50_us), report::micros(step.p99_us),
+            report::micros(step.p999_us), step.errors, if step.meets_slo { "meets SLO" } else { "misses SLO" }
+        );
+        let ok = step.meets_slo;
+        steps.push(step);
+        Ok(ok)
+    };
+    let best = match (args.to, args.steps) {
+        (Some(to), Some(n)) => {
+            let mut best = None;
+            for rate in sweep::ladder(args.from, to, n) {
+                if probe(rate)? {
+                    best = Some(rate);
+                }
+            }
+            best
+        }
+        _ => sweep::search(&mut probe, args.from, 1e8, args.bisect)?,
+    };
+    steps.sort_by(|a, b| a.offered_rps.total_cmp(&b.offered_rps));
+    println!(
+        "{:>12} {:>12} {:>10} {:>10} {:>10} {:>8}  SLO",
+        "offered", "achieved", "p50", "p99", "p99.9", "errors"
+    );
+    for s in &steps {
+        println!(
+            "{:>12.0} {:>12.0} {:>10} {:>10} {:>10} {:>8}  {}",
+            s.offered_rps,
+            s.achieved_rps,
+            report::micros(s.p50_us),
+            report::micros(s.p99_us),
+            report::micros(s.p999_us),
+            s.errors,
+            if s.meets_slo { "ok" } else { "missed" }
+        );
+    }
+    match best {
+        Some(rate) => println!(
+            "highest rate meeting {}<={:?}: {rate:.0} req/s",
+            slo.label, slo.limit
+        ),
+        None => println!("no tried rate met {}<={:?}", slo.label, slo.limit),
+    }
+    if let Some(path) = &args.json {
+        write_json(
+            path,
+            &serde_json::json!({
+                "tool": "cache-bench", "version": env!("CARGO_PKG_VERSION"), "slo": slo,
+                "best_rps": best, "steps": steps, "config": base,
+            }),
+        )?;
+    }
+    if let Some(path) = &args.plot {
+        let line = |f: fn(&sweep::Step) -> u64| {
+            steps
+                .iter()
+                .map(|s| (s.achieved_rps, f(s).max(1) as f64))
+                .collect::<Vec<_>>()
+        };
+        let series = vec![
+            ("p50".to_string(), line(|s| s.p50_us)),
+            ("p99".to_string(), line(|s| s.p99_us)),
+            ("p99.9".to_string(), line(|s| s.p999_us)),
+        ];
+        let title = format!(
+            "Latency vs throughput — SLO {}<={:?}, best {} req/s",
+            slo.label,
+            slo.limit,
+            best.map_or("none".into(), |b| format!("{b:.0}"))
+        );
+        report::plot_lines(
+            path,
+            &title,
+            "achieved requests/s",
+            "latency (µs)",
+            &series,
+            true,
+        )?;
+    }
+    Ok(())
+}
+
+fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.plot {
+        report::check_plot_path(path)?;
+    }
+    anyhow::ensure!(
+        args.capacities.iter().all(|c| *c > 0),
+        "capacities must be above 0"
+    );
+    let format = trace::Format::guess(&args.trace, args.csv_column.as_deref());
+    let keys = trace::read(trace::open(&args.trace)?, &format, args.limit)?;
+    let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len();
+    println!(
+        "{}: {} requests, {} distinct keys ({format:?})",
+        args.trace.display(),
+        keys.len(),
+        distinct
+    );
+    print!("{:>10}", "capacity");
+    for p in replay::Policy::ALL {
+        print!(" {:>18}", p.name());
+    }
+    println!();
+    let mut outcomes = Vec::new();
+    for &capacity in &args.capacities {
+        print!("{capacity:>10}");
+        for p in replay::Policy::ALL {
+            let o = replay::simulate(p, capacity, &keys);
+            print!(" {:>17.2}%", 100.0 * o.hit_ratio);
+            std::io::stdout().flush()?;
+            outcomes.push(o);
+        }
+        println!();
+    }
+    let http = match &args.target {
+        Some(target) => {
+            let ratio = replay::over_http(target, &args.key_prefix, &keys)?;
+            println!(
+                "{target}: {:.2}% hits over HTTP (at the service's own capacity)",
+                100.0 * ratio
+            );
+            Some(ratio)
+        }
+        None => None,
+    };
+    if let Some(path) = &args.json {
+        write_json(
+            path,
+            &serde_json::json!({
+                "tool": "cache-bench", "version": env!("CARGO_PKG_VERSION"), "trace": args.trace,
+                "requests": keys.len(), "distinct_keys": distinct, "outcomes": outcomes, "http_hit_ratio": http,
+            }),
+        )?;
+    }
+    if let Some(path) = &args.plot {
+        let series: Vec<(String, Vec<(f64, f64)>)> = replay::Policy::ALL
+            .iter()
+            .map(|p| {
+                let points = outcomes
+                    .iter()
+                    .filter(|o| o.policy == *p)
+                    .map(|o| (o.capacity as f64, 100.0 * o.hit_ratio))
+                    .collect();
+                (p.name().to_string(), points)
+            })
+            .collect();
+        let title = format!(
+            "Hit ratio vs cache size — {}",
+            args.trace.file_name().unwrap_or_default().to_string_lossy()
+        );
+        report::plot_lines(
+            path,
+            &title,
+            "capacity (entries)",
+            "hit ratio (%)",
+            &series,
+            false,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `cache-bench` against the real service: a one-second load in each loop mode, with
+//! every output file, and a replay over HTTP.
+
+use std::process::Command;
+
+use e2e::{bench_binary, Server};
+
+fn cache_bench(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bench_binary())
+        .args(args)
+        .output()
+        .expect("run cache-bench");
+    assert!(
+        out.status.success(),
+        "cache-bench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_one_second_load_reports_hits_misses_puts_and_writes_its_files() {
+    let s = Server::start(&[]);
+    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, hgrm, plot) = (
+        dir.join("run.json"),
+        dir.join("run.hgrm"),
+        dir.join("run.svg"),
+    );
+    let target = s.url("");
+    let out = cache_bench(&[
+        "load",
+        "--target",
+        &target,
+        "--connections",
+        "8",
+        "--threads",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--keys",
+        "500",
+        "--key-prefix",
+        "e2e:",
+        "--read-ratio",
+        "0.8",
+        "--value-size",
+        "10-200",
+        "--ttl",
+        "60",
+        "--distribution",
+        "zipf:0.9",
+        "--json",
+        json.to_str().unwrap(),
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("get hit") && table.contains("put") && table.contains("p99.99"),
+        "{table}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for field in [
+        "throughput_rps",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "p9999_us",
+        "max_us",
+        "errors",
+        "hit_ratio",
+        "key_prefix",
+        "config",
+        "version",
+    ] {
+        assert!(report.get(field).is_some(), "json has {field}");
+    }
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["key_prefix"], "e2e:");
+    assert!(report["throughput_rps"].as_f64().unwrap() > 100.0);
+    let hit_ratio = report["hit_ratio"].as_f64().unwrap();
+    assert!(
+        hit_ratio > 0.0 && hit_ratio < 1.0,
+        "a cold cache with writes: some hits, some misses ({hit_ratio})"
+    );
+    assert!(report["outcomes"]["put"]["count"].as_u64().unwrap() > 0);
+    // The server saw what the tool says it sent.
+    let m = s.metrics();
+    assert!(m["sets"].as_u64().unwrap() >= report["outcomes"]["put"]["count"].as_u64().unwrap());
+    assert!(
+        m["hits"].as_u64().unwrap() >= report["outcomes"]["get_hit"]["count"].as_u64().unwrap()
+    );
+    let hgrm = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(hgrm.contains("1/(1-Percentile)") && hgrm.contains("#[Max"));
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn open_loop_holds_the_offered_rate_and_replay_runs_over_http() {
+    let s = Server::start(&[]);
+    let target = s.url("");
+    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("open.json");
+    cache_bench(&[
+        "load",
+        "--target",
+        &target,
+        "--connections",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--rate",
+        "2000",
+        "--prefill",
+        "--keys",
+        "200",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rate = report["throughput_rps"].as_f64().unwrap();
+    assert!(
+        (rate - 2000.0).abs() / 2000.0 < 0.02,
+        "achieved {rate} req/s for 2000 offered"
+    );
+    assert_eq!(report["hit_ratio"], 1.0, "every key was prefilled");
+
+    let trace = dir.join("keys.txt");
+    std::fs::write(&trace, "a\nb\na\nc\na\nb\n").unwrap();
+    let out = cache_bench(&[
+        "replay",
+        trace.to_str().unwrap(),
+        "--capacities",
+        "2,10",
+        "--target",
+        &target,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("6 requests, 3 distinct keys"), "{text}");
+    assert!(text.contains("50.00% hits over HTTP"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
