@@ -1,7 +1,8 @@
 //! `cache-bench load`: drives a cache over HTTP from pinned threads, open or closed loop,
 //! and records latency in HDR histograms per outcome (GET hit, GET miss, PUT, error).
 //!
-//! Each thread runs a single-threaded tokio runtime with its share of the connections.
+//! Each thread runs a single-threaded tokio runtime with its share of the connections,
+//! pinned to a core counted from the last one down.
 //! Requests target the cache-manager API: `GET /api/cache/{prefix}{i}` (asking for raw
 //! bytes) and `PUT /api/cache/{prefix}{i}?ttl=S` with a raw body. A GET answered 200 is a
 //! hit, 404 a miss; any other status, a timeout or a broken connection is an error,
@@ -307,7 +308,9 @@ pub fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let (plan, tx) = (plan.clone(), tx.clone());
-        let core = (!cores.is_empty()).then(|| cores[t % cores.len()]);
+        // From the last core down: servers pin from core 0 up, so on a shared machine the
+        // load generator stays off their cores for as long as it can.
+        let core = (!cores.is_empty()).then(|| cores[cores.len() - 1 - t % cores.len()]);
         let connections: Vec<usize> = (t..plan.config.connections).step_by(threads).collect();
         handles.push(
             std::thread::Builder::new()

@@ -284,11 +284,9 @@ pub fn plot_lines(
     check_plot_path(path)?;
     let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let (min_x, max_x) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-    let max_y = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.1))
-        .fold(1.0, f64::max)
-        * 1.2;
+    let ys = || series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
+    let max_y = ys().fold(1.0, f64::max) * 1.2;
+    let min_y = ys().fold(f64::MAX, f64::min).max(1.0) / 1.5;
     if min_x > max_x {
         bail!("nothing to plot");
     }
@@ -338,7 +336,7 @@ pub fn plot_lines(
         }};
     }
     if log_y {
-        draw!(builder.build_cartesian_2d(x_range, (1.0..max_y).log_scale())?);
+        draw!(builder.build_cartesian_2d(x_range, (min_y..max_y).log_scale())?);
     } else {
         draw!(builder.build_cartesian_2d(x_range, 0.0..max_y)?);
     }

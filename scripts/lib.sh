@@ -1,0 +1,85 @@
+# Shared by the benchmark scripts: installing tools, ports, starting the servers under
+# test. Source it; it defines functions and the array `pids` (killed on exit).
+
+pids=()
+work=$(mktemp -d)
+chmod a+rx "$work"  # nginx and varnish workers run unprivileged
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# install_missing COMMAND:PACKAGE ... — apt-get installs the packages whose command is missing.
+install_missing() {
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+    done
+    ((${#missing[@]})) || return 0
+    local sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+    done
+}
+
+wait_port() {
+    for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+    echo "port $1 never opened" >&2; return 1
+}
+
+# make_files KEYS SIZE — $work/www/api/cache/key:N, SIZE bytes each, for the static servers.
+make_files() {
+    local value; value=$(head -c "$2" /dev/zero | tr '\0' 'v')
+    mkdir -p "$work/www/api/cache"
+    for i in $(seq 0 $(($1 - 1))); do printf '%s' "$value" > "$work/www/api/cache/key:$i"; done
+    chmod -R a+rX "$work/www"
+}
+
+# start_nginx [WORKERS] — serves $work/www on a free port; sets $port.
+start_nginx() {
+    port=$(free_port)
+    cat > "$work/nginx.conf" <<NGINX
+worker_processes ${1:-$(nproc)};
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_requests 1000000;
+  open_file_cache max=20000;
+  server {
+    listen 127.0.0.1:$port reuseport;
+    root $work/www;
+    default_type application/octet-stream;
+  }
+}
+NGINX
+    "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" -g 'daemon off;' &
+    pids+=($!)
+    wait_port "$port"
+}
+
+# start_cache_manager [VAR=VALUE ...] — the release binary on a free port; sets $port.
+start_cache_manager() {
+    port=$(free_port)
+    env CACHE_LISTEN="127.0.0.1:$port" CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn "$@" \
+        target/release/cache-manager > "$work/cache-manager-$port.log" 2>&1 &
+    pids+=($!)
+    wait_port "$port"
+}
+
+# prefill PORT KEYS SIZE — PUTs key:0 … key:KEYS-1 with SIZE-byte values.
+prefill() {
+    target/release/cache-bench load --target "http://127.0.0.1:$1" --keys "$2" --value-size "$3" \
+        --prefill --duration 1ms --warmup 0s --quiet > /dev/null
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
