@@ -54,13 +54,8 @@ for round in $(seq 1 "$rounds"); do
     for server in "${servers[@]}"; do
         results[$server]+="$(run_wrk "${url[$server]}" "${accept[$server]}") "
     done
-    echo "round $round: $(for s in "${servers[@]}"; do printf '%s=%s ' "$s" "$(echo "${results[$s]}" | awk '{print $NF}')"; done)"
+    show_round "$round" "${servers[@]}"
 done
 
-nginx_rps=$(echo "${results[nginx]}" | median)
-printf '\n%-44s %12s %10s\n' "server (median of $rounds)" "requests/s" "vs nginx"
-for row in "nginx:nginx (static files)" "direct:cache-manager raw, CACHE_READ_PATH=direct" "hop:cache-manager raw, CACHE_READ_PATH=hop" "json:cache-manager JSON envelope, direct"; do
-    key=${row%%:*}; label=${row#*:}
-    value=$(echo "${results[$key]}" | median)
-    printf '%-44s %12.0f %10s\n' "$label" "$value" "$(ratio "$value" "$nginx_rps")"
-done
+median_table "vs nginx" nginx over "nginx:nginx (static files)" "direct:cache-manager raw, CACHE_READ_PATH=direct" \
+    "hop:cache-manager raw, CACHE_READ_PATH=hop" "json:cache-manager JSON envelope, direct"

@@ -83,16 +83,11 @@ for round in $(seq 1 "$rounds"); do
     results[redis]+="$(redis_get) "
     results[wrk]+="$(wrk -t1 -c"$connections" -d"$duration" -s "$work/get.lua" "${url[cache-manager]}" | awk '/Requests\/sec/ {print $2}') "
     results[tool]+="$(bench "${url[cache-manager]}") "
-    echo "round $round: $(for s in cache-manager nginx varnish redis wrk tool; do printf '%s=%s ' "$s" "$(echo "${results[$s]}" | awk '{print $NF}')"; done)"
+    show_round "$round" cache-manager nginx varnish redis wrk tool
 done
 
-cm=$(echo "${results[cache-manager]}" | median)
-printf '\n%-46s %12s %22s\n' "server (median of $rounds)" "requests/s" "cache-manager vs it"
-for row in "cache-manager:cache-manager (GET hit, raw bytes)" "nginx:nginx 1.22 (static files)" "varnish:Varnish 7.1 (cached hits)" "redis:Redis 7.0 (redis-benchmark GET)"; do
-    key=${row%%:*}; label=${row#*:}
-    value=$(echo "${results[$key]}" | median)
-    printf '%-46s %12.0f %22s\n' "$label" "$value" "$(ratio "$cm" "$value")"
-done
+median_table "cache-manager vs it" cache-manager under "cache-manager:cache-manager (GET hit, raw bytes)" \
+    "nginx:nginx 1.22 (static files)" "varnish:Varnish 7.1 (cached hits)" "redis:Redis 7.0 (redis-benchmark GET)"
 wrk_rps=$(echo "${results[wrk]}" | median)
 tool_rps=$(echo "${results[tool]}" | median)
 printf '\nload generator check against cache-manager, 1 thread, %s connections:\n' "$connections"

@@ -83,3 +83,32 @@ prefill() {
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+
+# The scripts below keep their measurements in the associative array `results`: one
+# space-separated list of requests/s per server key.
+
+# show_round ROUND KEY... — the latest measurement of each key.
+show_round() {
+    local line="round $1:" key
+    shift
+    for key in "$@"; do line+=" $key=$(echo "${results[$key]}" | awk '{print $NF}')"; done
+    echo "$line"
+}
+
+# median_table HEADER BASE DIRECTION KEY:LABEL... — the median of each key, and its ratio
+# to the median of BASE: DIRECTION "over" prints row/BASE, "under" prints BASE/row.
+median_table() {
+    local header=$1 base direction=$3 row key value
+    base=$(echo "${results[$2]}" | median)
+    shift 3
+    printf '\n%-46s %12s %22s\n' "server (median of $rounds)" "requests/s" "$header"
+    for row in "$@"; do
+        key=${row%%:*}
+        value=$(echo "${results[$key]}" | median)
+        if [ "$direction" = over ]; then
+            printf '%-46s %12.0f %22s\n' "${row#*:}" "$value" "$(ratio "$value" "$base")"
+        else
+            printf '%-46s %12.0f %22s\n' "${row#*:}" "$value" "$(ratio "$base" "$value")"
+        fi
+    done
+}
