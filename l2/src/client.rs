@@ -1,0 +1,411 @@
+//! The Redis client: one I/O thread runs a tokio runtime with the redis crate's
+//! `ConnectionManager` (one multiplexed connection that reconnects by itself), and every
+//! caller, on any runtime (the glommio cores included), hands it jobs over a flume
+//! channel and awaits the answer on a one-shot flume channel. Commands from all cores
+//! share the connection, so many are in flight at once (pipelined). The redis crate
+//! needs tokio, and glommio's sockets cannot leave their core, which is why Redis I/O
+//! lives on its own thread instead of on the serving cores.
+//!
+//! Every call is bounded by `timeout` and goes through the circuit breaker: while it is
+//! open, calls fail at once with [`L2Error::Open`] and are counted as skipped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, IntoConnectionInfo};
+
+use crate::breaker::Breaker;
+use crate::envelope::{DecodeError, Envelope};
+use crate::events::Event;
+
+#[derive(Clone, Debug)]
+pub struct L2Config {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    pub url: String,
+    /// Overrides the URL's password (`REDIS_PASSWORD`).
+    pub password: Option<String>,
+    /// Overrides the URL's database (`REDIS_DB`).
+    pub db: Option<i64>,
+    /// Prepended to every key (`CACHE_L2_PREFIX`).
+    pub prefix: String,
+    /// Bound on every command (`REDIS_TIMEOUT_MS`).
+    pub timeout: Duration,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum L2Error {
+    #[error("Redis is being skipped: the circuit breaker opened after repeated failures")]
+    Open,
+    #[error("Redis did not answer within {0:?} (REDIS_TIMEOUT_MS)")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(String),
+    #[error("the value stored in Redis is unreadable: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("invalid Redis configuration: {0}")]
+    Config(String),
+    #[error("the L2 I/O thread has stopped")]
+    Stopped,
+}
+
+impl From<redis::RedisError> for L2Error {
+    fn from(e: redis::RedisError) -> Self {
+        if e.is_timeout() {
+            L2Error::Timeout(Duration::ZERO)
+        } else {
+            L2Error::Redis(e.to_string())
+        }
+    }
+}
+
+impl L2Error {
+    /// Whether this failure says something about Redis's health (and counts for the
+    /// breaker), as opposed to one stored value being bad.
+    fn is_redis_failure(&self) -> bool {
+        !matches!(self, L2Error::Decode(_))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct L2Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+    /// Calls refused because the breaker was open.
+    pub skipped: AtomicU64,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Job = Box<dyn FnOnce(Connection) -> BoxFuture<()> + Send>;
+type Connection = Result<ConnectionManager, L2Error>;
+
+/// A handle to the Redis tier; cheap to clone.
+#[derive(Clone)]
+pub struct L2 {
+    jobs: flume::Sender<Job>,
+    breaker: Arc<Mutex<Breaker>>,
+    stats: Arc<L2Stats>,
+    config: Arc<L2Config>,
+    client: redis::Client,
+}
+
+/// What a subscriber receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Event(Event),
+    /// The subscription was lost and is back: events may have been missed meanwhile.
+    Resubscribed,
+}
+
+impl L2 {
+    /// Starts the I/O thread. Redis need not be up: connecting is retried on use.
+    pub fn start(config: L2Config) -> Result<Self, L2Error> {
+        let mut info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| L2Error::Config(e.to_string()))?;
+        if let Some(password) = &config.password {
+            info.redis.password = Some(password.clone());
+        }
+        if let Some(db) = config.db {
+            info.redis.db = db;
+        }
+        let client = redis::Client::open(info).map_err(|e| L2Error::Config(e.to_string()))?;
+        let (jobs, queue) = flume::unbounded::<Job>();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(config.timeout)
+            .set_connection_timeout(config.timeout)
+            .set_number_of_retries(1);
+        let thread_client = client.clone();
+        std::thread::Builder::new()
+            .name("l2-io".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                runtime.block_on(serve_jobs(thread_client, manager_config, queue));
+            })
+            .map_err(|e| L2Error::Config(format!("cannot start the L2 thread: {e}")))?;
+        Ok(Self {
+            jobs,
+            breaker: Arc::new(Mutex::new(Breaker::new(
+                config.breaker_threshold,
+                config.breaker_cooldown,
+            ))),
+            stats: Arc::default(),
+            config: Arc::new(config),
+            client,
+        })
+    }
+
+    pub fn stats(&self) -> &L2Stats {
+        &self.stats
+    }
+
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.lock().expect("breaker lock").is_open()
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        [self.config.prefix.as_bytes(), key].concat()
+    }
+
+    /// Runs `command` on the I/O thread, through the breaker, within `limit`.
+    async fn run<T, F>(
+        &self,
+        limit: Duration,
+        command: impl FnOnce(ConnectionManager) -> F + Send + 'static,
+    ) -> Result<T, L2Error>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, L2Error>> + Send + 'static,
+    {
+        if !self
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .allow(Instant::now())
+        {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            return Err(L2Error::Open);
+        }
+        let (reply, answer) = flume::bounded(1);
+        let job: Job = Box::new(move |connection| {
+            Box::pin(async move {
+                let result = match connection {
+                    Ok(conn) => match tokio::time::timeout(limit, command(conn)).await {
+                        Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(limit)),
+                        Ok(result) => result,
+                    },
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            })
+        });
+        let result = match self.jobs.send(job) {
+            Ok(()) => answer.recv_async().await.unwrap_or(Err(L2Error::Stopped)),
+            Err(_) => Err(L2Error::Stopped),
+        };
+        let failed = result.as_ref().err().is_some_and(L2Error::is_redis_failure);
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .record(!failed, Instant::now());
+        if failed {
+            self.stats.errors.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Envelope>, L2Error> {
+        let key = self.key(key);
+        let stored: Option<Vec<u8>> = self
+            .run(self.config.timeout, move |mut conn| async move {
+                Ok(conn.get(key).await?)
+            })
+            .await?;
+        let counter = if stored.is_some() {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        counter.fetch_add(1, Relaxed);
+        stored
+            .map(|bytes| Envelope::decode(&bytes))
+            .transpose()
+            .map_err(L2Error::from)
+    }
+
+    /// Stores `envelope` for `ttl` (`SET … PX`), or forever.
+    pub async fn set(
+        &self,
+        key: &[u8],
+        envelope: &Envelope,
+        ttl: Option<Duration>,
+    ) -> Result<(), L2Error> {
+        let (key, bytes) = (self.key(key), envelope.encode());
+        self.run(self.config.timeout, move |mut conn| async move {
+            let mut set = redis::cmd("SET");
+            set.arg(key).arg(bytes);
+            if let Some(ttl) = ttl {
+                set.arg("PX").arg(ttl.as_millis().max(1) as u64);
+            }
+            set.query_async::<()>(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes keys (`UNLINK`); returns how many existed.
+    pub async fn delete<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize, L2Error> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.key(k.as_ref())).collect();
+        self.run(self.config.timeout, move |mut conn| async move {
+            Ok(redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async::<usize>(&mut conn)
+                .await?)
+        })
+        .await
+    }
+
+    /// Deletes every key under the prefix that `pattern` (Redis glob) matches, by `SCAN
+    /// MATCH` and `UNLINK` in batches; returns how many were removed. Each command is
+    /// bounded by the timeout; the whole scan by 100 of them.
+    pub async fn delete_matching(&self, pattern: &[u8]) -> Result<usize, L2Error> {
+        let full = [escape_glob(self.config.prefix.as_bytes()), pattern.to_vec()].concat();
+        self.run(self.config.timeout * 100, move |mut conn| async move {
+            let mut cursor = 0u64;
+            let mut removed = 0;
+            loop {
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&full)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                if !keys.is_empty() {
+                    removed += redis::cmd("UNLINK")
+                        .arg(keys)
+                        .query_async::<usize>(&mut conn)
+                        .await?;
+                }
+                if next == 0 {
+                    return Ok(removed);
+                }
+                cursor = next;
+            }
+        })
+        .await
+    }
+
+    pub async fn publish(&self, channel: &str, event: &Event) -> Result<(), L2Error> {
+        let (channel, payload) = (channel.to_owned(), event.encode());
+        self.run(self.config.timeout, move |mut conn| async move {
+            conn.publish::<_, _, ()>(channel, payload).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Subscribes to `channel` on a connection of its own, resubscribing after every
+    /// disconnect (and saying so). Undecodable messages are logged and dropped.
+    pub fn subscribe(&self, channel: &str) -> flume::Receiver<Incoming> {
+        let (tx, rx) = flume::unbounded();
+        let (client, channel) = (self.client.clone(), channel.to_owned());
+        let job: Job = Box::new(move |_| Box::pin(follow_channel(client, channel, tx)));
+        let _ = self.jobs.send(job);
+        rx
+    }
+}
+
+async fn serve_jobs(
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    queue: flume::Receiver<Job>,
+) {
+    let mut manager: Option<ConnectionManager> = None;
+    while let Ok(job) = queue.recv_async().await {
+        if manager.is_none() {
+            manager = match client
+                .get_connection_manager_with_config(config.clone())
+                .await
+            {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tokio::spawn(job(Err(e.into())));
+                    continue;
+                }
+            };
+        }
+        tokio::spawn(job(Ok(manager.clone().expect("connected"))));
+    }
+}
+
+async fn follow_channel(client: redis::Client, channel: String, tx: flume::Sender<Incoming>) {
+    let mut first = true;
+    let mut backoff = Duration::from_millis(10);
+    while !tx.is_disconnected() {
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to {channel}; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(&channel).await {
+            tracing::warn!(error = %e, "SUBSCRIBE {channel} failed; retrying");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(10);
+        if !first && tx.send(Incoming::Resubscribed).is_err() {
+            return;
+        }
+        first = false;
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            match Event::decode(message.get_payload_bytes()) {
+                Ok(event) => {
+                    if tx.send(Incoming::Event(event)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "dropping an undecodable event on {channel}"),
+            }
+        }
+        tracing::warn!("lost the subscription to {channel}; resubscribing");
+    }
+}
+
+/// Escapes Redis glob metacharacters so `bytes` matches itself literally.
+pub fn escape_glob(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_escaped_for_scan_match() {
+        assert_eq!(escape_glob(b"cm:"), b"cm:");
+        assert_eq!(escape_glob(b"a*b?[c]\\"), b"a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn a_bad_url_is_a_configuration_error() {
+        let config = L2Config {
+            url: "http://nope".into(),
+            password: None,
+            db: None,
+            prefix: "cm:".into(),
+            timeout: Duration::from_millis(100),
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(1),
+        };
+        assert!(matches!(L2::start(config), Err(L2Error::Config(_))));
+    }
+}

@@ -1,0 +1,143 @@
+//! The stored form of a value in Redis: a small header with the metadata an L2 hit must
+//! restore (when the value was cached, when it expires) and the value, lz4-compressed
+//! when it is over 1 KiB and compression actually makes it smaller.
+//!
+//! Layout: `version (1) | flags (1) | cached_at_ms (8, LE) | expires_at_ms (8, LE; 0 =
+//! never) | payload`.
+
+pub const VERSION: u8 = 1;
+const COMPRESSED: u8 = 1;
+const HEADER: usize = 18;
+/// Values at least this large are compressed.
+pub const COMPRESS_FROM: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub value: Vec<u8>,
+    pub cached_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("stored value is {0} bytes, shorter than the {HEADER}-byte envelope header")]
+    Truncated(usize),
+    #[error("stored value has envelope version {0}; this build reads version {VERSION}")]
+    Version(u8),
+    #[error("stored value does not decompress: {0}")]
+    Corrupt(String),
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        let compressed = (self.value.len() >= COMPRESS_FROM)
+            .then(|| lz4_flex::compress_prepend_size(&self.value))
+            .filter(|c| c.len() < self.value.len());
+        let payload = compressed.as_deref().unwrap_or(&self.value);
+        let mut out = Vec::with_capacity(HEADER + payload.len());
+        out.push(VERSION);
+        out.push(if compressed.is_some() { COMPRESSED } else { 0 });
+        out.extend_from_slice(&self.cached_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.expires_at_ms.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < HEADER {
+            return Err(DecodeError::Truncated(bytes.len()));
+        }
+        if bytes[0] != VERSION {
+            return Err(DecodeError::Version(bytes[0]));
+        }
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let payload = &bytes[HEADER..];
+        let value = if bytes[1] & COMPRESSED != 0 {
+            // lz4_flex stops quietly at the end of a truncated block, so the length it
+            // promised is checked here.
+            let corrupt = |why: String| DecodeError::Corrupt(why);
+            let size = payload
+                .get(..4)
+                .ok_or_else(|| corrupt("no length prefix".into()))?;
+            let size = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
+            let value =
+                lz4_flex::decompress(&payload[4..], size).map_err(|e| corrupt(e.to_string()))?;
+            if value.len() != size {
+                return Err(corrupt(format!(
+                    "decompressed to {} bytes, expected {size}",
+                    value.len()
+                )));
+            }
+            value
+        } else {
+            payload.to_vec()
+        };
+        let expires = word(10);
+        Ok(Envelope {
+            value,
+            cached_at_ms: word(2),
+            expires_at_ms: (expires != 0).then_some(expires),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn large_compressible_values_are_compressed_and_small_ones_are_not() {
+        let big = Envelope {
+            value: vec![b'a'; 10_000],
+            cached_at_ms: 5,
+            expires_at_ms: Some(9),
+        };
+        let encoded = big.encode();
+        assert_eq!(encoded[1], COMPRESSED);
+        assert!(encoded.len() < 200);
+        assert_eq!(Envelope::decode(&encoded).unwrap(), big);
+        let small = Envelope {
+            value: b"{\"id\":1}".to_vec(),
+            cached_at_ms: 1,
+            expires_at_ms: None,
+        };
+        assert_eq!(small.encode()[1], 0);
+        assert_eq!(small.encode().len(), HEADER + 8);
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        assert_eq!(Envelope::decode(b"short"), Err(DecodeError::Truncated(5)));
+        let mut v = Envelope {
+            value: vec![],
+            cached_at_ms: 0,
+            expires_at_ms: None,
+        }
+        .encode();
+        v[0] = 9;
+        assert_eq!(Envelope::decode(&v), Err(DecodeError::Version(9)));
+        let mut c = Envelope {
+            value: vec![b'z'; 4096],
+            cached_at_ms: 0,
+            expires_at_ms: None,
+        }
+        .encode();
+        c.truncate(HEADER + 6);
+        assert!(matches!(Envelope::decode(&c), Err(DecodeError::Corrupt(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn every_envelope_round_trips(
+            value in prop::collection::vec(any::<u8>(), 0..5000),
+            repeat in any::<bool>(),
+            cached in any::<u64>(),
+            expires in prop::option::of(1u64..),
+        ) {
+            let value = if repeat { value.iter().flat_map(|b| [*b; 4]).collect() } else { value };
+            let e = Envelope { value, cached_at_ms: cached, expires_at_ms: expires };
+            prop_assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        }
+    }
+}
