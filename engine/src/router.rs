@@ -158,16 +158,26 @@ pub struct ShardGone {
 }
 
 /// Senders to every shard's owner, with the router that picks among them. Cheap to clone:
-/// each core keeps one.
-#[derive(Clone, Debug)]
-pub struct Mailboxes {
+/// each core keeps one. The message type `M` is [`Command`] itself or a caller's own
+/// message that can carry one (the server adds read-through fills).
+#[derive(Debug)]
+pub struct Mailboxes<M = Command> {
     router: Router,
-    senders: Arc<[flume::Sender<Command>]>,
+    senders: Arc<[flume::Sender<M>]>,
+}
+
+impl<M> Clone for Mailboxes<M> {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            senders: self.senders.clone(),
+        }
+    }
 }
 
 /// Creates one bounded mailbox per shard: the senders for every core, and the receivers,
 /// in shard order, for each owner to drain.
-pub fn mailboxes(router: Router, capacity: usize) -> (Mailboxes, Vec<flume::Receiver<Command>>) {
+pub fn mailboxes<M>(router: Router, capacity: usize) -> (Mailboxes<M>, Vec<flume::Receiver<M>>) {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..router.shards())
         .map(|_| flume::bounded(capacity))
         .unzip();
@@ -180,16 +190,16 @@ pub fn mailboxes(router: Router, capacity: usize) -> (Mailboxes, Vec<flume::Rece
     )
 }
 
-impl Mailboxes {
+impl<M> Mailboxes<M> {
     pub fn router(&self) -> &Router {
         &self.router
     }
 
-    /// Sends the command `make` builds to `shard` and waits for its answer.
+    /// Sends the message `make` builds to `shard` and waits for its answer.
     pub async fn call<T>(
         &self,
         shard: usize,
-        make: impl FnOnce(Reply<T>) -> Command,
+        make: impl FnOnce(Reply<T>) -> M,
     ) -> Result<T, ShardGone> {
         let (reply, answer) = flume::bounded(1);
         self.senders[shard]
@@ -198,14 +208,14 @@ impl Mailboxes {
             .map_err(|_| ShardGone { shard })?;
         answer.recv_async().await.map_err(|_| ShardGone { shard })
     }
+}
 
+impl<M: From<Command>> Mailboxes<M> {
     pub async fn lookup(&self, key: &[u8]) -> Result<Option<OwnedEntry>, ShardGone> {
         let hash = self.router.hash(key);
         let key = key.to_vec();
-        self.call(self.router.shard_of(hash), |reply| Command::Lookup {
-            hash,
-            key,
-            reply,
+        self.call(self.router.shard_of(hash), |reply| {
+            Command::Lookup { hash, key, reply }.into()
         })
         .await
     }
@@ -218,12 +228,15 @@ impl Mailboxes {
     ) -> Result<Result<Inserted, InsertError>, ShardGone> {
         let hash = self.router.hash(key);
         let key = key.to_vec();
-        self.call(self.router.shard_of(hash), |reply| Command::Set {
-            hash,
-            key,
-            value,
-            expires_at_ms,
-            reply,
+        self.call(self.router.shard_of(hash), |reply| {
+            Command::Set {
+                hash,
+                key,
+                value,
+                expires_at_ms,
+                reply,
+            }
+            .into()
         })
         .await
     }
@@ -231,10 +244,8 @@ impl Mailboxes {
     pub async fn delete(&self, key: &[u8]) -> Result<bool, ShardGone> {
         let hash = self.router.hash(key);
         let key = key.to_vec();
-        self.call(self.router.shard_of(hash), |reply| Command::Delete {
-            hash,
-            key,
-            reply,
+        self.call(self.router.shard_of(hash), |reply| {
+            Command::Delete { hash, key, reply }.into()
         })
         .await
     }
@@ -285,7 +296,7 @@ impl Mailboxes {
             let (reply, answer) = flume::bounded(1);
             if let Some(command) = make(shard, reply) {
                 sender
-                    .send_async(command)
+                    .send_async(command.into())
                     .await
                     .map_err(|_| ShardGone { shard })?;
                 pending.push((shard, answer));
@@ -328,7 +339,7 @@ mod tests {
     #[test]
     fn commands_reach_owners_and_pattern_invalidation_sums_over_shards() {
         let router = Router::with_seeds(3, [9, 8, 7, 6]);
-        let (mail, receivers) = mailboxes(router, 64);
+        let (mail, receivers) = mailboxes::<Command>(router, 64);
         let owners: Vec<_> = receivers
             .into_iter()
             .map(|rx| {

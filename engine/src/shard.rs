@@ -156,14 +156,15 @@ impl ShardWriter {
     }
 
     /// Stores `value` under `key` until `expires_at_ms` (never, if `None`), evicting by
-    /// CLOCK until both bounds hold.
+    /// CLOCK until both bounds hold. `cached_at_ms` is when the value was cached: now for
+    /// a write, the original time for a value filled from another tier.
     pub fn insert(
         &mut self,
         hash: u64,
         key: &[u8],
         value: &[u8],
         expires_at_ms: Option<u64>,
-        now_ms: u64,
+        cached_at_ms: u64,
     ) -> Result<Inserted, InsertError> {
         if u32::try_from(key.len()).is_err() {
             return Err(InsertError::KeyTooLong {
@@ -205,7 +206,7 @@ impl ShardWriter {
             key,
             value,
             slot: 0,
-            cached_at_ms: now_ms,
+            cached_at_ms,
             expires_at_ms: deadline,
             referenced: false,
         };
@@ -243,7 +244,7 @@ impl ShardWriter {
         self.metrics.evictions.add(evicted as u64);
         self.publish_levels();
         Ok(Inserted {
-            cached_at_ms: now_ms,
+            cached_at_ms,
             expires_at_ms,
             replaced: existing.is_some(),
             evicted,

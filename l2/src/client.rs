@@ -21,7 +21,7 @@ use redis::{AsyncCommands, IntoConnectionInfo};
 
 use crate::breaker::Breaker;
 use crate::envelope::{DecodeError, Envelope};
-use crate::events::Event;
+use crate::events::{Action, Event, Sequencer};
 
 #[derive(Clone, Debug)]
 pub struct L2Config {
@@ -94,6 +94,16 @@ pub struct L2 {
     stats: Arc<L2Stats>,
     config: Arc<L2Config>,
     client: redis::Client,
+}
+
+/// Sends this instance's coherence events (see [`L2::publisher`]).
+#[derive(Clone, Debug)]
+pub struct Publisher(flume::Sender<Action>);
+
+impl Publisher {
+    pub fn send(&self, action: Action) {
+        let _ = self.0.send(action);
+    }
 }
 
 /// What a subscriber receives.
@@ -299,6 +309,29 @@ impl L2 {
             Ok(())
         })
         .await
+    }
+
+    /// A publisher of this instance's coherence events on `channel`. One task stamps and
+    /// publishes them in the order they are sent, so sequence numbers reach Redis in
+    /// order (two cores publishing on their own could invert them, and the receiver would
+    /// drop the later-stamped one as stale). A lost publish shows up at the receivers as
+    /// a sequence gap, which makes them flush.
+    pub fn publisher(&self, instance: &str, channel: &str) -> Publisher {
+        let (tx, rx) = flume::unbounded::<Action>();
+        let (l2, channel, mut sequencer) =
+            (self.clone(), channel.to_owned(), Sequencer::new(instance));
+        let job: Job = Box::new(move |_| {
+            Box::pin(async move {
+                while let Ok(action) = rx.recv_async().await {
+                    let event = sequencer.stamp(action);
+                    if let Err(e) = l2.publish(&channel, &event).await {
+                        tracing::warn!(error = %e, seq = event.seq, "a coherence event was not published");
+                    }
+                }
+            })
+        });
+        let _ = self.jobs.send(job);
+        Publisher(tx)
     }
 
     /// Subscribes to `channel` on a connection of its own, resubscribing after every

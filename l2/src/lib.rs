@@ -8,6 +8,6 @@ pub mod envelope;
 pub mod events;
 
 pub use breaker::Breaker;
-pub use client::{L2Config, L2Error, L2Stats, L2};
+pub use client::{Incoming, L2Config, L2Error, L2Stats, Publisher, L2};
 pub use envelope::Envelope;
 pub use events::{Action, Event, Key, Sequencer, Verdict};

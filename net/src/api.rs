@@ -8,6 +8,10 @@
 //! - a raw `GET` (`Accept: application/octet-stream`) of a JSON value returns the JSON
 //!   text with `Content-Type: application/json`, and of a raw value the bytes with
 //!   `application/octet-stream`; the metadata is in `X-Cache-*` and `Cache-Control`.
+//!
+//! With Redis configured (L2), a miss is filled from Redis through the key's owner core
+//! (one fetch however many ask), writes go to L1 and then L2 before the answer, and every
+//! write and invalidation is published for the other instances.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -16,12 +20,14 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use base64::Engine as _;
 use engine::{Glob, InsertError, OwnedEntry};
+use l2::{Action, Envelope, Key};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::ReadPath;
 use crate::core::Core;
 use crate::http::{Method, Request, Response};
+use crate::owner::{Filled, OwnerMessage, Source};
 use crate::stats;
 
 const JSON_TAG: u8 = b'j';
@@ -182,14 +188,14 @@ fn shard_unavailable(e: engine::ShardGone) -> Response {
 async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
     let shared = &core.shared;
     let now = core.now_ms();
-    let render = |value: &[u8], cached_at_ms: u64, expires_at_ms: Option<u64>| {
-        render_hit(value, cached_at_ms, expires_at_ms, wants_bytes, now)
+    let render = |value: &[u8], cached_at_ms: u64, expires_at_ms: Option<u64>, source: Source| {
+        render_hit(value, cached_at_ms, expires_at_ms, wants_bytes, now, source)
     };
+    let hash = shared.router.hash(key);
     let found = match core.config.read_path {
         ReadPath::Direct => {
-            let hash = shared.router.hash(key);
             shared.readers[shared.router.shard_of(hash)].get_with(hash, key, now, |e| {
-                render(e.value, e.cached_at_ms, e.expires_at_ms)
+                render(e.value, e.cached_at_ms, e.expires_at_ms, Source::L1)
             })
         }
         ReadPath::Hop => match shared.mail.lookup(key).await {
@@ -198,23 +204,43 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
                      value,
                      cached_at_ms,
                      expires_at_ms,
-                 }| { render(&value, cached_at_ms, expires_at_ms) },
+                 }| { render(&value, cached_at_ms, expires_at_ms, Source::L1) },
             ),
             Err(e) => return shard_unavailable(e),
         },
     };
     let metrics = core.shard_metrics();
-    match found {
-        Some(response) => {
-            metrics.hits.incr();
-            response
-        }
-        None => {
-            metrics.misses.incr();
-            let message = format!("no entry for key {:?}", String::from_utf8_lossy(key));
-            json(404, &serde_json::json!({ "hit": false, "error": message }))
+    if let Some(response) = found {
+        metrics.hits.incr();
+        return response;
+    }
+    metrics.misses.incr();
+    let mut missing = format!("no entry for key {:?}", String::from_utf8_lossy(key));
+    if shared.l2.is_some() {
+        let key_owned = key.to_vec();
+        let filled = shared
+            .mail
+            .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
+                hash,
+                key: key_owned,
+                reply,
+            })
+            .await;
+        match filled {
+            Ok(Ok(Filled {
+                entry: Some(e),
+                source,
+            })) => {
+                return render(&e.value, e.cached_at_ms, e.expires_at_ms, source);
+            }
+            Ok(Ok(Filled { entry: None, .. })) => missing.push_str(" in L1 or L2"),
+            Ok(Err(l2_error)) => {
+                missing.push_str(&format!(" in L1, and L2 could not be read: {l2_error}"))
+            }
+            Err(e) => return shard_unavailable(e),
         }
     }
+    json(404, &serde_json::json!({ "hit": false, "error": missing }))
 }
 
 fn render_hit(
@@ -223,6 +249,7 @@ fn render_hit(
     expires_at_ms: Option<u64>,
     wants_bytes: bool,
     now_ms: u64,
+    source: Source,
 ) -> Response {
     let (tag, data) = stored.split_first().unwrap_or((&JSON_TAG, b"null"));
     let cached_at = rfc3339(cached_at_ms);
@@ -233,7 +260,7 @@ fn render_hit(
             response.content_type = "application/octet-stream";
         }
         response = response
-            .with_header("X-Cache-Source", "l1")
+            .with_header("X-Cache-Source", source.name())
             .with_header("X-Cache-Cached-At", cached_at);
         if let Some(expires_ms) = expires_at_ms {
             let max_age = expires_ms.saturating_sub(now_ms) / 1000;
@@ -258,7 +285,9 @@ fn render_hit(
         )
         .expect("a string serializes");
     }
-    body.extend_from_slice(b",\"hit\":true,\"source\":\"l1\",\"cached_at\":\"");
+    body.extend_from_slice(b",\"hit\":true,\"source\":\"");
+    body.extend_from_slice(source.name().as_bytes());
+    body.extend_from_slice(b"\",\"cached_at\":\"");
     body.extend_from_slice(cached_at.as_bytes());
     match expires_at {
         Some(e) => {
@@ -375,14 +404,26 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
     };
     let now = core.now_ms();
     let expires_at = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+    let envelope = core.shared.l2.as_ref().map(|_| Envelope {
+        value: stored.clone(),
+        cached_at_ms: now,
+        expires_at_ms: expires_at,
+    });
     match core.shared.mail.set(key, stored, expires_at).await {
-        Ok(Ok(inserted)) => json(
-            200,
-            &serde_json::json!({
+        Ok(Ok(inserted)) => {
+            let mut body = serde_json::json!({
                 "success": true,
                 "expires_at": inserted.expires_at_ms.map(rfc3339),
-            }),
-        ),
+            });
+            if let (Some(tier), Some(envelope)) = (&core.shared.l2, envelope) {
+                let outcome = tier.client.set(key, &envelope, ttl).await;
+                body["l2"] = l2_outcome(&outcome);
+                tier.publisher.send(Action::Set {
+                    keys: vec![Key::new(key)],
+                });
+            }
+            json(200, &body)
+        }
         Ok(Err(e @ InsertError::TooLarge { .. })) => {
             Response::error(413, format!("{e} (CACHE_L1_MAX_BYTES per core)"))
         }
@@ -392,12 +433,37 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
 }
 
 async fn delete(core: &Rc<Core>, key: &[u8]) -> Response {
-    match core.shared.mail.delete(key).await {
-        Ok(deleted) => json(
-            200,
-            &serde_json::json!({ "success": true, "deleted": deleted }),
-        ),
-        Err(e) => shard_unavailable(e),
+    let deleted = match core.shared.mail.delete(key).await {
+        Ok(deleted) => deleted,
+        Err(e) => return shard_unavailable(e),
+    };
+    let mut body = serde_json::json!({ "success": true, "deleted": deleted });
+    if let Some(tier) = &core.shared.l2 {
+        let outcome = tier.client.delete(&[key]).await;
+        body["deleted"] = (deleted || outcome.as_ref().is_ok_and(|n| *n > 0)).into();
+        body["l2"] = l2_outcome(&outcome);
+        tier.publisher.send(Action::Delete {
+            keys: vec![Key::new(key)],
+        });
+    }
+    json(200, &body)
+}
+
+/// What an invalidation removed: the larger of the tiers' counts (L2 holds every key L1
+/// does unless an L2 write failed). An L2 failure leaves the L1 count.
+fn larger(
+    local: Result<usize, engine::ShardGone>,
+    remote: Result<usize, l2::L2Error>,
+) -> Result<usize, engine::ShardGone> {
+    local.map(|n| n.max(remote.unwrap_or(0)))
+}
+
+/// How the L2 part of a write went, for the response: "stored", or why not.
+fn l2_outcome<T>(outcome: &Result<T, l2::L2Error>) -> serde_json::Value {
+    match outcome {
+        Ok(_) => "stored".into(),
+        Err(l2::L2Error::Open) => "skipped: the L2 circuit breaker is open".into(),
+        Err(e) => format!("failed: {e}").into(),
     }
 }
 
@@ -441,7 +507,16 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
             {
                 return bad;
             }
-            mail.invalidate_keys(&keys).await
+            let local = mail.invalidate_keys(&keys).await;
+            match &core.shared.l2 {
+                Some(tier) => {
+                    let remote = tier.client.delete(&keys).await;
+                    let keys = keys.iter().map(|k| Key::new(k.as_bytes())).collect();
+                    tier.publisher.send(Action::Delete { keys });
+                    larger(local, remote)
+                }
+                None => local,
+            }
         }
         (None, Some(pattern)) => {
             let limit = core.config.max_pattern_bytes;
@@ -457,8 +532,19 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
                     ),
                 );
             }
-            mail.invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes())))
-                .await
+            let local = mail
+                .invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes())))
+                .await;
+            match &core.shared.l2 {
+                Some(tier) => {
+                    let remote = tier.client.delete_matching(pattern.as_bytes()).await;
+                    tier.publisher.send(Action::InvalidatePattern {
+                        pattern: Key::new(pattern.as_bytes()),
+                    });
+                    larger(local, remote)
+                }
+                None => local,
+            }
         }
         _ => {
             return Response::error(
@@ -493,6 +579,7 @@ mod tests {
             Some(1_705_318_200_000),
             false,
             0,
+            Source::L1,
         );
         let text = String::from_utf8(r.body.clone()).unwrap();
         assert!(
@@ -514,21 +601,37 @@ mod tests {
             None,
             false,
             0,
+            Source::L1,
         );
         assert_eq!(body(&text)["value"], "plain \"text\"");
         assert_eq!(body(&text)["expires_at"], serde_json::Value::Null);
-        let binary = render_hit(&[BYTES_TAG, 0xff, 0x00], 0, None, false, 0);
+        let binary = render_hit(&[BYTES_TAG, 0xff, 0x00], 0, None, false, 0, Source::L1);
         assert_eq!(body(&binary)["value"], "/wA=");
         assert_eq!(body(&binary)["encoding"], "base64");
     }
 
     #[test]
     fn raw_reads_return_bytes_and_headers() {
-        let r = render_hit(&[BYTES_TAG, 1, 2, 3], 0, Some(90_500), true, 500);
+        let r = render_hit(
+            &[BYTES_TAG, 1, 2, 3],
+            0,
+            Some(90_500),
+            true,
+            500,
+            Source::L2,
+        );
         assert_eq!(r.body, vec![1, 2, 3]);
         assert_eq!(r.content_type, "application/octet-stream");
         assert!(r.headers.contains(&("Cache-Control", "max-age=90".into())));
-        let j = render_hit(&[&[JSON_TAG][..], b"[1]"].concat(), 0, None, true, 0);
+        assert!(r.headers.contains(&("X-Cache-Source", "l2".into())));
+        let j = render_hit(
+            &[&[JSON_TAG][..], b"[1]"].concat(),
+            0,
+            None,
+            true,
+            0,
+            Source::L1,
+        );
         assert_eq!(j.content_type, "application/json");
         assert_eq!(j.body, b"[1]");
     }

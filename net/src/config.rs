@@ -124,10 +124,68 @@ pub struct Config {
     #[arg(long, env = "CACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Redis for the shared second tier (L2) and coherence events; unset runs L1 only.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    #[arg(long, env = "REDIS_URL")]
+    #[serde(serialize_with = "redact_url")]
+    pub redis_url: Option<String>,
+
+    /// Redis password (overrides one in the URL).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    #[serde(serialize_with = "redact")]
+    pub redis_password: Option<String>,
+
+    /// Redis database number (overrides one in the URL).
+    #[arg(long, env = "REDIS_DB")]
+    pub redis_db: Option<i64>,
+
+    /// Bound on every Redis command, in milliseconds.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 100)]
+    pub redis_timeout_ms: u64,
+
+    /// Prefix of every key this service stores in Redis.
+    #[arg(long, env = "CACHE_L2_PREFIX", default_value = "cm:")]
+    pub l2_prefix: String,
+
+    /// Consecutive Redis failures that open the circuit breaker.
+    #[arg(long, env = "CACHE_L2_BREAKER_FAILURES", default_value_t = 5)]
+    pub l2_breaker_failures: u32,
+
+    /// Milliseconds the breaker stays open before one probe is let through.
+    #[arg(long, env = "CACHE_L2_BREAKER_COOLDOWN_MS", default_value_t = 1000)]
+    pub l2_breaker_cooldown_ms: u64,
+
+    /// Redis channel that carries coherence events between instances.
+    #[arg(long, env = "CACHE_EVENTS_CHANNEL", default_value = "cache:events")]
+    pub events_channel: String,
+
+    /// This instance's name in coherence events (default: host, pid and a random tag).
+    #[arg(long, env = "CACHE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
+}
+
+/// The URL without its password.
+fn redact_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        None => s.serialize_none(),
+        Some(url) => match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let credentials = &url[scheme + 3..at];
+                let user = credentials.split(':').next().unwrap_or_default();
+                s.serialize_str(&format!(
+                    "{}{user}:<redacted>{}",
+                    &url[..scheme + 3],
+                    &url[at..]
+                ))
+            }
+            _ => s.serialize_str(url),
+        },
+    }
 }
 
 fn redact<S: serde::Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -208,6 +266,29 @@ impl Config {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
+
+    /// The L2 client configuration, when Redis is configured.
+    pub fn l2(&self) -> Option<l2::L2Config> {
+        Some(l2::L2Config {
+            url: self.redis_url.clone()?,
+            password: self.redis_password.clone(),
+            db: self.redis_db,
+            prefix: self.l2_prefix.clone(),
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+            breaker_threshold: self.l2_breaker_failures,
+            breaker_cooldown: Duration::from_millis(self.l2_breaker_cooldown_ms),
+        })
+    }
+
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let tag = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            format!("{}-{}-{tag:08x}", host.trim(), std::process::id())
+        })
+    }
 }
 
 fn available_cores() -> usize {
@@ -253,5 +334,17 @@ mod tests {
         let printed = serde_json::to_string(&c).unwrap();
         assert!(!printed.contains("s3cret"));
         assert!(printed.contains("<set>"));
+        let c = Config::try_parse_from([
+            "cache-manager",
+            "--redis-url",
+            "redis://app:pw@10.0.0.1:6379/2",
+        ])
+        .unwrap();
+        let printed = serde_json::to_string(&c).unwrap();
+        assert!(
+            printed.contains("redis://app:<redacted>@10.0.0.1:6379/2"),
+            "{printed}"
+        );
+        assert!(!printed.contains(":pw@"));
     }
 }

@@ -13,6 +13,7 @@ use engine::{Clock, CoarseClock, LatencyRecorder, Mailboxes, Router, ShardMetric
 use event_listener::Event;
 
 use crate::config::Config;
+use crate::owner::OwnerMessage;
 
 /// One core's request-side counters (the shard-side ones are in its `ShardMetrics`).
 #[derive(Debug, Default)]
@@ -66,11 +67,23 @@ impl Shutdown {
     }
 }
 
+/// The Redis tier, when configured.
+pub struct L2Tier {
+    pub client: l2::L2,
+    pub publisher: l2::Publisher,
+    pub instance: String,
+    /// L1 flushes after lost coherence events (a sequence gap or a resubscribe).
+    pub l1_flushes: Counter,
+    /// Events from other instances applied to L1.
+    pub events_applied: Counter,
+}
+
 pub struct Shared {
     pub config: Arc<Config>,
     pub router: Router,
     pub readers: Box<[TableReader]>,
-    pub mail: Mailboxes,
+    pub mail: Mailboxes<OwnerMessage>,
+    pub l2: Option<L2Tier>,
     pub clock: CoarseClock,
     /// Indexed by shard, which is also the core that owns it.
     pub shards: Box<[Arc<ShardMetrics>]>,

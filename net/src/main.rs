@@ -1,9 +1,11 @@
 //! `cache-manager`: the service binary. See `server.rs` for its shape.
 
 mod api;
+mod coherence;
 mod config;
 mod core;
 mod http;
+mod owner;
 mod server;
 mod stats;
 

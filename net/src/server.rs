@@ -3,9 +3,10 @@
 //! SO_REUSEPORT, so the kernel spreads connections across cores).
 //!
 //! On every core run: the accept loop, one task per connection, the shard's owner (the
-//! only task that writes the shard, draining its mailbox in order) and a ticker that
-//! keeps the coarse clock current and asks the owner to sweep expired entries every
-//! CACHE_CLEANUP_INTERVAL. On SIGTERM/SIGINT every core stops accepting, lets open
+//! only task that writes the shard, draining its mailbox in order; see `owner.rs`) and a
+//! ticker that keeps the coarse clock current and asks the owner to sweep expired entries
+//! every CACHE_CLEANUP_INTERVAL. With Redis configured, core 0 also follows the
+//! coherence events (`coherence.rs`). On SIGTERM/SIGINT every core stops accepting, lets open
 //! connections finish the request in hand, and the process exits 0 once all are closed
 //! or CACHE_SHUTDOWN_GRACE_MS has passed.
 
@@ -15,15 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use engine::metrics::Counter;
 use engine::{
     mailboxes, Clock, CoarseClock, Command, Router, ShardConfig, ShardMetrics, ShardWriter,
 };
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::coherence;
 use crate::config::Config;
-use crate::core::{Core, CoreStats, Shared, Shutdown};
+use crate::core::{Core, CoreStats, L2Tier, Shared, Shutdown};
 use crate::http;
+use crate::owner::{Owner, OwnerMessage};
 use crate::stats;
 
 /// Depth of each owner's mailbox; senders wait when it is full.
@@ -35,7 +39,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let cores = config.cores();
     let clock = CoarseClock::new();
     let router = Router::new(cores);
-    let (mail, receivers) = mailboxes(router.clone(), MAILBOX_DEPTH);
+    let (mail, receivers) = mailboxes::<OwnerMessage>(router.clone(), MAILBOX_DEPTH);
+    let l2 = match config.l2() {
+        Some(l2_config) => {
+            let client = l2::L2::start(l2_config).context("starting the Redis tier (REDIS_URL)")?;
+            let instance = config.instance_id();
+            let publisher = client.publisher(&instance, &config.events_channel);
+            Some(L2Tier {
+                client,
+                publisher,
+                instance,
+                l1_flushes: Counter::default(),
+                events_applied: Counter::default(),
+            })
+        }
+        None => None,
+    };
     let shards: Box<[Arc<ShardMetrics>]> = (0..cores).map(|_| Arc::default()).collect();
     let writers: Vec<ShardWriter> = (0..cores)
         .map(|i| {
@@ -51,6 +70,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         router,
         readers: writers.iter().map(ShardWriter::reader).collect(),
         mail,
+        l2,
         clock,
         shards,
         cores: (0..cores).map(|_| CoreStats::default()).collect(),
@@ -83,10 +103,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Err(_) => bail!("a core stopped before it was ready"),
         }
     }
+    let tier = match &shared.l2 {
+        Some(t) => format!(
+            "L1 + L2 (prefix {:?}, events on {:?} as {})",
+            config.l2_prefix, config.events_channel, t.instance
+        ),
+        None => "L1 only".to_owned(),
+    };
     tracing::info!(
         listen = %config.listen, cores, read_path = ?config.read_path,
         l1_max_entries = config.l1_max_entries, l1_max_bytes = config.l1_max_bytes,
-        "cache-manager ready (L1 only)"
+        "cache-manager ready: {tier}"
     );
     for executor in executors {
         executor
@@ -124,7 +151,7 @@ fn watch_signals(shared: Arc<Shared>) -> anyhow::Result<()> {
 async fn core_main(
     core: Rc<Core>,
     writer: ShardWriter,
-    mailbox: flume::Receiver<Command>,
+    mailbox: flume::Receiver<OwnerMessage>,
     ready: flume::Sender<Result<(), String>>,
     draining: Arc<AtomicUsize>,
 ) {
@@ -138,8 +165,16 @@ async fn core_main(
             return;
         }
     };
-    glommio::spawn_local(own_shard(writer, mailbox, core.shared.clock.clone())).detach();
+    let owner = Owner::new(
+        writer,
+        core.shared.l2.as_ref().map(|t| t.client.clone()),
+        core.shared.clock.clone(),
+    );
+    glommio::spawn_local(owner.run(mailbox, MAILBOX_DEPTH)).detach();
     glommio::spawn_local(tick(core.clone())).detach();
+    if core.id == 0 {
+        glommio::spawn_local(coherence::follow(core.shared.clone())).detach();
+    }
     let _ = ready.send(Ok(()));
     drop(ready);
 
@@ -192,20 +227,6 @@ async fn core_main(
     }
 }
 
-/// The shard's only writer: applies commands in arrival order, draining what is queued
-/// before it waits again, and frees due expiries first so they make room before CLOCK
-/// evicts anything.
-async fn own_shard(mut writer: ShardWriter, mailbox: flume::Receiver<Command>, clock: CoarseClock) {
-    while let Ok(command) = mailbox.recv_async().await {
-        let now = clock.now_ms();
-        writer.expire(now);
-        command.apply(&mut writer, now);
-        for command in mailbox.try_iter().take(MAILBOX_DEPTH) {
-            command.apply(&mut writer, now);
-        }
-    }
-}
-
 /// Keeps the coarse clock within a millisecond, sweeps expiries every cleanup interval,
 /// and (on core 0) logs a metrics summary every METRICS_INTERVAL.
 async fn tick(core: Rc<Core>) {
@@ -223,7 +244,7 @@ async fn tick(core: Rc<Core>) {
             debug_assert!(core.id < own);
             let _ = shared
                 .mail
-                .call(core.id, |reply| Command::Expire { reply })
+                .call(core.id, |reply| Command::Expire { reply }.into())
                 .await;
         }
         if core.id == 0 && core.config.metrics_enabled && !summary.is_zero() && now >= next_summary

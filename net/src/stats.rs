@@ -18,10 +18,18 @@ pub struct Snapshot {
     pub deletes: u64,
     pub evictions: u64,
     pub l1_size: u64,
-    /// The L2 tier does not exist yet: these stay 0 in L1-only mode.
+    /// L2 counters stay 0 when no Redis is configured.
     pub l2_hits: u64,
     pub l2_misses: u64,
     pub l2_errors: u64,
+    /// L2 calls skipped while the circuit breaker was open.
+    pub l2_skipped: u64,
+    pub l2_enabled: bool,
+    pub l2_breaker_open: bool,
+    /// L1 flushes after lost coherence events.
+    pub l1_flushes: u64,
+    /// Other instances' events applied to L1.
+    pub coherence_events: u64,
     pub expirations: u64,
     pub l1_bytes: u64,
     pub l1_max_entries: usize,
@@ -112,6 +120,11 @@ pub fn snapshot(shared: &Shared) -> Snapshot {
         })
         .collect();
     let sum = |f: fn(&crate::core::CoreStats) -> u64| shared.cores.iter().map(f).sum::<u64>();
+    let l2 = |f: fn(&l2::L2Stats) -> &std::sync::atomic::AtomicU64| {
+        shared.l2.as_ref().map_or(0, |t| {
+            f(t.client.stats()).load(std::sync::atomic::Ordering::Relaxed)
+        })
+    };
     Snapshot {
         hits: total.hits,
         misses: total.misses,
@@ -120,9 +133,14 @@ pub fn snapshot(shared: &Shared) -> Snapshot {
         deletes: total.deletes,
         evictions: total.evictions,
         l1_size: total.entries,
-        l2_hits: 0,
-        l2_misses: 0,
-        l2_errors: 0,
+        l2_hits: l2(|s| &s.hits),
+        l2_misses: l2(|s| &s.misses),
+        l2_errors: l2(|s| &s.errors),
+        l2_skipped: l2(|s| &s.skipped),
+        l2_enabled: shared.l2.is_some(),
+        l2_breaker_open: shared.l2.as_ref().is_some_and(|t| t.client.breaker_open()),
+        l1_flushes: shared.l2.as_ref().map_or(0, |t| t.l1_flushes.get()),
+        coherence_events: shared.l2.as_ref().map_or(0, |t| t.events_applied.get()),
         expirations: total.expirations,
         l1_bytes: total.bytes,
         l1_max_entries: shared.config.l1_max_entries,

@@ -1,0 +1,257 @@
+//! Two cache-manager instances sharing a real redis-server: read-through from L2,
+//! write-through, coherence within 100 ms over pub/sub, one L2 fetch for a stampede,
+//! Redis frozen (breaker) and the subscription killed (L1 flush).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use e2e::redis::RedisServer;
+use e2e::{exchange, read_response, Server};
+use serde_json::{json, Value};
+
+fn instance(redis: &RedisServer, extra: &[(&str, &str)]) -> Server {
+    let url = redis.url();
+    let mut env = vec![("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT_MS", "200")];
+    env.extend_from_slice(extra);
+    Server::start(&env)
+}
+
+/// Waits until `server` has applied `n` events from other instances.
+fn applied(server: &Server, n: u64) {
+    wait_for("events applied", Duration::from_secs(5), || {
+        server.metrics()["coherence_events"].as_u64().unwrap() >= n
+    });
+}
+
+fn subscribers(redis: &RedisServer) -> usize {
+    redis
+        .cli(&["PUBSUB", "NUMSUB", "cache:events"])
+        .parse()
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::park_timeout(Duration::from_millis(2));
+    }
+    started.elapsed()
+}
+
+fn put(s: &Server, key: &str, value: Value) -> Value {
+    ureq::put(&s.url(&format!("/api/cache/{key}")))
+        .send_json(json!({ "value": value }))
+        .unwrap()
+        .into_json()
+        .unwrap()
+}
+
+fn get(s: &Server, key: &str) -> (u16, Value) {
+    match ureq::get(&s.url(&format!("/api/cache/{key}"))).call() {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn instances_share_l2_and_see_each_others_writes_within_100ms() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &[]);
+    let b = instance(&redis, &[]);
+    wait_for("both instances subscribed", Duration::from_secs(10), || {
+        subscribers(&redis) == 2
+    });
+
+    let written = put(&a, "user:1", json!({"v": 1}));
+    assert_eq!(written["l2"], "stored");
+    // A's own event for the write would drop what B reads now: wait for it to land first.
+    applied(&b, 1);
+    assert!(
+        redis.cli(&["EXISTS", "cm:user:1"]) == "1",
+        "written through to Redis under the prefix"
+    );
+    let (status, hit) = get(&b, "user:1");
+    assert_eq!((status, hit["source"].as_str()), (200, Some("l2")), "{hit}");
+    assert_eq!(hit["value"], json!({"v": 1}));
+    assert_eq!(
+        hit["expires_at"], written["expires_at"],
+        "the metadata comes back from L2"
+    );
+    assert_eq!(
+        get(&b, "user:1").1["source"],
+        "l1",
+        "the L2 hit filled B's L1"
+    );
+
+    put(&a, "user:1", json!({"v": 2}));
+    let took = wait_for("B sees A's overwrite", Duration::from_secs(2), || {
+        get(&b, "user:1").1["value"] == json!({"v": 2})
+    });
+    assert!(
+        took <= Duration::from_millis(100),
+        "overwrite seen after {took:?}"
+    );
+
+    ureq::delete(&a.url("/api/cache/user:1")).call().unwrap();
+    let took = wait_for("B sees A's delete", Duration::from_secs(2), || {
+        get(&b, "user:1").0 == 404
+    });
+    assert!(
+        took <= Duration::from_millis(100),
+        "delete seen after {took:?}"
+    );
+
+    for k in ["user:2", "user:3", "order:1"] {
+        put(&a, k, json!(k));
+    }
+    applied(&b, 6);
+    for k in ["user:2", "user:3", "order:1"] {
+        assert_eq!(get(&b, k).1["source"], "l2");
+        assert_eq!(get(&b, k).1["source"], "l1");
+    }
+    let inv: Value = ureq::post(&a.url("/api/cache/invalidate"))
+        .send_json(json!({"pattern": "user:*"}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(inv["invalidated"], 2);
+    let took = wait_for(
+        "B sees A's pattern invalidation",
+        Duration::from_secs(2),
+        || get(&b, "user:2").0 == 404 && get(&b, "user:3").0 == 404,
+    );
+    assert!(
+        took <= Duration::from_millis(100),
+        "pattern invalidation seen after {took:?}"
+    );
+    assert_eq!(get(&b, "order:1").0, 200);
+    assert_eq!(redis.cli(&["EXISTS", "cm:user:2"]), "0", "gone from L2 too");
+    assert!(b.metrics()["coherence_events"].as_u64().unwrap() >= 4);
+    assert_eq!(b.metrics()["l1_flushes"], 0, "no event was lost");
+}
+
+#[test]
+fn a_thousand_concurrent_misses_make_one_l2_fetch() {
+    let redis = RedisServer::start();
+    let writer = instance(&redis, &[]);
+    put(&writer, "cold", json!("from L2"));
+    let reader = instance(&redis, &[]);
+    std::thread::scope(|scope| {
+        for _ in 0..100 {
+            let reader = &reader;
+            scope.spawn(move || {
+                let mut c = reader.connect();
+                let batch = "GET /api/cache/cold HTTP/1.1\r\nHost: t\r\n\r\n".repeat(10);
+                c.write_all(batch.as_bytes()).unwrap();
+                for _ in 0..10 {
+                    let r = read_response(&mut c);
+                    assert_eq!(r.status, 200);
+                    assert_eq!(r.json()["value"], "from L2");
+                }
+            });
+        }
+    });
+    let m = reader.metrics();
+    assert_eq!(
+        m["l2_hits"].as_u64().unwrap() + m["l2_misses"].as_u64().unwrap(),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        m["hits"].as_u64().unwrap() + m["misses"].as_u64().unwrap(),
+        1000
+    );
+}
+
+#[test]
+fn a_frozen_redis_opens_the_breaker_while_l1_keeps_serving() {
+    let redis = RedisServer::start();
+    let s = instance(
+        &redis,
+        &[
+            ("REDIS_TIMEOUT_MS", "100"),
+            ("CACHE_L2_BREAKER_FAILURES", "2"),
+            ("CACHE_L2_BREAKER_COOLDOWN_MS", "200"),
+        ],
+    );
+    put(&s, "hot", json!("v"));
+    redis.signal("-STOP");
+    let started = Instant::now();
+    for _ in 0..100 {
+        assert_eq!(get(&s, "hot").0, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "L1 hits do not wait for Redis"
+    );
+    let mut outcomes = Vec::new();
+    for i in 0..4 {
+        let started = Instant::now();
+        let r = put(&s, &format!("k{i}"), json!(i));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a PUT answers within the timeout"
+        );
+        assert_eq!(r["success"], true, "L1 took it");
+        outcomes.push(r["l2"].as_str().unwrap().to_owned());
+    }
+    assert!(outcomes[0].starts_with("failed"), "{outcomes:?}");
+    assert!(
+        outcomes[3].starts_with("skipped"),
+        "the breaker opened: {outcomes:?}"
+    );
+    let m = s.metrics();
+    assert_eq!(m["l2_breaker_open"], true);
+    assert!(
+        m["l2_errors"].as_u64().unwrap() >= 2 && m["l2_skipped"].as_u64().unwrap() >= 1,
+        "{m}"
+    );
+    assert_eq!(get(&s, "k1").0, 200, "written to L1 all the same");
+    redis.signal("-CONT");
+    wait_for(
+        "the breaker closes once Redis is back",
+        Duration::from_secs(10),
+        || put(&s, "after", json!(1))["l2"] == "stored",
+    );
+    assert_eq!(s.metrics()["l2_breaker_open"], false);
+}
+
+#[test]
+fn a_killed_subscription_flushes_l1_and_coherence_resumes() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &[]);
+    let b = instance(&redis, &[]);
+    wait_for("both instances subscribed", Duration::from_secs(10), || {
+        subscribers(&redis) == 2
+    });
+    put(&a, "k", json!(1));
+    applied(&b, 1);
+    assert_eq!(get(&b, "k").1["source"], "l2");
+    assert_eq!(get(&b, "k").1["source"], "l1");
+    assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
+    wait_for("both flushed L1", Duration::from_secs(10), || {
+        a.metrics()["l1_flushes"] == 1 && b.metrics()["l1_flushes"] == 1
+    });
+    assert_eq!(get(&b, "k").1["source"], "l2", "B's L1 was flushed");
+    wait_for("both subscribed again", Duration::from_secs(10), || {
+        subscribers(&redis) == 2
+    });
+    put(&a, "k", json!(2));
+    wait_for("coherence works again", Duration::from_secs(2), || {
+        get(&b, "k").1["value"] == 2
+    });
+}
+
+#[test]
+fn without_redis_url_the_service_is_l1_only() {
+    let s = Server::start(&[]);
+    let r = put(&s, "k", json!(1));
+    assert!(r.get("l2").is_none());
+    let mut c = s.connect();
+    let miss = exchange(&mut c, b"GET /api/cache/absent HTTP/1.1\r\n\r\n");
+    assert_eq!(miss.status, 404);
+    assert!(!miss.json()["error"].as_str().unwrap().contains("L2"));
+    assert_eq!(s.metrics()["l2_enabled"], false);
+}
