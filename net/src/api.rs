@@ -27,11 +27,9 @@ use serde_json::value::RawValue;
 use crate::config::ReadPath;
 use crate::core::Core;
 use crate::http::{Method, Request, Response};
-use crate::owner::{Filled, OwnerMessage, Source};
+use crate::owner::{FillError, Filled, OwnerMessage, Source};
 use crate::stats;
-
-const JSON_TAG: u8 = b'j';
-const BYTES_TAG: u8 = b'b';
+use crate::stored;
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -188,8 +186,10 @@ fn shard_unavailable(e: engine::ShardGone) -> Response {
 async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
     let shared = &core.shared;
     let now = core.now_ms();
+    // `None` for a remembered origin 404.
     let render = |value: &[u8], cached_at_ms: u64, expires_at_ms: Option<u64>, source: Source| {
-        render_hit(value, cached_at_ms, expires_at_ms, wants_bytes, now, source)
+        (!stored::is_absent(value))
+            .then(|| render_hit(value, cached_at_ms, expires_at_ms, wants_bytes, now, source))
     };
     let hash = shared.router.hash(key);
     let found = match core.config.read_path {
@@ -210,37 +210,57 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
         },
     };
     let metrics = core.shard_metrics();
-    if let Some(response) = found {
-        metrics.hits.incr();
-        return response;
-    }
-    metrics.misses.incr();
-    let mut missing = format!("no entry for key {:?}", String::from_utf8_lossy(key));
-    if shared.l2.is_some() {
-        let key_owned = key.to_vec();
-        let filled = shared
-            .mail
-            .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
-                hash,
-                key: key_owned,
-                reply,
-            })
-            .await;
-        match filled {
-            Ok(Ok(Filled {
-                entry: Some(e),
-                source,
-            })) => {
-                return render(&e.value, e.cached_at_ms, e.expires_at_ms, source);
-            }
-            Ok(Ok(Filled { entry: None, .. })) => missing.push_str(" in L1 or L2"),
-            Ok(Err(l2_error)) => {
-                missing.push_str(&format!(" in L1, and L2 could not be read: {l2_error}"))
-            }
-            Err(e) => return shard_unavailable(e),
+    match found {
+        Some(Some(response)) => {
+            metrics.hits.incr();
+            return response;
         }
+        Some(None) => {
+            metrics.misses.incr();
+            return not_found(
+                key,
+                "the origin has no such key (remembered for CACHE_NEGATIVE_TTL)",
+            );
+        }
+        None => metrics.misses.incr(),
     }
-    json(404, &serde_json::json!({ "hit": false, "error": missing }))
+    if shared.l2.is_none() && shared.origin.is_none() {
+        return not_found(key, "");
+    }
+    let key_owned = key.to_vec();
+    let filled = shared
+        .mail
+        .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
+            hash,
+            key: key_owned,
+            reply,
+        })
+        .await;
+    match filled {
+        Ok(Ok(Filled::Hit { entry, source })) => render(
+            &entry.value,
+            entry.cached_at_ms,
+            entry.expires_at_ms,
+            source,
+        )
+        .unwrap_or_else(|| not_found(key, "")),
+        Ok(Ok(Filled::Absent)) => not_found(key, "in any tier or at the origin"),
+        Ok(Err(FillError {
+            status: 404,
+            message,
+        })) => not_found(key, &message),
+        Ok(Err(FillError { status, message })) => Response::error(status, message),
+        Err(e) => shard_unavailable(e),
+    }
+}
+
+fn not_found(key: &[u8], detail: &str) -> Response {
+    let mut message = format!("no entry for key {:?}", String::from_utf8_lossy(key));
+    if !detail.is_empty() {
+        message.push_str(if detail.starts_with("in ") { " " } else { ": " });
+        message.push_str(detail);
+    }
+    json(404, &serde_json::json!({ "hit": false, "error": message }))
 }
 
 fn render_hit(
@@ -251,12 +271,12 @@ fn render_hit(
     now_ms: u64,
     source: Source,
 ) -> Response {
-    let (tag, data) = stored.split_first().unwrap_or((&JSON_TAG, b"null"));
+    let (tag, data) = stored.split_first().unwrap_or((&stored::JSON, b"null"));
     let cached_at = rfc3339(cached_at_ms);
     let expires_at = expires_at_ms.map(rfc3339);
     if wants_bytes {
         let mut response = Response::json(200, data.to_vec());
-        if *tag == BYTES_TAG {
+        if *tag == stored::BYTES {
             response.content_type = "application/octet-stream";
         }
         response = response
@@ -273,7 +293,7 @@ fn render_hit(
     let mut body = Vec::with_capacity(data.len() + 128);
     body.extend_from_slice(b"{\"value\":");
     let mut base64 = false;
-    if *tag == JSON_TAG {
+    if *tag == stored::JSON {
         body.extend_from_slice(data);
     } else if let Ok(text) = std::str::from_utf8(data) {
         serde_json::to_writer(&mut body, text).expect("a string serializes");
@@ -356,7 +376,7 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
             Err(response) => return response,
         };
         let mut stored = Vec::with_capacity(request.body.len() + 1);
-        stored.push(BYTES_TAG);
+        stored.push(stored::BYTES);
         stored.extend_from_slice(&request.body);
         (stored, ttl)
     } else if is_json_media(media) {
@@ -377,7 +397,7 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
             return too_large(value.len());
         }
         let mut stored = Vec::with_capacity(value.len() + 1);
-        stored.push(JSON_TAG);
+        stored.push(stored::JSON);
         stored.extend_from_slice(value);
         (stored, body.ttl)
     } else {
@@ -402,6 +422,19 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
         }
         Some(secs) => Some(Duration::from_secs(secs)),
     };
+    if let (true, Some(origin)) = (config.origin_write, &core.shared.origin) {
+        let media = if stored.first() == Some(&stored::JSON) {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        };
+        if let Err(e) = origin.store(key, stored[1..].to_vec(), media).await {
+            return Response::error(
+                502,
+                format!("the origin refused the write, so nothing was stored: {e}"),
+            );
+        }
+    }
     let now = core.now_ms();
     let expires_at = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
     let envelope = core.shared.l2.as_ref().map(|_| Envelope {
@@ -572,7 +605,7 @@ mod tests {
 
     #[test]
     fn json_values_come_back_verbatim_with_metadata() {
-        let stored = [&[JSON_TAG][..], br#"{"id": 123,  "name":"John"}"#].concat();
+        let stored = [&[stored::JSON][..], br#"{"id": 123,  "name":"John"}"#].concat();
         let r = render_hit(
             &stored,
             1_705_314_600_000,
@@ -596,7 +629,7 @@ mod tests {
     #[test]
     fn raw_values_seen_through_json_are_strings_or_base64() {
         let text = render_hit(
-            &[&[BYTES_TAG][..], b"plain \"text\""].concat(),
+            &[&[stored::BYTES][..], b"plain \"text\""].concat(),
             0,
             None,
             false,
@@ -605,7 +638,7 @@ mod tests {
         );
         assert_eq!(body(&text)["value"], "plain \"text\"");
         assert_eq!(body(&text)["expires_at"], serde_json::Value::Null);
-        let binary = render_hit(&[BYTES_TAG, 0xff, 0x00], 0, None, false, 0, Source::L1);
+        let binary = render_hit(&[stored::BYTES, 0xff, 0x00], 0, None, false, 0, Source::L1);
         assert_eq!(body(&binary)["value"], "/wA=");
         assert_eq!(body(&binary)["encoding"], "base64");
     }
@@ -613,7 +646,7 @@ mod tests {
     #[test]
     fn raw_reads_return_bytes_and_headers() {
         let r = render_hit(
-            &[BYTES_TAG, 1, 2, 3],
+            &[stored::BYTES, 1, 2, 3],
             0,
             Some(90_500),
             true,
@@ -625,7 +658,7 @@ mod tests {
         assert!(r.headers.contains(&("Cache-Control", "max-age=90".into())));
         assert!(r.headers.contains(&("X-Cache-Source", "l2".into())));
         let j = render_hit(
-            &[&[JSON_TAG][..], b"[1]"].concat(),
+            &[&[stored::JSON][..], b"[1]"].concat(),
             0,
             None,
             true,

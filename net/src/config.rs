@@ -163,6 +163,23 @@ pub struct Config {
     #[arg(long, env = "CACHE_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
+    /// Origin URL template for read-through fills; `{key}` is replaced by the
+    /// percent-encoded key. Unset: misses in every tier are 404.
+    #[arg(long, env = "ORIGIN_URL")]
+    pub origin_url: Option<String>,
+
+    /// Bound on every origin request, in milliseconds.
+    #[arg(long, env = "ORIGIN_TIMEOUT_MS", default_value_t = 2000)]
+    pub origin_timeout_ms: u64,
+
+    /// Seconds an origin 404 is remembered in L1 (0: not at all).
+    #[arg(long, env = "CACHE_NEGATIVE_TTL", default_value_t = 0)]
+    pub negative_ttl: u64,
+
+    /// PUTs go to the origin first, and are stored only if it accepts them.
+    #[arg(long, env = "ORIGIN_WRITE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub origin_write: bool,
+
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     #[serde(skip)]
@@ -204,6 +221,10 @@ pub enum ConfigError {
     TooManyCores { requested: usize, available: usize },
     #[error("CACHE_AUTH_TOKEN is set but empty")]
     EmptyToken,
+    #[error("ORIGIN_URL must contain {{key}}, got {0:?}")]
+    OriginTemplate(String),
+    #[error("ORIGIN_WRITE needs an ORIGIN_URL")]
+    OriginWriteWithoutOrigin,
 }
 
 impl Config {
@@ -238,6 +259,13 @@ impl Config {
         }
         if self.auth_token.as_deref() == Some("") {
             return Err(ConfigError::EmptyToken);
+        }
+        match &self.origin_url {
+            Some(url) if !url.contains("{key}") => {
+                return Err(ConfigError::OriginTemplate(url.clone()))
+            }
+            None if self.origin_write => return Err(ConfigError::OriginWriteWithoutOrigin),
+            _ => {}
         }
         Ok(())
     }
@@ -278,6 +306,15 @@ impl Config {
             breaker_threshold: self.l2_breaker_failures,
             breaker_cooldown: Duration::from_millis(self.l2_breaker_cooldown_ms),
         })
+    }
+
+    pub fn origin(&self) -> Option<crate::origin::Origin> {
+        let url = self.origin_url.clone()?;
+        Some(crate::origin::Origin::new(
+            url,
+            Duration::from_millis(self.origin_timeout_ms),
+            self.max_value_bytes,
+        ))
     }
 
     pub fn instance_id(&self) -> String {

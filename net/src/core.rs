@@ -84,6 +84,10 @@ pub struct Shared {
     pub readers: Box<[TableReader]>,
     pub mail: Mailboxes<OwnerMessage>,
     pub l2: Option<L2Tier>,
+    pub origin: Option<crate::origin::Origin>,
+    /// Fills that went to the origin, and those that failed there.
+    pub origin_fetches: Counter,
+    pub origin_errors: Counter,
     pub clock: CoarseClock,
     /// Indexed by shard, which is also the core that owns it.
     pub shards: Box<[Arc<ShardMetrics>]>,

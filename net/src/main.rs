@@ -5,9 +5,11 @@ mod coherence;
 mod config;
 mod core;
 mod http;
+mod origin;
 mod owner;
 mod server;
 mod stats;
+mod stored;
 
 use clap::Parser;
 

@@ -1,7 +1,8 @@
 //! A shard's owner: the one task on its core that writes the shard. Besides the engine's
 //! commands it handles read-through fills: an L1 miss asks the owner, which re-checks its
-//! table, then fetches from L2 once however many requests are waiting (singleflight),
-//! and stores what came back unless a write or invalidation fenced the fill meanwhile.
+//! table, then fetches from L2 and else from the origin, once however many requests are
+//! waiting (singleflight), and stores what came back (in L1, and an origin value in L2
+//! too) unless a write or invalidation fenced the fill meanwhile.
 //! Every command that changes a key fences the fills in flight for it first, so a value
 //! fetched before an invalidation is returned to the requests already waiting but never
 //! stored.
@@ -11,18 +12,23 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use engine::router::Reply;
-use engine::singleflight::{Join, SingleFlight};
-use engine::{Clock, CoarseClock, Command, OwnedEntry, ShardMetrics, ShardWriter};
+use engine::singleflight::{Fill, FlightError, Join, SingleFlight};
+use engine::{Clock, Command, OwnedEntry, ShardMetrics, ShardWriter};
+use l2::{Action, Envelope, Key};
+
+use crate::core::Shared;
+use crate::origin::Fetched;
+use crate::stored;
 
 /// What owners receive.
 #[derive(Debug)]
 pub enum OwnerMessage {
     Shard(Command),
-    /// An L1 miss with L2 configured.
+    /// An L1 miss with L2 or an origin configured.
     Fill {
         hash: u64,
         key: Vec<u8>,
-        reply: Reply<Result<Filled, String>>,
+        reply: Reply<Result<Filled, FillError>>,
     },
 }
 
@@ -34,9 +40,9 @@ impl From<Command> for OwnerMessage {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// Another request filled L1 in the meantime.
     L1,
     L2,
+    Origin,
 }
 
 impl Source {
@@ -44,36 +50,51 @@ impl Source {
         match self {
             Source::L1 => "l1",
             Source::L2 => "l2",
+            Source::Origin => "origin",
         }
     }
 }
 
+/// What a fill found.
 #[derive(Clone, Debug)]
-pub struct Filled {
-    pub entry: Option<OwnedEntry>,
-    pub source: Source,
+pub enum Filled {
+    Hit {
+        entry: OwnedEntry,
+        source: Source,
+    },
+    /// Nowhere: not in L2, and the origin (if any) said 404.
+    Absent,
 }
 
-type Flights = SingleFlight<Option<OwnedEntry>, String>;
+/// Why a fill failed, with the status the client should get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FillError {
+    pub status: u16,
+    pub message: String,
+}
+
+type Flights = SingleFlight<Filled, FillError>;
 
 pub struct Owner {
     writer: RefCell<ShardWriter>,
     flights: Flights,
-    l2: Option<l2::L2>,
-    clock: CoarseClock,
+    shared: Arc<Shared>,
     metrics: Arc<ShardMetrics>,
 }
 
 impl Owner {
-    pub fn new(writer: ShardWriter, l2: Option<l2::L2>, clock: CoarseClock) -> Rc<Self> {
+    pub fn new(writer: ShardWriter, shared: Arc<Shared>) -> Rc<Self> {
         let metrics = writer.metrics().clone();
         Rc::new(Self {
             writer: RefCell::new(writer),
             flights: SingleFlight::new(),
-            l2,
-            clock,
+            shared,
             metrics,
         })
+    }
+
+    fn now(&self) -> u64 {
+        self.shared.clock.now_ms()
     }
 
     /// Serves the mailbox until every sender is gone, draining what is queued before it
@@ -88,7 +109,7 @@ impl Owner {
     }
 
     fn handle(self: &Rc<Self>, message: OwnerMessage) {
-        let now = self.clock.now_ms();
+        let now = self.now();
         match message {
             OwnerMessage::Shard(command) => {
                 self.fence(&command);
@@ -107,10 +128,15 @@ impl Owner {
                         expires_at_ms: e.expires_at_ms,
                     });
                 if let Some(entry) = present {
-                    let _ = reply.send(Ok(Filled {
-                        entry: Some(entry),
-                        source: Source::L1,
-                    }));
+                    let filled = if stored::is_absent(&entry.value) {
+                        Filled::Absent
+                    } else {
+                        Filled::Hit {
+                            entry,
+                            source: Source::L1,
+                        }
+                    };
+                    let _ = reply.send(Ok(filled));
                     return;
                 }
                 match self.flights.join(&key) {
@@ -118,32 +144,25 @@ impl Owner {
                         let owner = self.clone();
                         glommio::spawn_local(async move {
                             let result = owner.fetch(&key).await;
+                            owner.write_through(&key, &result, &fill).await;
                             if fill.complete(result.clone()).storable {
-                                if let Ok(Some(entry)) = &result {
-                                    let _ = owner.writer.borrow_mut().insert(
-                                        hash,
-                                        &key,
-                                        &entry.value,
-                                        entry.expires_at_ms,
-                                        entry.cached_at_ms,
-                                    );
-                                }
+                                owner.store(hash, &key, &result);
                             }
-                            let _ = reply.send(result.map(|entry| Filled {
-                                entry,
-                                source: Source::L2,
-                            }));
+                            let _ = reply.send(result);
                         })
                         .detach();
                     }
                     Join::Follower(waiter) => {
                         self.metrics.coalesced.incr();
                         glommio::spawn_local(async move {
-                            let result = waiter.wait().await.map_err(|e| e.to_string());
-                            let _ = reply.send(result.map(|entry| Filled {
-                                entry,
-                                source: Source::L2,
-                            }));
+                            let result = waiter.wait().await.map_err(|e| match e {
+                                FlightError::Failed(e) => e,
+                                FlightError::Abandoned => FillError {
+                                    status: 503,
+                                    message: "the fill this request waited on was abandoned".into(),
+                                },
+                            });
+                            let _ = reply.send(result);
                         })
                         .detach();
                     }
@@ -152,18 +171,129 @@ impl Owner {
         }
     }
 
-    /// Reads `key` from L2; an entry whose deadline has passed is a miss.
-    async fn fetch(&self, key: &[u8]) -> Result<Option<OwnedEntry>, String> {
-        let l2 = self.l2.as_ref().ok_or("no L2 is configured")?;
-        let envelope = l2.get(key).await.map_err(|e| e.to_string())?;
-        let now = self.clock.now_ms();
-        Ok(envelope
-            .filter(|e| e.expires_at_ms.is_none_or(|deadline| deadline > now))
-            .map(|e| OwnedEntry {
-                value: e.value,
-                cached_at_ms: e.cached_at_ms,
-                expires_at_ms: e.expires_at_ms,
-            }))
+    /// L2 first, then the origin. An entry whose deadline has passed is a miss; an L2
+    /// failure falls through to the origin.
+    async fn fetch(&self, key: &[u8]) -> Result<Filled, FillError> {
+        let mut l2_trouble = None;
+        if let Some(tier) = &self.shared.l2 {
+            match tier.client.get(key).await {
+                Ok(Some(e)) if e.expires_at_ms.is_none_or(|deadline| deadline > self.now()) => {
+                    let entry = OwnedEntry {
+                        value: e.value,
+                        cached_at_ms: e.cached_at_ms,
+                        expires_at_ms: e.expires_at_ms,
+                    };
+                    return Ok(Filled::Hit {
+                        entry,
+                        source: Source::L2,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => l2_trouble = Some(e.to_string()),
+            }
+        }
+        let Some(origin) = &self.shared.origin else {
+            return match l2_trouble {
+                Some(trouble) => Err(FillError {
+                    status: 404,
+                    message: format!("not in L1, and L2 could not be read: {trouble}"),
+                }),
+                None => Ok(Filled::Absent),
+            };
+        };
+        self.shared.origin_fetches.incr();
+        match origin.fetch(key).await {
+            Ok(Fetched::Found { body, json }) => {
+                let tag = if json
+                    && serde_json::from_slice::<&serde_json::value::RawValue>(&body).is_ok()
+                {
+                    stored::JSON
+                } else {
+                    stored::BYTES
+                };
+                let now = self.now();
+                let ttl = self.shared.config.default_ttl();
+                let entry = OwnedEntry {
+                    value: stored::tagged(tag, &body),
+                    cached_at_ms: now,
+                    expires_at_ms: ttl.map(|t| now + t.as_millis() as u64),
+                };
+                Ok(Filled::Hit {
+                    entry,
+                    source: Source::Origin,
+                })
+            }
+            Ok(Fetched::NotFound) => Ok(Filled::Absent),
+            Err(e) => {
+                self.shared.origin_errors.incr();
+                Err(FillError {
+                    status: 502,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Writes an origin fill to L2 (and tells the other instances), unless the fill was
+    /// fenced; a fence that lands while the write is in flight takes the write back.
+    async fn write_through(
+        &self,
+        key: &[u8],
+        result: &Result<Filled, FillError>,
+        fill: &Fill<Filled, FillError>,
+    ) {
+        let (
+            Ok(Filled::Hit {
+                entry,
+                source: Source::Origin,
+            }),
+            Some(tier),
+        ) = (result, &self.shared.l2)
+        else {
+            return;
+        };
+        if fill.is_fenced() {
+            return;
+        }
+        let envelope = Envelope {
+            value: entry.value.clone(),
+            cached_at_ms: entry.cached_at_ms,
+            expires_at_ms: entry.expires_at_ms,
+        };
+        let ttl = self.shared.config.default_ttl();
+        if tier.client.set(key, &envelope, ttl).await.is_ok() {
+            if fill.is_fenced() {
+                let _ = tier.client.delete(&[key]).await;
+            } else {
+                tier.publisher.send(Action::Set {
+                    keys: vec![Key::new(key)],
+                });
+            }
+        }
+    }
+
+    /// Keeps what a fill found in L1: the entry, or the origin's 404 for CACHE_NEGATIVE_TTL.
+    fn store(&self, hash: u64, key: &[u8], result: &Result<Filled, FillError>) {
+        let mut writer = self.writer.borrow_mut();
+        match result {
+            Ok(Filled::Hit { entry, source }) if *source != Source::L1 => {
+                let _ = writer.insert(
+                    hash,
+                    key,
+                    &entry.value,
+                    entry.expires_at_ms,
+                    entry.cached_at_ms,
+                );
+            }
+            Ok(Filled::Absent)
+                if self.shared.config.negative_ttl > 0 && self.shared.origin.is_some() =>
+            {
+                let now = self.now();
+                let until = now + self.shared.config.negative_ttl * 1000;
+                let _ = writer.insert(hash, key, &[stored::ABSENT], Some(until), now);
+            }
+            _ => {}
+        }
     }
 
     fn fence(&self, command: &Command) {

@@ -71,6 +71,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         readers: writers.iter().map(ShardWriter::reader).collect(),
         mail,
         l2,
+        origin: config.origin(),
+        origin_fetches: Counter::default(),
+        origin_errors: Counter::default(),
         clock,
         shards,
         cores: (0..cores).map(|_| CoreStats::default()).collect(),
@@ -165,11 +168,7 @@ async fn core_main(
             return;
         }
     };
-    let owner = Owner::new(
-        writer,
-        core.shared.l2.as_ref().map(|t| t.client.clone()),
-        core.shared.clock.clone(),
-    );
+    let owner = Owner::new(writer, core.shared.clone());
     glommio::spawn_local(owner.run(mailbox, MAILBOX_DEPTH)).detach();
     glommio::spawn_local(tick(core.clone())).detach();
     if core.id == 0 {

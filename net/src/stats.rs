@@ -36,6 +36,7 @@ pub struct Snapshot {
     pub l1_max_bytes: u64,
     pub coalesced: u64,
     pub origin_fetches: u64,
+    pub origin_errors: u64,
     pub connections: u64,
     pub requests: u64,
     pub rejected_requests: u64,
@@ -146,7 +147,8 @@ pub fn snapshot(shared: &Shared) -> Snapshot {
         l1_max_entries: shared.config.l1_max_entries,
         l1_max_bytes: shared.config.l1_max_bytes,
         coalesced: total.coalesced,
-        origin_fetches: 0,
+        origin_fetches: shared.origin_fetches.get(),
+        origin_errors: shared.origin_errors.get(),
         connections: sum(|c| c.connections.get()),
         requests: sum(|c| c.requests.get()),
         rejected_requests: sum(|c| c.rejected.get()),
@@ -266,6 +268,12 @@ pub fn prometheus(shared: &Shared) -> Response {
         "counter",
         "Fills from the origin.",
         s.origin_fetches.to_string(),
+    );
+    metric(
+        "origin_errors_total",
+        "counter",
+        "Origin fills that failed (5xx, timeout).",
+        s.origin_errors.to_string(),
     );
     metric(
         "connections",

@@ -1,0 +1,127 @@
+//! The origin: where a key missing from every tier is fetched (read-through), and where
+//! a PUT goes first when ORIGIN_WRITE is set (write-through). `ORIGIN_URL` is a template
+//! whose `{key}` is replaced by the percent-encoded key. Requests run on the core's
+//! blocking thread pool (ureq, a pooled keep-alive agent), so an origin slower than the
+//! cache never stalls a serving core.
+
+use std::io::Read;
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Everything but unreserved characters is encoded (RFC 3986).
+const KEY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[derive(Clone)]
+pub struct Origin {
+    template: String,
+    agent: ureq::Agent,
+    max_body: usize,
+}
+
+/// What the origin had for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    Found { body: Vec<u8>, json: bool },
+    NotFound,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("the origin answered {0}")]
+    Status(u16),
+    #[error("the origin could not be reached in time (ORIGIN_TIMEOUT_MS): {0}")]
+    Transport(String),
+    #[error("the origin's value is larger than {0} bytes (CACHE_MAX_VALUE_BYTES)")]
+    TooLarge(usize),
+}
+
+impl Origin {
+    pub fn new(template: String, timeout: Duration, max_body: usize) -> Self {
+        let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+        Self {
+            template,
+            agent,
+            max_body,
+        }
+    }
+
+    pub fn url(&self, key: &[u8]) -> String {
+        let key = String::from_utf8_lossy(key);
+        self.template
+            .replace("{key}", &utf8_percent_encode(&key, KEY).to_string())
+    }
+
+    pub async fn fetch(&self, key: &[u8]) -> Result<Fetched, OriginError> {
+        let (url, agent, max) = (self.url(key), self.agent.clone(), self.max_body);
+        glommio::executor()
+            .spawn_blocking(move || match agent.get(&url).call() {
+                Ok(response) => {
+                    let json = response.content_type().ends_with("json");
+                    let mut body = Vec::new();
+                    response
+                        .into_reader()
+                        .take(max as u64 + 1)
+                        .read_to_end(&mut body)
+                        .map_err(|e| OriginError::Transport(e.to_string()))?;
+                    if body.len() > max {
+                        return Err(OriginError::TooLarge(max));
+                    }
+                    Ok(Fetched::Found { body, json })
+                }
+                Err(ureq::Error::Status(404, _)) => Ok(Fetched::NotFound),
+                Err(ureq::Error::Status(status, _)) => Err(OriginError::Status(status)),
+                Err(e) => Err(OriginError::Transport(e.to_string())),
+            })
+            .await
+    }
+
+    /// PUTs `body` to the key's URL; any 2xx is success.
+    pub async fn store(
+        &self,
+        key: &[u8],
+        body: Vec<u8>,
+        content_type: &'static str,
+    ) -> Result<(), OriginError> {
+        let (url, agent) = (self.url(key), self.agent.clone());
+        glommio::executor()
+            .spawn_blocking(move || {
+                match agent
+                    .put(&url)
+                    .set("Content-Type", content_type)
+                    .send_bytes(&body)
+                {
+                    Ok(_) => Ok(()),
+                    Err(ureq::Error::Status(status, _)) => Err(OriginError::Status(status)),
+                    Err(e) => Err(OriginError::Transport(e.to_string())),
+                }
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_encoded_into_the_template() {
+        let origin = Origin::new(
+            "http://o.test/users/{key}?full=1".into(),
+            Duration::from_secs(1),
+            10,
+        );
+        assert_eq!(
+            origin.url(b"user:1/x y"),
+            "http://o.test/users/user%3A1%2Fx%20y?full=1"
+        );
+        assert_eq!(
+            origin.url(b"a-b_c.d~e"),
+            "http://o.test/users/a-b_c.d~e?full=1"
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! Read-through and write-through to an origin, end to end: fills land in L1 and L2,
+//! a stampede makes one origin fetch, 404s pass through (and can be remembered), origin
+//! failures are 502, a fill raced by an invalidation is never served afterwards, and
+//! ORIGIN_WRITE writes the origin first.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use e2e::origin::Origin;
+use e2e::redis::RedisServer;
+use e2e::{read_response, Server};
+use serde_json::{json, Value};
+
+fn get(s: &Server, key: &str) -> (u16, Value) {
+    match ureq::get(&s.url(&format!("/api/cache/{key}"))).call() {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::park_timeout(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_miss_everywhere_is_filled_from_the_origin_into_l1_and_l2() {
+    let origin = Origin::start();
+    origin.set("user:1", r#"{"id":1}"#);
+    let redis = RedisServer::start();
+    let (template, url) = (origin.template(), redis.url());
+    let env = [
+        ("ORIGIN_URL", template.as_str()),
+        ("REDIS_URL", url.as_str()),
+    ];
+    let a = Server::start(&env);
+    let b = Server::start(&env);
+    let (status, first) = get(&a, "user:1");
+    assert_eq!(
+        (status, first["source"].as_str()),
+        (200, Some("origin")),
+        "{first}"
+    );
+    assert_eq!(first["value"], json!({"id": 1}));
+    assert_eq!(get(&a, "user:1").1["source"], "l1");
+    assert_eq!(
+        redis.cli(&["EXISTS", "cm:user:1"]),
+        "1",
+        "written through to L2"
+    );
+    assert_eq!(
+        get(&b, "user:1").1["source"],
+        "l2",
+        "the other instance needs no origin fetch"
+    );
+    assert_eq!(origin.gets(), 1);
+    assert_eq!(a.metrics()["origin_fetches"], 1);
+}
+
+#[test]
+fn a_thousand_concurrent_misses_make_one_origin_fetch() {
+    let origin = Origin::start();
+    origin.set("cold", r#""v""#);
+    origin.close_gate();
+    let s = Server::start(&[("ORIGIN_URL", &origin.template())]);
+    std::thread::scope(|scope| {
+        let mut clients = Vec::new();
+        // 200 connections with 5 pipelined GETs each: 1,000 requests, 200 of them
+        // waiting at once (a connection answers its requests in order).
+        for _ in 0..200 {
+            let s = &s;
+            clients.push(scope.spawn(move || {
+                let mut c = s.connect();
+                let batch = "GET /api/cache/cold HTTP/1.1\r\nHost: t\r\n\r\n".repeat(5);
+                c.write_all(batch.as_bytes()).unwrap();
+                (0..5)
+                    .map(|_| read_response(&mut c).status)
+                    .collect::<Vec<_>>()
+            }));
+        }
+        wait_for("the origin was asked", || origin.gets() == 1);
+        wait_for(
+            "every connection's first request waits on the one fill",
+            || s.metrics()["misses"].as_u64().unwrap() >= 200,
+        );
+        origin.open_gate();
+        for client in clients {
+            assert!(client.join().unwrap().iter().all(|status| *status == 200));
+        }
+    });
+    assert_eq!(
+        origin.gets(),
+        1,
+        "one origin fetch for 1,000 concurrent misses"
+    );
+    let m = s.metrics();
+    assert!(m["coalesced"].as_u64().unwrap() >= 199, "{m}");
+    assert_eq!(
+        m["hits"].as_u64().unwrap() + m["misses"].as_u64().unwrap(),
+        1000
+    );
+}
+
+#[test]
+fn origin_404s_pass_through_and_can_be_remembered_and_failures_are_502() {
+    let origin = Origin::start();
+    let s = Server::start(&[
+        ("ORIGIN_URL", &origin.template()),
+        ("CACHE_NEGATIVE_TTL", "60"),
+        ("ORIGIN_TIMEOUT_MS", "300"),
+    ]);
+    let (status, miss) = get(&s, "nobody");
+    assert_eq!(status, 404);
+    assert!(miss["error"].as_str().unwrap().contains("origin"), "{miss}");
+    let (status, again) = get(&s, "nobody");
+    assert_eq!(status, 404);
+    assert!(
+        again["error"]
+            .as_str()
+            .unwrap()
+            .contains("CACHE_NEGATIVE_TTL"),
+        "{again}"
+    );
+    assert_eq!(origin.gets(), 1, "the 404 was remembered");
+    origin.fail_with(Some(503));
+    let (status, error) = get(&s, "broken");
+    assert_eq!(status, 502);
+    assert!(error["error"].as_str().unwrap().contains("503"), "{error}");
+    origin.fail_with(None);
+    origin.set("slow", "1");
+    origin.close_gate();
+    let started = Instant::now();
+    let (status, error) = get(&s, "slow");
+    assert_eq!(status, 502, "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by ORIGIN_TIMEOUT_MS"
+    );
+    origin.open_gate();
+    assert!(s.metrics()["origin_errors"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn a_fill_raced_by_an_invalidation_is_not_served_after_the_invalidation_returns() {
+    let origin = Origin::start();
+    let redis = RedisServer::start();
+    origin.set("k", r#""old""#);
+    origin.close_gate();
+    let s = Server::start(&[
+        ("ORIGIN_URL", &origin.template()),
+        ("REDIS_URL", &redis.url()),
+    ]);
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| get(&s, "k"));
+        wait_for("the fill reached the origin", || origin.gets() == 1);
+        // The origin has answered "old" and holds it; the data changes and is invalidated.
+        origin.set("k", r#""new""#);
+        let done: Value = ureq::post(&s.url("/api/cache/invalidate"))
+            .send_json(json!({"keys": ["k"]}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        assert_eq!(done["success"], true);
+        origin.open_gate();
+        let (status, raced) = in_flight.join().unwrap();
+        assert_eq!(
+            (status, raced["value"].as_str()),
+            (200, Some("old")),
+            "the request in flight gets what was fetched"
+        );
+    });
+    let (_, after) = get(&s, "k");
+    assert_eq!(
+        after["value"], "new",
+        "the fenced fill was stored nowhere: {after}"
+    );
+    assert_eq!(after["source"], "origin");
+    assert_eq!(origin.gets(), 2);
+    assert!(!redis.cli(&["GET", "cm:k"]).contains("old"), "nor in L2");
+}
+
+#[test]
+fn origin_write_goes_to_the_origin_first() {
+    let origin = Origin::start();
+    let s = Server::start(&[("ORIGIN_URL", &origin.template()), ("ORIGIN_WRITE", "true")]);
+    let r: Value = ureq::put(&s.url("/api/cache/w"))
+        .send_json(json!({"value": {"a": 1}}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(r["success"], true);
+    assert_eq!(origin.value("w").as_deref(), Some(r#"{"a":1}"#));
+    assert_eq!(origin.puts(), 1);
+    origin.fail_with(Some(500));
+    let refused = ureq::put(&s.url("/api/cache/w")).send_json(json!({"value": 2}));
+    let Err(ureq::Error::Status(502, response)) = refused else {
+        panic!("expected a 502")
+    };
+    let body: Value = response.into_json().unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was stored"));
+    origin.fail_with(None);
+    assert_eq!(
+        get(&s, "w").1["value"],
+        json!({"a": 1}),
+        "the refused write changed nothing"
+    );
+}
