@@ -107,6 +107,12 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
         "/healthz" | "/readyz" | "/metrics" | "/api/cache/metrics" => {
             method_not_allowed("GET, HEAD")
         }
+        "/api/cache/refresh" => {
+            if request.method != Method::Post {
+                return (None, method_not_allowed("POST"));
+            }
+            return (Some(Op::Set), refresh(core, &request).await);
+        }
         "/api/cache/invalidate" => {
             if request.method != Method::Post {
                 return (None, method_not_allowed("POST"));
@@ -233,6 +239,7 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
         .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
             hash,
             key: key_owned,
+            refresh: false,
             reply,
         })
         .await;
@@ -498,6 +505,78 @@ fn l2_outcome<T>(outcome: &Result<T, l2::L2Error>) -> serde_json::Value {
         Err(l2::L2Error::Open) => "skipped: the L2 circuit breaker is open".into(),
         Err(e) => format!("failed: {e}").into(),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    keys: Vec<String>,
+}
+
+/// Re-fetches keys from the origin (bypassing L1 and L2, superseding fills in flight),
+/// stores them in both tiers and tells the other instances.
+async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
+    if !authorized(core, request.authorization.as_deref()) {
+        let (status, message) = unauthorized_message();
+        return Response::error(status, message);
+    }
+    if core.shared.origin.is_none() {
+        return Response::error(
+            400,
+            "refresh re-fetches from the origin, and no ORIGIN_URL is configured",
+        );
+    }
+    let body: RefreshBody = match serde_json::from_slice(&request.body) {
+        Ok(body) => body,
+        Err(e) => {
+            return Response::error(
+                400,
+                format!("invalid JSON body (want {{\"keys\": [...]}}): {e}"),
+            )
+        }
+    };
+    let limit = core.config.max_invalidate_keys;
+    if body.keys.len() > limit {
+        return Response::error(
+            400,
+            format!(
+                "{} keys in one request; the limit is {limit} (CACHE_MAX_INVALIDATE_KEYS)",
+                body.keys.len()
+            ),
+        );
+    }
+    if let Some(bad) = body
+        .keys
+        .iter()
+        .find_map(|k| check_key(core, k.as_bytes(), 400).err())
+    {
+        return bad;
+    }
+    let shared = &core.shared;
+    let (mut refreshed, mut absent, mut failed) = (0, Vec::new(), Vec::new());
+    for key in &body.keys {
+        let hash = shared.router.hash(key.as_bytes());
+        let key_owned = key.as_bytes().to_vec();
+        let outcome = shared
+            .mail
+            .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
+                hash,
+                key: key_owned,
+                refresh: true,
+                reply,
+            })
+            .await;
+        match outcome {
+            Ok(Ok(Filled::Hit { .. })) => refreshed += 1,
+            Ok(Ok(Filled::Absent)) => absent.push(key.clone()),
+            Ok(Err(e)) => failed.push(serde_json::json!({ "key": key, "error": e.message })),
+            Err(e) => failed.push(serde_json::json!({ "key": key, "error": e.to_string() })),
+        }
+    }
+    json(
+        200,
+        &serde_json::json!({ "refreshed": refreshed, "absent": absent, "failed": failed, "success": failed.is_empty() }),
+    )
 }
 
 #[derive(Deserialize)]

@@ -24,10 +24,12 @@ use crate::stored;
 #[derive(Debug)]
 pub enum OwnerMessage {
     Shard(Command),
-    /// An L1 miss with L2 or an origin configured.
+    /// An L1 miss with L2 or an origin configured; or, with `refresh`, a re-fetch from
+    /// the origin that supersedes any fill in flight and bypasses L1 and L2.
     Fill {
         hash: u64,
         key: Vec<u8>,
+        refresh: bool,
         reply: Reply<Result<Filled, FillError>>,
     },
 }
@@ -118,15 +120,26 @@ impl Owner {
                 writer.expire(now);
                 command.apply(&mut writer, now);
             }
-            OwnerMessage::Fill { hash, key, reply } => {
-                let present = self
-                    .writer
-                    .borrow()
-                    .get_with(hash, &key, now, |e| OwnedEntry {
-                        value: e.value.to_vec(),
-                        cached_at_ms: e.cached_at_ms,
-                        expires_at_ms: e.expires_at_ms,
-                    });
+            OwnerMessage::Fill {
+                hash,
+                key,
+                refresh,
+                reply,
+            } => {
+                if refresh {
+                    self.flights.fence(&key);
+                }
+                let present = if refresh {
+                    None
+                } else {
+                    self.writer
+                        .borrow()
+                        .get_with(hash, &key, now, |e| OwnedEntry {
+                            value: e.value.to_vec(),
+                            cached_at_ms: e.cached_at_ms,
+                            expires_at_ms: e.expires_at_ms,
+                        })
+                };
                 if let Some(entry) = present {
                     let filled = if stored::is_absent(&entry.value) {
                         Filled::Absent
@@ -143,8 +156,8 @@ impl Owner {
                     Join::Leader(fill) => {
                         let owner = self.clone();
                         glommio::spawn_local(async move {
-                            let result = owner.fetch(&key).await;
-                            owner.write_through(&key, &result, &fill).await;
+                            let result = owner.fetch(&key, refresh).await;
+                            owner.write_through(&key, &result, &fill, refresh).await;
                             if fill.complete(result.clone()).storable {
                                 owner.store(hash, &key, &result);
                             }
@@ -173,9 +186,9 @@ impl Owner {
 
     /// L2 first, then the origin. An entry whose deadline has passed is a miss; an L2
     /// failure falls through to the origin.
-    async fn fetch(&self, key: &[u8]) -> Result<Filled, FillError> {
+    async fn fetch(&self, key: &[u8], origin_only: bool) -> Result<Filled, FillError> {
         let mut l2_trouble = None;
-        if let Some(tier) = &self.shared.l2 {
+        if let Some(tier) = self.shared.l2.as_ref().filter(|_| !origin_only) {
             match tier.client.get(key).await {
                 Ok(Some(e)) if e.expires_at_ms.is_none_or(|deadline| deadline > self.now()) => {
                     let entry = OwnedEntry {
@@ -241,6 +254,7 @@ impl Owner {
         key: &[u8],
         result: &Result<Filled, FillError>,
         fill: &Fill<Filled, FillError>,
+        refresh: bool,
     ) {
         let (
             Ok(Filled::Hit {
@@ -265,8 +279,11 @@ impl Owner {
             if fill.is_fenced() {
                 let _ = tier.client.delete(&[key]).await;
             } else {
-                tier.publisher.send(Action::Set {
-                    keys: vec![Key::new(key)],
+                let keys = vec![Key::new(key)];
+                tier.publisher.send(if refresh {
+                    Action::Refresh { keys }
+                } else {
+                    Action::Set { keys }
                 });
             }
         }

@@ -212,3 +212,48 @@ fn origin_write_goes_to_the_origin_first() {
         "the refused write changed nothing"
     );
 }
+
+#[test]
+fn refresh_refetches_from_the_origin_everywhere() {
+    let origin = Origin::start();
+    let redis = RedisServer::start();
+    origin.set("k", r#""v1""#);
+    let (template, url) = (origin.template(), redis.url());
+    let env = [
+        ("ORIGIN_URL", template.as_str()),
+        ("REDIS_URL", url.as_str()),
+    ];
+    let a = Server::start(&env);
+    let b = Server::start(&env);
+    wait_for("both subscribed", || {
+        redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "2"
+    });
+    assert_eq!(get(&a, "k").1["value"], "v1");
+    wait_for("B applied A's fill event", || {
+        b.metrics()["coherence_events"] == 1
+    });
+    assert_eq!(get(&b, "k").1["source"], "l2");
+    assert_eq!(get(&b, "k").1["source"], "l1");
+    origin.set("k", r#""v2""#);
+    let done: Value = ureq::post(&a.url("/api/cache/refresh"))
+        .send_json(json!({"keys": ["k", "gone"]}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(
+        done,
+        json!({"refreshed": 1, "absent": ["gone"], "failed": [], "success": true})
+    );
+    assert_eq!(get(&a, "k").1["value"], "v2");
+    let started = Instant::now();
+    wait_for("B sees the refresh", || get(&b, "k").1["value"] == "v2");
+    assert!(
+        started.elapsed() <= Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    let no_origin = Server::start(&[]);
+    let refused =
+        ureq::post(&no_origin.url("/api/cache/refresh")).send_json(json!({"keys": ["k"]}));
+    assert!(matches!(refused, Err(ureq::Error::Status(400, _))));
+}
