@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, RedisFuture};
 
 use crate::breaker::Breaker;
 use crate::envelope::{DecodeError, Envelope};
@@ -25,8 +27,10 @@ use crate::events::{Action, Event, Sequencer};
 
 #[derive(Clone, Debug)]
 pub struct L2Config {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`); unused for a cluster.
     pub url: String,
+    /// Redis Cluster seed nodes (`host:port`); when any are given, L2 is that cluster.
+    pub cluster_nodes: Vec<String>,
     /// Overrides the URL's password (`REDIS_PASSWORD`).
     pub password: Option<String>,
     /// Overrides the URL's database (`REDIS_DB`).
@@ -83,8 +87,56 @@ pub struct L2Stats {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Job = Box<dyn FnOnce(Connection) -> BoxFuture<()> + Send>;
-type Connection = Result<ConnectionManager, L2Error>;
+type Job = Box<dyn FnOnce(Result<Connection, L2Error>) -> BoxFuture<()> + Send>;
+
+/// Where L2 lives: one server (a reconnecting multiplexed connection), or a cluster
+/// (the redis crate's cluster client, which routes each key to its slot's master and
+/// splits multi-key `UNLINK`s by slot).
+#[derive(Clone)]
+enum Backend {
+    Single(redis::Client),
+    Cluster {
+        client: ClusterClient,
+        nodes: Vec<ConnectionInfo>,
+    },
+}
+
+/// A connection to either backend; commands are written once against it.
+// Boxing the larger variant would cost an allocation per command: each job gets a clone.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// A handle to the Redis tier; cheap to clone.
 #[derive(Clone)]
@@ -93,7 +145,7 @@ pub struct L2 {
     breaker: Arc<Mutex<Breaker>>,
     stats: Arc<L2Stats>,
     config: Arc<L2Config>,
-    client: redis::Client,
+    backend: Backend,
 }
 
 /// Sends this instance's coherence events (see [`L2::publisher`]).
@@ -117,24 +169,33 @@ pub enum Incoming {
 impl L2 {
     /// Starts the I/O thread. Redis need not be up: connecting is retried on use.
     pub fn start(config: L2Config) -> Result<Self, L2Error> {
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| L2Error::Config(e.to_string()))?;
-        if let Some(password) = &config.password {
-            info.redis.password = Some(password.clone());
-        }
-        if let Some(db) = config.db {
-            info.redis.db = db;
-        }
-        let client = redis::Client::open(info).map_err(|e| L2Error::Config(e.to_string()))?;
+        let backend = if config.cluster_nodes.is_empty() {
+            let info = node_info(&config, &config.url)?;
+            Backend::Single(redis::Client::open(info).map_err(|e| L2Error::Config(e.to_string()))?)
+        } else {
+            let nodes = config
+                .cluster_nodes
+                .iter()
+                .map(|node| node_info(&config, &format!("redis://{node}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut builder = ClusterClient::builder(nodes.clone())
+                .connection_timeout(config.timeout)
+                .response_timeout(config.timeout)
+                .retries(1);
+            if let Some(password) = &config.password {
+                builder = builder.password(password.clone());
+            }
+            let client = builder
+                .build()
+                .map_err(|e| L2Error::Config(e.to_string()))?;
+            Backend::Cluster { client, nodes }
+        };
         let (jobs, queue) = flume::unbounded::<Job>();
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(config.timeout)
             .set_connection_timeout(config.timeout)
             .set_number_of_retries(1);
-        let thread_client = client.clone();
+        let thread_backend = backend.clone();
         std::thread::Builder::new()
             .name("l2-io".into())
             .spawn(move || {
@@ -142,7 +203,7 @@ impl L2 {
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                runtime.block_on(serve_jobs(thread_client, manager_config, queue));
+                runtime.block_on(serve_jobs(thread_backend, manager_config, queue));
             })
             .map_err(|e| L2Error::Config(format!("cannot start the L2 thread: {e}")))?;
         Ok(Self {
@@ -153,7 +214,7 @@ impl L2 {
             ))),
             stats: Arc::default(),
             config: Arc::new(config),
-            client,
+            backend,
         })
     }
 
@@ -173,7 +234,7 @@ impl L2 {
     async fn run<T, F>(
         &self,
         limit: Duration,
-        command: impl FnOnce(ConnectionManager) -> F + Send + 'static,
+        command: impl FnOnce(Connection) -> F + Send + 'static,
     ) -> Result<T, L2Error>
     where
         T: Send + 'static,
@@ -271,32 +332,30 @@ impl L2 {
     }
 
     /// Deletes every key under the prefix that `pattern` (Redis glob) matches, by `SCAN
-    /// MATCH` and `UNLINK` in batches; returns how many were removed. Each command is
-    /// bounded by the timeout; the whole scan by 100 of them.
+    /// MATCH` and `UNLINK`, on every master of a cluster; returns how many were removed.
+    /// Each command is bounded by the timeout; the whole scan by 100 of them.
     pub async fn delete_matching(&self, pattern: &[u8]) -> Result<usize, L2Error> {
         let full = [escape_glob(self.config.prefix.as_bytes()), pattern.to_vec()].concat();
-        self.run(self.config.timeout * 100, move |mut conn| async move {
-            let mut cursor = 0u64;
-            let mut removed = 0;
-            loop {
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&full)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                if !keys.is_empty() {
-                    removed += redis::cmd("UNLINK")
-                        .arg(keys)
-                        .query_async::<usize>(&mut conn)
-                        .await?;
+        let (backend, timeout) = (self.backend.clone(), self.config.timeout);
+        self.run(self.config.timeout * 100, move |conn| async move {
+            match (backend, conn) {
+                (Backend::Cluster { nodes, .. }, Connection::Cluster(mut cluster)) => {
+                    let mut removed = 0;
+                    for master in masters(&mut cluster, &nodes).await? {
+                        let client = redis::Client::open(master)
+                            .map_err(|e| L2Error::Redis(e.to_string()))?;
+                        let mut node = client
+                            .get_multiplexed_async_connection_with_config(
+                                &redis::AsyncConnectionConfig::new()
+                                    .set_connection_timeout(timeout)
+                                    .set_response_timeout(timeout),
+                            )
+                            .await?;
+                        removed += scan_and_unlink(&mut node, &full).await?;
+                    }
+                    Ok(removed)
                 }
-                if next == 0 {
-                    return Ok(removed);
-                }
-                cursor = next;
+                (_, mut conn) => scan_and_unlink(&mut conn, &full).await,
             }
         })
         .await
@@ -338,40 +397,129 @@ impl L2 {
     /// disconnect (and saying so). Undecodable messages are logged and dropped.
     pub fn subscribe(&self, channel: &str) -> flume::Receiver<Incoming> {
         let (tx, rx) = flume::unbounded();
-        let (client, channel) = (self.client.clone(), channel.to_owned());
-        let job: Job = Box::new(move |_| Box::pin(follow_channel(client, channel, tx)));
+        // Classic pub/sub reaches every node of a cluster, so any one node will do.
+        let clients: Vec<redis::Client> = match &self.backend {
+            Backend::Single(client) => vec![client.clone()],
+            Backend::Cluster { nodes, .. } => nodes
+                .iter()
+                .filter_map(|n| redis::Client::open(n.clone()).ok())
+                .collect(),
+        };
+        let channel = channel.to_owned();
+        let job: Job = Box::new(move |_| Box::pin(follow_channel(clients, channel, tx)));
         let _ = self.jobs.send(job);
         rx
     }
 }
 
 async fn serve_jobs(
-    client: redis::Client,
+    backend: Backend,
     config: ConnectionManagerConfig,
     queue: flume::Receiver<Job>,
 ) {
-    let mut manager: Option<ConnectionManager> = None;
+    let mut connection: Option<Connection> = None;
     while let Ok(job) = queue.recv_async().await {
-        if manager.is_none() {
-            manager = match client
-                .get_connection_manager_with_config(config.clone())
-                .await
-            {
-                Ok(m) => Some(m),
+        if connection.is_none() {
+            let connected = match &backend {
+                Backend::Single(client) => client
+                    .get_connection_manager_with_config(config.clone())
+                    .await
+                    .map(Connection::Single),
+                Backend::Cluster { client, .. } => {
+                    client.get_async_connection().await.map(Connection::Cluster)
+                }
+            };
+            connection = match connected {
+                Ok(c) => Some(c),
                 Err(e) => {
                     tokio::spawn(job(Err(e.into())));
                     continue;
                 }
             };
         }
-        tokio::spawn(job(Ok(manager.clone().expect("connected"))));
+        tokio::spawn(job(Ok(connection.clone().expect("connected"))));
     }
 }
 
-async fn follow_channel(client: redis::Client, channel: String, tx: flume::Sender<Incoming>) {
+/// The connection details for one node, with the configured credentials and database.
+fn node_info(config: &L2Config, url: &str) -> Result<ConnectionInfo, L2Error> {
+    let mut info = url
+        .into_connection_info()
+        .map_err(|e| L2Error::Config(format!("{url}: {e}")))?;
+    if let Some(password) = &config.password {
+        info.redis.password = Some(password.clone());
+    }
+    if let Some(db) = config.db {
+        info.redis.db = db;
+    }
+    Ok(info)
+}
+
+/// The cluster's current masters (from `CLUSTER NODES`), with the seeds' credentials.
+async fn masters(
+    cluster: &mut ClusterConnection,
+    seeds: &[ConnectionInfo],
+) -> Result<Vec<ConnectionInfo>, L2Error> {
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(cluster)
+        .await?;
+    let template = seeds
+        .first()
+        .ok_or_else(|| L2Error::Config("no cluster nodes".into()))?;
+    Ok(nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let address = fields.get(1)?.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            let mut info = template.clone();
+            info.addr = redis::ConnectionAddr::Tcp(host.to_owned(), port.parse().ok()?);
+            Some(info)
+        })
+        .collect())
+}
+
+/// `SCAN MATCH pattern` over one server, unlinking what it finds key by key (every command
+/// names one key, as a cluster node requires); returns how many were removed.
+async fn scan_and_unlink(conn: &mut impl ConnectionLike, pattern: &[u8]) -> Result<usize, L2Error> {
+    let mut cursor = 0u64;
+    let mut removed = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            let mut unlink = redis::pipe();
+            for key in &keys {
+                unlink.cmd("UNLINK").arg(key);
+            }
+            let counts: Vec<usize> = unlink.query_async(conn).await?;
+            removed += counts.iter().sum::<usize>();
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+async fn follow_channel(clients: Vec<redis::Client>, channel: String, tx: flume::Sender<Incoming>) {
     let mut first = true;
     let mut backoff = Duration::from_millis(10);
-    while !tx.is_disconnected() {
+    let mut attempt = 0usize;
+    while !tx.is_disconnected() && !clients.is_empty() {
+        let client = &clients[attempt % clients.len()];
+        attempt += 1;
         let mut pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
             Err(e) => {
@@ -432,6 +580,7 @@ mod tests {
     fn a_bad_url_is_a_configuration_error() {
         let config = L2Config {
             url: "http://nope".into(),
+            cluster_nodes: Vec::new(),
             password: None,
             db: None,
             prefix: "cm:".into(),

@@ -13,6 +13,7 @@ use l2::{Action, Envelope, Key, L2Config, L2Error, Sequencer, L2};
 fn client(server: &RedisServer, prefix: &str) -> L2 {
     L2::start(L2Config {
         url: server.url(),
+        cluster_nodes: Vec::new(),
         password: None,
         db: None,
         prefix: prefix.into(),

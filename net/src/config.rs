@@ -130,6 +130,10 @@ pub struct Config {
     #[serde(serialize_with = "redact_url")]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster seed nodes, `host:port,host:port,...`; takes the place of REDIS_URL.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
+
     /// Redis password (overrides one in the URL).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     #[serde(serialize_with = "redact")]
@@ -297,8 +301,12 @@ impl Config {
 
     /// The L2 client configuration, when Redis is configured.
     pub fn l2(&self) -> Option<l2::L2Config> {
+        if self.redis_url.is_none() && self.redis_cluster_nodes.is_empty() {
+            return None;
+        }
         Some(l2::L2Config {
-            url: self.redis_url.clone()?,
+            url: self.redis_url.clone().unwrap_or_default(),
+            cluster_nodes: self.redis_cluster_nodes.clone(),
             password: self.redis_password.clone(),
             db: self.redis_db,
             prefix: self.l2_prefix.clone(),

@@ -58,30 +58,9 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// One command over a raw socket, answered as text ("" when unreachable).
+    /// One command, answered as text ("" when unreachable); see [`cli`].
     pub fn cli(&self, args: &[&str]) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return String::new();
-        };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut request = format!("*{}\r\n", args.len());
-        for a in args {
-            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        if s.write_all(request.as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).unwrap_or(0);
-        let reply = String::from_utf8_lossy(&buf[..n]).to_string();
-        // The last line of the reply without its type byte: simple replies (+OK, :1,
-        // -ERR, $-1) lose their first byte, and so do integers inside arrays.
-        let last = reply.lines().last().unwrap_or_default();
-        if reply.lines().count() == 1 || last.starts_with(':') {
-            last.get(1..).unwrap_or_default().to_string()
-        } else {
-            last.to_string()
-        }
+        cli(self.port, args)
     }
 
     pub fn signal(&self, signal: &str) {
@@ -102,5 +81,161 @@ impl Drop for RedisServer {
         self.try_signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of `masters` masters (no replicas), made with
+/// `redis-cli --cluster create` on free loopback ports, stopped when dropped.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..masters).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .current_dir(&dir)
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &format!("nodes-{port}.conf"),
+                    ])
+                    .args(["--cluster-node-timeout", "2000"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed (scripts/test.sh installs it)")
+            })
+            .collect();
+        let cluster = Self { nodes, ports, dir };
+        for &port in &cluster.ports {
+            wait_until(|| cli(port, &["PING"]) == "PONG", "a cluster node to start");
+        }
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli is installed (scripts/test.sh installs it)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        for &port in &cluster.ports {
+            wait_until(
+                || cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"),
+                "the cluster to be ok",
+            );
+        }
+        cluster
+    }
+
+    /// `host:port,host:port,...`, for REDIS_CLUSTER_NODES.
+    pub fn nodes(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// How many keys each master holds.
+    pub fn keys_per_master(&self) -> Vec<usize> {
+        self.ports
+            .iter()
+            .map(|&p| cli(p, &["DBSIZE"]).parse().unwrap_or(0))
+            .collect()
+    }
+
+    /// A command sent to the master owning `key`'s slot (found by following MOVED).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut reply = cli(self.ports[0], args);
+        if let Some(target) = reply.strip_prefix("MOVED ") {
+            let port: u16 = target.rsplit(':').next().unwrap().parse().unwrap();
+            reply = cli(port, args);
+        }
+        reply
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+/// One command to one node over a raw socket; the reply as text.
+fn cli(port: u16, args: &[&str]) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    if s.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+    let mut lines = reply.lines();
+    let first = lines.next().unwrap_or_default();
+    match first.chars().next() {
+        // A bulk string: its content (several lines for CLUSTER INFO); `$-1` is nil.
+        Some('$') if first != "$-1" => lines.collect::<Vec<_>>().join("\n"),
+        // An array: its last element, which is what the tests ask of PUBSUB NUMSUB.
+        Some('*') => {
+            let last = reply.lines().last().unwrap_or_default();
+            last.strip_prefix(':').unwrap_or(last).to_string()
+        }
+        // +OK, :1, -ERR …, $-1: the line without its type byte.
+        Some(_) => first.get(1..).unwrap_or_default().to_string(),
+        None => String::new(),
     }
 }
