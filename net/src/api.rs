@@ -251,7 +251,10 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
             source,
         )
         .unwrap_or_else(|| not_found(key, "")),
-        Ok(Ok(Filled::Absent)) => not_found(key, "in any tier or at the origin"),
+        Ok(Ok(Filled::Absent)) if shared.origin.is_some() => {
+            not_found(key, "in L1, L2 or at the origin")
+        }
+        Ok(Ok(Filled::Absent)) => not_found(key, "in L1 or L2"),
         Ok(Err(FillError {
             status: 404,
             message,
@@ -457,7 +460,7 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
             });
             if let (Some(tier), Some(envelope)) = (&core.shared.l2, envelope) {
                 let outcome = tier.client.set(key, &envelope, ttl).await;
-                body["l2"] = l2_outcome(&outcome);
+                body["l2"] = l2_outcome(&outcome, "stored");
                 tier.publisher.send(Action::Set {
                     keys: vec![Key::new(key)],
                 });
@@ -481,7 +484,7 @@ async fn delete(core: &Rc<Core>, key: &[u8]) -> Response {
     if let Some(tier) = &core.shared.l2 {
         let outcome = tier.client.delete(&[key]).await;
         body["deleted"] = (deleted || outcome.as_ref().is_ok_and(|n| *n > 0)).into();
-        body["l2"] = l2_outcome(&outcome);
+        body["l2"] = l2_outcome(&outcome, "deleted");
         tier.publisher.send(Action::Delete {
             keys: vec![Key::new(key)],
         });
@@ -498,10 +501,10 @@ fn larger(
     local.map(|n| n.max(remote.unwrap_or(0)))
 }
 
-/// How the L2 part of a write went, for the response: "stored", or why not.
-fn l2_outcome<T>(outcome: &Result<T, l2::L2Error>) -> serde_json::Value {
+/// How the L2 part of a write went, for the response: `done`, or why not.
+fn l2_outcome<T>(outcome: &Result<T, l2::L2Error>, done: &str) -> serde_json::Value {
     match outcome {
-        Ok(_) => "stored".into(),
+        Ok(_) => done.into(),
         Err(l2::L2Error::Open) => "skipped: the L2 circuit breaker is open".into(),
         Err(e) => format!("failed: {e}").into(),
     }

@@ -255,3 +255,34 @@ fn without_redis_url_the_service_is_l1_only() {
     assert!(!miss.json()["error"].as_str().unwrap().contains("L2"));
     assert_eq!(s.metrics()["l2_enabled"], false);
 }
+
+#[test]
+fn a_killed_and_restarted_redis_is_used_again_without_restarting_the_service() {
+    let mut redis = RedisServer::start();
+    let port = redis.port();
+    let s = instance(&redis, &[("CACHE_L2_BREAKER_COOLDOWN_MS", "100")]);
+    wait_for("subscribed", Duration::from_secs(10), || {
+        subscribers(&redis) == 1
+    });
+    put(&s, "before", json!(1));
+    redis.kill();
+    let during = put(&s, "during", json!(2));
+    assert_eq!(during["success"], true, "L1 still takes writes");
+    assert_ne!(during["l2"], "stored");
+    assert_eq!(get(&s, "before").0, 200, "L1 keeps serving");
+    let redis = RedisServer::start_on(port);
+    wait_for(
+        "writes reach the restarted Redis",
+        Duration::from_secs(15),
+        || put(&s, "after", json!(3))["l2"] == "stored",
+    );
+    assert_eq!(redis.cli(&["EXISTS", "cm:after"]), "1");
+    wait_for("subscribed again", Duration::from_secs(15), || {
+        subscribers(&redis) == 1
+    });
+    wait_for(
+        "L1 flushed after the lost subscription",
+        Duration::from_secs(5),
+        || s.metrics()["l1_flushes"].as_u64().unwrap() >= 1,
+    );
+}
