@@ -94,6 +94,7 @@ impl<C: Clock> CacheBuilder<C> {
                 let config = ShardConfig {
                     max_entries: split(self.max_entries as u64, shards, i) as usize,
                     max_bytes: split(self.max_bytes, shards, i),
+                    stale_window_ms: 0,
                 };
                 Mutex::new(ShardWriter::new(config, metrics[i].clone(), now))
             })

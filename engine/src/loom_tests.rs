@@ -14,6 +14,7 @@ fn shard(max_entries: usize) -> ShardWriter {
     let config = ShardConfig {
         max_entries,
         max_bytes: u64::MAX,
+        stale_window_ms: 0,
     };
     ShardWriter::new(config, Arc::default(), NOW)
 }

@@ -67,6 +67,8 @@ pub struct OwnedEntry {
     pub value: Vec<u8>,
     pub cached_at_ms: u64,
     pub expires_at_ms: Option<u64>,
+    /// Expired, but inside the shard's stale window.
+    pub stale: bool,
 }
 
 /// A request to a shard's owner.
@@ -116,6 +118,7 @@ impl Command {
                     value: e.value.to_vec(),
                     cached_at_ms: e.cached_at_ms,
                     expires_at_ms: e.expires_at_ms,
+                    stale: e.stale,
                 });
                 let _ = reply.send(entry);
             }
@@ -347,6 +350,7 @@ mod tests {
                     let config = ShardConfig {
                         max_entries: 1_000,
                         max_bytes: u64::MAX,
+                        stale_window_ms: 0,
                     };
                     let mut shard = ShardWriter::new(config, Default::default(), NOW);
                     for command in rx.iter() {

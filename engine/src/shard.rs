@@ -24,6 +24,8 @@ use crate::wheel::{TimerId, TimerWheel, TIMER_BYTES};
 pub struct ShardConfig {
     pub max_entries: usize,
     pub max_bytes: u64,
+    /// How long past its TTL an entry is kept and served as stale (0: not at all).
+    pub stale_window_ms: u64,
 }
 
 /// glibc malloc's per-allocation header and rounding, on average.
@@ -182,6 +184,7 @@ impl ShardWriter {
             });
         }
         let deadline = expires_at_ms.unwrap_or(NEVER);
+        let stale_until = deadline.saturating_add(self.config.stale_window_ms);
         let existing = self.table.find(hash, key);
         let (spare, freed) = match existing {
             // SAFETY: `find` returns linked, hence live, nodes.
@@ -208,6 +211,7 @@ impl ShardWriter {
             slot: 0,
             cached_at_ms,
             expires_at_ms: deadline,
+            stale_until_ms: stale_until,
             referenced: false,
         };
         let slot = match existing {
@@ -235,8 +239,8 @@ impl ShardWriter {
                 })
             }
         };
-        if deadline != NEVER {
-            let timer = self.wheel.schedule(deadline, slot);
+        if stale_until != NEVER {
+            let timer = self.wheel.schedule(stale_until, slot);
             self.ring.get_mut(slot).expect("resident slot").timer = Some(timer);
         }
         self.bytes = self.bytes - freed + charge;
@@ -259,7 +263,7 @@ impl ShardWriter {
         // SAFETY: `find` returns linked, hence live, nodes.
         let (slot, live) = unsafe {
             let n = node.as_ref();
-            (n.slot, n.expires_at_ms > now_ms)
+            (n.slot, n.stale_until_ms > now_ms)
         };
         self.remove_slot(slot);
         if live {
@@ -277,7 +281,7 @@ impl ShardWriter {
             .ring
             .iter()
             .filter(|(_, r)| pattern.matches(r.key()))
-            .map(|(slot, r)| (slot, r.node().expires_at_ms > now_ms))
+            .map(|(slot, r)| (slot, r.node().stale_until_ms > now_ms))
             .collect();
         let live = doomed.iter().filter(|(_, live)| *live).count();
         for (slot, _) in &doomed {
@@ -309,7 +313,7 @@ impl ShardWriter {
                 .get_mut(slot)
                 .expect("a live timer has a resident");
             resident.timer = None;
-            debug_assert!(resident.node().expires_at_ms <= now_ms);
+            debug_assert!(resident.node().stale_until_ms <= now_ms);
             self.remove_slot(slot);
         }
         let expired = fired.len();
@@ -362,6 +366,7 @@ mod tests {
             ShardConfig {
                 max_entries,
                 max_bytes,
+                stale_window_ms: 0,
             },
             Arc::default(),
             NOW,
@@ -487,6 +492,37 @@ mod tests {
         assert_eq!(s.metrics().deletes.get(), 3);
         assert_eq!(s.clear(), 1);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_stale_window_keeps_expired_entries_servable_as_stale() {
+        let mut s = ShardWriter::new(
+            ShardConfig {
+                max_entries: 10,
+                max_bytes: u64::MAX,
+                stale_window_ms: 500,
+            },
+            Arc::default(),
+            NOW,
+        );
+        put(&mut s, "k", "v", Some(100), NOW);
+        let read =
+            |s: &ShardWriter, at| s.get_with(h(b"k"), b"k", at, |e| (e.stale, e.expires_at_ms));
+        assert_eq!(read(&s, NOW + 99), Some((false, Some(NOW + 100))));
+        assert_eq!(
+            read(&s, NOW + 100),
+            Some((true, Some(NOW + 100))),
+            "expired: stale"
+        );
+        assert_eq!(read(&s, NOW + 599), Some((true, Some(NOW + 100))));
+        assert_eq!(read(&s, NOW + 600), None, "past the window");
+        assert_eq!(s.expire(NOW + 599), 0, "kept through the window");
+        assert_eq!(s.expire(NOW + 600), 1);
+        put(&mut s, "forever", "v", None, NOW);
+        assert_eq!(
+            s.get_with(h(b"forever"), b"forever", u64::MAX - 1, |e| e.stale),
+            Some(false)
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct EntryRef<'a> {
     pub cached_at_ms: u64,
     /// When it expires, in ms since the UNIX epoch; `None` if never.
     pub expires_at_ms: Option<u64>,
+    /// Past `expires_at_ms` but inside the shard's stale window: servable only as stale.
+    pub stale: bool,
 }
 
 /// Deadline of an entry that never expires.
@@ -43,6 +45,9 @@ pub(crate) struct Node {
     next: AtomicPtr<Node>,
     pub(crate) cached_at_ms: u64,
     pub(crate) expires_at_ms: u64,
+    /// When the entry stops being servable at all: `expires_at_ms` plus the shard's stale
+    /// window (equal to it when there is none).
+    pub(crate) stale_until_ms: u64,
     key_len: u32,
     value_len: u32,
     /// The entry's CLOCK slot; an overwrite keeps it.
@@ -61,6 +66,7 @@ pub(crate) struct NewEntry<'a> {
     pub slot: u32,
     pub cached_at_ms: u64,
     pub expires_at_ms: u64,
+    pub stale_until_ms: u64,
     pub referenced: bool,
 }
 
@@ -90,6 +96,7 @@ fn allocate(entry: NewEntry<'_>) -> NonNull<Node> {
             next: AtomicPtr::new(ptr::null_mut()),
             cached_at_ms: entry.cached_at_ms,
             expires_at_ms: entry.expires_at_ms,
+            stale_until_ms: entry.stale_until_ms,
             key_len,
             value_len,
             slot: entry.slot,
@@ -274,8 +281,9 @@ pub(crate) const NODE_BYTES: usize =
     std::mem::size_of::<Node>() + std::mem::size_of::<AtomicPtr<Node>>();
 
 impl TableReader {
-    /// Finds `key` and, if it is present and not expired at `now`, marks it referenced
-    /// and hands it to `read`. Never blocks and never waits for the writer.
+    /// Finds `key` and, if it is present and servable at `now` (not expired, or expired
+    /// but within the stale window, flagged `stale`), marks it referenced and hands it
+    /// to `read`. Never blocks and never waits for the writer.
     #[inline]
     pub fn get_with<R>(
         &self,
@@ -296,7 +304,7 @@ impl TableReader {
                 // SAFETY: as above; the guard outlives every use of the payload.
                 let (k, value) = unsafe { payload(node) };
                 if k == key {
-                    if header.expires_at_ms <= now_ms {
+                    if header.stale_until_ms <= now_ms {
                         return None;
                     }
                     header.mark_referenced();
@@ -306,6 +314,7 @@ impl TableReader {
                         cached_at_ms: header.cached_at_ms,
                         expires_at_ms: (header.expires_at_ms != NEVER)
                             .then_some(header.expires_at_ms),
+                        stale: header.expires_at_ms <= now_ms,
                     }));
                 }
             }

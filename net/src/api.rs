@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use crate::config::ReadPath;
 use crate::core::Core;
 use crate::http::{Method, Request, Response};
-use crate::owner::{FillError, Filled, OwnerMessage, Source};
+use crate::owner::{FillError, FillMode, Filled, OwnerMessage, Source};
 use crate::stats;
 use crate::stored;
 
@@ -193,35 +193,51 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
     let shared = &core.shared;
     let now = core.now_ms();
     // `None` for a remembered origin 404.
-    let render = |value: &[u8], cached_at_ms: u64, expires_at_ms: Option<u64>, source: Source| {
-        (!stored::is_absent(value))
-            .then(|| render_hit(value, cached_at_ms, expires_at_ms, wants_bytes, now, source))
+    let render = |hit: &Hit<'_>, source: Source| {
+        (!stored::is_absent(hit.value)).then(|| render_hit(hit, wants_bytes, now, source))
     };
     let hash = shared.router.hash(key);
+    let owner = shared.router.shard_of(hash);
     let found = match core.config.read_path {
-        ReadPath::Direct => {
-            shared.readers[shared.router.shard_of(hash)].get_with(hash, key, now, |e| {
-                render(e.value, e.cached_at_ms, e.expires_at_ms, Source::L1)
-            })
-        }
+        ReadPath::Direct => shared.readers[owner].get_with(hash, key, now, |e| {
+            let hit = Hit {
+                value: e.value,
+                cached_at_ms: e.cached_at_ms,
+                expires_at_ms: e.expires_at_ms,
+                stale: e.stale,
+            };
+            (render(&hit, Source::L1), e.stale)
+        }),
         ReadPath::Hop => match shared.mail.lookup(key).await {
-            Ok(entry) => entry.map(
-                |OwnedEntry {
-                     value,
-                     cached_at_ms,
-                     expires_at_ms,
-                 }| { render(&value, cached_at_ms, expires_at_ms, Source::L1) },
-            ),
+            Ok(entry) => entry.map(|e| (render(&Hit::of(&e), Source::L1), e.stale)),
             Err(e) => return shard_unavailable(e),
         },
     };
     let metrics = core.shard_metrics();
     match found {
-        Some(Some(response)) => {
+        Some((Some(response), stale)) => {
             metrics.hits.incr();
+            if stale {
+                // Stale-while-revalidate: answer now, fetch a fresh copy in the background
+                // (the owner's singleflight keeps it to one per key).
+                let (core, key) = (core.clone(), key.to_vec());
+                glommio::spawn_local(async move {
+                    let shared = &core.shared;
+                    let _ = shared
+                        .mail
+                        .call(owner, |reply| OwnerMessage::Fill {
+                            hash,
+                            key,
+                            mode: FillMode::Revalidate,
+                            reply,
+                        })
+                        .await;
+                })
+                .detach();
+            }
             return response;
         }
-        Some(None) => {
+        Some((None, _)) => {
             metrics.misses.incr();
             return not_found(
                 key,
@@ -236,21 +252,17 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
     let key_owned = key.to_vec();
     let filled = shared
         .mail
-        .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
+        .call(owner, |reply| OwnerMessage::Fill {
             hash,
             key: key_owned,
-            refresh: false,
+            mode: FillMode::Miss,
             reply,
         })
         .await;
     match filled {
-        Ok(Ok(Filled::Hit { entry, source })) => render(
-            &entry.value,
-            entry.cached_at_ms,
-            entry.expires_at_ms,
-            source,
-        )
-        .unwrap_or_else(|| not_found(key, "")),
+        Ok(Ok(Filled::Hit { entry, source })) => {
+            render(&Hit::of(&entry), source).unwrap_or_else(|| not_found(key, ""))
+        }
         Ok(Ok(Filled::Absent)) if shared.origin.is_some() => {
             not_found(key, "in L1, L2 or at the origin")
         }
@@ -273,14 +285,32 @@ fn not_found(key: &[u8], detail: &str) -> Response {
     json(404, &serde_json::json!({ "hit": false, "error": message }))
 }
 
-fn render_hit(
-    stored: &[u8],
+/// What a hit is rendered from: borrowed from L1 under its read guard, or from a fill.
+struct Hit<'a> {
+    value: &'a [u8],
     cached_at_ms: u64,
     expires_at_ms: Option<u64>,
-    wants_bytes: bool,
-    now_ms: u64,
-    source: Source,
-) -> Response {
+    stale: bool,
+}
+
+impl<'a> Hit<'a> {
+    fn of(entry: &'a OwnedEntry) -> Self {
+        Hit {
+            value: &entry.value,
+            cached_at_ms: entry.cached_at_ms,
+            expires_at_ms: entry.expires_at_ms,
+            stale: entry.stale,
+        }
+    }
+}
+
+fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source) -> Response {
+    let Hit {
+        value: stored,
+        cached_at_ms,
+        expires_at_ms,
+        stale,
+    } = *hit;
     let (tag, data) = stored.split_first().unwrap_or((&stored::JSON, b"null"));
     let cached_at = rfc3339(cached_at_ms);
     let expires_at = expires_at_ms.map(rfc3339);
@@ -292,6 +322,9 @@ fn render_hit(
         response = response
             .with_header("X-Cache-Source", source.name())
             .with_header("X-Cache-Cached-At", cached_at);
+        if stale {
+            response = response.with_header("X-Cache-Stale", "true");
+        }
         if let Some(expires_ms) = expires_at_ms {
             let max_age = expires_ms.saturating_sub(now_ms) / 1000;
             response = response
@@ -329,6 +362,9 @@ fn render_hit(
     }
     if base64 {
         body.extend_from_slice(b",\"encoding\":\"base64\"");
+    }
+    if stale {
+        body.extend_from_slice(b",\"stale\":true");
     }
     body.push(b'}');
     Response::json(200, body)
@@ -565,7 +601,7 @@ async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
             .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
                 hash,
                 key: key_owned,
-                refresh: true,
+                mode: FillMode::Refresh,
                 reply,
             })
             .await;
@@ -685,16 +721,34 @@ mod tests {
         serde_json::from_slice(&r.body).unwrap()
     }
 
+    /// Renders a fresh hit (or a stale one) from these parts.
+    fn render(
+        value: &[u8],
+        expires: Option<u64>,
+        bytes: bool,
+        now: u64,
+        source: Source,
+        stale: bool,
+    ) -> Response {
+        let hit = Hit {
+            value,
+            cached_at_ms: 1_705_314_600_000,
+            expires_at_ms: expires,
+            stale,
+        };
+        render_hit(&hit, bytes, now, source)
+    }
+
     #[test]
     fn json_values_come_back_verbatim_with_metadata() {
         let stored = [&[stored::JSON][..], br#"{"id": 123,  "name":"John"}"#].concat();
-        let r = render_hit(
+        let r = render(
             &stored,
-            1_705_314_600_000,
             Some(1_705_318_200_000),
             false,
             0,
             Source::L1,
+            false,
         );
         let text = String::from_utf8(r.body.clone()).unwrap();
         assert!(
@@ -706,46 +760,59 @@ mod tests {
         assert_eq!(v["source"], "l1");
         assert_eq!(v["cached_at"], "2024-01-15T10:30:00Z");
         assert_eq!(v["expires_at"], "2024-01-15T11:30:00Z");
+        assert!(v.get("stale").is_none());
+        assert_eq!(
+            body(&render(&stored, None, false, 0, Source::L1, true))["stale"],
+            true
+        );
     }
 
     #[test]
     fn raw_values_seen_through_json_are_strings_or_base64() {
-        let text = render_hit(
+        let text = render(
             &[&[stored::BYTES][..], b"plain \"text\""].concat(),
-            0,
             None,
             false,
             0,
             Source::L1,
+            false,
         );
         assert_eq!(body(&text)["value"], "plain \"text\"");
         assert_eq!(body(&text)["expires_at"], serde_json::Value::Null);
-        let binary = render_hit(&[stored::BYTES, 0xff, 0x00], 0, None, false, 0, Source::L1);
+        let binary = render(
+            &[stored::BYTES, 0xff, 0x00],
+            None,
+            false,
+            0,
+            Source::L1,
+            false,
+        );
         assert_eq!(body(&binary)["value"], "/wA=");
         assert_eq!(body(&binary)["encoding"], "base64");
     }
 
     #[test]
     fn raw_reads_return_bytes_and_headers() {
-        let r = render_hit(
+        let r = render(
             &[stored::BYTES, 1, 2, 3],
-            0,
             Some(90_500),
             true,
             500,
             Source::L2,
+            true,
         );
         assert_eq!(r.body, vec![1, 2, 3]);
         assert_eq!(r.content_type, "application/octet-stream");
         assert!(r.headers.contains(&("Cache-Control", "max-age=90".into())));
         assert!(r.headers.contains(&("X-Cache-Source", "l2".into())));
-        let j = render_hit(
+        assert!(r.headers.contains(&("X-Cache-Stale", "true".into())));
+        let j = render(
             &[&[stored::JSON][..], b"[1]"].concat(),
-            0,
             None,
             true,
             0,
             Source::L1,
+            false,
         );
         assert_eq!(j.content_type, "application/json");
         assert_eq!(j.body, b"[1]");

@@ -180,6 +180,11 @@ pub struct Config {
     #[arg(long, env = "CACHE_NEGATIVE_TTL", default_value_t = 0)]
     pub negative_ttl: u64,
 
+    /// Seconds past its TTL an entry is still served, marked stale, while one background
+    /// refresh runs (and while the origin fails); 0: never.
+    #[arg(long, env = "CACHE_STALE_TTL", default_value_t = 0)]
+    pub stale_ttl: u64,
+
     /// PUTs go to the origin first, and are stored only if it accepts them.
     #[arg(long, env = "ORIGIN_WRITE", default_value_t = false, action = clap::ArgAction::Set)]
     pub origin_write: bool,

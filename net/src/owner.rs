@@ -24,12 +24,11 @@ use crate::stored;
 #[derive(Debug)]
 pub enum OwnerMessage {
     Shard(Command),
-    /// An L1 miss with L2 or an origin configured; or, with `refresh`, a re-fetch from
-    /// the origin that supersedes any fill in flight and bypasses L1 and L2.
+    /// Fetch `key` from the tiers behind L1 (L2 or an origin must be configured).
     Fill {
         hash: u64,
         key: Vec<u8>,
-        refresh: bool,
+        mode: FillMode,
         reply: Reply<Result<Filled, FillError>>,
     },
 }
@@ -38,6 +37,17 @@ impl From<Command> for OwnerMessage {
     fn from(command: Command) -> Self {
         OwnerMessage::Shard(command)
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillMode {
+    /// An L1 miss: the owner re-checks its table first.
+    Miss,
+    /// A stale L1 hit was served: fetch a fresh copy (L2, then the origin) in the
+    /// background, at most one at a time per key.
+    Revalidate,
+    /// `POST /api/cache/refresh`: straight to the origin, superseding any fill in flight.
+    Refresh,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,13 +133,13 @@ impl Owner {
             OwnerMessage::Fill {
                 hash,
                 key,
-                refresh,
+                mode,
                 reply,
             } => {
-                if refresh {
+                if mode == FillMode::Refresh {
                     self.flights.fence(&key);
                 }
-                let present = if refresh {
+                let present = if mode != FillMode::Miss {
                     None
                 } else {
                     self.writer
@@ -138,6 +148,7 @@ impl Owner {
                             value: e.value.to_vec(),
                             cached_at_ms: e.cached_at_ms,
                             expires_at_ms: e.expires_at_ms,
+                            stale: e.stale,
                         })
                 };
                 if let Some(entry) = present {
@@ -156,8 +167,10 @@ impl Owner {
                     Join::Leader(fill) => {
                         let owner = self.clone();
                         glommio::spawn_local(async move {
-                            let result = owner.fetch(&key, refresh).await;
-                            owner.write_through(&key, &result, &fill, refresh).await;
+                            let result = owner.fetch(&key, mode == FillMode::Refresh).await;
+                            owner
+                                .write_through(&key, &result, &fill, mode == FillMode::Refresh)
+                                .await;
                             if fill.complete(result.clone()).storable {
                                 owner.store(hash, &key, &result);
                             }
@@ -195,6 +208,7 @@ impl Owner {
                         value: e.value,
                         cached_at_ms: e.cached_at_ms,
                         expires_at_ms: e.expires_at_ms,
+                        stale: false,
                     };
                     return Ok(Filled::Hit {
                         entry,
@@ -230,6 +244,7 @@ impl Owner {
                     value: stored::tagged(tag, &body),
                     cached_at_ms: now,
                     expires_at_ms: ttl.map(|t| now + t.as_millis() as u64),
+                    stale: false,
                 };
                 Ok(Filled::Hit {
                     entry,

@@ -61,6 +61,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             let config = ShardConfig {
                 max_entries: split(config.l1_max_entries as u64, cores, i) as usize,
                 max_bytes: split(config.l1_max_bytes, cores, i),
+                stale_window_ms: config.stale_ttl * 1000,
             };
             ShardWriter::new(config, shards[i].clone(), clock.now_ms())
         })

@@ -257,3 +257,57 @@ fn refresh_refetches_from_the_origin_everywhere() {
         ureq::post(&no_origin.url("/api/cache/refresh")).send_json(json!({"keys": ["k"]}));
     assert!(matches!(refused, Err(ureq::Error::Status(400, _))));
 }
+
+#[test]
+fn expired_entries_are_served_stale_while_one_refresh_runs_and_while_the_origin_fails() {
+    let origin = Origin::start();
+    origin.set("k", r#""v1""#);
+    let s = Server::start(&[
+        ("ORIGIN_URL", &origin.template()),
+        ("CACHE_DEFAULT_TTL", "1"),
+        ("CACHE_STALE_TTL", "60"),
+    ]);
+    assert_eq!(get(&s, "k").1["value"], "v1");
+    origin.set("k", r#""v2""#);
+    origin.close_gate();
+    // Past its one-second TTL the entry is served as stale, and a refresh starts.
+    wait_for("the entry goes stale", || {
+        get(&s, "k").1.get("stale") == Some(&json!(true))
+    });
+    wait_for("one refresh reached the origin", || origin.gets() == 2);
+    let started = Instant::now();
+    for _ in 0..20 {
+        let (status, stale) = get(&s, "k");
+        assert_eq!(
+            (status, stale["value"].as_str(), stale["stale"].as_bool()),
+            (200, Some("v1"), Some(true))
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stale reads do not wait for the refresh"
+    );
+    assert_eq!(origin.gets(), 2, "one refresh at a time");
+    origin.open_gate();
+    wait_for("the refresh lands", || {
+        let (_, fresh) = get(&s, "k");
+        fresh["value"] == "v2" && fresh.get("stale").is_none()
+    });
+
+    // Stale on error: with the origin failing, the expired copy keeps being served.
+    origin.fail_with(Some(503));
+    wait_for("stale again", || {
+        get(&s, "k").1.get("stale") == Some(&json!(true))
+    });
+    wait_for("the refresh failed", || {
+        s.metrics()["origin_errors"].as_u64().unwrap() >= 1
+    });
+    for _ in 0..5 {
+        let (status, served) = get(&s, "k");
+        assert_eq!(
+            (status, served["value"].as_str()),
+            (200, Some("v2")),
+            "{served}"
+        );
+    }
+}
