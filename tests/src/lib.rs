@@ -66,7 +66,7 @@ fn build(package: &str, bin: &str, override_var: &str) -> PathBuf {
     profile_dir.join(bin)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -150,6 +150,24 @@ impl Server {
         s
     }
 
+    /// `GET /api/cache/{key}`: the status and the JSON body.
+    pub fn get_key(&self, key: &str) -> (u16, serde_json::Value) {
+        match ureq::get(&self.url(&format!("/api/cache/{key}"))).call() {
+            Ok(r) => (r.status(), r.into_json().expect("a JSON body")),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().expect("a JSON body")),
+            Err(e) => panic!("GET {key}: {e}"),
+        }
+    }
+
+    /// `PUT /api/cache/{key}` with `{"value": value}`: the JSON answer (expects a 200).
+    pub fn put_key(&self, key: &str, value: serde_json::Value) -> serde_json::Value {
+        ureq::put(&self.url(&format!("/api/cache/{key}")))
+            .send_json(serde_json::json!({ "value": value }))
+            .expect("PUT answered 200")
+            .into_json()
+            .expect("a JSON body")
+    }
+
     /// The metrics JSON.
     pub fn metrics(&self) -> serde_json::Value {
         self.get_once("/api/cache/metrics")
@@ -175,6 +193,16 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Polls `done` until it holds, failing the test after `within`; returns how long it took.
+pub fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::park_timeout(Duration::from_millis(2));
+    }
+    started.elapsed()
 }
 
 /// A raw HTTP response read off a socket.

@@ -21,20 +21,7 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let child = spawn_redis(port, &std::env::temp_dir(), &[]);
         let server = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while server.cli(&["PING"]) != "PONG" {
@@ -97,35 +84,23 @@ impl RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "redis-cluster-{}-{}",
             std::process::id(),
-            free_port()
+            crate::free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = (0..masters).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..masters).map(|_| crate::free_port()).collect();
         let nodes = ports
             .iter()
             .map(|port| {
-                Command::new("redis-server")
-                    .current_dir(&dir)
-                    .args([
-                        "--port",
-                        &port.to_string(),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                    ])
-                    .args([
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &format!("nodes-{port}.conf"),
-                    ])
-                    .args(["--cluster-node-timeout", "2000"])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("redis-server is installed (scripts/test.sh installs it)")
+                let config = format!("nodes-{port}.conf");
+                let cluster = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &config,
+                    "--cluster-node-timeout",
+                    "2000",
+                ];
+                spawn_redis(*port, &dir, &cluster)
             })
             .collect();
         let cluster = Self { nodes, ports, dir };
@@ -192,12 +167,24 @@ impl Drop for RedisCluster {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A redis-server on `port` in `dir`, without persistence, plus `extra` arguments.
+fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .current_dir(dir)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/test.sh installs it)")
 }
 
 fn wait_until(mut done: impl FnMut() -> bool, what: &str) {

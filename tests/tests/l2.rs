@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use e2e::redis::RedisServer;
-use e2e::{exchange, read_response, Server};
+use e2e::{exchange, read_response, wait_for, Server};
 use serde_json::{json, Value};
 
 fn instance(redis: &RedisServer, extra: &[(&str, &str)]) -> Server {
@@ -30,31 +30,6 @@ fn subscribers(redis: &RedisServer) -> usize {
         .unwrap_or(0)
 }
 
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::park_timeout(Duration::from_millis(2));
-    }
-    started.elapsed()
-}
-
-fn put(s: &Server, key: &str, value: Value) -> Value {
-    ureq::put(&s.url(&format!("/api/cache/{key}")))
-        .send_json(json!({ "value": value }))
-        .unwrap()
-        .into_json()
-        .unwrap()
-}
-
-fn get(s: &Server, key: &str) -> (u16, Value) {
-    match ureq::get(&s.url(&format!("/api/cache/{key}"))).call() {
-        Ok(r) => (r.status(), r.into_json().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
 #[test]
 fn instances_share_l2_and_see_each_others_writes_within_100ms() {
     let redis = RedisServer::start();
@@ -64,7 +39,7 @@ fn instances_share_l2_and_see_each_others_writes_within_100ms() {
         subscribers(&redis) == 2
     });
 
-    let written = put(&a, "user:1", json!({"v": 1}));
+    let written = a.put_key("user:1", json!({"v": 1}));
     assert_eq!(written["l2"], "stored");
     // A's own event for the write would drop what B reads now: wait for it to land first.
     applied(&b, 1);
@@ -72,7 +47,7 @@ fn instances_share_l2_and_see_each_others_writes_within_100ms() {
         redis.cli(&["EXISTS", "cm:user:1"]) == "1",
         "written through to Redis under the prefix"
     );
-    let (status, hit) = get(&b, "user:1");
+    let (status, hit) = b.get_key("user:1");
     assert_eq!((status, hit["source"].as_str()), (200, Some("l2")), "{hit}");
     assert_eq!(hit["value"], json!({"v": 1}));
     assert_eq!(
@@ -80,14 +55,14 @@ fn instances_share_l2_and_see_each_others_writes_within_100ms() {
         "the metadata comes back from L2"
     );
     assert_eq!(
-        get(&b, "user:1").1["source"],
+        b.get_key("user:1").1["source"],
         "l1",
         "the L2 hit filled B's L1"
     );
 
-    put(&a, "user:1", json!({"v": 2}));
+    a.put_key("user:1", json!({"v": 2}));
     let took = wait_for("B sees A's overwrite", Duration::from_secs(2), || {
-        get(&b, "user:1").1["value"] == json!({"v": 2})
+        b.get_key("user:1").1["value"] == json!({"v": 2})
     });
     assert!(
         took <= Duration::from_millis(100),
@@ -96,7 +71,7 @@ fn instances_share_l2_and_see_each_others_writes_within_100ms() {
 
     ureq::delete(&a.url("/api/cache/user:1")).call().unwrap();
     let took = wait_for("B sees A's delete", Duration::from_secs(2), || {
-        get(&b, "user:1").0 == 404
+        b.get_key("user:1").0 == 404
     });
     assert!(
         took <= Duration::from_millis(100),
@@ -104,12 +79,12 @@ fn instances_share_l2_and_see_each_others_writes_within_100ms() {
     );
 
     for k in ["user:2", "user:3", "order:1"] {
-        put(&a, k, json!(k));
+        a.put_key(k, json!(k));
     }
     applied(&b, 6);
     for k in ["user:2", "user:3", "order:1"] {
-        assert_eq!(get(&b, k).1["source"], "l2");
-        assert_eq!(get(&b, k).1["source"], "l1");
+        assert_eq!(b.get_key(k).1["source"], "l2");
+        assert_eq!(b.get_key(k).1["source"], "l1");
     }
     let inv: Value = ureq::post(&a.url("/api/cache/invalidate"))
         .send_json(json!({"pattern": "user:*"}))
@@ -120,13 +95,13 @@ fn instances_share_l2_and_see_each_others_writes_within_100ms() {
     let took = wait_for(
         "B sees A's pattern invalidation",
         Duration::from_secs(2),
-        || get(&b, "user:2").0 == 404 && get(&b, "user:3").0 == 404,
+        || b.get_key("user:2").0 == 404 && b.get_key("user:3").0 == 404,
     );
     assert!(
         took <= Duration::from_millis(100),
         "pattern invalidation seen after {took:?}"
     );
-    assert_eq!(get(&b, "order:1").0, 200);
+    assert_eq!(b.get_key("order:1").0, 200);
     assert_eq!(redis.cli(&["EXISTS", "cm:user:2"]), "0", "gone from L2 too");
     assert!(b.metrics()["coherence_events"].as_u64().unwrap() >= 4);
     assert_eq!(b.metrics()["l1_flushes"], 0, "no event was lost");
@@ -136,7 +111,7 @@ fn instances_share_l2_and_see_each_others_writes_within_100ms() {
 fn a_thousand_concurrent_misses_make_one_l2_fetch() {
     let redis = RedisServer::start();
     let writer = instance(&redis, &[]);
-    put(&writer, "cold", json!("from L2"));
+    writer.put_key("cold", json!("from L2"));
     let reader = instance(&redis, &[]);
     std::thread::scope(|scope| {
         for _ in 0..100 {
@@ -176,11 +151,11 @@ fn a_frozen_redis_opens_the_breaker_while_l1_keeps_serving() {
             ("CACHE_L2_BREAKER_COOLDOWN_MS", "200"),
         ],
     );
-    put(&s, "hot", json!("v"));
+    s.put_key("hot", json!("v"));
     redis.signal("-STOP");
     let started = Instant::now();
     for _ in 0..100 {
-        assert_eq!(get(&s, "hot").0, 200);
+        assert_eq!(s.get_key("hot").0, 200);
     }
     assert!(
         started.elapsed() < Duration::from_millis(500),
@@ -189,7 +164,7 @@ fn a_frozen_redis_opens_the_breaker_while_l1_keeps_serving() {
     let mut outcomes = Vec::new();
     for i in 0..4 {
         let started = Instant::now();
-        let r = put(&s, &format!("k{i}"), json!(i));
+        let r = s.put_key(&format!("k{i}"), json!(i));
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "a PUT answers within the timeout"
@@ -208,12 +183,12 @@ fn a_frozen_redis_opens_the_breaker_while_l1_keeps_serving() {
         m["l2_errors"].as_u64().unwrap() >= 2 && m["l2_skipped"].as_u64().unwrap() >= 1,
         "{m}"
     );
-    assert_eq!(get(&s, "k1").0, 200, "written to L1 all the same");
+    assert_eq!(s.get_key("k1").0, 200, "written to L1 all the same");
     redis.signal("-CONT");
     wait_for(
         "the breaker closes once Redis is back",
         Duration::from_secs(10),
-        || put(&s, "after", json!(1))["l2"] == "stored",
+        || s.put_key("after", json!(1))["l2"] == "stored",
     );
     assert_eq!(s.metrics()["l2_breaker_open"], false);
 }
@@ -226,28 +201,28 @@ fn a_killed_subscription_flushes_l1_and_coherence_resumes() {
     wait_for("both instances subscribed", Duration::from_secs(10), || {
         subscribers(&redis) == 2
     });
-    put(&a, "k", json!(1));
+    a.put_key("k", json!(1));
     applied(&b, 1);
-    assert_eq!(get(&b, "k").1["source"], "l2");
-    assert_eq!(get(&b, "k").1["source"], "l1");
+    assert_eq!(b.get_key("k").1["source"], "l2");
+    assert_eq!(b.get_key("k").1["source"], "l1");
     assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
     wait_for("both flushed L1", Duration::from_secs(10), || {
         a.metrics()["l1_flushes"] == 1 && b.metrics()["l1_flushes"] == 1
     });
-    assert_eq!(get(&b, "k").1["source"], "l2", "B's L1 was flushed");
+    assert_eq!(b.get_key("k").1["source"], "l2", "B's L1 was flushed");
     wait_for("both subscribed again", Duration::from_secs(10), || {
         subscribers(&redis) == 2
     });
-    put(&a, "k", json!(2));
+    a.put_key("k", json!(2));
     wait_for("coherence works again", Duration::from_secs(2), || {
-        get(&b, "k").1["value"] == 2
+        b.get_key("k").1["value"] == 2
     });
 }
 
 #[test]
 fn without_redis_url_the_service_is_l1_only() {
     let s = Server::start(&[]);
-    let r = put(&s, "k", json!(1));
+    let r = s.put_key("k", json!(1));
     assert!(r.get("l2").is_none());
     let mut c = s.connect();
     let miss = exchange(&mut c, b"GET /api/cache/absent HTTP/1.1\r\n\r\n");
@@ -264,17 +239,17 @@ fn a_killed_and_restarted_redis_is_used_again_without_restarting_the_service() {
     wait_for("subscribed", Duration::from_secs(10), || {
         subscribers(&redis) == 1
     });
-    put(&s, "before", json!(1));
+    s.put_key("before", json!(1));
     redis.kill();
-    let during = put(&s, "during", json!(2));
+    let during = s.put_key("during", json!(2));
     assert_eq!(during["success"], true, "L1 still takes writes");
     assert_ne!(during["l2"], "stored");
-    assert_eq!(get(&s, "before").0, 200, "L1 keeps serving");
+    assert_eq!(s.get_key("before").0, 200, "L1 keeps serving");
     let redis = RedisServer::start_on(port);
     wait_for(
         "writes reach the restarted Redis",
         Duration::from_secs(15),
-        || put(&s, "after", json!(3))["l2"] == "stored",
+        || s.put_key("after", json!(3))["l2"] == "stored",
     );
     assert_eq!(redis.cli(&["EXISTS", "cm:after"]), "1");
     wait_for("subscribed again", Duration::from_secs(15), || {

@@ -8,24 +8,8 @@ use std::time::{Duration, Instant};
 
 use e2e::origin::Origin;
 use e2e::redis::RedisServer;
-use e2e::{read_response, Server};
+use e2e::{read_response, wait_for, Server};
 use serde_json::{json, Value};
-
-fn get(s: &Server, key: &str) -> (u16, Value) {
-    match ureq::get(&s.url(&format!("/api/cache/{key}"))).call() {
-        Ok(r) => (r.status(), r.into_json().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::park_timeout(Duration::from_millis(2));
-    }
-}
 
 #[test]
 fn a_miss_everywhere_is_filled_from_the_origin_into_l1_and_l2() {
@@ -39,21 +23,21 @@ fn a_miss_everywhere_is_filled_from_the_origin_into_l1_and_l2() {
     ];
     let a = Server::start(&env);
     let b = Server::start(&env);
-    let (status, first) = get(&a, "user:1");
+    let (status, first) = a.get_key("user:1");
     assert_eq!(
         (status, first["source"].as_str()),
         (200, Some("origin")),
         "{first}"
     );
     assert_eq!(first["value"], json!({"id": 1}));
-    assert_eq!(get(&a, "user:1").1["source"], "l1");
+    assert_eq!(a.get_key("user:1").1["source"], "l1");
     assert_eq!(
         redis.cli(&["EXISTS", "cm:user:1"]),
         "1",
         "written through to L2"
     );
     assert_eq!(
-        get(&b, "user:1").1["source"],
+        b.get_key("user:1").1["source"],
         "l2",
         "the other instance needs no origin fetch"
     );
@@ -82,9 +66,12 @@ fn a_thousand_concurrent_misses_make_one_origin_fetch() {
                     .collect::<Vec<_>>()
             }));
         }
-        wait_for("the origin was asked", || origin.gets() == 1);
+        wait_for("the origin was asked", Duration::from_secs(10), || {
+            origin.gets() == 1
+        });
         wait_for(
             "every connection's first request waits on the one fill",
+            Duration::from_secs(10),
             || s.metrics()["misses"].as_u64().unwrap() >= 200,
         );
         origin.open_gate();
@@ -113,10 +100,10 @@ fn origin_404s_pass_through_and_can_be_remembered_and_failures_are_502() {
         ("CACHE_NEGATIVE_TTL", "60"),
         ("ORIGIN_TIMEOUT_MS", "300"),
     ]);
-    let (status, miss) = get(&s, "nobody");
+    let (status, miss) = s.get_key("nobody");
     assert_eq!(status, 404);
     assert!(miss["error"].as_str().unwrap().contains("origin"), "{miss}");
-    let (status, again) = get(&s, "nobody");
+    let (status, again) = s.get_key("nobody");
     assert_eq!(status, 404);
     assert!(
         again["error"]
@@ -127,14 +114,14 @@ fn origin_404s_pass_through_and_can_be_remembered_and_failures_are_502() {
     );
     assert_eq!(origin.gets(), 1, "the 404 was remembered");
     origin.fail_with(Some(503));
-    let (status, error) = get(&s, "broken");
+    let (status, error) = s.get_key("broken");
     assert_eq!(status, 502);
     assert!(error["error"].as_str().unwrap().contains("503"), "{error}");
     origin.fail_with(None);
     origin.set("slow", "1");
     origin.close_gate();
     let started = Instant::now();
-    let (status, error) = get(&s, "slow");
+    let (status, error) = s.get_key("slow");
     assert_eq!(status, 502, "{error}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -155,8 +142,12 @@ fn a_fill_raced_by_an_invalidation_is_not_served_after_the_invalidation_returns(
         ("REDIS_URL", &redis.url()),
     ]);
     std::thread::scope(|scope| {
-        let in_flight = scope.spawn(|| get(&s, "k"));
-        wait_for("the fill reached the origin", || origin.gets() == 1);
+        let in_flight = scope.spawn(|| s.get_key("k"));
+        wait_for(
+            "the fill reached the origin",
+            Duration::from_secs(10),
+            || origin.gets() == 1,
+        );
         // The origin has answered "old" and holds it; the data changes and is invalidated.
         origin.set("k", r#""new""#);
         let done: Value = ureq::post(&s.url("/api/cache/invalidate"))
@@ -173,7 +164,7 @@ fn a_fill_raced_by_an_invalidation_is_not_served_after_the_invalidation_returns(
             "the request in flight gets what was fetched"
         );
     });
-    let (_, after) = get(&s, "k");
+    let (_, after) = s.get_key("k");
     assert_eq!(
         after["value"], "new",
         "the fenced fill was stored nowhere: {after}"
@@ -207,7 +198,7 @@ fn origin_write_goes_to_the_origin_first() {
         .contains("nothing was stored"));
     origin.fail_with(None);
     assert_eq!(
-        get(&s, "w").1["value"],
+        s.get_key("w").1["value"],
         json!({"a": 1}),
         "the refused write changed nothing"
     );
@@ -225,15 +216,15 @@ fn refresh_refetches_from_the_origin_everywhere() {
     ];
     let a = Server::start(&env);
     let b = Server::start(&env);
-    wait_for("both subscribed", || {
+    wait_for("both subscribed", Duration::from_secs(10), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "2"
     });
-    assert_eq!(get(&a, "k").1["value"], "v1");
-    wait_for("B applied A's fill event", || {
+    assert_eq!(a.get_key("k").1["value"], "v1");
+    wait_for("B applied A's fill event", Duration::from_secs(10), || {
         b.metrics()["coherence_events"] == 1
     });
-    assert_eq!(get(&b, "k").1["source"], "l2");
-    assert_eq!(get(&b, "k").1["source"], "l1");
+    assert_eq!(b.get_key("k").1["source"], "l2");
+    assert_eq!(b.get_key("k").1["source"], "l1");
     origin.set("k", r#""v2""#);
     let done: Value = ureq::post(&a.url("/api/cache/refresh"))
         .send_json(json!({"keys": ["k", "gone"]}))
@@ -244,9 +235,11 @@ fn refresh_refetches_from_the_origin_everywhere() {
         done,
         json!({"refreshed": 1, "absent": ["gone"], "failed": [], "success": true})
     );
-    assert_eq!(get(&a, "k").1["value"], "v2");
+    assert_eq!(a.get_key("k").1["value"], "v2");
     let started = Instant::now();
-    wait_for("B sees the refresh", || get(&b, "k").1["value"] == "v2");
+    wait_for("B sees the refresh", Duration::from_secs(10), || {
+        b.get_key("k").1["value"] == "v2"
+    });
     assert!(
         started.elapsed() <= Duration::from_millis(100),
         "{:?}",
@@ -267,17 +260,21 @@ fn expired_entries_are_served_stale_while_one_refresh_runs_and_while_the_origin_
         ("CACHE_DEFAULT_TTL", "1"),
         ("CACHE_STALE_TTL", "60"),
     ]);
-    assert_eq!(get(&s, "k").1["value"], "v1");
+    assert_eq!(s.get_key("k").1["value"], "v1");
     origin.set("k", r#""v2""#);
     origin.close_gate();
     // Past its one-second TTL the entry is served as stale, and a refresh starts.
-    wait_for("the entry goes stale", || {
-        get(&s, "k").1.get("stale") == Some(&json!(true))
+    wait_for("the entry goes stale", Duration::from_secs(10), || {
+        s.get_key("k").1.get("stale") == Some(&json!(true))
     });
-    wait_for("one refresh reached the origin", || origin.gets() == 2);
+    wait_for(
+        "one refresh reached the origin",
+        Duration::from_secs(10),
+        || origin.gets() == 2,
+    );
     let started = Instant::now();
     for _ in 0..20 {
-        let (status, stale) = get(&s, "k");
+        let (status, stale) = s.get_key("k");
         assert_eq!(
             (status, stale["value"].as_str(), stale["stale"].as_bool()),
             (200, Some("v1"), Some(true))
@@ -289,21 +286,21 @@ fn expired_entries_are_served_stale_while_one_refresh_runs_and_while_the_origin_
     );
     assert_eq!(origin.gets(), 2, "one refresh at a time");
     origin.open_gate();
-    wait_for("the refresh lands", || {
-        let (_, fresh) = get(&s, "k");
+    wait_for("the refresh lands", Duration::from_secs(10), || {
+        let (_, fresh) = s.get_key("k");
         fresh["value"] == "v2" && fresh.get("stale").is_none()
     });
 
     // Stale on error: with the origin failing, the expired copy keeps being served.
     origin.fail_with(Some(503));
-    wait_for("stale again", || {
-        get(&s, "k").1.get("stale") == Some(&json!(true))
+    wait_for("stale again", Duration::from_secs(10), || {
+        s.get_key("k").1.get("stale") == Some(&json!(true))
     });
-    wait_for("the refresh failed", || {
+    wait_for("the refresh failed", Duration::from_secs(10), || {
         s.metrics()["origin_errors"].as_u64().unwrap() >= 1
     });
     for _ in 0..5 {
-        let (status, served) = get(&s, "k");
+        let (status, served) = s.get_key("k");
         assert_eq!(
             (status, served["value"].as_str()),
             (200, Some("v2")),
