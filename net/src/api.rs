@@ -16,10 +16,9 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use engine::{Glob, InsertError, OwnedEntry};
+use engine::{Glob, InsertError};
 use l2::{Action, Envelope, Key};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -28,6 +27,7 @@ use crate::config::ReadPath;
 use crate::core::Core;
 use crate::http::{Method, Request, Response};
 use crate::owner::{FillError, FillMode, Filled, OwnerMessage, Source};
+use crate::render::{render_hit, rfc3339, Hit};
 use crate::stats;
 use crate::stored;
 
@@ -181,10 +181,6 @@ fn json(status: u16, value: &impl serde::Serialize) -> Response {
     Response::json(status, serde_json::to_vec(value).expect("serializable"))
 }
 
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 fn shard_unavailable(e: engine::ShardGone) -> Response {
     Response::error(503, e.to_string())
 }
@@ -283,91 +279,6 @@ fn not_found(key: &[u8], detail: &str) -> Response {
         message.push_str(detail);
     }
     json(404, &serde_json::json!({ "hit": false, "error": message }))
-}
-
-/// What a hit is rendered from: borrowed from L1 under its read guard, or from a fill.
-struct Hit<'a> {
-    value: &'a [u8],
-    cached_at_ms: u64,
-    expires_at_ms: Option<u64>,
-    stale: bool,
-}
-
-impl<'a> Hit<'a> {
-    fn of(entry: &'a OwnedEntry) -> Self {
-        Hit {
-            value: &entry.value,
-            cached_at_ms: entry.cached_at_ms,
-            expires_at_ms: entry.expires_at_ms,
-            stale: entry.stale,
-        }
-    }
-}
-
-fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source) -> Response {
-    let Hit {
-        value: stored,
-        cached_at_ms,
-        expires_at_ms,
-        stale,
-    } = *hit;
-    let (tag, data) = stored.split_first().unwrap_or((&stored::JSON, b"null"));
-    let cached_at = rfc3339(cached_at_ms);
-    let expires_at = expires_at_ms.map(rfc3339);
-    if wants_bytes {
-        let mut response = Response::json(200, data.to_vec());
-        if *tag == stored::BYTES {
-            response.content_type = "application/octet-stream";
-        }
-        response = response
-            .with_header("X-Cache-Source", source.name())
-            .with_header("X-Cache-Cached-At", cached_at);
-        if stale {
-            response = response.with_header("X-Cache-Stale", "true");
-        }
-        if let Some(expires_ms) = expires_at_ms {
-            let max_age = expires_ms.saturating_sub(now_ms) / 1000;
-            response = response
-                .with_header("Cache-Control", format!("max-age={max_age}"))
-                .with_header("X-Cache-Expires-At", expires_at.unwrap_or_default());
-        }
-        return response;
-    }
-    let mut body = Vec::with_capacity(data.len() + 128);
-    body.extend_from_slice(b"{\"value\":");
-    let mut base64 = false;
-    if *tag == stored::JSON {
-        body.extend_from_slice(data);
-    } else if let Ok(text) = std::str::from_utf8(data) {
-        serde_json::to_writer(&mut body, text).expect("a string serializes");
-    } else {
-        base64 = true;
-        serde_json::to_writer(
-            &mut body,
-            &base64::engine::general_purpose::STANDARD.encode(data),
-        )
-        .expect("a string serializes");
-    }
-    body.extend_from_slice(b",\"hit\":true,\"source\":\"");
-    body.extend_from_slice(source.name().as_bytes());
-    body.extend_from_slice(b"\",\"cached_at\":\"");
-    body.extend_from_slice(cached_at.as_bytes());
-    match expires_at {
-        Some(e) => {
-            body.extend_from_slice(b"\",\"expires_at\":\"");
-            body.extend_from_slice(e.as_bytes());
-            body.extend_from_slice(b"\"");
-        }
-        None => body.extend_from_slice(b"\",\"expires_at\":null"),
-    }
-    if base64 {
-        body.extend_from_slice(b",\"encoding\":\"base64\"");
-    }
-    if stale {
-        body.extend_from_slice(b",\"stale\":true");
-    }
-    body.push(b'}');
-    Response::json(200, body)
 }
 
 #[derive(Deserialize)]
@@ -716,107 +627,6 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn body(r: &Response) -> serde_json::Value {
-        serde_json::from_slice(&r.body).unwrap()
-    }
-
-    /// Renders a fresh hit (or a stale one) from these parts.
-    fn render(
-        value: &[u8],
-        expires: Option<u64>,
-        bytes: bool,
-        now: u64,
-        source: Source,
-        stale: bool,
-    ) -> Response {
-        let hit = Hit {
-            value,
-            cached_at_ms: 1_705_314_600_000,
-            expires_at_ms: expires,
-            stale,
-        };
-        render_hit(&hit, bytes, now, source)
-    }
-
-    #[test]
-    fn json_values_come_back_verbatim_with_metadata() {
-        let stored = [&[stored::JSON][..], br#"{"id": 123,  "name":"John"}"#].concat();
-        let r = render(
-            &stored,
-            Some(1_705_318_200_000),
-            false,
-            0,
-            Source::L1,
-            false,
-        );
-        let text = String::from_utf8(r.body.clone()).unwrap();
-        assert!(
-            text.starts_with(r#"{"value":{"id": 123,  "name":"John"},"#),
-            "{text}"
-        );
-        let v = body(&r);
-        assert_eq!(v["hit"], true);
-        assert_eq!(v["source"], "l1");
-        assert_eq!(v["cached_at"], "2024-01-15T10:30:00Z");
-        assert_eq!(v["expires_at"], "2024-01-15T11:30:00Z");
-        assert!(v.get("stale").is_none());
-        assert_eq!(
-            body(&render(&stored, None, false, 0, Source::L1, true))["stale"],
-            true
-        );
-    }
-
-    #[test]
-    fn raw_values_seen_through_json_are_strings_or_base64() {
-        let text = render(
-            &[&[stored::BYTES][..], b"plain \"text\""].concat(),
-            None,
-            false,
-            0,
-            Source::L1,
-            false,
-        );
-        assert_eq!(body(&text)["value"], "plain \"text\"");
-        assert_eq!(body(&text)["expires_at"], serde_json::Value::Null);
-        let binary = render(
-            &[stored::BYTES, 0xff, 0x00],
-            None,
-            false,
-            0,
-            Source::L1,
-            false,
-        );
-        assert_eq!(body(&binary)["value"], "/wA=");
-        assert_eq!(body(&binary)["encoding"], "base64");
-    }
-
-    #[test]
-    fn raw_reads_return_bytes_and_headers() {
-        let r = render(
-            &[stored::BYTES, 1, 2, 3],
-            Some(90_500),
-            true,
-            500,
-            Source::L2,
-            true,
-        );
-        assert_eq!(r.body, vec![1, 2, 3]);
-        assert_eq!(r.content_type, "application/octet-stream");
-        assert!(r.headers.contains(&("Cache-Control", "max-age=90".into())));
-        assert!(r.headers.contains(&("X-Cache-Source", "l2".into())));
-        assert!(r.headers.contains(&("X-Cache-Stale", "true".into())));
-        let j = render(
-            &[&[stored::JSON][..], b"[1]"].concat(),
-            None,
-            true,
-            0,
-            Source::L1,
-            false,
-        );
-        assert_eq!(j.content_type, "application/json");
-        assert_eq!(j.body, b"[1]");
-    }
 
     #[test]
     fn query_ttl_parses_only_integers() {

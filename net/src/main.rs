@@ -7,6 +7,7 @@ mod core;
 mod http;
 mod origin;
 mod owner;
+mod render;
 mod server;
 mod stats;
 mod stored;

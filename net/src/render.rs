@@ -1,0 +1,209 @@
+//! A cache hit as an HTTP response: the original service's JSON envelope
+//! (`{"value", "hit", "source", "cached_at", "expires_at"}`, plus `"stale"` and
+//! `"encoding"` when they apply), or, when the client asks for
+//! `application/octet-stream`, the stored bytes with the metadata in headers. How the
+//! JSON and raw modes see each other's values is described in `api.rs`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine as _;
+use engine::OwnedEntry;
+
+use crate::http::Response;
+use crate::owner::Source;
+use crate::stored;
+
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// What a hit is rendered from: borrowed from L1 under its read guard, or from a fill.
+pub struct Hit<'a> {
+    pub value: &'a [u8],
+    pub cached_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub stale: bool,
+}
+
+impl<'a> Hit<'a> {
+    pub fn of(entry: &'a OwnedEntry) -> Self {
+        Hit {
+            value: &entry.value,
+            cached_at_ms: entry.cached_at_ms,
+            expires_at_ms: entry.expires_at_ms,
+            stale: entry.stale,
+        }
+    }
+}
+
+pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source) -> Response {
+    let Hit {
+        value: stored,
+        cached_at_ms,
+        expires_at_ms,
+        stale,
+    } = *hit;
+    let (tag, data) = stored.split_first().unwrap_or((&stored::JSON, b"null"));
+    let cached_at = rfc3339(cached_at_ms);
+    let expires_at = expires_at_ms.map(rfc3339);
+    if wants_bytes {
+        let mut response = Response::json(200, data.to_vec());
+        if *tag == stored::BYTES {
+            response.content_type = "application/octet-stream";
+        }
+        response = response
+            .with_header("X-Cache-Source", source.name())
+            .with_header("X-Cache-Cached-At", cached_at);
+        if stale {
+            response = response.with_header("X-Cache-Stale", "true");
+        }
+        if let Some(expires_ms) = expires_at_ms {
+            let max_age = expires_ms.saturating_sub(now_ms) / 1000;
+            response = response
+                .with_header("Cache-Control", format!("max-age={max_age}"))
+                .with_header("X-Cache-Expires-At", expires_at.unwrap_or_default());
+        }
+        return response;
+    }
+    let mut body = Vec::with_capacity(data.len() + 128);
+    body.extend_from_slice(b"{\"value\":");
+    let mut base64 = false;
+    if *tag == stored::JSON {
+        body.extend_from_slice(data);
+    } else if let Ok(text) = std::str::from_utf8(data) {
+        serde_json::to_writer(&mut body, text).expect("a string serializes");
+    } else {
+        base64 = true;
+        serde_json::to_writer(
+            &mut body,
+            &base64::engine::general_purpose::STANDARD.encode(data),
+        )
+        .expect("a string serializes");
+    }
+    body.extend_from_slice(b",\"hit\":true,\"source\":\"");
+    body.extend_from_slice(source.name().as_bytes());
+    body.extend_from_slice(b"\",\"cached_at\":\"");
+    body.extend_from_slice(cached_at.as_bytes());
+    match expires_at {
+        Some(e) => {
+            body.extend_from_slice(b"\",\"expires_at\":\"");
+            body.extend_from_slice(e.as_bytes());
+            body.extend_from_slice(b"\"");
+        }
+        None => body.extend_from_slice(b"\",\"expires_at\":null"),
+    }
+    if base64 {
+        body.extend_from_slice(b",\"encoding\":\"base64\"");
+    }
+    if stale {
+        body.extend_from_slice(b",\"stale\":true");
+    }
+    body.push(b'}');
+    Response::json(200, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(r: &Response) -> serde_json::Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    /// Renders a fresh hit (or a stale one) from these parts.
+    fn render(
+        value: &[u8],
+        expires: Option<u64>,
+        bytes: bool,
+        now: u64,
+        source: Source,
+        stale: bool,
+    ) -> Response {
+        let hit = Hit {
+            value,
+            cached_at_ms: 1_705_314_600_000,
+            expires_at_ms: expires,
+            stale,
+        };
+        render_hit(&hit, bytes, now, source)
+    }
+
+    #[test]
+    fn json_values_come_back_verbatim_with_metadata() {
+        let stored = [&[stored::JSON][..], br#"{"id": 123,  "name":"John"}"#].concat();
+        let r = render(
+            &stored,
+            Some(1_705_318_200_000),
+            false,
+            0,
+            Source::L1,
+            false,
+        );
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"value":{"id": 123,  "name":"John"},"#),
+            "{text}"
+        );
+        let v = body(&r);
+        assert_eq!(v["hit"], true);
+        assert_eq!(v["source"], "l1");
+        assert_eq!(v["cached_at"], "2024-01-15T10:30:00Z");
+        assert_eq!(v["expires_at"], "2024-01-15T11:30:00Z");
+        assert!(v.get("stale").is_none());
+        assert_eq!(
+            body(&render(&stored, None, false, 0, Source::L1, true))["stale"],
+            true
+        );
+    }
+
+    #[test]
+    fn raw_values_seen_through_json_are_strings_or_base64() {
+        let text = render(
+            &[&[stored::BYTES][..], b"plain \"text\""].concat(),
+            None,
+            false,
+            0,
+            Source::L1,
+            false,
+        );
+        assert_eq!(body(&text)["value"], "plain \"text\"");
+        assert_eq!(body(&text)["expires_at"], serde_json::Value::Null);
+        let binary = render(
+            &[stored::BYTES, 0xff, 0x00],
+            None,
+            false,
+            0,
+            Source::L1,
+            false,
+        );
+        assert_eq!(body(&binary)["value"], "/wA=");
+        assert_eq!(body(&binary)["encoding"], "base64");
+    }
+
+    #[test]
+    fn raw_reads_return_bytes_and_headers() {
+        let r = render(
+            &[stored::BYTES, 1, 2, 3],
+            Some(90_500),
+            true,
+            500,
+            Source::L2,
+            true,
+        );
+        assert_eq!(r.body, vec![1, 2, 3]);
+        assert_eq!(r.content_type, "application/octet-stream");
+        assert!(r.headers.contains(&("Cache-Control", "max-age=90".into())));
+        assert!(r.headers.contains(&("X-Cache-Source", "l2".into())));
+        assert!(r.headers.contains(&("X-Cache-Stale", "true".into())));
+        let j = render(
+            &[&[stored::JSON][..], b"[1]"].concat(),
+            None,
+            true,
+            0,
+            Source::L1,
+            false,
+        );
+        assert_eq!(j.content_type, "application/json");
+        assert_eq!(j.body, b"[1]");
+    }
+}
