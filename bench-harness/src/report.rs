@@ -1,12 +1,14 @@
 //! Reports: the percentile table on stdout, the HdrHistogram percentile-distribution
 //! file (`.hgrm`, the format wrk2 prints and HdrHistogram's plotter reads), the JSON
-//! summary, and SVG plots drawn with plotters.
+//! summary, and plots drawn with plotters, as SVG or PNG. Text is set in DejaVu Sans,
+//! embedded in the binary (the `dejavu` crate), so a PNG needs no system fonts.
 
 use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
@@ -176,18 +178,60 @@ pub fn to_json(report: &LoadReport) -> Value {
     })
 }
 
-/// Refuses what this build cannot draw, before any work is done.
+/// Refuses a plot file this build cannot write, before any work is done.
 pub fn check_plot_path(path: &Path) -> anyhow::Result<()> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("svg") => Ok(()),
-        Some("png") => bail!("PNG plots are not built in (they need system fonts); write {} as .svg, or convert the SVG (e.g. rsvg-convert)", path.display()),
-        _ => bail!("plot files end in .svg, got {}", path.display()),
+        Some("svg" | "png") => Ok(()),
+        _ => bail!("plot files end in .svg or .png, got {}", path.display()),
     }
+}
+
+const CANVAS: (u32, u32) = (960, 540);
+
+fn register_font() {
+    static FONT: std::sync::Once = std::sync::Once::new();
+    FONT.call_once(|| {
+        if plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+            .is_err()
+        {
+            panic!("the embedded DejaVu Sans is a valid font");
+        }
+    });
+}
+
+/// Runs a generic drawing function on the canvas the file's extension asks for, and
+/// writes the file.
+macro_rules! on_canvas {
+    ($path:expr, $draw:ident($($arg:expr),*)) => {{
+        let path: &Path = $path;
+        check_plot_path(path)?;
+        register_font();
+        if path.extension().is_some_and(|e| e == "png") {
+            let root = BitMapBackend::new(path, CANVAS).into_drawing_area();
+            $draw(&root, $($arg),*)?;
+            root.present().with_context(|| format!("writing {}", path.display()))?;
+        } else {
+            let root = SVGBackend::new(path, CANVAS).into_drawing_area();
+            $draw(&root, $($arg),*)?;
+            root.present().with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }};
 }
 
 /// A latency-by-percentile chart (HdrHistogram's plotter layout): the x axis is
 /// 1/(1-percentile) on a log scale, so the tail gets the room it deserves.
 pub fn plot_percentiles(report: &LoadReport, path: &Path) -> anyhow::Result<()> {
+    on_canvas!(path, draw_percentiles(report))
+}
+
+fn draw_percentiles<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    report: &LoadReport,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
     let r = &report.recorded;
     let series: Vec<(&str, Histogram<u64>, RGBColor)> = [
         ("get hit", r.get_hit.clone(), RGBColor(31, 119, 180)),
@@ -230,14 +274,13 @@ pub fn plot_percentiles(report: &LoadReport, path: &Path) -> anyhow::Result<()> 
         .unwrap_or(1)
         .max(1) as f64
         / 1.5;
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
         "Latency by percentile — {:.0} req/s, {}",
         report.throughput(),
         report.config.target
     );
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(16)
         .x_label_area_size(40)
@@ -267,8 +310,6 @@ pub fn plot_percentiles(report: &LoadReport, path: &Path) -> anyhow::Result<()> 
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -281,7 +322,20 @@ pub fn plot_lines(
     series: &[(String, Vec<(f64, f64)>)],
     log_y: bool,
 ) -> anyhow::Result<()> {
-    check_plot_path(path)?;
+    on_canvas!(path, draw_lines(title, x_desc, y_desc, series, log_y))
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_y: bool,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
     let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let (min_x, max_x) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let ys = || series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
@@ -295,7 +349,6 @@ pub fn plot_lines(
     } else {
         min_x..max_x
     };
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let palette = [
         RGBColor(31, 119, 180),
@@ -304,7 +357,7 @@ pub fn plot_lines(
         RGBColor(214, 39, 40),
         RGBColor(148, 103, 189),
     ];
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(root);
     builder
         .caption(title, ("sans-serif", 20))
         .margin(16)
@@ -340,8 +393,6 @@ pub fn plot_lines(
     } else {
         draw!(builder.build_cartesian_2d(x_range, 0.0..max_y)?);
     }
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -398,12 +449,10 @@ mod tests {
     }
 
     #[test]
-    fn plots_are_svg() {
+    fn plots_are_svg_or_png() {
         assert!(check_plot_path(Path::new("a.svg")).is_ok());
-        assert!(check_plot_path(Path::new("a.png"))
-            .unwrap_err()
-            .to_string()
-            .contains("rsvg-convert"));
+        assert!(check_plot_path(Path::new("a.png")).is_ok());
+        assert!(check_plot_path(Path::new("a.jpg")).is_err());
         let dir = std::env::temp_dir().join(format!("cache-bench-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("lines.svg");
@@ -414,6 +463,9 @@ mod tests {
         plot_lines(&path, "t", "x", "y", &series, true).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+        let png = dir.join("lines.png");
+        plot_lines(&png, "t", "x", "y", &series, false).unwrap();
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG\r\n"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -27,7 +27,8 @@ use crate::events::{Action, Event, Sequencer};
 
 #[derive(Clone, Debug)]
 pub struct L2Config {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`); unused for a cluster.
+    /// `redis://[user:password@]host:port[/db]`; unused for a cluster. (TLS is not compiled
+    /// in: a `rediss://` URL is refused when the first connection is made.)
     pub url: String,
     /// Redis Cluster seed nodes (`host:port`); when any are given, L2 is that cluster.
     pub cluster_nodes: Vec<String>,

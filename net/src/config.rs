@@ -125,7 +125,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Redis for the shared second tier (L2) and coherence events; unset runs L1 only.
-    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port[/db]` (TLS, `rediss://`, is not built in yet).
     #[arg(long, env = "REDIS_URL")]
     #[serde(serialize_with = "redact_url")]
     pub redis_url: Option<String>,
