@@ -27,9 +27,11 @@ use crate::events::{Action, Event, Sequencer};
 
 #[derive(Clone, Debug)]
 pub struct L2Config {
-    /// `redis://[user:password@]host:port[/db]`; unused for a cluster. (TLS is not compiled
-    /// in: a `rediss://` URL is refused when the first connection is made.)
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS; unused for a
+    /// cluster.
     pub url: String,
+    /// A PEM file of CA certificates to trust for `rediss://` instead of the system's.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Redis Cluster seed nodes (`host:port`); when any are given, L2 is that cluster.
     pub cluster_nodes: Vec<String>,
     /// Overrides the URL's password (`REDIS_PASSWORD`).
@@ -172,8 +174,28 @@ impl L2 {
     pub fn start(config: L2Config) -> Result<Self, L2Error> {
         let backend = if config.cluster_nodes.is_empty() {
             let info = node_info(&config, &config.url)?;
-            Backend::Single(redis::Client::open(info).map_err(|e| L2Error::Config(e.to_string()))?)
+            let client = match &config.tls_ca_file {
+                Some(path) => {
+                    let ca = std::fs::read(path).map_err(|e| {
+                        L2Error::Config(format!("cannot read the CA file {}: {e}", path.display()))
+                    })?;
+                    let certificates = redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca),
+                    };
+                    redis::Client::build_with_tls(info, certificates)
+                }
+                None => redis::Client::open(info),
+            };
+            Backend::Single(client.map_err(|e| L2Error::Config(e.to_string()))?)
         } else {
+            if config.cluster_nodes.iter().any(|n| n.contains("://"))
+                || config.tls_ca_file.is_some()
+            {
+                return Err(L2Error::Config(
+                    "Redis Cluster nodes are given as host:port, and TLS to a cluster is not supported yet".into(),
+                ));
+            }
             let nodes = config
                 .cluster_nodes
                 .iter()
@@ -196,7 +218,7 @@ impl L2 {
             .set_response_timeout(config.timeout)
             .set_connection_timeout(config.timeout)
             .set_number_of_retries(1);
-        let thread_backend = backend.clone();
+        let (thread_backend, timeout) = (backend.clone(), config.timeout);
         std::thread::Builder::new()
             .name("l2-io".into())
             .spawn(move || {
@@ -204,7 +226,7 @@ impl L2 {
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                runtime.block_on(serve_jobs(thread_backend, manager_config, queue));
+                runtime.block_on(serve_jobs(thread_backend, manager_config, timeout, queue));
             })
             .map_err(|e| L2Error::Config(format!("cannot start the L2 thread: {e}")))?;
         Ok(Self {
@@ -413,27 +435,37 @@ impl L2 {
     }
 }
 
+/// Hands each job a connection, making one first if there is none. Making it is bounded
+/// by `timeout` like any command: an unreachable Redis costs a job the timeout, not the
+/// connection manager's retry backoff.
 async fn serve_jobs(
     backend: Backend,
     config: ConnectionManagerConfig,
+    timeout: Duration,
     queue: flume::Receiver<Job>,
 ) {
     let mut connection: Option<Connection> = None;
     while let Ok(job) = queue.recv_async().await {
         if connection.is_none() {
-            let connected = match &backend {
-                Backend::Single(client) => client
-                    .get_connection_manager_with_config(config.clone())
-                    .await
-                    .map(Connection::Single),
-                Backend::Cluster { client, .. } => {
-                    client.get_async_connection().await.map(Connection::Cluster)
+            let connect = async {
+                match &backend {
+                    Backend::Single(client) => client
+                        .get_connection_manager_with_config(config.clone())
+                        .await
+                        .map(Connection::Single),
+                    Backend::Cluster { client, .. } => {
+                        client.get_async_connection().await.map(Connection::Cluster)
+                    }
                 }
             };
-            connection = match connected {
-                Ok(c) => Some(c),
-                Err(e) => {
+            connection = match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(c)) => Some(c),
+                Ok(Err(e)) => {
                     tokio::spawn(job(Err(e.into())));
+                    continue;
+                }
+                Err(_) => {
+                    tokio::spawn(job(Err(L2Error::Timeout(timeout))));
                     continue;
                 }
             };
@@ -581,6 +613,7 @@ mod tests {
     fn a_bad_url_is_a_configuration_error() {
         let config = L2Config {
             url: "http://nope".into(),
+            tls_ca_file: None,
             cluster_nodes: Vec::new(),
             password: None,
             db: None,

@@ -13,6 +13,7 @@ use l2::{Action, Envelope, Key, L2Config, L2Error, Sequencer, L2};
 fn client(server: &RedisServer, prefix: &str) -> L2 {
     L2::start(L2Config {
         url: server.url(),
+        tls_ca_file: None,
         cluster_nodes: Vec::new(),
         password: None,
         db: None,
@@ -199,4 +200,73 @@ fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
         inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
         Incoming::Event(next)
     );
+}
+
+#[test]
+fn tls_with_a_private_ca_works_and_an_untrusted_server_is_refused() {
+    let dir = std::env::temp_dir().join(format!("l2-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = e2e::redis::tls_certificates(&dir);
+    let (redis, tls_port) = RedisServer::start_tls(&cert, &key, &ca);
+    let config = |tls_ca_file| L2Config {
+        url: format!("rediss://127.0.0.1:{tls_port}"),
+        tls_ca_file,
+        cluster_nodes: Vec::new(),
+        password: None,
+        db: None,
+        prefix: "cm:".into(),
+        timeout: Duration::from_millis(500),
+        breaker_threshold: 3,
+        breaker_cooldown: Duration::from_millis(300),
+    };
+    let trusted = L2::start(config(Some(ca.clone()))).unwrap();
+    let e = Envelope {
+        value: b"over tls".to_vec(),
+        cached_at_ms: 1,
+        expires_at_ms: None,
+    };
+    block_on(trusted.set(b"k", &e, None)).unwrap();
+    assert_eq!(block_on(trusted.get(b"k")).unwrap(), Some(e));
+    assert_eq!(
+        redis.cli(&["EXISTS", "cm:k"]),
+        "1",
+        "the write reached the server"
+    );
+    // The system's roots do not include the test CA: the server is not trusted.
+    let untrusted = L2::start(config(None)).unwrap();
+    assert!(block_on(untrusted.get(b"k")).is_err());
+    drop(redis);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unreachable_redis_costs_a_call_the_timeout_not_the_reconnect_backoff() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = RedisServer::start_on(port);
+    drop(redis);
+    let l2 = L2::start(L2Config {
+        url: format!("redis://127.0.0.1:{port}"),
+        tls_ca_file: None,
+        cluster_nodes: Vec::new(),
+        password: None,
+        db: None,
+        prefix: "cm:".into(),
+        timeout: Duration::from_millis(200),
+        breaker_threshold: 100,
+        breaker_cooldown: Duration::from_millis(300),
+    })
+    .unwrap();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert!(block_on(l2.get(b"k")).is_err());
+        assert!(
+            started.elapsed() < Duration::from_millis(1_000),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
 }

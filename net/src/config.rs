@@ -125,7 +125,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Redis for the shared second tier (L2) and coherence events; unset runs L1 only.
-    /// `redis://[user:password@]host:port[/db]` (TLS, `rediss://`, is not built in yet).
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     #[arg(long, env = "REDIS_URL")]
     #[serde(serialize_with = "redact_url")]
     pub redis_url: Option<String>,
@@ -133,6 +133,10 @@ pub struct Config {
     /// Redis Cluster seed nodes, `host:port,host:port,...`; takes the place of REDIS_URL.
     #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
     pub redis_cluster_nodes: Vec<String>,
+
+    /// PEM file of CA certificates to trust for `rediss://` (default: the system's).
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
 
     /// Redis password (overrides one in the URL).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
@@ -311,6 +315,7 @@ impl Config {
         }
         Some(l2::L2Config {
             url: self.redis_url.clone().unwrap_or_default(),
+            tls_ca_file: self.redis_tls_ca_file.clone(),
             cluster_nodes: self.redis_cluster_nodes.clone(),
             password: self.redis_password.clone(),
             db: self.redis_db,

@@ -46,6 +46,24 @@ fn build(package: &str, bin: &str, override_var: &str) -> PathBuf {
         .expect("target/<profile>/deps");
     let target_dir = profile_dir.parent().expect("target/");
     let mut cargo = Command::new(env!("CARGO"));
+    // The variables cargo sets for a test describe the test's package; some build scripts
+    // (ring's) rebuild when they change, so the nested build must not see them, or it
+    // would rebuild the TLS stack on every test run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_package = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&&*name);
+        if per_package {
+            cargo.env_remove(&*name);
+        }
+    }
     cargo
         .args([
             "build",

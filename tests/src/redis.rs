@@ -21,7 +21,39 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> Self {
-        let child = spawn_redis(port, &std::env::temp_dir(), &[]);
+        Self::started(port, spawn_redis(port, &std::env::temp_dir(), &[]))
+    }
+
+    /// A server that also listens with TLS, on the returned port, presenting `cert` and
+    /// `key` (PEM files); clients need not present certificates. The plain port stays
+    /// open for the harness's own checks.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> (Self, u16) {
+        let (port, tls_port) = (crate::free_port(), crate::free_port());
+        let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_owned();
+        let tls = [
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(cert),
+            "--tls-key-file".to_owned(),
+            path(key),
+            "--tls-ca-cert-file".to_owned(),
+            path(ca),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let args: Vec<&str> = tls.iter().map(String::as_str).collect();
+        (
+            Self::started(port, spawn_redis(port, &std::env::temp_dir(), &args)),
+            tls_port,
+        )
+    }
+
+    fn started(port: u16, child: Child) -> Self {
         let server = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while server.cli(&["PING"]) != "PONG" {
@@ -225,4 +257,29 @@ fn cli(port: u16, args: &[&str]) -> String {
         Some(_) => first.get(1..).unwrap_or_default().to_string(),
         None => String::new(),
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, written as PEM files.
+pub fn tls_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, server.pem()).unwrap();
+    std::fs::write(&key_path, server_key.serialize_pem()).unwrap();
+    (ca_path, cert_path, key_path)
 }

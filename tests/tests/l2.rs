@@ -261,3 +261,19 @@ fn a_killed_and_restarted_redis_is_used_again_without_restarting_the_service() {
         || s.metrics()["l1_flushes"].as_u64().unwrap() >= 1,
     );
 }
+
+#[test]
+fn the_service_writes_through_to_a_redis_over_tls() {
+    let dir = std::env::temp_dir().join(format!("service-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = e2e::redis::tls_certificates(&dir);
+    let (redis, tls_port) = RedisServer::start_tls(&cert, &key, &ca);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let s = Server::start(&[
+        ("REDIS_URL", &url),
+        ("REDIS_TLS_CA_FILE", ca.to_str().unwrap()),
+    ]);
+    assert_eq!(s.put_key("secure", json!(1))["l2"], "stored");
+    assert_eq!(redis.cli(&["EXISTS", "cm:secure"]), "1");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
