@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::glob::Glob;
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::readthrough::{Flights, Joined, LeaderGuard, Origin, Outcome};
 use crate::router::Router;
 use crate::shard::{InsertError, Inserted, ShardConfig, ShardWriter};
 use crate::table::{EntryRef, TableReader};
@@ -21,6 +22,7 @@ pub struct Cache<C: Clock = SystemClock> {
     router: Router,
     readers: Box<[TableReader]>,
     writers: Box<[Mutex<ShardWriter>]>,
+    flights: Box<[Flights]>,
     metrics: Box<[Arc<ShardMetrics>]>,
     clock: C,
 }
@@ -103,6 +105,7 @@ impl<C: Clock> CacheBuilder<C> {
         Cache {
             router,
             readers,
+            flights: (0..shards).map(|_| Flights::default()).collect(),
             writers,
             metrics,
             clock: self.clock,
@@ -148,12 +151,68 @@ impl<C: Clock> Cache<C> {
         shard.insert(hash, key, value, expires_at, now)
     }
 
-    /// Deletes `key`; says whether a live entry was there.
+    /// Deletes `key`; says whether a live entry was there. A fetch of the key in flight
+    /// (`get_or_fetch`) is fenced: its value is not stored.
     pub fn remove(&self, key: &[u8]) -> bool {
         let hash = self.router.hash(key);
-        self.writers[self.router.shard_of(hash)]
-            .lock()
-            .remove(hash, key, self.clock.now_ms())
+        let shard = self.router.shard_of(hash);
+        let mut writer = self.writers[shard].lock();
+        self.flights[shard].fence_where(|k| k == key);
+        writer.remove(hash, key, self.clock.now_ms())
+    }
+
+    /// Read-through: the cached value of `key`, or else the origin's, fetched once however
+    /// many threads miss the key at once and stored for `ttl` (see `readthrough.rs`).
+    pub fn get_or_fetch<O: Origin>(
+        &self,
+        key: &[u8],
+        ttl: Option<Duration>,
+        origin: &O,
+    ) -> Result<Option<Vec<u8>>, O::Error> {
+        if let Some(value) = self.get(key) {
+            return Ok(Some(value));
+        }
+        let hash = self.router.hash(key);
+        let shard = self.router.shard_of(hash);
+        let flights = &self.flights[shard];
+        let pending = match flights.join(key) {
+            Joined::Waiter(pending) => {
+                return match pending.wait() {
+                    Outcome::Value(value) => Ok(value),
+                    Outcome::Failed(error) => match error.downcast_ref::<O::Error>() {
+                        Some(error) => Err(error.clone()),
+                        None => origin.fetch(key),
+                    },
+                    Outcome::Abandoned => origin.fetch(key),
+                };
+            }
+            Joined::Leader(pending) => pending,
+        };
+        let mut guard = LeaderGuard {
+            flights,
+            key,
+            pending,
+            finished: false,
+        };
+        let result = origin.fetch(key);
+        {
+            // Under the shard's lock, so a remove or invalidation either fenced this fetch
+            // already or comes after the value is stored (and removes it).
+            let mut writer = self.writers[shard].lock();
+            if let (Ok(Some(value)), false) = (&result, guard.pending.is_fenced()) {
+                let now = self.clock.now_ms();
+                writer.expire(now);
+                let expires_at = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+                let _ = writer.insert(hash, key, value, expires_at, now);
+            }
+            flights.end(key, &guard.pending);
+        }
+        guard.pending.finish(match &result {
+            Ok(value) => Outcome::Value(value.clone()),
+            Err(error) => Outcome::Failed(Arc::new(error.clone())),
+        });
+        guard.finished = true;
+        result
     }
 
     /// Deletes every key matching `pattern` (Redis glob syntax); returns how many. A
@@ -165,7 +224,12 @@ impl<C: Clock> Cache<C> {
         let now = self.clock.now_ms();
         self.writers
             .iter()
-            .map(|w| w.lock().remove_matching(pattern, now))
+            .zip(self.flights.iter())
+            .map(|(w, flights)| {
+                let mut writer = w.lock();
+                flights.fence_where(|k| pattern.matches(k));
+                writer.remove_matching(pattern, now)
+            })
             .sum()
     }
 
@@ -216,6 +280,126 @@ mod tests {
         assert_eq!(cache.get(b"k"), None);
         assert_eq!(cache.run_pending_tasks(), 1);
         assert!(cache.is_empty());
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar as StdCondvar, Mutex as StdMutex};
+
+    /// An origin that counts its fetches and holds each one at a gate until opened.
+    struct GatedOrigin {
+        calls: AtomicUsize,
+        open: StdMutex<bool>,
+        opened: StdCondvar,
+        answer: Result<Option<Vec<u8>>, String>,
+        panics: bool,
+    }
+
+    impl GatedOrigin {
+        fn new(answer: Result<Option<Vec<u8>>, String>) -> Self {
+            Self {
+                calls: AtomicUsize::new(0),
+                open: StdMutex::new(false),
+                opened: StdCondvar::new(),
+                answer,
+                panics: false,
+            }
+        }
+
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Origin for GatedOrigin {
+        type Error = String;
+
+        fn fetch(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            assert!(!self.panics, "origin failure");
+            self.answer.clone()
+        }
+    }
+
+    /// Starts `waiters + 1` concurrent `get_or_fetch` calls for `key`, lets the fetch go
+    /// once every waiter has joined it (and after `meanwhile`), and returns every result.
+    fn stampede(
+        cache: &Cache,
+        origin: &GatedOrigin,
+        waiters: usize,
+        meanwhile: impl FnOnce(),
+    ) -> Vec<std::thread::Result<Result<Option<Vec<u8>>, String>>> {
+        std::thread::scope(|scope| {
+            let leader = scope.spawn(|| cache.get_or_fetch(b"k", None, origin));
+            while origin.calls.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            let others: Vec<_> = (0..waiters)
+                .map(|_| scope.spawn(|| cache.get_or_fetch(b"k", None, origin)))
+                .collect();
+            let shard = cache.router.owner(b"k");
+            while cache.flights[shard].waiters(b"k") < waiters {
+                std::thread::yield_now();
+            }
+            meanwhile();
+            origin.open();
+            std::iter::once(leader)
+                .chain(others)
+                .map(|t| t.join())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn concurrent_misses_make_one_fetch_and_share_its_value_or_error() {
+        let cache = Cache::builder(100).shards(2).build();
+        let origin = GatedOrigin::new(Ok(Some(b"v".to_vec())));
+        for result in stampede(&cache, &origin, 8, || ()) {
+            assert_eq!(result.unwrap(), Ok(Some(b"v".to_vec())));
+        }
+        assert_eq!(origin.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"v"[..]), "stored");
+
+        let cache = Cache::builder(100).shards(2).build();
+        let origin = GatedOrigin::new(Err("origin down".into()));
+        for result in stampede(&cache, &origin, 8, || ()) {
+            assert_eq!(result.unwrap(), Err("origin down".to_string()));
+        }
+        assert_eq!(origin.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.get(b"k"), None);
+    }
+
+    #[test]
+    fn a_remove_during_the_fetch_fences_its_value() {
+        let cache = Cache::builder(100).shards(2).build();
+        let origin = GatedOrigin::new(Ok(Some(b"old".to_vec())));
+        let results = stampede(&cache, &origin, 3, || {
+            cache.remove(b"k");
+        });
+        for result in results {
+            assert_eq!(
+                result.unwrap(),
+                Ok(Some(b"old".to_vec())),
+                "callers in flight get it"
+            );
+        }
+        assert_eq!(cache.get(b"k"), None, "but it was not stored");
+    }
+
+    #[test]
+    fn a_panicking_fetch_does_not_strand_its_waiters() {
+        let cache = Cache::builder(100).shards(2).build();
+        let mut origin = GatedOrigin::new(Ok(Some(b"v".to_vec())));
+        origin.panics = true;
+        let results = stampede(&cache, &origin, 4, || ());
+        // Every call panics in the origin: the leader's, and then each waiter's own fetch,
+        // which it makes because the leader abandoned the flight. None hangs.
+        assert!(results.iter().all(|r| r.is_err()));
+        assert_eq!(origin.calls.load(Ordering::SeqCst), 5);
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //! - [`router`]: key → owner shard, and the messages cores send owners.
 //! - [`metrics`]: per-shard counters and HDR latency histograms.
 //! - [`time`]: injected clocks.
-//! - [`Cache`]: all of it as a thread-safe library cache.
+//! - [`Cache`]: all of it as a thread-safe library cache, with read-through from an
+//!   [`Origin`] ([`readthrough`]).
 
 pub mod cache;
 pub mod clock;
 pub mod glob;
 pub mod metrics;
+pub mod readthrough;
 pub mod router;
 pub mod shard;
 pub mod singleflight;
@@ -27,6 +29,7 @@ pub mod wheel;
 pub use cache::{Cache, CacheBuilder};
 pub use glob::Glob;
 pub use metrics::{LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics};
+pub use readthrough::Origin;
 pub use router::{mailboxes, Command, Mailboxes, OwnedEntry, Router, ShardGone};
 pub use shard::{entry_charge, InsertError, Inserted, ShardConfig, ShardWriter, ENTRY_OVERHEAD};
 pub use table::{EntryRef, TableReader};
