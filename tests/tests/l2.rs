@@ -277,3 +277,49 @@ fn the_service_writes_through_to_a_redis_over_tls() {
     assert_eq!(redis.cli(&["EXISTS", "cm:secure"]), "1");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The least-privilege ACL the README recommends is enough for everything the service
+/// does: reads, writes, pattern invalidation and coherence events.
+#[test]
+fn a_least_privilege_acl_user_is_enough() {
+    let redis = RedisServer::start();
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "cache-manager",
+        "on",
+        ">s3cret",
+        "resetkeys",
+        "~cm:*",
+        "resetchannels",
+        "&cache:events",
+        "-@all",
+        "+get",
+        "+set",
+        "+unlink",
+        "+scan",
+        "+publish",
+        "+subscribe",
+        "+ping",
+    ];
+    assert_eq!(redis.cli(&acl), "OK");
+    let url = format!("redis://cache-manager:s3cret@127.0.0.1:{}", redis.port());
+    let a = Server::start(&[("REDIS_URL", &url)]);
+    let b = Server::start(&[("REDIS_URL", &url)]);
+    wait_for("both subscribed", Duration::from_secs(10), || {
+        subscribers(&redis) == 2
+    });
+    assert_eq!(a.put_key("user:1", json!(1))["l2"], "stored");
+    assert_eq!(b.get_key("user:1").1["source"], "l2");
+    let done: Value = ureq::post(&a.url("/api/cache/invalidate"))
+        .send_json(json!({"pattern": "user:*"}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(done["invalidated"], 1);
+    wait_for("B sees it", Duration::from_secs(2), || {
+        b.get_key("user:1").0 == 404
+    });
+    assert_eq!(a.metrics()["l2_errors"], 0);
+    assert_eq!(b.metrics()["l2_errors"], 0);
+}
