@@ -10,6 +10,7 @@ const COMPRESSED: u8 = 1;
 const HEADER: usize = 18;
 /// Values at least this large are compressed.
 pub const COMPRESS_FROM: usize = 1024;
+const MAX_LZ4_RATIO: usize = 255;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
@@ -60,8 +61,16 @@ impl Envelope {
                 .get(..4)
                 .ok_or_else(|| corrupt("no length prefix".into()))?;
             let size = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
-            let value =
-                lz4_flex::decompress(&payload[4..], size).map_err(|e| corrupt(e.to_string()))?;
+            // An lz4 block expands at most 255 times; a larger claim would only make the
+            // decoder allocate it before failing.
+            let block = &payload[4..];
+            if size > block.len().saturating_mul(MAX_LZ4_RATIO) {
+                return Err(corrupt(format!(
+                    "claims {size} bytes from a {}-byte lz4 block",
+                    block.len()
+                )));
+            }
+            let value = lz4_flex::decompress(block, size).map_err(|e| corrupt(e.to_string()))?;
             if value.len() != size {
                 return Err(corrupt(format!(
                     "decompressed to {} bytes, expected {size}",
@@ -85,6 +94,22 @@ impl Envelope {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_length_prefix_no_block_could_hold_is_refused_before_allocating() {
+        let mut bytes = Envelope {
+            value: vec![7; 4096],
+            cached_at_ms: 1,
+            expires_at_ms: None,
+        }
+        .encode();
+        assert_eq!(bytes[1], COMPRESSED);
+        bytes[HEADER..HEADER + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
 
     #[test]
     fn large_compressible_values_are_compressed_and_small_ones_are_not() {

@@ -13,19 +13,18 @@
 //! (one fetch however many ask), writes go to L1 and then L2 before the answer, and every
 //! write and invalidation is published for the other instances.
 
-use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use engine::{Glob, InsertError};
 use l2::{Action, Envelope, Key};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
+use crate::body::{self, Invalidation, Put};
 use crate::config::ReadPath;
 use crate::core::Core;
-use crate::http::{Method, Request, Response};
+use crate::framing::Method;
+use crate::http::{Request, Response};
 use crate::owner::{FillError, FillMode, Filled, OwnerMessage, Source};
 use crate::render::{render_hit, rfc3339, Hit};
 use crate::stats;
@@ -136,8 +135,8 @@ async fn entry_route(core: &Rc<Core>, rest: &str, request: &Request) -> (Option<
         );
     }
     let key: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
-    if let Err(response) = check_key(core, &key, 414) {
-        return (None, response);
+    if let Err(refused) = body::check_key(&core.config, &key, 414) {
+        return (None, refused.into());
     }
     if matches!(request.method, Method::Put | Method::Delete)
         && !authorized(core, request.authorization.as_deref())
@@ -151,30 +150,6 @@ async fn entry_route(core: &Rc<Core>, rest: &str, request: &Request) -> (Option<
         Method::Delete => (Some(Op::Delete), delete(core, &key).await),
         _ => (None, method_not_allowed("GET, HEAD, PUT, DELETE")),
     }
-}
-
-/// Keys are 1 to CACHE_MAX_KEY_BYTES bytes, without control characters.
-fn check_key(core: &Core, key: &[u8], too_long: u16) -> Result<(), Response> {
-    let limit = core.config.max_key_bytes;
-    if key.is_empty() {
-        return Err(Response::error(400, "empty key"));
-    }
-    if key.len() > limit {
-        return Err(Response::error(
-            too_long,
-            format!(
-                "key is {} bytes; the limit is {limit} (CACHE_MAX_KEY_BYTES)",
-                key.len()
-            ),
-        ));
-    }
-    if let Some(b) = key.iter().find(|b| b.is_ascii_control()) {
-        return Err(Response::error(
-            400,
-            format!("key contains the control byte 0x{b:02x}"),
-        ));
-    }
-    Ok(())
 }
 
 fn json(status: u16, value: &impl serde::Serialize) -> Response {
@@ -281,103 +256,17 @@ fn not_found(key: &[u8], detail: &str) -> Response {
     json(404, &serde_json::json!({ "hit": false, "error": message }))
 }
 
-#[derive(Deserialize)]
-struct PutBody<'a> {
-    #[serde(default, borrow)]
-    key: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    value: &'a RawValue,
-    #[serde(default)]
-    ttl: Option<u64>,
-}
-
-fn is_json_media(media: Option<&str>) -> bool {
-    match media {
-        None => true,
-        Some(m) => m == "application/json" || m.ends_with("+json") || m == "text/json",
-    }
-}
-
-/// `ttl=N` from a query string, for raw-bytes PUTs.
-fn query_ttl(query: Option<&str>) -> Result<Option<u64>, Response> {
-    let Some(query) = query else { return Ok(None) };
-    for pair in query.split('&') {
-        if let Some(v) = pair.strip_prefix("ttl=") {
-            return v.parse::<u64>().map(Some).map_err(|_| {
-                Response::error(
-                    400,
-                    format!("ttl must be a non-negative integer of seconds, got {v:?}"),
-                )
-            });
-        }
-    }
-    Ok(None)
-}
-
 async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
     let config = &core.config;
-    let limit = config.max_value_bytes;
-    let too_large = |n: usize| {
-        Response::error(
-            413,
-            format!("value is {n} bytes; the limit is {limit} (CACHE_MAX_VALUE_BYTES)"),
-        )
-    };
-    let media = request.content_type.as_deref();
-    let (stored, ttl) = if media == Some("application/octet-stream") {
-        if request.body.len() > limit {
-            return too_large(request.body.len());
-        }
-        let ttl = match query_ttl(request.query.as_deref()) {
-            Ok(ttl) => ttl,
-            Err(response) => return response,
-        };
-        let mut stored = Vec::with_capacity(request.body.len() + 1);
-        stored.push(stored::BYTES);
-        stored.extend_from_slice(&request.body);
-        (stored, ttl)
-    } else if is_json_media(media) {
-        let body: PutBody<'_> = match serde_json::from_slice(&request.body) {
-            Ok(body) => body,
-            Err(e) => return Response::error(400, format!("invalid JSON body: {e}")),
-        };
-        if let Some(body_key) = &body.key {
-            if body_key.as_bytes() != key {
-                return Response::error(
-                    400,
-                    format!("body key {body_key:?} differs from the key in the path"),
-                );
-            }
-        }
-        let value = body.value.get().as_bytes();
-        if value.len() > limit {
-            return too_large(value.len());
-        }
-        let mut stored = Vec::with_capacity(value.len() + 1);
-        stored.push(stored::JSON);
-        stored.extend_from_slice(value);
-        (stored, body.ttl)
-    } else {
-        return Response::error(
-            415,
-            format!(
-            "Content-Type {:?} is not accepted: send application/json or application/octet-stream",
-            media.unwrap_or_default()
-        ),
-        );
-    };
-    let ttl = match ttl {
-        Some(0) | None => config.default_ttl(),
-        Some(secs) if config.max_ttl > 0 && secs > config.max_ttl => {
-            return Response::error(
-                400,
-                format!(
-                    "ttl {secs} is above the limit of {} seconds (CACHE_MAX_TTL)",
-                    config.max_ttl
-                ),
-            );
-        }
-        Some(secs) => Some(Duration::from_secs(secs)),
+    let Put { stored, ttl } = match body::decode_put(
+        config,
+        key,
+        request.content_type.as_deref(),
+        request.query.as_deref(),
+        &request.body,
+    ) {
+        Ok(put) => put,
+        Err(refused) => return refused.into(),
     };
     if let (true, Some(origin)) = (config.origin_write, &core.shared.origin) {
         let media = if stored.first() == Some(&stored::JSON) {
@@ -457,12 +346,6 @@ fn l2_outcome<T>(outcome: &Result<T, l2::L2Error>, done: &str) -> serde_json::Va
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RefreshBody {
-    keys: Vec<String>,
-}
-
 /// Re-fetches keys from the origin (bypassing L1 and L2, superseding fills in flight),
 /// stores them in both tiers and tells the other instances.
 async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
@@ -476,35 +359,13 @@ async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
             "refresh re-fetches from the origin, and no ORIGIN_URL is configured",
         );
     }
-    let body: RefreshBody = match serde_json::from_slice(&request.body) {
-        Ok(body) => body,
-        Err(e) => {
-            return Response::error(
-                400,
-                format!("invalid JSON body (want {{\"keys\": [...]}}): {e}"),
-            )
-        }
+    let keys = match body::decode_refresh(&core.config, &request.body) {
+        Ok(keys) => keys,
+        Err(refused) => return refused.into(),
     };
-    let limit = core.config.max_invalidate_keys;
-    if body.keys.len() > limit {
-        return Response::error(
-            400,
-            format!(
-                "{} keys in one request; the limit is {limit} (CACHE_MAX_INVALIDATE_KEYS)",
-                body.keys.len()
-            ),
-        );
-    }
-    if let Some(bad) = body
-        .keys
-        .iter()
-        .find_map(|k| check_key(core, k.as_bytes(), 400).err())
-    {
-        return bad;
-    }
     let shared = &core.shared;
     let (mut refreshed, mut absent, mut failed) = (0, Vec::new(), Vec::new());
-    for key in &body.keys {
+    for key in &keys {
         let hash = shared.router.hash(key.as_bytes());
         let key_owned = key.as_bytes().to_vec();
         let outcome = shared
@@ -529,46 +390,20 @@ async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
     )
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InvalidateBody {
-    #[serde(default)]
-    keys: Option<Vec<String>>,
-    #[serde(default)]
-    pattern: Option<String>,
-}
-
 async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
     if !authorized(core, request.authorization.as_deref()) {
         let (status, message) = unauthorized_message();
         return Response::error(status, message);
     }
-    if !is_json_media(request.content_type.as_deref()) {
-        return Response::error(415, "send the invalidation as application/json");
-    }
-    let body: InvalidateBody = match serde_json::from_slice(&request.body) {
-        Ok(body) => body,
-        Err(e) => return Response::error(400, format!("invalid JSON body: {e}")),
-    };
+    let invalidation =
+        match body::decode_invalidate(&core.config, request.content_type.as_deref(), &request.body)
+        {
+            Ok(invalidation) => invalidation,
+            Err(refused) => return refused.into(),
+        };
     let mail = &core.shared.mail;
-    let invalidated = match (body.keys, body.pattern) {
-        (Some(keys), None) => {
-            let limit = core.config.max_invalidate_keys;
-            if keys.len() > limit {
-                return Response::error(
-                    400,
-                    format!(
-                        "{} keys in one request; the limit is {limit} (CACHE_MAX_INVALIDATE_KEYS)",
-                        keys.len()
-                    ),
-                );
-            }
-            if let Some(bad) = keys
-                .iter()
-                .find_map(|k| check_key(core, k.as_bytes(), 400).err())
-            {
-                return bad;
-            }
+    let invalidated = match invalidation {
+        Invalidation::Keys(keys) => {
             let local = mail.invalidate_keys(&keys).await;
             match &core.shared.l2 {
                 Some(tier) => {
@@ -580,20 +415,7 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
                 None => local,
             }
         }
-        (None, Some(pattern)) => {
-            let limit = core.config.max_pattern_bytes;
-            if pattern.is_empty() {
-                return Response::error(400, "empty pattern");
-            }
-            if pattern.len() > limit {
-                return Response::error(
-                    400,
-                    format!(
-                        "pattern is {} bytes; the limit is {limit} (CACHE_MAX_PATTERN_BYTES)",
-                        pattern.len()
-                    ),
-                );
-            }
+        Invalidation::Pattern(pattern) => {
             let local = mail
                 .invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes())))
                 .await;
@@ -608,12 +430,6 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
                 None => local,
             }
         }
-        _ => {
-            return Response::error(
-                400,
-                "send exactly one of \"keys\" (a list) or \"pattern\" (a glob)",
-            )
-        }
     };
     match invalidated {
         Ok(n) => json(
@@ -621,18 +437,5 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
             &serde_json::json!({ "invalidated": n, "success": true }),
         ),
         Err(e) => shard_unavailable(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_ttl_parses_only_integers() {
-        assert_eq!(query_ttl(Some("a=1&ttl=30")).unwrap(), Some(30));
-        assert_eq!(query_ttl(None).unwrap(), None);
-        assert!(query_ttl(Some("ttl=-1")).is_err());
-        assert!(query_ttl(Some("ttl=1.5")).is_err());
     }
 }

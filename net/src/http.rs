@@ -1,10 +1,9 @@
 //! HTTP/1.1 on one connection: read requests, frame their bodies, write responses.
 //!
-//! Heads and chunk sizes are parsed by `httparse`; this module applies hyper's framing
-//! rules on top (Content-Length and Transfer-Encoding together, differing or malformed
-//! lengths, a final coding other than chunked: 400, connection closed) and every limit
-//! the service has: head size and header count (431), request target (414), body size
-//! (413), and deadlines for the idle wait, the head and the body. Requests are handled in
+//! `framing.rs` decides what the bytes mean (and refuses what breaks hyper's framing
+//! rules or the head limits); this module owns the socket, the body limit (413), the
+//! deadlines for the idle wait, the head and the body, and `100 Continue`. A refused
+//! request gets its JSON error and the connection is closed. Requests are handled in
 //! order; responses to pipelined requests are gathered and written with one `write` when
 //! the connection would otherwise wait for input.
 
@@ -17,29 +16,7 @@ use glommio::net::TcpStream;
 
 use crate::api;
 use crate::core::Core;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Head,
-    Put,
-    Delete,
-    Post,
-    Other,
-}
-
-impl Method {
-    fn parse(s: &str) -> Self {
-        match s {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            "PUT" => Method::Put,
-            "DELETE" => Method::Delete,
-            "POST" => Method::Post,
-            _ => Method::Other,
-        }
-    }
-}
+use crate::framing::{self, ChunkedBody, Framing, Head, Method, Reject};
 
 /// A parsed request with its whole body.
 #[derive(Debug)]
@@ -85,6 +62,12 @@ impl Response {
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
+    }
+}
+
+impl From<Reject> for Response {
+    fn from(refused: Reject) -> Self {
+        Response::error(refused.status, refused.message)
     }
 }
 
@@ -142,8 +125,8 @@ pub fn write_response(
 /// Why a request could not be read; each becomes a JSON error and closes the connection.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
-    #[error("{1}")]
-    Reject(u16, String),
+    #[error(transparent)]
+    Reject(#[from] Reject),
     #[error("connection closed")]
     Closed,
     #[error("timed out waiting for the client")]
@@ -152,31 +135,6 @@ enum ReadError {
     Stopping,
     #[error("{0}")]
     Io(#[from] io::Error),
-}
-
-fn reject(status: u16, message: impl Into<String>) -> ReadError {
-    ReadError::Reject(status, message.into())
-}
-
-/// How the body of a request is delimited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-struct Head {
-    method: Method,
-    path: String,
-    query: Option<String>,
-    content_type: Option<String>,
-    wants_bytes: bool,
-    authorization: Option<Vec<u8>>,
-    framing: Framing,
-    expects_continue: bool,
-    keep_alive: bool,
-    length_required: bool,
 }
 
 struct Connection {
@@ -216,7 +174,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
                     break;
                 }
             }
-            Err(ReadError::Reject(status, message)) => {
+            Err(ReadError::Reject(Reject { status, message })) => {
                 conn.core.stats().rejected.incr();
                 conn.respond(&Response::error(status, message), false, false);
                 break;
@@ -328,24 +286,24 @@ impl Connection {
         let config = self.core.config.clone();
         let max_body = config.max_body_bytes();
         if head.length_required {
-            return Err(reject(
-                411,
-                "PUT and POST need a Content-Length or chunked body",
-            ));
+            return Err(
+                framing::reject(411, "PUT and POST need a Content-Length or chunked body").into(),
+            );
         }
         if let Framing::Length(n) = head.framing {
             if n > max_body as u64 {
-                return Err(reject(
+                return Err(framing::reject(
                     413,
                     format!("body of {n} bytes is larger than the limit of {max_body} (CACHE_MAX_VALUE_BYTES plus envelope)"),
-                ));
+                )
+                .into());
             }
         }
         if head.expects_continue && head.framing != Framing::None && self.unread().is_empty() {
             if let Some((status, message)) =
                 api::refuse_early(&self.core, head.method, head.authorization.as_deref())
             {
-                return Err(ReadError::Reject(status, message));
+                return Err(ReadError::Reject(Reject { status, message }));
             }
             self.output
                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -373,6 +331,10 @@ impl Connection {
 
     async fn read_head(&mut self) -> Result<Head, ReadError> {
         let config = self.core.config.clone();
+        let limits = framing::Limits {
+            max_headers: config.max_headers,
+            max_header_bytes: config.max_header_bytes,
+        };
         let mut deadline = Instant::now() + config.idle_timeout();
         let mut started = false;
         loop {
@@ -381,32 +343,9 @@ impl Connection {
                     started = true;
                     deadline = Instant::now() + config.header_timeout();
                 }
-                let mut headers = vec![httparse::EMPTY_HEADER; config.max_headers];
-                let mut request = httparse::Request::new(&mut headers);
-                match request.parse(self.unread()) {
-                    Ok(httparse::Status::Complete(len)) => {
-                        if len > config.max_header_bytes {
-                            return Err(oversized_head(self.unread(), config.max_header_bytes));
-                        }
-                        let head = interpret(&request, &config)?;
-                        self.pos += len;
-                        return Ok(head);
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if self.unread().len() > config.max_header_bytes {
-                            return Err(oversized_head(self.unread(), config.max_header_bytes));
-                        }
-                    }
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err(reject(
-                            431,
-                            format!(
-                                "more than {} headers (CACHE_MAX_HEADERS)",
-                                config.max_headers
-                            ),
-                        ));
-                    }
-                    Err(e) => return Err(reject(400, format!("malformed request head: {e}"))),
+                if let Some((head, len)) = framing::parse_head(self.unread(), &limits)? {
+                    self.pos += len;
+                    return Ok(head);
                 }
             }
             self.fill(deadline, !started).await?;
@@ -427,231 +366,16 @@ impl Connection {
         max: usize,
         deadline: Instant,
     ) -> Result<Vec<u8>, ReadError> {
-        let mut body = Vec::new();
+        let mut decoder = ChunkedBody::new(max, self.core.config.max_header_bytes);
         loop {
-            let (line, size) = loop {
-                match httparse::parse_chunk_size(self.unread()) {
-                    Ok(httparse::Status::Complete((line, size))) => break (line, size),
-                    Ok(httparse::Status::Partial) if self.unread().len() <= 1024 => {
-                        self.fill(deadline, false).await?;
-                    }
-                    _ => return Err(reject(400, "malformed chunk size")),
-                }
-            };
-            if body.len() as u64 + size > max as u64 {
-                return Err(reject(
-                    413,
-                    format!("chunked body is larger than the limit of {max} bytes"),
-                ));
-            }
-            let size = size as usize;
-            self.pos += line;
-            if size == 0 {
-                return self.skip_trailers(deadline).await.map(|_| body);
-            }
-            while self.unread().len() < size + 2 {
-                self.fill(deadline, false).await?;
-            }
-            if &self.unread()[size..size + 2] != b"\r\n" {
-                return Err(reject(400, "chunk data is not followed by CRLF"));
-            }
-            body.extend_from_slice(&self.unread()[..size]);
-            self.pos += size + 2;
-        }
-    }
-
-    /// Skips the trailer section that ends a chunked body (up to the head limit).
-    async fn skip_trailers(&mut self, deadline: Instant) -> Result<(), ReadError> {
-        let limit = self.core.config.max_header_bytes;
-        loop {
-            if self.unread().starts_with(b"\r\n") {
-                self.pos += 2;
-                return Ok(());
-            }
-            if let Some(end) = self.unread().windows(4).position(|w| w == b"\r\n\r\n") {
-                self.pos += end + 4;
-                return Ok(());
-            }
-            if self.unread().len() > limit {
-                return Err(reject(
-                    431,
-                    format!("trailers are longer than {limit} bytes"),
-                ));
+            let used = decoder.feed(self.unread())?;
+            self.pos += used;
+            if decoder.is_done() {
+                return Ok(decoder.into_body());
             }
             self.fill(deadline, false).await?;
         }
     }
-}
-
-/// 414 when the request line alone is over the head limit, else 431.
-fn oversized_head(unread: &[u8], limit: usize) -> ReadError {
-    let line = unread
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(unread.len());
-    if line > limit {
-        reject(
-            414,
-            format!("request line is longer than {limit} bytes (CACHE_MAX_HEADER_BYTES)"),
-        )
-    } else {
-        reject(
-            431,
-            format!("request head is larger than {limit} bytes (CACHE_MAX_HEADER_BYTES)"),
-        )
-    }
-}
-
-/// Turns a parsed head into what the service needs, enforcing the framing rules.
-fn interpret(
-    request: &httparse::Request<'_, '_>,
-    config: &crate::config::Config,
-) -> Result<Head, ReadError> {
-    let method = Method::parse(request.method.unwrap_or(""));
-    let http11 = request.version == Some(1);
-    let target = request.path.unwrap_or("");
-    let origin_form = match target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        Some(rest) => match rest.find('/') {
-            Some(i) => &rest[i..],
-            None => "/",
-        },
-        None if target.starts_with('/') => target,
-        None => {
-            return Err(reject(
-                400,
-                format!("unsupported request target {target:?}"),
-            ))
-        }
-    };
-    let (path, query) = match origin_form.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_owned())),
-        None => (origin_form, None),
-    };
-
-    let mut lengths: Vec<&[u8]> = Vec::new();
-    let mut codings: Vec<String> = Vec::new();
-    let mut connection_close = false;
-    let mut connection_keep_alive = false;
-    let mut content_type = None;
-    let mut wants_bytes = false;
-    let mut authorization = None;
-    let mut expects_continue = false;
-    for h in request.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            lengths.push(h.value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let value = std::str::from_utf8(h.value)
-                .map_err(|_| reject(400, "Transfer-Encoding is not ASCII"))?;
-            codings.extend(
-                value
-                    .split(',')
-                    .map(|c| c.trim().to_ascii_lowercase())
-                    .filter(|c| !c.is_empty()),
-            );
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in String::from_utf8_lossy(h.value).split(',') {
-                let token = token.trim();
-                connection_close |= token.eq_ignore_ascii_case("close");
-                connection_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case("content-type") {
-            let media = String::from_utf8_lossy(h.value);
-            let media = media
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            content_type = Some(media);
-        } else if name.eq_ignore_ascii_case("accept") {
-            wants_bytes |= String::from_utf8_lossy(h.value).split(',').any(|m| {
-                m.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("application/octet-stream")
-            });
-        } else if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(h.value.to_vec());
-        } else if name.eq_ignore_ascii_case("expect") {
-            expects_continue = h.value.eq_ignore_ascii_case(b"100-continue");
-        }
-    }
-
-    let framing = match (lengths.is_empty(), codings.is_empty()) {
-        (true, true) => Framing::None,
-        (false, false) => return Err(reject(400, "Content-Length and Transfer-Encoding together")),
-        (true, false) => {
-            if codings.last().map(String::as_str) != Some("chunked") || codings.len() > 1 {
-                return Err(reject(
-                    400,
-                    format!(
-                        "unsupported Transfer-Encoding {:?}; only chunked is accepted",
-                        codings.join(", ")
-                    ),
-                ));
-            }
-            Framing::Chunked
-        }
-        (false, true) => Framing::Length(content_length(&lengths)?),
-    };
-    let length_required = matches!(method, Method::Put | Method::Post) && framing == Framing::None;
-    let keep_alive = if http11 {
-        !connection_close
-    } else {
-        connection_keep_alive && !connection_close
-    };
-    if path.len() > config.max_header_bytes {
-        return Err(reject(414, "request target too long"));
-    }
-    Ok(Head {
-        method,
-        path: path.to_owned(),
-        query,
-        content_type,
-        wants_bytes,
-        authorization,
-        framing: if framing == Framing::Length(0) {
-            Framing::None
-        } else {
-            framing
-        },
-        expects_continue,
-        keep_alive,
-        length_required,
-    })
-}
-
-/// The one length every Content-Length header (and comma-separated item) agrees on.
-fn content_length(values: &[&[u8]]) -> Result<u64, ReadError> {
-    let mut agreed: Option<u64> = None;
-    for value in values {
-        for item in value.split(|b| *b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
-                return Err(reject(
-                    400,
-                    format!(
-                        "invalid Content-Length {:?}",
-                        String::from_utf8_lossy(value)
-                    ),
-                ));
-            }
-            let n = std::str::from_utf8(item)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| reject(400, "Content-Length overflows"))?;
-            match agreed {
-                Some(a) if a != n => return Err(reject(400, "differing Content-Length values")),
-                _ => agreed = Some(n),
-            }
-        }
-    }
-    agreed.ok_or_else(|| reject(400, "empty Content-Length"))
 }
 
 /// Answers a connection refused for being over the per-core limit, then closes it.
@@ -673,24 +397,6 @@ pub async fn refuse_connection(mut stream: TcpStream, core: Rc<Core>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_length_rules_follow_hyper() {
-        assert_eq!(content_length(&[b"42"]).unwrap(), 42);
-        assert_eq!(content_length(&[b"42", b"42"]).unwrap(), 42);
-        assert_eq!(content_length(&[b"42, 42"]).unwrap(), 42);
-        for bad in [
-            &b"-1"[..],
-            b"+5",
-            b"",
-            b"1 2",
-            b"0x10",
-            b"99999999999999999999999",
-        ] {
-            assert!(content_length(&[bad]).is_err(), "{bad:?}");
-        }
-        assert!(content_length(&[b"1", b"2"]).is_err());
-    }
 
     #[test]
     fn responses_carry_length_type_and_date() {

@@ -1,18 +1,7 @@
 //! `cache-manager`: the service binary. See `server.rs` for its shape.
 
-mod api;
-mod coherence;
-mod config;
-mod core;
-mod http;
-mod origin;
-mod owner;
-mod render;
-mod server;
-mod stats;
-mod stored;
-
 use clap::Parser;
+use net::{config, server};
 
 fn main() -> anyhow::Result<()> {
     let config = config::Config::parse();

@@ -1,0 +1,480 @@
+//! HTTP/1.1 request framing, with no I/O: where a request head ends, what it says, and
+//! how its body is delimited and decoded.
+//!
+//! Heads and chunk sizes are parsed by `httparse`; this module applies hyper's framing
+//! rules on top (Content-Length and Transfer-Encoding together, differing or malformed
+//! lengths, a final coding other than chunked: 400) and the head limits (header count:
+//! 431, head size: 431, or 414 when the request line alone is over it). It is pure so
+//! the fuzzer (`fuzz/fuzz_targets/http_framing.rs`) can drive it without a socket; the
+//! connection in `http.rs` feeds it whatever bytes have arrived.
+
+/// A request the service refuses: the status and the message of its JSON error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Reject {
+    pub status: u16,
+    pub message: String,
+}
+
+/// The limits a head is parsed under (from `CACHE_MAX_HEADERS` and
+/// `CACHE_MAX_HEADER_BYTES`).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Put,
+    Delete,
+    Post,
+    Other,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "POST" => Method::Post,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// How the body of a request is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What the service needs of a request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub content_type: Option<String>,
+    pub wants_bytes: bool,
+    pub authorization: Option<Vec<u8>>,
+    pub framing: Framing,
+    pub expects_continue: bool,
+    pub keep_alive: bool,
+    pub length_required: bool,
+}
+
+pub fn reject(status: u16, message: impl Into<String>) -> Reject {
+    Reject {
+        status,
+        message: message.into(),
+    }
+}
+
+/// Parses the head at the start of `input`: `None` while it is incomplete, else the
+/// head and its length in bytes.
+pub fn parse_head(input: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Reject> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(input) {
+        Ok(httparse::Status::Complete(len)) => {
+            if len > limits.max_header_bytes {
+                return Err(oversized_head(input, limits.max_header_bytes));
+            }
+            Ok(Some((interpret(&request, limits)?, len)))
+        }
+        Ok(httparse::Status::Partial) => {
+            if input.len() > limits.max_header_bytes {
+                return Err(oversized_head(input, limits.max_header_bytes));
+            }
+            Ok(None)
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(reject(
+            431,
+            format!(
+                "more than {} headers (CACHE_MAX_HEADERS)",
+                limits.max_headers
+            ),
+        )),
+        Err(e) => Err(reject(400, format!("malformed request head: {e}"))),
+    }
+}
+
+/// 414 when the request line alone is over the head limit, else 431.
+fn oversized_head(unread: &[u8], limit: usize) -> Reject {
+    let line = unread
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(unread.len());
+    if line > limit {
+        reject(
+            414,
+            format!("request line is longer than {limit} bytes (CACHE_MAX_HEADER_BYTES)"),
+        )
+    } else {
+        reject(
+            431,
+            format!("request head is larger than {limit} bytes (CACHE_MAX_HEADER_BYTES)"),
+        )
+    }
+}
+
+/// Turns a parsed head into what the service needs, enforcing the framing rules.
+fn interpret(request: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Head, Reject> {
+    let method = Method::parse(request.method.unwrap_or(""));
+    let http11 = request.version == Some(1);
+    let target = request.path.unwrap_or("");
+    let origin_form = match target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        Some(rest) => match rest.find('/') {
+            Some(i) => &rest[i..],
+            None => "/",
+        },
+        None if target.starts_with('/') => target,
+        None => {
+            return Err(reject(
+                400,
+                format!("unsupported request target {target:?}"),
+            ))
+        }
+    };
+    let (path, query) = match origin_form.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (origin_form, None),
+    };
+
+    let mut lengths: Vec<&[u8]> = Vec::new();
+    let mut codings: Vec<String> = Vec::new();
+    let mut connection_close = false;
+    let mut connection_keep_alive = false;
+    let mut content_type = None;
+    let mut wants_bytes = false;
+    let mut authorization = None;
+    let mut expects_continue = false;
+    for h in request.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            lengths.push(h.value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let value = std::str::from_utf8(h.value)
+                .map_err(|_| reject(400, "Transfer-Encoding is not ASCII"))?;
+            codings.extend(
+                value
+                    .split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty()),
+            );
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in String::from_utf8_lossy(h.value).split(',') {
+                let token = token.trim();
+                connection_close |= token.eq_ignore_ascii_case("close");
+                connection_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("content-type") {
+            let media = String::from_utf8_lossy(h.value);
+            let media = media
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            content_type = Some(media);
+        } else if name.eq_ignore_ascii_case("accept") {
+            wants_bytes |= String::from_utf8_lossy(h.value).split(',').any(|m| {
+                m.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/octet-stream")
+            });
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(h.value.to_vec());
+        } else if name.eq_ignore_ascii_case("expect") {
+            expects_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    let framing = match (lengths.is_empty(), codings.is_empty()) {
+        (true, true) => Framing::None,
+        (false, false) => return Err(reject(400, "Content-Length and Transfer-Encoding together")),
+        (true, false) => {
+            if codings.last().map(String::as_str) != Some("chunked") || codings.len() > 1 {
+                return Err(reject(
+                    400,
+                    format!(
+                        "unsupported Transfer-Encoding {:?}; only chunked is accepted",
+                        codings.join(", ")
+                    ),
+                ));
+            }
+            Framing::Chunked
+        }
+        (false, true) => Framing::Length(content_length(&lengths)?),
+    };
+    let length_required = matches!(method, Method::Put | Method::Post) && framing == Framing::None;
+    let keep_alive = if http11 {
+        !connection_close
+    } else {
+        connection_keep_alive && !connection_close
+    };
+    if path.len() > limits.max_header_bytes {
+        return Err(reject(414, "request target too long"));
+    }
+    Ok(Head {
+        method,
+        path: path.to_owned(),
+        query,
+        content_type,
+        wants_bytes,
+        authorization,
+        framing: if framing == Framing::Length(0) {
+            Framing::None
+        } else {
+            framing
+        },
+        expects_continue,
+        keep_alive,
+        length_required,
+    })
+}
+
+/// The one length every Content-Length header (and comma-separated item) agrees on.
+fn content_length(values: &[&[u8]]) -> Result<u64, Reject> {
+    let mut agreed: Option<u64> = None;
+    for value in values {
+        for item in value.split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+                return Err(reject(
+                    400,
+                    format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(value)
+                    ),
+                ));
+            }
+            let n = std::str::from_utf8(item)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| reject(400, "Content-Length overflows"))?;
+            match agreed {
+                Some(a) if a != n => return Err(reject(400, "differing Content-Length values")),
+                _ => agreed = Some(n),
+            }
+        }
+    }
+    agreed.ok_or_else(|| reject(400, "empty Content-Length"))
+}
+
+/// Decodes a chunked body as its bytes arrive, up to a size limit, then skips the
+/// trailer section (up to the head limit).
+#[derive(Debug)]
+pub struct ChunkedBody {
+    body: Vec<u8>,
+    max_body: usize,
+    max_trailers: usize,
+    state: ChunkState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data { left: usize },
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// A chunk-size line longer than this (with extensions) is refused.
+const MAX_CHUNK_LINE: usize = 1024;
+
+impl ChunkedBody {
+    pub fn new(max_body: usize, max_trailers: usize) -> Self {
+        Self {
+            body: Vec::new(),
+            max_body,
+            max_trailers,
+            state: ChunkState::Size,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// The decoded body, once `is_done`.
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+
+    fn trailers_too_long(&self) -> Reject {
+        reject(
+            431,
+            format!("trailers are longer than {} bytes", self.max_trailers),
+        )
+    }
+
+    /// Decodes what it can of `input` (the bytes not yet consumed) and returns how many
+    /// bytes it consumed; call again with more input until `is_done`.
+    pub fn feed(&mut self, input: &[u8]) -> Result<usize, Reject> {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            match self.state {
+                ChunkState::Size => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((line, _))) if line > MAX_CHUNK_LINE => {
+                        return Err(reject(400, "chunk-size line is too long"))
+                    }
+                    Ok(httparse::Status::Complete((line, size))) => {
+                        if self.body.len() as u64 + size > self.max_body as u64 {
+                            return Err(reject(
+                                413,
+                                format!(
+                                    "chunked body is larger than the limit of {} bytes",
+                                    self.max_body
+                                ),
+                            ));
+                        }
+                        used += line;
+                        self.state = match size as usize {
+                            0 => ChunkState::Trailers,
+                            left => ChunkState::Data { left },
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if rest.len() <= MAX_CHUNK_LINE => {
+                        return Ok(used)
+                    }
+                    _ => return Err(reject(400, "malformed chunk size")),
+                },
+                ChunkState::Data { left } => {
+                    let take = left.min(rest.len());
+                    self.body.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if take < left {
+                        self.state = ChunkState::Data { left: left - take };
+                        return Ok(used);
+                    }
+                    self.state = ChunkState::DataEnd;
+                }
+                ChunkState::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(used);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(reject(400, "chunk data is not followed by CRLF"));
+                    }
+                    used += 2;
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let end = if rest.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        rest.windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|i| i + 4)
+                    };
+                    // The limit holds however the trailers arrive: whole or a byte at a time.
+                    match end {
+                        Some(end) if end <= self.max_trailers => {
+                            used += end;
+                            self.state = ChunkState::Done;
+                        }
+                        Some(_) => return Err(self.trailers_too_long()),
+                        None if rest.len() > self.max_trailers => {
+                            return Err(self.trailers_too_long())
+                        }
+                        None => return Ok(used),
+                    }
+                }
+                ChunkState::Done => return Ok(used),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_rules_follow_hyper() {
+        assert_eq!(content_length(&[b"42"]).unwrap(), 42);
+        assert_eq!(content_length(&[b"42", b"42"]).unwrap(), 42);
+        assert_eq!(content_length(&[b"42, 42"]).unwrap(), 42);
+        for bad in [
+            &b"-1"[..],
+            b"+5",
+            b"",
+            b"1 2",
+            b"0x10",
+            b"99999999999999999999999",
+        ] {
+            assert!(content_length(&[bad]).is_err(), "{bad:?}");
+        }
+        assert!(content_length(&[b"1", b"2"]).is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        for split in 0..wire.len() {
+            let mut decoder = ChunkedBody::new(1024, 1024);
+            let mut pending = wire[..split].to_vec();
+            let used = decoder.feed(&pending).unwrap();
+            pending.drain(..used);
+            pending.extend_from_slice(&wire[split..]);
+            let used = decoder.feed(&pending).unwrap();
+            assert!(decoder.is_done(), "split at {split}");
+            assert_eq!(&pending[used..], b"NEXT");
+            assert_eq!(decoder.into_body(), b"hello world");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_keep_their_limits() {
+        let mut decoder = ChunkedBody::new(4, 1024);
+        assert_eq!(decoder.feed(b"5\r\nhello\r\n").unwrap_err().status, 413);
+        let mut decoder = ChunkedBody::new(4, 1024);
+        assert_eq!(decoder.feed(b"zz\r\n").unwrap_err().status, 400);
+        let mut decoder = ChunkedBody::new(4, 1024);
+        assert_eq!(
+            decoder.feed(b"ffffffffffffffffff\r\n").unwrap_err().status,
+            400
+        );
+        let mut decoder = ChunkedBody::new(4, 1024);
+        assert_eq!(decoder.feed(b"2\r\nabXY").unwrap_err().status, 400);
+        let mut decoder = ChunkedBody::new(4, 8);
+        assert_eq!(
+            decoder.feed(b"0\r\nX-Long-Trailer: 1").unwrap_err().status,
+            431
+        );
+    }
+
+    #[test]
+    fn heads_report_their_length_and_framing() {
+        let limits = Limits {
+            max_headers: 4,
+            max_header_bytes: 64,
+        };
+        let wire = b"PUT /api/cache/a?x=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        let (head, len) = parse_head(wire, &limits).unwrap().unwrap();
+        assert_eq!(len, wire.len() - 3);
+        assert_eq!(head.method, Method::Put);
+        assert_eq!(head.path, "/api/cache/a");
+        assert_eq!(head.query.as_deref(), Some("x=1"));
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(head.keep_alive);
+        assert_eq!(parse_head(&wire[..10], &limits).unwrap(), None);
+        let long = [&b"GET /"[..], &[b'a'; 80], b" HTTP/1.1\r\n"].concat();
+        assert_eq!(parse_head(&long, &limits).unwrap_err().status, 414);
+    }
+}

@@ -1,0 +1,17 @@
+//! The cache-manager HTTP service as a library: the binary (`main.rs`) parses the
+//! configuration and calls [`server::run`]; the fuzz targets reach the pure request
+//! decoders, [`framing`] and [`body`].
+
+mod api;
+pub mod body;
+mod coherence;
+pub mod config;
+mod core;
+pub mod framing;
+mod http;
+mod origin;
+mod owner;
+mod render;
+pub mod server;
+mod stats;
+mod stored;
