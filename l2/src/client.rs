@@ -6,8 +6,9 @@
 //! needs tokio, and glommio's sockets cannot leave their core, which is why Redis I/O
 //! lives on its own thread instead of on the serving cores.
 //!
-//! Every call is bounded by `timeout` and goes through the circuit breaker: while it is
-//! open, calls fail at once with [`L2Error::Open`] and are counted as skipped.
+//! Every call is bounded by `timeout` and its outcome feeds the circuit breaker. While
+//! the breaker is open, reads and fills fail at once with [`L2Error::Open`] and are
+//! counted as skipped; client writes and deletions are still attempted (see `Policy`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -141,6 +142,20 @@ impl ConnectionLike for Connection {
     }
 }
 
+/// How a call treats the circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    /// Skipped while the breaker is open: reads and fills, which L1 and the origin cover.
+    Guarded,
+    /// Always attempted: writes and deletions, which a skip would make incoherent (the
+    /// other instances would go on reading the old value from L2).
+    Always,
+}
+
+/// The first and the longest wait before a failed coherence event is published again.
+const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// A handle to the Redis tier; cheap to clone.
 #[derive(Clone)]
 pub struct L2 {
@@ -253,8 +268,40 @@ impl L2 {
         [self.config.prefix.as_bytes(), key].concat()
     }
 
-    /// Runs `command` on the I/O thread, through the breaker, within `limit`.
+    /// Runs `command` on the I/O thread within `limit`, as `policy` says with respect
+    /// to the breaker; the outcome feeds the breaker either way.
     async fn run<T, F>(
+        &self,
+        policy: Policy,
+        limit: Duration,
+        command: impl FnOnce(Connection) -> F + Send + 'static,
+    ) -> Result<T, L2Error>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, L2Error>> + Send + 'static,
+    {
+        if policy == Policy::Guarded
+            && !self
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .allow(Instant::now())
+        {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            return Err(L2Error::Open);
+        }
+        let result = self.execute(limit, command).await;
+        let failed = result.as_ref().err().is_some_and(L2Error::is_redis_failure);
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .record(!failed, Instant::now());
+        result
+    }
+
+    /// Runs `command` on the I/O thread within `limit`, counting Redis failures, without
+    /// asking the breaker.
+    async fn execute<T, F>(
         &self,
         limit: Duration,
         command: impl FnOnce(Connection) -> F + Send + 'static,
@@ -263,15 +310,6 @@ impl L2 {
         T: Send + 'static,
         F: Future<Output = Result<T, L2Error>> + Send + 'static,
     {
-        if !self
-            .breaker
-            .lock()
-            .expect("breaker lock")
-            .allow(Instant::now())
-        {
-            self.stats.skipped.fetch_add(1, Relaxed);
-            return Err(L2Error::Open);
-        }
         let (reply, answer) = flume::bounded(1);
         let job: Job = Box::new(move |connection| {
             Box::pin(async move {
@@ -289,12 +327,7 @@ impl L2 {
             Ok(()) => answer.recv_async().await.unwrap_or(Err(L2Error::Stopped)),
             Err(_) => Err(L2Error::Stopped),
         };
-        let failed = result.as_ref().err().is_some_and(L2Error::is_redis_failure);
-        self.breaker
-            .lock()
-            .expect("breaker lock")
-            .record(!failed, Instant::now());
-        if failed {
+        if result.as_ref().err().is_some_and(L2Error::is_redis_failure) {
             self.stats.errors.fetch_add(1, Relaxed);
         }
         result
@@ -303,9 +336,11 @@ impl L2 {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Envelope>, L2Error> {
         let key = self.key(key);
         let stored: Option<Vec<u8>> = self
-            .run(self.config.timeout, move |mut conn| async move {
-                Ok(conn.get(key).await?)
-            })
+            .run(
+                Policy::Guarded,
+                self.config.timeout,
+                move |mut conn| async move { Ok(conn.get(key).await?) },
+            )
             .await?;
         let counter = if stored.is_some() {
             &self.stats.hits
@@ -319,15 +354,37 @@ impl L2 {
             .map_err(L2Error::from)
     }
 
-    /// Stores `envelope` for `ttl` (`SET … PX`), or forever.
+    /// Stores `envelope` for `ttl` (`SET … PX`), or forever: a client's write, so
+    /// attempted whatever the breaker says.
     pub async fn set(
         &self,
         key: &[u8],
         envelope: &Envelope,
         ttl: Option<Duration>,
     ) -> Result<(), L2Error> {
+        self.store(Policy::Always, key, envelope, ttl).await
+    }
+
+    /// Stores what a fill fetched from the origin: only a copy for the other instances,
+    /// so skipped while the breaker is open.
+    pub async fn store_fill(
+        &self,
+        key: &[u8],
+        envelope: &Envelope,
+        ttl: Option<Duration>,
+    ) -> Result<(), L2Error> {
+        self.store(Policy::Guarded, key, envelope, ttl).await
+    }
+
+    async fn store(
+        &self,
+        policy: Policy,
+        key: &[u8],
+        envelope: &Envelope,
+        ttl: Option<Duration>,
+    ) -> Result<(), L2Error> {
         let (key, bytes) = (self.key(key), envelope.encode());
-        self.run(self.config.timeout, move |mut conn| async move {
+        self.run(policy, self.config.timeout, move |mut conn| async move {
             let mut set = redis::cmd("SET");
             set.arg(key).arg(bytes);
             if let Some(ttl) = ttl {
@@ -345,12 +402,16 @@ impl L2 {
             return Ok(0);
         }
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.key(k.as_ref())).collect();
-        self.run(self.config.timeout, move |mut conn| async move {
-            Ok(redis::cmd("UNLINK")
-                .arg(keys)
-                .query_async::<usize>(&mut conn)
-                .await?)
-        })
+        self.run(
+            Policy::Always,
+            self.config.timeout,
+            move |mut conn| async move {
+                Ok(redis::cmd("UNLINK")
+                    .arg(keys)
+                    .query_async::<usize>(&mut conn)
+                    .await?)
+            },
+        )
         .await
     }
 
@@ -360,54 +421,61 @@ impl L2 {
     pub async fn delete_matching(&self, pattern: &[u8]) -> Result<usize, L2Error> {
         let full = [escape_glob(self.config.prefix.as_bytes()), pattern.to_vec()].concat();
         let (backend, timeout) = (self.backend.clone(), self.config.timeout);
-        self.run(self.config.timeout * 100, move |conn| async move {
-            match (backend, conn) {
-                (Backend::Cluster { nodes, .. }, Connection::Cluster(mut cluster)) => {
-                    let mut removed = 0;
-                    for master in masters(&mut cluster, &nodes).await? {
-                        let client = redis::Client::open(master)
-                            .map_err(|e| L2Error::Redis(e.to_string()))?;
-                        let mut node = client
-                            .get_multiplexed_async_connection_with_config(
-                                &redis::AsyncConnectionConfig::new()
-                                    .set_connection_timeout(timeout)
-                                    .set_response_timeout(timeout),
-                            )
-                            .await?;
-                        removed += scan_and_unlink(&mut node, &full).await?;
+        self.run(
+            Policy::Always,
+            self.config.timeout * 100,
+            move |conn| async move {
+                match (backend, conn) {
+                    (Backend::Cluster { nodes, .. }, Connection::Cluster(mut cluster)) => {
+                        let mut removed = 0;
+                        for master in masters(&mut cluster, &nodes).await? {
+                            let client = redis::Client::open(master)
+                                .map_err(|e| L2Error::Redis(e.to_string()))?;
+                            let mut node = client
+                                .get_multiplexed_async_connection_with_config(
+                                    &redis::AsyncConnectionConfig::new()
+                                        .set_connection_timeout(timeout)
+                                        .set_response_timeout(timeout),
+                                )
+                                .await?;
+                            removed += scan_and_unlink(&mut node, &full).await?;
+                        }
+                        Ok(removed)
                     }
-                    Ok(removed)
+                    (_, mut conn) => scan_and_unlink(&mut conn, &full).await,
                 }
-                (_, mut conn) => scan_and_unlink(&mut conn, &full).await,
-            }
-        })
-        .await
-    }
-
-    pub async fn publish(&self, channel: &str, event: &Event) -> Result<(), L2Error> {
-        let (channel, payload) = (channel.to_owned(), event.encode());
-        self.run(self.config.timeout, move |mut conn| async move {
-            conn.publish::<_, _, ()>(channel, payload).await?;
-            Ok(())
-        })
+            },
+        )
         .await
     }
 
     /// A publisher of this instance's coherence events on `channel`. One task stamps and
     /// publishes them in the order they are sent, so sequence numbers reach Redis in
     /// order (two cores publishing on their own could invert them, and the receiver would
-    /// drop the later-stamped one as stale). A lost publish shows up at the receivers as
-    /// a sequence gap, which makes them flush.
+    /// drop the later-stamped one as stale).
+    ///
+    /// A failed publish is retried with backoff until Redis takes it, so an invalidation
+    /// that was answered reaches the other instances as soon as Redis is back. Events
+    /// that queue up meanwhile are collapsed to the newest: the receivers see the skipped
+    /// sequence numbers as a gap and flush their L1, which covers every event skipped.
     pub fn publisher(&self, instance: &str, channel: &str) -> Publisher {
         let (tx, rx) = flume::unbounded::<Action>();
-        let (l2, channel, mut sequencer) =
-            (self.clone(), channel.to_owned(), Sequencer::new(instance));
+        let mut sequencer = Sequencer::new(instance);
+        let mut node = AnyNode::new(self.any_node_clients(), self.config.timeout);
+        let (channel, stats) = (channel.to_owned(), self.stats.clone());
         let job: Job = Box::new(move |_| {
             Box::pin(async move {
                 while let Ok(action) = rx.recv_async().await {
-                    let event = sequencer.stamp(action);
-                    if let Err(e) = l2.publish(&channel, &event).await {
-                        tracing::warn!(error = %e, seq = event.seq, "a coherence event was not published");
+                    let mut event = sequencer.stamp(action);
+                    let mut backoff = PUBLISH_RETRY_MIN;
+                    while let Err(e) = node.publish(&channel, &event.encode()).await {
+                        stats.errors.fetch_add(1, Relaxed);
+                        tracing::warn!(error = %e, seq = event.seq, retry_in = ?backoff, "a coherence event was not published");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(PUBLISH_RETRY_MAX);
+                        while let Ok(newer) = rx.try_recv() {
+                            event = sequencer.stamp(newer);
+                        }
                     }
                 }
             })
@@ -416,18 +484,24 @@ impl L2 {
         Publisher(tx)
     }
 
-    /// Subscribes to `channel` on a connection of its own, resubscribing after every
-    /// disconnect (and saying so). Undecodable messages are logged and dropped.
-    pub fn subscribe(&self, channel: &str) -> flume::Receiver<Incoming> {
-        let (tx, rx) = flume::unbounded();
-        // Classic pub/sub reaches every node of a cluster, so any one node will do.
-        let clients: Vec<redis::Client> = match &self.backend {
+    /// Clients for pub/sub: classic pub/sub reaches every node of a cluster, so any one
+    /// node will do, and going to one directly keeps events flowing while other masters
+    /// (and the breaker, which is for the whole tier) are down.
+    fn any_node_clients(&self) -> Vec<redis::Client> {
+        match &self.backend {
             Backend::Single(client) => vec![client.clone()],
             Backend::Cluster { nodes, .. } => nodes
                 .iter()
                 .filter_map(|n| redis::Client::open(n.clone()).ok())
                 .collect(),
-        };
+        }
+    }
+
+    /// Subscribes to `channel` on a connection of its own, resubscribing after every
+    /// disconnect (and saying so). Undecodable messages are logged and dropped.
+    pub fn subscribe(&self, channel: &str) -> flume::Receiver<Incoming> {
+        let (tx, rx) = flume::unbounded();
+        let clients = self.any_node_clients();
         let channel = channel.to_owned();
         let job: Job = Box::new(move |_| Box::pin(follow_channel(clients, channel, tx)));
         let _ = self.jobs.send(job);
@@ -543,6 +617,59 @@ async fn scan_and_unlink(conn: &mut impl ConnectionLike, pattern: &[u8]) -> Resu
             return Ok(removed);
         }
         cursor = next;
+    }
+}
+
+/// A connection to one node of several, for publishing: made when needed (within the
+/// timeout), and given up for the next node after any failure.
+struct AnyNode {
+    clients: Vec<redis::Client>,
+    next: usize,
+    connection: Option<redis::aio::MultiplexedConnection>,
+    timeout: Duration,
+}
+
+impl AnyNode {
+    fn new(clients: Vec<redis::Client>, timeout: Duration) -> Self {
+        Self {
+            clients,
+            next: 0,
+            connection: None,
+            timeout,
+        }
+    }
+
+    async fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<(), L2Error> {
+        let timeout = self.timeout;
+        let attempt = async {
+            let connection = match &mut self.connection {
+                Some(connection) => connection,
+                None => {
+                    let client = self
+                        .clients
+                        .get(self.next % self.clients.len().max(1))
+                        .ok_or_else(|| L2Error::Config("no Redis node to publish to".into()))?;
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(timeout)
+                        .set_response_timeout(timeout);
+                    self.connection.insert(
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?,
+                    )
+                }
+            };
+            connection.publish::<_, _, ()>(channel, payload).await?;
+            Ok(())
+        };
+        let result = tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or(Err(L2Error::Timeout(timeout)));
+        if result.is_err() {
+            self.connection = None;
+            self.next += 1;
+        }
+        result
     }
 }
 

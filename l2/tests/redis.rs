@@ -126,6 +126,11 @@ fn a_frozen_redis_opens_the_breaker_and_a_thawed_one_closes_it() {
         started.elapsed() < Duration::from_millis(20),
         "skipped at once while open"
     );
+    assert_eq!(
+        block_on(l2.set(b"k", &e, None)),
+        Err(L2Error::Timeout(Duration::from_millis(200))),
+        "a write is attempted even while the breaker is open"
+    );
     redis.signal("-CONT");
     until(
         "the breaker closes after Redis is back",
@@ -174,11 +179,12 @@ fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
     until("B is subscribed", Duration::from_secs(5), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "1"
     });
+    let publisher = a.publisher("instance-a", "cache:events");
     let mut seq = Sequencer::new("instance-a");
     let event = seq.stamp(Action::Delete {
         keys: vec![Key::new(b"user:1")],
     });
-    block_on(a.publish("cache:events", &event)).unwrap();
+    publisher.send(event.action.clone());
     assert_eq!(
         inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
         Incoming::Event(event)
@@ -195,7 +201,7 @@ fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
     until("B is subscribed again", Duration::from_secs(5), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "1"
     });
-    block_on(a.publish("cache:events", &next)).unwrap();
+    publisher.send(next.action.clone());
     assert_eq!(
         inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
         Incoming::Event(next)

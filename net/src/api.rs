@@ -290,18 +290,20 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
     });
     match core.shared.mail.set(key, stored, expires_at).await {
         Ok(Ok(inserted)) => {
-            let mut body = serde_json::json!({
+            let body = serde_json::json!({
                 "success": true,
                 "expires_at": inserted.expires_at_ms.map(rfc3339),
             });
-            if let (Some(tier), Some(envelope)) = (&core.shared.l2, envelope) {
-                let outcome = tier.client.set(key, &envelope, ttl).await;
-                body["l2"] = l2_outcome(&outcome, "stored");
-                tier.publisher.send(Action::Set {
-                    keys: vec![Key::new(key)],
-                });
+            match (&core.shared.l2, envelope) {
+                (Some(tier), Some(envelope)) => {
+                    let outcome = tier.client.set(key, &envelope, ttl).await;
+                    tier.publisher.send(Action::Set {
+                        keys: vec![Key::new(key)],
+                    });
+                    answer_write(body, &outcome, "stored")
+                }
+                _ => json(200, &body),
             }
-            json(200, &body)
         }
         Ok(Err(e @ InsertError::TooLarge { .. })) => {
             Response::error(413, format!("{e} (CACHE_L1_MAX_BYTES per core)"))
@@ -316,32 +318,51 @@ async fn delete(core: &Rc<Core>, key: &[u8]) -> Response {
         Ok(deleted) => deleted,
         Err(e) => return shard_unavailable(e),
     };
-    let mut body = serde_json::json!({ "success": true, "deleted": deleted });
-    if let Some(tier) = &core.shared.l2 {
-        let outcome = tier.client.delete(&[key]).await;
-        body["deleted"] = (deleted || outcome.as_ref().is_ok_and(|n| *n > 0)).into();
-        body["l2"] = l2_outcome(&outcome, "deleted");
-        tier.publisher.send(Action::Delete {
-            keys: vec![Key::new(key)],
-        });
+    let Some(tier) = &core.shared.l2 else {
+        return json(
+            200,
+            &serde_json::json!({ "success": true, "deleted": deleted }),
+        );
+    };
+    let outcome = tier.client.delete(&[key]).await;
+    tier.publisher.send(Action::Delete {
+        keys: vec![Key::new(key)],
+    });
+    let deleted = deleted || outcome.as_ref().is_ok_and(|n| *n > 0);
+    answer_write(
+        serde_json::json!({ "success": true, "deleted": deleted }),
+        &outcome,
+        "deleted",
+    )
+}
+
+/// Answers a write or deletion whose L1 part is done: 200 when Redis took its part too,
+/// else 503 with `success: false`, because the other instances would go on reading the
+/// previous value from L2 (the coherence event alone only drops it from their L1).
+fn answer_write<T>(
+    mut body: serde_json::Value,
+    outcome: &Result<T, l2::L2Error>,
+    done: &str,
+) -> Response {
+    body["l2"] = l2_outcome(outcome, done);
+    match outcome {
+        Ok(_) => json(200, &body),
+        Err(e) => {
+            body["success"] = false.into();
+            body["error"] = format!(
+                "done in this instance's L1 but not in Redis ({e}); other instances may read the previous value from L2 until a retry succeeds"
+            )
+            .into();
+            json(503, &body)
+        }
     }
-    json(200, &body)
 }
 
-/// What an invalidation removed: the larger of the tiers' counts (L2 holds every key L1
-/// does unless an L2 write failed). An L2 failure leaves the L1 count.
-fn larger(
-    local: Result<usize, engine::ShardGone>,
-    remote: Result<usize, l2::L2Error>,
-) -> Result<usize, engine::ShardGone> {
-    local.map(|n| n.max(remote.unwrap_or(0)))
-}
-
-/// How the L2 part of a write went, for the response: `done`, or why not.
+/// How the L2 part of a write went, for the response: `done`, or why not. (Writes are
+/// never skipped by the breaker; see `l2::client`.)
 fn l2_outcome<T>(outcome: &Result<T, l2::L2Error>, done: &str) -> serde_json::Value {
     match outcome {
         Ok(_) => done.into(),
-        Err(l2::L2Error::Open) => "skipped: the L2 circuit breaker is open".into(),
         Err(e) => format!("failed: {e}").into(),
     }
 }
@@ -402,40 +423,56 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
             Err(refused) => return refused.into(),
         };
     let mail = &core.shared.mail;
-    let invalidated = match invalidation {
+    let tier = core.shared.l2.as_ref();
+    let (local, remote) = match invalidation {
         Invalidation::Keys(keys) => {
             let local = mail.invalidate_keys(&keys).await;
-            match &core.shared.l2 {
+            let remote = match tier {
                 Some(tier) => {
                     let remote = tier.client.delete(&keys).await;
                     let keys = keys.iter().map(|k| Key::new(k.as_bytes())).collect();
                     tier.publisher.send(Action::Delete { keys });
-                    larger(local, remote)
+                    Some(remote)
                 }
-                None => local,
-            }
+                None => None,
+            };
+            (local, remote)
         }
         Invalidation::Pattern(pattern) => {
             let local = mail
                 .invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes())))
                 .await;
-            match &core.shared.l2 {
+            let remote = match tier {
                 Some(tier) => {
                     let remote = tier.client.delete_matching(pattern.as_bytes()).await;
                     tier.publisher.send(Action::InvalidatePattern {
                         pattern: Key::new(pattern.as_bytes()),
                     });
-                    larger(local, remote)
+                    Some(remote)
                 }
-                None => local,
-            }
+                None => None,
+            };
+            (local, remote)
         }
     };
-    match invalidated {
-        Ok(n) => json(
-            200,
-            &serde_json::json!({ "invalidated": n, "success": true }),
+    let local = match local {
+        Ok(n) => n,
+        Err(e) => return shard_unavailable(e),
+    };
+    match remote {
+        // L2 holds every key L1 does (a write L2 refused answered 503), so the larger
+        // count is the number of distinct keys removed.
+        Some(remote) => answer_write(
+            serde_json::json!({
+                "invalidated": local.max(*remote.as_ref().unwrap_or(&0)),
+                "success": true,
+            }),
+            &remote,
+            "invalidated",
         ),
-        Err(e) => shard_unavailable(e),
+        None => json(
+            200,
+            &serde_json::json!({ "invalidated": local, "success": true }),
+        ),
     }
 }

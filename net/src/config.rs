@@ -180,6 +180,10 @@ pub struct Config {
     #[arg(long, env = "ORIGIN_TIMEOUT_MS", default_value_t = 2000)]
     pub origin_timeout_ms: u64,
 
+    /// Origin requests in flight at once per core (the size of its blocking thread pool).
+    #[arg(long, env = "ORIGIN_CONCURRENCY", default_value_t = 32)]
+    pub origin_concurrency: usize,
+
     /// Seconds an origin 404 is remembered in L1 (0: not at all).
     #[arg(long, env = "CACHE_NEGATIVE_TTL", default_value_t = 0)]
     pub negative_ttl: u64,

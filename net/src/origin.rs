@@ -1,8 +1,9 @@
 //! The origin: where a key missing from every tier is fetched (read-through), and where
 //! a PUT goes first when ORIGIN_WRITE is set (write-through). `ORIGIN_URL` is a template
 //! whose `{key}` is replaced by the percent-encoded key. Requests run on the core's
-//! blocking thread pool (ureq, a pooled keep-alive agent), so an origin slower than the
-//! cache never stalls a serving core.
+//! blocking thread pool (ureq, a pooled keep-alive agent; ORIGIN_CONCURRENCY threads per
+//! core), so an origin slower than the cache never stalls a serving core, and each
+//! caller waits at most ORIGIN_TIMEOUT_MS, queueing for a thread included.
 
 use std::io::Read;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub struct Origin {
     template: String,
     agent: ureq::Agent,
     max_body: usize,
+    timeout: Duration,
 }
 
 /// What the origin had for a key.
@@ -47,6 +49,7 @@ impl Origin {
             template,
             agent,
             max_body,
+            timeout,
         }
     }
 
@@ -58,26 +61,42 @@ impl Origin {
 
     pub async fn fetch(&self, key: &[u8]) -> Result<Fetched, OriginError> {
         let (url, agent, max) = (self.url(key), self.agent.clone(), self.max_body);
-        glommio::executor()
-            .spawn_blocking(move || match agent.get(&url).call() {
-                Ok(response) => {
-                    let json = response.content_type().ends_with("json");
-                    let mut body = Vec::new();
-                    response
-                        .into_reader()
-                        .take(max as u64 + 1)
-                        .read_to_end(&mut body)
-                        .map_err(|e| OriginError::Transport(e.to_string()))?;
-                    if body.len() > max {
-                        return Err(OriginError::TooLarge(max));
-                    }
-                    Ok(Fetched::Found { body, json })
+        self.within_timeout(move || match agent.get(&url).call() {
+            Ok(response) => {
+                let json = response.content_type().ends_with("json");
+                let mut body = Vec::new();
+                response
+                    .into_reader()
+                    .take(max as u64 + 1)
+                    .read_to_end(&mut body)
+                    .map_err(|e| OriginError::Transport(e.to_string()))?;
+                if body.len() > max {
+                    return Err(OriginError::TooLarge(max));
                 }
-                Err(ureq::Error::Status(404, _)) => Ok(Fetched::NotFound),
-                Err(ureq::Error::Status(status, _)) => Err(OriginError::Status(status)),
-                Err(e) => Err(OriginError::Transport(e.to_string())),
-            })
-            .await
+                Ok(Fetched::Found { body, json })
+            }
+            Err(ureq::Error::Status(404, _)) => Ok(Fetched::NotFound),
+            Err(ureq::Error::Status(status, _)) => Err(OriginError::Status(status)),
+            Err(e) => Err(OriginError::Transport(e.to_string())),
+        })
+        .await
+    }
+
+    /// Runs `request` on the blocking pool; gives up waiting after the timeout, however
+    /// long the request queued for a thread (the thread finishes it and drops it).
+    async fn within_timeout<T: Send + 'static>(
+        &self,
+        request: impl FnOnce() -> Result<T, OriginError> + Send + 'static,
+    ) -> Result<T, OriginError> {
+        let timeout = self.timeout;
+        futures_lite::future::or(glommio::executor().spawn_blocking(request), async move {
+            glommio::timer::sleep(timeout).await;
+            Err(OriginError::Transport(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            )))
+        })
+        .await
     }
 
     /// PUTs `body` to the key's URL; any 2xx is success.
@@ -88,19 +107,18 @@ impl Origin {
         content_type: &'static str,
     ) -> Result<(), OriginError> {
         let (url, agent) = (self.url(key), self.agent.clone());
-        glommio::executor()
-            .spawn_blocking(move || {
-                match agent
-                    .put(&url)
-                    .set("Content-Type", content_type)
-                    .send_bytes(&body)
-                {
-                    Ok(_) => Ok(()),
-                    Err(ureq::Error::Status(status, _)) => Err(OriginError::Status(status)),
-                    Err(e) => Err(OriginError::Transport(e.to_string())),
-                }
-            })
-            .await
+        self.within_timeout(move || {
+            match agent
+                .put(&url)
+                .set("Content-Type", content_type)
+                .send_bytes(&body)
+            {
+                Ok(_) => Ok(()),
+                Err(ureq::Error::Status(status, _)) => Err(OriginError::Status(status)),
+                Err(e) => Err(OriginError::Transport(e.to_string())),
+            }
+        })
+        .await
     }
 }
 

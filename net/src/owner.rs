@@ -290,7 +290,14 @@ impl Owner {
             expires_at_ms: entry.expires_at_ms,
         };
         let ttl = self.shared.config.default_ttl();
-        if tier.client.set(key, &envelope, ttl).await.is_ok() {
+        // A refresh is a client's command, so its write is attempted even with the
+        // breaker open; a plain fill only offers a copy to the other instances.
+        let stored = if refresh {
+            tier.client.set(key, &envelope, ttl).await
+        } else {
+            tier.client.store_fill(key, &envelope, ttl).await
+        };
+        if stored.is_ok() {
             if fill.is_fenced() {
                 let _ = tier.client.delete(&[key]).await;
             } else {

@@ -21,7 +21,7 @@ use engine::{
     mailboxes, Clock, CoarseClock, Command, Router, ShardConfig, ShardMetrics, ShardWriter,
 };
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::coherence;
 use crate::config::Config;
@@ -87,8 +87,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut executors = Vec::with_capacity(cores);
     for (id, (writer, mailbox)) in writers.into_iter().zip(receivers).enumerate() {
         let (shared, ready, draining) = (shared.clone(), ready_tx.clone(), draining.clone());
+        let blocking_threads = match config.origin_url {
+            Some(_) => config.origin_concurrency.max(1),
+            None => 1,
+        };
         let executor = LocalExecutorBuilder::new(Placement::Fixed(id))
             .name(&format!("core-{id}"))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(blocking_threads))
             .spawn(move || async move {
                 let core = Rc::new(Core::new(id, shared));
                 core_main(core, writer, mailbox, ready, draining).await

@@ -179,11 +179,20 @@ impl Server {
 
     /// `PUT /api/cache/{key}` with `{"value": value}`: the JSON answer (expects a 200).
     pub fn put_key(&self, key: &str, value: serde_json::Value) -> serde_json::Value {
-        ureq::put(&self.url(&format!("/api/cache/{key}")))
-            .send_json(serde_json::json!({ "value": value }))
-            .expect("PUT answered 200")
-            .into_json()
-            .expect("a JSON body")
+        let (status, answer) = self.try_put_key(key, value);
+        assert_eq!(status, 200, "PUT {key}: {answer}");
+        answer
+    }
+
+    /// `PUT /api/cache/{key}` with `{"value": value}`: the status and the JSON answer.
+    pub fn try_put_key(&self, key: &str, value: serde_json::Value) -> (u16, serde_json::Value) {
+        let answer = ureq::put(&self.url(&format!("/api/cache/{key}")))
+            .send_json(serde_json::json!({ "value": value }));
+        match answer {
+            Ok(r) => (r.status(), r.into_json().expect("a JSON body")),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().expect("a JSON body")),
+            Err(e) => panic!("PUT {key}: {e}"),
+        }
     }
 
     /// The metrics JSON.

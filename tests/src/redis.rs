@@ -122,18 +122,7 @@ impl RedisCluster {
         let ports: Vec<u16> = (0..masters).map(|_| crate::free_port()).collect();
         let nodes = ports
             .iter()
-            .map(|port| {
-                let config = format!("nodes-{port}.conf");
-                let cluster = [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &config,
-                    "--cluster-node-timeout",
-                    "2000",
-                ];
-                spawn_redis(*port, &dir, &cluster)
-            })
+            .map(|port| spawn_cluster_node(*port, &dir))
             .collect();
         let cluster = Self { nodes, ports, dir };
         for &port in &cluster.ports {
@@ -152,13 +141,35 @@ impl RedisCluster {
             .status()
             .expect("redis-cli is installed (scripts/test.sh installs it)");
         assert!(created.success(), "redis-cli --cluster create failed");
-        for &port in &cluster.ports {
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    fn wait_until_ok(&self) {
+        for &port in &self.ports {
             wait_until(
                 || cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"),
                 "the cluster to be ok",
             );
         }
-        cluster
+    }
+
+    /// Kills master `i`: its slots have no server until [`Self::restart_master`].
+    pub fn kill_master(&mut self, i: usize) {
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+    }
+
+    /// Starts master `i` again on its port with its node file (so it takes back its
+    /// slots) and waits until the cluster is ok.
+    pub fn restart_master(&mut self, i: usize) {
+        self.nodes[i] = spawn_cluster_node(self.ports[i], &self.dir);
+        self.wait_until_ok();
+    }
+
+    /// Whether master `i` holds `key` (asked of that master alone).
+    pub fn holds(&self, i: usize, key: &str) -> bool {
+        cli(self.ports[i], &["EXISTS", key]) == "1"
     }
 
     /// `host:port,host:port,...`, for REDIS_CLUSTER_NODES.
@@ -197,6 +208,21 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A cluster-enabled redis-server on `port`, its node file in `dir`; a node that misses
+/// 2 s of heartbeats is marked failed.
+fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> Child {
+    let config = format!("nodes-{port}.conf");
+    let cluster = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        &config,
+        "--cluster-node-timeout",
+        "2000",
+    ];
+    spawn_redis(port, dir, &cluster)
 }
 
 /// A redis-server on `port` in `dir`, without persistence, plus `extra` arguments.

@@ -2,7 +2,7 @@
 //! keys spread over every master, writes read across instances from L2, coherence over
 //! the cluster's pub/sub, and pattern invalidation that clears every master.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use e2e::redis::RedisCluster;
 use e2e::{wait_for, Server};
@@ -72,4 +72,110 @@ fn instances_share_a_cluster_and_stay_coherent() {
     );
     assert_eq!(b.get_key("order:1").1["value"], "o");
     assert_eq!(cluster.cli(&["EXISTS", "cm:order:1"]), "1");
+}
+
+/// One master of three killed under two instances, then restarted: L1 hits keep their
+/// latency, writes answer within the timeout with the L2 failure said and counted, the
+/// breaker opens and closes, an invalidation that returned success reaches the other
+/// instance (events are published past the breaker), and neither instance restarts.
+#[test]
+fn one_cluster_master_down_and_back() {
+    let mut cluster = RedisCluster::start(3);
+    let nodes = cluster.nodes();
+    let env = [
+        ("REDIS_CLUSTER_NODES", nodes.as_str()),
+        ("REDIS_TIMEOUT_MS", "300"),
+        ("CACHE_L2_BREAKER_FAILURES", "2"),
+        ("CACHE_L2_BREAKER_COOLDOWN_MS", "300"),
+    ];
+    let a = Server::start(&env);
+    let b = Server::start(&env);
+    wait_for("both instances subscribed", Duration::from_secs(10), || {
+        cluster.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "2"
+    });
+    for i in 0..30 {
+        assert_eq!(a.put_key(&format!("user:{i}"), json!(i))["l2"], "stored");
+    }
+    wait_for("B applied A's writes", Duration::from_secs(10), || {
+        b.metrics()["coherence_events"].as_u64().unwrap() >= 30
+    });
+    for i in 0..30 {
+        assert_eq!(b.get_key(&format!("user:{i}")).1["source"], "l2");
+    }
+    // The subscriptions live on the first node; the last master goes down.
+    let on_dead: Vec<String> = (0..30)
+        .map(|i| format!("user:{i}"))
+        .filter(|k| cluster.holds(2, &format!("cm:{k}")))
+        .collect();
+    assert!(
+        !on_dead.is_empty(),
+        "some keys live on the master that dies"
+    );
+    cluster.kill_master(2);
+
+    let started = Instant::now();
+    for round in 0..10 {
+        for i in 0..30 {
+            let (status, hit) = b.get_key(&format!("user:{i}"));
+            assert_eq!(
+                (status, hit["value"].as_i64()),
+                (200, Some(i)),
+                "round {round}"
+            );
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "300 L1 hits do not wait for Redis: {:?}",
+        started.elapsed()
+    );
+
+    for (n, key) in on_dead.iter().cycle().take(4).enumerate() {
+        let started = Instant::now();
+        let (status, written) = a.try_put_key(key, json!(format!("new-{n}")));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a PUT answers within the timeout: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            (status, &written["success"]),
+            (503, &json!(false)),
+            "no write to the dead master claims success: {written}"
+        );
+    }
+    wait_for("the breaker opens", Duration::from_secs(5), || {
+        a.metrics()["l2_breaker_open"] == true
+    });
+    let m = a.metrics();
+    assert!(m["l2_errors"].as_u64().unwrap() >= 2, "{m}");
+
+    // B holds user:0..29 in L1. An invalidation that A answers with success must reach
+    // B, with the breaker open and a master down.
+    let stale_key = "user:5";
+    assert_eq!(b.get_key(stale_key).1["value"], 5);
+    let done: Value = ureq::post(&a.url("/api/cache/invalidate"))
+        .send_json(json!({"keys": [stale_key]}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(done["success"], true);
+    let took = wait_for(
+        "B drops the invalidated key",
+        Duration::from_secs(5),
+        || b.get_key(stale_key).1["value"] != 5,
+    );
+    assert!(took <= Duration::from_secs(1), "{took:?}");
+
+    cluster.restart_master(2);
+    wait_for(
+        "writes reach every master again",
+        Duration::from_secs(20),
+        || a.try_put_key(&on_dead[0], json!("back")).1["l2"] == "stored",
+    );
+    assert_eq!(a.metrics()["l2_breaker_open"], false);
+    assert_eq!(cluster.cli(&["EXISTS", &format!("cm:{}", on_dead[0])]), "1");
+    wait_for("B reads the new value", Duration::from_secs(5), || {
+        b.get_key(&on_dead[0]).1["value"] == "back"
+    });
 }

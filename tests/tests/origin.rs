@@ -4,6 +4,7 @@
 //! ORIGIN_WRITE writes the origin first.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::origin::Origin;
@@ -307,4 +308,103 @@ fn expired_entries_are_served_stale_while_one_refresh_runs_and_while_the_origin_
             "{served}"
         );
     }
+}
+
+/// The origin slow (every fetch held past ORIGIN_TIMEOUT_MS), then failing, then back,
+/// under concurrent load: L1 hits never wait for it, every miss answers within the
+/// timeout with a 502 that is counted, and fills work again without a restart.
+#[test]
+fn a_slow_then_failing_origin_under_load_holds_up_no_hit_and_no_miss_past_its_timeout() {
+    let origin = Origin::start();
+    for i in 0..100 {
+        origin.set(&format!("hot:{i}"), &i.to_string());
+        origin.set(&format!("cold:{i}"), &i.to_string());
+    }
+    let s = Server::start(&[
+        ("ORIGIN_URL", &origin.template()),
+        ("ORIGIN_TIMEOUT_MS", "500"),
+    ]);
+    for i in 0..20 {
+        assert_eq!(s.get_key(&format!("hot:{i}")).0, 200);
+    }
+    let timeout = Duration::from_millis(500);
+
+    origin.close_gate();
+    let misses_done = AtomicBool::new(false);
+    let (mut hit_latencies, misses): (Vec<Duration>, Vec<(u16, Duration)>) =
+        std::thread::scope(|scope| {
+            let hitters: Vec<_> = (0..4)
+                .map(|t| {
+                    let (s, misses_done) = (&s, &misses_done);
+                    scope.spawn(move || {
+                        let mut latencies = Vec::new();
+                        for n in 0.. {
+                            if misses_done.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            let started = Instant::now();
+                            let (status, hit) = s.get_key(&format!("hot:{}", (t * 5 + n) % 20));
+                            latencies.push(started.elapsed());
+                            assert_eq!((status, hit["source"].as_str()), (200, Some("l1")));
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            let missers: Vec<_> = (0..4)
+                .map(|t| {
+                    let s = &s;
+                    scope.spawn(move || {
+                        (0..3)
+                            .map(|j| {
+                                let started = Instant::now();
+                                let (status, _) = s.get_key(&format!("cold:{}", t * 10 + j));
+                                (status, started.elapsed())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let misses = missers.into_iter().map(|m| m.join()).collect::<Vec<_>>();
+            misses_done.store(true, Ordering::Relaxed);
+            let hits = hitters
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect();
+            (hits, misses.into_iter().flat_map(|m| m.unwrap()).collect())
+        });
+    for (status, took) in misses {
+        assert_eq!(status, 502);
+        assert!(
+            took < timeout + Duration::from_millis(700),
+            "a miss took {took:?}"
+        );
+    }
+    hit_latencies.sort();
+    let p99 = hit_latencies[hit_latencies.len() * 99 / 100];
+    let max = *hit_latencies.last().unwrap();
+    assert!(hit_latencies.len() >= 100, "{} hits", hit_latencies.len());
+    assert!(
+        p99 < Duration::from_millis(100) && max < timeout,
+        "hits wait for nothing: p99 {p99:?}, max {max:?} over {} hits",
+        hit_latencies.len()
+    );
+    assert!(s.metrics()["origin_errors"].as_u64().unwrap() >= 12);
+
+    // Failing fast: every miss is a quick 502, counted.
+    origin.fail_with(Some(500));
+    origin.open_gate();
+    let before = s.metrics()["origin_errors"].as_u64().unwrap();
+    for i in 50..60 {
+        let started = Instant::now();
+        assert_eq!(s.get_key(&format!("cold:{i}")).0, 502);
+        assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+    }
+    assert_eq!(s.metrics()["origin_errors"].as_u64().unwrap(), before + 10);
+
+    // Back: misses fill again, with no restart.
+    origin.fail_with(None);
+    let (status, filled) = s.get_key("cold:0");
+    assert_eq!((status, filled["source"].as_str()), (200, Some("origin")));
+    assert_eq!(s.get_key("cold:0").1["source"], "l1");
 }
