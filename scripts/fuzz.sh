@@ -5,8 +5,8 @@
 # event_decoding, envelope_decoding; `scripts/fuzz.sh list` prints them.
 # The corpus grows in fuzz/corpus/TARGET (not committed) from the seeds in
 # fuzz/seeds/TARGET; a crash is saved in fuzz/artifacts/TARGET and ends the run with
-# a non-zero status. The last lines of libFuzzer's report go to
-# fuzz/artifacts/TARGET/last-run.txt. Not part of CI: scripts/test.sh does not call it.
+# a non-zero status. The last lines of libFuzzer's report go to fuzz/logs/TARGET.txt.
+# Not part of CI: scripts/test.sh does not call it.
 #
 # cargo-fuzz needs a nightly compiler (for -Zsanitizer); with none installed, the
 # stable one is used with RUSTC_BOOTSTRAP=1. cargo-fuzz itself is installed from
@@ -36,8 +36,8 @@ else
     fuzz=(cargo fuzz)
 fi
 
-mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
-log="fuzz/artifacts/$target/last-run.txt"
+mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target" fuzz/logs
+log="fuzz/logs/$target.txt"
 status=0
 "${fuzz[@]}" run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \

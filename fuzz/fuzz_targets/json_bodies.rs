@@ -33,8 +33,11 @@ fuzz_target!(|data: &[u8]| {
             let (tag, value) = put.stored.split_first().expect("a tag byte");
             assert!(value.len() <= config.max_value_bytes);
             match tag {
+                // Well-formed JSON: numbers are kept as sent, however large (RFC 8259
+                // leaves their range to the reader), so this checks the grammar only.
                 b'j' => {
-                    serde_json::from_slice::<serde_json::Value>(value).expect("stored JSON parses");
+                    serde_json::from_slice::<serde::de::IgnoredAny>(value)
+                        .expect("stored JSON is well-formed");
                 }
                 b'b' => assert_eq!(value, body),
                 other => panic!("unknown tag {other}"),

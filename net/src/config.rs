@@ -1,11 +1,16 @@
-//! The service's configuration: every option is a flag and an environment variable
-//! (the original service's variables keep their names and defaults), parsed once by clap.
-//! `--print-config` prints the effective values.
+//! The service's configuration: every option is a flag, an environment variable (the
+//! original service's variables keep their names and defaults) and a key of the TOML
+//! file given with `--config` (the field's name). A flag wins over the environment,
+//! the environment over the file, the file over the default. `--print-config` prints
+//! the effective values.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -27,10 +32,16 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Parser, Serialize)]
 #[command(
     name = "cache-manager",
-    version,
+    version = crate::build_info::VERSION,
     about = "A thread-per-core HTTP cache service"
 )]
 pub struct Config {
+    /// TOML file of options (keys are these options' names with `_`, as in
+    /// cache-manager.example.toml); flags and environment variables win over it.
+    #[arg(long, env = "CACHE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
     /// Address every core listens on (SO_REUSEPORT spreads connections over them).
     #[arg(long, env = "CACHE_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
@@ -224,6 +235,112 @@ fn redact_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok,
 
 fn redact<S: serde::Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(if token.is_some() { "<set>" } else { "<unset>" })
+}
+
+/// Why the flags, the environment or the file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Bad flags or environment, `--help` or `--version`: clap prints and exits.
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    #[error("reading the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid TOML: {source}")]
+    Toml {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("the config file {path} has an unknown option {key:?} (options are the long flags with '_' for '-')")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("the config file {path} gives {key} a {kind}; use a string, number, boolean or list")]
+    Unsupported {
+        path: PathBuf,
+        key: String,
+        kind: &'static str,
+    },
+    #[error("in the config file {path}: {source}")]
+    Value { path: PathBuf, source: clap::Error },
+}
+
+/// Options that make no sense in the file.
+const NOT_IN_FILE: [&str; 2] = ["config", "print_config"];
+
+impl Config {
+    /// The configuration from this process's flags, environment and `--config` file.
+    pub fn load() -> Result<Config, LoadError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// The configuration from `args` (the program name first), the environment and
+    /// the file `--config` names, with flags over environment over file over defaults.
+    pub fn load_from<I, T>(args: I) -> Result<Config, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = Config::command();
+        let matches = command.clone().try_get_matches_from(&args)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Config::from_arg_matches(&matches)?);
+        };
+        // What neither a flag nor the environment set comes from the file, passed to
+        // clap as flags so it is parsed and checked exactly as they are.
+        for (key, value) in read_table(&path)? {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == key.as_str() && !NOT_IN_FILE.contains(&key.as_str()));
+            let Some(long) = arg.and_then(|a| a.get_long()) else {
+                return Err(LoadError::UnknownKey { path, key });
+            };
+            if matches!(
+                matches.value_source(&key),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                continue;
+            }
+            let value = flag_value(&value).ok_or_else(|| LoadError::Unsupported {
+                path: path.clone(),
+                key: key.clone(),
+                kind: value.type_str(),
+            })?;
+            args.push(format!("--{long}={value}").into());
+        }
+        command
+            .try_get_matches_from(&args)
+            .and_then(|m| Config::from_arg_matches(&m))
+            .map_err(|source| LoadError::Value { path, source })
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse().map_err(|source| LoadError::Toml {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// A TOML value as the text of a flag's value; lists are comma-separated.
+fn flag_value(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(flag_value)
+            .collect::<Option<Vec<_>>>()
+            .map(|items| items.join(",")),
+        toml::Value::Datetime(_) | toml::Value::Table(_) => None,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

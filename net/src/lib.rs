@@ -4,6 +4,7 @@
 
 mod api;
 pub mod body;
+mod build_info;
 mod coherence;
 pub mod config;
 mod core;

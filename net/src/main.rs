@@ -1,10 +1,14 @@
 //! `cache-manager`: the service binary. See `server.rs` for its shape.
 
-use clap::Parser;
-use net::{config, server};
+use net::config::{self, LoadError};
+use net::server;
 
 fn main() -> anyhow::Result<()> {
-    let config = config::Config::parse();
+    let config = match config::Config::load() {
+        Ok(config) => config,
+        Err(LoadError::Cli(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
     config.validate()?;
     if config.print_config {
         println!("{}", serde_json::to_string_pretty(&config)?);
