@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test cache-manager has: formatting, clippy, the workspace's tests (unit,
 # property, end-to-end) and the loom models. Installs what the tests need first
-# (redis-server and redis-tools, curl) from the OS packages when they are missing.
+# (redis-server and redis-tools, curl, chromium) from the OS packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The dashboard's browser test (tests/tests/dashboard.rs) runs headless Chromium.
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
     install="apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then

@@ -27,6 +27,7 @@ use crate::framing::Method;
 use crate::http::{Request, Response};
 use crate::owner::{FillError, FillMode, Filled, OwnerMessage, Source};
 use crate::render::{render_hit, rfc3339, Hit};
+use crate::routes::{self, Route};
 use crate::stats;
 use crate::stored;
 
@@ -82,52 +83,58 @@ fn authorized(core: &Core, authorization: Option<&[u8]>) -> bool {
     constant_time_eq::constant_time_eq(presented, token.as_bytes())
 }
 
-fn method_not_allowed(allow: &'static str) -> Response {
-    Response::error(405, format!("method not allowed here; allowed: {allow}"))
-        .with_header("Allow", allow)
-}
+/// The dashboard page: one self-contained file, embedded in the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// The API's contract, served as written.
+const OPENAPI: &str = include_str!("../../openapi.yaml");
 
 async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
-    let readable = matches!(request.method, Method::Get | Method::Head);
-    let response = match request.path.as_str() {
-        "/healthz" if readable => json(200, &serde_json::json!({ "status": "ok" })),
-        "/readyz" if readable => {
-            if core.stopping() {
-                Response::error(503, "shutting down")
-            } else {
-                json(200, &serde_json::json!({ "status": "ready" }))
-            }
+    let path = request.path.as_str();
+    let Some(matched) = routes::find(path) else {
+        return (None, Response::error(404, format!("no route for {path}")));
+    };
+    if !matched.allows(request.method) {
+        let allow = matched.allow_header();
+        let response = Response::error(405, format!("method not allowed here; allowed: {allow}"))
+            .with_header("Allow", allow);
+        return (None, response);
+    }
+    let metrics_off = || Response::error(404, "metrics are disabled (METRICS_ENABLED=false)");
+    let shared = &core.shared;
+    let response = match matched.route {
+        Route::Health => json(200, &serde_json::json!({ "status": "ok" })),
+        Route::Ready if core.stopping() => Response::error(503, "shutting down"),
+        Route::Ready => json(200, &serde_json::json!({ "status": "ready" })),
+        Route::Prometheus | Route::Metrics | Route::History | Route::Dashboard
+            if !core.config.metrics_enabled =>
+        {
+            metrics_off()
         }
-        "/metrics" | "/api/cache/metrics" if readable && !core.config.metrics_enabled => {
-            Response::error(404, "metrics are disabled (METRICS_ENABLED=false)")
+        Route::Prometheus => stats::prometheus(shared),
+        Route::Metrics => json(200, &stats::snapshot(shared)),
+        Route::History => Response::json(200, shared.history.to_json(shared)),
+        Route::Dashboard => static_text("text/html; charset=utf-8", DASHBOARD),
+        Route::OpenApi => static_text("application/yaml", OPENAPI),
+        Route::Refresh => return (Some(Op::Set), refresh(core, &request).await),
+        Route::Invalidate => return (Some(Op::Invalidate), invalidate(core, &request).await),
+        Route::Entry => {
+            let key = matched.key.unwrap_or_default();
+            return entry_route(core, key, &request).await;
         }
-        "/metrics" if readable => stats::prometheus(&core.shared),
-        "/api/cache/metrics" if readable => json(200, &stats::snapshot(&core.shared)),
-        "/healthz" | "/readyz" | "/metrics" | "/api/cache/metrics" => {
-            method_not_allowed("GET, HEAD")
-        }
-        "/api/cache/refresh" => {
-            if request.method != Method::Post {
-                return (None, method_not_allowed("POST"));
-            }
-            return (Some(Op::Set), refresh(core, &request).await);
-        }
-        "/api/cache/invalidate" => {
-            if request.method != Method::Post {
-                return (None, method_not_allowed("POST"));
-            }
-            return (Some(Op::Invalidate), invalidate(core, &request).await);
-        }
-        path => match path.strip_prefix("/api/cache/") {
-            Some(rest) => return entry_route(core, rest, &request).await,
-            None => Response::error(404, format!("no route for {path}")),
-        },
     };
     (None, response)
 }
 
-async fn entry_route(core: &Rc<Core>, rest: &str, request: &Request) -> (Option<Op>, Response) {
-    let encoded = rest.strip_prefix("entry/").unwrap_or(rest);
+fn static_text(content_type: &'static str, text: &str) -> Response {
+    Response {
+        status: 200,
+        content_type,
+        headers: vec![("Cache-Control", "no-cache".into())],
+        body: text.as_bytes().to_vec(),
+    }
+}
+
+async fn entry_route(core: &Rc<Core>, encoded: &str, request: &Request) -> (Option<Op>, Response) {
     if encoded.contains('/') {
         return (
             None,
@@ -145,10 +152,9 @@ async fn entry_route(core: &Rc<Core>, rest: &str, request: &Request) -> (Option<
         return (None, Response::error(status, message));
     }
     match request.method {
-        Method::Get | Method::Head => (Some(Op::Get), get(core, &key, request.wants_bytes).await),
         Method::Put => (Some(Op::Set), put(core, &key, request).await),
         Method::Delete => (Some(Op::Delete), delete(core, &key).await),
-        _ => (None, method_not_allowed("GET, HEAD, PUT, DELETE")),
+        _ => (Some(Op::Get), get(core, &key, request.wants_bytes).await),
     }
 }
 

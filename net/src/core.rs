@@ -92,6 +92,8 @@ pub struct Shared {
     /// Indexed by shard, which is also the core that owns it.
     pub shards: Box<[Arc<ShardMetrics>]>,
     pub cores: Box<[CoreStats]>,
+    /// The last minutes, a sample a second, for the dashboard.
+    pub history: crate::history::History,
     pub shutdown: Shutdown,
 }
 

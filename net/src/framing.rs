@@ -35,6 +35,17 @@ pub enum Method {
 }
 
 impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Post => "POST",
+            Method::Other => "OTHER",
+        }
+    }
+
     pub fn parse(s: &str) -> Self {
         match s {
             "GET" => Method::Get,

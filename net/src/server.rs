@@ -26,6 +26,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use crate::coherence;
 use crate::config::Config;
 use crate::core::{Core, CoreStats, L2Tier, Shared, Shutdown};
+use crate::history::{self, History};
 use crate::http;
 use crate::owner::{Owner, OwnerMessage};
 use crate::stats;
@@ -78,6 +79,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         clock,
         shards,
         cores: (0..cores).map(|_| CoreStats::default()).collect(),
+        history: History::default(),
         shutdown: Shutdown::default(),
     });
     watch_signals(shared.clone())?;
@@ -179,6 +181,9 @@ async fn core_main(
     glommio::spawn_local(tick(core.clone())).detach();
     if core.id == 0 {
         glommio::spawn_local(coherence::follow(core.shared.clone())).detach();
+        if core.config.metrics_enabled {
+            glommio::spawn_local(history::sample_every_second(core.shared.clone())).detach();
+        }
     }
     let _ = ready.send(Ok(()));
     drop(ready);

@@ -84,7 +84,7 @@ fn build(package: &str, bin: &str, override_var: &str) -> PathBuf {
     profile_dir.join(bin)
 }
 
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
