@@ -102,6 +102,16 @@ fn call(
     (status, content_type, bytes)
 }
 
+/// Method, path, the spec's path template, headers, body, and the status expected.
+type Case<'a> = (
+    &'a str,
+    String,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<Vec<u8>>,
+    u16,
+);
+
 #[test]
 fn real_responses_match_the_openapi_spec() {
     let spec = Spec::load();
@@ -119,7 +129,7 @@ fn real_responses_match_the_openapi_spec() {
     let raw_type = [("Content-Type", "application/octet-stream")];
     let long_key = "k".repeat(251);
     let big = format!(r#"{{"value": "{}"}}"#, "x".repeat(2000));
-    let cases: Vec<(&str, String, &str, &[(&str, &str)], Option<Vec<u8>>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", "/healthz".into(), "/healthz", &[], None, 200),
         ("GET", "/readyz".into(), "/readyz", &[], None, 200),
         (
