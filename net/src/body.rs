@@ -48,6 +48,10 @@ pub fn is_json_media(media: Option<&str>) -> bool {
     }
 }
 
+/// The largest TTL anyone may ask for, whatever CACHE_MAX_TTL says: 100 years, so every
+/// expiry time is a date (and an RFC 3339 timestamp) with room to spare.
+pub const TTL_CEILING_SECS: u64 = 100 * 365 * 24 * 3600;
+
 /// A value to store: tagged as `stored.rs` says, with the TTL it gets (`None`: no expiry).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Put {
@@ -61,12 +65,34 @@ struct PutBody<'a> {
     key: Option<Cow<'a, str>>,
     #[serde(borrow)]
     value: &'a RawValue,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_seconds")]
     ttl: Option<u64>,
 }
 
+/// A TTL as JSON Schema's `integer` has it: `30` or `30.0`, not `30.5` or `-1`.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or_else(|| {
+                D::Error::custom(format!(
+                    "ttl must be a whole number of seconds, 0 or more, got {n}"
+                ))
+            }),
+    }
+}
+
 /// Decodes the body of `PUT /api/cache/{key}`: raw bytes (`application/octet-stream`,
-/// TTL from `?ttl=N`) or `{"value": ..., "ttl"?: N, "key"?: same-as-path}`.
+/// TTL from `?ttl=N`) or `{"value": ..., "ttl"?: N, "key"?: same-as-path}` (TTL from the
+/// body, else from `?ttl=N`).
 pub fn decode_put(
     config: &Config,
     key: &[u8],
@@ -81,14 +107,16 @@ pub fn decode_put(
             format!("value is {n} bytes; the limit is {limit} (CACHE_MAX_VALUE_BYTES)"),
         )
     };
+    // `?ttl=` is checked on every PUT; a TTL in a JSON body wins over it.
+    let query_ttl = query_ttl(config, query)?;
     let (stored, ttl) = if media == Some("application/octet-stream") {
         if body.len() > limit {
             return Err(too_large(body.len()));
         }
-        (stored::tagged(stored::BYTES, body), query_ttl(query)?)
+        (stored::tagged(stored::BYTES, body), query_ttl)
     } else if is_json_media(media) {
-        let body: PutBody<'_> = serde_json::from_slice(body)
-            .map_err(|e| reject(400, format!("invalid JSON body: {e}")))?;
+        let body: PutBody<'_> =
+            json_object(body).map_err(|e| reject(400, format!("invalid JSON body: {e}")))?;
         if let Some(body_key) = &body.key {
             if body_key.as_bytes() != key {
                 return Err(reject(
@@ -101,7 +129,7 @@ pub fn decode_put(
         if value.len() > limit {
             return Err(too_large(value.len()));
         }
-        (stored::tagged(stored::JSON, value), body.ttl)
+        (stored::tagged(stored::JSON, value), body.ttl.or(query_ttl))
     } else {
         return Err(reject(
             415,
@@ -111,33 +139,55 @@ pub fn decode_put(
             ),
         ));
     };
-    let ttl = match ttl {
+    let ttl = match ttl.map(|secs| check_ttl(config, secs)).transpose()? {
         Some(0) | None => config.default_ttl(),
-        Some(secs) if config.max_ttl > 0 && secs > config.max_ttl => {
-            return Err(reject(
-                400,
-                format!(
-                    "ttl {secs} is above the limit of {} seconds (CACHE_MAX_TTL)",
-                    config.max_ttl
-                ),
-            ));
-        }
         Some(secs) => Some(Duration::from_secs(secs)),
     };
     Ok(Put { stored, ttl })
 }
 
-/// `ttl=N` from a query string, for raw-bytes PUTs.
-fn query_ttl(query: Option<&str>) -> Result<Option<u64>, Reject> {
+/// A TTL within the ceiling and CACHE_MAX_TTL.
+fn check_ttl(config: &Config, secs: u64) -> Result<u64, Reject> {
+    if secs > TTL_CEILING_SECS {
+        return Err(reject(
+            400,
+            format!("ttl {secs} is above the ceiling of {TTL_CEILING_SECS} seconds (100 years); omit it or use 0 for the default"),
+        ));
+    }
+    if config.max_ttl > 0 && secs > config.max_ttl {
+        return Err(reject(
+            400,
+            format!(
+                "ttl {secs} is above the limit of {} seconds (CACHE_MAX_TTL)",
+                config.max_ttl
+            ),
+        ));
+    }
+    Ok(secs)
+}
+
+/// A JSON object into `T`. Only an object: serde would also take a struct from an
+/// array of its fields in order (`[1, 30]` for `{"value": 1, "ttl": 30}`).
+fn json_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, serde_json::Error> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        use serde::de::Error;
+        return Err(serde_json::Error::custom("the body must be a JSON object"));
+    }
+    serde_json::from_slice(body)
+}
+
+/// `ttl=N` from a query string, checked like any TTL.
+fn query_ttl(config: &Config, query: Option<&str>) -> Result<Option<u64>, Reject> {
     let Some(query) = query else { return Ok(None) };
     for pair in query.split('&') {
         if let Some(v) = pair.strip_prefix("ttl=") {
-            return v.parse::<u64>().map(Some).map_err(|_| {
+            let secs = v.parse::<u64>().map_err(|_| {
                 reject(
                     400,
                     format!("ttl must be a non-negative integer of seconds, got {v:?}"),
                 )
-            });
+            })?;
+            return check_ttl(config, secs).map(Some);
         }
     }
     Ok(None)
@@ -170,7 +220,7 @@ pub fn decode_invalidate(
         return Err(reject(415, "send the invalidation as application/json"));
     }
     let body: InvalidateBody =
-        serde_json::from_slice(body).map_err(|e| reject(400, format!("invalid JSON body: {e}")))?;
+        json_object(body).map_err(|e| reject(400, format!("invalid JSON body: {e}")))?;
     match (body.keys, body.pattern) {
         (Some(keys), None) => {
             check_keys(config, &keys)?;
@@ -207,7 +257,7 @@ struct RefreshBody {
 
 /// Decodes `{"keys": [...]}` for `POST /api/cache/refresh`.
 pub fn decode_refresh(config: &Config, body: &[u8]) -> Result<Vec<String>, Reject> {
-    let body: RefreshBody = serde_json::from_slice(body).map_err(|e| {
+    let body: RefreshBody = json_object(body).map_err(|e| {
         reject(
             400,
             format!("invalid JSON body (want {{\"keys\": [...]}}): {e}"),
@@ -244,10 +294,12 @@ mod tests {
 
     #[test]
     fn query_ttl_parses_only_integers() {
-        assert_eq!(query_ttl(Some("a=1&ttl=30")).unwrap(), Some(30));
-        assert_eq!(query_ttl(None).unwrap(), None);
-        assert!(query_ttl(Some("ttl=-1")).is_err());
-        assert!(query_ttl(Some("ttl=1.5")).is_err());
+        let config = config();
+        assert_eq!(query_ttl(&config, Some("a=1&ttl=30")).unwrap(), Some(30));
+        assert_eq!(query_ttl(&config, None).unwrap(), None);
+        assert!(query_ttl(&config, Some("ttl=-1")).is_err());
+        assert!(query_ttl(&config, Some("ttl=1.5")).is_err());
+        assert!(query_ttl(&config, Some("ttl=3153600001")).is_err());
     }
 
     #[test]
@@ -277,6 +329,32 @@ mod tests {
         assert_eq!(raw.ttl, Some(Duration::from_secs(7)));
         let xml = decode_put(&config, b"k", Some("text/xml"), None, b"<a/>");
         assert_eq!(xml.unwrap_err().status, 415);
+        let forever = decode_put(
+            &config,
+            b"k",
+            None,
+            None,
+            br#"{"value":1,"ttl":18446744073709551615}"#,
+        );
+        assert_eq!(forever.unwrap_err().status, 400);
+        let raw_forever = decode_put(
+            &config,
+            b"k",
+            Some("application/octet-stream"),
+            Some("ttl=1947775197435"),
+            b"x",
+        );
+        assert_eq!(raw_forever.unwrap_err().status, 400);
+        let whole = decode_put(&config, b"k", None, None, br#"{"value": 1, "ttl": 30.0}"#);
+        assert_eq!(whole.unwrap().ttl, Some(Duration::from_secs(30)));
+        let fraction = decode_put(&config, b"k", None, None, br#"{"value": 1, "ttl": 30.5}"#);
+        assert_eq!(fraction.unwrap_err().status, 400);
+        let array = decode_put(&config, b"k", None, None, b"[null, null]");
+        assert_eq!(array.unwrap_err().status, 400);
+        let bad_query = decode_put(&config, b"k", None, Some("ttl=[1]"), br#"{"value": 1}"#);
+        assert_eq!(bad_query.unwrap_err().status, 400);
+        let null_key = decode_put(&config, b"k", None, None, br#"{"value": 1, "key": null}"#);
+        assert!(null_key.is_ok(), "a null body key is no key");
     }
 
     #[test]

@@ -4,6 +4,14 @@ use net::config::{self, LoadError};
 use net::server;
 
 fn main() -> anyhow::Result<()> {
+    // A panic on one core would leave its shard unreachable while the process lives on:
+    // better to exit, so that the supervisor (systemd's Restart=on-failure) starts the
+    // whole service again.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let config = match config::Config::load() {
         Ok(config) => config,
         Err(LoadError::Cli(e)) => e.exit(),

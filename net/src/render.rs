@@ -13,7 +13,13 @@ use crate::http::Response;
 use crate::owner::Source;
 use crate::stored;
 
+/// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339_MS: u64 = 253_402_300_799_000;
+
+/// A Unix time in milliseconds as RFC 3339 (clamped to year 9999, which TTLs are kept
+/// well below; see `body::TTL_CEILING_SECS`).
 pub fn rfc3339(ms: u64) -> String {
+    let ms = ms.min(LAST_RFC3339_MS);
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -178,6 +184,12 @@ mod tests {
         );
         assert_eq!(body(&binary)["value"], "/wA=");
         assert_eq!(body(&binary)["encoding"], "base64");
+    }
+
+    #[test]
+    fn any_time_renders_without_panicking() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]
