@@ -662,9 +662,11 @@ impl AnyNode {
             connection.publish::<_, _, ()>(channel, payload).await?;
             Ok(())
         };
-        let result = tokio::time::timeout(timeout, attempt)
-            .await
-            .unwrap_or(Err(L2Error::Timeout(timeout)));
+        // The redis crate's own response timeout reports no duration: name the limit.
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(timeout)),
+            Ok(result) => result,
+        };
         if result.is_err() {
             self.connection = None;
             self.next += 1;
