@@ -290,26 +290,6 @@ impl L2 {
             self.stats.skipped.fetch_add(1, Relaxed);
             return Err(L2Error::Open);
         }
-        let result = self.execute(limit, command).await;
-        let failed = result.as_ref().err().is_some_and(L2Error::is_redis_failure);
-        self.breaker
-            .lock()
-            .expect("breaker lock")
-            .record(!failed, Instant::now());
-        result
-    }
-
-    /// Runs `command` on the I/O thread within `limit`, counting Redis failures, without
-    /// asking the breaker.
-    async fn execute<T, F>(
-        &self,
-        limit: Duration,
-        command: impl FnOnce(Connection) -> F + Send + 'static,
-    ) -> Result<T, L2Error>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, L2Error>> + Send + 'static,
-    {
         let (reply, answer) = flume::bounded(1);
         let job: Job = Box::new(move |connection| {
             Box::pin(async move {
@@ -327,9 +307,14 @@ impl L2 {
             Ok(()) => answer.recv_async().await.unwrap_or(Err(L2Error::Stopped)),
             Err(_) => Err(L2Error::Stopped),
         };
-        if result.as_ref().err().is_some_and(L2Error::is_redis_failure) {
+        let failed = result.as_ref().err().is_some_and(L2Error::is_redis_failure);
+        if failed {
             self.stats.errors.fetch_add(1, Relaxed);
         }
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .record(!failed, Instant::now());
         result
     }
 

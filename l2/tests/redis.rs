@@ -12,17 +12,25 @@ use l2::{Action, Envelope, Key, L2Config, L2Error, Sequencer, L2};
 
 fn client(server: &RedisServer, prefix: &str) -> L2 {
     L2::start(L2Config {
-        url: server.url(),
+        prefix: prefix.into(),
+        ..config(server.url())
+    })
+    .unwrap()
+}
+
+/// The tests' settings for a Redis at `url`: 200 ms timeout, breaker at 3 failures.
+fn config(url: String) -> L2Config {
+    L2Config {
+        url,
         tls_ca_file: None,
         cluster_nodes: Vec::new(),
         password: None,
         db: None,
-        prefix: prefix.into(),
+        prefix: "cm:".into(),
         timeout: Duration::from_millis(200),
         breaker_threshold: 3,
         breaker_cooldown: Duration::from_millis(300),
-    })
-    .unwrap()
+    }
 }
 
 fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
@@ -214,18 +222,12 @@ fn tls_with_a_private_ca_works_and_an_untrusted_server_is_refused() {
     std::fs::create_dir_all(&dir).unwrap();
     let (ca, cert, key) = e2e::redis::tls_certificates(&dir);
     let (redis, tls_port) = RedisServer::start_tls(&cert, &key, &ca);
-    let config = |tls_ca_file| L2Config {
-        url: format!("rediss://127.0.0.1:{tls_port}"),
+    let tls = |tls_ca_file| L2Config {
         tls_ca_file,
-        cluster_nodes: Vec::new(),
-        password: None,
-        db: None,
-        prefix: "cm:".into(),
         timeout: Duration::from_millis(500),
-        breaker_threshold: 3,
-        breaker_cooldown: Duration::from_millis(300),
+        ..config(format!("rediss://127.0.0.1:{tls_port}"))
     };
-    let trusted = L2::start(config(Some(ca.clone()))).unwrap();
+    let trusted = L2::start(tls(Some(ca.clone()))).unwrap();
     let e = Envelope {
         value: b"over tls".to_vec(),
         cached_at_ms: 1,
@@ -239,7 +241,7 @@ fn tls_with_a_private_ca_works_and_an_untrusted_server_is_refused() {
         "the write reached the server"
     );
     // The system's roots do not include the test CA: the server is not trusted.
-    let untrusted = L2::start(config(None)).unwrap();
+    let untrusted = L2::start(tls(None)).unwrap();
     assert!(block_on(untrusted.get(b"k")).is_err());
     drop(redis);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -255,15 +257,8 @@ fn an_unreachable_redis_costs_a_call_the_timeout_not_the_reconnect_backoff() {
     let redis = RedisServer::start_on(port);
     drop(redis);
     let l2 = L2::start(L2Config {
-        url: format!("redis://127.0.0.1:{port}"),
-        tls_ca_file: None,
-        cluster_nodes: Vec::new(),
-        password: None,
-        db: None,
-        prefix: "cm:".into(),
-        timeout: Duration::from_millis(200),
         breaker_threshold: 100,
-        breaker_cooldown: Duration::from_millis(300),
+        ..config(format!("redis://127.0.0.1:{port}"))
     })
     .unwrap();
     for _ in 0..3 {

@@ -89,11 +89,11 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 const OPENAPI: &str = include_str!("../../openapi.yaml");
 
 async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
-    let path = request.path.as_str();
+    let path = request.head.path.as_str();
     let Some(matched) = routes::find(path) else {
         return (None, Response::error(404, format!("no route for {path}")));
     };
-    if !matched.allows(request.method) {
+    if !matched.allows(request.head.method) {
         let allow = matched.allow_header();
         let response = Response::error(405, format!("method not allowed here; allowed: {allow}"))
             .with_header("Allow", allow);
@@ -145,16 +145,19 @@ async fn entry_route(core: &Rc<Core>, encoded: &str, request: &Request) -> (Opti
     if let Err(refused) = body::check_key(&core.config, &key, 414) {
         return (None, refused.into());
     }
-    if matches!(request.method, Method::Put | Method::Delete)
-        && !authorized(core, request.authorization.as_deref())
+    if matches!(request.head.method, Method::Put | Method::Delete)
+        && !authorized(core, request.head.authorization.as_deref())
     {
         let (status, message) = unauthorized_message();
         return (None, Response::error(status, message));
     }
-    match request.method {
+    match request.head.method {
         Method::Put => (Some(Op::Set), put(core, &key, request).await),
         Method::Delete => (Some(Op::Delete), delete(core, &key).await),
-        _ => (Some(Op::Get), get(core, &key, request.wants_bytes).await),
+        _ => (
+            Some(Op::Get),
+            get(core, &key, request.head.wants_bytes).await,
+        ),
     }
 }
 
@@ -267,8 +270,8 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
     let Put { stored, ttl } = match body::decode_put(
         config,
         key,
-        request.content_type.as_deref(),
-        request.query.as_deref(),
+        request.head.content_type.as_deref(),
+        request.head.query.as_deref(),
         &request.body,
     ) {
         Ok(put) => put,
@@ -376,7 +379,7 @@ fn l2_outcome<T>(outcome: &Result<T, l2::L2Error>, done: &str) -> serde_json::Va
 /// Re-fetches keys from the origin (bypassing L1 and L2, superseding fills in flight),
 /// stores them in both tiers and tells the other instances.
 async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
-    if !authorized(core, request.authorization.as_deref()) {
+    if !authorized(core, request.head.authorization.as_deref()) {
         let (status, message) = unauthorized_message();
         return Response::error(status, message);
     }
@@ -418,16 +421,18 @@ async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
 }
 
 async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
-    if !authorized(core, request.authorization.as_deref()) {
+    if !authorized(core, request.head.authorization.as_deref()) {
         let (status, message) = unauthorized_message();
         return Response::error(status, message);
     }
-    let invalidation =
-        match body::decode_invalidate(&core.config, request.content_type.as_deref(), &request.body)
-        {
-            Ok(invalidation) => invalidation,
-            Err(refused) => return refused.into(),
-        };
+    let invalidation = match body::decode_invalidate(
+        &core.config,
+        request.head.content_type.as_deref(),
+        &request.body,
+    ) {
+        Ok(invalidation) => invalidation,
+        Err(refused) => return refused.into(),
+    };
     let mail = &core.shared.mail;
     let tier = core.shared.l2.as_ref();
     let (local, remote) = match invalidation {

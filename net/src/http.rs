@@ -21,15 +21,7 @@ use crate::framing::{self, ChunkedBody, Framing, Head, Method, Reject};
 /// A parsed request with its whole body.
 #[derive(Debug)]
 pub struct Request {
-    pub method: Method,
-    /// The path, still percent-encoded, without the query.
-    pub path: String,
-    pub query: Option<String>,
-    /// The media type of `Content-Type`, lower-cased, without parameters.
-    pub content_type: Option<String>,
-    /// The client asked for `application/octet-stream`.
-    pub wants_bytes: bool,
-    pub authorization: Option<Vec<u8>>,
+    pub head: Head,
     pub body: Vec<u8>,
 }
 
@@ -165,8 +157,9 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
     };
     loop {
         match conn.next_request().await {
-            Ok((request, keep_alive)) => {
-                let head_only = request.method == Method::Head;
+            Ok(request) => {
+                let head_only = request.head.method == Method::Head;
+                let keep_alive = request.head.keep_alive;
                 let response = api::handle(&conn.core, request).await;
                 let keep_alive = keep_alive && !conn.core.stopping();
                 conn.respond(&response, head_only, keep_alive);
@@ -280,7 +273,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn next_request(&mut self) -> Result<(Request, bool), ReadError> {
+    async fn next_request(&mut self) -> Result<Request, ReadError> {
         let head = self.read_head().await?;
         self.core.stats().requests.incr();
         let config = self.core.config.clone();
@@ -315,18 +308,7 @@ impl Connection {
             Framing::Length(n) => self.read_exact_body(n as usize, deadline).await?,
             Framing::Chunked => self.read_chunked_body(max_body, deadline).await?,
         };
-        Ok((
-            Request {
-                method: head.method,
-                path: head.path,
-                query: head.query,
-                content_type: head.content_type,
-                wants_bytes: head.wants_bytes,
-                authorization: head.authorization,
-                body,
-            },
-            head.keep_alive,
-        ))
+        Ok(Request { head, body })
     }
 
     async fn read_head(&mut self) -> Result<Head, ReadError> {

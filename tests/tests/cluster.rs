@@ -8,14 +8,12 @@ use e2e::redis::RedisCluster;
 use e2e::{wait_for, Server};
 use serde_json::{json, Value};
 
-#[test]
-fn instances_share_a_cluster_and_stay_coherent() {
-    let cluster = RedisCluster::start(3);
+/// Two instances on `cluster` (with `extra` settings), both subscribed, and `user:0` …
+/// `user:29` written through the first.
+fn two_instances_with_30_users(cluster: &RedisCluster, extra: &[(&str, &str)]) -> (Server, Server) {
     let nodes = cluster.nodes();
-    let env = [
-        ("REDIS_CLUSTER_NODES", nodes.as_str()),
-        ("REDIS_TIMEOUT_MS", "500"),
-    ];
+    let mut env = vec![("REDIS_CLUSTER_NODES", nodes.as_str())];
+    env.extend_from_slice(extra);
     let a = Server::start(&env);
     let b = Server::start(&env);
     // Both subscribe on the first seed node (cluster pub/sub reaches every node).
@@ -25,6 +23,13 @@ fn instances_share_a_cluster_and_stay_coherent() {
     for i in 0..30 {
         assert_eq!(a.put_key(&format!("user:{i}"), json!(i))["l2"], "stored");
     }
+    (a, b)
+}
+
+#[test]
+fn instances_share_a_cluster_and_stay_coherent() {
+    let cluster = RedisCluster::start(3);
+    let (a, b) = two_instances_with_30_users(&cluster, &[("REDIS_TIMEOUT_MS", "500")]);
     a.put_key("order:1", json!("o"));
     assert!(
         cluster.keys_per_master().iter().all(|n| *n > 0),
@@ -81,21 +86,14 @@ fn instances_share_a_cluster_and_stay_coherent() {
 #[test]
 fn one_cluster_master_down_and_back() {
     let mut cluster = RedisCluster::start(3);
-    let nodes = cluster.nodes();
-    let env = [
-        ("REDIS_CLUSTER_NODES", nodes.as_str()),
-        ("REDIS_TIMEOUT_MS", "300"),
-        ("CACHE_L2_BREAKER_FAILURES", "2"),
-        ("CACHE_L2_BREAKER_COOLDOWN_MS", "300"),
-    ];
-    let a = Server::start(&env);
-    let b = Server::start(&env);
-    wait_for("both instances subscribed", Duration::from_secs(10), || {
-        cluster.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "2"
-    });
-    for i in 0..30 {
-        assert_eq!(a.put_key(&format!("user:{i}"), json!(i))["l2"], "stored");
-    }
+    let (a, b) = two_instances_with_30_users(
+        &cluster,
+        &[
+            ("REDIS_TIMEOUT_MS", "300"),
+            ("CACHE_L2_BREAKER_FAILURES", "2"),
+            ("CACHE_L2_BREAKER_COOLDOWN_MS", "300"),
+        ],
+    );
     wait_for("B applied A's writes", Duration::from_secs(10), || {
         b.metrics()["coherence_events"].as_u64().unwrap() >= 30
     });
