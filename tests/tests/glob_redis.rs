@@ -1,6 +1,6 @@
 //! Differential test: random patterns and keys through the engine's glob and through a
-//! real redis-server's matcher (`KEYS pattern`, the same `stringmatchlen` SCAN MATCH
-//! uses), which must agree on every key.
+//! real redis-server's `SCAN … MATCH pattern` (what the service's pattern invalidation
+//! sends to L2), which must agree on every key.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -11,7 +11,7 @@ use e2e::redis::RedisServer;
 use engine::Glob;
 use proptest::prelude::*;
 
-/// A RESP client just large enough for SET, FLUSHALL and KEYS with binary arguments.
+/// A RESP client just large enough for SET, FLUSHALL and SCAN with binary arguments.
 struct Resp(TcpStream);
 
 impl Resp {
@@ -24,6 +24,20 @@ impl Resp {
         }
         self.0.write_all(&request).unwrap();
         self.reply()
+    }
+
+    /// Every key `SCAN … MATCH pattern` returns, following the cursor to its end.
+    fn scan_match(&mut self, pattern: &[u8]) -> BTreeSet<Vec<u8>> {
+        let (mut cursor, mut keys) = (b"0".to_vec(), BTreeSet::new());
+        loop {
+            // The reply is [cursor, [keys…]], flattened by `reply`.
+            let mut reply = self.command(&[b"SCAN", &cursor, b"MATCH", pattern, b"COUNT", b"1000"]);
+            cursor = reply.remove(0);
+            keys.extend(reply);
+            if cursor == b"0" {
+                return keys;
+            }
+        }
     }
 
     fn line(&mut self) -> Vec<u8> {
@@ -93,8 +107,7 @@ fn the_engine_glob_agrees_with_redis_on_random_patterns() {
             }
             let fixed: [&[u8]; 6] = [b"*", b"[", b"\\", b"[^", b"a[b-", b"*?*?"];
             for p in patterns.iter().map(Vec::as_slice).chain(fixed) {
-                let by_redis: BTreeSet<Vec<u8>> =
-                    client.command(&[b"KEYS", p]).into_iter().collect();
+                let by_redis = client.scan_match(p);
                 let glob = Glob::new(p);
                 let by_engine: BTreeSet<Vec<u8>> =
                     keys.iter().filter(|k| glob.matches(k)).cloned().collect();
