@@ -14,10 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-duration="${1:-10s}"
-connections="${2:-64}"
-rounds="${3:-3}"
-keys=10000
+bench_args "$@"
 
 install_missing wrk:wrk nginx:nginx
 cargo build --release -q -p net -p bench-harness

@@ -18,10 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-duration="${1:-10s}"
-connections="${2:-64}"
-rounds="${3:-3}"
-keys=10000
+bench_args "$@"
 server_cores="${SERVER_CORES:-$(nproc)}"
 seconds=$(awk -v d="$duration" 'BEGIN {sub(/s$/, "", d); print d + 0}')
 

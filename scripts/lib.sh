@@ -18,6 +18,15 @@ install_missing() {
     $sudo_cmd apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# bench_args [DURATION] [CONNECTIONS] [ROUNDS] — the benchmark scripts' arguments, with
+# their defaults (10s, 64, 3), and the key count they share.
+bench_args() {
+    duration="${1:-10s}"
+    connections="${2:-64}"
+    rounds="${3:-3}"
+    keys=10000
+}
+
 free_port() {
     local port
     while :; do

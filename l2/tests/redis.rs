@@ -18,6 +18,15 @@ fn client(server: &RedisServer, prefix: &str) -> L2 {
     .unwrap()
 }
 
+/// An envelope for `value` that never expires.
+fn forever(value: &[u8]) -> Envelope {
+    Envelope {
+        value: value.to_vec(),
+        cached_at_ms: 0,
+        expires_at_ms: None,
+    }
+}
+
 /// The tests' settings for a Redis at `url`: 200 ms timeout, breaker at 3 failures.
 fn config(url: String) -> L2Config {
     L2Config {
@@ -87,11 +96,7 @@ fn values_round_trip_with_their_metadata_and_ttl() {
 fn pattern_deletion_stays_under_an_escaped_prefix() {
     let redis = RedisServer::start();
     let l2 = client(&redis, "c*[m]:");
-    let e = Envelope {
-        value: b"1".to_vec(),
-        cached_at_ms: 0,
-        expires_at_ms: None,
-    };
+    let e = forever(b"1");
     for key in ["user:1", "user:2", "user:x*", "order:1"] {
         block_on(l2.set(key.as_bytes(), &e, None)).unwrap();
     }
@@ -109,11 +114,7 @@ fn pattern_deletion_stays_under_an_escaped_prefix() {
 fn a_frozen_redis_opens_the_breaker_and_a_thawed_one_closes_it() {
     let redis = RedisServer::start();
     let l2 = client(&redis, "cm:");
-    let e = Envelope {
-        value: b"1".to_vec(),
-        cached_at_ms: 0,
-        expires_at_ms: None,
-    };
+    let e = forever(b"1");
     block_on(l2.set(b"k", &e, None)).unwrap();
     redis.signal("-STOP");
     for _ in 0..3 {
@@ -159,11 +160,7 @@ fn a_restarted_redis_is_used_again_without_restarting_the_client() {
     let mut redis = RedisServer::start();
     let port = redis.port();
     let l2 = client(&redis, "cm:");
-    let e = Envelope {
-        value: b"1".to_vec(),
-        cached_at_ms: 0,
-        expires_at_ms: None,
-    };
+    let e = forever(b"1");
     block_on(l2.set(b"k", &e, None)).unwrap();
     redis.kill();
     assert!(block_on(l2.get(b"k")).is_err());

@@ -12,18 +12,22 @@ use e2e::redis::RedisServer;
 use e2e::{read_response, wait_for, Server};
 use serde_json::{json, Value};
 
-#[test]
-fn a_miss_everywhere_is_filled_from_the_origin_into_l1_and_l2() {
-    let origin = Origin::start();
-    origin.set("user:1", r#"{"id":1}"#);
-    let redis = RedisServer::start();
+/// Two instances sharing `origin` and `redis`.
+fn two_instances(origin: &Origin, redis: &RedisServer) -> (Server, Server) {
     let (template, url) = (origin.template(), redis.url());
     let env = [
         ("ORIGIN_URL", template.as_str()),
         ("REDIS_URL", url.as_str()),
     ];
-    let a = Server::start(&env);
-    let b = Server::start(&env);
+    (Server::start(&env), Server::start(&env))
+}
+
+#[test]
+fn a_miss_everywhere_is_filled_from_the_origin_into_l1_and_l2() {
+    let origin = Origin::start();
+    origin.set("user:1", r#"{"id":1}"#);
+    let redis = RedisServer::start();
+    let (a, b) = two_instances(&origin, &redis);
     let (status, first) = a.get_key("user:1");
     assert_eq!(
         (status, first["source"].as_str()),
@@ -210,13 +214,7 @@ fn refresh_refetches_from_the_origin_everywhere() {
     let origin = Origin::start();
     let redis = RedisServer::start();
     origin.set("k", r#""v1""#);
-    let (template, url) = (origin.template(), redis.url());
-    let env = [
-        ("ORIGIN_URL", template.as_str()),
-        ("REDIS_URL", url.as_str()),
-    ];
-    let a = Server::start(&env);
-    let b = Server::start(&env);
+    let (a, b) = two_instances(&origin, &redis);
     wait_for("both subscribed", Duration::from_secs(10), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "2"
     });
