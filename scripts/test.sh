@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test cache-manager has: formatting, clippy, the workspace's tests (unit,
 # property, end-to-end) and the loom models. Installs what the tests need first
-# (redis-server and redis-tools, curl, chromium) from the OS packages when they are missing.
+# (redis-server and redis-tools, curl, chromium, g++) from the OS packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# libfuzzer-sys, checked below with the fuzz targets, compiles libFuzzer's C++.
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
 # The dashboard's browser test (tests/tests/dashboard.rs) runs headless Chromium.
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
@@ -32,5 +34,9 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz targets live in their own workspace (cargo-fuzz builds them with its flags,
+# in scripts/fuzz.sh); checking them here keeps them in step with the code they call.
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check --all-targets -- -D warnings
 cargo test --workspace
 scripts/loom.sh
