@@ -99,7 +99,6 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
             .with_header("Allow", allow);
         return (None, response);
     }
-    let metrics_off = || Response::error(404, "metrics are disabled (METRICS_ENABLED=false)");
     let shared = &core.shared;
     let response = match matched.route {
         Route::Health => json(200, &serde_json::json!({ "status": "ok" })),
@@ -108,7 +107,7 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
         Route::Prometheus | Route::Metrics | Route::History | Route::Dashboard
             if !core.config.metrics_enabled =>
         {
-            metrics_off()
+            Response::error(404, "metrics are disabled (METRICS_ENABLED=false)")
         }
         Route::Prometheus => stats::prometheus(shared),
         Route::Metrics => json(200, &stats::snapshot(shared)),

@@ -8,12 +8,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use engine::{Clock, LatencyRecorder};
+use engine::Clock;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::core::Shared;
-use crate::stats::{self, Snapshot};
+use crate::stats::{self, OpHistograms, Snapshot};
 
 /// Seconds of history kept.
 pub const CAPACITY: usize = 300;
@@ -101,13 +101,10 @@ struct Totals {
 
 impl Totals {
     fn read(shared: &Shared) -> Self {
-        let latency = LatencyRecorder::merged(shared.cores.iter().flat_map(|c| {
-            let l = &c.latency;
-            [&l.get, &l.set, &l.delete, &l.invalidate]
-        }));
+        let ops = OpHistograms::read(shared);
         Self {
-            snapshot: stats::snapshot(shared),
-            latency,
+            snapshot: stats::snapshot_with(shared, &ops),
+            latency: ops.total(),
         }
     }
 

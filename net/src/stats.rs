@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use engine::{LatencyRecorder, LatencySummary, MetricsSnapshot};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::core::{OpLatency, Shared};
@@ -91,12 +92,44 @@ pub struct CoreSnapshot {
     pub requests: u64,
 }
 
-fn merged(shared: &Shared, pick: impl Fn(&OpLatency) -> &LatencyRecorder) -> Percentiles {
-    let histogram = LatencyRecorder::merged(shared.cores.iter().map(|c| pick(&c.latency)));
-    LatencyRecorder::summarize(&histogram).into()
+/// Each operation's latency histogram, merged over every core.
+pub struct OpHistograms {
+    get: Histogram<u64>,
+    set: Histogram<u64>,
+    delete: Histogram<u64>,
+    invalidate: Histogram<u64>,
+}
+
+impl OpHistograms {
+    pub fn read(shared: &Shared) -> Self {
+        let merged = |pick: fn(&OpLatency) -> &LatencyRecorder| {
+            LatencyRecorder::merged(shared.cores.iter().map(|c| pick(&c.latency)))
+        };
+        Self {
+            get: merged(|l| &l.get),
+            set: merged(|l| &l.set),
+            delete: merged(|l| &l.delete),
+            invalidate: merged(|l| &l.invalidate),
+        }
+    }
+
+    /// Every operation in one histogram.
+    pub fn total(&self) -> Histogram<u64> {
+        let mut total = self.get.clone();
+        for h in [&self.set, &self.delete, &self.invalidate] {
+            total.add(h).expect("same bounds");
+        }
+        total
+    }
 }
 
 pub fn snapshot(shared: &Shared) -> Snapshot {
+    snapshot_with(shared, &OpHistograms::read(shared))
+}
+
+/// The snapshot, with latency from histograms already merged.
+pub fn snapshot_with(shared: &Shared, latency: &OpHistograms) -> Snapshot {
+    let percentiles = |h: &Histogram<u64>| Percentiles::from(LatencyRecorder::summarize(h));
     let total = MetricsSnapshot::sum(shared.shards.iter().map(|m| &**m));
     let cores: Vec<CoreSnapshot> = shared
         .shards
@@ -154,10 +187,10 @@ pub fn snapshot(shared: &Shared) -> Snapshot {
         rejected_requests: sum(|c| c.rejected.get()),
         refused_connections: sum(|c| c.refused.get()),
         latency_us: Latencies {
-            get: merged(shared, |l| &l.get),
-            set: merged(shared, |l| &l.set),
-            delete: merged(shared, |l| &l.delete),
-            invalidate: merged(shared, |l| &l.invalidate),
+            get: percentiles(&latency.get),
+            set: percentiles(&latency.set),
+            delete: percentiles(&latency.delete),
+            invalidate: percentiles(&latency.invalidate),
         },
         cores,
     }
