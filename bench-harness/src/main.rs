@@ -2,6 +2,7 @@
 //! server answering its API): `load` (open or closed loop, HDR reports), `sweep` (the
 //! highest rate that meets a latency objective) and `replay` (hit ratio of a trace).
 
+mod arc;
 mod client;
 mod load;
 mod pacing;
@@ -165,6 +166,9 @@ struct ReplayArgs {
     /// Column holding the key in a CSV trace.
     #[arg(long)]
     csv_column: Option<String>,
+    /// Hash-partitioned shards for the engine, as the service runs one per core.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    shards: u64,
     /// Replay at most this many requests.
     #[arg(long)]
     limit: Option<usize>,
@@ -327,8 +331,9 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
     let format = trace::Format::guess(&args.trace, args.csv_column.as_deref());
     let keys = trace::read(trace::open(&args.trace)?, &format, args.limit)?;
     let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len();
+    let shards = args.shards as usize;
     println!(
-        "{}: {} requests, {} distinct keys ({format:?})",
+        "{}: {} requests, {} distinct keys ({format:?}); engine over {shards} shard(s)",
         args.trace.display(),
         keys.len(),
         distinct
@@ -342,7 +347,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
     for &capacity in &args.capacities {
         print!("{capacity:>10}");
         for p in replay::Policy::ALL {
-            let o = replay::simulate(p, capacity, &keys);
+            let o = replay::simulate(p, capacity, shards, &keys);
             print!(" {:>17.2}%", 100.0 * o.hit_ratio);
             std::io::stdout().flush()?;
             outcomes.push(o);
@@ -365,7 +370,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
             path,
             &serde_json::json!({
                 "tool": "cache-bench", "version": env!("CARGO_PKG_VERSION"), "trace": args.trace,
-                "requests": keys.len(), "distinct_keys": distinct, "outcomes": outcomes, "http_hit_ratio": http,
+                "requests": keys.len(), "distinct_keys": distinct, "shards": shards, "outcomes": outcomes, "http_hit_ratio": http,
             }),
         )?;
     }
@@ -382,7 +387,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
             })
             .collect();
         let title = format!(
-            "Hit ratio vs cache size — {}",
+            "Hit ratio vs cache size — {}, engine over {shards} shard(s)",
             args.trace.file_name().unwrap_or_default().to_string_lossy()
         );
         report::plot_lines(

@@ -1,7 +1,10 @@
-//! `cache-bench replay`: hit ratio of a key trace at given capacities, for the engine's
-//! CLOCK and, in the same run, an exact LRU (the `lru` crate) and moka's W-TinyLFU. Every
-//! policy sees the same keys; a miss inserts the key. Optionally the trace is also
-//! replayed against a running service over HTTP (GET; on 404, PUT).
+//! `cache-bench replay`: hit ratio of a key trace at given capacities, for the engine
+//! (its adaptive policy, and plain CLOCK) and, in the same run, exact LRU (the `lru`
+//! crate), ARC (`arc.rs`) and moka's TinyLFU. Every policy sees the same keys; a miss
+//! inserts the key. The engine is replayed through as many hash-partitioned shards as
+//! asked, exactly as the service partitions keys over its cores (the capacity split the
+//! same way); the references are single caches of the whole capacity. Optionally the
+//! trace is also replayed against a running service over HTTP (GET; on 404, PUT).
 
 use std::time::Instant;
 
@@ -10,43 +13,76 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
-    /// The engine: CLOCK, one shard, so the policy is measured and not the sharding.
+    /// The engine as the service runs it: adaptive W-TinyLFU on CLOCK.
     Engine,
+    /// The engine with `CACHE_EVICTION=clock`.
+    Clock,
     /// Exact LRU.
     Lru,
-    /// moka 0.12, W-TinyLFU.
+    /// ARC (Megiddo and Modha).
+    Arc,
+    /// moka 0.12: TinyLFU admission before an LRU, no window.
     Moka,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 3] = [Policy::Engine, Policy::Lru, Policy::Moka];
+    pub const ALL: [Policy; 5] = [
+        Policy::Engine,
+        Policy::Clock,
+        Policy::Lru,
+        Policy::Arc,
+        Policy::Moka,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Policy::Engine => "engine (CLOCK)",
+            Policy::Engine => "engine (adaptive)",
+            Policy::Clock => "engine (CLOCK)",
             Policy::Lru => "exact LRU",
-            Policy::Moka => "moka (W-TinyLFU)",
+            Policy::Arc => "ARC",
+            Policy::Moka => "moka (TinyLFU)",
         }
     }
 }
+
+/// Hash seeds for the engine's replays, fixed so that a replay is repeatable (the
+/// service draws its seeds at random per process).
+pub const SEEDS: [u64; 4] = [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344];
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
     pub policy: Policy,
     pub capacity: usize,
+    /// Shards the engine's capacity was split over (1 for the references).
+    pub shards: usize,
+    /// The engine's admission window share at the end of the replay (mean over shards).
+    pub window_share: Option<f64>,
     pub requests: usize,
     pub hits: usize,
     pub hit_ratio: f64,
     pub seconds: f64,
 }
 
-/// Replays `keys` against `policy` holding at most `capacity` entries.
-pub fn simulate(policy: Policy, capacity: usize, keys: &[u64]) -> Outcome {
+/// Replays `keys` against `policy` holding at most `capacity` entries; the engine's
+/// policies over `shards` shards.
+pub fn simulate(policy: Policy, capacity: usize, shards: usize, keys: &[u64]) -> Outcome {
     let started = Instant::now();
+    let engine = |eviction| {
+        engine::Cache::builder(capacity)
+            .shards(shards)
+            .seeds(SEEDS)
+            .eviction(eviction)
+            .build()
+    };
+    let mut window_share = None;
     let hits = match policy {
-        Policy::Engine => {
-            let cache = engine::Cache::builder(capacity).shards(1).build();
-            keys.iter()
+        Policy::Engine | Policy::Clock => {
+            let cache = engine(match policy {
+                Policy::Clock => engine::Eviction::Clock,
+                _ => engine::Eviction::Adaptive,
+            });
+            let hits = keys
+                .iter()
                 .filter(|k| {
                     let key = k.to_be_bytes();
                     let hit = cache.get_with(&key, |_| ()).is_some();
@@ -57,7 +93,9 @@ pub fn simulate(policy: Policy, capacity: usize, keys: &[u64]) -> Outcome {
                     }
                     hit
                 })
-                .count()
+                .count();
+            window_share = Some(cache.metrics().window_share());
+            hits
         }
         Policy::Lru => {
             let mut cache =
@@ -72,6 +110,10 @@ pub fn simulate(policy: Policy, capacity: usize, keys: &[u64]) -> Outcome {
                     }
                 })
                 .count()
+        }
+        Policy::Arc => {
+            let mut arc = crate::arc::Arc::new(capacity);
+            keys.iter().filter(|k| arc.access(**k)).count()
         }
         Policy::Moka => {
             let cache: moka::sync::Cache<u64, ()> = moka::sync::Cache::new(capacity as u64);
@@ -92,9 +134,15 @@ pub fn simulate(policy: Policy, capacity: usize, keys: &[u64]) -> Outcome {
                 .count()
         }
     };
+    let shards = match policy {
+        Policy::Engine | Policy::Clock => shards,
+        _ => 1,
+    };
     Outcome {
         policy,
         capacity,
+        shards,
+        window_share,
         requests: keys.len(),
         hits,
         hit_ratio: if keys.is_empty() {
@@ -142,18 +190,18 @@ mod tests {
         // Capacity 2: a b a c b a → hits: a (3rd). Then c evicts b, b misses (evicts a),
         // a misses.
         let keys = [1, 2, 1, 3, 2, 1];
-        assert_eq!(simulate(Policy::Lru, 2, &keys).hits, 1);
+        assert_eq!(simulate(Policy::Lru, 2, 1, &keys).hits, 1);
         // Everything fits: only first touches miss.
-        let o = simulate(Policy::Engine, 10, &keys);
-        assert_eq!(o.hits, 3);
-        assert_eq!(simulate(Policy::Moka, 10, &keys).hits, 3);
+        for policy in Policy::ALL {
+            assert_eq!(simulate(policy, 10, 2, &keys).hits, 3, "{policy:?}");
+        }
     }
 
     #[test]
     fn clock_is_close_to_lru_on_a_looping_working_set() {
         let keys: Vec<u64> = (0..20_000).map(|i| (i * 7919) % 500).collect();
-        let engine = simulate(Policy::Engine, 600, &keys).hit_ratio;
-        let lru = simulate(Policy::Lru, 600, &keys).hit_ratio;
+        let engine = simulate(Policy::Clock, 600, 1, &keys).hit_ratio;
+        let lru = simulate(Policy::Lru, 600, 1, &keys).hit_ratio;
         assert!(
             (engine - lru).abs() < 1e-9,
             "everything fits: {engine} vs {lru}"

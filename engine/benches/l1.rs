@@ -1,5 +1,7 @@
-//! `cargo bench -p engine --bench l1`: the engine against moka (W-TinyLFU) and quick_cache
-//! (S3-FIFO), same keys, same capacity, same run.
+//! `cargo bench -p engine --bench l1`: the engine against moka (TinyLFU) and quick_cache
+//! (S3-FIFO), same keys, same capacity, same run. `engine` runs the default adaptive
+//! eviction, `engine_clock` the same engine with plain CLOCK (`CACHE_EVICTION=clock`), so
+//! the policy's cost on reads and writes shows in every run.
 //!
 //! - `get_hit`: 100k entries with 100-byte values in caches of capacity 131,072, keys read
 //!   in a fixed random order.
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use engine::singleflight::{Join, SingleFlight};
-use engine::{Cache, CoarseClock};
+use engine::{Cache, CoarseClock, Eviction};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const ENTRIES: usize = 100_000;
@@ -40,8 +42,16 @@ fn random_order(space: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn engine_cache(keys: &[Vec<u8>], capacity: usize) -> Cache<CoarseClock> {
-    let cache = Cache::builder(capacity).clock(CoarseClock::new()).build();
+const ENGINES: [(&str, Eviction); 2] = [
+    ("engine", Eviction::Adaptive),
+    ("engine_clock", Eviction::Clock),
+];
+
+fn engine_cache(keys: &[Vec<u8>], capacity: usize, eviction: Eviction) -> Cache<CoarseClock> {
+    let cache = Cache::builder(capacity)
+        .eviction(eviction)
+        .clock(CoarseClock::new())
+        .build();
     for k in keys {
         cache.insert(k, &VALUE, None).unwrap();
     }
@@ -79,27 +89,30 @@ fn get_hit(c: &mut Criterion) {
     let order = random_order(ENTRIES, 1);
     let mut group = c.benchmark_group("get_hit");
 
-    let cache = engine_cache(&keys, READ_CAPACITY);
-    assert_eq!(cache.len(), ENTRIES, "every key fits");
-    group.bench_function("engine", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            drive(iters, &order, |i| {
-                black_box(cache.get_with(&keys[i as usize], |e| e.value.len()));
+    for (name, eviction) in ENGINES {
+        let cache = engine_cache(&keys, READ_CAPACITY, eviction);
+        assert_eq!(cache.len(), ENTRIES, "every key fits");
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                drive(iters, &order, |i| {
+                    black_box(cache.get_with(&keys[i as usize], |e| e.value.len()));
+                });
+                start.elapsed()
+            })
+        });
+        if eviction == Eviction::Adaptive {
+            group.bench_function("engine_copy", |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    drive(iters, &order, |i| {
+                        black_box(cache.get(&keys[i as usize]));
+                    });
+                    start.elapsed()
+                })
             });
-            start.elapsed()
-        })
-    });
-    group.bench_function("engine_copy", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            drive(iters, &order, |i| {
-                black_box(cache.get(&keys[i as usize]));
-            });
-            start.elapsed()
-        })
-    });
-    drop(cache);
+        }
+    }
 
     let moka = moka_cache(&keys, READ_CAPACITY);
     group.bench_function("moka", |b| {
@@ -132,17 +145,18 @@ fn set(c: &mut Criterion) {
     let order = random_order(space, 2);
     let mut group = c.benchmark_group("set");
 
-    let cache = engine_cache(&keys[..ENTRIES], ENTRIES);
-    group.bench_function("engine", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            drive(iters, &order, |i| {
-                black_box(cache.insert(&keys[i as usize], &VALUE, None).ok());
-            });
-            start.elapsed()
-        })
-    });
-    drop(cache);
+    for (name, eviction) in ENGINES {
+        let cache = engine_cache(&keys[..ENTRIES], ENTRIES, eviction);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                drive(iters, &order, |i| {
+                    black_box(cache.insert(&keys[i as usize], &VALUE, None).ok());
+                });
+                start.elapsed()
+            })
+        });
+    }
 
     let moka = moka_cache(&keys[..ENTRIES], ENTRIES);
     let value: Arc<[u8]> = Arc::from(&VALUE[..]);
@@ -194,15 +208,16 @@ fn get_hit_concurrent(c: &mut Criterion) {
     let orders = [random_order(ENTRIES, 3), random_order(ENTRIES, 4)];
     let mut group = c.benchmark_group("get_hit_concurrent");
 
-    let cache = engine_cache(&keys, READ_CAPACITY);
-    group.bench_function("engine", |b| {
-        b.iter_custom(|iters| {
-            two_threads(iters, &orders, |i| {
-                black_box(cache.get_with(&keys[i as usize], |e| e.value.len()));
+    for (name, eviction) in ENGINES {
+        let cache = engine_cache(&keys, READ_CAPACITY, eviction);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, &orders, |i| {
+                    black_box(cache.get_with(&keys[i as usize], |e| e.value.len()));
+                })
             })
-        })
-    });
-    drop(cache);
+        });
+    }
 
     let moka = moka_cache(&keys, READ_CAPACITY);
     group.bench_function("moka", |b| {

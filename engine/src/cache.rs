@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::eviction::Eviction;
 use crate::glob::Glob;
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
 use crate::readthrough::{Flights, Joined, LeaderGuard, Origin, Outcome};
@@ -20,7 +21,9 @@ use crate::time::{Clock, SystemClock};
 
 pub struct Cache<C: Clock = SystemClock> {
     router: Router,
-    readers: Box<[TableReader]>,
+    /// Reader handles by stripe, then shard: each thread reads through its stripe's
+    /// handles, so the lookup counts the eviction policy samples stay mostly thread-private.
+    readers: Box<[Box<[TableReader]>]>,
     writers: Box<[Mutex<ShardWriter>]>,
     flights: Box<[Flights]>,
     metrics: Box<[Arc<ShardMetrics>]>,
@@ -32,6 +35,7 @@ pub struct CacheBuilder<C: Clock> {
     max_bytes: u64,
     shards: Option<usize>,
     seeds: Option<[u64; 4]>,
+    eviction: Eviction,
     clock: C,
 }
 
@@ -44,6 +48,7 @@ impl Cache<SystemClock> {
             max_bytes: u64::MAX,
             shards: None,
             seeds: None,
+            eviction: Eviction::default(),
             clock: SystemClock,
         }
     }
@@ -67,12 +72,19 @@ impl<C: Clock> CacheBuilder<C> {
         self
     }
 
+    /// The eviction policy (default: adaptive W-TinyLFU on CLOCK).
+    pub fn eviction(mut self, eviction: Eviction) -> Self {
+        self.eviction = eviction;
+        self
+    }
+
     pub fn clock<C2: Clock>(self, clock: C2) -> CacheBuilder<C2> {
         CacheBuilder {
             max_entries: self.max_entries,
             max_bytes: self.max_bytes,
             shards: self.shards,
             seeds: self.seeds,
+            eviction: self.eviction,
             clock,
         }
     }
@@ -97,11 +109,15 @@ impl<C: Clock> CacheBuilder<C> {
                     max_entries: split(self.max_entries as u64, shards, i) as usize,
                     max_bytes: split(self.max_bytes, shards, i),
                     stale_window_ms: 0,
+                    eviction: self.eviction,
                 };
                 Mutex::new(ShardWriter::new(config, metrics[i].clone(), now))
             })
             .collect();
-        let readers = writers.iter().map(|w| w.lock().reader()).collect();
+        let stripes = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let readers = (0..stripes)
+            .map(|_| writers.iter().map(|w| w.lock().reader()).collect())
+            .collect();
         Cache {
             router,
             readers,
@@ -111,6 +127,17 @@ impl<C: Clock> CacheBuilder<C> {
             clock: self.clock,
         }
     }
+}
+
+/// This thread's reader stripe (taken modulo the stripe count): threads are numbered in
+/// the order they first read.
+fn thread_stripe() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Relaxed);
+    }
+    STRIPE.with(|s| *s)
 }
 
 /// Shard `i`'s part of `total` over `shards` parts, the remainder going to the first ones.
@@ -127,7 +154,8 @@ impl<C: Clock> Cache<C> {
     #[inline]
     pub fn get_with<R>(&self, key: &[u8], read: impl FnOnce(EntryRef<'_>) -> R) -> Option<R> {
         let hash = self.router.hash(key);
-        self.readers[self.router.shard_of(hash)].get_with(hash, key, self.clock.now_ms(), read)
+        let stripe = &self.readers[thread_stripe() % self.readers.len()];
+        stripe[self.router.shard_of(hash)].get_with(hash, key, self.clock.now_ms(), read)
     }
 
     /// A copy of the value of `key`, if it is present and not expired.

@@ -2,7 +2,8 @@
 //! caller, testable in microseconds.
 //!
 //! - [`table`]: the per-shard hash table — one writer, lock-free readers (seize).
-//! - [`clock`]: CLOCK eviction, bounded by entries and bytes.
+//! - [`eviction`]: which entry a full shard gives up: W-TinyLFU admission with an
+//!   adaptive window, each region swept by a CLOCK hand (or plain CLOCK).
 //! - [`wheel`]: the hierarchical timer wheel that expires TTLs.
 //! - [`shard`]: the three together, with honest byte accounting.
 //! - [`singleflight`]: one fill per missing key, with fencing against invalidations.
@@ -14,7 +15,7 @@
 //!   [`Origin`] ([`readthrough`]).
 
 pub mod cache;
-pub mod clock;
+pub mod eviction;
 pub mod glob;
 pub mod metrics;
 pub mod readthrough;
@@ -27,6 +28,7 @@ pub mod time;
 pub mod wheel;
 
 pub use cache::{Cache, CacheBuilder};
+pub use eviction::{Eviction, UnknownEviction};
 pub use glob::Glob;
 pub use metrics::{LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics};
 pub use readthrough::Origin;

@@ -1,6 +1,8 @@
 //! loom models of the lock-free read path (run by `scripts/loom.sh`): one reader thread
 //! races the writer through insert, overwrite, eviction, expiry and delete-then-reinsert,
-//! and must only ever see a complete value that was stored under the key, or nothing.
+//! and through the adaptive policy's moves (a hit counted while the owner's hand takes
+//! it, a promotion, an admission contest), and must only ever see a complete value that
+//! was stored under the key, or nothing.
 //! A read of a node racing its reclamation is a data race loom reports (see `sync.rs`).
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ fn shard(max_entries: usize) -> ShardWriter {
         max_entries,
         max_bytes: u64::MAX,
         stale_window_ms: 0,
+        eviction: crate::Eviction::Adaptive,
     };
     ShardWriter::new(config, Arc::default(), NOW)
 }
@@ -103,5 +106,23 @@ fn reader_racing_delete_and_reinsert_sees_a_stored_value_or_nothing() {
         assert!(w.remove(3, b"k", NOW));
         w.insert(3, b"k", b"second", None, NOW).unwrap();
         assert_one_of(&r.join().unwrap(), &[None, Some(b"first"), Some(b"second")]);
+    });
+}
+
+#[test]
+fn reader_hits_racing_the_policys_sweeps_and_admission_see_the_value_or_nothing() {
+    loom::model(|| {
+        // Two entries: the window holds the newest, the other sits on probation.
+        let mut w = shard(2);
+        w.insert(3, b"k1", b"v1", None, NOW).unwrap();
+        w.insert(5, b"k2", b"v2", None, NOW).unwrap();
+        // The reader's hit on k1 (a counter bump) races the owner taking that count as
+        // its hands pass, promoting k1 or contesting k2 against it, and evicting one.
+        let r = spawn_reader(w.reader(), 3, b"k1", NOW);
+        let inserted = w.insert(7, b"k3", b"v3", None, NOW).unwrap();
+        assert_eq!(inserted.evicted, 1);
+        w.insert(9, b"k4", b"v4", None, NOW).unwrap();
+        assert_one_of(&r.join().unwrap(), &[None, Some(b"v1")]);
+        assert_eq!(w.len(), 2, "the bound holds whoever won");
     });
 }

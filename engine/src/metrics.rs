@@ -61,8 +61,14 @@ pub struct ShardMetrics {
     pub expirations: Counter,
     /// Misses that waited on another request's fill instead of fetching themselves.
     pub coalesced: Counter,
+    /// Window candidates the admission filter refused (evicted in place of a main entry).
+    pub admissions_refused: Counter,
+    /// Times the frequency sketch halved its counters.
+    pub sketch_resets: Counter,
     pub entries: Gauge,
     pub bytes: Gauge,
+    /// The admission window's share of the shard, in millionths.
+    pub window_share_ppm: Gauge,
 }
 
 /// Totals over a set of shards.
@@ -75,8 +81,13 @@ pub struct MetricsSnapshot {
     pub evictions: u64,
     pub expirations: u64,
     pub coalesced: u64,
+    pub admissions_refused: u64,
+    pub sketch_resets: u64,
     pub entries: u64,
     pub bytes: u64,
+    /// Summed over shards; [`MetricsSnapshot::window_share`] divides by `shards`.
+    pub window_share_ppm: u64,
+    pub shards: u64,
 }
 
 impl ShardMetrics {
@@ -89,8 +100,12 @@ impl ShardMetrics {
             evictions: self.evictions.get(),
             expirations: self.expirations.get(),
             coalesced: self.coalesced.get(),
+            admissions_refused: self.admissions_refused.get(),
+            sketch_resets: self.sketch_resets.get(),
             entries: self.entries.get(),
             bytes: self.bytes.get(),
+            window_share_ppm: self.window_share_ppm.get(),
+            shards: 1,
         }
     }
 }
@@ -101,6 +116,15 @@ impl MetricsSnapshot {
             .into_iter()
             .map(ShardMetrics::snapshot)
             .fold(Self::default(), |a, b| a + b)
+    }
+
+    /// The admission window's mean share over the shards (0 to 1).
+    pub fn window_share(&self) -> f64 {
+        if self.shards == 0 {
+            0.0
+        } else {
+            self.window_share_ppm as f64 / self.shards as f64 / 1e6
+        }
     }
 
     /// Hits over lookups, 0 when there were none.
@@ -126,8 +150,12 @@ impl std::ops::Add for MetricsSnapshot {
             evictions: self.evictions + o.evictions,
             expirations: self.expirations + o.expirations,
             coalesced: self.coalesced + o.coalesced,
+            admissions_refused: self.admissions_refused + o.admissions_refused,
+            sketch_resets: self.sketch_resets + o.sketch_resets,
             entries: self.entries + o.entries,
             bytes: self.bytes + o.bytes,
+            window_share_ppm: self.window_share_ppm + o.window_share_ppm,
+            shards: self.shards + o.shards,
         }
     }
 }

@@ -351,6 +351,7 @@ mod tests {
                         max_entries: 1_000,
                         max_bytes: u64::MAX,
                         stale_window_ms: 0,
+                        eviction: crate::Eviction::default(),
                     };
                     let mut shard = ShardWriter::new(config, Default::default(), NOW);
                     for command in rx.iter() {

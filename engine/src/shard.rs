@@ -1,17 +1,18 @@
-//! A shard: one table, its CLOCK ring and its timer wheel, bounded by entries and bytes.
+//! A shard: one table, its eviction policy (CLOCK hands, see `eviction`) and its timer
+//! wheel, bounded by entries and bytes.
 //!
 //! [`ShardWriter`] is the only thing that changes a shard. In the server it lives on the
 //! shard's own core, so writes take no lock; library users of [`crate::Cache`] get one
 //! behind a mutex per shard. [`TableReader`]s read the same table lock-free from anywhere.
 //!
 //! Bytes are charged honestly: key + value + [`ENTRY_OVERHEAD`], which counts the node,
-//! its bucket pointer, its ring slot, its timer and the allocator's headers for the two
-//! allocations (node and payload) an entry makes.
+//! its bucket pointer, its ring slot, its timer, its share of the frequency sketch and
+//! the allocator's headers for the two allocations (node and payload) an entry makes.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::clock::{slot_bytes, ClockRing, Referenced};
+use crate::eviction::{self, slot_bytes, Eviction, Policy, SKETCH_BYTES_PER_ENTRY};
 use crate::glob::Glob;
 use crate::metrics::ShardMetrics;
 use crate::table::{
@@ -26,14 +27,22 @@ pub struct ShardConfig {
     pub max_bytes: u64,
     /// How long past its TTL an entry is kept and served as stale (0: not at all).
     pub stale_window_ms: u64,
+    pub eviction: Eviction,
 }
 
 /// glibc malloc's per-allocation header and rounding, on average.
 const ALLOCATION_OVERHEAD: usize = 16;
 
 /// Bytes charged per entry on top of its key and value.
-pub const ENTRY_OVERHEAD: usize =
-    NODE_BYTES + slot_bytes::<Resident>() + TIMER_BYTES + 2 * ALLOCATION_OVERHEAD;
+pub const ENTRY_OVERHEAD: usize = NODE_BYTES
+    + slot_bytes::<Resident>()
+    + TIMER_BYTES
+    + SKETCH_BYTES_PER_ENTRY
+    + 2 * ALLOCATION_OVERHEAD;
+
+/// Inserts between two looks at the readers' lookup counts (a look takes a lock and
+/// reads one counter per reader handle).
+const INSERTS_PER_LOOKUP_SAMPLE: u32 = 16;
 
 /// What an entry of this key and value length is charged against the byte bound.
 pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
@@ -64,13 +73,13 @@ pub struct Inserted {
     pub evicted: usize,
 }
 
-/// A ring slot's occupant: the entry's node and its expiry timer.
+/// A policy slot's occupant: the entry's node and its expiry timer.
 struct Resident {
     node: NonNull<Node>,
     timer: Option<TimerId>,
 }
 
-// SAFETY: a `Resident` is only dereferenced by the `ShardWriter` that owns its ring; the
+// SAFETY: a `Resident` is only dereferenced by the `ShardWriter` that owns its policy; the
 // node it points to is owned by the table, whose nodes are `Send + Sync`.
 unsafe impl Send for Resident {}
 
@@ -87,21 +96,32 @@ impl Resident {
     }
 }
 
-impl Referenced for Resident {
-    fn take_reference(&self) -> bool {
-        self.node().take_reference()
+impl eviction::Resident for Resident {
+    fn hash(&self) -> u64 {
+        self.node().hash()
+    }
+
+    fn charge(&self) -> u64 {
+        charge_of(self.node())
+    }
+
+    fn take_hits(&self) -> u8 {
+        self.node().take_hits()
     }
 }
 
 pub struct ShardWriter {
     table: TableWriter,
     reader: TableReader,
-    ring: ClockRing<Resident>,
+    policy: Policy<Resident>,
     wheel: TimerWheel,
     bytes: u64,
     config: ShardConfig,
     metrics: Arc<ShardMetrics>,
     fired: Vec<u32>,
+    /// Lookups and hits summed at the last sample, and inserts since.
+    lookups_seen: (u64, u64),
+    inserts_since_sample: u32,
 }
 
 impl ShardWriter {
@@ -109,15 +129,26 @@ impl ShardWriter {
     pub fn new(config: ShardConfig, metrics: Arc<ShardMetrics>, now_ms: u64) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
         let (reader, table) = table(config.max_entries);
+        let most_entries = config
+            .max_entries
+            .min(usize::try_from(config.max_bytes / ENTRY_OVERHEAD as u64).unwrap_or(usize::MAX));
         Self {
             table,
             reader,
-            ring: ClockRing::new(),
+            policy: Policy::new(
+                config.eviction,
+                config.max_entries,
+                config.max_bytes,
+                most_entries,
+                metrics.clone(),
+            ),
             wheel: TimerWheel::new(now_ms),
             bytes: 0,
             config,
             metrics,
             fired: Vec::new(),
+            lookups_seen: (0, 0),
+            inserts_since_sample: 0,
         }
     }
 
@@ -135,11 +166,16 @@ impl ShardWriter {
     }
 
     pub fn len(&self) -> usize {
-        self.ring.len()
+        self.policy.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ring.is_empty()
+        self.policy.is_empty()
+    }
+
+    /// The admission window's current share of the shard (1 under plain CLOCK).
+    pub fn window_share(&self) -> f64 {
+        self.policy.window_share()
     }
 
     pub fn bytes(&self) -> u64 {
@@ -158,7 +194,7 @@ impl ShardWriter {
     }
 
     /// Stores `value` under `key` until `expires_at_ms` (never, if `None`), evicting by
-    /// CLOCK until both bounds hold. `cached_at_ms` is when the value was cached: now for
+    /// the shard's policy until both bounds hold. `cached_at_ms` is when the value was cached: now for
     /// a write, the original time for a value filled from another tier.
     pub fn insert(
         &mut self,
@@ -194,11 +230,12 @@ impl ShardWriter {
             },
             None => (None, 0),
         };
+        let incoming = existing.is_none().then_some(charge);
         let mut evicted = 0;
-        while (existing.is_none() && self.ring.len() >= self.config.max_entries)
+        while (existing.is_none() && self.policy.len() >= self.config.max_entries)
             || self.bytes - freed + charge > self.config.max_bytes
         {
-            let Some(victim) = self.ring.next_victim(spare) else {
+            let Some(victim) = self.policy.next_victim(spare, incoming) else {
                 break;
             };
             self.remove_slot(victim);
@@ -212,41 +249,47 @@ impl ShardWriter {
             cached_at_ms,
             expires_at_ms: deadline,
             stale_until_ms: stale_until,
-            referenced: false,
+            hits: 0,
         };
+        let table = &mut self.table;
         let slot = match existing {
             Some(old) => {
                 // SAFETY: eviction spared `old`'s slot, so it is still linked and live.
                 let old_node = unsafe { old.as_ref() };
-                entry.slot = old_node.slot;
-                entry.referenced = old_node.is_referenced();
-                let node = self.table.replace(old, entry);
-                let resident = self.ring.get_mut(entry_slot(node)).expect("resident slot");
-                resident.node = node;
-                if let Some(timer) = resident.timer.take() {
+                let slot = old_node.slot;
+                entry.slot = slot;
+                entry.hits = old_node.pending_hits();
+                let mut old_timer = None;
+                // The policy reads the old node's charge before the closure retires it.
+                self.policy.update(slot, |resident| {
+                    resident.node = table.replace(old, entry);
+                    old_timer = resident.timer.take();
+                });
+                if let Some(timer) = old_timer {
                     self.wheel.cancel(timer);
                 }
-                entry_slot(node)
+                slot
             }
-            None => {
-                let table = &mut self.table;
-                self.ring.insert_with(|slot| {
-                    entry.slot = slot;
-                    Resident {
-                        node: table.insert(entry),
-                        timer: None,
-                    }
-                })
-            }
+            None => self.policy.insert_with(|slot| {
+                entry.slot = slot;
+                Resident {
+                    node: table.insert(entry),
+                    timer: None,
+                }
+            }),
         };
         if stale_until != NEVER {
             let timer = self.wheel.schedule(stale_until, slot);
-            self.ring.get_mut(slot).expect("resident slot").timer = Some(timer);
+            self.policy.get_mut(slot).expect("resident slot").timer = Some(timer);
         }
         self.bytes = self.bytes - freed + charge;
         self.metrics.sets.incr();
         self.metrics.evictions.add(evicted as u64);
         self.publish_levels();
+        self.inserts_since_sample += 1;
+        if self.inserts_since_sample >= INSERTS_PER_LOOKUP_SAMPLE {
+            self.sample_lookups();
+        }
         Ok(Inserted {
             cached_at_ms,
             expires_at_ms,
@@ -278,7 +321,7 @@ impl ShardWriter {
     /// Deletes every live key `pattern` matches and returns how many.
     pub fn remove_matching(&mut self, pattern: &Glob, now_ms: u64) -> usize {
         let doomed: Vec<(u32, bool)> = self
-            .ring
+            .policy
             .iter()
             .filter(|(_, r)| pattern.matches(r.key()))
             .map(|(slot, r)| (slot, r.node().stale_until_ms > now_ms))
@@ -295,7 +338,7 @@ impl ShardWriter {
 
     /// Deletes everything (a coherence flush); returns how many entries were dropped.
     pub fn clear(&mut self) -> usize {
-        let slots: Vec<u32> = self.ring.iter().map(|(slot, _)| slot).collect();
+        let slots: Vec<u32> = self.policy.iter().map(|(slot, _)| slot).collect();
         for &slot in &slots {
             self.remove_slot(slot);
         }
@@ -303,13 +346,16 @@ impl ShardWriter {
         slots.len()
     }
 
-    /// Drops every entry whose deadline is at or before `now_ms`; returns how many.
+    /// Drops every entry whose deadline is at or before `now_ms`; returns how many. Also
+    /// hands the policy the readers' latest lookups, so the window adapts even while
+    /// nothing is inserted.
     pub fn expire(&mut self, now_ms: u64) -> usize {
+        self.sample_lookups();
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.advance(now_ms, |slot| fired.push(slot));
         for &slot in &fired {
             let resident = self
-                .ring
+                .policy
                 .get_mut(slot)
                 .expect("a live timer has a resident");
             resident.timer = None;
@@ -331,8 +377,19 @@ impl ShardWriter {
         self.wheel.next_deadline()
     }
 
+    /// Feeds the policy the lookups every reader handle counted since the last sample.
+    fn sample_lookups(&mut self) {
+        self.inserts_since_sample = 0;
+        let (lookups, hits) = self.table.lookups();
+        let (seen_lookups, seen_hits) = std::mem::replace(&mut self.lookups_seen, (lookups, hits));
+        self.policy.observe_lookups(
+            lookups.wrapping_sub(seen_lookups),
+            hits.wrapping_sub(seen_hits),
+        );
+    }
+
     fn remove_slot(&mut self, slot: u32) {
-        let resident = self.ring.remove(slot).expect("slot is occupied");
+        let resident = self.policy.remove(slot).expect("slot is occupied");
         if let Some(timer) = resident.timer {
             self.wheel.cancel(timer);
         }
@@ -341,18 +398,13 @@ impl ShardWriter {
     }
 
     fn publish_levels(&self) {
-        self.metrics.entries.set(self.ring.len() as u64);
+        self.metrics.entries.set(self.policy.len() as u64);
         self.metrics.bytes.set(self.bytes);
     }
 }
 
 fn charge_of(node: &Node) -> u64 {
     (node.payload_len() + ENTRY_OVERHEAD) as u64
-}
-
-fn entry_slot(node: NonNull<Node>) -> u32 {
-    // SAFETY: called on a node the writer has just linked.
-    unsafe { node.as_ref() }.slot
 }
 
 #[cfg(all(test, not(engine_loom)))]
@@ -367,6 +419,7 @@ mod tests {
                 max_entries,
                 max_bytes,
                 stale_window_ms: 0,
+                eviction: Eviction::Clock,
             },
             Arc::default(),
             NOW,
@@ -501,6 +554,7 @@ mod tests {
                 max_entries: 10,
                 max_bytes: u64::MAX,
                 stale_window_ms: 500,
+                eviction: Eviction::Clock,
             },
             Arc::default(),
             NOW,

@@ -3,8 +3,9 @@
 //!
 //! Only the [`TableWriter`] (one per table, owned by the shard's core) links and unlinks
 //! nodes, so it needs no CAS and never waits. Readers pin a reclamation guard, walk a
-//! bucket chain with acquire loads, and never write anything but a node's CLOCK reference
-//! bit (and only when it is unset, so hot entries keep their cache line clean). A node is
+//! bucket chain with acquire loads, and never write anything but a node's hit counter (a
+//! few bits the eviction policy reads and clears, bumped only until it saturates so hot
+//! entries keep their cache line clean) and their own lookup counts. A node is
 //! immutable once published: an overwrite links a new node in place of the old one, and
 //! an unlinked node is retired to the reclaimer, which frees it only after every reader
 //! that might still hold it has left.
@@ -16,7 +17,10 @@ use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use crate::sync::{Arc, AtomicBool, AtomicPtr, Reclaimer, Retirable, SharedCell};
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::sync::{Arc, AtomicPtr, AtomicU8, Reclaimer, Retirable, SharedCell};
 
 /// An entry as a reader sees it, borrowed for the duration of a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +56,8 @@ pub(crate) struct Node {
     value_len: u32,
     /// The entry's CLOCK slot; an overwrite keeps it.
     pub(crate) slot: u32,
-    referenced: AtomicBool,
+    /// Hits since the eviction policy last looked, saturating at [`MAX_PENDING_HITS`].
+    hits: AtomicU8,
     /// Zero-sized in normal builds. Under loom every payload read goes through it and
     /// reclamation writes it, so a read racing a free is reported.
     payload_access: SharedCell<()>,
@@ -67,8 +72,12 @@ pub(crate) struct NewEntry<'a> {
     pub cached_at_ms: u64,
     pub expires_at_ms: u64,
     pub stale_until_ms: u64,
-    pub referenced: bool,
+    pub hits: u8,
 }
+
+/// Where a node's hit counter saturates: TinyLFU's counters stop at 15 too, and a counter
+/// that stops early stops dirtying a hot entry's cache line early.
+const MAX_PENDING_HITS: u8 = 15;
 
 fn node_layout(payload_len: usize) -> Layout {
     Layout::new::<Node>()
@@ -100,7 +109,7 @@ fn allocate(entry: NewEntry<'_>) -> NonNull<Node> {
             key_len,
             value_len,
             slot: entry.slot,
-            referenced: AtomicBool::new(entry.referenced),
+            hits: AtomicU8::new(entry.hits),
             payload_access: SharedCell::new(()),
         });
         let payload = payload_ptr(node);
@@ -168,19 +177,32 @@ impl Node {
         self.key_len as usize + self.value_len as usize
     }
 
-    pub(crate) fn is_referenced(&self) -> bool {
-        self.referenced.load(Relaxed)
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
     }
 
-    pub(crate) fn take_reference(&self) -> bool {
-        // Load first: a clear bit (the common case in a sweep) costs no store.
-        self.referenced.load(Relaxed) && self.referenced.swap(false, Relaxed)
+    /// Hits not yet taken by the policy.
+    pub(crate) fn pending_hits(&self) -> u8 {
+        self.hits.load(Relaxed)
     }
 
+    /// The hits readers counted since the last call, clearing them.
+    pub(crate) fn take_hits(&self) -> u8 {
+        // Load first: no hits (the common case in a sweep) costs no store.
+        match self.hits.load(Relaxed) {
+            0 => 0,
+            _ => self.hits.swap(0, Relaxed),
+        }
+    }
+
+    /// Counts a hit. A plain load and store, not an atomic increment: two readers racing
+    /// may count one hit, which the policy's estimate tolerates, and the common case of
+    /// a saturated counter writes nothing.
     #[inline(always)]
-    fn mark_referenced(&self) {
-        if !self.referenced.load(Relaxed) {
-            self.referenced.store(true, Relaxed);
+    fn record_hit(&self) {
+        let hits = self.hits.load(Relaxed);
+        if hits < MAX_PENDING_HITS {
+            self.hits.store(hits + 1, Relaxed);
         }
     }
 }
@@ -197,6 +219,29 @@ pub(crate) unsafe fn node_key<'a>(node: NonNull<Node>) -> &'a [u8] {
 struct Table {
     buckets: Box<[AtomicPtr<Node>]>,
     reclaimer: Reclaimer,
+    /// Every reader handle's lookup counts, for the writer to sum.
+    readers: Mutex<Vec<std::sync::Arc<LookupCounts>>>,
+}
+
+/// Lookups through one reader handle, for the eviction policy's hit-rate samples. Each
+/// handle has its own, on its own cache line, written with plain loads and stores: a
+/// handle used by one thread counts exactly and shares nothing with other readers; one
+/// shared by several threads may lose a count, which a sample tolerates.
+#[derive(Default)]
+struct LookupCounts {
+    lookups: CachePadded<std::sync::atomic::AtomicU64>,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+impl LookupCounts {
+    #[inline(always)]
+    fn count(&self, hit: bool) {
+        let bump = |c: &std::sync::atomic::AtomicU64| c.store(c.load(Relaxed) + 1, Relaxed);
+        bump(&self.lookups);
+        if hit {
+            bump(&self.hits);
+        }
+    }
 }
 
 impl Drop for Table {
@@ -233,7 +278,9 @@ unsafe impl Sync for TableRef {}
 impl TableRef {
     fn new(table: Arc<Table>) -> Self {
         let mask = table.buckets.len() - 1;
-        let buckets = NonNull::from(&table.buckets[0]);
+        // The slice's own pointer: its provenance covers every bucket.
+        let buckets = NonNull::new(table.buckets.as_ptr() as *mut AtomicPtr<Node>)
+            .expect("a boxed slice's pointer is never null");
         Self {
             table,
             buckets,
@@ -254,9 +301,26 @@ impl Clone for TableRef {
     }
 }
 
-/// Read access from any thread. Cheap to clone.
-#[derive(Clone)]
-pub struct TableReader(TableRef);
+/// Read access from any thread. Cheap to clone; each clone counts its own lookups, so a
+/// thread that reads often should hold a clone of its own.
+pub struct TableReader {
+    table: TableRef,
+    counts: std::sync::Arc<LookupCounts>,
+}
+
+impl TableReader {
+    fn new(table: TableRef) -> Self {
+        let counts = std::sync::Arc::new(LookupCounts::default());
+        table.table.readers.lock().push(counts.clone());
+        Self { table, counts }
+    }
+}
+
+impl Clone for TableReader {
+    fn clone(&self) -> Self {
+        Self::new(self.table.clone())
+    }
+}
 
 /// The single writer of a table.
 pub(crate) struct TableWriter(TableRef);
@@ -268,9 +332,10 @@ pub(crate) fn table(capacity: usize) -> (TableReader, TableWriter) {
             .map(|_| AtomicPtr::new(ptr::null_mut()))
             .collect(),
         reclaimer: Reclaimer::new(),
+        readers: Mutex::new(Vec::new()),
     });
     (
-        TableReader(TableRef::new(table.clone())),
+        TableReader::new(TableRef::new(table.clone())),
         TableWriter(TableRef::new(table)),
     )
 }
@@ -282,7 +347,7 @@ pub(crate) const NODE_BYTES: usize =
 
 impl TableReader {
     /// Finds `key` and, if it is present and servable at `now` (not expired, or expired
-    /// but within the stale window, flagged `stale`), marks it referenced and hands it
+    /// but within the stale window, flagged `stale`), counts a hit on it and hands it
     /// to `read`. Never blocks and never waits for the writer.
     #[inline]
     pub fn get_with<R>(
@@ -292,8 +357,8 @@ impl TableReader {
         now_ms: u64,
         read: impl FnOnce(EntryRef<'_>) -> R,
     ) -> Option<R> {
-        let guard = self.0.table.reclaimer.enter();
-        let mut ptr = guard.protect(self.0.bucket(hash));
+        let guard = self.table.table.reclaimer.enter();
+        let mut ptr = guard.protect(self.table.bucket(hash));
         while let Some(node) = NonNull::new(ptr) {
             // SAFETY: `ptr` was loaded through `guard`, so the node stays allocated until
             // the guard drops even if the writer unlinks and retires it meanwhile. It was
@@ -304,10 +369,12 @@ impl TableReader {
                 // SAFETY: as above; the guard outlives every use of the payload.
                 let (k, value) = unsafe { payload(node) };
                 if k == key {
-                    if header.stale_until_ms <= now_ms {
+                    let servable = header.stale_until_ms > now_ms;
+                    self.counts.count(servable);
+                    if !servable {
                         return None;
                     }
-                    header.mark_referenced();
+                    header.record_hit();
                     return Some(read(EntryRef {
                         key: k,
                         value,
@@ -320,11 +387,24 @@ impl TableReader {
             }
             ptr = guard.protect(&header.next);
         }
+        self.counts.count(false);
         None
     }
 }
 
 impl TableWriter {
+    /// Lookups and hits through every reader handle so far, summed.
+    pub(crate) fn lookups(&self) -> (u64, u64) {
+        self.0
+            .table
+            .readers
+            .lock()
+            .iter()
+            .fold((0, 0), |(l, h), c| {
+                (l + c.lookups.load(Relaxed), h + c.hits.load(Relaxed))
+            })
+    }
+
     /// The node holding `key`, expired or not.
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<NonNull<Node>> {
         let mut ptr = self.0.bucket(hash).load(Acquire);

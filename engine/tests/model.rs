@@ -4,12 +4,13 @@
 //! Without eviction pressure the cache must agree with the model exactly. Under pressure
 //! it may have evicted a key, but a read still returns either nothing or exactly the
 //! model's current value: never a deleted, invalidated, expired or overwritten one. Both
-//! bounds hold after every operation.
+//! bounds hold after every operation. Every case runs under both eviction policies (the
+//! adaptive one moves entries between regions and refuses admissions; plain CLOCK).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use engine::{entry_charge, Cache, Glob, ManualClock};
+use engine::{entry_charge, Cache, Eviction, Glob, ManualClock};
 use proptest::prelude::*;
 
 const START: u64 = 1_700_000_000_000;
@@ -79,11 +80,13 @@ fn run(
     max_entries: usize,
     max_bytes: u64,
     shards: usize,
+    eviction: Eviction,
 ) -> Result<(), TestCaseError> {
     let clock = ManualClock::new(START);
     let cache = Cache::builder(max_entries)
         .max_bytes(max_bytes)
         .shards(shards)
+        .eviction(eviction)
         .seeds([1, 2, 3, 4])
         .clock(clock.clone())
         .build();
@@ -177,35 +180,69 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn without_pressure_the_cache_is_the_model(ops in prop::collection::vec(op(), 1..300), shards in 1usize..4) {
-        run(ops, 1_000, u64::MAX, shards)?;
+    fn without_pressure_the_cache_is_the_model(ops in prop::collection::vec(op(), 1..300), shards in 1usize..4, eviction in eviction()) {
+        run(ops, 1_000, u64::MAX, shards, eviction)?;
     }
 
     #[test]
-    fn under_entry_pressure_reads_are_current_or_absent(ops in prop::collection::vec(op(), 1..300), cap in 1usize..8) {
-        run(ops, cap, u64::MAX, 1)?;
+    fn under_entry_pressure_reads_are_current_or_absent(ops in prop::collection::vec(op(), 1..300), cap in 1usize..8, eviction in eviction()) {
+        run(ops, cap, u64::MAX, 1, eviction)?;
     }
 
     #[test]
-    fn under_byte_pressure_reads_are_current_or_absent(ops in prop::collection::vec(op(), 1..300), shards in 1usize..3) {
-        run(ops, 1_000, entry_charge(3, 72) * 4, shards)?;
+    fn under_byte_pressure_reads_are_current_or_absent(ops in prop::collection::vec(op(), 1..300), shards in 1usize..3, eviction in eviction()) {
+        run(ops, 1_000, entry_charge(3, 72) * 4, shards, eviction)?;
     }
 }
 
-/// While the working set fits, CLOCK is exact LRU (nothing is lost), and when it does not
-/// fit, a key touched since the hand last passed survives the next eviction.
+fn eviction() -> impl Strategy<Value = Eviction> {
+    prop::sample::select(vec![Eviction::Adaptive, Eviction::Clock])
+}
+
+/// While the working set fits nothing is lost, and when it does not fit, a key touched
+/// since the hand last passed survives the next eviction, under either policy.
 #[test]
-fn clock_protects_recently_read_keys_like_lru() {
-    let cache = Cache::builder(4).shards(1).build();
-    for k in 0..4u8 {
-        cache.insert(&key(k), b"v", None).unwrap();
+fn recently_read_keys_survive_like_lru() {
+    for eviction in [Eviction::Adaptive, Eviction::Clock] {
+        let cache = Cache::builder(4).shards(1).eviction(eviction).build();
+        for k in 0..4u8 {
+            cache.insert(&key(k), b"v", None).unwrap();
+        }
+        for round in 0..10u8 {
+            assert!(
+                cache.get(&key(0)).is_some(),
+                "{eviction}: hot key lost in round {round}"
+            );
+            cache.insert(&key(10 + round), b"v", None).unwrap();
+        }
+        assert_eq!(cache.metrics().evictions, 10);
     }
-    for round in 0..10u8 {
-        assert!(
-            cache.get(&key(0)).is_some(),
-            "hot key lost in round {round}"
-        );
-        cache.insert(&key(10 + round), b"v", None).unwrap();
+}
+
+/// A flood of keys seen once, ten times the capacity, does not evict a hot set that is
+/// being read, through the library API on the service's shard count.
+#[test]
+fn a_one_hit_flood_leaves_the_hot_set_in_place() {
+    let capacity = 2_000;
+    let cache = Cache::builder(capacity).shards(2).build();
+    let hot: Vec<Vec<u8>> = (0..1_000)
+        .map(|i| format!("hot:{i}").into_bytes())
+        .collect();
+    let read_through = |k: &[u8]| {
+        if cache.get(k).is_none() {
+            cache.insert(k, b"v", None).unwrap();
+        }
+    };
+    for _ in 0..20 {
+        hot.iter().for_each(|k| read_through(k));
     }
-    assert_eq!(cache.metrics().evictions, 10);
+    for i in 0..10 * capacity {
+        cache
+            .insert(format!("flood:{i}").as_bytes(), b"v", None)
+            .unwrap();
+        read_through(&hot[i % hot.len()]);
+    }
+    let kept = hot.iter().filter(|k| cache.get(k).is_some()).count();
+    assert!(kept >= 980, "{kept} of 1000 hot keys survived");
+    assert!(cache.metrics().admissions_refused > 10_000);
 }

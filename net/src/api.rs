@@ -178,7 +178,7 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
     let hash = shared.router.hash(key);
     let owner = shared.router.shard_of(hash);
     let found = match core.config.read_path {
-        ReadPath::Direct => shared.readers[owner].get_with(hash, key, now, |e| {
+        ReadPath::Direct => core.readers[owner].get_with(hash, key, now, |e| {
             let hit = Hit {
                 value: e.value,
                 cached_at_ms: e.cached_at_ms,

@@ -58,6 +58,12 @@ pub struct Config {
     #[arg(long, env = "CACHE_L1_MAX_BYTES", default_value_t = 256 << 20)]
     pub l1_max_bytes: u64,
 
+    /// Which entry a full L1 shard gives up: `adaptive` (W-TinyLFU admission with an
+    /// adaptive window, on CLOCK) or `clock` (plain second-chance CLOCK).
+    #[arg(long, env = "CACHE_EVICTION", default_value_t = engine::Eviction::Adaptive)]
+    #[serde(serialize_with = "display")]
+    pub eviction: engine::Eviction,
+
     /// TTL in seconds for entries stored without one (0: never expire).
     #[arg(long, env = "CACHE_DEFAULT_TTL", default_value_t = 3600)]
     pub default_ttl: u64,
@@ -231,6 +237,10 @@ fn redact_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok,
             _ => s.serialize_str(url),
         },
     }
+}
+
+fn display<S: serde::Serializer>(v: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 fn redact<S: serde::Serializer>(token: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

@@ -101,6 +101,9 @@ pub struct Core {
     pub id: usize,
     pub config: Arc<Config>,
     pub shared: Arc<Shared>,
+    /// This core's own handles on every shard's table: each counts this core's lookups
+    /// for the owner's eviction policy without sharing a cache line with other cores.
+    pub readers: Box<[TableReader]>,
     open_connections: Cell<usize>,
     /// The `Date` header for the current second.
     date: RefCell<(u64, Rc<str>)>,
@@ -111,6 +114,7 @@ impl Core {
         Self {
             id,
             config: shared.config.clone(),
+            readers: shared.readers.clone(),
             shared,
             open_connections: Cell::new(0),
             date: RefCell::new((u64::MAX, Rc::from(""))),

@@ -63,6 +63,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 max_entries: split(config.l1_max_entries as u64, cores, i) as usize,
                 max_bytes: split(config.l1_max_bytes, cores, i),
                 stale_window_ms: config.stale_ttl * 1000,
+                eviction: config.eviction,
             };
             ShardWriter::new(config, shards[i].clone(), clock.now_ms())
         })
@@ -122,7 +123,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => "L1 only".to_owned(),
     };
     tracing::info!(
-        listen = %config.listen, cores, read_path = ?config.read_path,
+        listen = %config.listen, cores, read_path = ?config.read_path, eviction = %config.eviction,
         l1_max_entries = config.l1_max_entries, l1_max_bytes = config.l1_max_bytes,
         "cache-manager ready: {tier}"
     );

@@ -19,6 +19,14 @@ pub struct Snapshot {
     pub deletes: u64,
     pub evictions: u64,
     pub l1_size: u64,
+    /// The L1 eviction policy (CACHE_EVICTION).
+    pub eviction: String,
+    /// Window candidates the admission filter refused (adaptive eviction).
+    pub admissions_refused: u64,
+    /// The admission window's mean share of the shards, 0 to 1 (1 under plain CLOCK).
+    pub window_share: f64,
+    /// Times a shard's frequency sketch halved its counters.
+    pub sketch_resets: u64,
     /// L2 counters stay 0 when no Redis is configured.
     pub l2_hits: u64,
     pub l2_misses: u64,
@@ -167,6 +175,10 @@ pub fn snapshot_with(shared: &Shared, latency: &OpHistograms) -> Snapshot {
         deletes: total.deletes,
         evictions: total.evictions,
         l1_size: total.entries,
+        eviction: shared.config.eviction.to_string(),
+        admissions_refused: total.admissions_refused,
+        window_share: total.window_share(),
+        sketch_resets: total.sketch_resets,
         l2_hits: l2(|s| &s.hits),
         l2_misses: l2(|s| &s.misses),
         l2_errors: l2(|s| &s.errors),
@@ -239,8 +251,26 @@ pub fn prometheus(shared: &Shared) -> Response {
     metric(
         "evictions_total",
         "counter",
-        "Entries evicted by CLOCK to respect a bound.",
+        "Entries evicted to respect a bound.",
         s.evictions.to_string(),
+    );
+    metric(
+        "admissions_refused_total",
+        "counter",
+        "Window candidates the TinyLFU admission filter refused.",
+        s.admissions_refused.to_string(),
+    );
+    metric(
+        "window_share",
+        "gauge",
+        "The admission window's mean share of the L1 shards (1 under plain CLOCK).",
+        format!("{:.6}", s.window_share),
+    );
+    metric(
+        "sketch_resets_total",
+        "counter",
+        "Times a frequency sketch halved its counters.",
+        s.sketch_resets.to_string(),
     );
     metric(
         "expirations_total",

@@ -43,6 +43,16 @@ fn invalid_configuration_is_refused_with_its_name() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let err = effective(&[], &[("CACHE_EVICTION", "lru")]).unwrap_err();
+    assert!(
+        err.contains(r#"unknown eviction policy "lru": expected "adaptive" or "clock""#),
+        "{err}"
+    );
+    assert_eq!(
+        effective(&["--eviction", "clock"], &[]).unwrap()["eviction"],
+        "clock"
+    );
+    assert_eq!(effective(&[], &[]).unwrap()["eviction"], "adaptive");
 }
 
 #[test]

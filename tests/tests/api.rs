@@ -392,6 +392,62 @@ fn the_entry_bound_holds_under_concurrent_writers() {
     assert!(m["requests"].as_u64().unwrap() >= 2200);
 }
 
+/// Reads a hot set through the service (GET, and PUT on a 404), then floods it with ten
+/// times its capacity in keys written once while the hot set goes on being read, slowly
+/// (one hot read per ten writes); returns how many hot keys are still cached, and the
+/// metrics.
+fn hot_set_through_a_flood(env: &[(&str, &str)]) -> (usize, Value) {
+    let s = Server::start(env);
+    let agent = ureq::AgentBuilder::new().build();
+    let read_through = |key: &str| {
+        let url = s.url(&format!("/api/cache/{key}"));
+        match agent.get(&url).call() {
+            Ok(_) => true,
+            Err(ureq::Error::Status(404, _)) => {
+                agent.put(&url).send_json(json!({"value": 1})).unwrap();
+                false
+            }
+            Err(e) => panic!("GET {key}: {e}"),
+        }
+    };
+    let hot: Vec<String> = (0..100).map(|i| format!("hot{i}")).collect();
+    for _ in 0..10 {
+        for k in &hot {
+            read_through(k);
+        }
+    }
+    for i in 0..4_000 {
+        let url = s.url(&format!("/api/cache/flood{i}"));
+        agent.put(&url).send_json(json!({"value": i})).unwrap();
+        if i % 10 == 0 {
+            read_through(&hot[i / 10 % hot.len()]);
+        }
+    }
+    let kept = hot
+        .iter()
+        .filter(|k| get(&s, &format!("/api/cache/{k}")).0 == 200)
+        .count();
+    (kept, s.metrics())
+}
+
+#[test]
+fn adaptive_eviction_keeps_a_hot_set_through_a_one_hit_flood() {
+    let (kept, m) = hot_set_through_a_flood(&[("CACHE_L1_MAX_ENTRIES", "400")]);
+    assert!(kept >= 95, "{kept} of 100 hot keys kept: {m}");
+    assert_eq!(m["eviction"], "adaptive");
+    assert!(m["admissions_refused"].as_u64().unwrap() > 1_000, "{m}");
+    let share = m["window_share"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&share), "{m}");
+    assert!(m["l1_size"].as_u64().unwrap() <= 400, "{m}");
+
+    let (kept, m) =
+        hot_set_through_a_flood(&[("CACHE_L1_MAX_ENTRIES", "400"), ("CACHE_EVICTION", "clock")]);
+    assert!(kept < 50, "plain CLOCK lets the flood through: {kept} kept");
+    assert_eq!(m["eviction"], "clock");
+    assert_eq!(m["admissions_refused"], 0);
+    assert_eq!(m["window_share"], 1.0);
+}
+
 #[test]
 fn curl_with_a_large_body_uses_expect_continue_and_works() {
     let s = Server::start(&[]);
@@ -458,6 +514,13 @@ fn prometheus_text_is_served() {
     );
     assert!(text.contains("cache_request_latency_microseconds{op=\"get\",quantile=\"0.99\"}"));
     assert!(text.contains("cache_core_requests_total{core=\"1\"}"));
+    for metric in [
+        "cache_admissions_refused_total 0",
+        "cache_window_share 0.01",
+        "cache_sketch_resets_total 0",
+    ] {
+        assert!(text.contains(metric), "{metric} in {text}");
+    }
     let off = Server::start(&[("METRICS_ENABLED", "false")]);
     assert_eq!(
         status_and_json(ureq::get(&off.url("/api/cache/metrics")).call()).0,

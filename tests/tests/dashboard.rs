@@ -147,7 +147,7 @@ fn the_dashboard_renders_live_data_in_a_real_browser() {
                 )
             })
             .collect();
-        assert_eq!(charts.len(), 8, "{charts:?}");
+        assert_eq!(charts.len(), 9, "{charts:?}");
         for (id, points, series) in &charts {
             assert!(
                 *points >= 5 && *series >= 1,

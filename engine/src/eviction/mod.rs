@@ -1,0 +1,400 @@
+//! Which entry a full shard gives up: W-TinyLFU with an adaptive window, every region
+//! swept by a CLOCK hand, owned by the shard's writer.
+//!
+//! - A new entry enters the **window** (`ring.rs`), where CLOCK decides by recency.
+//! - An entry the window's hand pushes out is a **candidate** for the main region. While
+//!   the shard has room it simply joins probation; when the shard is full it must beat
+//!   the main region's victim on estimated frequency (`sketch.rs`, TinyLFU admission), or
+//!   it is the one evicted. So a burst of keys seen once cannot flush keys that are asked
+//!   for again and again.
+//! - The main region is **probation** and **protected** (80 %). Probation's hand evicts
+//!   an entry that nobody read since it entered and promotes one that was read; protected
+//!   entries pass their second chance in their own ring and are demoted to probation when
+//!   protected is over its share.
+//! - The window's share of the shard adapts (`climber.rs`): recency-heavy workloads get a
+//!   large window, frequency-heavy ones a small one.
+//!
+//! Readers never take part: a hit only bumps a small saturating counter in the entry
+//! (`table.rs`). The owner folds those counts into the sketch when a hand passes the
+//! entry, so every structural change stays with the one writer.
+//!
+//! [`Eviction::Clock`] is this policy with a 100 % window and no admission: exactly plain
+//! CLOCK, kept so that operators and benchmarks can compare.
+//!
+//! The policy is the product, so it is written here rather than taken from a crate: none
+//! offers CLOCK hands over a single-writer, lock-free-reader table.
+
+mod climber;
+mod ring;
+mod sketch;
+
+use std::sync::Arc;
+
+pub use ring::{slot_bytes, Region};
+pub use sketch::SKETCH_BYTES_PER_ENTRY;
+
+use crate::metrics::ShardMetrics;
+use climber::Climber;
+use ring::Ring;
+use sketch::Sketch;
+
+/// How a shard chooses what to evict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Eviction {
+    /// W-TinyLFU on CLOCK with a window sized by hill climbing.
+    #[default]
+    Adaptive,
+    /// Plain CLOCK (second chance): a 100 % window and no admission filter.
+    Clock,
+}
+
+impl Eviction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Eviction::Adaptive => "adaptive",
+            Eviction::Clock => "clock",
+        }
+    }
+}
+
+impl std::fmt::Display for Eviction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown eviction policy {0:?}: expected \"adaptive\" or \"clock\"")]
+pub struct UnknownEviction(pub String);
+
+impl std::str::FromStr for Eviction {
+    type Err = UnknownEviction;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "adaptive" => Ok(Eviction::Adaptive),
+            "clock" => Ok(Eviction::Clock),
+            other => Err(UnknownEviction(other.to_owned())),
+        }
+    }
+}
+
+/// What the policy needs to know of a resident.
+pub trait Resident {
+    /// The key's hash (seeded per process), for the frequency sketch.
+    fn hash(&self) -> u64;
+    /// Bytes the entry is charged against the shard's byte bound.
+    fn charge(&self) -> u64;
+    /// The hits readers counted since the last call, clearing them.
+    fn take_hits(&self) -> u8;
+}
+
+/// The window's share when a shard starts (Caffeine's).
+const INITIAL_WINDOW_SHARE: f64 = 0.01;
+/// Protected's share of the main region.
+const PROTECTED_SHARE: f64 = 0.8;
+/// A candidate this frequent that loses is still admitted once in 128 (Caffeine's
+/// defence against an attacker who keeps a victim artificially warm).
+const WARM_CANDIDATE: u8 = 6;
+
+/// The sketch's size stops growing here (2^26 entries, as the table's bucket array).
+const MAX_SKETCHED_ENTRIES: usize = 1 << 26;
+
+/// A region's bounds in entries and bytes.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    entries: usize,
+    bytes: u64,
+}
+
+impl Bounds {
+    fn share(total: Bounds, share: f64) -> Bounds {
+        Bounds {
+            entries: (total.entries as f64 * share).round() as usize,
+            bytes: if total.bytes == u64::MAX {
+                u64::MAX
+            } else {
+                (total.bytes as f64 * share).round() as u64
+            },
+        }
+    }
+}
+
+/// TinyLFU's admission state.
+#[derive(Debug)]
+struct Admission {
+    sketch: Sketch,
+    climber: Climber,
+    /// xorshift state for the warm-candidate lottery, seeded by the first candidate's
+    /// hash (which the router seeds per process); 0 until then.
+    random: u64,
+}
+
+#[derive(Debug)]
+pub struct Policy<T> {
+    ring: Ring<T>,
+    bytes: [u64; 3],
+    bounds: Bounds,
+    window_share: f64,
+    window: Bounds,
+    protected: Bounds,
+    admission: Option<Admission>,
+    metrics: Arc<ShardMetrics>,
+}
+
+impl<T: Resident> Policy<T> {
+    /// A policy for a shard bounded by `max_entries` and `max_bytes`, which can hold at
+    /// most `most_entries` entries under both bounds (the sketch and the climber's sample
+    /// are sized for that many).
+    pub fn new(
+        eviction: Eviction,
+        max_entries: usize,
+        max_bytes: u64,
+        most_entries: usize,
+        metrics: Arc<ShardMetrics>,
+    ) -> Self {
+        let most_entries = most_entries.clamp(1, MAX_SKETCHED_ENTRIES);
+        let bounds = Bounds {
+            entries: max_entries,
+            bytes: max_bytes,
+        };
+        let (window_share, admission) = match eviction {
+            Eviction::Clock => (1.0, None),
+            Eviction::Adaptive => (
+                INITIAL_WINDOW_SHARE,
+                Some(Admission {
+                    sketch: Sketch::new(most_entries),
+                    climber: Climber::new(most_entries),
+                    random: 0,
+                }),
+            ),
+        };
+        let mut policy = Self {
+            ring: Ring::new(),
+            bytes: [0; 3],
+            bounds,
+            window_share,
+            window: bounds,
+            protected: bounds,
+            admission,
+            metrics,
+        };
+        policy.resize_window(window_share);
+        policy
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.len() == 0
+    }
+
+    pub fn get(&self, slot: u32) -> Option<&T> {
+        self.ring.get(slot)
+    }
+
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
+        self.ring.get_mut(slot)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.ring.iter()
+    }
+
+    /// The window's current share of the shard.
+    pub fn window_share(&self) -> f64 {
+        self.window_share
+    }
+
+    /// Chooses the next entry to evict so that an entry can be stored, moving others
+    /// between regions on the way; never `spare` (an entry being overwritten). `incoming`
+    /// is the charge of a new entry about to join the window, `None` for an overwrite.
+    /// The caller removes the victim.
+    pub fn next_victim(&mut self, spare: Option<u32>, incoming: Option<u64>) -> Option<u32> {
+        if self.window_over(incoming) {
+            if let Some(candidate) = self.sweep(Region::Window, spare) {
+                let Some(victim) = self.main_victim(spare) else {
+                    return Some(candidate);
+                };
+                if self.admit(candidate, victim) {
+                    self.move_to(candidate, Region::Probation);
+                    return Some(victim);
+                }
+                self.metrics.admissions_refused.incr();
+                return Some(candidate);
+            }
+        }
+        self.main_victim(spare)
+            .or_else(|| self.sweep(Region::Window, spare))
+    }
+
+    /// Stores a new resident as the newest of the window and counts the request for its
+    /// key; returns its slot. Call once [`Policy::next_victim`] has made room.
+    pub fn insert_with(&mut self, make: impl FnOnce(u32) -> T) -> u32 {
+        let slot = self.ring.insert_with(Region::Window, make);
+        let resident = self.ring.get(slot).expect("just inserted");
+        let (hash, charge) = (resident.hash(), resident.charge());
+        self.bytes[Region::Window as usize] += charge;
+        self.record(hash, 1);
+        // The shard has room now, so the window's overflow joins probation unopposed.
+        while self.window_over(None) {
+            let Some(candidate) = self.sweep(Region::Window, Some(slot)) else {
+                break;
+            };
+            self.move_to(candidate, Region::Probation);
+        }
+        slot
+    }
+
+    /// Changes the resident of `slot` in place (an overwrite), counting a request for its
+    /// key and the change of its charge.
+    pub fn update(&mut self, slot: u32, change: impl FnOnce(&mut T)) {
+        let region = self.ring.region_of(slot) as usize;
+        let resident = self.ring.get_mut(slot).expect("an occupied slot");
+        self.bytes[region] -= resident.charge();
+        change(resident);
+        let (hash, charge) = (resident.hash(), resident.charge());
+        self.bytes[region] += charge;
+        self.record(hash, 1);
+    }
+
+    /// Removes the resident of `slot` (evicted, expired or deleted).
+    pub fn remove(&mut self, slot: u32) -> Option<T> {
+        let region = self.ring.region_of(slot) as usize;
+        let resident = self.ring.remove(slot)?;
+        self.bytes[region] -= resident.charge();
+        Some(resident)
+    }
+
+    /// Feeds the window's climber the readers' lookups since the last call.
+    pub fn observe_lookups(&mut self, lookups: u64, hits: u64) {
+        let share = self.window_share;
+        let Some(admission) = &mut self.admission else {
+            return;
+        };
+        if let Some(share) = admission.climber.observe(lookups, hits, share) {
+            self.resize_window(share);
+        }
+    }
+
+    fn resize_window(&mut self, share: f64) {
+        self.window_share = share;
+        self.window = Bounds::share(self.bounds, share);
+        let main = Bounds {
+            entries: self.bounds.entries - self.window.entries.min(self.bounds.entries),
+            bytes: self.bounds.bytes.saturating_sub(self.window.bytes),
+        };
+        self.protected = Bounds::share(main, PROTECTED_SHARE);
+        self.metrics
+            .window_share_ppm
+            .set((share * 1_000_000.0).round() as u64);
+    }
+
+    /// Whether the window, with an incoming entry of that charge, is over its share.
+    fn window_over(&self, incoming: Option<u64>) -> bool {
+        let w = Region::Window;
+        let entries = self.ring.region_len(w) + usize::from(incoming.is_some());
+        let bytes = self.bytes[w as usize] + incoming.unwrap_or(0);
+        entries > self.window.entries || bytes > self.window.bytes
+    }
+
+    fn protected_over(&self) -> bool {
+        let p = Region::Protected;
+        self.ring.region_len(p) > self.protected.entries
+            || self.bytes[p as usize] > self.protected.bytes
+    }
+
+    /// The main region's next victim: probation's, else protected's.
+    fn main_victim(&mut self, spare: Option<u32>) -> Option<u32> {
+        self.sweep(Region::Probation, spare)
+            .or_else(|| self.sweep(Region::Protected, spare))
+    }
+
+    /// Sweeps `region` with its hand to the first resident read by nobody since the hand
+    /// last passed, and leaves the hand past it. A resident that was read gets its hits
+    /// counted and its second chance: it stays (window, protected) or is promoted
+    /// (probation). Bounded: after two turns, the oldest resident other than `spare` is
+    /// taken even if readers keep touching it.
+    fn sweep(&mut self, region: Region, spare: Option<u32>) -> Option<u32> {
+        let mut budget = 2 * self.ring.region_len(region) + 1;
+        while let Some(slot) = self.ring.hand(region) {
+            self.ring.advance(region);
+            if Some(slot) == spare {
+                if self.ring.region_len(region) == 1 {
+                    return None;
+                }
+                continue;
+            }
+            budget = budget.saturating_sub(1);
+            let resident = self.ring.get(slot).expect("a hand points at a resident");
+            let hits = resident.take_hits();
+            if hits == 0 || budget == 0 {
+                return Some(slot);
+            }
+            self.record(resident.hash(), hits);
+            if region == Region::Probation && self.admission.is_some() {
+                self.promote(slot);
+            }
+        }
+        None
+    }
+
+    /// Moves a probation resident that was read into protected, demoting protected's
+    /// oldest unread residents while it is over its share.
+    fn promote(&mut self, slot: u32) {
+        self.move_to(slot, Region::Protected);
+        while self.protected_over() {
+            let Some(demoted) = self.sweep(Region::Protected, Some(slot)) else {
+                break;
+            };
+            self.move_to(demoted, Region::Probation);
+        }
+    }
+
+    fn move_to(&mut self, slot: u32, to: Region) {
+        let from = self.ring.region_of(slot);
+        let charge = self.ring.get(slot).expect("an occupied slot").charge();
+        self.bytes[from as usize] -= charge;
+        self.bytes[to as usize] += charge;
+        self.ring.move_to(slot, to);
+    }
+
+    /// TinyLFU: does the window's candidate deserve the victim's place?
+    fn admit(&mut self, candidate: u32, victim: u32) -> bool {
+        let hash = |slot| self.ring.get(slot).expect("an occupied slot").hash();
+        let (candidate, victim) = (hash(candidate), hash(victim));
+        let Some(admission) = &mut self.admission else {
+            return true;
+        };
+        let candidate_frequency = admission.sketch.frequency(candidate);
+        if candidate_frequency > admission.sketch.frequency(victim) {
+            return true;
+        }
+        if candidate_frequency < WARM_CANDIDATE {
+            return false;
+        }
+        let mut x = match admission.random {
+            0 => candidate | 1,
+            x => x,
+        };
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        admission.random = x;
+        x & 127 == 0
+    }
+
+    /// Counts `n` requests for a key in the sketch.
+    fn record(&mut self, hash: u64, n: u8) {
+        if let Some(admission) = &mut self.admission {
+            if admission.sketch.add(hash, n) {
+                self.metrics.sketch_resets.incr();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

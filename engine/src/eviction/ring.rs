@@ -1,0 +1,277 @@
+//! The CLOCK mechanism: residents in fixed slots, each slot on one of three circular
+//! lists (the policy's regions), each list swept by its own hand.
+//!
+//! A list's hand points at its oldest resident, the next one the hand inspects; a
+//! resident joins a list just behind the hand, so it is the last one the hand reaches.
+//! Advancing the hand past a resident (a second chance) therefore makes it the newest
+//! without moving it, which is CLOCK's whole trick. Moving a resident to another region
+//! is an O(1) unlink and link. Slots never move, so a slot number is a stable handle
+//! (the timer wheel files expiries by it); vacant slots form a free list through their
+//! `next` link, and the slot array grows to the shard's high-water mark of residents.
+
+/// The regions of a W-TinyLFU cache, each a CLOCK list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Region {
+    /// Where every new entry starts: recency decides here.
+    Window = 0,
+    /// Main region, entries not seen again since they entered it: the eviction side.
+    Probation = 1,
+    /// Main region, entries seen again while on probation.
+    Protected = 2,
+}
+
+/// No slot.
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug)]
+struct Slot<T> {
+    item: Option<T>,
+    prev: u32,
+    next: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct List {
+    hand: u32,
+    len: usize,
+}
+
+#[derive(Debug)]
+pub struct Ring<T> {
+    slots: Vec<Slot<T>>,
+    /// Each slot's region, apart from the slots so that a slot stays 24 bytes.
+    regions: Vec<Region>,
+    lists: [List; 3],
+    free: u32,
+    len: usize,
+}
+
+/// Bytes the ring keeps per slot, for honest memory accounting.
+pub const fn slot_bytes<T>() -> usize {
+    std::mem::size_of::<Slot<T>>() + std::mem::size_of::<Region>()
+}
+
+impl<T> Ring<T> {
+    pub fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            regions: Vec::new(),
+            lists: [List { hand: NIL, len: 0 }; 3],
+            free: NIL,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn region_len(&self, region: Region) -> usize {
+        self.lists[region as usize].len
+    }
+
+    /// Places the resident `make` builds for the slot it will occupy as the newest of
+    /// `region`; returns the slot.
+    pub fn insert_with(&mut self, region: Region, make: impl FnOnce(u32) -> T) -> u32 {
+        let slot = match self.free {
+            NIL => {
+                let slot = u32::try_from(self.slots.len())
+                    .ok()
+                    .filter(|&s| s != NIL)
+                    .expect("fewer than 2^32 - 1 residents per shard");
+                self.slots.push(Slot {
+                    item: None,
+                    prev: NIL,
+                    next: NIL,
+                });
+                self.regions.push(region);
+                slot
+            }
+            slot => {
+                self.free = self.slots[slot as usize].next;
+                slot
+            }
+        };
+        self.slots[slot as usize].item = Some(make(slot));
+        self.link(slot, region);
+        self.len += 1;
+        slot
+    }
+
+    pub fn get(&self, slot: u32) -> Option<&T> {
+        self.slots.get(slot as usize)?.item.as_ref()
+    }
+
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
+        self.slots.get_mut(slot as usize)?.item.as_mut()
+    }
+
+    /// The region of an occupied slot.
+    pub fn region_of(&self, slot: u32) -> Region {
+        debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
+        self.regions[slot as usize]
+    }
+
+    /// Removes the resident of `slot`, freeing the slot.
+    pub fn remove(&mut self, slot: u32) -> Option<T> {
+        let item = self.slots.get_mut(slot as usize)?.item.take()?;
+        self.unlink(slot);
+        self.slots[slot as usize].next = self.free;
+        self.free = slot;
+        self.len -= 1;
+        Some(item)
+    }
+
+    /// Moves an occupied slot to be the newest of `region`.
+    pub fn move_to(&mut self, slot: u32, region: Region) {
+        debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
+        self.unlink(slot);
+        self.link(slot, region);
+    }
+
+    /// The oldest resident of `region`, where its hand points.
+    pub fn hand(&self, region: Region) -> Option<u32> {
+        Some(self.lists[region as usize].hand).filter(|&h| h != NIL)
+    }
+
+    /// Moves `region`'s hand one resident on: the one it pointed at becomes the newest.
+    pub fn advance(&mut self, region: Region) {
+        let list = &mut self.lists[region as usize];
+        if list.hand != NIL {
+            list.hand = self.slots[list.hand as usize].next;
+        }
+    }
+
+    /// Every occupied slot with its resident, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| s.item.as_ref().map(|r| (slot as u32, r)))
+    }
+
+    /// Links `slot` just behind `region`'s hand.
+    fn link(&mut self, slot: u32, region: Region) {
+        self.regions[slot as usize] = region;
+        let list = &mut self.lists[region as usize];
+        list.len += 1;
+        if list.hand == NIL {
+            list.hand = slot;
+            let s = &mut self.slots[slot as usize];
+            (s.prev, s.next) = (slot, slot);
+            return;
+        }
+        let next = list.hand;
+        let prev = self.slots[next as usize].prev;
+        self.slots[prev as usize].next = slot;
+        self.slots[next as usize].prev = slot;
+        let s = &mut self.slots[slot as usize];
+        (s.prev, s.next) = (prev, next);
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let Slot { prev, next, .. } = self.slots[slot as usize];
+        let list = &mut self.lists[self.regions[slot as usize] as usize];
+        list.len -= 1;
+        if list.len == 0 {
+            list.hand = NIL;
+            return;
+        }
+        if list.hand == slot {
+            list.hand = next;
+        }
+        self.slots[prev as usize].next = next;
+        self.slots[next as usize].prev = prev;
+    }
+}
+
+impl<T> Default for Ring<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Region::*;
+
+    /// The residents of `region` from its hand on.
+    fn order(ring: &Ring<&'static str>, region: Region) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let Some(start) = ring.hand(region) else {
+            return out;
+        };
+        let mut slot = start;
+        loop {
+            out.push(*ring.get(slot).unwrap());
+            slot = ring.slots[slot as usize].next;
+            if slot == start {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn newcomers_join_just_behind_the_hand() {
+        let mut ring = Ring::new();
+        for name in ["a", "b", "c"] {
+            ring.insert_with(Window, |_| name);
+        }
+        assert_eq!(order(&ring, Window), ["a", "b", "c"]);
+        ring.advance(Window);
+        assert_eq!(
+            order(&ring, Window),
+            ["b", "c", "a"],
+            "passed over: now newest"
+        );
+        ring.insert_with(Window, |_| "d");
+        assert_eq!(order(&ring, Window), ["b", "c", "a", "d"]);
+    }
+
+    #[test]
+    fn moving_and_removing_keep_every_list_whole() {
+        let mut ring = Ring::new();
+        let a = ring.insert_with(Window, |_| "a");
+        let b = ring.insert_with(Window, |_| "b");
+        let c = ring.insert_with(Window, |_| "c");
+        ring.move_to(a, Probation);
+        ring.move_to(b, Probation);
+        assert_eq!(order(&ring, Window), ["c"]);
+        assert_eq!(order(&ring, Probation), ["a", "b"]);
+        ring.move_to(a, Protected);
+        assert_eq!(ring.region_of(a), Protected);
+        assert_eq!(order(&ring, Probation), ["b"]);
+        assert_eq!(ring.remove(b), Some("b"));
+        assert_eq!(ring.hand(Probation), None);
+        assert_eq!(ring.region_len(Probation), 0);
+        assert_eq!(ring.remove(b), None, "already vacant");
+        assert_eq!(ring.remove(c), Some("c"));
+        assert_eq!(ring.len(), 1);
+        assert_eq!(order(&ring, Protected), ["a"]);
+    }
+
+    #[test]
+    fn vacant_slots_are_reused_last_freed_first() {
+        let mut ring = Ring::new();
+        let a = ring.insert_with(Window, |_| "a");
+        let b = ring.insert_with(Window, |_| "b");
+        ring.insert_with(Window, |_| "c");
+        ring.remove(a);
+        ring.remove(b);
+        assert_eq!(ring.insert_with(Probation, |_| "d"), b);
+        assert_eq!(ring.insert_with(Probation, |_| "e"), a);
+        assert_eq!(ring.iter().count(), 3);
+        assert_eq!(ring.slots.len(), 3, "no growth while slots are free");
+    }
+
+    #[test]
+    fn removing_the_hand_moves_it_on() {
+        let mut ring = Ring::new();
+        let a = ring.insert_with(Window, |_| "a");
+        ring.insert_with(Window, |_| "b");
+        ring.remove(a);
+        assert_eq!(order(&ring, Window), ["b"]);
+    }
+}

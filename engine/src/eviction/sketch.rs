@@ -1,0 +1,164 @@
+//! TinyLFU's frequency sketch: a count-min sketch of 4-bit counters that estimates how
+//! often each key was asked for recently, in 8 bytes per cached entry.
+//!
+//! Written for the owner core alone (no atomics). Each key's four counters sit in one
+//! 64-byte block, so an estimate or an increment touches one cache line, as in
+//! Caffeine's `FrequencySketch`. The table has 16 counters per entry (Caffeine's
+//! density), sized exactly rather than to a power of two so that it fits the entry
+//! overhead budget. Increments are conservative (only the counters at the key's
+//! minimum grow), which keeps keys that share counters from inflating each other.
+//! Counters saturate at 15; once the sketch has counted sixteen events per entry, every
+//! counter is halved (a reset), so that popularity fades: with 4-bit counters, a sample
+//! of 16 times the cache is where a counter can just tell a key seen in every
+//! cache-sized stretch of the sample from one seen in fewer (the TinyLFU paper's W/C).
+//!
+//! The key hash it is given is already seeded per process (the router's ahash), so which
+//! keys share counters cannot be predicted from outside.
+
+/// Counters per key.
+const DEPTH: usize = 4;
+/// 64-bit words per block (one cache line).
+const BLOCK_WORDS: usize = 8;
+const MAX_COUNT: u64 = 15;
+/// Events per cached entry between two resets.
+const SAMPLE_PER_ENTRY: u64 = 16;
+
+/// Bytes of sketch per cached entry: one word (16 counters) per entry, the table rounded
+/// up to whole blocks.
+pub const SKETCH_BYTES_PER_ENTRY: usize = 8;
+
+#[derive(Debug)]
+pub struct Sketch {
+    table: Box<[u64]>,
+    blocks: u64,
+    /// Events counted since the last reset.
+    events: u64,
+    sample_size: u64,
+}
+
+impl Sketch {
+    /// A sketch for a cache of `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        let blocks = capacity.max(1).div_ceil(BLOCK_WORDS);
+        Self {
+            table: vec![0; blocks * BLOCK_WORDS].into_boxed_slice(),
+            blocks: blocks as u64,
+            events: 0,
+            sample_size: (capacity.max(1) as u64).saturating_mul(SAMPLE_PER_ENTRY),
+        }
+    }
+
+    /// The estimated recent frequency of the key with this hash, 0 to 15.
+    pub fn frequency(&self, hash: u64) -> u8 {
+        self.counters(hash)
+            .map(|(word, shift)| (self.table[word] >> shift) & MAX_COUNT)
+            .min()
+            .unwrap_or(0) as u8
+    }
+
+    /// Counts `n` requests for the key with this hash; says whether that reset the sketch.
+    pub fn add(&mut self, hash: u64, n: u8) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let target = (u64::from(self.frequency(hash)) + u64::from(n)).min(MAX_COUNT);
+        for (word, shift) in self.counters(hash) {
+            let count = (self.table[word] >> shift) & MAX_COUNT;
+            if count < target {
+                self.table[word] += (target - count) << shift;
+            }
+        }
+        self.events += u64::from(n);
+        if self.events >= self.sample_size {
+            self.halve();
+            return true;
+        }
+        false
+    }
+
+    /// Halves every counter.
+    fn halve(&mut self) {
+        for word in self.table.iter_mut() {
+            *word = (*word >> 1) & 0x7777_7777_7777_7777;
+        }
+        self.events /= 2;
+    }
+
+    /// The (word, bit shift) of each of the key's counters, all in one block.
+    fn counters(&self, hash: u64) -> impl Iterator<Item = (usize, u32)> {
+        let h = mix(hash);
+        // Multiply-shift maps the high half onto the blocks without a power-of-two size.
+        let block = (((h >> 32) * self.blocks) >> 32) as usize * BLOCK_WORDS;
+        (0..DEPTH).map(move |i| {
+            let bits = (h >> (8 * i)) as u32;
+            // Two words per counter row, each row's nibble picked by 4 more bits.
+            let word = block + 2 * i + (bits & 1) as usize;
+            (word, ((bits >> 1) & 15) * 4)
+        })
+    }
+}
+
+/// A 64-bit finalizer (splitmix64's), so that every bit of the index depends on every
+/// bit of the hash.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_saturate_at_fifteen() {
+        let mut s = Sketch::new(1_000);
+        assert_eq!(s.frequency(42), 0);
+        s.add(42, 1);
+        s.add(42, 2);
+        assert_eq!(s.frequency(42), 3);
+        s.add(42, 100);
+        assert_eq!(s.frequency(42), 15);
+    }
+
+    #[test]
+    fn frequent_keys_stand_out_from_many_rare_ones() {
+        let mut s = Sketch::new(4_096);
+        for round in 0..8u64 {
+            s.add(7, 1);
+            for k in 0..1_000u64 {
+                s.add(mix(round * 1_000 + k + 100), 1);
+            }
+        }
+        assert!(s.frequency(7) >= 6, "{}", s.frequency(7));
+        let rare = (0..1_000u64)
+            .filter(|k| s.frequency(mix(k + 100)) >= 6)
+            .count();
+        assert!(rare < 20, "{rare} one-off keys look frequent");
+    }
+
+    #[test]
+    fn sixteen_events_per_entry_halve_every_counter() {
+        let mut s = Sketch::new(16);
+        s.add(1, 12);
+        for _ in 0..243 {
+            assert!(!s.add(3, 1), "no reset before 256 events");
+        }
+        assert!(s.add(3, 1), "the 256th event resets");
+        // Key 3 may share some of key 1's counters (raised to 15, halved to 7), not all.
+        assert_eq!(s.frequency(1), 6);
+        assert_eq!(s.events, 128);
+    }
+
+    #[test]
+    fn the_table_stays_within_its_memory_budget() {
+        for capacity in [1, 7, 1_000, 1_024, 1_025, 100_000] {
+            let bytes = Sketch::new(capacity).table.len() * 8;
+            // At most one partly used block beyond the per-entry budget.
+            assert!(
+                bytes <= SKETCH_BYTES_PER_ENTRY * capacity + 8 * BLOCK_WORDS,
+                "{capacity}: {bytes} bytes"
+            );
+        }
+    }
+}
