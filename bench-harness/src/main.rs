@@ -169,6 +169,9 @@ struct ReplayArgs {
     /// Hash-partitioned shards for the engine, as the service runs one per core.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     shards: u64,
+    /// Fixes the engine's hash seeds (the same seed gives the same result).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Replay at most this many requests.
     #[arg(long)]
     limit: Option<usize>,
@@ -347,7 +350,7 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
     for &capacity in &args.capacities {
         print!("{capacity:>10}");
         for p in replay::Policy::ALL {
-            let o = replay::simulate(p, capacity, shards, &keys);
+            let o = replay::simulate(p, capacity, shards, args.seed, &keys);
             print!(" {:>17.2}%", 100.0 * o.hit_ratio);
             std::io::stdout().flush()?;
             outcomes.push(o);

@@ -2,8 +2,11 @@
 //!
 //! It is the same shards the server runs, with each shard's writer behind its own mutex
 //! instead of on its own core: reads stay lock-free, writes lock one shard. It does not
-//! count hits and misses (one shared counter touched by every read would cost more than
-//! the read); callers that want them count where they read, as the server does per core.
+//! report hits and misses in its metrics (one shared counter touched by every read would
+//! cost more than the read); callers that want them count where they read, as the server
+//! does per core. The eviction policy's own view of the hit rate comes from reader
+//! handles striped by thread (see `Cache::readers`), which share no counter between
+//! threads until there are more threads than stripes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,7 +117,10 @@ impl<C: Clock> CacheBuilder<C> {
                 Mutex::new(ShardWriter::new(config, metrics[i].clone(), now))
             })
             .collect();
-        let stripes = std::thread::available_parallelism().map_or(4, |n| n.get());
+        // A power of two, so that picking a thread's stripe is a mask, not a division.
+        let stripes = std::thread::available_parallelism()
+            .map_or(4, |n| n.get())
+            .next_power_of_two();
         let readers = (0..stripes)
             .map(|_| writers.iter().map(|w| w.lock().reader()).collect())
             .collect();
@@ -129,8 +135,8 @@ impl<C: Clock> CacheBuilder<C> {
     }
 }
 
-/// This thread's reader stripe (taken modulo the stripe count): threads are numbered in
-/// the order they first read.
+/// This thread's reader stripe (masked to the stripe count): threads are numbered in the
+/// order they first read.
 fn thread_stripe() -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -154,7 +160,7 @@ impl<C: Clock> Cache<C> {
     #[inline]
     pub fn get_with<R>(&self, key: &[u8], read: impl FnOnce(EntryRef<'_>) -> R) -> Option<R> {
         let hash = self.router.hash(key);
-        let stripe = &self.readers[thread_stripe() % self.readers.len()];
+        let stripe = &self.readers[thread_stripe() & (self.readers.len() - 1)];
         stripe[self.router.shard_of(hash)].get_with(hash, key, self.clock.now_ms(), read)
     }
 

@@ -220,7 +220,7 @@ struct Table {
     buckets: Box<[AtomicPtr<Node>]>,
     reclaimer: Reclaimer,
     /// Every reader handle's lookup counts, for the writer to sum.
-    readers: Mutex<Vec<std::sync::Arc<LookupCounts>>>,
+    readers: Mutex<Vec<std::sync::Arc<CachePadded<LookupCounts>>>>,
 }
 
 /// Lookups through one reader handle, for the eviction policy's hit-rate samples. Each
@@ -229,7 +229,7 @@ struct Table {
 /// shared by several threads may lose a count, which a sample tolerates.
 #[derive(Default)]
 struct LookupCounts {
-    lookups: CachePadded<std::sync::atomic::AtomicU64>,
+    lookups: std::sync::atomic::AtomicU64,
     hits: std::sync::atomic::AtomicU64,
 }
 
@@ -305,12 +305,12 @@ impl Clone for TableRef {
 /// thread that reads often should hold a clone of its own.
 pub struct TableReader {
     table: TableRef,
-    counts: std::sync::Arc<LookupCounts>,
+    counts: std::sync::Arc<CachePadded<LookupCounts>>,
 }
 
 impl TableReader {
     fn new(table: TableRef) -> Self {
-        let counts = std::sync::Arc::new(LookupCounts::default());
+        let counts = std::sync::Arc::new(CachePadded::new(LookupCounts::default()));
         table.table.readers.lock().push(counts.clone());
         Self { table, counts }
     }

@@ -81,6 +81,7 @@ pub struct L2Tier {
 pub struct Shared {
     pub config: Arc<Config>,
     pub router: Router,
+    /// One reader per shard, for each core to clone its own from (see `Core::readers`).
     pub readers: Box<[TableReader]>,
     pub mail: Mailboxes<OwnerMessage>,
     pub l2: Option<L2Tier>,
