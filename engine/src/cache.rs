@@ -24,9 +24,12 @@ use crate::time::{Clock, SystemClock};
 
 pub struct Cache<C: Clock = SystemClock> {
     router: Router,
-    /// Reader handles by stripe, then shard: each thread reads through its stripe's
-    /// handles, so the lookup counts the eviction policy samples stay mostly thread-private.
-    readers: Box<[Box<[TableReader]>]>,
+    /// Reader handles, one per shard for each stripe (`stripe * shards + shard`): each
+    /// thread reads through its stripe's handles, so the lookup counts the eviction
+    /// policy samples stay mostly thread-private.
+    readers: Box<[TableReader]>,
+    /// Stripes − 1 (their number is a power of two).
+    stripe_mask: usize,
     writers: Box<[Mutex<ShardWriter>]>,
     flights: Box<[Flights]>,
     metrics: Box<[Arc<ShardMetrics>]>,
@@ -122,11 +125,12 @@ impl<C: Clock> CacheBuilder<C> {
             .map_or(4, |n| n.get())
             .next_power_of_two();
         let readers = (0..stripes)
-            .map(|_| writers.iter().map(|w| w.lock().reader()).collect())
+            .flat_map(|_| writers.iter().map(|w| w.lock().reader()))
             .collect();
         Cache {
             router,
             readers,
+            stripe_mask: stripes - 1,
             flights: (0..shards).map(|_| Flights::default()).collect(),
             writers,
             metrics,
@@ -137,13 +141,24 @@ impl<C: Clock> CacheBuilder<C> {
 
 /// This thread's reader stripe (masked to the stripe count): threads are numbered in the
 /// order they first read.
+#[inline(always)]
 fn thread_stripe() -> usize {
+    use std::cell::Cell;
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Const-initialised and without a destructor: a plain thread-local load, no lazy
+    // initialisation state to check.
     thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Relaxed);
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    STRIPE.with(|s| *s)
+    STRIPE.with(|s| match s.get() {
+        usize::MAX => {
+            let stripe = NEXT.fetch_add(1, Relaxed) & (usize::MAX >> 1);
+            s.set(stripe);
+            stripe
+        }
+        stripe => stripe,
+    })
 }
 
 /// Shard `i`'s part of `total` over `shards` parts, the remainder going to the first ones.
@@ -160,8 +175,9 @@ impl<C: Clock> Cache<C> {
     #[inline]
     pub fn get_with<R>(&self, key: &[u8], read: impl FnOnce(EntryRef<'_>) -> R) -> Option<R> {
         let hash = self.router.hash(key);
-        let stripe = &self.readers[thread_stripe() & (self.readers.len() - 1)];
-        stripe[self.router.shard_of(hash)].get_with(hash, key, self.clock.now_ms(), read)
+        let shards = self.writers.len();
+        let reader = (thread_stripe() & self.stripe_mask) * shards + self.router.shard_of(hash);
+        self.readers[reader].get_with(hash, key, self.clock.now_ms(), read)
     }
 
     /// A copy of the value of `key`, if it is present and not expired.

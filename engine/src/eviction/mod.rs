@@ -14,9 +14,9 @@
 //! - The window's share of the shard adapts (`climber.rs`): recency-heavy workloads get a
 //!   large window, frequency-heavy ones a small one.
 //!
-//! Readers never take part: a hit only bumps a small saturating counter in the entry
-//! (`table.rs`). The owner folds those counts into the sketch when a hand passes the
-//! entry, so every structural change stays with the one writer.
+//! Readers never take part: a hit only sets the entry's reference bit (`table.rs`). The
+//! owner counts a set bit as a request in the sketch when a hand passes the entry, so
+//! every structural change stays with the one writer.
 //!
 //! [`Eviction::Clock`] is this policy with a 100 % window and no admission: exactly plain
 //! CLOCK, kept so that operators and benchmarks can compare.
