@@ -6,7 +6,7 @@
 //! behind a mutex per shard. [`TableReader`]s read the same table lock-free from anywhere.
 //!
 //! Bytes are charged honestly: key + value + [`ENTRY_OVERHEAD`], which counts the node,
-//! its bucket pointer, its ring slot, its timer, its share of the frequency sketch and
+//! its bucket pointer, its policy slot, its timer, its share of the frequency sketch and
 //! the allocator's headers for the two allocations (node and payload) an entry makes.
 
 use std::ptr::NonNull;
@@ -171,11 +171,6 @@ impl ShardWriter {
 
     pub fn is_empty(&self) -> bool {
         self.policy.is_empty()
-    }
-
-    /// The admission window's current share of the shard (1 under plain CLOCK).
-    pub fn window_share(&self) -> f64 {
-        self.policy.window_share()
     }
 
     pub fn bytes(&self) -> u64 {
