@@ -119,7 +119,7 @@ pub struct ShardWriter {
     config: ShardConfig,
     metrics: Arc<ShardMetrics>,
     fired: Vec<u32>,
-    /// Lookups and hits summed at the last sample, and inserts since.
+    /// Lookups and misses summed at the last sample, and inserts since.
     lookups_seen: (u64, u64),
     inserts_since_sample: u32,
 }
@@ -375,12 +375,14 @@ impl ShardWriter {
     /// Feeds the policy the lookups every reader handle counted since the last sample.
     fn sample_lookups(&mut self) {
         self.inserts_since_sample = 0;
-        let (lookups, hits) = self.table.lookups();
-        let (seen_lookups, seen_hits) = std::mem::replace(&mut self.lookups_seen, (lookups, hits));
-        self.policy.observe_lookups(
-            lookups.wrapping_sub(seen_lookups),
-            hits.wrapping_sub(seen_hits),
-        );
+        let (lookups, misses) = self.table.lookups();
+        let (seen_lookups, seen_misses) =
+            std::mem::replace(&mut self.lookups_seen, (lookups, misses));
+        let lookups = lookups.wrapping_sub(seen_lookups);
+        // A handle's two counts are read one after the other while its reader may be
+        // between them, so a sample can see a miss before its lookup.
+        let misses = misses.wrapping_sub(seen_misses).min(lookups);
+        self.policy.observe_lookups(lookups, lookups - misses);
     }
 
     fn remove_slot(&mut self, slot: u32) {

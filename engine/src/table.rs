@@ -229,22 +229,27 @@ struct Table {
 /// handle has its own, on its own cache line, written with plain loads and stores: a
 /// handle used by one thread counts exactly and shares nothing with other readers; one
 /// shared by several threads may lose a count, which a sample tolerates.
-/// Both counters are bumped on every lookup, at addresses known before the lookup
-/// resolves (a hit adds 1 to `hits`, a miss 0): a store whose address waited on the
-/// lookup's own cache misses would hold back the next lookup's loads, and the overlap of
-/// consecutive lookups' misses is most of a read's speed.
+///
+/// Lookups and misses are counted, not hits: a lookup is counted before the bucket is
+/// read, a miss on the paths that already branch away from a hit, so no store waits on
+/// the lookup's own cache misses. A store whose value did (a hit adding 1 or 0) held
+/// the next lookups' counts behind every miss, and cost reads about 13 % more than these
+/// two in an A/B of the read loop (BENCHMARKS.md).
 #[derive(Default)]
 struct LookupCounts {
     lookups: std::sync::atomic::AtomicU64,
-    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl LookupCounts {
     #[inline(always)]
-    fn count(&self, hit: bool) {
+    fn count_lookup(&self) {
         self.lookups.store(self.lookups.load(Relaxed) + 1, Relaxed);
-        self.hits
-            .store(self.hits.load(Relaxed) + u64::from(hit), Relaxed);
+    }
+
+    #[inline(always)]
+    fn count_miss(&self) {
+        self.misses.store(self.misses.load(Relaxed) + 1, Relaxed);
     }
 }
 
@@ -362,6 +367,7 @@ impl TableReader {
         read: impl FnOnce(EntryRef<'_>) -> R,
     ) -> Option<R> {
         let guard = self.table.table.reclaimer.enter();
+        self.counts.count_lookup();
         let mut ptr = guard.protect(self.table.bucket(hash));
         while let Some(node) = NonNull::new(ptr) {
             // SAFETY: `ptr` was loaded through `guard`, so the node stays allocated until
@@ -374,8 +380,8 @@ impl TableReader {
                 let (k, value) = unsafe { payload(node) };
                 if k == key {
                     let servable = header.stale_until_ms > now_ms;
-                    self.counts.count(servable);
                     if !servable {
+                        self.counts.count_miss();
                         return None;
                     }
                     header.record_hit();
@@ -391,13 +397,13 @@ impl TableReader {
             }
             ptr = guard.protect(&header.next);
         }
-        self.counts.count(false);
+        self.counts.count_miss();
         None
     }
 }
 
 impl TableWriter {
-    /// Lookups and hits through every reader handle so far, summed.
+    /// Lookups and misses through every reader handle so far, summed.
     pub(crate) fn lookups(&self) -> (u64, u64) {
         self.0
             .table
@@ -405,7 +411,7 @@ impl TableWriter {
             .lock()
             .iter()
             .fold((0, 0), |(l, h), c| {
-                (l + c.lookups.load(Relaxed), h + c.hits.load(Relaxed))
+                (l + c.lookups.load(Relaxed), h + c.misses.load(Relaxed))
             })
     }
 
