@@ -195,7 +195,7 @@ impl<C: Clock> Cache<C> {
     ) -> Result<Inserted, InsertError> {
         let hash = self.router.hash(key);
         let now = self.clock.now_ms();
-        let expires_at = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+        let expires_at = ttl.map(|t| crate::time::deadline_ms(now, t));
         let mut shard = self.writers[self.router.shard_of(hash)].lock();
         shard.expire(now);
         shard.insert(hash, key, value, expires_at, now)
@@ -252,7 +252,7 @@ impl<C: Clock> Cache<C> {
             if let (Ok(Some(value)), false) = (&result, guard.pending.is_fenced()) {
                 let now = self.clock.now_ms();
                 writer.expire(now);
-                let expires_at = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+                let expires_at = ttl.map(|t| crate::time::deadline_ms(now, t));
                 let _ = writer.insert(hash, key, value, expires_at, now);
             }
             flights.end(key, &guard.pending);

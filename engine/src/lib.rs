@@ -35,7 +35,7 @@ pub use readthrough::Origin;
 pub use router::{mailboxes, Command, Mailboxes, OwnedEntry, Router, ShardGone};
 pub use shard::{entry_charge, InsertError, Inserted, ShardConfig, ShardWriter, ENTRY_OVERHEAD};
 pub use table::{EntryRef, TableReader};
-pub use time::{Clock, CoarseClock, ManualClock, SystemClock};
+pub use time::{deadline_ms, Clock, CoarseClock, ManualClock, SystemClock};
 
 #[cfg(all(test, engine_loom))]
 mod loom_tests;

@@ -10,6 +10,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
 
+/// The deadline `ttl` after `now_ms`, saturating: a TTL too long to represent never ends
+/// rather than wrapping into the past.
+pub fn deadline_ms(now_ms: u64, ttl: Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A source of "now", in milliseconds since the UNIX epoch.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
@@ -121,5 +127,17 @@ mod tests {
         assert!(ticked >= first);
         assert!(clock.now_ms() >= first);
         assert!(ticked.abs_diff(wall_clock_ms()) < 1_000);
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_saturate_instead_of_wrapping() {
+        assert_eq!(deadline_ms(1_000, Duration::from_secs(2)), 3_000);
+        assert_eq!(deadline_ms(u64::MAX - 5, Duration::from_secs(1)), u64::MAX);
+        assert_eq!(deadline_ms(1, Duration::MAX), u64::MAX);
     }
 }

@@ -290,7 +290,7 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
         }
     }
     let now = core.now_ms();
-    let expires_at = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+    let expires_at = ttl.map(|t| engine::deadline_ms(now, t));
     let envelope = core.shared.l2.as_ref().map(|_| Envelope {
         value: stored.clone(),
         cached_at_ms: now,

@@ -361,6 +361,13 @@ pub enum ConfigError {
         min: u64,
         value: u64,
     },
+    #[error("{name} must be at most {max} {unit}, got {value}")]
+    TooLarge {
+        name: &'static str,
+        max: u64,
+        unit: &'static str,
+        value: u64,
+    },
     #[error("CACHE_CORES is {requested} but this machine has {available} cores")]
     TooManyCores { requested: usize, available: usize },
     #[error("CACHE_AUTH_TOKEN is set but empty")]
@@ -370,6 +377,13 @@ pub enum ConfigError {
     #[error("ORIGIN_WRITE needs an ORIGIN_URL")]
     OriginWriteWithoutOrigin,
 }
+
+/// The longest TTL (and negative or stale TTL): ten years.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 86_400;
+/// The longest sweep or summary interval: a day.
+const MAX_INTERVAL_SECONDS: u64 = 86_400;
+/// The longest timeout, grace period or cooldown: a day.
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
 
 impl Config {
     /// Checks what clap cannot: ranges and the relations between options.
@@ -394,6 +408,45 @@ impl Config {
         at_least("CACHE_HEADER_TIMEOUT_MS", 1, self.header_timeout_ms)?;
         at_least("CACHE_BODY_TIMEOUT_MS", 1, self.body_timeout_ms)?;
         at_least("CACHE_IDLE_TIMEOUT_MS", 1, self.idle_timeout_ms)?;
+        // Every duration has a ceiling, so that turning it into a deadline or into
+        // milliseconds can never overflow, and a typo of a few digits is caught here.
+        let at_most = |name, max: u64, unit, value: u64| {
+            if value > max {
+                Err(ConfigError::TooLarge {
+                    name,
+                    max,
+                    unit,
+                    value,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        for (name, value) in [
+            ("CACHE_DEFAULT_TTL", self.default_ttl),
+            ("CACHE_MAX_TTL", self.max_ttl),
+            ("CACHE_NEGATIVE_TTL", self.negative_ttl),
+            ("CACHE_STALE_TTL", self.stale_ttl),
+        ] {
+            at_most(name, MAX_TTL_SECONDS, "seconds", value)?;
+        }
+        for (name, value) in [
+            ("CACHE_CLEANUP_INTERVAL", self.cleanup_interval),
+            ("METRICS_INTERVAL", self.metrics_interval),
+        ] {
+            at_most(name, MAX_INTERVAL_SECONDS, "seconds", value)?;
+        }
+        for (name, value) in [
+            ("CACHE_HEADER_TIMEOUT_MS", self.header_timeout_ms),
+            ("CACHE_BODY_TIMEOUT_MS", self.body_timeout_ms),
+            ("CACHE_IDLE_TIMEOUT_MS", self.idle_timeout_ms),
+            ("CACHE_SHUTDOWN_GRACE_MS", self.shutdown_grace_ms),
+            ("REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+            ("CACHE_L2_BREAKER_COOLDOWN_MS", self.l2_breaker_cooldown_ms),
+            ("ORIGIN_TIMEOUT_MS", self.origin_timeout_ms),
+        ] {
+            at_most(name, MAX_TIMEOUT_MS, "milliseconds", value)?;
+        }
         let available = available_cores();
         if self.cores() > available {
             return Err(ConfigError::TooManyCores {
@@ -425,6 +478,16 @@ impl Config {
     /// The largest request body worth reading: a value plus its JSON envelope.
     pub fn max_body_bytes(&self) -> usize {
         self.max_value_bytes + self.max_key_bytes * 6 + 1024
+    }
+
+    /// How long an origin 404 is remembered.
+    pub fn negative_ttl(&self) -> Duration {
+        Duration::from_secs(self.negative_ttl)
+    }
+
+    /// How long past its TTL an entry may still be served as stale.
+    pub fn stale_window(&self) -> Duration {
+        Duration::from_secs(self.stale_ttl)
     }
 
     pub fn header_timeout(&self) -> Duration {
@@ -512,6 +575,41 @@ mod tests {
         let c = Config::try_parse_from(["cache-manager", "--metrics-enabled", "false"]).unwrap();
         assert!(!c.metrics_enabled);
         assert!(Config::try_parse_from(["cache-manager", "--read-path", "sideways"]).is_err());
+    }
+
+    #[test]
+    fn durations_that_would_overflow_are_refused_with_their_limit() {
+        for (flag, value, message) in [
+            (
+                "--negative-ttl",
+                "18446744073709551",
+                "CACHE_NEGATIVE_TTL must be at most 315360000 seconds",
+            ),
+            (
+                "--stale-ttl",
+                "315360001",
+                "CACHE_STALE_TTL must be at most 315360000 seconds",
+            ),
+            (
+                "--redis-timeout-ms",
+                "86400001",
+                "REDIS_TIMEOUT_MS must be at most 86400000 milliseconds",
+            ),
+            (
+                "--cleanup-interval",
+                "86401",
+                "CACHE_CLEANUP_INTERVAL must be at most 86400 seconds",
+            ),
+        ] {
+            let c = Config::try_parse_from(["cache-manager", "--cores", "1", flag, value]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(message), "{flag}: {err}");
+        }
+        let c =
+            Config::try_parse_from(["cache-manager", "--cores", "1", "--stale-ttl", "315360000"])
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.stale_window(), Duration::from_secs(315_360_000));
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl Owner {
                 let entry = OwnedEntry {
                     value: stored::tagged(tag, &body),
                     cached_at_ms: now,
-                    expires_at_ms: ttl.map(|t| now + t.as_millis() as u64),
+                    expires_at_ms: ttl.map(|t| engine::deadline_ms(now, t)),
                     stale: false,
                 };
                 Ok(Filled::Hit {
@@ -328,7 +328,7 @@ impl Owner {
                 if self.shared.config.negative_ttl > 0 && self.shared.origin.is_some() =>
             {
                 let now = self.now();
-                let until = now + self.shared.config.negative_ttl * 1000;
+                let until = engine::deadline_ms(now, self.shared.config.negative_ttl());
                 let _ = writer.insert(hash, key, &[stored::ABSENT], Some(until), now);
             }
             _ => {}

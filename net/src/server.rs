@@ -62,7 +62,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             let config = ShardConfig {
                 max_entries: split(config.l1_max_entries as u64, cores, i) as usize,
                 max_bytes: split(config.l1_max_bytes, cores, i),
-                stale_window_ms: config.stale_ttl * 1000,
+                stale_window_ms: engine::deadline_ms(0, config.stale_window()),
                 eviction: config.eviction,
             };
             ShardWriter::new(config, shards[i].clone(), clock.now_ms())
