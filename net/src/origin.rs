@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Everything but unreserved characters is encoded (RFC 3986).
 const KEY: &AsciiSet = &NON_ALPHANUMERIC
@@ -53,10 +53,12 @@ impl Origin {
         }
     }
 
+    /// The template with `{key}` replaced by the key's bytes, each one outside the
+    /// unreserved set percent-encoded (bytes, not characters: keys need not be UTF-8, and
+    /// two distinct keys always give two distinct URLs).
     pub fn url(&self, key: &[u8]) -> String {
-        let key = String::from_utf8_lossy(key);
         self.template
-            .replace("{key}", &utf8_percent_encode(&key, KEY).to_string())
+            .replace("{key}", &percent_encode(key, KEY).to_string())
     }
 
     pub async fn fetch(&self, key: &[u8]) -> Result<Fetched, OriginError> {
@@ -141,5 +143,14 @@ mod tests {
             origin.url(b"a-b_c.d~e"),
             "http://o.test/users/a-b_c.d~e?full=1"
         );
+    }
+
+    #[test]
+    fn distinct_keys_that_are_not_utf8_get_distinct_urls() {
+        let origin = Origin::new("http://o.test/{key}".into(), Duration::from_secs(1), 10);
+        // Both of these decode lossily to one replacement character.
+        assert_eq!(origin.url(b"\xff"), "http://o.test/%FF");
+        assert_eq!(origin.url(b"\xfe"), "http://o.test/%FE");
+        assert_eq!(origin.url("é".as_bytes()), "http://o.test/%C3%A9");
     }
 }
