@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{FutureExt, Shared};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -91,7 +92,10 @@ pub struct L2Stats {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Job = Box<dyn FnOnce(Result<Connection, L2Error>) -> BoxFuture<()> + Send>;
+/// The connection the I/O thread has, or the attempt to make one that is under way: every
+/// job waiting for a connection awaits the same attempt.
+type Connecting = Shared<BoxFuture<Result<Connection, L2Error>>>;
+type Job = Box<dyn FnOnce(Connecting) -> BoxFuture<()> + Send>;
 
 /// Where L2 lives: one server (a reconnecting multiplexed connection), or a cluster
 /// (the redis crate's cluster client, which routes each key to its slot's master and
@@ -291,14 +295,14 @@ impl L2 {
             return Err(L2Error::Open);
         }
         let (reply, answer) = flume::bounded(1);
-        let job: Job = Box::new(move |connection| {
+        let job: Job = Box::new(move |connecting| {
             Box::pin(async move {
-                let result = match connection {
-                    Ok(conn) => match tokio::time::timeout(limit, command(conn)).await {
-                        Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(limit)),
-                        Ok(result) => result,
-                    },
-                    Err(e) => Err(e),
+                // One bound for getting a connection and running the command on it, so a
+                // caller waits at most `limit` even before Redis has first answered.
+                let attempt = async move { command(connecting.await?).await };
+                let result = match tokio::time::timeout(limit, attempt).await {
+                    Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(limit)),
+                    Ok(result) => result,
                 };
                 let _ = reply.send(result);
             })
@@ -494,43 +498,52 @@ impl L2 {
     }
 }
 
-/// Hands each job a connection, making one first if there is none. Making it is bounded
-/// by `timeout` like any command: an unreachable Redis costs a job the timeout, not the
-/// connection manager's retry backoff.
+/// Hands each job the connection, or the attempt to make one. One attempt at a time runs
+/// (its own task, bounded by `timeout`); jobs that arrive meanwhile share it, and each job
+/// bounds its whole wait itself, so a Redis that is down or slow to accept costs every
+/// caller at most its timeout, however many are queued. A failed attempt is dropped and
+/// the next job starts a fresh one.
 async fn serve_jobs(
     backend: Backend,
     config: ConnectionManagerConfig,
     timeout: Duration,
     queue: flume::Receiver<Job>,
 ) {
-    let mut connection: Option<Connection> = None;
+    let mut current: Option<Connecting> = None;
     while let Ok(job) = queue.recv_async().await {
-        if connection.is_none() {
-            let connect = async {
-                match &backend {
-                    Backend::Single(client) => client
-                        .get_connection_manager_with_config(config.clone())
-                        .await
-                        .map(Connection::Single),
-                    Backend::Cluster { client, .. } => {
-                        client.get_async_connection().await.map(Connection::Cluster)
-                    }
-                }
-            };
-            connection = match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(c)) => Some(c),
-                Ok(Err(e)) => {
-                    tokio::spawn(job(Err(e.into())));
-                    continue;
-                }
-                Err(_) => {
-                    tokio::spawn(job(Err(L2Error::Timeout(timeout))));
-                    continue;
-                }
-            };
+        if matches!(current.as_ref().and_then(Shared::peek), Some(Err(_))) {
+            current = None;
         }
-        tokio::spawn(job(Ok(connection.clone().expect("connected"))));
+        let connecting = current
+            .get_or_insert_with(|| connect(backend.clone(), config.clone(), timeout))
+            .clone();
+        tokio::spawn(job(connecting));
     }
+}
+
+/// One attempt to connect, bounded by `timeout`, running on its own task so that it
+/// finishes even if every job waiting for it has given up.
+fn connect(backend: Backend, config: ConnectionManagerConfig, timeout: Duration) -> Connecting {
+    let attempt = tokio::spawn(async move {
+        let connect = async {
+            match &backend {
+                Backend::Single(client) => client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map(Connection::Single),
+                Backend::Cluster { client, .. } => {
+                    client.get_async_connection().await.map(Connection::Cluster)
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(connected) => connected.map_err(L2Error::from),
+            Err(_) => Err(L2Error::Timeout(timeout)),
+        }
+    });
+    let joined: BoxFuture<Result<Connection, L2Error>> =
+        Box::pin(async move { attempt.await.unwrap_or(Err(L2Error::Stopped)) });
+    joined.shared()
 }
 
 /// The connection details for one node, with the configured credentials and database.

@@ -268,3 +268,36 @@ fn an_unreachable_redis_costs_a_call_the_timeout_not_the_reconnect_backoff() {
         );
     }
 }
+
+/// A Redis that accepts connections and never answers (a listener nobody serves): every
+/// caller queued before the first connection exists still gets its answer within its
+/// timeout. Connecting one caller after another would make the last of 20 wait 20
+/// timeouts (4 s); the bound checked is a tenth of that.
+#[test]
+fn callers_queued_before_redis_first_answers_each_wait_at_most_their_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let l2 = std::sync::Arc::new(
+        L2::start(L2Config {
+            breaker_threshold: 1_000,
+            ..config(format!("redis://127.0.0.1:{port}"))
+        })
+        .unwrap(),
+    );
+    let started = Instant::now();
+    let callers: Vec<_> = (0..20)
+        .map(|_| {
+            let l2 = l2.clone();
+            std::thread::spawn(move || {
+                let result = block_on(l2.get(b"k"));
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    for caller in callers {
+        let (result, waited) = caller.join().unwrap();
+        assert!(matches!(result, Err(L2Error::Timeout(_))), "{result:?}");
+        assert!(waited < Duration::from_millis(2_000), "waited {waited:?}");
+    }
+    drop(silent);
+}
