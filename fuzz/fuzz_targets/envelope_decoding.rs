@@ -1,16 +1,21 @@
 //! Values read back from Redis (`l2::Envelope::decode`), on arbitrary bytes: a decoded
-//! envelope encodes to bytes that decode to the same envelope, and a corrupt one is an
-//! error, never a panic or a huge allocation.
+//! envelope (or tombstone) encodes to bytes that decode to the same, and a corrupt one
+//! is an error, never a panic or a huge allocation.
 #![no_main]
 
-use l2::Envelope;
+use l2::{Envelope, Stored};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(envelope) = Envelope::decode(data) {
-        assert_eq!(
+    match Envelope::decode(data) {
+        Ok(Stored::Value(envelope)) => assert_eq!(
             Envelope::decode(&envelope.encode()).expect("re-decodes"),
-            envelope
-        );
+            Stored::Value(envelope)
+        ),
+        Ok(Stored::Tombstone(version)) => assert_eq!(
+            Envelope::decode(&Envelope::tombstone(version)).expect("re-decodes"),
+            Stored::Tombstone(version)
+        ),
+        Err(_) => {}
     }
 });

@@ -22,10 +22,17 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Key::new(&bytes).bytes().as_deref(), Some(&bytes[..]));
         }
     }
-    let mut sequencer = Sequencer::new("fuzz-receiver");
+    let mut sequencer = Sequencer::new("fuzz-receiver", 1);
+    if event.instance == "fuzz-receiver" && event.epoch == 1 {
+        assert_eq!(sequencer.observe(&event), Verdict::Own);
+        return;
+    }
     assert_eq!(sequencer.observe(&event), Verdict::Apply);
     assert_eq!(sequencer.observe(&event), Verdict::Stale);
     let mut next = event.clone();
     next.seq = event.seq.wrapping_add(1);
+    sequencer.observe(&next);
+    // A later run of the same sender, at any sequence number.
+    next.epoch = event.epoch.wrapping_add(1);
     sequencer.observe(&next);
 });

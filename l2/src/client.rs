@@ -24,8 +24,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, RedisFuture};
 
 use crate::breaker::Breaker;
-use crate::envelope::{DecodeError, Envelope};
+use crate::envelope::{DecodeError, Envelope, Stored};
 use crate::events::{Action, Event, Sequencer};
+use crate::version::Version;
 
 #[derive(Clone, Debug)]
 pub struct L2Config {
@@ -156,6 +157,51 @@ enum Policy {
     Always,
 }
 
+/// What a versioned write did in Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Stored; `replaced` says whether the key held a value (not a tombstone) before.
+    Stored { replaced: bool },
+    /// Not stored: Redis holds a write of the key at least as new.
+    Superseded,
+}
+
+/// How long a deletion's tombstone keeps older writes out. A write reaches Redis within
+/// its REDIS_TIMEOUT_MS of being sent or not at all, so a minute leaves a wide margin for
+/// a sender that stalled before sending.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
+/// Stores KEYS[1] = ARGV[1] (an envelope) with a TTL of ARGV[3] ms (0: none) unless the
+/// key holds a format-2 envelope (a value or a tombstone) whose version is at least
+/// ARGV[2]. Versions are 16 hex digits at bytes 3 to 18, compared as two 8-digit halves
+/// (each exact in Lua's doubles; text comparison would follow Redis's collation locale).
+/// Returns -1 when a write at least as new is there, 1 when a value was replaced, 0 when
+/// nothing (or a tombstone) was.
+const KEEP_NEWER: &str = r#"
+local old = redis.call('GET', KEYS[1])
+local replaced = 0
+if old then
+  replaced = 1
+  if string.byte(old, 1) == 2 and string.len(old) >= 34 then
+    local held = string.sub(old, 3, 18)
+    local hi, lo = tonumber(string.sub(held, 1, 8), 16), tonumber(string.sub(held, 9, 16), 16)
+    local nhi, nlo = tonumber(string.sub(ARGV[2], 1, 8), 16), tonumber(string.sub(ARGV[2], 9, 16), 16)
+    if hi and lo and (hi > nhi or (hi == nhi and lo >= nlo)) then
+      return -1
+    end
+    if math.floor(string.byte(old, 2) / 2) % 2 == 1 then
+      replaced = 0
+    end
+  end
+end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+end
+return replaced
+"#;
+
 /// The first and the longest wait before a failed coherence event is published again.
 const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -172,11 +218,12 @@ pub struct L2 {
 
 /// Sends this instance's coherence events (see [`L2::publisher`]).
 #[derive(Clone, Debug)]
-pub struct Publisher(flume::Sender<Action>);
+pub struct Publisher(flume::Sender<(Version, Action)>);
 
 impl Publisher {
-    pub fn send(&self, action: Action) {
-        let _ = self.0.send(action);
+    /// Queues the event of a write with this version.
+    pub fn send(&self, version: Version, action: Action) {
+        let _ = self.0.send((version, action));
     }
 }
 
@@ -331,83 +378,137 @@ impl L2 {
                 move |mut conn| async move { Ok(conn.get(key).await?) },
             )
             .await?;
-        let counter = if stored.is_some() {
+        let found = match stored.map(|bytes| Envelope::decode(&bytes)).transpose() {
+            Ok(Some(Stored::Value(envelope))) => Some(envelope),
+            Ok(Some(Stored::Tombstone(_)) | None) => None,
+            Err(e) => {
+                self.stats.hits.fetch_add(1, Relaxed);
+                return Err(e.into());
+            }
+        };
+        let counter = if found.is_some() {
             &self.stats.hits
         } else {
             &self.stats.misses
         };
         counter.fetch_add(1, Relaxed);
-        stored
-            .map(|bytes| Envelope::decode(&bytes))
-            .transpose()
-            .map_err(L2Error::from)
+        Ok(found)
     }
 
-    /// Stores `envelope` for `ttl` (`SET … PX`), or forever: a client's write, so
-    /// attempted whatever the breaker says.
+    /// Stores `envelope` for `ttl`, or forever, unless Redis holds a write of the key
+    /// with a version at least as new (then [`Written::Superseded`]): a client's write,
+    /// so attempted whatever the breaker says.
     pub async fn set(
         &self,
         key: &[u8],
         envelope: &Envelope,
         ttl: Option<Duration>,
-    ) -> Result<(), L2Error> {
-        self.store(Policy::Always, key, envelope, ttl).await
+    ) -> Result<Written, L2Error> {
+        let bytes = envelope.encode();
+        self.keep_newer(
+            Policy::Always,
+            vec![(key.to_vec(), bytes)],
+            envelope.version,
+            ttl,
+        )
+        .await
+        .map(|written| written[0])
     }
 
-    /// Stores what a fill fetched from the origin: only a copy for the other instances,
-    /// so skipped while the breaker is open.
+    /// Stores what a fill fetched from the origin, as `set` does: only a copy for the
+    /// other instances, so skipped while the breaker is open.
     pub async fn store_fill(
         &self,
         key: &[u8],
         envelope: &Envelope,
         ttl: Option<Duration>,
-    ) -> Result<(), L2Error> {
-        self.store(Policy::Guarded, key, envelope, ttl).await
+    ) -> Result<Written, L2Error> {
+        let bytes = envelope.encode();
+        self.keep_newer(
+            Policy::Guarded,
+            vec![(key.to_vec(), bytes)],
+            envelope.version,
+            ttl,
+        )
+        .await
+        .map(|written| written[0])
     }
 
-    async fn store(
+    /// Deletes keys by leaving a tombstone of the deletion's `version` for
+    /// [`TOMBSTONE_TTL`] in place of each (unless a newer write is there): a write older
+    /// than the deletion that reaches Redis later is refused. Returns how many keys held
+    /// a value.
+    pub async fn delete<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        version: Version,
+    ) -> Result<usize, L2Error> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let tombstone = Envelope::tombstone(version);
+        let writes = keys
+            .iter()
+            .map(|k| (k.as_ref().to_vec(), tombstone.clone()))
+            .collect();
+        let written = self
+            .keep_newer(Policy::Always, writes, version, Some(TOMBSTONE_TTL))
+            .await?;
+        Ok(written
+            .iter()
+            .filter(|w| matches!(w, Written::Stored { replaced: true }))
+            .count())
+    }
+
+    /// Runs the keep-the-newer script for each (key, stored bytes), concurrently on the
+    /// shared connection (pipelined), within one timeout.
+    async fn keep_newer(
         &self,
         policy: Policy,
-        key: &[u8],
-        envelope: &Envelope,
+        writes: Vec<(Vec<u8>, Vec<u8>)>,
+        version: Version,
         ttl: Option<Duration>,
-    ) -> Result<(), L2Error> {
-        let (key, bytes) = (self.key(key), envelope.encode());
-        self.run(policy, self.config.timeout, move |mut conn| async move {
-            let mut set = redis::cmd("SET");
-            set.arg(key).arg(bytes);
-            if let Some(ttl) = ttl {
-                set.arg("PX").arg(ttl.as_millis().max(1) as u64);
-            }
-            set.query_async::<()>(&mut conn).await?;
-            Ok(())
+    ) -> Result<Vec<Written>, L2Error> {
+        let writes: Vec<(Vec<u8>, Vec<u8>)> =
+            writes.into_iter().map(|(k, v)| (self.key(&k), v)).collect();
+        let ttl_ms = ttl.map_or(0, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        let version = version.hex();
+        self.run(policy, self.config.timeout, move |conn| async move {
+            let script = redis::Script::new(KEEP_NEWER);
+            let calls = writes.into_iter().map(|(key, bytes)| {
+                let (mut conn, script, version) = (conn.clone(), &script, &version);
+                async move {
+                    let outcome: i64 = script
+                        .key(key)
+                        .arg(bytes)
+                        .arg(version.as_str())
+                        .arg(ttl_ms)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    Ok::<_, L2Error>(match outcome {
+                        -1 => Written::Superseded,
+                        replaced => Written::Stored {
+                            replaced: replaced == 1,
+                        },
+                    })
+                }
+            });
+            futures_util::future::try_join_all(calls).await
         })
         .await
     }
 
-    /// Deletes keys (`UNLINK`); returns how many existed.
-    pub async fn delete<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize, L2Error> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.key(k.as_ref())).collect();
-        self.run(
-            Policy::Always,
-            self.config.timeout,
-            move |mut conn| async move {
-                Ok(redis::cmd("UNLINK")
-                    .arg(keys)
-                    .query_async::<usize>(&mut conn)
-                    .await?)
-            },
-        )
-        .await
-    }
-
-    /// Deletes every key under the prefix that `pattern` (Redis glob) matches, by `SCAN
-    /// MATCH` and `UNLINK`, on every master of a cluster; returns how many were removed.
-    /// Each command is bounded by the timeout; the whole scan by 100 of them.
-    pub async fn delete_matching(&self, pattern: &[u8]) -> Result<usize, L2Error> {
+    /// Deletes every key under the prefix that `pattern` (Redis glob) matches, as
+    /// [`L2::delete`] does (tombstones of `version`), found by `SCAN MATCH` on every
+    /// master of a cluster; returns how many held a value. Each command is bounded by the
+    /// timeout; the whole scan by 100 of them.
+    pub async fn delete_matching(
+        &self,
+        pattern: &[u8],
+        version: Version,
+    ) -> Result<usize, L2Error> {
         let full = [escape_glob(self.config.prefix.as_bytes()), pattern.to_vec()].concat();
         let (backend, timeout) = (self.backend.clone(), self.config.timeout);
         self.run(
@@ -427,11 +528,11 @@ impl L2 {
                                         .set_response_timeout(timeout),
                                 )
                                 .await?;
-                            removed += scan_and_unlink(&mut node, &full).await?;
+                            removed += scan_and_bury(&mut node, &full, version).await?;
                         }
                         Ok(removed)
                     }
-                    (_, mut conn) => scan_and_unlink(&mut conn, &full).await,
+                    (_, mut conn) => scan_and_bury(&mut conn, &full, version).await,
                 }
             },
         )
@@ -447,23 +548,23 @@ impl L2 {
     /// that was answered reaches the other instances as soon as Redis is back. Events
     /// that queue up meanwhile are collapsed to the newest: the receivers see the skipped
     /// sequence numbers as a gap and flush their L1, which covers every event skipped.
-    pub fn publisher(&self, instance: &str, channel: &str) -> Publisher {
-        let (tx, rx) = flume::unbounded::<Action>();
-        let mut sequencer = Sequencer::new(instance);
+    pub fn publisher(&self, instance: &str, epoch: u64, channel: &str) -> Publisher {
+        let (tx, rx) = flume::unbounded::<(Version, Action)>();
+        let mut sequencer = Sequencer::new(instance, epoch);
         let mut node = AnyNode::new(self.any_node_clients(), self.config.timeout);
         let (channel, stats) = (channel.to_owned(), self.stats.clone());
         let job: Job = Box::new(move |_| {
             Box::pin(async move {
-                while let Ok(action) = rx.recv_async().await {
-                    let mut event = sequencer.stamp(action);
+                while let Ok((version, action)) = rx.recv_async().await {
+                    let mut event = sequencer.stamp(version, action);
                     let mut backoff = PUBLISH_RETRY_MIN;
                     while let Err(e) = node.publish(&channel, &event.encode()).await {
                         stats.errors.fetch_add(1, Relaxed);
                         tracing::warn!(error = %e, seq = event.seq, retry_in = ?backoff, "a coherence event was not published");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(PUBLISH_RETRY_MAX);
-                        while let Ok(newer) = rx.try_recv() {
-                            event = sequencer.stamp(newer);
+                        while let Ok((version, newer)) = rx.try_recv() {
+                            event = sequencer.stamp(version, newer);
                         }
                     }
                 }
@@ -591,7 +692,21 @@ async fn masters(
 
 /// `SCAN MATCH pattern` over one server, unlinking what it finds key by key (every command
 /// names one key, as a cluster node requires); returns how many were removed.
-async fn scan_and_unlink(conn: &mut impl ConnectionLike, pattern: &[u8]) -> Result<usize, L2Error> {
+/// Replaces every key `pattern` matches on one node with a tombstone of `version`
+/// (unless a newer write is there), a pipeline of script calls per `SCAN` batch;
+/// returns how many held a value.
+async fn scan_and_bury(
+    conn: &mut impl ConnectionLike,
+    pattern: &[u8],
+    version: Version,
+) -> Result<usize, L2Error> {
+    let script = redis::Script::new(KEEP_NEWER);
+    script.prepare_invoke().load_async(conn).await?;
+    let (tombstone, version, ttl_ms) = (
+        Envelope::tombstone(version),
+        version.hex(),
+        TOMBSTONE_TTL.as_millis() as u64,
+    );
     let mut cursor = 0u64;
     let mut removed = 0;
     loop {
@@ -604,12 +719,16 @@ async fn scan_and_unlink(conn: &mut impl ConnectionLike, pattern: &[u8]) -> Resu
             .query_async(conn)
             .await?;
         if !keys.is_empty() {
-            let mut unlink = redis::pipe();
+            let mut bury = redis::pipe();
             for key in &keys {
-                unlink.cmd("UNLINK").arg(key);
+                let mut call = script.key(key.as_slice());
+                call.arg(tombstone.as_slice())
+                    .arg(version.as_str())
+                    .arg(ttl_ms);
+                bury.invoke_script(&call);
             }
-            let counts: Vec<usize> = unlink.query_async(conn).await?;
-            removed += counts.iter().sum::<usize>();
+            let outcomes: Vec<i64> = bury.query_async(conn).await?;
+            removed += outcomes.iter().filter(|o| **o == 1).count();
         }
         if next == 0 {
             return Ok(removed);

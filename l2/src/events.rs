@@ -1,5 +1,8 @@
 //! Coherence events on the Redis channel: what one instance did, for the others to
-//! mirror in their L1. Each carries the sender's id and a per-sender sequence number.
+//! mirror in their L1. Each carries the sender's id, its epoch (when this run of it
+//! started: an instance restarted with the same `CACHE_INSTANCE_ID` starts a new
+//! sequence, which a receiver must not mistake for old news), a per-sender sequence
+//! number, and the write's version (a receiver keeps an entry at least that new).
 //! Pub/sub delivers at most once, so a receiver tracks the sequence of every sender: a
 //! gap means a lost message, and the only safe answer is to flush L1 (as it is after a
 //! resubscribe, when messages may have been lost while disconnected).
@@ -11,10 +14,19 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::version::Version;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub instance: String,
+    /// When this run of the sender started (microseconds since the UNIX epoch); events
+    /// from before this field existed read as 0.
+    #[serde(default)]
+    pub epoch: u64,
     pub seq: u64,
+    /// The write's version; 0 (older than every write) in events from before versions.
+    #[serde(default)]
+    pub version: u64,
     #[serde(flatten)]
     pub action: Action,
 }
@@ -125,14 +137,18 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Sequencer {
     me: String,
+    epoch: u64,
     next_out: u64,
-    last_in: HashMap<String, u64>,
+    /// Per sender: its epoch and the last sequence number seen in it.
+    last_in: HashMap<String, (u64, u64)>,
 }
 
 impl Sequencer {
-    pub fn new(me: impl Into<String>) -> Self {
+    /// A sequencer for this run (`epoch`) of instance `me`.
+    pub fn new(me: impl Into<String>, epoch: u64) -> Self {
         Self {
             me: me.into(),
+            epoch,
             next_out: 1,
             last_in: HashMap::new(),
         }
@@ -142,32 +158,52 @@ impl Sequencer {
         &self.me
     }
 
-    /// Stamps an outgoing action.
-    pub fn stamp(&mut self, action: Action) -> Event {
+    /// Stamps an outgoing action of the write with this version.
+    pub fn stamp(&mut self, version: Version, action: Action) -> Event {
         let seq = self.next_out;
         self.next_out += 1;
         Event {
             instance: self.me.clone(),
+            epoch: self.epoch,
             seq,
+            version: version.0,
             action,
         }
     }
 
     pub fn observe(&mut self, event: &Event) -> Verdict {
-        if event.instance == self.me {
+        if event.instance == self.me && event.epoch == self.epoch {
             return Verdict::Own;
         }
-        match self.last_in.insert(event.instance.clone(), event.seq) {
+        let seen = (event.epoch, event.seq);
+        match self.last_in.get(&event.instance).copied() {
             // A sender seen for the first time: nothing to compare with.
-            None => Verdict::Apply,
-            Some(last) if event.seq <= last => {
-                self.last_in.insert(event.instance.clone(), last);
-                Verdict::Stale
+            None => {
+                self.last_in.insert(event.instance.clone(), seen);
+                Verdict::Apply
             }
-            Some(last) if event.seq == last + 1 => Verdict::Apply,
-            Some(last) => Verdict::Gap {
-                missed: event.seq - last - 1,
-            },
+            // An earlier run of a sender that has restarted since, or a duplicate.
+            Some(last) if seen <= last => Verdict::Stale,
+            // A new run of the sender: its sequence starts again at 1.
+            Some((epoch, _)) if event.epoch > epoch => {
+                self.last_in.insert(event.instance.clone(), seen);
+                match event.seq {
+                    1 => Verdict::Apply,
+                    seq => Verdict::Gap {
+                        missed: seq.saturating_sub(1),
+                    },
+                }
+            }
+            Some((_, last)) => {
+                self.last_in.insert(event.instance.clone(), seen);
+                if event.seq == last + 1 {
+                    Verdict::Apply
+                } else {
+                    Verdict::Gap {
+                        missed: event.seq - last - 1,
+                    }
+                }
+            }
         }
     }
 
@@ -183,10 +219,13 @@ mod tests {
 
     #[test]
     fn events_are_readable_json_and_keys_survive_exactly() {
-        let mut seq = Sequencer::new("a");
-        let event = seq.stamp(Action::Delete {
-            keys: vec![Key::new(b"user:1"), Key::new(&[0xff, 0, 1])],
-        });
+        let mut seq = Sequencer::new("a", 1);
+        let event = seq.stamp(
+            Version(9),
+            Action::Delete {
+                keys: vec![Key::new(b"user:1"), Key::new(&[0xff, 0, 1])],
+            },
+        );
         let text = String::from_utf8(event.encode()).unwrap();
         assert!(
             text.contains(r#""kind":"delete""#) && text.contains(r#""user:1""#),
@@ -207,20 +246,32 @@ mod tests {
 
     #[test]
     fn gaps_duplicates_and_own_events_are_told_apart() {
-        let mut a = Sequencer::new("a");
-        let mut b = Sequencer::new("b");
-        let e1 = a.stamp(Action::Set {
-            keys: vec![Key::new(b"k")],
-        });
-        let e2 = a.stamp(Action::Set {
-            keys: vec![Key::new(b"k")],
-        });
-        let e3 = a.stamp(Action::Set {
-            keys: vec![Key::new(b"k")],
-        });
-        let e4 = a.stamp(Action::Set {
-            keys: vec![Key::new(b"k")],
-        });
+        let mut a = Sequencer::new("a", 1);
+        let mut b = Sequencer::new("b", 1);
+        let e1 = a.stamp(
+            Version(1),
+            Action::Set {
+                keys: vec![Key::new(b"k")],
+            },
+        );
+        let e2 = a.stamp(
+            Version(1),
+            Action::Set {
+                keys: vec![Key::new(b"k")],
+            },
+        );
+        let e3 = a.stamp(
+            Version(1),
+            Action::Set {
+                keys: vec![Key::new(b"k")],
+            },
+        );
+        let e4 = a.stamp(
+            Version(1),
+            Action::Set {
+                keys: vec![Key::new(b"k")],
+            },
+        );
         assert_eq!(a.observe(&e1), Verdict::Own);
         assert_eq!(b.observe(&e1), Verdict::Apply);
         assert_eq!(b.observe(&e1), Verdict::Stale);
@@ -228,5 +279,44 @@ mod tests {
         assert_eq!(b.observe(&e2), Verdict::Stale, "older than the newest seen");
         b.reset();
         assert_eq!(b.observe(&e3), Verdict::Apply);
+    }
+
+    #[test]
+    fn a_sender_restarted_with_the_same_id_is_heard_again() {
+        let mut before = Sequencer::new("a", 100);
+        let mut b = Sequencer::new("b", 1);
+        let set = |v: u64| {
+            let keys = vec![Key::new(b"k")];
+            (Version(v), Action::Set { keys })
+        };
+        for _ in 0..50 {
+            let (version, action) = set(1);
+            assert_eq!(b.observe(&before.stamp(version, action)), Verdict::Apply);
+        }
+        let mut after = Sequencer::new("a", 200);
+        let (version, action) = set(2);
+        let first = after.stamp(version, action);
+        assert_eq!(b.observe(&first), Verdict::Apply, "a new run starts at 1");
+        let (version, action) = set(3);
+        assert_eq!(b.observe(&after.stamp(version, action)), Verdict::Apply);
+        let (version, action) = set(4);
+        let late = before.stamp(version, action);
+        assert_eq!(b.observe(&late), Verdict::Stale, "the old run is over");
+        // A new run whose first events were lost is a gap like any other.
+        let mut again = Sequencer::new("a", 300);
+        let (version, action) = set(5);
+        again.stamp(version, action);
+        let (version, action) = set(6);
+        assert_eq!(
+            b.observe(&again.stamp(version, action)),
+            Verdict::Gap { missed: 1 }
+        );
+        // Its own events, from this run only.
+        assert_eq!(after.observe(&first), Verdict::Own);
+        assert_eq!(
+            after.observe(&late),
+            Verdict::Apply,
+            "another run of the same id"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use e2e::redis::RedisServer;
 use futures_executor::block_on;
 use l2::client::Incoming;
-use l2::{Action, Envelope, Key, L2Config, L2Error, Sequencer, L2};
+use l2::{Action, Envelope, Key, L2Config, L2Error, Sequencer, Version, Written, L2};
 
 fn client(server: &RedisServer, prefix: &str) -> L2 {
     L2::start(L2Config {
@@ -24,6 +24,7 @@ fn forever(value: &[u8]) -> Envelope {
         value: value.to_vec(),
         cached_at_ms: 0,
         expires_at_ms: None,
+        version: Version(1),
     }
 }
 
@@ -58,6 +59,7 @@ fn values_round_trip_with_their_metadata_and_ttl() {
         value: br#"{"id":123}"#.to_vec(),
         cached_at_ms: 1_700_000_000_000,
         expires_at_ms: Some(1_700_003_600_000),
+        version: Version(5),
     };
     block_on(l2.set(b"user:123", &envelope, Some(Duration::from_secs(60)))).unwrap();
     assert_eq!(block_on(l2.get(b"user:123")).unwrap(), Some(envelope));
@@ -67,6 +69,7 @@ fn values_round_trip_with_their_metadata_and_ttl() {
         value: vec![b'x'; 50_000],
         cached_at_ms: 1,
         expires_at_ms: None,
+        version: Version(6),
     };
     block_on(l2.set(b"big", &big, None)).unwrap();
     let stored: usize = redis.cli(&["STRLEN", "cm:big"]).parse().unwrap();
@@ -74,7 +77,10 @@ fn values_round_trip_with_their_metadata_and_ttl() {
     assert_eq!(block_on(l2.get(b"big")).unwrap(), Some(big));
     assert_eq!(redis.cli(&["PTTL", "cm:big"]), "-1", "no TTL means none");
     assert_eq!(block_on(l2.get(b"absent")).unwrap(), None);
-    assert_eq!(block_on(l2.delete(&["user:123", "absent"])).unwrap(), 1);
+    assert_eq!(
+        block_on(l2.delete(&["user:123", "absent"], Version(7))).unwrap(),
+        1
+    );
     assert_eq!(block_on(l2.get(b"user:123")).unwrap(), None);
     // A foreign value under the prefix is reported, not served.
     redis.cli(&["SET", "cm:foreign", "not an envelope"]);
@@ -92,6 +98,66 @@ fn values_round_trip_with_their_metadata_and_ttl() {
     );
 }
 
+/// Redis keeps the newest write of a key whatever order the writes arrive in, and a
+/// deletion's tombstone keeps older writes out.
+#[test]
+fn redis_keeps_the_newest_write_and_a_deletion_refuses_older_ones() {
+    let redis = RedisServer::start();
+    let l2 = client(&redis, "cm:");
+    let at = |version: u64, value: &[u8]| Envelope {
+        version: Version(version),
+        ..forever(value)
+    };
+    let set = |e: &Envelope| block_on(l2.set(b"k", e, None)).unwrap();
+    assert_eq!(set(&at(10, b"ten")), Written::Stored { replaced: false });
+    assert_eq!(
+        set(&at(9, b"nine")),
+        Written::Superseded,
+        "older, arriving late"
+    );
+    assert_eq!(
+        set(&at(10, b"ten again")),
+        Written::Superseded,
+        "the same version"
+    );
+    assert_eq!(block_on(l2.get(b"k")).unwrap(), Some(at(10, b"ten")));
+    assert_eq!(set(&at(11, b"eleven")), Written::Stored { replaced: true });
+    // Versions that differ only in the high half, or only in the low one.
+    let high = 0x0000_0001_0000_0000;
+    assert_eq!(set(&at(high, b"high")), Written::Stored { replaced: true });
+    assert_eq!(set(&at(0xffff_ffff, b"low")), Written::Superseded);
+
+    assert_eq!(
+        block_on(l2.delete(&["k"], Version(high - 1))).unwrap(),
+        0,
+        "older"
+    );
+    assert_eq!(block_on(l2.get(b"k")).unwrap(), Some(at(high, b"high")));
+    assert_eq!(block_on(l2.delete(&["k"], Version(high + 2))).unwrap(), 1);
+    assert_eq!(
+        block_on(l2.get(b"k")).unwrap(),
+        None,
+        "a tombstone reads as a miss"
+    );
+    let ttl: i64 = redis.cli(&["PTTL", "cm:k"]).parse().unwrap();
+    assert!(ttl > 50_000, "the tombstone expires: {ttl} ms left");
+    assert_eq!(set(&at(high + 1, b"late")), Written::Superseded);
+    assert_eq!(block_on(l2.get(b"k")).unwrap(), None);
+    assert_eq!(
+        set(&at(high + 3, b"after")),
+        Written::Stored { replaced: false },
+        "a tombstone is no value"
+    );
+    // Values written before versions existed are replaced by any versioned write.
+    redis.cli(&["SET", "cm:old", "\x01"]);
+    let old = "\x01\x00".to_string() + &"\x00".repeat(16) + "jv";
+    redis.cli(&["SET", "cm:old", &old]);
+    assert_eq!(
+        block_on(l2.set(b"old", &at(1, b"new"), None)).unwrap(),
+        Written::Stored { replaced: true }
+    );
+}
+
 #[test]
 fn pattern_deletion_stays_under_an_escaped_prefix() {
     let redis = RedisServer::start();
@@ -103,11 +169,17 @@ fn pattern_deletion_stays_under_an_escaped_prefix() {
     // Keys the glob prefix would match if it were not escaped, and keys of others.
     redis.cli(&["SET", "cX[m]:user:9", "other"]);
     redis.cli(&["SET", "cm:user:1", "other"]);
-    assert_eq!(block_on(l2.delete_matching(b"user:*")).unwrap(), 3);
+    assert_eq!(
+        block_on(l2.delete_matching(b"user:*", Version(9))).unwrap(),
+        3
+    );
     assert_eq!(redis.cli(&["EXISTS", "c*[m]:order:1"]), "1");
     assert_eq!(redis.cli(&["EXISTS", "cX[m]:user:9"]), "1");
     assert_eq!(redis.cli(&["EXISTS", "cm:user:1"]), "1");
-    assert_eq!(block_on(l2.delete_matching(b"user:*")).unwrap(), 0);
+    assert_eq!(
+        block_on(l2.delete_matching(b"user:*", Version(9))).unwrap(),
+        0
+    );
 }
 
 #[test]
@@ -184,12 +256,15 @@ fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
     until("B is subscribed", Duration::from_secs(5), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "1"
     });
-    let publisher = a.publisher("instance-a", "cache:events");
-    let mut seq = Sequencer::new("instance-a");
-    let event = seq.stamp(Action::Delete {
-        keys: vec![Key::new(b"user:1")],
-    });
-    publisher.send(event.action.clone());
+    let publisher = a.publisher("instance-a", 7, "cache:events");
+    let mut seq = Sequencer::new("instance-a", 7);
+    let event = seq.stamp(
+        Version(3),
+        Action::Delete {
+            keys: vec![Key::new(b"user:1")],
+        },
+    );
+    publisher.send(Version(3), event.action.clone());
     assert_eq!(
         inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
         Incoming::Event(event)
@@ -200,13 +275,16 @@ fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
         inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
         Incoming::Resubscribed
     );
-    let next = seq.stamp(Action::InvalidatePattern {
-        pattern: Key::new(b"user:*"),
-    });
+    let next = seq.stamp(
+        Version(4),
+        Action::InvalidatePattern {
+            pattern: Key::new(b"user:*"),
+        },
+    );
     until("B is subscribed again", Duration::from_secs(5), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "1"
     });
-    publisher.send(next.action.clone());
+    publisher.send(Version(4), next.action.clone());
     assert_eq!(
         inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
         Incoming::Event(next)
@@ -229,6 +307,7 @@ fn tls_with_a_private_ca_works_and_an_untrusted_server_is_refused() {
         value: b"over tls".to_vec(),
         cached_at_ms: 1,
         expires_at_ms: None,
+        version: Version(1),
     };
     block_on(trusted.set(b"k", &e, None)).unwrap();
     assert_eq!(block_on(trusted.get(b"k")).unwrap(), Some(e));

@@ -10,26 +10,28 @@
 //!   `application/octet-stream`; the metadata is in `X-Cache-*` and `Cache-Control`.
 //!
 //! With Redis configured (L2), a miss is filled from Redis through the key's owner core
-//! (one fetch however many ask), writes go to L1 and then L2 before the answer, and every
-//! write and invalidation is published for the other instances.
+//! (one fetch however many ask). Writes and invalidations go through `writes.rs`, which
+//! takes them through L1, L2 and the other instances in one order; this module only
+//! parses, authorises (once, in `route`), calls it and renders the answer.
 
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{Glob, InsertError};
-use l2::{Action, Envelope, Key};
+use engine::InsertError;
+use l2::Written;
 
 use crate::body::{self, Invalidation, Put};
 use crate::config::ReadPath;
 use crate::core::Core;
-use crate::framing::Method;
-use crate::http::{Request, Response};
-use crate::owner::{FillError, FillMode, Filled, OwnerMessage, Source};
+use crate::exchange::{Request, Response};
+use crate::framing::{Head, Method, Reject};
+use crate::http::Handler;
+use crate::messages::{FillError, FillMode, Filled, OwnerMessage, Source};
 use crate::render::{render_hit, rfc3339, Hit};
 use crate::routes::{self, Route};
 use crate::stats;
 use crate::stored;
+use crate::writes::{self, Invalidated, PutRefused};
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -39,8 +41,21 @@ enum Op {
     Invalidate,
 }
 
+/// The API as the connections' handler, one per core.
+pub struct Api(pub Rc<Core>);
+
+impl Handler for Api {
+    fn refuse_early(&self, head: &Head) -> Option<Reject> {
+        refuse_early(&self.0, head.method, head.authorization.as_deref())
+    }
+
+    async fn handle(&self, request: Request) -> Response {
+        handle(&self.0, request).await
+    }
+}
+
 /// Answers one request.
-pub async fn handle(core: &Rc<Core>, request: Request) -> Response {
+async fn handle(core: &Rc<Core>, request: Request) -> Response {
     let started = Instant::now();
     let (op, response) = route(core, request).await;
     if let (Some(op), true) = (op, core.config.metrics_enabled) {
@@ -56,21 +71,14 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Response {
     response
 }
 
-/// A refusal that can be given before the body is read (so `100 Continue` is not sent).
-pub fn refuse_early(
-    core: &Core,
-    method: Method,
-    authorization: Option<&[u8]>,
-) -> Option<(u16, String)> {
+/// The one authorisation check: a mutating request without the token is refused, from
+/// its head alone (before its body is read, and before `100 Continue`).
+fn refuse_early(core: &Core, method: Method, authorization: Option<&[u8]>) -> Option<Reject> {
     let mutating = matches!(method, Method::Put | Method::Delete | Method::Post);
-    (mutating && !authorized(core, authorization)).then(unauthorized_message)
-}
-
-fn unauthorized_message() -> (u16, String) {
-    (
-        401,
-        "missing or wrong bearer token (Authorization: Bearer <CACHE_AUTH_TOKEN>)".into(),
-    )
+    (mutating && !authorized(core, authorization)).then(|| Reject {
+        status: 401,
+        message: "missing or wrong bearer token (Authorization: Bearer <CACHE_AUTH_TOKEN>)".into(),
+    })
 }
 
 fn authorized(core: &Core, authorization: Option<&[u8]>) -> bool {
@@ -99,6 +107,14 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
             .with_header("Allow", allow);
         return (None, response);
     }
+    // Requests sent without `Expect: 100-continue` reach here without the early check.
+    if let Some(refused) = refuse_early(
+        core,
+        request.head.method,
+        request.head.authorization.as_deref(),
+    ) {
+        return (None, refused.into());
+    }
     let shared = &core.shared;
     let response = match matched.route {
         Route::Health => json(200, &serde_json::json!({ "status": "ok" })),
@@ -111,7 +127,7 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
         }
         Route::Prometheus => stats::prometheus(shared),
         Route::Metrics => json(200, &stats::snapshot(shared)),
-        Route::History => Response::json(200, shared.history.to_json(shared)),
+        Route::History => Response::json(200, stats::history_json(shared)),
         Route::Dashboard => static_text("text/html; charset=utf-8", DASHBOARD),
         Route::OpenApi => static_text("application/yaml", OPENAPI),
         Route::Refresh => return (Some(Op::Set), refresh(core, &request).await),
@@ -143,12 +159,6 @@ async fn entry_route(core: &Rc<Core>, encoded: &str, request: &Request) -> (Opti
     let key: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
     if let Err(refused) = body::check_key(&core.config, &key, 414) {
         return (None, refused.into());
-    }
-    if matches!(request.head.method, Method::Put | Method::Delete)
-        && !authorized(core, request.head.authorization.as_deref())
-    {
-        let (status, message) = unauthorized_message();
-        return (None, Response::error(status, message));
     }
     match request.head.method {
         Method::Put => (Some(Op::Set), put(core, &key, request).await),
@@ -225,7 +235,7 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
         }
         None => metrics.misses.incr(),
     }
-    if shared.l2.is_none() && shared.origin.is_none() {
+    if shared.tiers.l2.is_none() && shared.origin.is_none() {
         return not_found(key, "");
     }
     let key_owned = key.to_vec();
@@ -276,70 +286,51 @@ async fn put(core: &Rc<Core>, key: &[u8], request: &Request) -> Response {
         Ok(put) => put,
         Err(refused) => return refused.into(),
     };
-    if let (true, Some(origin)) = (config.origin_write, &core.shared.origin) {
-        let media = if stored.first() == Some(&stored::JSON) {
-            "application/json"
-        } else {
-            "application/octet-stream"
-        };
-        if let Err(e) = origin.store(key, stored[1..].to_vec(), media).await {
-            return Response::error(
-                502,
-                format!("the origin refused the write, so nothing was stored: {e}"),
-            );
+    let outcome = match writes::put(&core.shared, key, stored, ttl).await {
+        Ok(outcome) => outcome,
+        Err(PutRefused::Origin(e)) => {
+            return Response::error(502, PutRefused::Origin(e).to_string())
         }
-    }
-    let now = core.now_ms();
-    let expires_at = ttl.map(|t| engine::deadline_ms(now, t));
-    let envelope = core.shared.l2.as_ref().map(|_| Envelope {
-        value: stored.clone(),
-        cached_at_ms: now,
-        expires_at_ms: expires_at,
-    });
-    match core.shared.mail.set(key, stored, expires_at).await {
-        Ok(Ok(inserted)) => {
+        Err(PutRefused::Shard(e)) => return shard_unavailable(e),
+    };
+    match outcome.l1 {
+        Ok(inserted) => {
             let body = serde_json::json!({
                 "success": true,
                 "expires_at": inserted.expires_at_ms.map(rfc3339),
             });
-            match (&core.shared.l2, envelope) {
-                (Some(tier), Some(envelope)) => {
-                    let outcome = tier.client.set(key, &envelope, ttl).await;
-                    tier.publisher.send(Action::Set {
-                        keys: vec![Key::new(key)],
-                    });
-                    answer_write(body, &outcome, "stored")
+            match outcome.l2 {
+                Some(Ok(Written::Superseded)) => {
+                    let mut body = body;
+                    body["l2"] = "superseded by a newer write of the key from another instance, which every tier now holds".into();
+                    json(200, &body)
                 }
-                _ => json(200, &body),
+                Some(l2) => answer_write(body, &l2, "stored"),
+                None => json(200, &body),
             }
         }
-        Ok(Err(e @ InsertError::TooLarge { .. })) => {
+        Err(e @ InsertError::TooLarge { .. }) => {
             Response::error(413, format!("{e} (CACHE_L1_MAX_BYTES per core)"))
         }
-        Ok(Err(e)) => Response::error(400, e.to_string()),
-        Err(e) => shard_unavailable(e),
+        Err(e) => Response::error(400, e.to_string()),
     }
 }
 
 async fn delete(core: &Rc<Core>, key: &[u8]) -> Response {
-    let deleted = match core.shared.mail.delete(key).await {
-        Ok(deleted) => deleted,
+    let outcome = match writes::delete(&core.shared, key).await {
+        Ok(outcome) => outcome,
         Err(e) => return shard_unavailable(e),
     };
-    let Some(tier) = &core.shared.l2 else {
+    let Some(l2) = outcome.l2 else {
         return json(
             200,
-            &serde_json::json!({ "success": true, "deleted": deleted }),
+            &serde_json::json!({ "success": true, "deleted": outcome.l1 }),
         );
     };
-    let outcome = tier.client.delete(&[key]).await;
-    tier.publisher.send(Action::Delete {
-        keys: vec![Key::new(key)],
-    });
-    let deleted = deleted || outcome.as_ref().is_ok_and(|n| *n > 0);
+    let deleted = outcome.l1 || l2.as_ref().is_ok_and(|n| *n > 0);
     answer_write(
         serde_json::json!({ "success": true, "deleted": deleted }),
-        &outcome,
+        &l2,
         "deleted",
     )
 }
@@ -378,10 +369,6 @@ fn l2_outcome<T>(outcome: &Result<T, l2::L2Error>, done: &str) -> serde_json::Va
 /// Re-fetches keys from the origin (bypassing L1 and L2, superseding fills in flight),
 /// stores them in both tiers and tells the other instances.
 async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
-    if !authorized(core, request.head.authorization.as_deref()) {
-        let (status, message) = unauthorized_message();
-        return Response::error(status, message);
-    }
     if core.shared.origin.is_none() {
         return Response::error(
             400,
@@ -395,18 +382,7 @@ async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
     let shared = &core.shared;
     let (mut refreshed, mut absent, mut failed) = (0, Vec::new(), Vec::new());
     for key in &keys {
-        let hash = shared.router.hash(key.as_bytes());
-        let key_owned = key.as_bytes().to_vec();
-        let outcome = shared
-            .mail
-            .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
-                hash,
-                key: key_owned,
-                mode: FillMode::Refresh,
-                reply,
-            })
-            .await;
-        match outcome {
+        match writes::refresh(shared, key.as_bytes()).await {
             Ok(Ok(Filled::Hit { .. })) => refreshed += 1,
             Ok(Ok(Filled::Absent)) => absent.push(key.clone()),
             Ok(Err(e)) => failed.push(serde_json::json!({ "key": key, "error": e.message })),
@@ -420,10 +396,6 @@ async fn refresh(core: &Rc<Core>, request: &Request) -> Response {
 }
 
 async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
-    if !authorized(core, request.head.authorization.as_deref()) {
-        let (status, message) = unauthorized_message();
-        return Response::error(status, message);
-    }
     let invalidation = match body::decode_invalidate(
         &core.config,
         request.head.content_type.as_deref(),
@@ -432,41 +404,15 @@ async fn invalidate(core: &Rc<Core>, request: &Request) -> Response {
         Ok(invalidation) => invalidation,
         Err(refused) => return refused.into(),
     };
-    let mail = &core.shared.mail;
-    let tier = core.shared.l2.as_ref();
-    let (local, remote) = match invalidation {
-        Invalidation::Keys(keys) => {
-            let local = mail.invalidate_keys(&keys).await;
-            let remote = match tier {
-                Some(tier) => {
-                    let remote = tier.client.delete(&keys).await;
-                    let keys = keys.iter().map(|k| Key::new(k.as_bytes())).collect();
-                    tier.publisher.send(Action::Delete { keys });
-                    Some(remote)
-                }
-                None => None,
-            };
-            (local, remote)
-        }
-        Invalidation::Pattern(pattern) => {
-            let local = mail
-                .invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes())))
-                .await;
-            let remote = match tier {
-                Some(tier) => {
-                    let remote = tier.client.delete_matching(pattern.as_bytes()).await;
-                    tier.publisher.send(Action::InvalidatePattern {
-                        pattern: Key::new(pattern.as_bytes()),
-                    });
-                    Some(remote)
-                }
-                None => None,
-            };
-            (local, remote)
-        }
+    let invalidated = match invalidation {
+        Invalidation::Keys(keys) => writes::invalidate_keys(&core.shared, &keys).await,
+        Invalidation::Pattern(pattern) => writes::invalidate_pattern(&core.shared, &pattern).await,
     };
-    let local = match local {
-        Ok(n) => n,
+    let Invalidated {
+        l1: local,
+        l2: remote,
+    } = match invalidated {
+        Ok(invalidated) => invalidated,
         Err(e) => return shard_unavailable(e),
     };
     match remote {

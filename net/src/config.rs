@@ -214,6 +214,16 @@ pub struct Config {
     #[arg(long, env = "ORIGIN_WRITE", default_value_t = false, action = clap::ArgAction::Set)]
     pub origin_write: bool,
 
+    /// A fault for tests: the instance's first L2 write waits this many milliseconds before
+    /// it is sent, as if its core stalled between L1 and L2 (0: none).
+    #[arg(
+        long,
+        env = "CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub fault_first_l2_write_delay_ms: u64,
+
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     #[serde(skip)]
@@ -444,6 +454,10 @@ impl Config {
             ("REDIS_TIMEOUT_MS", self.redis_timeout_ms),
             ("CACHE_L2_BREAKER_COOLDOWN_MS", self.l2_breaker_cooldown_ms),
             ("ORIGIN_TIMEOUT_MS", self.origin_timeout_ms),
+            (
+                "CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS",
+                self.fault_first_l2_write_delay_ms,
+            ),
         ] {
             at_most(name, MAX_TIMEOUT_MS, "milliseconds", value)?;
         }
@@ -478,6 +492,10 @@ impl Config {
     /// The largest request body worth reading: a value plus its JSON envelope.
     pub fn max_body_bytes(&self) -> usize {
         self.max_value_bytes + self.max_key_bytes * 6 + 1024
+    }
+
+    pub fn fault_first_l2_write_delay(&self) -> Duration {
+        Duration::from_millis(self.fault_first_l2_write_delay_ms)
     }
 
     /// How long an origin 404 is remembered.

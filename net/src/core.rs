@@ -13,7 +13,8 @@ use engine::{Clock, CoarseClock, LatencyRecorder, Mailboxes, Router, ShardMetric
 use event_listener::Event;
 
 use crate::config::Config;
-use crate::owner::OwnerMessage;
+use crate::messages::OwnerMessage;
+use crate::tiers::Tiers;
 
 /// One core's request-side counters (the shard-side ones are in its `ShardMetrics`).
 #[derive(Debug, Default)]
@@ -67,24 +68,14 @@ impl Shutdown {
     }
 }
 
-/// The Redis tier, when configured.
-pub struct L2Tier {
-    pub client: l2::L2,
-    pub publisher: l2::Publisher,
-    pub instance: String,
-    /// L1 flushes after lost coherence events (a sequence gap or a resubscribe).
-    pub l1_flushes: Counter,
-    /// Events from other instances applied to L1.
-    pub events_applied: Counter,
-}
-
 pub struct Shared {
     pub config: Arc<Config>,
     pub router: Router,
     /// One reader per shard, for each core to clone its own from (see `Core::readers`).
     pub readers: Box<[TableReader]>,
     pub mail: Mailboxes<OwnerMessage>,
-    pub l2: Option<L2Tier>,
+    /// L2 (when configured), the version clock, and the write path through them.
+    pub tiers: Tiers,
     pub origin: Option<crate::origin::Origin>,
     /// Fills that went to the origin, and those that failed there.
     pub origin_fetches: Counter,

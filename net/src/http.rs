@@ -3,7 +3,9 @@
 //! `framing.rs` decides what the bytes mean (and refuses what breaks hyper's framing
 //! rules or the head limits); this module owns the socket, the body limit (413), the
 //! deadlines for the idle wait, the head and the body, and `100 Continue`. A refused
-//! request gets its JSON error and the connection is closed. Requests are handled in
+//! request gets its JSON error, and the connection is closed after a lingering close
+//! (the rest of the request is read and dropped, for a bounded time and size). What a
+//! request means is the [`Handler`]'s business: this module knows no routes. Requests are handled in
 //! order; responses to pipelined requests are gathered and written with one `write` when
 //! the connection would otherwise wait for input.
 
@@ -14,105 +16,9 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::api;
 use crate::core::Core;
+use crate::exchange::{write_response, Request, Response};
 use crate::framing::{self, ChunkedBody, Framing, Head, Method, Reject};
-
-/// A parsed request with its whole body.
-#[derive(Debug)]
-pub struct Request {
-    pub head: Head,
-    pub body: Vec<u8>,
-}
-
-/// A response ready to be written.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn json(status: u16, body: Vec<u8>) -> Self {
-        Self {
-            status,
-            content_type: "application/json",
-            headers: Vec::new(),
-            body,
-        }
-    }
-
-    /// `{"error": message}` with `status`.
-    pub fn error(status: u16, message: impl AsRef<str>) -> Self {
-        let body = serde_json::to_vec(&serde_json::json!({ "error": message.as_ref() }))
-            .expect("a string serializes");
-        Self::json(status, body)
-    }
-
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
-    }
-}
-
-impl From<Reject> for Response {
-    fn from(refused: Reject) -> Self {
-        Response::error(refused.status, refused.message)
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// Appends `response` to `out`. `head_only` answers a HEAD: the same headers, no body.
-pub fn write_response(
-    out: &mut Vec<u8>,
-    response: &Response,
-    head_only: bool,
-    keep_alive: bool,
-    date: &str,
-) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\nDate: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        response.status,
-        reason(response.status),
-        date,
-        response.content_type,
-        response.body.len()
-    );
-    for (name, value) in &response.headers {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(&response.body);
-    }
-}
 
 /// Why a request could not be read; each becomes a JSON error and closes the connection.
 #[derive(Debug, thiserror::Error)]
@@ -129,9 +35,21 @@ enum ReadError {
     Io(#[from] io::Error),
 }
 
-struct Connection {
+/// What answers requests: the connection reads and frames them, and knows nothing of
+/// routes or tiers.
+pub trait Handler {
+    /// A refusal that can be given from the head alone, before the body is read; when a
+    /// client sent `Expect: 100-continue`, it then gets the refusal instead of 100.
+    fn refuse_early(&self, head: &Head) -> Option<Reject>;
+
+    /// The answer to a whole request.
+    fn handle(&self, request: Request) -> impl std::future::Future<Output = Response>;
+}
+
+struct Connection<H> {
     stream: TcpStream,
     core: Rc<Core>,
+    handler: Rc<H>,
     /// Received bytes live in `input[pos..end]`; the buffer is zeroed once, when it is
     /// allocated or grown, never per read.
     input: Vec<u8>,
@@ -145,11 +63,12 @@ const READ_CHUNK: usize = 16 << 10;
 const MIN_READ: usize = 4 << 10;
 
 /// Serves one connection until the client closes it, an error closes it, or shutdown.
-pub async fn serve(stream: TcpStream, core: Rc<Core>) {
+pub async fn serve<H: Handler>(stream: TcpStream, core: Rc<Core>, handler: Rc<H>) {
     let _ = stream.set_nodelay(true);
     let mut conn = Connection {
         stream,
         core,
+        handler,
         input: vec![0; READ_CHUNK],
         pos: 0,
         end: 0,
@@ -160,7 +79,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
             Ok(request) => {
                 let head_only = request.head.method == Method::Head;
                 let keep_alive = request.head.keep_alive;
-                let response = api::handle(&conn.core, request).await;
+                let response = conn.handler.handle(request).await;
                 let keep_alive = keep_alive && !conn.core.stopping();
                 conn.respond(&response, head_only, keep_alive);
                 if !keep_alive {
@@ -170,6 +89,7 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
             Err(ReadError::Reject(Reject { status, message })) => {
                 conn.core.stats().rejected.incr();
                 conn.respond(&Response::error(status, message), false, false);
+                conn.linger().await;
                 break;
             }
             Err(ReadError::Idle) if conn.pos < conn.end => {
@@ -183,7 +103,48 @@ pub async fn serve(stream: TcpStream, core: Rc<Core>) {
     let _ = conn.stream.close().await;
 }
 
-impl Connection {
+/// How long, how long without input, and how much a refused request's remaining input
+/// is read and discarded before the connection closes (nginx's lingering close).
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 << 20;
+
+impl<H: Handler> Connection<H> {
+    /// After an early refusal (413, 400, 431, ...): the answer goes out, the write side
+    /// is shut, and what the client is still sending is read and dropped for a bounded
+    /// time and size. Closing with unread input would make the kernel reset the
+    /// connection, and a client that writes its whole request before reading (many do)
+    /// would see "connection reset" or "broken pipe" instead of the answer.
+    async fn linger(&mut self) {
+        if self.flush().await.is_err()
+            || self
+                .stream
+                .shutdown(std::net::Shutdown::Write)
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut discarded = 0;
+        let mut scratch = vec![0; READ_CHUNK];
+        while discarded < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero()
+                || self
+                    .stream
+                    .set_read_timeout(Some(left.min(LINGER_IDLE)))
+                    .is_err()
+            {
+                return;
+            }
+            match self.stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    }
+
     fn respond(&mut self, response: &Response, head_only: bool, keep_alive: bool) {
         let date = self.core.http_date();
         write_response(&mut self.output, response, head_only, keep_alive, &date);
@@ -293,10 +254,8 @@ impl Connection {
             }
         }
         if head.expects_continue && head.framing != Framing::None && self.unread().is_empty() {
-            if let Some((status, message)) =
-                api::refuse_early(&self.core, head.method, head.authorization.as_deref())
-            {
-                return Err(ReadError::Reject(Reject { status, message }));
+            if let Some(refused) = self.handler.refuse_early(&head) {
+                return Err(ReadError::Reject(refused));
             }
             self.output
                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");

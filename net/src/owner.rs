@@ -6,6 +6,11 @@
 //! Every command that changes a key fences the fills in flight for it first, so a value
 //! fetched before an invalidation is returned to the requests already waiting but never
 //! stored.
+//!
+//! A client's PUT and DELETE reach L1 here, in the order the owner takes them, each with
+//! a version from the instance's clock; the owner then hands the L2 part and the event
+//! to `tiers.rs` and answers once L2 has. Events from other instances drop only entries
+//! older than their version.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -14,76 +19,14 @@ use std::sync::Arc;
 use engine::router::Reply;
 use engine::singleflight::{Fill, FlightError, Join, SingleFlight};
 use engine::{Clock, Command, OwnedEntry, ShardMetrics, ShardWriter};
-use l2::{Action, Envelope, Key};
+use l2::{Envelope, Version};
 
 use crate::core::Shared;
+use crate::messages::{
+    DeleteOutcome, FillError, FillMode, Filled, OwnerMessage, PutOutcome, Source,
+};
 use crate::origin::Fetched;
 use crate::stored;
-
-/// What owners receive.
-#[derive(Debug)]
-pub enum OwnerMessage {
-    Shard(Command),
-    /// Fetch `key` from the tiers behind L1 (L2 or an origin must be configured).
-    Fill {
-        hash: u64,
-        key: Vec<u8>,
-        mode: FillMode,
-        reply: Reply<Result<Filled, FillError>>,
-    },
-}
-
-impl From<Command> for OwnerMessage {
-    fn from(command: Command) -> Self {
-        OwnerMessage::Shard(command)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FillMode {
-    /// An L1 miss: the owner re-checks its table first.
-    Miss,
-    /// A stale L1 hit was served: fetch a fresh copy (L2, then the origin) in the
-    /// background, at most one at a time per key.
-    Revalidate,
-    /// `POST /api/cache/refresh`: straight to the origin, superseding any fill in flight.
-    Refresh,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    L1,
-    L2,
-    Origin,
-}
-
-impl Source {
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::L1 => "l1",
-            Source::L2 => "l2",
-            Source::Origin => "origin",
-        }
-    }
-}
-
-/// What a fill found.
-#[derive(Clone, Debug)]
-pub enum Filled {
-    Hit {
-        entry: OwnedEntry,
-        source: Source,
-    },
-    /// Nowhere: not in L2, and the origin (if any) said 404.
-    Absent,
-}
-
-/// Why a fill failed, with the status the client should get.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FillError {
-    pub status: u16,
-    pub message: String,
-}
 
 type Flights = SingleFlight<Filled, FillError>;
 
@@ -123,6 +66,33 @@ impl Owner {
     fn handle(self: &Rc<Self>, message: OwnerMessage) {
         let now = self.now();
         match message {
+            OwnerMessage::Put {
+                hash,
+                key,
+                value,
+                ttl,
+                reply,
+            } => self.put(hash, key, value, ttl, reply, now),
+            OwnerMessage::Delete { hash, key, reply } => self.delete(hash, key, reply, now),
+            OwnerMessage::DropOlder {
+                keys,
+                version,
+                reply,
+            } => {
+                let mut writer = self.writer.borrow_mut();
+                let mut dropped = 0;
+                for (hash, key) in keys {
+                    self.flights.fence(&key);
+                    let held = writer.get_with(hash, &key, now, |e| stored::version(e.value));
+                    // An event from before versions (0) drops whatever is there.
+                    if held.is_some_and(|held| held < version || version == Version::ZERO)
+                        && writer.remove(hash, &key, now)
+                    {
+                        dropped += 1;
+                    }
+                }
+                let _ = reply.send(dropped);
+            }
             OwnerMessage::Shard(command) => {
                 self.fence(&command);
                 let mut writer = self.writer.borrow_mut();
@@ -168,10 +138,10 @@ impl Owner {
                         let owner = self.clone();
                         glommio::spawn_local(async move {
                             let result = owner.fetch(&key, mode == FillMode::Refresh).await;
-                            owner
+                            let l2_agrees = owner
                                 .write_through(&key, &result, &fill, mode == FillMode::Refresh)
                                 .await;
-                            if fill.complete(result.clone()).storable {
+                            if fill.complete(result.clone()).storable && l2_agrees {
                                 owner.store(hash, &key, &result);
                             }
                             let _ = reply.send(result);
@@ -201,11 +171,13 @@ impl Owner {
     /// failure falls through to the origin.
     async fn fetch(&self, key: &[u8], origin_only: bool) -> Result<Filled, FillError> {
         let mut l2_trouble = None;
-        if let Some(tier) = self.shared.l2.as_ref().filter(|_| !origin_only) {
+        if let Some(tier) = self.shared.tiers.l2.as_ref().filter(|_| !origin_only) {
             match tier.client.get(key).await {
                 Ok(Some(e)) if e.expires_at_ms.is_none_or(|deadline| deadline > self.now()) => {
+                    // A later write here must be newer than the one just read.
+                    self.shared.tiers.versions.observe(e.version);
                     let entry = OwnedEntry {
-                        value: e.value,
+                        value: stored::in_l1(&e.value, e.version),
                         cached_at_ms: e.cached_at_ms,
                         expires_at_ms: e.expires_at_ms,
                         stale: false,
@@ -240,8 +212,9 @@ impl Owner {
                 };
                 let now = self.now();
                 let ttl = self.shared.config.default_ttl();
+                let version = self.shared.tiers.versions.next(now);
                 let entry = OwnedEntry {
-                    value: stored::tagged(tag, &body),
+                    value: stored::in_l1(&stored::tagged(tag, &body), version),
                     cached_at_ms: now,
                     expires_at_ms: ttl.map(|t| engine::deadline_ms(now, t)),
                     stale: false,
@@ -263,51 +236,106 @@ impl Owner {
     }
 
     /// Writes an origin fill to L2 (and tells the other instances), unless the fill was
-    /// fenced; a fence that lands while the write is in flight takes the write back.
+    /// fenced; a fence that lands while the write is in flight takes the write back. Says
+    /// whether L1 may keep the value (not when L2 holds a newer write of the key).
     async fn write_through(
         &self,
         key: &[u8],
         result: &Result<Filled, FillError>,
         fill: &Fill<Filled, FillError>,
         refresh: bool,
-    ) {
-        let (
-            Ok(Filled::Hit {
-                entry,
-                source: Source::Origin,
-            }),
-            Some(tier),
-        ) = (result, &self.shared.l2)
+    ) -> bool {
+        let Ok(Filled::Hit {
+            entry,
+            source: Source::Origin,
+        }) = result
         else {
-            return;
+            return true;
         };
         if fill.is_fenced() {
-            return;
+            return true;
         }
+        let version = stored::version(&entry.value);
         let envelope = Envelope {
-            value: entry.value.clone(),
+            value: stored::tagged_of(&entry.value),
             cached_at_ms: entry.cached_at_ms,
             expires_at_ms: entry.expires_at_ms,
+            version,
         };
         let ttl = self.shared.config.default_ttl();
-        // A refresh is a client's command, so its write is attempted even with the
-        // breaker open; a plain fill only offers a copy to the other instances.
-        let stored = if refresh {
-            tier.client.set(key, &envelope, ttl).await
-        } else {
-            tier.client.store_fill(key, &envelope, ttl).await
+        let tiers = &self.shared.tiers;
+        let l2_agrees = tiers.fill_to_l2(key, &envelope, ttl, refresh).await;
+        if l2_agrees && fill.is_fenced() {
+            // An invalidation overtook this fill while its copy was on the way to L2 (a
+            // write or deletion would have superseded it there): take the copy back out,
+            // as a deletion newer than anything this instance has seen, and say so.
+            let version = tiers.versions.next(self.now());
+            let _ = tiers.delete_behind_l1(&[key], version).await;
+        }
+        l2_agrees
+    }
+
+    /// A client's PUT: stored in L1 with a new version, then handed to the tiers.
+    fn put(
+        self: &Rc<Self>,
+        hash: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Option<std::time::Duration>,
+        reply: Reply<PutOutcome>,
+        now: u64,
+    ) {
+        self.flights.fence(&key);
+        let version = self.shared.tiers.versions.next(now);
+        let expires_at_ms = ttl.map(|t| engine::deadline_ms(now, t));
+        let l1 = {
+            let mut writer = self.writer.borrow_mut();
+            writer.expire(now);
+            let in_l1 = stored::in_l1(&value, version);
+            writer.insert(hash, &key, &in_l1, expires_at_ms, now)
         };
-        if stored.is_ok() {
-            if fill.is_fenced() {
-                let _ = tier.client.delete(&[key]).await;
-            } else {
-                let keys = vec![Key::new(key)];
-                tier.publisher.send(if refresh {
-                    Action::Refresh { keys }
-                } else {
-                    Action::Set { keys }
-                });
+        if l1.is_err() || self.shared.tiers.l2.is_none() {
+            let _ = reply.send(PutOutcome { l1, l2: None });
+            return;
+        }
+        let owner = self.clone();
+        glommio::spawn_local(async move {
+            let envelope = Envelope {
+                value,
+                cached_at_ms: now,
+                expires_at_ms,
+                version,
+            };
+            let l2 = owner.shared.tiers.put_behind_l1(&key, &envelope, ttl).await;
+            if let Some(Ok(l2::Written::Superseded)) = l2 {
+                // Another instance's newer write is in L2: this one must not outlive it
+                // here either.
+                owner.drop_version(hash, &key, version);
             }
+            let _ = reply.send(PutOutcome { l1, l2 });
+        })
+        .detach();
+    }
+
+    /// A client's DELETE: removed from L1, then from L2 with a new version.
+    fn delete(self: &Rc<Self>, hash: u64, key: Vec<u8>, reply: Reply<DeleteOutcome>, now: u64) {
+        self.flights.fence(&key);
+        let version = self.shared.tiers.versions.next(now);
+        let l1 = self.writer.borrow_mut().remove(hash, &key, now);
+        let owner = self.clone();
+        glommio::spawn_local(async move {
+            let l2 = owner.shared.tiers.delete_behind_l1(&[&key], version).await;
+            let _ = reply.send(DeleteOutcome { l1, l2 });
+        })
+        .detach();
+    }
+
+    /// Removes `key` if L1 still holds the write with `version`.
+    fn drop_version(&self, hash: u64, key: &[u8], version: Version) {
+        let now = self.now();
+        let mut writer = self.writer.borrow_mut();
+        if writer.get_with(hash, key, now, |e| stored::version(e.value)) == Some(version) {
+            writer.remove(hash, key, now);
         }
     }
 
@@ -329,7 +357,8 @@ impl Owner {
             {
                 let now = self.now();
                 let until = engine::deadline_ms(now, self.shared.config.negative_ttl());
-                let _ = writer.insert(hash, key, &[stored::ABSENT], Some(until), now);
+                let absent = stored::in_l1(&[stored::ABSENT], Version::ZERO);
+                let _ = writer.insert(hash, key, &absent, Some(until), now);
             }
             _ => {}
         }

@@ -9,8 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::Engine as _;
 use engine::OwnedEntry;
 
-use crate::http::Response;
-use crate::owner::Source;
+use crate::exchange::Response;
+use crate::messages::Source;
 use crate::stored;
 
 /// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
@@ -49,12 +49,12 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
         expires_at_ms,
         stale,
     } = *hit;
-    let (tag, data) = stored.split_first().unwrap_or((&stored::JSON, b"null"));
+    let (tag, data) = stored::parts(stored);
     let cached_at = rfc3339(cached_at_ms);
     let expires_at = expires_at_ms.map(rfc3339);
     if wants_bytes {
         let mut response = Response::json(200, data.to_vec());
-        if *tag == stored::BYTES {
+        if tag == stored::BYTES {
             response.content_type = "application/octet-stream";
         }
         response = response
@@ -74,7 +74,7 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
     let mut body = Vec::with_capacity(data.len() + 128);
     body.extend_from_slice(b"{\"value\":");
     let mut base64 = false;
-    if *tag == stored::JSON {
+    if tag == stored::JSON {
         body.extend_from_slice(data);
     } else if let Ok(text) = std::str::from_utf8(data) {
         serde_json::to_writer(&mut body, text).expect("a string serializes");
@@ -116,17 +116,18 @@ mod tests {
         serde_json::from_slice(&r.body).unwrap()
     }
 
-    /// Renders a fresh hit (or a stale one) from these parts.
+    /// Renders a fresh hit (or a stale one) from these parts; `value` is tagged.
     fn render(
-        value: &[u8],
+        tagged: &[u8],
         expires: Option<u64>,
         bytes: bool,
         now: u64,
         source: Source,
         stale: bool,
     ) -> Response {
+        let value = stored::in_l1(tagged, l2::Version(3));
         let hit = Hit {
-            value,
+            value: &value,
             cached_at_ms: 1_705_314_600_000,
             expires_at_ms: expires,
             stale,

@@ -23,13 +23,16 @@ use engine::{
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
+use crate::api::Api;
 use crate::coherence;
 use crate::config::Config;
-use crate::core::{Core, CoreStats, L2Tier, Shared, Shutdown};
-use crate::history::{self, History};
+use crate::core::{Core, CoreStats, Shared, Shutdown};
+use crate::history::History;
 use crate::http;
-use crate::owner::{Owner, OwnerMessage};
+use crate::messages::OwnerMessage;
+use crate::owner::Owner;
 use crate::stats;
+use crate::tiers::{L2Tier, Tiers};
 
 /// Depth of each owner's mailbox; senders wait when it is full.
 const MAILBOX_DEPTH: usize = 4096;
@@ -45,11 +48,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Some(l2_config) => {
             let client = l2::L2::start(l2_config).context("starting the Redis tier (REDIS_URL)")?;
             let instance = config.instance_id();
-            let publisher = client.publisher(&instance, &config.events_channel);
+            // This run's epoch: an instance restarted with a fixed CACHE_INSTANCE_ID
+            // starts its sequence again, and the others must see that it is a new run.
+            let epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            let publisher = client.publisher(&instance, epoch, &config.events_channel);
             Some(L2Tier {
                 client,
                 publisher,
                 instance,
+                epoch,
                 l1_flushes: Counter::default(),
                 events_applied: Counter::default(),
             })
@@ -73,7 +82,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         router,
         readers: writers.iter().map(ShardWriter::reader).collect(),
         mail,
-        l2,
+        tiers: Tiers::new(l2, config.fault_first_l2_write_delay()),
         origin: config.origin(),
         origin_fetches: Counter::default(),
         origin_errors: Counter::default(),
@@ -115,7 +124,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Err(_) => bail!("a core stopped before it was ready"),
         }
     }
-    let tier = match &shared.l2 {
+    let tier = match &shared.tiers.l2 {
         Some(t) => format!(
             "L1 + L2 (prefix {:?}, events on {:?} as {})",
             config.l2_prefix, config.events_channel, t.instance
@@ -183,12 +192,13 @@ async fn core_main(
     if core.id == 0 {
         glommio::spawn_local(coherence::follow(core.shared.clone())).detach();
         if core.config.metrics_enabled {
-            glommio::spawn_local(history::sample_every_second(core.shared.clone())).detach();
+            glommio::spawn_local(stats::sample_every_second(core.shared.clone())).detach();
         }
     }
     let _ = ready.send(Ok(()));
     drop(ready);
 
+    let api = Rc::new(Api(core.clone()));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             core.shutdown_signal().await;
@@ -204,9 +214,9 @@ async fn core_main(
                     continue;
                 }
                 let guard = core.connection_opened();
-                let conn_core = core.clone();
+                let (conn_core, handler) = (core.clone(), api.clone());
                 glommio::spawn_local(async move {
-                    http::serve(stream, conn_core).await;
+                    http::serve(stream, conn_core, handler).await;
                     drop(guard);
                 })
                 .detach();

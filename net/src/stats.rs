@@ -3,12 +3,15 @@
 
 use std::fmt::Write;
 
-use engine::{LatencyRecorder, LatencySummary, MetricsSnapshot};
+use std::sync::Arc;
+
+use engine::{Clock, LatencyRecorder, LatencySummary, MetricsSnapshot};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::core::{OpLatency, Shared};
-use crate::http::Response;
+use crate::exchange::Response;
+use crate::history::{self, Sample};
 
 #[derive(Serialize)]
 pub struct Snapshot {
@@ -163,7 +166,7 @@ pub fn snapshot_with(shared: &Shared, latency: &OpHistograms) -> Snapshot {
         .collect();
     let sum = |f: fn(&crate::core::CoreStats) -> u64| shared.cores.iter().map(f).sum::<u64>();
     let l2 = |f: fn(&l2::L2Stats) -> &std::sync::atomic::AtomicU64| {
-        shared.l2.as_ref().map_or(0, |t| {
+        shared.tiers.l2.as_ref().map_or(0, |t| {
             f(t.client.stats()).load(std::sync::atomic::Ordering::Relaxed)
         })
     };
@@ -183,10 +186,18 @@ pub fn snapshot_with(shared: &Shared, latency: &OpHistograms) -> Snapshot {
         l2_misses: l2(|s| &s.misses),
         l2_errors: l2(|s| &s.errors),
         l2_skipped: l2(|s| &s.skipped),
-        l2_enabled: shared.l2.is_some(),
-        l2_breaker_open: shared.l2.as_ref().is_some_and(|t| t.client.breaker_open()),
-        l1_flushes: shared.l2.as_ref().map_or(0, |t| t.l1_flushes.get()),
-        coherence_events: shared.l2.as_ref().map_or(0, |t| t.events_applied.get()),
+        l2_enabled: shared.tiers.l2.is_some(),
+        l2_breaker_open: shared
+            .tiers
+            .l2
+            .as_ref()
+            .is_some_and(|t| t.client.breaker_open()),
+        l1_flushes: shared.tiers.l2.as_ref().map_or(0, |t| t.l1_flushes.get()),
+        coherence_events: shared
+            .tiers
+            .l2
+            .as_ref()
+            .map_or(0, |t| t.events_applied.get()),
         expirations: total.expirations,
         l1_bytes: total.bytes,
         l1_max_entries: shared.config.l1_max_entries,
@@ -409,4 +420,93 @@ pub fn prometheus(shared: &Shared) -> Response {
     let mut response = Response::json(200, out.into_bytes());
     response.content_type = "text/plain; version=0.0.4";
     response
+}
+
+/// The cumulative figures a sample is the difference of.
+struct Totals {
+    snapshot: Snapshot,
+    latency: Histogram<u64>,
+}
+
+impl Totals {
+    fn read(shared: &Shared) -> Self {
+        let ops = OpHistograms::read(shared);
+        Self {
+            snapshot: snapshot_with(shared, &ops),
+            latency: ops.total(),
+        }
+    }
+
+    /// The second from `before` to `self`.
+    fn since(&self, before: &Totals, t: u64) -> Sample {
+        let (now, then) = (&self.snapshot, &before.snapshot);
+        let mut second = self.latency.clone();
+        // Cumulative histograms only grow, so the difference is the second's requests.
+        if second.subtract(&before.latency).is_err() {
+            second.reset();
+        }
+        let percentile = |q: f64| {
+            if second.is_empty() {
+                0
+            } else {
+                second.value_at_quantile(q)
+            }
+        };
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        let ops = |n: &Percentiles, b: &Percentiles| d(n.count, b.count);
+        Sample {
+            t,
+            gets: ops(&now.latency_us.get, &then.latency_us.get),
+            sets: ops(&now.latency_us.set, &then.latency_us.set),
+            deletes: ops(&now.latency_us.delete, &then.latency_us.delete),
+            invalidates: ops(&now.latency_us.invalidate, &then.latency_us.invalidate),
+            l1_hits: d(now.hits, then.hits),
+            l1_misses: d(now.misses, then.misses),
+            l2_hits: d(now.l2_hits, then.l2_hits),
+            l2_misses: d(now.l2_misses, then.l2_misses),
+            p50_us: percentile(0.5),
+            p99_us: percentile(0.99),
+            p999_us: percentile(0.999),
+            entries: now.l1_size,
+            bytes: now.l1_bytes,
+            evictions: d(now.evictions, then.evictions),
+            expirations: d(now.expirations, then.expirations),
+            admissions_refused: d(now.admissions_refused, then.admissions_refused),
+            window_share: now.window_share,
+            l2_breaker_open: now.l2_breaker_open,
+            l2_errors: d(now.l2_errors, then.l2_errors),
+            l2_skipped: d(now.l2_skipped, then.l2_skipped),
+            coherence_events: d(now.coherence_events, then.coherence_events),
+            l1_flushes: d(now.l1_flushes, then.l1_flushes),
+            connections: now.connections,
+            core_requests: now
+                .cores
+                .iter()
+                .zip(&then.cores)
+                .map(|(n, b)| d(n.requests, b.requests))
+                .collect(),
+        }
+    }
+}
+
+/// Samples once a second until shutdown (run on core 0 when metrics are enabled).
+pub async fn sample_every_second(shared: Arc<Shared>) {
+    let mut before = Totals::read(&shared);
+    while !shared.shutdown.is_triggered() {
+        glommio::timer::sleep(history::INTERVAL).await;
+        let now = Totals::read(&shared);
+        let t = shared.clock.now_ms();
+        shared.history.push(now.since(&before, t));
+        before = now;
+    }
+}
+
+/// The history endpoint's answer.
+pub fn history_json(shared: &Shared) -> Vec<u8> {
+    shared.history.to_json(history::Shape {
+        cores: shared.cores.len(),
+        l1_max_entries: shared.config.l1_max_entries,
+        l1_max_bytes: shared.config.l1_max_bytes,
+        l2_enabled: shared.tiers.l2.is_some(),
+    })
 }

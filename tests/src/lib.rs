@@ -126,7 +126,7 @@ impl Server {
                 Instant::now() < deadline,
                 "cache-manager not ready after 20 s"
             );
-            std::thread::yield_now();
+            std::thread::park_timeout(Duration::from_millis(5));
         }
     }
 

@@ -55,11 +55,9 @@ impl RedisServer {
 
     fn started(port: u16, child: Child) -> Self {
         let server = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.cli(&["PING"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::yield_now();
-        }
+        crate::wait_for("redis-server answers PING", Duration::from_secs(10), || {
+            server.cli(&["PING"]) == "PONG"
+        });
         server
     }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use e2e::{closed_by_peer, exchange, read_head_response, read_response, Server};
+use e2e::{closed_by_peer, exchange, read_head_response, read_response, wait_for, Server};
 
 fn put_request(key: &str, body: &str) -> String {
     format!(
@@ -204,6 +204,31 @@ fn value_limit_is_exact_and_a_refused_put_keeps_the_old_value() {
     assert!(closed_by_peer(&mut c));
 }
 
+/// Many clients (Python's `http.client` and `requests` among them) write a whole request
+/// before reading the answer. A refused body must not turn into "connection reset" or
+/// "broken pipe": the server answers, then reads and drops the rest (lingering close).
+#[test]
+fn a_client_that_writes_a_refused_body_whole_before_reading_gets_the_413() {
+    let s = Server::start(&[]);
+    let body = vec![b'x'; 2 << 20];
+    let mut c = s.connect();
+    let head = format!(
+        "PUT /api/cache/big HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&body)
+        .expect("the server drains the refused body");
+    let r = read_response(&mut c);
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("larger than the limit"));
+    assert!(closed_by_peer(&mut c));
+    assert_eq!(s.get_key("big").0, 404, "nothing was stored");
+}
+
 #[test]
 fn http_1_0_closes_unless_asked_to_keep_alive() {
     let s = Server::start(&[]);
@@ -279,18 +304,15 @@ fn connections_past_the_per_core_limit_get_a_503() {
         .unwrap()
         .contains("CACHE_MAX_CONNECTIONS"));
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(r) = s.get_once("/api/cache/metrics").filter(|r| r.status == 200) {
-            assert!(r.json()["refused_connections"].as_u64().unwrap() >= 1);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slots are freed when the held connections close"
-        );
-        std::thread::yield_now();
-    }
+    wait_for(
+        "slots are freed when the held connections close",
+        Duration::from_secs(5),
+        || {
+            s.get_once("/api/cache/metrics")
+                .filter(|r| r.status == 200)
+                .is_some_and(|r| r.json()["refused_connections"].as_u64().unwrap() >= 1)
+        },
+    );
 }
 
 #[test]
@@ -338,11 +360,9 @@ fn sigterm_finishes_the_request_in_hand_then_exits_zero() {
     .unwrap();
     busy.flush().unwrap();
     // Let the server read the head before the signal (it is waiting on the body then).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while s.metrics()["requests"].as_u64().unwrap() < 3 {
-        assert!(Instant::now() < deadline);
-        std::thread::yield_now();
-    }
+    wait_for("the server read the head", Duration::from_secs(5), || {
+        s.metrics()["requests"].as_u64().unwrap() >= 3
+    });
     let started = Instant::now();
     let status_handle = {
         let pid = s.pid();

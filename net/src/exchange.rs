@@ -1,0 +1,101 @@
+//! A request as the connection parsed it and a response as a handler made it, and the
+//! response's wire form: what the connection code (`http.rs`) and the code that answers
+//! requests (`api.rs`, `render.rs`, `stats.rs`) share, so neither needs the other.
+
+use crate::framing::{Head, Reject};
+
+/// A parsed request with its whole body.
+#[derive(Debug)]
+pub struct Request {
+    pub head: Head,
+    pub body: Vec<u8>,
+}
+
+/// A response ready to be written.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// `{"error": message}` with `status`.
+    pub fn error(status: u16, message: impl AsRef<str>) -> Self {
+        let body = serde_json::to_vec(&serde_json::json!({ "error": message.as_ref() }))
+            .expect("a string serializes");
+        Self::json(status, body)
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+impl From<Reject> for Response {
+    fn from(refused: Reject) -> Self {
+        Response::error(refused.status, refused.message)
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Appends `response` to `out`. `head_only` answers a HEAD: the same headers, no body.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    response: &Response,
+    head_only: bool,
+    keep_alive: bool,
+    date: &str,
+) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nDate: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        response.status,
+        reason(response.status),
+        date,
+        response.content_type,
+        response.body.len()
+    );
+    for (name, value) in &response.headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&response.body);
+    }
+}

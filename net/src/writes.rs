@@ -1,0 +1,151 @@
+//! Where every write enters the tiers: a PUT or DELETE goes to its key's owner, which
+//! orders it in L1 and then sends it on to L2 and the other instances (`owner.rs`,
+//! `tiers.rs`); an invalidation removes from L1 on every owner, then from L2, then tells
+//! the other instances; another instance's event drops older L1 entries. The HTTP API
+//! calls these and renders what they answer; it orchestrates no tier itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::{Clock, Glob, ShardGone};
+use l2::{L2Error, Version};
+
+use crate::core::Shared;
+use crate::messages::{DeleteOutcome, FillError, FillMode, Filled, OwnerMessage, PutOutcome};
+use crate::origin::OriginError;
+use crate::stored;
+
+/// Why a PUT stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PutRefused {
+    #[error("the origin refused the write, so nothing was stored: {0}")]
+    Origin(OriginError),
+    #[error(transparent)]
+    Shard(#[from] ShardGone),
+}
+
+/// Stores a tagged value: at the origin first when ORIGIN_WRITE is set, then L1, L2 and
+/// the event in that order, through the key's owner.
+pub async fn put(
+    shared: &Shared,
+    key: &[u8],
+    tagged: Vec<u8>,
+    ttl: Option<Duration>,
+) -> Result<PutOutcome, PutRefused> {
+    if let (true, Some(origin)) = (shared.config.origin_write, &shared.origin) {
+        let (tag, bytes) = tagged.split_first().unwrap_or((&stored::BYTES, &[]));
+        let media = if *tag == stored::JSON {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        };
+        origin
+            .store(key, bytes.to_vec(), media)
+            .await
+            .map_err(PutRefused::Origin)?;
+    }
+    let hash = shared.router.hash(key);
+    let key = key.to_vec();
+    Ok(shared
+        .mail
+        .call(shared.router.shard_of(hash), |reply| OwnerMessage::Put {
+            hash,
+            key,
+            value: tagged,
+            ttl,
+            reply,
+        })
+        .await?)
+}
+
+/// Deletes a key from L1, then L2, then tells the other instances, through its owner.
+pub async fn delete(shared: &Shared, key: &[u8]) -> Result<DeleteOutcome, ShardGone> {
+    let hash = shared.router.hash(key);
+    let key = key.to_vec();
+    shared
+        .mail
+        .call(shared.router.shard_of(hash), |reply| OwnerMessage::Delete {
+            hash,
+            key,
+            reply,
+        })
+        .await
+}
+
+/// What an invalidation removed: from L1 (how many entries), and from L2 when
+/// configured (how many keys held a value, or why it failed).
+pub struct Invalidated {
+    pub l1: usize,
+    pub l2: Option<Result<usize, L2Error>>,
+}
+
+/// Invalidates keys. L1 only loses entries here, which is safe in any order with
+/// respect to the owners' writes (a write that lands after leaves its newer value), so
+/// this runs from the accepting core; the deletion in L2 carries a version, so it cannot
+/// remove a newer write there either.
+pub async fn invalidate_keys(shared: &Shared, keys: &[String]) -> Result<Invalidated, ShardGone> {
+    let version = shared.tiers.versions.next(shared.clock.now_ms());
+    let l1 = shared.mail.invalidate_keys(keys).await?;
+    let l2 = shared.tiers.delete_behind_l1(keys, version).await;
+    Ok(Invalidated { l1, l2 })
+}
+
+/// Invalidates every key matching a glob pattern, in L1, then L2, then elsewhere.
+pub async fn invalidate_pattern(shared: &Shared, pattern: &str) -> Result<Invalidated, ShardGone> {
+    let version = shared.tiers.versions.next(shared.clock.now_ms());
+    let l1 = shared
+        .mail
+        .invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes())))
+        .await?;
+    let l2 = shared
+        .tiers
+        .invalidate_pattern_behind_l1(pattern.as_bytes(), version)
+        .await;
+    Ok(Invalidated { l1, l2 })
+}
+
+/// Re-fetches a key from the origin through its owner, superseding fills in flight, and
+/// stores it in every tier.
+pub async fn refresh(shared: &Shared, key: &[u8]) -> Result<Result<Filled, FillError>, ShardGone> {
+    let hash = shared.router.hash(key);
+    let key = key.to_vec();
+    shared
+        .mail
+        .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
+            hash,
+            key,
+            mode: FillMode::Refresh,
+            reply,
+        })
+        .await
+}
+
+/// Another instance wrote or deleted `keys` with `version`: each owner drops its entries
+/// older than that (a version of zero, from an instance that predates versions, drops
+/// them all). Returns how many were dropped.
+pub async fn drop_older(
+    shared: &Shared,
+    keys: Vec<Vec<u8>>,
+    version: Version,
+) -> Result<usize, ShardGone> {
+    shared.tiers.versions.observe(version);
+    let mut per_shard: Vec<Vec<(u64, Vec<u8>)>> = vec![Vec::new(); shared.router.shards()];
+    for key in keys {
+        let hash = shared.router.hash(&key);
+        per_shard[shared.router.shard_of(hash)].push((hash, key));
+    }
+    let mut dropped = 0;
+    for (shard, keys) in per_shard.into_iter().enumerate() {
+        if !keys.is_empty() {
+            dropped += shared
+                .mail
+                .call(shard, |reply| OwnerMessage::DropOlder {
+                    keys,
+                    version,
+                    reply,
+                })
+                .await?;
+        }
+    }
+    Ok(dropped)
+}
