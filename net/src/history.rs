@@ -4,7 +4,7 @@
 //! cumulative counters the metrics endpoints serve; latency percentiles are those of
 //! the second alone (the difference of two snapshots of the cumulative histograms).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,7 +14,9 @@ use serde::Serialize;
 pub const CAPACITY: usize = 300;
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// One second of the service: counts are per second, sizes are at its end.
+/// One second of the service: counts are per second, sizes are at its end. Besides the
+/// requests and their latency, it holds every metric the metrics table marks as sampled,
+/// under its JSON name (`stats::METRICS`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Sample {
     /// The second's end, in Unix milliseconds.
@@ -23,28 +25,14 @@ pub struct Sample {
     pub sets: u64,
     pub deletes: u64,
     pub invalidates: u64,
-    pub l1_hits: u64,
-    pub l1_misses: u64,
-    pub l2_hits: u64,
-    pub l2_misses: u64,
     /// Latency of every request in the second, all operations, in microseconds.
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
-    pub entries: u64,
-    pub bytes: u64,
-    pub evictions: u64,
-    pub expirations: u64,
-    pub admissions_refused: u64,
-    pub window_share: f64,
-    pub l2_breaker_open: bool,
-    pub l2_errors: u64,
-    pub l2_skipped: u64,
-    pub coherence_events: u64,
-    pub l1_flushes: u64,
-    pub connections: u64,
     /// Requests per core, indexed by core.
     pub core_requests: Vec<u64>,
+    #[serde(flatten)]
+    pub metrics: BTreeMap<&'static str, serde_json::Value>,
 }
 
 /// The ring of samples, shared by every core (written once a second, read by the

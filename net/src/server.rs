@@ -271,19 +271,7 @@ async fn tick(core: Rc<Core>) {
         if core.id == 0 && core.config.metrics_enabled && !summary.is_zero() && now >= next_summary
         {
             next_summary = now + summary;
-            let s = stats::snapshot(&shared);
-            tracing::info!(
-                hits = s.hits,
-                misses = s.misses,
-                hit_rate = format!("{:.3}", s.hit_rate),
-                entries = s.l1_size,
-                bytes = s.l1_bytes,
-                evictions = s.evictions,
-                expirations = s.expirations,
-                connections = s.connections,
-                get_p99_us = s.latency_us.get.p99,
-                "metrics"
-            );
+            tracing::info!(summary = %stats::snapshot(&shared).summary(), "metrics");
         }
         if shared.shutdown.is_triggered() && core.open_connections() == 0 {
             // Keep ticking while other cores drain: they may still read this clock.

@@ -1,5 +1,7 @@
-//! The metrics endpoints: `/api/cache/metrics` (the original's JSON fields, then ours) and
-//! `/metrics` (the same in Prometheus text format), both summed over every core.
+//! The metrics: each declared once in [`METRICS`], from which `/api/cache/metrics` (the
+//! original's JSON fields, then ours), `/metrics` (Prometheus text format), the
+//! dashboard's history (a sample a second) and the log summary are all made, summed
+//! over every core.
 
 use std::fmt::Write;
 
@@ -13,48 +15,371 @@ use crate::core::{OpLatency, Shared};
 use crate::exchange::Response;
 use crate::history::{self, Sample};
 
-#[derive(Serialize)]
+/// How a metric moves: a counter only grows (the history shows it per second, Prometheus
+/// types it `counter`), a gauge is a level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// What a metric reads as.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Count(u64),
+    Ratio(f64),
+    Flag(bool),
+}
+
+impl Value {
+    fn prometheus(self) -> String {
+        match self {
+            Value::Count(n) => n.to_string(),
+            Value::Ratio(r) => format!("{r:.6}"),
+            Value::Flag(b) => u8::from(b).to_string(),
+        }
+    }
+
+    /// The change since `before` (a counter's), or the level now (a gauge's).
+    fn since(self, before: Value, kind: Kind) -> Value {
+        match (kind, self, before) {
+            (Kind::Counter, Value::Count(now), Value::Count(then)) => {
+                Value::Count(now.saturating_sub(then))
+            }
+            _ => self,
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Value::Count(n) => s.serialize_u64(n),
+            Value::Ratio(r) => s.serialize_f64(r),
+            Value::Flag(b) => s.serialize_bool(b),
+        }
+    }
+}
+
+/// One service-wide metric, declared once: the JSON endpoint, the Prometheus endpoint,
+/// the dashboard's history and the log summary are all made from this table.
+pub struct Metric {
+    /// Its name in `/api/cache/metrics` and in the history's samples.
+    pub name: &'static str,
+    /// Its name in `/metrics`, after the `cache_` prefix.
+    pub prometheus: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// Whether the history samples it every second (for the dashboard).
+    pub sampled: bool,
+    /// Whether the periodic log summary (METRICS_INTERVAL) shows it.
+    pub logged: bool,
+    pub read: fn(&Reading) -> Value,
+}
+
+/// What the metrics are read from, gathered once per snapshot.
+pub struct Reading<'a> {
+    shared: &'a Shared,
+    total: MetricsSnapshot,
+}
+
+impl Reading<'_> {
+    fn l2(&self, pick: fn(&l2::L2Stats) -> &std::sync::atomic::AtomicU64) -> Value {
+        Value::Count(self.shared.tiers.l2.as_ref().map_or(0, |t| {
+            pick(t.client.stats()).load(std::sync::atomic::Ordering::Relaxed)
+        }))
+    }
+
+    fn tier(&self, pick: fn(&crate::tiers::L2Tier) -> u64) -> Value {
+        Value::Count(self.shared.tiers.l2.as_ref().map_or(0, pick))
+    }
+
+    fn cores(&self, pick: fn(&crate::core::CoreStats) -> u64) -> Value {
+        Value::Count(self.shared.cores.iter().map(pick).sum())
+    }
+}
+
+const fn metric(
+    name: &'static str,
+    prometheus: &'static str,
+    kind: Kind,
+    help: &'static str,
+    read: fn(&Reading) -> Value,
+) -> Metric {
+    Metric {
+        name,
+        prometheus,
+        kind,
+        help,
+        sampled: false,
+        logged: false,
+        read,
+    }
+}
+
+const fn sampled(metric: Metric) -> Metric {
+    Metric {
+        sampled: true,
+        ..metric
+    }
+}
+
+const fn logged(metric: Metric) -> Metric {
+    Metric {
+        logged: true,
+        ..metric
+    }
+}
+
+use Kind::{Counter, Gauge};
+
+/// Every metric, in the JSON endpoint's order: the original service's fields first.
+/// L2 metrics stay 0 without Redis.
+pub const METRICS: &[Metric] = &[
+    logged(sampled(metric(
+        "hits",
+        "hits_total",
+        Counter,
+        "Lookups answered from L1.",
+        |r| Value::Count(r.total.hits),
+    ))),
+    logged(sampled(metric(
+        "misses",
+        "misses_total",
+        Counter,
+        "Lookups that found nothing in L1.",
+        |r| Value::Count(r.total.misses),
+    ))),
+    logged(metric(
+        "hit_rate",
+        "hit_rate",
+        Gauge,
+        "Hits over lookups since start.",
+        |r| Value::Ratio(r.total.hit_rate()),
+    )),
+    metric("sets", "sets_total", Counter, "Entries stored.", |r| {
+        Value::Count(r.total.sets)
+    }),
+    metric(
+        "deletes",
+        "deletes_total",
+        Counter,
+        "Entries deleted or invalidated.",
+        |r| Value::Count(r.total.deletes),
+    ),
+    logged(sampled(metric(
+        "evictions",
+        "evictions_total",
+        Counter,
+        "Entries evicted to respect a bound.",
+        |r| Value::Count(r.total.evictions),
+    ))),
+    logged(sampled(metric(
+        "l1_size",
+        "l1_entries",
+        Gauge,
+        "Entries held in L1.",
+        |r| Value::Count(r.total.entries),
+    ))),
+    sampled(metric(
+        "l2_hits",
+        "l2_hits_total",
+        Counter,
+        "Lookups answered from L2.",
+        |r| r.l2(|s| &s.hits),
+    )),
+    sampled(metric(
+        "l2_misses",
+        "l2_misses_total",
+        Counter,
+        "L2 lookups that found nothing.",
+        |r| r.l2(|s| &s.misses),
+    )),
+    sampled(metric(
+        "l2_errors",
+        "l2_errors_total",
+        Counter,
+        "Failed L2 commands.",
+        |r| r.l2(|s| &s.errors),
+    )),
+    sampled(metric(
+        "admissions_refused",
+        "admissions_refused_total",
+        Counter,
+        "Window candidates the TinyLFU admission filter refused.",
+        |r| Value::Count(r.total.admissions_refused),
+    )),
+    sampled(metric(
+        "window_share",
+        "window_share",
+        Gauge,
+        "The admission window's mean share of the L1 shards, 0 to 1 (1 under plain CLOCK).",
+        |r| Value::Ratio(r.total.window_share()),
+    )),
+    metric(
+        "sketch_resets",
+        "sketch_resets_total",
+        Counter,
+        "Times a shard's frequency sketch halved its counters.",
+        |r| Value::Count(r.total.sketch_resets),
+    ),
+    sampled(metric(
+        "l2_skipped",
+        "l2_skipped_total",
+        Counter,
+        "L2 calls skipped while the circuit breaker was open.",
+        |r| r.l2(|s| &s.skipped),
+    )),
+    metric(
+        "l2_enabled",
+        "l2_enabled",
+        Gauge,
+        "1 when Redis is configured.",
+        |r| Value::Flag(r.shared.tiers.l2.is_some()),
+    ),
+    sampled(metric(
+        "l2_breaker_open",
+        "l2_breaker_open",
+        Gauge,
+        "1 while the L2 circuit breaker is open.",
+        |r| {
+            Value::Flag(
+                r.shared
+                    .tiers
+                    .l2
+                    .as_ref()
+                    .is_some_and(|t| t.client.breaker_open()),
+            )
+        },
+    )),
+    sampled(metric(
+        "l1_flushes",
+        "l1_flushes_total",
+        Counter,
+        "L1 flushes after lost coherence events.",
+        |r| r.tier(|t| t.l1_flushes.get()),
+    )),
+    sampled(metric(
+        "coherence_events",
+        "coherence_events_total",
+        Counter,
+        "Other instances' events applied to L1.",
+        |r| r.tier(|t| t.events_applied.get()),
+    )),
+    logged(sampled(metric(
+        "expirations",
+        "expirations_total",
+        Counter,
+        "Entries dropped at the end of their TTL.",
+        |r| Value::Count(r.total.expirations),
+    ))),
+    logged(sampled(metric(
+        "l1_bytes",
+        "l1_bytes",
+        Gauge,
+        "Bytes charged in L1 (keys, values, overhead).",
+        |r| Value::Count(r.total.bytes),
+    ))),
+    metric(
+        "l1_max_entries",
+        "l1_max_entries",
+        Gauge,
+        "L1 entry bound.",
+        |r| Value::Count(r.shared.config.l1_max_entries as u64),
+    ),
+    metric(
+        "l1_max_bytes",
+        "l1_max_bytes",
+        Gauge,
+        "L1 byte bound.",
+        |r| Value::Count(r.shared.config.l1_max_bytes),
+    ),
+    metric(
+        "coalesced",
+        "coalesced_total",
+        Counter,
+        "Misses that waited on another request's fill.",
+        |r| Value::Count(r.total.coalesced),
+    ),
+    metric(
+        "origin_fetches",
+        "origin_fetches_total",
+        Counter,
+        "Fills from the origin.",
+        |r| Value::Count(r.shared.origin_fetches.get()),
+    ),
+    metric(
+        "origin_errors",
+        "origin_errors_total",
+        Counter,
+        "Origin fills that failed (5xx, timeout).",
+        |r| Value::Count(r.shared.origin_errors.get()),
+    ),
+    logged(sampled(metric(
+        "connections",
+        "connections",
+        Gauge,
+        "Open client connections.",
+        |r| r.cores(|c| c.connections.get()),
+    ))),
+    metric(
+        "requests",
+        "requests_total",
+        Counter,
+        "Requests received.",
+        |r| r.cores(|c| c.requests.get()),
+    ),
+    metric(
+        "rejected_requests",
+        "rejected_requests_total",
+        Counter,
+        "Requests refused for framing or limits.",
+        |r| r.cores(|c| c.rejected.get()),
+    ),
+    metric(
+        "refused_connections",
+        "refused_connections_total",
+        Counter,
+        "Connections refused over CACHE_MAX_CONNECTIONS.",
+        |r| r.cores(|c| c.refused.get()),
+    ),
+];
+
+/// The metrics at one moment, with what is not a single number: the eviction policy's
+/// name, latency percentiles per operation and the per-core breakdown.
 pub struct Snapshot {
-    pub hits: u64,
-    pub misses: u64,
-    pub hit_rate: f64,
-    pub sets: u64,
-    pub deletes: u64,
-    pub evictions: u64,
-    pub l1_size: u64,
-    /// The L1 eviction policy (CACHE_EVICTION).
+    pub values: Vec<Value>,
     pub eviction: String,
-    /// Window candidates the admission filter refused (adaptive eviction).
-    pub admissions_refused: u64,
-    /// The admission window's mean share of the shards, 0 to 1 (1 under plain CLOCK).
-    pub window_share: f64,
-    /// Times a shard's frequency sketch halved its counters.
-    pub sketch_resets: u64,
-    /// L2 counters stay 0 when no Redis is configured.
-    pub l2_hits: u64,
-    pub l2_misses: u64,
-    pub l2_errors: u64,
-    /// L2 calls skipped while the circuit breaker was open.
-    pub l2_skipped: u64,
-    pub l2_enabled: bool,
-    pub l2_breaker_open: bool,
-    /// L1 flushes after lost coherence events.
-    pub l1_flushes: u64,
-    /// Other instances' events applied to L1.
-    pub coherence_events: u64,
-    pub expirations: u64,
-    pub l1_bytes: u64,
-    pub l1_max_entries: usize,
-    pub l1_max_bytes: u64,
-    pub coalesced: u64,
-    pub origin_fetches: u64,
-    pub origin_errors: u64,
-    pub connections: u64,
-    pub requests: u64,
-    pub rejected_requests: u64,
-    pub refused_connections: u64,
     pub latency_us: Latencies,
     pub cores: Vec<CoreSnapshot>,
+}
+
+impl Snapshot {
+    /// The log summary's metrics, as `name=value` pairs.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for (metric, value) in METRICS.iter().zip(&self.values) {
+            if metric.logged {
+                let _ = write!(out, "{}={} ", metric.name, value.prometheus());
+            }
+        }
+        let _ = write!(out, "get_p99_us={}", self.latency_us.get.p99);
+        out
+    }
+}
+
+impl Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(METRICS.len() + 3))?;
+        for (metric, value) in METRICS.iter().zip(&self.values) {
+            map.serialize_entry(metric.name, value)?;
+        }
+        map.serialize_entry("eviction", &self.eviction)?;
+        map.serialize_entry("latency_us", &self.latency_us)?;
+        map.serialize_entry("cores", &self.cores)?;
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -164,51 +489,10 @@ pub fn snapshot_with(shared: &Shared, latency: &OpHistograms) -> Snapshot {
             }
         })
         .collect();
-    let sum = |f: fn(&crate::core::CoreStats) -> u64| shared.cores.iter().map(f).sum::<u64>();
-    let l2 = |f: fn(&l2::L2Stats) -> &std::sync::atomic::AtomicU64| {
-        shared.tiers.l2.as_ref().map_or(0, |t| {
-            f(t.client.stats()).load(std::sync::atomic::Ordering::Relaxed)
-        })
-    };
+    let reading = Reading { shared, total };
     Snapshot {
-        hits: total.hits,
-        misses: total.misses,
-        hit_rate: total.hit_rate(),
-        sets: total.sets,
-        deletes: total.deletes,
-        evictions: total.evictions,
-        l1_size: total.entries,
+        values: METRICS.iter().map(|m| (m.read)(&reading)).collect(),
         eviction: shared.config.eviction.to_string(),
-        admissions_refused: total.admissions_refused,
-        window_share: total.window_share(),
-        sketch_resets: total.sketch_resets,
-        l2_hits: l2(|s| &s.hits),
-        l2_misses: l2(|s| &s.misses),
-        l2_errors: l2(|s| &s.errors),
-        l2_skipped: l2(|s| &s.skipped),
-        l2_enabled: shared.tiers.l2.is_some(),
-        l2_breaker_open: shared
-            .tiers
-            .l2
-            .as_ref()
-            .is_some_and(|t| t.client.breaker_open()),
-        l1_flushes: shared.tiers.l2.as_ref().map_or(0, |t| t.l1_flushes.get()),
-        coherence_events: shared
-            .tiers
-            .l2
-            .as_ref()
-            .map_or(0, |t| t.events_applied.get()),
-        expirations: total.expirations,
-        l1_bytes: total.bytes,
-        l1_max_entries: shared.config.l1_max_entries,
-        l1_max_bytes: shared.config.l1_max_bytes,
-        coalesced: total.coalesced,
-        origin_fetches: shared.origin_fetches.get(),
-        origin_errors: shared.origin_errors.get(),
-        connections: sum(|c| c.connections.get()),
-        requests: sum(|c| c.requests.get()),
-        rejected_requests: sum(|c| c.rejected.get()),
-        refused_connections: sum(|c| c.refused.get()),
         latency_us: Latencies {
             get: percentiles(&latency.get),
             set: percentiles(&latency.set),
@@ -223,156 +507,17 @@ pub fn snapshot_with(shared: &Shared, latency: &OpHistograms) -> Snapshot {
 pub fn prometheus(shared: &Shared) -> Response {
     let s = snapshot(shared);
     let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+    for (metric, value) in METRICS.iter().zip(&s.values) {
+        let kind = match metric.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let (name, help, value) = (metric.prometheus, metric.help, value.prometheus());
         let _ = writeln!(
             out,
             "# HELP cache_{name} {help}\n# TYPE cache_{name} {kind}\ncache_{name} {value}"
         );
-    };
-    metric(
-        "hits_total",
-        "counter",
-        "Lookups answered from L1.",
-        s.hits.to_string(),
-    );
-    metric(
-        "misses_total",
-        "counter",
-        "Lookups that found nothing.",
-        s.misses.to_string(),
-    );
-    metric(
-        "hit_rate",
-        "gauge",
-        "Hits over lookups since start.",
-        format!("{:.6}", s.hit_rate),
-    );
-    metric(
-        "sets_total",
-        "counter",
-        "Entries stored.",
-        s.sets.to_string(),
-    );
-    metric(
-        "deletes_total",
-        "counter",
-        "Entries deleted or invalidated.",
-        s.deletes.to_string(),
-    );
-    metric(
-        "evictions_total",
-        "counter",
-        "Entries evicted to respect a bound.",
-        s.evictions.to_string(),
-    );
-    metric(
-        "admissions_refused_total",
-        "counter",
-        "Window candidates the TinyLFU admission filter refused.",
-        s.admissions_refused.to_string(),
-    );
-    metric(
-        "window_share",
-        "gauge",
-        "The admission window's mean share of the L1 shards (1 under plain CLOCK).",
-        format!("{:.6}", s.window_share),
-    );
-    metric(
-        "sketch_resets_total",
-        "counter",
-        "Times a frequency sketch halved its counters.",
-        s.sketch_resets.to_string(),
-    );
-    metric(
-        "expirations_total",
-        "counter",
-        "Entries dropped at the end of their TTL.",
-        s.expirations.to_string(),
-    );
-    metric(
-        "l1_entries",
-        "gauge",
-        "Entries held in L1.",
-        s.l1_size.to_string(),
-    );
-    metric(
-        "l1_bytes",
-        "gauge",
-        "Bytes charged in L1 (keys, values, overhead).",
-        s.l1_bytes.to_string(),
-    );
-    metric(
-        "l1_max_entries",
-        "gauge",
-        "L1 entry bound.",
-        s.l1_max_entries.to_string(),
-    );
-    metric(
-        "l1_max_bytes",
-        "gauge",
-        "L1 byte bound.",
-        s.l1_max_bytes.to_string(),
-    );
-    metric(
-        "l2_hits_total",
-        "counter",
-        "Lookups answered from L2.",
-        s.l2_hits.to_string(),
-    );
-    metric(
-        "l2_misses_total",
-        "counter",
-        "L2 lookups that found nothing.",
-        s.l2_misses.to_string(),
-    );
-    metric(
-        "l2_errors_total",
-        "counter",
-        "Failed L2 commands.",
-        s.l2_errors.to_string(),
-    );
-    metric(
-        "coalesced_total",
-        "counter",
-        "Misses that waited on another request's fill.",
-        s.coalesced.to_string(),
-    );
-    metric(
-        "origin_fetches_total",
-        "counter",
-        "Fills from the origin.",
-        s.origin_fetches.to_string(),
-    );
-    metric(
-        "origin_errors_total",
-        "counter",
-        "Origin fills that failed (5xx, timeout).",
-        s.origin_errors.to_string(),
-    );
-    metric(
-        "connections",
-        "gauge",
-        "Open client connections.",
-        s.connections.to_string(),
-    );
-    metric(
-        "requests_total",
-        "counter",
-        "Requests received.",
-        s.requests.to_string(),
-    );
-    metric(
-        "rejected_requests_total",
-        "counter",
-        "Requests refused for framing or limits.",
-        s.rejected_requests.to_string(),
-    );
-    metric(
-        "refused_connections_total",
-        "counter",
-        "Connections refused over CACHE_MAX_CONNECTIONS.",
-        s.refused_connections.to_string(),
-    );
+    }
     let _ = writeln!(out, "# HELP cache_request_latency_microseconds Request latency by operation.\n# TYPE cache_request_latency_microseconds summary");
     for (op, p) in [
         ("get", &s.latency_us.get),
@@ -454,37 +599,31 @@ impl Totals {
         };
         let d = |a: u64, b: u64| a.saturating_sub(b);
         let ops = |n: &Percentiles, b: &Percentiles| d(n.count, b.count);
+        let metrics = METRICS
+            .iter()
+            .zip(now.values.iter().zip(&then.values))
+            .filter(|(metric, _)| metric.sampled)
+            .map(|(metric, (now, then))| {
+                let value = serde_json::to_value(now.since(*then, metric.kind));
+                (metric.name, value.expect("a number serializes"))
+            })
+            .collect();
         Sample {
             t,
             gets: ops(&now.latency_us.get, &then.latency_us.get),
             sets: ops(&now.latency_us.set, &then.latency_us.set),
             deletes: ops(&now.latency_us.delete, &then.latency_us.delete),
             invalidates: ops(&now.latency_us.invalidate, &then.latency_us.invalidate),
-            l1_hits: d(now.hits, then.hits),
-            l1_misses: d(now.misses, then.misses),
-            l2_hits: d(now.l2_hits, then.l2_hits),
-            l2_misses: d(now.l2_misses, then.l2_misses),
             p50_us: percentile(0.5),
             p99_us: percentile(0.99),
             p999_us: percentile(0.999),
-            entries: now.l1_size,
-            bytes: now.l1_bytes,
-            evictions: d(now.evictions, then.evictions),
-            expirations: d(now.expirations, then.expirations),
-            admissions_refused: d(now.admissions_refused, then.admissions_refused),
-            window_share: now.window_share,
-            l2_breaker_open: now.l2_breaker_open,
-            l2_errors: d(now.l2_errors, then.l2_errors),
-            l2_skipped: d(now.l2_skipped, then.l2_skipped),
-            coherence_events: d(now.coherence_events, then.coherence_events),
-            l1_flushes: d(now.l1_flushes, then.l1_flushes),
-            connections: now.connections,
             core_requests: now
                 .cores
                 .iter()
                 .zip(&then.cores)
                 .map(|(n, b)| d(n.requests, b.requests))
                 .collect(),
+            metrics,
         }
     }
 }
