@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test cache-manager has: formatting, clippy, the workspace's tests (unit,
-# property, end-to-end) and the loom models. Installs what the tests need first
-# (redis-server and redis-tools, curl, chromium, g++) from the OS packages when missing.
+# property, end-to-end), the loom models and the engine's tests under valgrind. Installs
+# what the tests need first (redis-server and redis-tools, curl, chromium, g++,
+# valgrind) from the OS packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # libfuzzer-sys, checked below with the fuzz targets, compiles libFuzzer's C++.
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 # The dashboard's browser test (tests/tests/dashboard.rs) runs headless Chromium.
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
@@ -40,3 +42,6 @@ cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check --all-targets -- -D warnings
 cargo test --workspace
 scripts/loom.sh
+# The engine's unsafe code under memcheck: a bounded run (scripts/memcheck.sh alone runs
+# every case).
+scripts/memcheck.sh --quick

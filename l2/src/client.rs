@@ -404,15 +404,7 @@ impl L2 {
         envelope: &Envelope,
         ttl: Option<Duration>,
     ) -> Result<Written, L2Error> {
-        let bytes = envelope.encode();
-        self.keep_newer(
-            Policy::Always,
-            vec![(key.to_vec(), bytes)],
-            envelope.version,
-            ttl,
-        )
-        .await
-        .map(|written| written[0])
+        self.store(Policy::Always, key, envelope, ttl).await
     }
 
     /// Stores what a fill fetched from the origin, as `set` does: only a copy for the
@@ -423,15 +415,21 @@ impl L2 {
         envelope: &Envelope,
         ttl: Option<Duration>,
     ) -> Result<Written, L2Error> {
-        let bytes = envelope.encode();
-        self.keep_newer(
-            Policy::Guarded,
-            vec![(key.to_vec(), bytes)],
-            envelope.version,
-            ttl,
-        )
-        .await
-        .map(|written| written[0])
+        self.store(Policy::Guarded, key, envelope, ttl).await
+    }
+
+    async fn store(
+        &self,
+        policy: Policy,
+        key: &[u8],
+        envelope: &Envelope,
+        ttl: Option<Duration>,
+    ) -> Result<Written, L2Error> {
+        let write = vec![(key.to_vec(), envelope.encode())];
+        let written = self
+            .keep_newer(policy, write, envelope.version, ttl)
+            .await?;
+        Ok(written[0])
     }
 
     /// Deletes keys by leaving a tombstone of the deletion's `version` for

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::router::Reply;
 use engine::{Clock, Glob, ShardGone};
 use l2::{L2Error, Version};
 
@@ -44,32 +45,39 @@ pub async fn put(
             .await
             .map_err(PutRefused::Origin)?;
     }
-    let hash = shared.router.hash(key);
-    let key = key.to_vec();
-    Ok(shared
-        .mail
-        .call(shared.router.shard_of(hash), |reply| OwnerMessage::Put {
-            hash,
-            key,
-            value: tagged,
-            ttl,
-            reply,
-        })
-        .await?)
+    Ok(to_owner(shared, key, |hash, key, reply| OwnerMessage::Put {
+        hash,
+        key,
+        value: tagged,
+        ttl,
+        reply,
+    })
+    .await?)
 }
 
-/// Deletes a key from L1, then L2, then tells the other instances, through its owner.
-pub async fn delete(shared: &Shared, key: &[u8]) -> Result<DeleteOutcome, ShardGone> {
+/// Sends the message `make` builds for `key` (with its hash) to the key's owner, and
+/// waits for the answer.
+async fn to_owner<T>(
+    shared: &Shared,
+    key: &[u8],
+    make: impl FnOnce(u64, Vec<u8>, Reply<T>) -> OwnerMessage,
+) -> Result<T, ShardGone> {
     let hash = shared.router.hash(key);
     let key = key.to_vec();
     shared
         .mail
-        .call(shared.router.shard_of(hash), |reply| OwnerMessage::Delete {
-            hash,
-            key,
-            reply,
-        })
+        .call(shared.router.shard_of(hash), |reply| make(hash, key, reply))
         .await
+}
+
+/// Deletes a key from L1, then L2, then tells the other instances, through its owner.
+pub async fn delete(shared: &Shared, key: &[u8]) -> Result<DeleteOutcome, ShardGone> {
+    to_owner(shared, key, |hash, key, reply| OwnerMessage::Delete {
+        hash,
+        key,
+        reply,
+    })
+    .await
 }
 
 /// What an invalidation removed: from L1 (how many entries), and from L2 when
@@ -107,17 +115,13 @@ pub async fn invalidate_pattern(shared: &Shared, pattern: &str) -> Result<Invali
 /// Re-fetches a key from the origin through its owner, superseding fills in flight, and
 /// stores it in every tier.
 pub async fn refresh(shared: &Shared, key: &[u8]) -> Result<Result<Filled, FillError>, ShardGone> {
-    let hash = shared.router.hash(key);
-    let key = key.to_vec();
-    shared
-        .mail
-        .call(shared.router.shard_of(hash), |reply| OwnerMessage::Fill {
-            hash,
-            key,
-            mode: FillMode::Refresh,
-            reply,
-        })
-        .await
+    to_owner(shared, key, |hash, key, reply| OwnerMessage::Fill {
+        hash,
+        key,
+        mode: FillMode::Refresh,
+        reply,
+    })
+    .await
 }
 
 /// Another instance wrote or deleted `keys` with `version`: each owner drops its entries

@@ -11,6 +11,15 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// A cache-manager instance on this Redis (a 200 ms REDIS_TIMEOUT_MS unless `extra`
+    /// says otherwise), with `extra` settings.
+    pub fn instance(&self, extra: &[(&str, &str)]) -> crate::Server {
+        let url = self.url();
+        let mut env = vec![("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT_MS", "200")];
+        env.extend_from_slice(extra);
+        crate::Server::start(&env)
+    }
+
     pub fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -10,10 +10,7 @@ use e2e::{exchange, read_response, wait_for, Server};
 use serde_json::{json, Value};
 
 fn instance(redis: &RedisServer, extra: &[(&str, &str)]) -> Server {
-    let url = redis.url();
-    let mut env = vec![("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT_MS", "200")];
-    env.extend_from_slice(extra);
-    Server::start(&env)
+    redis.instance(extra)
 }
 
 /// Waits until `server` has applied `n` events from other instances.
