@@ -29,12 +29,8 @@ command -v valgrind >/dev/null 2>&1 || {
 # The test binaries of the engine, built once in their own target directory (debug,
 # so that valgrind's reports name lines).
 mapfile -t binaries < <(
-    cargo test -p engine --no-run --target-dir target/memcheck --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
-        print(m["executable"])'
+    cargo test -p engine --no-run --target-dir target/memcheck 2>&1 |
+        sed -n 's/^ *Executable .*(\(.*\))$/\1/p'
 )
 if ((${#binaries[@]} == 0)); then
     echo "scripts/memcheck.sh: no engine test binaries were built" >&2
