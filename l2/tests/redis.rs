@@ -201,11 +201,10 @@ fn a_frozen_redis_opens_the_breaker_and_a_thawed_one_closes_it() {
         );
     }
     assert!(l2.breaker_open());
-    let started = Instant::now();
-    assert_eq!(block_on(l2.get(b"k")), Err(L2Error::Open));
-    assert!(
-        started.elapsed() < Duration::from_millis(20),
-        "skipped at once while open"
+    assert_eq!(
+        block_on(l2.get(b"k")),
+        Err(L2Error::Open),
+        "skipped, not tried, while open"
     );
     assert_eq!(
         block_on(l2.set(b"k", &e, None)),

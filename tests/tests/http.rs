@@ -256,7 +256,7 @@ fn http_1_0_closes_unless_asked_to_keep_alive() {
 #[test]
 fn slow_clients_are_cut_off_at_the_header_timeout_without_starving_others() {
     let s = Server::start(&[
-        ("CACHE_HEADER_TIMEOUT_MS", "500"),
+        ("CACHE_HEADER_TIMEOUT_MS", "3000"),
         ("CACHE_IDLE_TIMEOUT_MS", "60000"),
     ]);
     let mut slow: Vec<TcpStream> = (0..200).map(|_| s.connect()).collect();
@@ -272,9 +272,12 @@ fn slow_clients_are_cut_off_at_the_header_timeout_without_starving_others() {
             200
         );
     }
+    // Had they waited behind the slow clients, they would have been served only once
+    // those were cut off, at the header timeout (3 s).
     assert!(
-        started.elapsed() < Duration::from_millis(400),
-        "served while 200 slow clients wait"
+        started.elapsed() < Duration::from_millis(1500),
+        "served while 200 slow clients wait: {:?}",
+        started.elapsed()
     );
     // A byte now and then does not extend the deadline.
     for c in &mut slow {
@@ -285,7 +288,7 @@ fn slow_clients_are_cut_off_at_the_header_timeout_without_starving_others() {
         assert_eq!(r.status, 408);
         assert!(closed_by_peer(c));
     }
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[test]

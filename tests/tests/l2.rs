@@ -146,9 +146,11 @@ fn a_frozen_redis_opens_the_breaker_while_l1_keeps_serving() {
     for _ in 0..100 {
         assert_eq!(s.get_key("hot").0, 200);
     }
+    // Had each hit waited for Redis, a hundred would take a hundred timeouts (20 s).
     assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "L1 hits do not wait for Redis"
+        started.elapsed() < Duration::from_secs(5),
+        "L1 hits do not wait for Redis: {:?}",
+        started.elapsed()
     );
     // Writes are still tried (a skipped one would leave other instances reading the old
     // value from L2), each within the timeout, and say they did not reach Redis.
@@ -163,14 +165,10 @@ fn a_frozen_redis_opens_the_breaker_while_l1_keeps_serving() {
         assert!(r["l2"].as_str().unwrap().starts_with("failed"), "{r}");
     }
     assert_eq!(s.metrics()["l2_breaker_open"], true);
-    // Reads skip Redis at once while the breaker is open.
-    let started = Instant::now();
+    // Reads skip Redis at once while the breaker is open (counted, not attempted).
+    let skipped = s.metrics()["l2_skipped"].as_u64().unwrap();
     assert_eq!(s.get_key("never-written").0, 404);
-    assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(s.metrics()["l2_skipped"].as_u64().unwrap(), skipped + 1);
     let m = s.metrics();
     assert!(
         m["l2_errors"].as_u64().unwrap() >= 3 && m["l2_skipped"].as_u64().unwrap() >= 1,
