@@ -198,3 +198,43 @@ fn three_instances_agree_on_every_key_once_the_load_stops() {
     let fresh = instance(&redis, &[]);
     assert_eq!(answers(&fresh), last[0], "L2 against the instances' L1");
 }
+
+/// An event for a version an instance already holds leaves its L1 entry alone (no
+/// needless miss: the instance read the new value from L2 before the event arrived); a
+/// newer one drops it. The events are published by hand, as another instance would.
+#[test]
+fn an_event_drops_only_entries_older_than_its_version() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &[]);
+    let b = instance(&redis, &[]);
+    subscribed(&redis, 2);
+    a.put_key("k", json!("v"));
+    wait_for("B read A's write", Duration::from_secs(10), || {
+        b.metrics()["coherence_events"].as_u64().unwrap() >= 1
+    });
+    assert_eq!(b.get_key("k").1["source"], "l2");
+    assert_eq!(b.get_key("k").1["source"], "l1");
+    // The write's version, from the envelope's header (16 hex digits after two bytes).
+    let stored = redis.cli(&["GET", "cm:k"]);
+    let hex = &stored[2..18];
+    let version = u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("{stored:?}"));
+    let publish = |seq: u64, version: u64| {
+        let event = json!({"instance": "by-hand", "epoch": 1, "seq": seq, "version": version,
+            "kind": "set", "keys": ["k"]});
+        redis.cli(&["PUBLISH", "cache:events", &event.to_string()]);
+    };
+    let applied = |n: u64| {
+        wait_for("B applied the event", Duration::from_secs(10), || {
+            b.metrics()["coherence_events"].as_u64().unwrap() >= n
+        })
+    };
+    publish(1, version);
+    applied(2);
+    assert_eq!(b.get_key("k").1["source"], "l1", "the same version: kept");
+    publish(2, version - 1);
+    applied(3);
+    assert_eq!(b.get_key("k").1["source"], "l1", "an older version: kept");
+    publish(3, version + 1);
+    applied(4);
+    assert_eq!(b.get_key("k").1["source"], "l2", "a newer version: dropped");
+}
