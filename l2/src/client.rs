@@ -344,12 +344,15 @@ impl L2 {
         let (reply, answer) = flume::bounded(1);
         let job: Job = Box::new(move |connecting| {
             Box::pin(async move {
-                // One bound for getting a connection and running the command on it, so a
-                // caller waits at most `limit` even before Redis has first answered.
-                let attempt = async move { command(connecting.await?).await };
-                let result = match tokio::time::timeout(limit, attempt).await {
-                    Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(limit)),
-                    Ok(result) => result,
+                // The connection attempt is bounded by the timeout on its own (and shared
+                // by every caller that arrives while it runs), then the command by
+                // `limit`: a caller waits at most the two, however many are queued.
+                let result = match connecting.await {
+                    Ok(conn) => match tokio::time::timeout(limit, command(conn)).await {
+                        Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(limit)),
+                        Ok(result) => result,
+                    },
+                    Err(e) => Err(e),
                 };
                 let _ = reply.send(result);
             })
@@ -598,10 +601,11 @@ impl L2 {
 }
 
 /// Hands each job the connection, or the attempt to make one. One attempt at a time runs
-/// (its own task, bounded by `timeout`); jobs that arrive meanwhile share it, and each job
-/// bounds its whole wait itself, so a Redis that is down or slow to accept costs every
-/// caller at most its timeout, however many are queued. A failed attempt is dropped and
-/// the next job starts a fresh one.
+/// (its own task, bounded by `timeout`); jobs that arrive meanwhile share it, so a Redis
+/// that is down or slow to accept costs every caller at most one connection timeout and
+/// then its command's, however many are queued (connecting in each job, one after
+/// another, made the last of N wait N timeouts). A failed attempt is dropped and the
+/// next job starts a fresh one.
 async fn serve_jobs(
     backend: Backend,
     config: ConnectionManagerConfig,
@@ -634,6 +638,16 @@ fn connect(backend: Backend, config: ConnectionManagerConfig, timeout: Duration)
                     client.get_async_connection().await.map(Connection::Cluster)
                 }
             }
+        };
+        let connect = async {
+            let mut connection = connect.await?;
+            // Loaded now, the keep-newer script's first write is one round trip rather
+            // than a refused EVALSHA and a retry (which still covers a restarted Redis).
+            let _ = redis::Script::new(KEEP_NEWER)
+                .prepare_invoke()
+                .load_async(&mut connection)
+                .await;
+            Ok::<_, redis::RedisError>(connection)
         };
         match tokio::time::timeout(timeout, connect).await {
             Ok(connected) => connected.map_err(L2Error::from),

@@ -348,9 +348,9 @@ fn an_unreachable_redis_costs_a_call_the_timeout_not_the_reconnect_backoff() {
 }
 
 /// A Redis that accepts connections and never answers (a listener nobody serves): every
-/// caller queued before the first connection exists still gets its answer within its
-/// timeout. Connecting one caller after another would make the last of 20 wait 20
-/// timeouts (4 s); the bound checked is a tenth of that.
+/// caller queued before the first connection exists gets its answer within one
+/// connection timeout and its own. Connecting one caller after another would make the
+/// last of 20 wait 20 timeouts (4 s); the bound checked is half of that.
 #[test]
 fn callers_queued_before_redis_first_answers_each_wait_at_most_their_timeout() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
