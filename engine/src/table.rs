@@ -127,6 +127,9 @@ fn allocate(entry: NewEntry<'_>) -> NonNull<Node> {
 
 impl Retirable for Node {
     /// Drops and frees a node made by [`allocate`].
+    ///
+    /// # Safety
+    /// As [`Retirable::free`] requires: `node` came from `allocate` and is freed once.
     unsafe fn free(node: *mut Node) {
         // SAFETY: forwarded contract; the header says how long the payload is.
         unsafe {

@@ -26,6 +26,7 @@ use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, RedisFuture};
 use crate::breaker::Breaker;
 use crate::envelope::{DecodeError, Envelope, Stored};
 use crate::events::{Action, Event, Sequencer};
+use crate::keep_newer::{scan_and_bury, Written, KEEP_NEWER, TOMBSTONE_TTL};
 use crate::version::Version;
 
 #[derive(Clone, Debug)]
@@ -156,51 +157,6 @@ enum Policy {
     /// other instances would go on reading the old value from L2).
     Always,
 }
-
-/// What a versioned write did in Redis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Written {
-    /// Stored; `replaced` says whether the key held a value (not a tombstone) before.
-    Stored { replaced: bool },
-    /// Not stored: Redis holds a write of the key at least as new.
-    Superseded,
-}
-
-/// How long a deletion's tombstone keeps older writes out. A write reaches Redis within
-/// its REDIS_TIMEOUT_MS of being sent or not at all, so a minute leaves a wide margin for
-/// a sender that stalled before sending.
-pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
-
-/// Stores KEYS[1] = ARGV[1] (an envelope) with a TTL of ARGV[3] ms (0: none) unless the
-/// key holds a format-2 envelope (a value or a tombstone) whose version is at least
-/// ARGV[2]. Versions are 16 hex digits at bytes 3 to 18, compared as two 8-digit halves
-/// (each exact in Lua's doubles; text comparison would follow Redis's collation locale).
-/// Returns -1 when a write at least as new is there, 1 when a value was replaced, 0 when
-/// nothing (or a tombstone) was.
-const KEEP_NEWER: &str = r#"
-local old = redis.call('GET', KEYS[1])
-local replaced = 0
-if old then
-  replaced = 1
-  if string.byte(old, 1) == 2 and string.len(old) >= 34 then
-    local held = string.sub(old, 3, 18)
-    local hi, lo = tonumber(string.sub(held, 1, 8), 16), tonumber(string.sub(held, 9, 16), 16)
-    local nhi, nlo = tonumber(string.sub(ARGV[2], 1, 8), 16), tonumber(string.sub(ARGV[2], 9, 16), 16)
-    if hi and lo and (hi > nhi or (hi == nhi and lo >= nlo)) then
-      return -1
-    end
-    if math.floor(string.byte(old, 2) / 2) % 2 == 1 then
-      replaced = 0
-    end
-  end
-end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-end
-return replaced
-"#;
 
 /// The first and the longest wait before a failed coherence event is published again.
 const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
@@ -533,7 +489,7 @@ impl L2 {
                         }
                         Ok(removed)
                     }
-                    (_, mut conn) => scan_and_bury(&mut conn, &full, version).await,
+                    (_, mut conn) => Ok(scan_and_bury(&mut conn, &full, version).await?),
                 }
             },
         )
@@ -704,51 +660,6 @@ async fn masters(
 
 /// `SCAN MATCH pattern` over one server, unlinking what it finds key by key (every command
 /// names one key, as a cluster node requires); returns how many were removed.
-/// Replaces every key `pattern` matches on one node with a tombstone of `version`
-/// (unless a newer write is there), a pipeline of script calls per `SCAN` batch;
-/// returns how many held a value.
-async fn scan_and_bury(
-    conn: &mut impl ConnectionLike,
-    pattern: &[u8],
-    version: Version,
-) -> Result<usize, L2Error> {
-    let script = redis::Script::new(KEEP_NEWER);
-    script.prepare_invoke().load_async(conn).await?;
-    let (tombstone, version, ttl_ms) = (
-        Envelope::tombstone(version),
-        version.hex(),
-        TOMBSTONE_TTL.as_millis() as u64,
-    );
-    let mut cursor = 0u64;
-    let mut removed = 0;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        if !keys.is_empty() {
-            let mut bury = redis::pipe();
-            for key in &keys {
-                let mut call = script.key(key.as_slice());
-                call.arg(tombstone.as_slice())
-                    .arg(version.as_str())
-                    .arg(ttl_ms);
-                bury.invoke_script(&call);
-            }
-            let outcomes: Vec<i64> = bury.query_async(conn).await?;
-            removed += outcomes.iter().filter(|o| **o == 1).count();
-        }
-        if next == 0 {
-            return Ok(removed);
-        }
-        cursor = next;
-    }
-}
-
 /// A connection to one node of several, for publishing: made when needed (within the
 /// timeout), and given up for the next node after any failure.
 struct AnyNode {
