@@ -28,12 +28,14 @@ pub mod time;
 pub mod wheel;
 
 pub use cache::{Cache, CacheBuilder};
-pub use eviction::{Eviction, UnknownEviction};
+pub use eviction::{Eviction, Region, Standing, UnknownEviction, MAX_FREQUENCY};
 pub use glob::Glob;
 pub use metrics::{LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics};
 pub use readthrough::Origin;
 pub use router::{mailboxes, Command, Mailboxes, OwnedEntry, Router, ShardGone};
-pub use shard::{entry_charge, InsertError, Inserted, ShardConfig, ShardWriter, ENTRY_OVERHEAD};
+pub use shard::{
+    entry_charge, InsertError, Inserted, SavedEntry, ShardConfig, ShardWriter, ENTRY_OVERHEAD,
+};
 pub use table::{EntryRef, TableReader};
 pub use time::{deadline_ms, Clock, CoarseClock, ManualClock, SystemClock};
 

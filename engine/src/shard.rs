@@ -12,11 +12,12 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::eviction::{self, slot_bytes, Eviction, Policy, SKETCH_BYTES_PER_ENTRY};
+use crate::eviction::{self, slot_bytes, Eviction, Policy, Standing, SKETCH_BYTES_PER_ENTRY};
 use crate::glob::Glob;
 use crate::metrics::ShardMetrics;
 use crate::table::{
-    node_key, table, EntryRef, NewEntry, Node, TableReader, TableWriter, NEVER, NODE_BYTES,
+    node_key, node_payload, table, EntryRef, NewEntry, Node, TableReader, TableWriter, NEVER,
+    NODE_BYTES,
 };
 use crate::wheel::{TimerId, TimerWheel, TIMER_BYTES};
 
@@ -73,6 +74,17 @@ pub struct Inserted {
     pub evicted: usize,
 }
 
+/// An entry as a snapshot keeps it: its data, and its standing with the eviction policy
+/// so that a restart ranks it as before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedEntry<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub cached_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub standing: Standing,
+}
+
 /// A policy slot's occupant: the entry's node and its expiry timer.
 struct Resident {
     node: NonNull<Node>,
@@ -107,6 +119,10 @@ impl eviction::Resident for Resident {
 
     fn take_hits(&self) -> u8 {
         self.node().take_hits()
+    }
+
+    fn pending_hits(&self) -> u8 {
+        self.node().pending_hits()
     }
 }
 
@@ -291,6 +307,62 @@ impl ShardWriter {
             replaced: existing.is_some(),
             evicted,
         })
+    }
+
+    /// Visits up to `limit` entries still servable at `now_ms`, in slot order from slot
+    /// `from`, for a snapshot; returns the slot to go on from, `None` once every slot was
+    /// visited. A caller that saves in steps, serving between them, gets each entry as
+    /// it was at its step (writes meanwhile may or may not be seen, as in any live copy).
+    pub fn save(
+        &self,
+        from: u32,
+        limit: usize,
+        now_ms: u64,
+        mut visit: impl FnMut(SavedEntry<'_>),
+    ) -> Option<u32> {
+        let mut visited = 0;
+        for (slot, resident) in self.policy.iter_from(from) {
+            if visited == limit {
+                return Some(slot);
+            }
+            visited += 1;
+            let node = resident.node();
+            if node.stale_until_ms <= now_ms {
+                continue;
+            }
+            // SAFETY: a resident's node is linked until the writer (borrowed shared here,
+            // so not removing anything) removes the resident.
+            let (key, value) = unsafe { node_payload(resident.node) };
+            visit(SavedEntry {
+                key,
+                value,
+                cached_at_ms: node.cached_at_ms,
+                expires_at_ms: (node.expires_at_ms != NEVER).then_some(node.expires_at_ms),
+                standing: self.policy.standing(slot),
+            });
+        }
+        None
+    }
+
+    /// Stores an entry from a snapshot as [`ShardWriter::insert`] does, with the standing
+    /// it was saved with: its key's frequency primes admission (so when the shard is
+    /// smaller than the snapshot, the policy keeps what it ranked highest) and it returns
+    /// to its region.
+    pub fn restore(&mut self, hash: u64, entry: SavedEntry<'_>) -> Result<Inserted, InsertError> {
+        self.policy.prime(hash, entry.standing);
+        let inserted = self.insert(
+            hash,
+            entry.key,
+            entry.value,
+            entry.expires_at_ms,
+            entry.cached_at_ms,
+        )?;
+        if let Some(node) = self.table.find(hash, entry.key) {
+            // SAFETY: `find` returns linked, hence live, nodes.
+            let slot = unsafe { node.as_ref() }.slot;
+            self.policy.place(slot, entry.standing.region);
+        }
+        Ok(inserted)
     }
 
     /// Deletes `key`; says whether it was present (an expired entry counts as absent).
@@ -590,5 +662,119 @@ mod tests {
         put(&mut s, "forever", "v", None, NOW);
         let e = s.get_with(h(b"forever"), b"forever", u64::MAX - 1, |e| e.expires_at_ms);
         assert_eq!(e, Some(None));
+    }
+
+    use crate::Region;
+
+    fn saved(s: &ShardWriter, now: u64) -> Vec<(Vec<u8>, Vec<u8>, u64, Option<u64>, Standing)> {
+        let mut all = Vec::new();
+        let mut from = Some(0);
+        // Small steps, as the service saves while serving.
+        while let Some(slot) = from {
+            from = s.save(slot, 3, now, |e| {
+                all.push((
+                    e.key.to_vec(),
+                    e.value.to_vec(),
+                    e.cached_at_ms,
+                    e.expires_at_ms,
+                    e.standing,
+                ))
+            });
+        }
+        all
+    }
+
+    fn adaptive(max_entries: usize) -> ShardWriter {
+        ShardWriter::new(
+            ShardConfig {
+                max_entries,
+                max_bytes: u64::MAX,
+                stale_window_ms: 0,
+                eviction: Eviction::Adaptive,
+            },
+            Arc::default(),
+            NOW,
+        )
+    }
+
+    #[test]
+    fn saved_entries_restore_with_their_values_times_and_standing() {
+        let mut s = adaptive(100);
+        for i in 0..100 {
+            put(
+                &mut s,
+                &format!("k{i}"),
+                &format!("v{i}"),
+                Some(1_000 + i),
+                NOW - i,
+            );
+        }
+        put(&mut s, "gone", "v", Some(10), NOW);
+        // Keys read again and again, their hits taken into the sketch by the hands.
+        for _ in 0..6 {
+            for i in 0..10 {
+                get(&s, &format!("k{i}"), NOW);
+            }
+            for i in 100..150 {
+                put(&mut s, &format!("churn{i}"), "c", None, NOW);
+            }
+        }
+        let later = NOW + 20;
+        let gone_resident = usize::from(get(&s, "gone", NOW).is_some());
+        let before = saved(&s, later);
+        assert!(before.iter().all(|e| e.0 != b"gone"), "expired: not saved");
+        assert_eq!(before.len(), s.len() - gone_resident);
+        let hot = |k: &[u8]| k.len() == 2 && k[0] == b'k';
+        let hot_frequency = before.iter().filter(|e| hot(&e.0)).map(|e| e.4.frequency);
+        assert!(hot_frequency.clone().count() > 0, "{before:?}");
+        assert!(hot_frequency.clone().all(|f| f >= 2), "{before:?}");
+
+        let mut same = adaptive(100);
+        for e in &before {
+            let entry = SavedEntry {
+                key: &e.0,
+                value: &e.1,
+                cached_at_ms: e.2,
+                expires_at_ms: e.3,
+                standing: e.4,
+            };
+            same.restore(h(&e.0), entry).unwrap();
+        }
+        let mut after = saved(&same, later);
+        let mut expected = before.clone();
+        after.sort_by(|a, b| a.0.cmp(&b.0));
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        let data = |v: &[(Vec<u8>, Vec<u8>, u64, Option<u64>, Standing)]| {
+            v.iter()
+                .map(|e| (e.0.clone(), e.1.clone(), e.2, e.3))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(data(&after), data(&expected));
+        for (a, e) in after.iter().zip(&expected) {
+            assert!(a.4.frequency >= e.4.frequency, "{a:?} / {e:?}");
+            if e.4.region == Region::Protected {
+                assert_eq!(a.4.region, Region::Protected, "{a:?}");
+            }
+        }
+
+        // A shard a fifth the size keeps the keys that were read most.
+        let mut small = adaptive(20);
+        let mut order = before.clone();
+        order.reverse();
+        for e in &order {
+            let entry = SavedEntry {
+                key: &e.0,
+                value: &e.1,
+                cached_at_ms: e.2,
+                expires_at_ms: e.3,
+                standing: e.4,
+            };
+            small.restore(h(&e.0), entry).unwrap();
+        }
+        assert_eq!(small.len(), 20);
+        let kept = saved(&small, later);
+        let hot_kept = kept.iter().filter(|e| hot(&e.0)).count();
+        let hot_saved = before.iter().filter(|e| hot(&e.0)).count();
+        assert_eq!(hot_kept, hot_saved.min(20), "{kept:?}");
     }
 }

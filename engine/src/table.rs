@@ -221,6 +221,15 @@ pub(crate) unsafe fn node_key<'a>(node: NonNull<Node>) -> &'a [u8] {
     unsafe { payload(node).0 }
 }
 
+/// The key and value of a node the caller keeps alive.
+///
+/// # Safety
+/// As for [`payload`].
+pub(crate) unsafe fn node_payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8]) {
+    // SAFETY: forwarded contract.
+    unsafe { payload(node) }
+}
+
 struct Table {
     buckets: Box<[AtomicPtr<Node>]>,
     reclaimer: Reclaimer,

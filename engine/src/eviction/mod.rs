@@ -79,6 +79,18 @@ impl std::str::FromStr for Eviction {
     }
 }
 
+/// Where a resident stands with the policy: what a snapshot keeps so that a restart
+/// ranks its entries as before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// The key's estimated recent frequency, 0 to [`MAX_FREQUENCY`].
+    pub frequency: u8,
+    pub region: Region,
+}
+
+/// The sketch's counters saturate here.
+pub const MAX_FREQUENCY: u8 = 15;
+
 /// What the policy needs to know of a resident.
 pub trait Resident {
     /// The key's hash (seeded per process), for the frequency sketch.
@@ -87,6 +99,8 @@ pub trait Resident {
     fn charge(&self) -> u64;
     /// The hits readers counted since the last call, clearing them.
     fn take_hits(&self) -> u8;
+    /// The hits readers counted since the last call, leaving them.
+    fn pending_hits(&self) -> u8;
 }
 
 /// The window's share when a shard starts (Caffeine's).
@@ -201,6 +215,47 @@ impl<T: Resident> Policy<T> {
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
         self.ring.iter()
+    }
+
+    /// Every resident from slot `first` on, in slot order.
+    pub fn iter_from(&self, first: u32) -> impl Iterator<Item = (u32, &T)> {
+        self.ring.iter_from(first)
+    }
+
+    /// How the resident of `slot` stands: its key's estimated frequency and its region.
+    pub fn standing(&self, slot: u32) -> Standing {
+        let resident = self.ring.get(slot).expect("an occupied slot");
+        let pending = resident.pending_hits();
+        let frequency = match &self.admission {
+            Some(admission) => admission.sketch.frequency(resident.hash()),
+            None => 0,
+        };
+        Standing {
+            frequency: frequency.saturating_add(pending).min(MAX_FREQUENCY),
+            region: self.ring.region_of(slot),
+        }
+    }
+
+    /// Counts the requests a restored entry's key had earned before its next insert (which
+    /// counts one more), so that admission ranks it as it was ranked when saved.
+    pub fn prime(&mut self, hash: u64, standing: Standing) {
+        self.record(hash, standing.frequency.saturating_sub(1));
+    }
+
+    /// Puts a restored resident, inserted into the window, back in the region it was
+    /// saved from, as far as this policy's regions and bounds allow.
+    pub fn place(&mut self, slot: u32, region: Region) {
+        if self.admission.is_none() || self.ring.region_of(slot) != Region::Window {
+            return;
+        }
+        match region {
+            Region::Window => {}
+            Region::Probation => self.move_to(slot, Region::Probation),
+            Region::Protected => {
+                self.move_to(slot, Region::Probation);
+                self.promote(slot);
+            }
+        }
     }
 
     /// The window's current share of the shard.

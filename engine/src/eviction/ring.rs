@@ -21,6 +21,18 @@ pub enum Region {
     Protected = 2,
 }
 
+impl Region {
+    /// The region numbered `index` (its `as u8`), as a snapshot stores it.
+    pub fn from_index(index: u8) -> Option<Region> {
+        match index {
+            0 => Some(Region::Window),
+            1 => Some(Region::Probation),
+            2 => Some(Region::Protected),
+            _ => None,
+        }
+    }
+}
+
 /// No slot.
 const NIL: u32 = u32::MAX;
 
@@ -145,9 +157,15 @@ impl<T> Ring<T> {
 
     /// Every occupied slot with its resident, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.iter_from(0)
+    }
+
+    /// Every occupied slot from `first` on with its resident, in slot order.
+    pub fn iter_from(&self, first: u32) -> impl Iterator<Item = (u32, &T)> {
         self.slots
             .iter()
             .enumerate()
+            .skip(first as usize)
             .filter_map(|(slot, s)| s.item.as_ref().map(|r| (slot as u32, r)))
     }
 

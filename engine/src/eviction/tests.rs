@@ -26,6 +26,10 @@ impl Resident for Item {
     fn take_hits(&self) -> u8 {
         self.hits.replace(0)
     }
+
+    fn pending_hits(&self) -> u8 {
+        self.hits.get()
+    }
 }
 
 /// A shard reduced to what the policy sees: keys, charges, both bounds.
