@@ -320,12 +320,10 @@ impl ShardWriter {
         now_ms: u64,
         mut visit: impl FnMut(SavedEntry<'_>),
     ) -> Option<u32> {
-        let mut visited = 0;
-        for (slot, resident) in self.policy.iter_from(from) {
+        for (visited, (slot, resident)) in self.policy.iter_from(from).enumerate() {
             if visited == limit {
                 return Some(slot);
             }
-            visited += 1;
             let node = resident.node();
             if node.stale_until_ms <= now_ms {
                 continue;
