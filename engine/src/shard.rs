@@ -664,7 +664,10 @@ mod tests {
 
     use crate::Region;
 
-    fn saved(s: &ShardWriter, now: u64) -> Vec<(Vec<u8>, Vec<u8>, u64, Option<u64>, Standing)> {
+    /// A saved entry, owned: key, value, cached at, expires at, standing.
+    type Owned = (Vec<u8>, Vec<u8>, u64, Option<u64>, Standing);
+
+    fn saved(s: &ShardWriter, now: u64) -> Vec<Owned> {
         let mut all = Vec::new();
         let mut from = Some(0);
         // Small steps, as the service saves while serving.
@@ -742,7 +745,7 @@ mod tests {
         let mut expected = before.clone();
         after.sort_by(|a, b| a.0.cmp(&b.0));
         expected.sort_by(|a, b| a.0.cmp(&b.0));
-        let data = |v: &[(Vec<u8>, Vec<u8>, u64, Option<u64>, Standing)]| {
+        let data = |v: &[Owned]| {
             v.iter()
                 .map(|e| (e.0.clone(), e.1.clone(), e.2, e.3))
                 .collect::<Vec<_>>()
