@@ -24,7 +24,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, RedisFuture};
 
 use crate::breaker::Breaker;
-use crate::envelope::{DecodeError, Envelope, Stored};
+use crate::envelope::{DecodeError, Envelope, Stored, HEADER_VERSION_BYTES};
 use crate::events::{Action, Event, Sequencer};
 use crate::keep_newer::{scan_and_bury, Written, KEEP_NEWER, TOMBSTONE_TTL};
 use crate::version::Version;
@@ -186,6 +186,8 @@ impl Publisher {
 /// What a subscriber receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming {
+    /// The first subscription is in place: every event published from now on arrives.
+    Subscribed,
     Event(Event),
     /// The subscription was lost and is back: events may have been missed meanwhile.
     Resubscribed,
@@ -352,6 +354,29 @@ impl L2 {
         };
         counter.fetch_add(1, Relaxed);
         Ok(found)
+    }
+
+    /// Which write each key holds in Redis: the version of its live value, `None` for
+    /// no value (absent, deleted, or unreadable). Reads only each value's header, all
+    /// keys pipelined on the shared connection within one timeout.
+    pub async fn versions(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Version>>, L2Error> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.key(k)).collect();
+        let last = (HEADER_VERSION_BYTES - 1) as isize;
+        self.run(
+            Policy::Guarded,
+            self.config.timeout,
+            move |conn| async move {
+                let reads = keys.into_iter().map(|key| {
+                    let mut conn = conn.clone();
+                    async move {
+                        let head: Vec<u8> = conn.getrange(key, 0, last).await?;
+                        Ok::<_, L2Error>(Envelope::live_version(&head))
+                    }
+                });
+                futures_util::future::try_join_all(reads).await
+            },
+        )
+        .await
     }
 
     /// Stores `envelope` for `ttl`, or forever, unless Redis holds a write of the key
@@ -737,7 +762,12 @@ async fn follow_channel(clients: Vec<redis::Client>, channel: String, tx: flume:
             continue;
         }
         backoff = Duration::from_millis(10);
-        if !first && tx.send(Incoming::Resubscribed).is_err() {
+        let news = if first {
+            Incoming::Subscribed
+        } else {
+            Incoming::Resubscribed
+        };
+        if tx.send(news).is_err() {
             return;
         }
         first = false;

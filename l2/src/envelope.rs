@@ -19,6 +19,8 @@ const HEADER: usize = 34;
 const HEADER_1: usize = 18;
 /// Where the version's hex digits are (1-based for Lua's `string.sub`: 3 to 18).
 pub const VERSION_AT: usize = 2;
+/// How much of a stored value's start says which write it is (format, flags, version).
+pub const HEADER_VERSION_BYTES: usize = VERSION_AT + 16;
 /// Values at least this large are compressed.
 pub const COMPRESS_FROM: usize = 1024;
 const MAX_LZ4_RATIO: usize = 255;
@@ -64,6 +66,19 @@ impl Envelope {
     /// A tombstone for a deletion with this version.
     pub fn tombstone(version: Version) -> Vec<u8> {
         header(TOMBSTONE, version, 0, None)
+    }
+
+    /// The version of the live value whose stored form starts with `head` (at least
+    /// [`HEADER_VERSION_BYTES`] of it); `None` for a tombstone or a header this build
+    /// cannot read.
+    pub fn live_version(head: &[u8]) -> Option<Version> {
+        match (head.first(), head.get(1)) {
+            (Some(&VERSION), Some(flags)) if flags & TOMBSTONE == 0 => {
+                Version::from_hex(head.get(VERSION_AT..VERSION_AT + 16)?)
+            }
+            (Some(&FORMAT_1), Some(_)) => Some(Version::ZERO),
+            _ => None,
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Stored, DecodeError> {

@@ -148,6 +148,18 @@ fn redis_keeps_the_newest_write_and_a_deletion_refuses_older_ones() {
         Written::Stored { replaced: false },
         "a tombstone is no value"
     );
+    // Which write each key holds, read from the headers alone.
+    let keys = [b"k".to_vec(), b"absent".to_vec()];
+    assert_eq!(
+        block_on(l2.versions(&keys)).unwrap(),
+        [Some(Version(high + 3)), None]
+    );
+    block_on(l2.delete(&["k"], Version(high + 4))).unwrap();
+    assert_eq!(
+        block_on(l2.versions(&keys[..1])).unwrap(),
+        [None],
+        "a tombstone holds no value"
+    );
     // Values written before versions existed are replaced by any versioned write.
     redis.cli(&["SET", "cm:old", "\x01"]);
     let old = "\x01\x00".to_string() + &"\x00".repeat(16) + "jv";
@@ -252,6 +264,11 @@ fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
     let a = client(&redis, "cm:");
     let b = client(&redis, "cm:");
     let inbox = b.subscribe("cache:events");
+    assert_eq!(
+        inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
+        Incoming::Subscribed,
+        "the first subscription is announced"
+    );
     until("B is subscribed", Duration::from_secs(5), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "1"
     });

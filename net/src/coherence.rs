@@ -26,6 +26,7 @@ pub async fn follow(shared: Arc<Shared>) {
         .await;
         match incoming {
             None => return,
+            Some(Incoming::Subscribed) => shared.subscribed.trigger(),
             Some(Incoming::Resubscribed) => {
                 sequencer.reset();
                 flush(

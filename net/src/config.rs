@@ -137,6 +137,16 @@ pub struct Config {
     #[arg(long, env = "CACHE_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,
 
+    /// File L1 is saved to on SIGTERM/SIGINT (after the drain) and loaded from at start,
+    /// so that a restart is warm; unset: no snapshots.
+    #[arg(long, env = "CACHE_SNAPSHOT_PATH")]
+    pub snapshot_path: Option<PathBuf>,
+
+    /// Seconds between snapshots written while serving, besides the one on shutdown
+    /// (0: only on shutdown). Needs CACHE_SNAPSHOT_PATH.
+    #[arg(long, env = "CACHE_SNAPSHOT_INTERVAL", default_value_t = 0)]
+    pub snapshot_interval: u64,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "CACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -386,6 +396,30 @@ pub enum ConfigError {
     OriginTemplate(String),
     #[error("ORIGIN_WRITE needs an ORIGIN_URL")]
     OriginWriteWithoutOrigin,
+    #[error("CACHE_SNAPSHOT_INTERVAL needs a CACHE_SNAPSHOT_PATH")]
+    SnapshotIntervalWithoutPath,
+    #[error("CACHE_SNAPSHOT_PATH {path:?}: {why}")]
+    SnapshotPath { path: PathBuf, why: String },
+}
+
+/// A snapshot is written beside its final name and renamed, so its directory must
+/// exist; found at start rather than at the first shutdown.
+fn check_snapshot_path(path: &Path) -> Result<(), ConfigError> {
+    let refuse = |why: &str| ConfigError::SnapshotPath {
+        path: path.to_owned(),
+        why: why.to_owned(),
+    };
+    if path.file_name().is_none() || path.is_dir() {
+        return Err(refuse("names a directory; give a file in it"));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(refuse("its directory does not exist"));
+    }
+    Ok(())
 }
 
 /// The longest TTL (and negative or stale TTL): ten years.
@@ -443,6 +477,7 @@ impl Config {
         for (name, value) in [
             ("CACHE_CLEANUP_INTERVAL", self.cleanup_interval),
             ("METRICS_INTERVAL", self.metrics_interval),
+            ("CACHE_SNAPSHOT_INTERVAL", self.snapshot_interval),
         ] {
             at_most(name, MAX_INTERVAL_SECONDS, "seconds", value)?;
         }
@@ -478,7 +513,18 @@ impl Config {
             None if self.origin_write => return Err(ConfigError::OriginWriteWithoutOrigin),
             _ => {}
         }
+        match &self.snapshot_path {
+            None if self.snapshot_interval > 0 => {
+                return Err(ConfigError::SnapshotIntervalWithoutPath)
+            }
+            Some(path) => check_snapshot_path(path)?,
+            None => {}
+        }
         Ok(())
+    }
+
+    pub fn snapshot_interval(&self) -> Option<Duration> {
+        (self.snapshot_interval > 0).then(|| Duration::from_secs(self.snapshot_interval))
     }
 
     pub fn cores(&self) -> usize {
@@ -648,5 +694,40 @@ mod tests {
             "{printed}"
         );
         assert!(!printed.contains(":pw@"));
+    }
+
+    #[test]
+    fn snapshot_options_are_checked_at_start() {
+        let check = |args: &[&str]| {
+            let mut all = vec!["cache-manager", "--cores", "1"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all)
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        let err = check(&["--snapshot-interval", "60"]).unwrap_err();
+        assert!(err.contains("needs a CACHE_SNAPSHOT_PATH"), "{err}");
+        let err = check(&["--snapshot-path", "/nonexistent-dir/cache.snap"]).unwrap_err();
+        assert!(err.contains("directory does not exist"), "{err}");
+        let dir = std::env::temp_dir();
+        let err = check(&["--snapshot-path", dir.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("names a directory"), "{err}");
+        let file = dir.join("cache.snap");
+        check(&[
+            "--snapshot-path",
+            file.to_str().unwrap(),
+            "--snapshot-interval",
+            "60",
+        ])
+        .unwrap();
+        let err = check(&[
+            "--snapshot-path",
+            file.to_str().unwrap(),
+            "--snapshot-interval",
+            "86401",
+        ])
+        .unwrap_err();
+        assert!(err.contains("at most 86400 seconds"), "{err}");
     }
 }

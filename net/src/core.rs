@@ -37,14 +37,25 @@ pub struct OpLatency {
     pub invalidate: LatencyRecorder,
 }
 
-/// Set once on SIGTERM/SIGINT; wakes everything waiting for it, on every core.
+/// How snapshots went (`warm.rs`).
 #[derive(Debug, Default)]
-pub struct Shutdown {
+pub struct SnapshotStats {
+    pub saved: Counter,
+    pub failed: Counter,
+    /// Entries the start's snapshot put back in L1 (added up over the cores).
+    pub restored: Counter,
+    /// When the last snapshot was written, in seconds since the UNIX epoch (0: never).
+    pub last_saved_s: Gauge,
+}
+
+/// Set once; wakes everything waiting for it, on every core.
+#[derive(Debug, Default)]
+pub struct Latch {
     flag: AtomicBool,
     event: Event,
 }
 
-impl Shutdown {
+impl Latch {
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
         self.event.notify(usize::MAX);
@@ -86,7 +97,15 @@ pub struct Shared {
     pub cores: Box<[CoreStats]>,
     /// The last minutes, a sample a second, for the dashboard.
     pub history: crate::history::History,
-    pub shutdown: Shutdown,
+    pub snapshots: SnapshotStats,
+    /// Set on SIGTERM/SIGINT.
+    pub shutdown: Latch,
+    /// Set once the coherence events' first subscription is in place (never without L2):
+    /// from then on no write of another instance goes unseen.
+    pub subscribed: Latch,
+    /// Set once the shutdown snapshot is written (or failed), for the cores waiting to
+    /// stop.
+    pub saved: Latch,
 }
 
 pub struct Core {

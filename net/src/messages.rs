@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use engine::router::Reply;
-use engine::{Command, InsertError, Inserted, OwnedEntry};
+use engine::{Command, InsertError, Inserted, OwnedEntry, SavedEntry, Standing};
 use l2::{L2Error, Version, Written};
+
+use crate::snapshot::Part;
 
 /// What owners receive.
 #[derive(Debug)]
@@ -33,6 +35,19 @@ pub enum OwnerMessage {
         hash: u64,
         key: Vec<u8>,
         reply: Reply<DeleteOutcome>,
+    },
+    /// Save the shard to a snapshot: its blocks, then `Done`, go to `parts` in steps
+    /// between which the owner serves; answered when it is done.
+    Save {
+        parts: flume::Sender<Part>,
+        reply: Reply<()>,
+    },
+    /// Entries loaded from a snapshot that L2 must confirm before they are served:
+    /// each is kept only if L2 still holds the very write it came from, and no event
+    /// for its key arrived meanwhile. Answers how many were kept.
+    Restore {
+        entries: Vec<Restored>,
+        reply: Reply<usize>,
     },
     /// Another instance wrote or deleted these keys (routed to this shard) with
     /// `version`: drop the entries older than that; answers how many were dropped.
@@ -109,4 +124,39 @@ pub struct PutOutcome {
 pub struct DeleteOutcome {
     pub l1: bool,
     pub l2: Option<Result<usize, L2Error>>,
+}
+
+/// An entry from a snapshot, owned, with its key's hash under this run's router.
+#[derive(Debug)]
+pub struct Restored {
+    pub hash: u64,
+    pub key: Vec<u8>,
+    /// L1's stored form (tag, version, bytes).
+    pub value: Vec<u8>,
+    pub cached_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub standing: Standing,
+}
+
+impl Restored {
+    pub fn new(hash: u64, entry: &SavedEntry<'_>) -> Self {
+        Self {
+            hash,
+            key: entry.key.to_vec(),
+            value: entry.value.to_vec(),
+            cached_at_ms: entry.cached_at_ms,
+            expires_at_ms: entry.expires_at_ms,
+            standing: entry.standing,
+        }
+    }
+
+    pub fn saved(&self) -> SavedEntry<'_> {
+        SavedEntry {
+            key: &self.key,
+            value: &self.value,
+            cached_at_ms: self.cached_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            standing: self.standing,
+        }
+    }
 }

@@ -23,12 +23,18 @@ use l2::{Envelope, Version};
 
 use crate::core::Shared;
 use crate::messages::{
-    DeleteOutcome, FillError, FillMode, Filled, OwnerMessage, PutOutcome, Source,
+    DeleteOutcome, FillError, FillMode, Filled, OwnerMessage, PutOutcome, Restored, Source,
 };
 use crate::origin::Fetched;
+use crate::snapshot::{BlockBuilder, Part};
 use crate::stored;
 
 type Flights = SingleFlight<Filled, FillError>;
+
+/// Entries a snapshot step saves before the owner serves again (a block of the file).
+const SAVE_STEP: usize = 1024;
+/// Restored entries confirmed against L2 in one pipelined round.
+const CONFIRM_STEP: usize = 256;
 
 pub struct Owner {
     writer: RefCell<ShardWriter>,
@@ -92,6 +98,12 @@ impl Owner {
                     }
                 }
                 let _ = reply.send(dropped);
+            }
+            OwnerMessage::Save { parts, reply } => {
+                glommio::spawn_local(self.clone().save(parts, reply)).detach();
+            }
+            OwnerMessage::Restore { entries, reply } => {
+                glommio::spawn_local(self.clone().restore(entries, reply)).detach();
             }
             OwnerMessage::Shard(command) => {
                 self.fence(&command);
@@ -328,6 +340,87 @@ impl Owner {
             let _ = reply.send(DeleteOutcome { l1, l2 });
         })
         .detach();
+    }
+
+    /// Saves the shard in steps of [`SAVE_STEP`] entries, serving in between.
+    async fn save(self: Rc<Self>, parts: flume::Sender<Part>, reply: Reply<()>) {
+        let mut from = Some(0);
+        while let Some(slot) = from {
+            let mut block = BlockBuilder::default();
+            from = self
+                .writer
+                .borrow()
+                .save(slot, SAVE_STEP, self.now(), |e| block.push(&e));
+            let entries = block.entries();
+            if entries > 0 {
+                let bytes = block.finish();
+                if parts
+                    .send_async(Part::Block { bytes, entries })
+                    .await
+                    .is_err()
+                {
+                    // The file could not be written; nothing more to send.
+                    return;
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+        let _ = parts.send_async(Part::Done).await;
+        let _ = reply.send(());
+    }
+
+    /// Keeps the restored entries whose write L2 still holds (see
+    /// [`OwnerMessage::Restore`]). Each key's check is a fill: an event or flush for the
+    /// key while L2 is asked fences it, and a fenced check stores nothing.
+    async fn restore(self: Rc<Self>, entries: Vec<Restored>, reply: Reply<usize>) {
+        let Some(tier) = &self.shared.tiers.l2 else {
+            let _ = reply.send(0);
+            return;
+        };
+        let mut kept = 0;
+        for step in entries.chunks(CONFIRM_STEP) {
+            let checks: Vec<_> = step
+                .iter()
+                .filter_map(|e| match self.flights.join(&e.key) {
+                    Join::Leader(fill) => Some((e, fill)),
+                    Join::Follower(_) => None,
+                })
+                .collect();
+            let keys: Vec<Vec<u8>> = checks.iter().map(|(e, _)| e.key.clone()).collect();
+            let held = match tier.client.versions(&keys).await {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot confirm restored entries with L2; dropping them");
+                    vec![None; keys.len()]
+                }
+            };
+            for ((entry, fill), held) in checks.into_iter().zip(held) {
+                let confirmed = held == Some(stored::version(&entry.value));
+                let result = if confirmed {
+                    Ok(Filled::Hit {
+                        entry: OwnedEntry {
+                            value: entry.value.clone(),
+                            cached_at_ms: entry.cached_at_ms,
+                            expires_at_ms: entry.expires_at_ms,
+                            stale: false,
+                        },
+                        source: Source::L2,
+                    })
+                } else {
+                    Err(FillError {
+                        status: 503,
+                        message: "a restored entry was being checked against L2; retry".into(),
+                    })
+                };
+                if fill.complete(result).storable && confirmed {
+                    let mut writer = self.writer.borrow_mut();
+                    if writer.restore(entry.hash, entry.saved()).is_ok() {
+                        kept += 1;
+                    }
+                }
+            }
+        }
+        let _ = reply.send(kept);
     }
 
     /// Removes `key` if L1 still holds the write with `version`.

@@ -26,13 +26,14 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use crate::api::Api;
 use crate::coherence;
 use crate::config::Config;
-use crate::core::{Core, CoreStats, Shared, Shutdown};
+use crate::core::{Core, CoreStats, Latch, Shared, SnapshotStats};
 use crate::history::History;
 use crate::http;
-use crate::messages::OwnerMessage;
+use crate::messages::{OwnerMessage, Restored};
 use crate::owner::Owner;
 use crate::stats;
 use crate::tiers::{L2Tier, Tiers};
+use crate::warm;
 
 /// Depth of each owner's mailbox; senders wait when it is full.
 const MAILBOX_DEPTH: usize = 4096;
@@ -66,7 +67,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let shards: Box<[Arc<ShardMetrics>]> = (0..cores).map(|_| Arc::default()).collect();
-    let writers: Vec<ShardWriter> = (0..cores)
+    let mut writers: Vec<ShardWriter> = (0..cores)
         .map(|i| {
             let config = ShardConfig {
                 max_entries: split(config.l1_max_entries as u64, cores, i) as usize,
@@ -77,6 +78,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             ShardWriter::new(config, shards[i].clone(), clock.now_ms())
         })
         .collect();
+    let loaded = warm::load(&config, &router, &mut writers, clock.now_ms());
     let shared = Arc::new(Shared {
         config: config.clone(),
         router,
@@ -90,14 +92,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shards,
         cores: (0..cores).map(|_| CoreStats::default()).collect(),
         history: History::default(),
-        shutdown: Shutdown::default(),
+        snapshots: SnapshotStats::default(),
+        shutdown: Latch::default(),
+        subscribed: Latch::default(),
+        saved: Latch::default(),
     });
+    shared.snapshots.restored.add(loaded.restored as u64);
     watch_signals(shared.clone())?;
 
     let (ready_tx, ready_rx) = flume::bounded::<Result<(), String>>(cores);
     let draining = Arc::new(AtomicUsize::new(cores));
     let mut executors = Vec::with_capacity(cores);
-    for (id, (writer, mailbox)) in writers.into_iter().zip(receivers).enumerate() {
+    let restored = loaded.to_confirm.into_iter();
+    for (id, ((writer, mailbox), restored)) in
+        writers.into_iter().zip(receivers).zip(restored).enumerate()
+    {
         let (shared, ready, draining) = (shared.clone(), ready_tx.clone(), draining.clone());
         let blocking_threads = match config.origin_url {
             Some(_) => config.origin_concurrency.max(1),
@@ -108,7 +117,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .blocking_thread_pool_placement(PoolPlacement::Unbound(blocking_threads))
             .spawn(move || async move {
                 let core = Rc::new(Core::new(id, shared));
-                core_main(core, writer, mailbox, ready, draining).await
+                core_main(core, writer, mailbox, restored, ready, draining).await
             })
             .map_err(|e| anyhow::anyhow!("starting the executor for core {id}: {e}"))?;
         executors.push(executor);
@@ -173,6 +182,7 @@ async fn core_main(
     core: Rc<Core>,
     writer: ShardWriter,
     mailbox: flume::Receiver<OwnerMessage>,
+    restored: Vec<Restored>,
     ready: flume::Sender<Result<(), String>>,
     draining: Arc<AtomicUsize>,
 ) {
@@ -189,12 +199,19 @@ async fn core_main(
     let owner = Owner::new(writer, core.shared.clone());
     glommio::spawn_local(owner.run(mailbox, MAILBOX_DEPTH)).detach();
     glommio::spawn_local(tick(core.clone())).detach();
+    // Core 0's saves (timed, then the shutdown's) one at a time.
+    let saving = Rc::new(glommio::sync::Semaphore::new(1));
     if core.id == 0 {
         glommio::spawn_local(coherence::follow(core.shared.clone())).detach();
         if core.config.metrics_enabled {
             glommio::spawn_local(stats::sample_every_second(core.shared.clone())).detach();
         }
+        if let Some(interval) = core.config.snapshot_interval() {
+            let (shared, saving) = (core.shared.clone(), saving.clone());
+            glommio::spawn_local(warm::save_every(shared, interval, saving)).detach();
+        }
     }
+    warm::confirm(&core.shared, core.id, restored).await;
     let _ = ready.send(Ok(()));
     drop(ready);
 
@@ -245,6 +262,17 @@ async fn core_main(
     draining.fetch_sub(1, Ordering::SeqCst);
     while draining.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Every core's owner serves the shutdown snapshot, so every core stays until it is
+    // written.
+    if core.config.snapshot_path.is_some() {
+        if core.id == 0 {
+            if let Ok(_permit) = saving.acquire_permit(1).await {
+                let _ = warm::save(&core.shared).await;
+            }
+            core.shared.saved.trigger();
+        }
+        core.shared.saved.wait().await;
     }
 }
 

@@ -53,6 +53,11 @@ pub fn version(in_l1: &[u8]) -> Version {
     })
 }
 
+/// Whether bytes have L1's form: a known tag and a version.
+pub fn is_l1_form(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(&(JSON | BYTES | ABSENT))) && bytes.len() > VERSION_BYTES
+}
+
 pub fn is_absent(in_l1: &[u8]) -> bool {
     in_l1.first() == Some(&ABSENT)
 }
@@ -72,5 +77,7 @@ mod tests {
         assert_eq!(parts(&absent), (ABSENT, &b""[..]));
         assert_eq!(parts(b""), (ABSENT, &b""[..]));
         assert_eq!(version(b"j"), Version::ZERO);
+        assert!(is_l1_form(&value) && is_l1_form(&absent));
+        assert!(!is_l1_form(b"j1234567") && !is_l1_form(b"x12345678[1]"));
     }
 }
