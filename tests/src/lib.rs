@@ -95,6 +95,11 @@ pub fn free_port() -> u16 {
 impl Server {
     /// Starts the service with these environment variables (on top of a free port).
     pub fn start(env: &[(&str, &str)]) -> Server {
+        Self::start_logging(env, Stdio::inherit())
+    }
+
+    /// Starts the service as `start` does, its log (stderr) going to `log`.
+    pub fn start_logging(env: &[(&str, &str)], log: impl Into<Stdio>) -> Server {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut command = Command::new(binary());
@@ -103,7 +108,7 @@ impl Server {
             .env("CACHE_LISTEN", addr.to_string())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(log);
         for (k, v) in env {
             command.env(k, v);
         }

@@ -1,0 +1,311 @@
+//! Warm restarts end to end, on the real binary: 100,000 entries come back after SIGTERM
+//! and a restart with the same values and times, entries that expired meanwhile are not
+//! served, a damaged or foreign snapshot is refused (the bad blocks, or the whole file)
+//! with a log line and the service starts, and with L2 a restarted instance serves none
+//! of the values another instance overwrote or deleted while it was down.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use e2e::redis::RedisServer;
+use e2e::Server;
+use serde_json::{json, Value};
+
+/// A fresh directory for one test's snapshot and logs.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cm-warm-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An instance saving to and loading from `snapshot`, logging JSON lines to `log`.
+fn start(snapshot: &Path, log: &Path, extra: &[(&str, &str)]) -> Server {
+    let path = snapshot.to_str().unwrap();
+    let mut env = vec![
+        ("CACHE_SNAPSHOT_PATH", path),
+        ("CACHE_L1_MAX_ENTRIES", "200000"),
+        ("CACHE_LOG_FORMAT", "json"),
+        ("RUST_LOG", "info"),
+    ];
+    env.extend_from_slice(extra);
+    Server::start_logging(&env, fs::File::create(log).unwrap())
+}
+
+/// The first log line whose message is `message`, as JSON.
+fn logged(log: &Path, message: &str) -> Option<Value> {
+    fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == message)
+}
+
+/// Sends every request on one connection, pipelined (a thread writes while this one
+/// reads), and returns each response's status and body in order.
+fn pipelined(server: &Server, requests: Vec<Vec<u8>>) -> Vec<(u16, Vec<u8>)> {
+    let stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let count = requests.len();
+    let sender = std::thread::spawn(move || {
+        let mut buffered = std::io::BufWriter::new(&mut writer);
+        for request in requests {
+            buffered.write_all(&request).unwrap();
+        }
+        buffered.flush().unwrap();
+    });
+    let mut reader = BufReader::new(stream);
+    let mut responses = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut status = 0;
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(code) = line.strip_prefix("HTTP/1.1 ") {
+                status = code[..3].parse().unwrap();
+            } else if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        responses.push((status, body));
+    }
+    sender.join().unwrap();
+    responses
+}
+
+fn put_request(key: &str, body: &Value) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "PUT /api/cache/{key} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn get_request(key: &str) -> Vec<u8> {
+    format!("GET /api/cache/{key} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+/// GETs every key, on four connections at once; the JSON answers in key order.
+fn get_all(server: &Server, keys: &[String]) -> Vec<(u16, Value)> {
+    std::thread::scope(|s| {
+        let parts: Vec<_> = keys
+            .chunks(keys.len().div_ceil(4))
+            .map(|chunk| {
+                s.spawn(move || pipelined(server, chunk.iter().map(|k| get_request(k)).collect()))
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().unwrap())
+            .map(|(status, body)| (status, serde_json::from_slice(&body).unwrap()))
+            .collect()
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn a_hundred_thousand_entries_come_back_after_sigterm_and_expired_ones_do_not() {
+    let dir = scratch("restart");
+    let snapshot = dir.join("cache.snap");
+    let mut first = start(&snapshot, &dir.join("first.log"), &[]);
+    let keys: Vec<String> = (0..100_000).map(|i| format!("key:{i}")).collect();
+    // Every TTL from "never" (0 in the body means the default, so some keys get a long
+    // one) to an hour, and values of several shapes.
+    let requests = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let value = match i % 3 {
+                0 => json!(i),
+                1 => json!({"id": i, "name": format!("user {i}"), "tags": ["a", "b"]}),
+                _ => json!("x".repeat(i % 200)),
+            };
+            put_request(k, &json!({"value": value, "ttl": 600 + i % 3000}))
+        })
+        .collect();
+    for (status, body) in pipelined(&first, requests) {
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    // These expire while the service is down.
+    let short: Vec<String> = (0..1_000).map(|i| format!("short:{i}")).collect();
+    let requests = short
+        .iter()
+        .map(|k| put_request(k, &json!({"value": "soon gone", "ttl": 5})))
+        .collect();
+    assert!(pipelined(&first, requests).iter().all(|(s, _)| *s == 200));
+    let short_expires = now_ms() + 5_000;
+    let before = get_all(&first, &keys);
+    assert!(before.iter().all(|(status, _)| *status == 200));
+    assert!(first.terminate(Duration::from_secs(30)).success());
+    let saved = logged(&dir.join("first.log"), "snapshot saved").expect("a save logged");
+    assert_eq!(saved["fields"]["entries"], 101_000, "{saved}");
+
+    e2e::wait_for("the short TTLs to pass", Duration::from_secs(10), || {
+        now_ms() > short_expires + 50
+    });
+    let second = start(&snapshot, &dir.join("second.log"), &[]);
+    let loaded = logged(&dir.join("second.log"), "snapshot loaded").expect("a load logged");
+    assert_eq!(loaded["fields"]["entries"], 101_000, "{loaded}");
+    assert_eq!(loaded["fields"]["expired"], 1_000, "{loaded}");
+    assert_eq!(loaded["fields"]["in_l1"], 100_000, "{loaded}");
+    let after = get_all(&second, &keys);
+    for ((key, (_, was)), (status, now)) in keys.iter().zip(&before).zip(&after) {
+        assert_eq!(*status, 200, "{key}: {now}");
+        assert_eq!(now["source"], "l1", "{key}: {now}");
+        for field in ["value", "cached_at", "expires_at"] {
+            assert_eq!(now[field], was[field], "{key}: {field}");
+        }
+    }
+    for (status, body) in get_all(&second, &short) {
+        assert_eq!(status, 404, "expired while down: {body}");
+    }
+    let metrics = second.metrics();
+    assert_eq!(metrics["snapshot_restored"], 100_000, "{metrics}");
+    drop(second);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_damaged_snapshot_loses_only_its_bad_blocks_and_a_foreign_one_is_refused() {
+    let dir = scratch("damaged");
+    let snapshot = dir.join("cache.snap");
+    let mut first = start(&snapshot, &dir.join("first.log"), &[("CACHE_CORES", "1")]);
+    let keys: Vec<String> = (0..5_000).map(|i| format!("k{i}")).collect();
+    let requests = keys
+        .iter()
+        .map(|k| put_request(k, &json!({"value": k})))
+        .collect();
+    assert!(pipelined(&first, requests).iter().all(|(s, _)| *s == 200));
+    assert!(first.terminate(Duration::from_secs(30)).success());
+
+    // One byte flipped in the middle of the file: one block of entries is lost.
+    let mut bytes = fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    fs::write(&snapshot, &bytes).unwrap();
+    let log = dir.join("damaged.log");
+    let second = start(&snapshot, &log, &[("CACHE_CORES", "1")]);
+    let complaint = logged(&log, "snapshot damaged, good blocks kept: block at byte")
+        .or_else(|| {
+            fs::read_to_string(&log)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| {
+                    l["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("snapshot damaged"))
+                })
+        })
+        .expect("the damage is logged");
+    assert_eq!(complaint["level"], "ERROR");
+    assert!(
+        complaint["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum"),
+        "{complaint}"
+    );
+    let answers = get_all(&second, &keys);
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert!(
+        (5_000 - 1_024..5_000).contains(&served),
+        "one block lost: {served} served"
+    );
+    for (key, (status, body)) in keys.iter().zip(&answers) {
+        if *status == 200 {
+            assert_eq!(body["value"], json!(key), "never a wrong value");
+        }
+    }
+    drop(second);
+
+    // Not a snapshot at all: refused whole, named in the log, and the service starts.
+    fs::write(&snapshot, b"this is not a snapshot, just some text").unwrap();
+    let log = dir.join("foreign.log");
+    let third = start(&snapshot, &log, &[("CACHE_CORES", "1")]);
+    let refused = logged(&log, "snapshot refused: starting cold").expect("the refusal is logged");
+    let error = refused["fields"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(snapshot.to_str().unwrap())
+            && error.contains("not a cache-manager snapshot"),
+        "{refused}"
+    );
+    assert_eq!(third.get_key("k1").0, 404);
+    third.put_key("k1", json!("fresh"));
+    drop(third);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The warm-restart issue's coherence case: B holds keys in L1 and stops; A overwrites
+/// one, deletes another, and a third disappears from Redis; B restarts warm and serves
+/// none of the old values, yet keeps (from its snapshot, confirmed by L2) the key nobody
+/// touched.
+#[test]
+fn a_restarted_instance_serves_nothing_another_overwrote_or_deleted_while_it_was_down() {
+    let dir = scratch("coherent");
+    let redis = RedisServer::start();
+    let snapshot = dir.join("b.snap");
+    let b_env = |log: &str| {
+        let redis_url = redis.url();
+        let snapshot = snapshot.clone();
+        let log = dir.join(log);
+        move || {
+            start(
+                &snapshot,
+                &log,
+                &[("REDIS_URL", &redis_url), ("REDIS_TIMEOUT_MS", "500")],
+            )
+        }
+    };
+    let a = redis.instance(&[("REDIS_TIMEOUT_MS", "500")]);
+    let mut b = b_env("b1.log")();
+    for key in ["overwritten", "deleted", "vanished", "untouched"] {
+        a.put_key(key, json!(format!("old {key}")));
+        // A's event for the write may fence B's first fill; B's L1 holds it once a fill
+        // lands after the event.
+        e2e::wait_for("B holds the key in L1", Duration::from_secs(10), || {
+            b.get_key(key).1["source"] == "l1"
+        });
+    }
+    assert!(b.terminate(Duration::from_secs(30)).success());
+
+    a.put_key("overwritten", json!("new overwritten"));
+    let deleted = ureq::delete(&a.url("/api/cache/deleted")).call().unwrap();
+    assert_eq!(deleted.status(), 200);
+    redis.cli(&["DEL", "cm:vanished"]);
+
+    let b = b_env("b2.log")();
+    let loaded = logged(&dir.join("b2.log"), "snapshot loaded").expect("a load logged");
+    assert_eq!(loaded["fields"]["to_confirm_with_l2"], 4, "{loaded}");
+    let (status, overwritten) = b.get_key("overwritten");
+    assert_eq!(status, 200);
+    assert_eq!(overwritten["value"], "new overwritten", "{overwritten}");
+    assert_eq!(overwritten["source"], "l2", "refetched, not restored");
+    assert_eq!(b.get_key("deleted").0, 404);
+    assert_eq!(b.get_key("vanished").0, 404, "unconfirmed: not served");
+    let (status, untouched) = b.get_key("untouched");
+    assert_eq!(status, 200);
+    assert_eq!(untouched["value"], "old untouched");
+    assert_eq!(untouched["source"], "l1", "restored from the snapshot");
+    assert_eq!(b.metrics()["snapshot_restored"], 1);
+    drop(b);
+    fs::remove_dir_all(&dir).unwrap();
+}
