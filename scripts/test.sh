@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test cache-manager has: formatting, clippy, the workspace's tests (unit,
-# property, end-to-end), the loom models and the engine's tests under valgrind. Installs
+# property, end-to-end), the loom models, the engine's tests under valgrind, the
+# Prometheus rules and Grafana dashboard (promtool), and the Debian package (built,
+# installed on this machine, run and purged: needs root or passwordless sudo). Installs
 # what the tests need first (redis-server and redis-tools, curl, chromium, g++,
-# valgrind) from the OS packages when missing.
+# valgrind, prometheus for promtool; cargo-deb from crates.io) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # libfuzzer-sys, checked below with the fuzz targets, compiles libFuzzer's C++.
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # The dashboard's browser test (tests/tests/dashboard.rs) runs headless Chromium.
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
@@ -45,3 +48,5 @@ scripts/loom.sh
 # The engine's unsafe code under memcheck: a bounded run (scripts/memcheck.sh alone runs
 # every case).
 scripts/memcheck.sh --quick
+scripts/check-deploy.sh
+scripts/package-test.sh
