@@ -2,7 +2,7 @@
 # Runs one cargo-fuzz target for a bounded time:  scripts/fuzz.sh TARGET SECONDS
 #
 # Targets (fuzz/fuzz_targets/): http_framing, json_bodies, glob_reference,
-# event_decoding, envelope_decoding; `scripts/fuzz.sh list` prints them.
+# event_decoding, envelope_decoding, snapshot_reading; `scripts/fuzz.sh list` prints them.
 # The corpus grows in fuzz/corpus/TARGET (not committed) from the seeds in
 # fuzz/seeds/TARGET; a crash is saved in fuzz/artifacts/TARGET and ends the run with
 # a non-zero status. The last lines of libFuzzer's report go to fuzz/logs/TARGET.txt.

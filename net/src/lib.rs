@@ -1,6 +1,6 @@
 //! The cache-manager HTTP service as a library: the binary (`main.rs`) parses the
 //! configuration and calls [`server::run`]; the fuzz targets reach the pure request
-//! decoders, [`framing`] and [`body`].
+//! decoders, [`framing`] and [`body`], and the snapshot reader, [`snapshot`].
 
 mod api;
 pub mod body;
@@ -18,7 +18,7 @@ mod owner;
 mod render;
 mod routes;
 pub mod server;
-mod snapshot;
+pub mod snapshot;
 mod stats;
 mod stored;
 mod tiers;

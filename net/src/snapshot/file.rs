@@ -179,7 +179,7 @@ pub struct ReadReport {
 /// listed in the report's problems.
 pub fn read(
     path: &Path,
-    mut each: impl FnMut(SavedEntry<'_>),
+    each: impl FnMut(SavedEntry<'_>),
 ) -> Result<Option<ReadReport>, SnapshotError> {
     let mut file = match File::open(path) {
         Ok(file) => file,
@@ -190,8 +190,19 @@ pub fn read(
         .metadata()
         .map_err(io_error("reading the size of", path))?
         .len();
+    read_from(&mut file, size, path, each).map(Some)
+}
+
+/// Reads a snapshot of `size` bytes from `file` as [`read`] does; `path` names it in
+/// errors.
+pub fn read_from(
+    file: &mut impl Read,
+    size: u64,
+    path: &Path,
+    mut each: impl FnMut(SavedEntry<'_>),
+) -> Result<ReadReport, SnapshotError> {
     let mut header = [0u8; format::HEADER_BYTES];
-    let got = read_up_to(&mut file, &mut header).map_err(io_error("reading", path))?;
+    let got = read_up_to(file, &mut header).map_err(io_error("reading", path))?;
     let refused = |source| SnapshotError::Refused {
         path: path.to_owned(),
         source,
@@ -205,7 +216,7 @@ pub fn read(
     let mut payload = Vec::new();
     loop {
         let mut head = [0u8; format::BLOCK_HEADER_BYTES];
-        let got = read_up_to(&mut file, &mut head).map_err(io_error("reading", path))?;
+        let got = read_up_to(file, &mut head).map_err(io_error("reading", path))?;
         report.bytes += got as u64;
         if got < head.len() {
             report.problems.push(format!(
@@ -219,7 +230,7 @@ pub fn read(
             Ok(Next::Trailer) => {
                 let mut trailer = head.to_vec();
                 let mut rest = [0u8; format::TRAILER_BYTES - format::BLOCK_HEADER_BYTES];
-                let got = read_up_to(&mut file, &mut rest).map_err(io_error("reading", path))?;
+                let got = read_up_to(file, &mut rest).map_err(io_error("reading", path))?;
                 trailer.extend_from_slice(&rest[..got]);
                 match format::decode_trailer(&trailer) {
                     Ok(t) if t.blocks == report.blocks + report.bad_blocks => {}
@@ -266,11 +277,11 @@ pub fn read(
             }
         }
     }
-    Ok(Some(report))
+    Ok(report)
 }
 
 /// Fills `buf` as far as the file goes; returns how many bytes were read.
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {

@@ -5,5 +5,5 @@
 pub mod file;
 pub mod format;
 
-pub use file::{read, write_parts, Part, SnapshotError, Written};
+pub use file::{read, read_from, write_parts, Part, ReadReport, SnapshotError, Written};
 pub use format::{BlockBuilder, Header};
