@@ -32,7 +32,7 @@ use l2::Version;
 use crate::config::Config;
 use crate::core::Shared;
 use crate::messages::{OwnerMessage, Restored};
-use crate::snapshot::{self, Header, SnapshotError, Written};
+use crate::snapshot::{self, Header, RawBlock, SnapshotError, Written};
 use crate::stored;
 
 /// How long the cores wait for the events subscription before they give up confirming
@@ -48,9 +48,14 @@ pub struct Loaded {
     pub restored: usize,
 }
 
+/// Blocks read ahead of the slowest shard's restoring thread.
+const BLOCKS_IN_FLIGHT: usize = 8;
+
 /// Loads the snapshot, if one is configured and present: into `writers` when there is
-/// no L2, else set aside for the owners to confirm. Never fails: a snapshot that cannot
-/// be used is logged and the start is cold.
+/// no L2, else set aside for the owners to confirm. The file is read on this thread
+/// while one thread per shard checks every block and restores the block's entries that
+/// belong to its shard, so loading runs at the disk's speed rather than one core's.
+/// Never fails: a snapshot that cannot be used is logged and the start is cold.
 pub fn load(config: &Config, router: &Router, writers: &mut [ShardWriter], now_ms: u64) -> Loaded {
     let mut loaded = Loaded {
         to_confirm: (0..writers.len()).map(|_| Vec::new()).collect(),
@@ -60,33 +65,8 @@ pub fn load(config: &Config, router: &Router, writers: &mut [ShardWriter], now_m
         return loaded;
     };
     let started = Instant::now();
-    let with_l2 = config.l2().is_some();
-    let stale_window_ms = engine::deadline_ms(0, config.stale_window());
-    let (mut expired, mut refused) = (0u64, 0u64);
-    let read = snapshot::read(path, |entry| {
-        if !fits(config, &entry) || (with_l2 && !confirmable(&entry)) {
-            refused += 1;
-            return;
-        }
-        let servable_until = entry
-            .expires_at_ms
-            .map(|t| t.saturating_add(stale_window_ms));
-        if servable_until.is_some_and(|t| t <= now_ms) {
-            expired += 1;
-            return;
-        }
-        let hash = router.hash(entry.key);
-        let shard = router.shard_of(hash);
-        if with_l2 {
-            loaded.to_confirm[shard].push(Restored::new(hash, &entry));
-        } else if writers[shard].restore(hash, entry).is_ok() {
-            loaded.restored += 1;
-        } else {
-            refused += 1;
-        }
-    });
-    let report = match read {
-        Ok(Some(report)) => report,
+    let (mut file, size) = match snapshot::open(path) {
+        Ok(Some(opened)) => opened,
         Ok(None) => {
             tracing::info!(path = %path.display(), "no snapshot yet: starting cold");
             return loaded;
@@ -96,7 +76,58 @@ pub fn load(config: &Config, router: &Router, writers: &mut [ShardWriter], now_m
             return loaded;
         }
     };
-    for problem in &report.problems {
+    let (scan, shards) = std::thread::scope(|s| {
+        let mut feeds = Vec::with_capacity(writers.len());
+        let mut workers = Vec::with_capacity(writers.len());
+        for (shard, writer) in writers.iter_mut().enumerate() {
+            let (feed, blocks) = flume::bounded::<Arc<RawBlock>>(BLOCKS_IN_FLIGHT);
+            feeds.push(feed);
+            let restore = ShardRestore {
+                shard,
+                config,
+                router,
+                now_ms,
+            };
+            workers.push(s.spawn(move || restore.run(writer, blocks)));
+        }
+        let scan = snapshot::scan(&mut file, size, path, |block| {
+            let block = Arc::new(block);
+            for feed in &feeds {
+                let _ = feed.send(block.clone());
+            }
+        });
+        drop(feeds);
+        let shards: Vec<ShardLoaded> = workers
+            .into_iter()
+            .map(|w| w.join().expect("a restoring thread does not panic"))
+            .collect();
+        (scan, shards)
+    });
+    let scan = match scan {
+        Ok(scan) => scan,
+        Err(e) => {
+            // Refused at the header: nothing was restored.
+            tracing::error!(error = %e, "snapshot refused: starting cold");
+            return loaded;
+        }
+    };
+    let (mut expired, mut refused) = (0, 0);
+    let (mut entries, mut bad_blocks) = (0, 0);
+    for (shard, result) in shards.into_iter().enumerate() {
+        expired += result.expired;
+        refused += result.refused;
+        loaded.restored += result.restored;
+        loaded.to_confirm[shard] = result.to_confirm;
+        if shard == 0 {
+            // Every thread checked every block; the first one speaks for them.
+            entries = result.entries;
+            bad_blocks = result.bad_blocks;
+            for problem in &result.problems {
+                tracing::error!(path = %path.display(), "snapshot damaged, good blocks kept: {problem}");
+            }
+        }
+    }
+    for problem in &scan.problems {
         tracing::error!(path = %path.display(), "snapshot damaged, good blocks kept: {problem}");
     }
     let elapsed = started.elapsed();
@@ -104,17 +135,80 @@ pub fn load(config: &Config, router: &Router, writers: &mut [ShardWriter], now_m
     let pending: usize = loaded.to_confirm.iter().map(Vec::len).sum();
     tracing::info!(
         path = %path.display(),
-        entries = report.entries,
-        bad_blocks = report.bad_blocks,
+        entries,
+        bad_blocks,
         expired,
         refused,
         in_l1 = kept,
         to_confirm_with_l2 = pending,
         ms = elapsed.as_millis() as u64,
-        mib_per_s = mib_per_s(report.bytes, elapsed),
+        mib_per_s = mib_per_s(scan.bytes, elapsed),
         "snapshot loaded"
     );
     loaded
+}
+
+/// One shard's part of a load: which entries it takes and what it does with them.
+struct ShardRestore<'a> {
+    shard: usize,
+    config: &'a Config,
+    router: &'a Router,
+    now_ms: u64,
+}
+
+/// What one shard's thread did.
+#[derive(Default)]
+struct ShardLoaded {
+    restored: usize,
+    to_confirm: Vec<Restored>,
+    expired: u64,
+    refused: u64,
+    /// Over every block, not only this shard's entries.
+    entries: u64,
+    bad_blocks: u64,
+    problems: Vec<String>,
+}
+
+impl ShardRestore<'_> {
+    fn run(&self, writer: &mut ShardWriter, blocks: flume::Receiver<Arc<RawBlock>>) -> ShardLoaded {
+        let with_l2 = self.config.l2().is_some();
+        let stale_window_ms = engine::deadline_ms(0, self.config.stale_window());
+        let mut done = ShardLoaded::default();
+        for block in blocks {
+            let entries = match block.decode() {
+                Ok(entries) => entries,
+                Err(problem) => {
+                    done.bad_blocks += 1;
+                    done.problems.push(problem);
+                    continue;
+                }
+            };
+            done.entries += entries.len() as u64;
+            for entry in entries {
+                let hash = self.router.hash(entry.key);
+                if self.router.shard_of(hash) != self.shard {
+                    continue;
+                }
+                if !fits(self.config, &entry) || (with_l2 && !confirmable(&entry)) {
+                    done.refused += 1;
+                    continue;
+                }
+                let servable_until = entry
+                    .expires_at_ms
+                    .map(|t| t.saturating_add(stale_window_ms));
+                if servable_until.is_some_and(|t| t <= self.now_ms) {
+                    done.expired += 1;
+                } else if with_l2 {
+                    done.to_confirm.push(Restored::new(hash, &entry));
+                } else if writer.restore(hash, entry).is_ok() {
+                    done.restored += 1;
+                } else {
+                    done.refused += 1;
+                }
+            }
+        }
+        done
+    }
 }
 
 /// Whether an entry is within this run's limits and has L1's stored form.

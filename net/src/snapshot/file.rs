@@ -173,15 +173,9 @@ pub struct ReadReport {
     pub problems: Vec<String>,
 }
 
-/// Reads the snapshot at `path`, handing every entry of every block that passes its
-/// checks to `each`. `Ok(None)`: there is no snapshot. A file that is not a snapshot of
-/// this format is refused whole; damage further in costs only what it touches, and is
-/// listed in the report's problems.
-pub fn read(
-    path: &Path,
-    each: impl FnMut(SavedEntry<'_>),
-) -> Result<Option<ReadReport>, SnapshotError> {
-    let mut file = match File::open(path) {
+/// Opens the snapshot at `path` and says how long it is; `Ok(None)`: there is none.
+pub fn open(path: &Path) -> Result<Option<(File, u64)>, SnapshotError> {
+    let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error("opening", path)(e)),
@@ -190,6 +184,20 @@ pub fn read(
         .metadata()
         .map_err(io_error("reading the size of", path))?
         .len();
+    Ok(Some((file, size)))
+}
+
+/// Reads the snapshot at `path`, handing every entry of every block that passes its
+/// checks to `each`. `Ok(None)`: there is no snapshot. A file that is not a snapshot of
+/// this format is refused whole; damage further in costs only what it touches, and is
+/// listed in the report's problems.
+pub fn read(
+    path: &Path,
+    each: impl FnMut(SavedEntry<'_>),
+) -> Result<Option<ReadReport>, SnapshotError> {
+    let Some((mut file, size)) = open(path)? else {
+        return Ok(None);
+    };
     read_from(&mut file, size, path, each).map(Some)
 }
 
@@ -201,46 +209,106 @@ pub fn read_from(
     path: &Path,
     mut each: impl FnMut(SavedEntry<'_>),
 ) -> Result<ReadReport, SnapshotError> {
+    let mut report = ReadReport::default();
+    let scan = scan(file, size, path, |block| match block.decode() {
+        Ok(entries) => {
+            report.blocks += 1;
+            report.entries += entries.len() as u64;
+            entries.into_iter().for_each(&mut each);
+        }
+        Err(problem) => {
+            report.bad_blocks += 1;
+            report.problems.push(problem);
+        }
+    })?;
+    report.header = Some(scan.header);
+    report.bytes = scan.bytes;
+    report.problems.extend(scan.problems);
+    Ok(report)
+}
+
+/// A block as read from the file, not yet checked.
+#[derive(Debug)]
+pub struct RawBlock {
+    /// Where its header starts in the file.
+    pub at: u64,
+    pub payload: Vec<u8>,
+    pub entries: u32,
+    pub crc: u32,
+}
+
+impl RawBlock {
+    /// The block's entries once every check passes; else what was wrong, and where.
+    pub fn decode(&self) -> Result<Vec<SavedEntry<'_>>, String> {
+        format::decode_block(&self.payload, self.entries, self.crc).map_err(|e| {
+            format!(
+                "block at byte {} skipped ({} entries): {e}",
+                self.at, self.entries
+            )
+        })
+    }
+}
+
+/// What reading a snapshot's structure found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    pub header: Header,
+    /// Blocks read (checked or not).
+    pub blocks: u64,
+    pub bytes: u64,
+    /// What was wrong in the structure (truncation, a damaged block header or trailer).
+    pub problems: Vec<String>,
+}
+
+/// Reads the header, then hands every block to `each` unchecked (so that checking and
+/// using them can run on other threads while the file is read), then the trailer. A
+/// file that is not a snapshot of this format is refused; past the header, a structure
+/// that cannot be followed ends the scan with a problem.
+pub fn scan(
+    file: &mut impl Read,
+    size: u64,
+    path: &Path,
+    mut each: impl FnMut(RawBlock),
+) -> Result<Scan, SnapshotError> {
     let mut header = [0u8; format::HEADER_BYTES];
     let got = read_up_to(file, &mut header).map_err(io_error("reading", path))?;
     let refused = |source| SnapshotError::Refused {
         path: path.to_owned(),
         source,
     };
-    let header = format::decode_header(&header[..got]).map_err(refused)?;
-    let mut report = ReadReport {
-        header: Some(header),
+    let mut scan = Scan {
+        header: format::decode_header(&header[..got]).map_err(refused)?,
+        blocks: 0,
         bytes: got as u64,
-        ..ReadReport::default()
+        problems: Vec::new(),
     };
-    let mut payload = Vec::new();
     loop {
         let mut head = [0u8; format::BLOCK_HEADER_BYTES];
+        let at = scan.bytes;
         let got = read_up_to(file, &mut head).map_err(io_error("reading", path))?;
-        report.bytes += got as u64;
+        scan.bytes += got as u64;
         if got < head.len() {
-            report.problems.push(format!(
+            scan.problems.push(format!(
                 "the file ends after {} bytes, without its trailer: it was cut short",
-                report.bytes
+                scan.bytes
             ));
             break;
         }
-        let left = size.saturating_sub(report.bytes);
+        let left = size.saturating_sub(scan.bytes);
         match format::decode_next(&head, left) {
             Ok(Next::Trailer) => {
                 let mut trailer = head.to_vec();
                 let mut rest = [0u8; format::TRAILER_BYTES - format::BLOCK_HEADER_BYTES];
                 let got = read_up_to(file, &mut rest).map_err(io_error("reading", path))?;
+                scan.bytes += got as u64;
                 trailer.extend_from_slice(&rest[..got]);
                 match format::decode_trailer(&trailer) {
-                    Ok(t) if t.blocks == report.blocks + report.bad_blocks => {}
-                    Ok(t) => report.problems.push(format!(
+                    Ok(t) if t.blocks == scan.blocks => {}
+                    Ok(t) => scan.problems.push(format!(
                         "the trailer counts {} blocks of {} entries, the file holds {}",
-                        t.blocks,
-                        t.entries,
-                        report.blocks + report.bad_blocks
+                        t.blocks, t.entries, scan.blocks
                     )),
-                    Err(e) => report.problems.push(e.to_string()),
+                    Err(e) => scan.problems.push(e.to_string()),
                 }
                 break;
             }
@@ -249,35 +317,25 @@ pub fn read_from(
                 entries,
                 crc,
             }) => {
-                payload.resize(payload_len as usize, 0);
+                let mut payload = vec![0; payload_len as usize];
                 file.read_exact(&mut payload)
                     .map_err(io_error("reading", path))?;
-                report.bytes += u64::from(payload_len);
-                match format::decode_block(&payload, entries, crc) {
-                    Ok(decoded) => {
-                        report.blocks += 1;
-                        report.entries += decoded.len() as u64;
-                        decoded.into_iter().for_each(&mut each);
-                    }
-                    Err(e) => {
-                        report.bad_blocks += 1;
-                        report.problems.push(format!(
-                            "block at byte {} skipped ({entries} entries): {e}",
-                            report.bytes - u64::from(payload_len) - head.len() as u64
-                        ));
-                    }
-                }
+                scan.bytes += u64::from(payload_len);
+                scan.blocks += 1;
+                each(RawBlock {
+                    at,
+                    payload,
+                    entries,
+                    crc,
+                });
             }
             Err(e) => {
-                report.problems.push(format!(
-                    "stopped at byte {}: {e}",
-                    report.bytes - head.len() as u64
-                ));
+                scan.problems.push(format!("stopped at byte {at}: {e}"));
                 break;
             }
         }
     }
-    Ok(report)
+    Ok(scan)
 }
 
 /// Fills `buf` as far as the file goes; returns how many bytes were read.

@@ -5,5 +5,8 @@
 pub mod file;
 pub mod format;
 
-pub use file::{read, read_from, write_parts, Part, ReadReport, SnapshotError, Written};
+pub use file::{
+    open, read, read_from, scan, write_parts, Part, RawBlock, ReadReport, Scan, SnapshotError,
+    Written,
+};
 pub use format::{BlockBuilder, Header};
