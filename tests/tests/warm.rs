@@ -309,3 +309,55 @@ fn a_restarted_instance_serves_nothing_another_overwrote_or_deleted_while_it_was
     drop(b);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Snapshots on a timer, written while serving: after a crash (SIGKILL: no shutdown
+/// snapshot), the last timed one brings the cache back; and the restart's own bounds
+/// and core count apply, whatever the snapshot's were.
+#[test]
+fn a_timed_snapshot_survives_a_crash_and_the_new_bounds_apply() {
+    let dir = scratch("timed");
+    let snapshot = dir.join("cache.snap");
+    let first = start(
+        &snapshot,
+        &dir.join("first.log"),
+        &[("CACHE_SNAPSHOT_INTERVAL", "1"), ("CACHE_CORES", "2")],
+    );
+    let keys: Vec<String> = (0..3_000).map(|i| format!("t{i}")).collect();
+    let requests = keys
+        .iter()
+        .map(|k| put_request(k, &json!({"value": k})))
+        .collect();
+    assert!(pipelined(&first, requests).iter().all(|(s, _)| *s == 200));
+    // A snapshot that began after the last write holds every key.
+    let written = now_ms();
+    e2e::wait_for(
+        "a timed snapshot after the writes",
+        Duration::from_secs(20),
+        || {
+            first.metrics()["snapshot_last_saved_seconds"]
+                .as_u64()
+                .is_some_and(|s| s * 1000 > written + 1000)
+        },
+    );
+    assert_eq!(first.get_key("t1").1["value"], "t1", "served meanwhile");
+    drop(first); // SIGKILL
+
+    let second = start(
+        &snapshot,
+        &dir.join("second.log"),
+        &[("CACHE_CORES", "1"), ("CACHE_L1_MAX_ENTRIES", "1000")],
+    );
+    let loaded = logged(&dir.join("second.log"), "snapshot loaded").expect("a load logged");
+    assert_eq!(loaded["fields"]["entries"], 3_000, "{loaded}");
+    assert_eq!(loaded["fields"]["in_l1"], 1_000, "the new bound: {loaded}");
+    let served: Vec<(u16, Value)> = get_all(&second, &keys);
+    let hits = served.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(hits, 1_000);
+    for (key, (status, body)) in keys.iter().zip(&served) {
+        if *status == 200 {
+            assert_eq!(body["value"], json!(key));
+        }
+    }
+    drop(second);
+    fs::remove_dir_all(&dir).unwrap();
+}
