@@ -361,3 +361,35 @@ fn a_timed_snapshot_survives_a_crash_and_the_new_bounds_apply() {
     drop(second);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A snapshot that cannot be written (its directory is gone) is counted and logged, the
+/// service goes on serving, and it still stops cleanly.
+#[test]
+fn a_failed_snapshot_is_counted_and_logged_and_serving_goes_on() {
+    let dir = scratch("failing");
+    let doomed = dir.join("doomed");
+    fs::create_dir_all(&doomed).unwrap();
+    let log = dir.join("service.log");
+    let mut server = start(
+        &doomed.join("cache.snap"),
+        &log,
+        &[("CACHE_SNAPSHOT_INTERVAL", "1"), ("CACHE_CORES", "1")],
+    );
+    server.put_key("k", json!("v"));
+    fs::remove_dir_all(&doomed).unwrap();
+    e2e::wait_for("a failed snapshot counted", Duration::from_secs(20), || {
+        server.metrics()["snapshot_failures"].as_u64() > Some(0)
+    });
+    let failure = logged(&log, "snapshot not saved; the previous one stays").expect("logged");
+    assert_eq!(failure["level"], "ERROR");
+    assert!(
+        failure["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("doomed"),
+        "{failure}"
+    );
+    assert_eq!(server.get_key("k").1["value"], "v", "still serving");
+    assert!(server.terminate(Duration::from_secs(30)).success());
+    fs::remove_dir_all(&dir).unwrap();
+}
