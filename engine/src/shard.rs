@@ -685,6 +685,19 @@ mod tests {
         all
     }
 
+    fn restore_all(s: &mut ShardWriter, entries: &[Owned]) {
+        for e in entries {
+            let entry = SavedEntry {
+                key: &e.0,
+                value: &e.1,
+                cached_at_ms: e.2,
+                expires_at_ms: e.3,
+                standing: e.4,
+            };
+            s.restore(h(&e.0), entry).unwrap();
+        }
+    }
+
     fn adaptive(max_entries: usize) -> ShardWriter {
         ShardWriter::new(
             ShardConfig {
@@ -731,16 +744,7 @@ mod tests {
         assert!(hot_frequency.clone().all(|f| f >= 2), "{before:?}");
 
         let mut same = adaptive(100);
-        for e in &before {
-            let entry = SavedEntry {
-                key: &e.0,
-                value: &e.1,
-                cached_at_ms: e.2,
-                expires_at_ms: e.3,
-                standing: e.4,
-            };
-            same.restore(h(&e.0), entry).unwrap();
-        }
+        restore_all(&mut same, &before);
         let mut after = saved(&same, later);
         let mut expected = before.clone();
         after.sort_by(|a, b| a.0.cmp(&b.0));
@@ -762,16 +766,7 @@ mod tests {
         let mut small = adaptive(20);
         let mut order = before.clone();
         order.reverse();
-        for e in &order {
-            let entry = SavedEntry {
-                key: &e.0,
-                value: &e.1,
-                cached_at_ms: e.2,
-                expires_at_ms: e.3,
-                standing: e.4,
-            };
-            small.restore(h(&e.0), entry).unwrap();
-        }
+        restore_all(&mut small, &order);
         assert_eq!(small.len(), 20);
         let kept = saved(&small, later);
         let hot_kept = kept.iter().filter(|e| hot(&e.0)).count();

@@ -114,6 +114,29 @@ fn get_all(server: &Server, keys: &[String]) -> Vec<(u16, Value)> {
     })
 }
 
+/// PUTs each key with its own name as its value.
+fn put_named(server: &Server, keys: &[String]) {
+    let requests = keys
+        .iter()
+        .map(|k| put_request(k, &json!({ "value": k })))
+        .collect();
+    for (status, body) in pipelined(server, requests) {
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+/// GETs keys stored by `put_named`: how many are served, checking that every one served
+/// has its own value (never a wrong one).
+fn served_named(server: &Server, keys: &[String]) -> usize {
+    let answers = get_all(server, keys);
+    for (key, (status, body)) in keys.iter().zip(&answers) {
+        if *status == 200 {
+            assert_eq!(body["value"], json!(key), "never a wrong value");
+        }
+    }
+    answers.iter().filter(|(s, _)| *s == 200).count()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -189,11 +212,7 @@ fn a_damaged_snapshot_loses_only_its_bad_blocks_and_a_foreign_one_is_refused() {
     let snapshot = dir.join("cache.snap");
     let mut first = start(&snapshot, &dir.join("first.log"), &[("CACHE_CORES", "1")]);
     let keys: Vec<String> = (0..5_000).map(|i| format!("k{i}")).collect();
-    let requests = keys
-        .iter()
-        .map(|k| put_request(k, &json!({"value": k})))
-        .collect();
-    assert!(pipelined(&first, requests).iter().all(|(s, _)| *s == 200));
+    put_named(&first, &keys);
     assert!(first.terminate(Duration::from_secs(30)).success());
 
     // One byte flipped in the middle of the file: one block of entries is lost.
@@ -224,17 +243,11 @@ fn a_damaged_snapshot_loses_only_its_bad_blocks_and_a_foreign_one_is_refused() {
             .contains("checksum"),
         "{complaint}"
     );
-    let answers = get_all(&second, &keys);
-    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    let served = served_named(&second, &keys);
     assert!(
         (5_000 - 1_024..5_000).contains(&served),
         "one block lost: {served} served"
     );
-    for (key, (status, body)) in keys.iter().zip(&answers) {
-        if *status == 200 {
-            assert_eq!(body["value"], json!(key), "never a wrong value");
-        }
-    }
     drop(second);
 
     // Not a snapshot at all: refused whole, named in the log, and the service starts.
@@ -323,11 +336,7 @@ fn a_timed_snapshot_survives_a_crash_and_the_new_bounds_apply() {
         &[("CACHE_SNAPSHOT_INTERVAL", "1"), ("CACHE_CORES", "2")],
     );
     let keys: Vec<String> = (0..3_000).map(|i| format!("t{i}")).collect();
-    let requests = keys
-        .iter()
-        .map(|k| put_request(k, &json!({"value": k})))
-        .collect();
-    assert!(pipelined(&first, requests).iter().all(|(s, _)| *s == 200));
+    put_named(&first, &keys);
     // A snapshot that began after the last write holds every key.
     let written = now_ms();
     e2e::wait_for(
@@ -350,14 +359,7 @@ fn a_timed_snapshot_survives_a_crash_and_the_new_bounds_apply() {
     let loaded = logged(&dir.join("second.log"), "snapshot loaded").expect("a load logged");
     assert_eq!(loaded["fields"]["entries"], 3_000, "{loaded}");
     assert_eq!(loaded["fields"]["in_l1"], 1_000, "the new bound: {loaded}");
-    let served: Vec<(u16, Value)> = get_all(&second, &keys);
-    let hits = served.iter().filter(|(s, _)| *s == 200).count();
-    assert_eq!(hits, 1_000);
-    for (key, (status, body)) in keys.iter().zip(&served) {
-        if *status == 200 {
-            assert_eq!(body["value"], json!(key));
-        }
-    }
+    assert_eq!(served_named(&second, &keys), 1_000);
     drop(second);
     fs::remove_dir_all(&dir).unwrap();
 }
