@@ -215,6 +215,19 @@ impl ShardWriter {
         expires_at_ms: Option<u64>,
         cached_at_ms: u64,
     ) -> Result<Inserted, InsertError> {
+        self.insert_into_slot(hash, key, value, expires_at_ms, cached_at_ms)
+            .map(|(inserted, _)| inserted)
+    }
+
+    /// [`ShardWriter::insert`], also saying which policy slot the entry is in.
+    fn insert_into_slot(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        cached_at_ms: u64,
+    ) -> Result<(Inserted, u32), InsertError> {
         if u32::try_from(key.len()).is_err() {
             return Err(InsertError::KeyTooLong {
                 key_len: key.len(),
@@ -301,12 +314,13 @@ impl ShardWriter {
         if self.inserts_since_sample >= INSERTS_PER_LOOKUP_SAMPLE {
             self.sample_lookups();
         }
-        Ok(Inserted {
+        let inserted = Inserted {
             cached_at_ms,
             expires_at_ms,
             replaced: existing.is_some(),
             evicted,
-        })
+        };
+        Ok((inserted, slot))
     }
 
     /// Visits up to `limit` entries still servable at `now_ms`, in slot order from slot
@@ -347,19 +361,18 @@ impl ShardWriter {
     /// smaller than the snapshot, the policy keeps what it ranked highest) and it returns
     /// to its region.
     pub fn restore(&mut self, hash: u64, entry: SavedEntry<'_>) -> Result<Inserted, InsertError> {
-        self.policy.prime(hash, entry.standing);
-        let inserted = self.insert(
+        let (inserted, slot) = self.insert_into_slot(
             hash,
             entry.key,
             entry.value,
             entry.expires_at_ms,
             entry.cached_at_ms,
         )?;
-        if let Some(node) = self.table.find(hash, entry.key) {
-            // SAFETY: `find` returns linked, hence live, nodes.
-            let slot = unsafe { node.as_ref() }.slot;
-            self.policy.place(slot, entry.standing.region);
-        }
+        // After the insert, whose own count just brought the key's sketch line into
+        // the cache. (The entry joins the window unopposed, so its count does not
+        // matter to the insert itself.)
+        self.policy.prime(hash, entry.standing);
+        self.policy.place(slot, entry.standing.region);
         Ok(inserted)
     }
 

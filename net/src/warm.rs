@@ -88,7 +88,11 @@ pub fn load(config: &Config, router: &Router, writers: &mut [ShardWriter], now_m
                 router,
                 now_ms,
             };
-            workers.push(s.spawn(move || restore.run(writer, blocks)));
+            let worker = std::thread::Builder::new()
+                .name(format!("restore-{shard}"))
+                .spawn_scoped(s, move || restore.run(writer, blocks))
+                .expect("a thread to restore a shard");
+            workers.push(worker);
         }
         let scan = snapshot::scan(&mut file, size, path, |block| {
             let block = Arc::new(block);

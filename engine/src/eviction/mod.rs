@@ -236,8 +236,8 @@ impl<T: Resident> Policy<T> {
         }
     }
 
-    /// Counts the requests a restored entry's key had earned before its next insert (which
-    /// counts one more), so that admission ranks it as it was ranked when saved.
+    /// Counts the requests a restored entry's key had earned, besides the one its insert
+    /// counted, so that admission ranks it as it was ranked when saved.
     pub fn prime(&mut self, hash: u64, standing: Standing) {
         self.record(hash, standing.frequency.saturating_sub(1));
     }
