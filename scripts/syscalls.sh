@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# scripts/syscalls.sh [DURATION] [ROUNDS] — the latency floor, measured in one run (issue
+# 16): cache-manager (CACHE_CORES=1), nginx (one worker, static files of the same bytes)
+# and Redis, each pinned to core 0 with the load pinned to core 1 (taskset), GETs of
+# 10,000 keys with 100-byte values. For each server:
+#
+#   - syscalls per request at 1 and 64 connections: `strace -c -f` attached to every
+#     thread of the server for a whole load run, its total calls over the requests that
+#     run completed (strace slows the server; the ratio is what counts);
+#   - server CPU per request at 64 connections: utime + stime of all the server's
+#     threads (/proc/PID/stat) over the requests, without strace;
+#   - the single-connection round trip p50 and the 64-connection throughput.
+#
+# HTTP loads are wrk (-t1, --latency); Redis's is redis-benchmark. Medians of ROUNDS
+# rounds (default 3, DURATION default 5s), the servers interleaved in each round. Then
+# `perf record` of cache-manager under the 64-connection load (its top symbols), and the
+# stacks of its `membarrier` calls at one connection (`strace -k`), written to
+# target/syscalls/. Installs nginx, redis, wrk, strace and perf if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+duration="${1:-5s}"
+rounds="${2:-3}"
+keys=10000
+seconds=${duration%s}
+out=target/syscalls
+mkdir -p "$out"
+install_missing nginx:nginx redis-server:redis-server redis-benchmark:redis-tools wrk:wrk strace:strace perf:linux-perf
+cargo build --release -q -p net -p bench-harness
+make_files "$keys" 100
+
+cat > "$work/get.lua" <<LUA
+wrk.headers["Accept"] = "application/octet-stream"
+request = function() return wrk.format("GET", "/api/cache/key:" .. math.random(0, $keys - 1)) end
+LUA
+
+# The servers, each on core 0.
+port=$(free_port)
+taskset -c 0 env CACHE_LISTEN="127.0.0.1:$port" CACHE_CORES=1 CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn \
+    target/release/cache-manager > "$work/cache-manager.log" 2>&1 &
+pids+=($!)
+declare -A pid url
+pid[cache-manager]=$!
+wait_port "$port"
+prefill "$port" "$keys" 100
+url[cache-manager]="http://127.0.0.1:$port"
+
+start_nginx 1
+url[nginx]="http://127.0.0.1:$port"
+pid[nginx]=$(pgrep -P "$(cat "$work/nginx.pid")" | head -n1)
+taskset -pc 0 "$(cat "$work/nginx.pid")" > /dev/null
+taskset -pc 0 "${pid[nginx]}" > /dev/null
+
+redis_port=$(free_port)
+taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    > "$work/redis.log" 2>&1 &
+pids+=($!)
+pid[redis]=$!
+wait_port "$redis_port"
+redis-benchmark -p "$redis_port" -t set -n $((keys * 5)) -r "$keys" -d 100 -q > /dev/null
+
+# load SERVER CONNECTIONS -> "requests p50_us" of one run, the load on core 1.
+load() {
+    local server=$1 connections=$2
+    if [ "$server" = redis ]; then
+        # About DURATION's worth of requests at the rate strace allows, whatever happens.
+        local n=$((connections == 1 ? 20000 * seconds : 60000 * seconds))
+        taskset -c 1 redis-benchmark -p "$redis_port" -t get -n "$n" -r "$keys" -d 100 -c "$connections" -q 2>/dev/null \
+            | tr '\r' '\n' | awk -v n="$n" '/^GET:/ {for (i = 1; i <= NF; i++) if ($i ~ /^p50=/) {sub(/p50=/, "", $i); p50 = $i * 1000}} END {print n, p50}'
+    else
+        taskset -c 1 wrk -t1 -c"$connections" -d"$duration" --latency -s "$work/get.lua" "${url[$server]}" \
+            | awk '/requests in/ {n = $1} /^ +50%/ {v = $2; if (v ~ /us$/) {sub(/us/, "", v); p = v} else if (v ~ /ms$/) {sub(/ms/, "", v); p = v * 1000} else {sub(/s$/, "", v); p = v * 1e6}} END {print n, p}'
+    fi
+}
+
+cpu_ticks() { # all threads of the process, user + system, in clock ticks
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+syscalls_per_request() { # SERVER CONNECTIONS
+    local server=$1 connections=$2 trace="$work/strace-$1-$2.txt" result
+    strace -c -f -p "${pid[$server]}" -o "$trace" 2>/dev/null &
+    local tracer=$!
+    sleep 0.5
+    result=$(load "$server" "$connections")
+    kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+    awk -v n="${result%% *}" '/ total$/ {printf "%.2f", $4 / n}' "$trace"
+}
+
+declare -A results
+hz=$(getconf CLK_TCK)
+servers=(cache-manager nginx redis)
+for round in $(seq 1 "$rounds"); do
+    for server in "${servers[@]}"; do
+        results[$server-sys1]+="$(syscalls_per_request "$server" 1) "
+        results[$server-sys64]+="$(syscalls_per_request "$server" 64) "
+        one=$(load "$server" 1)
+        results[$server-p50]+="${one#* } "
+        before=$(cpu_ticks "${pid[$server]}")
+        started=$(date +%s.%N)
+        many=$(load "$server" 64)
+        elapsed=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {print e - s}')
+        after=$(cpu_ticks "${pid[$server]}")
+        requests=${many%% *}
+        results[$server-cpu]+="$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}') "
+        results[$server-rps]+="$(awk -v n="$requests" -v s="$elapsed" 'BEGIN {printf "%.0f", n / s}') "
+    done
+    echo "round $round done"
+done
+
+echo
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
+echo "each server on core 0, the load on core 1; medians of $rounds rounds of $duration"
+printf '%-14s %14s %15s %17s %14s %12s\n' server "syscalls/req@1" "syscalls/req@64" "CPU/req@64 (µs)" "p50@1 (µs)" "req/s@64"
+for server in "${servers[@]}"; do
+    printf '%-14s %14s %15s %17s %14s %12s\n' "$server" \
+        "$(echo "${results[$server-sys1]}" | median)" "$(echo "${results[$server-sys64]}" | median)" \
+        "$(echo "${results[$server-cpu]}" | median)" "$(echo "${results[$server-p50]}" | median)" \
+        "$(echo "${results[$server-rps]}" | median)"
+done
+
+echo
+echo "cache-manager's syscalls at 1 connection (last round):"
+awk 'NR > 2 && !/^-/ && $NF != "total" {print "  " $NF ": " $4}' "$work/strace-cache-manager-1.txt" | sort -t: -k2 -nr | head -8
+cp "$work"/strace-*.txt "$out/"
+
+# Where cache-manager's time goes under load, and whose membarrier calls those are.
+perf record -q -g -p "${pid[cache-manager]}" -o "$out/perf.data" -- sleep "$seconds" 2>/dev/null &
+profiler=$!
+load cache-manager 64 > /dev/null
+wait "$profiler" || true
+perf report -i "$out/perf.data" --no-children --sort dso,sym -g none 2>/dev/null | grep '%' | head -25 \
+    > "$out/perf-top.txt" || true
+echo
+echo "cache-manager under 64 connections, top symbols (perf, $out/perf-top.txt):"
+head -15 "$out/perf-top.txt"
+strace -f -k -e trace=membarrier -p "${pid[cache-manager]}" -o "$out/membarrier-stacks.txt" 2>/dev/null &
+tracer=$!
+sleep 0.5
+load cache-manager 1 > /dev/null
+kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+echo
+echo "membarrier calls at 1 connection: $(grep -c 'membarrier(' "$out/membarrier-stacks.txt" || true); the first one's stack ($out/membarrier-stacks.txt):"
+awk '/membarrier\(/ && !found {found = 1; print "  " $0; next} found && /^ > / {print "  " $0; next} found {exit}' \
+    "$out/membarrier-stacks.txt"
+echo "callers of every membarrier call, by count (the frame above libc's syscall()):"
+awk '/membarrier\(/ {frame = 0; next} /^ > / {frame++; if (frame == 2) {sub(/^.*\(/, ""); sub(/\+0x.*/, ""); print}}' \
+    "$out/membarrier-stacks.txt" | sort | uniq -c | sort -nr | sed 's/^/  /'
