@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# scripts/memory.sh [ENTRIES] [VALUE_BYTES] — bytes per entry, cache-manager against Redis,
+# on the same keys and values (issue 15's figure): ENTRIES keys `key:0` … (default
+# 1,000,000) with VALUE_BYTES-byte values (default 100), stored through each server's own
+# protocol: HTTP PUTs (`cache-bench load --prefill`, raw bytes) for cache-manager
+# (CACHE_CORES=1), `redis-cli --pipe` of SETs for Redis. Reports the RSS growth per entry,
+# what of it is overhead beyond the key and value bytes, and Redis's own `used_memory`
+# growth; for cache-manager also what it charges itself (`l1_bytes`, from ENTRY_OVERHEAD),
+# which must stay within 10 % of what RSS shows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+entries="${1:-1000000}"
+value_bytes="${2:-100}"
+install_missing redis-server:redis-server redis-cli:redis-tools
+cargo build --release -q -p net -p bench-harness
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# The bytes of every key `key:0` … `key:N-1`.
+key_bytes=$(awk -v n="$entries" 'BEGIN {for (i = 0; i < n; i++) total += 4 + length(i); print total}')
+payload=$((key_bytes + entries * value_bytes))
+per_entry() { awk -v d="$1" -v n="$entries" 'BEGIN {printf "%.1f", d / n}'; }
+overhead() { awk -v d="$1" -v p="$payload" -v n="$entries" 'BEGIN {printf "%.1f", (d - p) / n}'; }
+
+echo "$entries entries, keys key:0 … key:$((entries - 1)) (average $(awk -v k="$key_bytes" -v n="$entries" 'BEGIN {printf "%.1f", k / n}') bytes), $value_bytes-byte values"
+printf '%-26s %16s %22s\n' "" "RSS growth/entry" "overhead/entry (RSS)"
+
+# Bounded at exactly ENTRIES, as a cache sized for its data would be: the bucket array and
+# the sketch are sized from the bound.
+start_cache_manager CACHE_CORES=1 CACHE_L1_MAX_ENTRIES="$entries" CACHE_L1_MAX_BYTES=$((entries * 1024))
+cm_pid=${pids[-1]}
+# The service's own buffers and the first connection's allocations come before the count.
+curl -sf "http://127.0.0.1:$port/api/cache/metrics" > /dev/null
+before=$(rss_kib "$cm_pid")
+prefill "$port" "$entries" "$value_bytes"
+after=$(rss_kib "$cm_pid")
+grown=$(((after - before) * 1024))
+charged=$(curl -sf "http://127.0.0.1:$port/api/cache/metrics" | python3 -c 'import json,sys; m = json.load(sys.stdin); print(m["l1_bytes"], m["l1_size"])')
+printf '%-26s %16s %22s\n' "cache-manager" "$(per_entry "$grown")" "$(overhead "$grown")"
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no > "$work/redis.log" 2>&1 &
+pids+=($!)
+redis_pid=$!
+wait_port "$redis_port"
+used() { redis-cli -p "$redis_port" info memory | awk -F: '/^used_memory:/ {print $2 + 0}'; }
+before=$(rss_kib "$redis_pid")
+used_before=$(used)
+value=$(head -c "$value_bytes" /dev/zero | tr '\0' 'v')
+awk -v n="$entries" -v v="$value" 'BEGIN {for (i = 0; i < n; i++) printf "SET key:%d %s\r\n", i, v}' \
+    | redis-cli -p "$redis_port" --pipe > /dev/null
+after=$(rss_kib "$redis_pid")
+used_after=$(used)
+grown=$(((after - before) * 1024))
+printf '%-26s %16s %22s\n' "Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-)" "$(per_entry "$grown")" "$(overhead "$grown")"
+printf '%-26s %16s %22s\n' "Redis (used_memory)" "$(per_entry $((used_after - used_before)))" "$(overhead $((used_after - used_before)))"
+
+read -r l1_bytes l1_size <<< "$charged"
+echo
+echo "cache-manager charges itself $(awk -v b="$l1_bytes" -v n="$l1_size" 'BEGIN {printf "%.1f", b / n}') bytes an entry (l1_bytes over $l1_size entries: key, value with its 9-byte tag and version, ENTRY_OVERHEAD)"
