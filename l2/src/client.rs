@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{FutureExt, Shared};
-use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -25,7 +24,7 @@ use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, RedisFuture};
 
 use crate::breaker::Breaker;
 use crate::envelope::{DecodeError, Envelope, Stored, HEADER_VERSION_BYTES};
-use crate::events::{Action, Event, Sequencer};
+
 use crate::keep_newer::{scan_and_bury, Written, KEEP_NEWER, TOMBSTONE_TTL};
 use crate::version::Version;
 
@@ -93,17 +92,17 @@ pub struct L2Stats {
     pub skipped: AtomicU64,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// The connection the I/O thread has, or the attempt to make one that is under way: every
 /// job waiting for a connection awaits the same attempt.
-type Connecting = Shared<BoxFuture<Result<Connection, L2Error>>>;
-type Job = Box<dyn FnOnce(Connecting) -> BoxFuture<()> + Send>;
+pub(crate) type Connecting = Shared<BoxFuture<Result<Connection, L2Error>>>;
+pub(crate) type Job = Box<dyn FnOnce(Connecting) -> BoxFuture<()> + Send>;
 
 /// Where L2 lives: one server (a reconnecting multiplexed connection), or a cluster
 /// (the redis crate's cluster client, which routes each key to its slot's master and
 /// splits multi-key `UNLINK`s by slot).
 #[derive(Clone)]
-enum Backend {
+pub(crate) enum Backend {
     Single(redis::Client),
     Cluster {
         client: ClusterClient,
@@ -115,7 +114,7 @@ enum Backend {
 // Boxing the larger variant would cost an allocation per command: each job gets a clone.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
-enum Connection {
+pub(crate) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -158,39 +157,14 @@ enum Policy {
     Always,
 }
 
-/// The first and the longest wait before a failed coherence event is published again.
-const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
-const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
-
 /// A handle to the Redis tier; cheap to clone.
 #[derive(Clone)]
 pub struct L2 {
-    jobs: flume::Sender<Job>,
+    pub(crate) jobs: flume::Sender<Job>,
     breaker: Arc<Mutex<Breaker>>,
-    stats: Arc<L2Stats>,
-    config: Arc<L2Config>,
-    backend: Backend,
-}
-
-/// Sends this instance's coherence events (see [`L2::publisher`]).
-#[derive(Clone, Debug)]
-pub struct Publisher(flume::Sender<(Version, Action)>);
-
-impl Publisher {
-    /// Queues the event of a write with this version.
-    pub fn send(&self, version: Version, action: Action) {
-        let _ = self.0.send((version, action));
-    }
-}
-
-/// What a subscriber receives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Incoming {
-    /// The first subscription is in place: every event published from now on arrives.
-    Subscribed,
-    Event(Event),
-    /// The subscription was lost and is back: events may have been missed meanwhile.
-    Resubscribed,
+    pub(crate) stats: Arc<L2Stats>,
+    pub(crate) config: Arc<L2Config>,
+    pub(crate) backend: Backend,
 }
 
 impl L2 {
@@ -520,65 +494,6 @@ impl L2 {
         )
         .await
     }
-
-    /// A publisher of this instance's coherence events on `channel`. One task stamps and
-    /// publishes them in the order they are sent, so sequence numbers reach Redis in
-    /// order (two cores publishing on their own could invert them, and the receiver would
-    /// drop the later-stamped one as stale).
-    ///
-    /// A failed publish is retried with backoff until Redis takes it, so an invalidation
-    /// that was answered reaches the other instances as soon as Redis is back. Events
-    /// that queue up meanwhile are collapsed to the newest: the receivers see the skipped
-    /// sequence numbers as a gap and flush their L1, which covers every event skipped.
-    pub fn publisher(&self, instance: &str, epoch: u64, channel: &str) -> Publisher {
-        let (tx, rx) = flume::unbounded::<(Version, Action)>();
-        let mut sequencer = Sequencer::new(instance, epoch);
-        let mut node = AnyNode::new(self.any_node_clients(), self.config.timeout);
-        let (channel, stats) = (channel.to_owned(), self.stats.clone());
-        let job: Job = Box::new(move |_| {
-            Box::pin(async move {
-                while let Ok((version, action)) = rx.recv_async().await {
-                    let mut event = sequencer.stamp(version, action);
-                    let mut backoff = PUBLISH_RETRY_MIN;
-                    while let Err(e) = node.publish(&channel, &event.encode()).await {
-                        stats.errors.fetch_add(1, Relaxed);
-                        tracing::warn!(error = %e, seq = event.seq, retry_in = ?backoff, "a coherence event was not published");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(PUBLISH_RETRY_MAX);
-                        while let Ok((version, newer)) = rx.try_recv() {
-                            event = sequencer.stamp(version, newer);
-                        }
-                    }
-                }
-            })
-        });
-        let _ = self.jobs.send(job);
-        Publisher(tx)
-    }
-
-    /// Clients for pub/sub: classic pub/sub reaches every node of a cluster, so any one
-    /// node will do, and going to one directly keeps events flowing while other masters
-    /// (and the breaker, which is for the whole tier) are down.
-    fn any_node_clients(&self) -> Vec<redis::Client> {
-        match &self.backend {
-            Backend::Single(client) => vec![client.clone()],
-            Backend::Cluster { nodes, .. } => nodes
-                .iter()
-                .filter_map(|n| redis::Client::open(n.clone()).ok())
-                .collect(),
-        }
-    }
-
-    /// Subscribes to `channel` on a connection of its own, resubscribing after every
-    /// disconnect (and saying so). Undecodable messages are logged and dropped.
-    pub fn subscribe(&self, channel: &str) -> flume::Receiver<Incoming> {
-        let (tx, rx) = flume::unbounded();
-        let clients = self.any_node_clients();
-        let channel = channel.to_owned();
-        let job: Job = Box::new(move |_| Box::pin(follow_channel(clients, channel, tx)));
-        let _ = self.jobs.send(job);
-        rx
-    }
 }
 
 /// Hands each job the connection, or the attempt to make one. One attempt at a time runs
@@ -681,109 +596,6 @@ async fn masters(
             Some(info)
         })
         .collect())
-}
-
-/// `SCAN MATCH pattern` over one server, unlinking what it finds key by key (every command
-/// names one key, as a cluster node requires); returns how many were removed.
-/// A connection to one node of several, for publishing: made when needed (within the
-/// timeout), and given up for the next node after any failure.
-struct AnyNode {
-    clients: Vec<redis::Client>,
-    next: usize,
-    connection: Option<redis::aio::MultiplexedConnection>,
-    timeout: Duration,
-}
-
-impl AnyNode {
-    fn new(clients: Vec<redis::Client>, timeout: Duration) -> Self {
-        Self {
-            clients,
-            next: 0,
-            connection: None,
-            timeout,
-        }
-    }
-
-    async fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<(), L2Error> {
-        let timeout = self.timeout;
-        let attempt = async {
-            let connection = match &mut self.connection {
-                Some(connection) => connection,
-                None => {
-                    let client = self
-                        .clients
-                        .get(self.next % self.clients.len().max(1))
-                        .ok_or_else(|| L2Error::Config("no Redis node to publish to".into()))?;
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(timeout)
-                        .set_response_timeout(timeout);
-                    self.connection.insert(
-                        client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await?,
-                    )
-                }
-            };
-            connection.publish::<_, _, ()>(channel, payload).await?;
-            Ok(())
-        };
-        // The redis crate's own response timeout reports no duration: name the limit.
-        let result = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(timeout)),
-            Ok(result) => result,
-        };
-        if result.is_err() {
-            self.connection = None;
-            self.next += 1;
-        }
-        result
-    }
-}
-
-async fn follow_channel(clients: Vec<redis::Client>, channel: String, tx: flume::Sender<Incoming>) {
-    let mut first = true;
-    let mut backoff = Duration::from_millis(10);
-    let mut attempt = 0usize;
-    while !tx.is_disconnected() && !clients.is_empty() {
-        let client = &clients[attempt % clients.len()];
-        attempt += 1;
-        let mut pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe to {channel}; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        if let Err(e) = pubsub.subscribe(&channel).await {
-            tracing::warn!(error = %e, "SUBSCRIBE {channel} failed; retrying");
-            tokio::time::sleep(backoff).await;
-            continue;
-        }
-        backoff = Duration::from_millis(10);
-        let news = if first {
-            Incoming::Subscribed
-        } else {
-            Incoming::Resubscribed
-        };
-        if tx.send(news).is_err() {
-            return;
-        }
-        first = false;
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
-            match Event::decode(message.get_payload_bytes()) {
-                Ok(event) => {
-                    if tx.send(Incoming::Event(event)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "dropping an undecodable event on {channel}"),
-            }
-        }
-        tracing::warn!("lost the subscription to {channel}; resubscribing");
-    }
 }
 
 /// Escapes Redis glob metacharacters so `bytes` matches itself literally.

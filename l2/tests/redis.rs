@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use e2e::redis::RedisServer;
 use futures_executor::block_on;
-use l2::client::Incoming;
+use l2::Incoming;
 use l2::{Action, Envelope, Key, L2Config, L2Error, Sequencer, Version, Written, L2};
 
 fn client(server: &RedisServer, prefix: &str) -> L2 {
