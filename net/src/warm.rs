@@ -274,8 +274,8 @@ pub async fn confirm(shared: &Shared, shard: usize, entries: Vec<Restored>) {
     );
 }
 
-/// Saves every shard to the snapshot; at most one save runs at a time (core 0 calls
-/// this from its timer and at shutdown).
+/// Saves every shard to the snapshot. Core 0 calls this, from its timer and at shutdown,
+/// one save at a time (they share a semaphore, `server.rs`).
 pub async fn save(shared: &Arc<Shared>) -> Result<Written, SnapshotError> {
     let path = shared
         .config
