@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::AsyncCommands;
 
 use crate::client::{Backend, Job, L2Error, L2};
 use crate::events::{Action, Event, Sequencer};
@@ -16,6 +15,8 @@ use crate::version::Version;
 /// The first and the longest wait before a failed coherence event is published again.
 const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// The most events one pipeline publishes.
+pub const PUBLISH_BATCH: usize = 256;
 
 /// Sends this instance's coherence events (see [`L2::publisher`]).
 #[derive(Clone, Debug)]
@@ -44,10 +45,15 @@ impl L2 {
     /// order (two cores publishing on their own could invert them, and the receiver would
     /// drop the later-stamped one as stale).
     ///
+    /// Whatever is queued when the task is free goes in one pipeline, up to
+    /// [`PUBLISH_BATCH`] events: one round trip to Redis however many writes happened
+    /// meanwhile, and no wait for a timer when one event is queued alone.
+    ///
     /// A failed publish is retried with backoff until Redis takes it, so an invalidation
-    /// that was answered reaches the other instances as soon as Redis is back. Events
-    /// that queue up meanwhile are collapsed to the newest: the receivers see the skipped
-    /// sequence numbers as a gap and flush their L1, which covers every event skipped.
+    /// that was answered reaches the other instances as soon as Redis is back. The failed
+    /// batch and the events that queue up meanwhile are collapsed to the newest: the
+    /// receivers see the skipped sequence numbers as a gap and flush their L1, which
+    /// covers every event skipped.
     pub fn publisher(&self, instance: &str, epoch: u64, channel: &str) -> Publisher {
         let (tx, rx) = flume::unbounded::<(Version, Action)>();
         let mut sequencer = Sequencer::new(instance, epoch);
@@ -56,16 +62,26 @@ impl L2 {
         let job: Job = Box::new(move |_| {
             Box::pin(async move {
                 while let Ok((version, action)) = rx.recv_async().await {
-                    let mut event = sequencer.stamp(version, action);
+                    let mut events = vec![sequencer.stamp(version, action)];
+                    events.extend(
+                        rx.try_iter()
+                            .take(PUBLISH_BATCH - 1)
+                            .map(|(version, action)| sequencer.stamp(version, action)),
+                    );
                     let mut backoff = PUBLISH_RETRY_MIN;
-                    while let Err(e) = node.publish(&channel, &event.encode()).await {
+                    while let Err(e) = node.publish(&channel, &events).await {
                         stats.errors.fetch_add(1, Relaxed);
-                        tracing::warn!(error = %e, seq = event.seq, retry_in = ?backoff, "a coherence event was not published");
+                        let first = events[0].seq;
+                        let newest = events.pop().expect("a batch is never empty");
+                        tracing::warn!(error = %e, seqs = ?(first..=newest.seq), retry_in = ?backoff, "coherence events were not published");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(PUBLISH_RETRY_MAX);
-                        while let Ok((version, newer)) = rx.try_recv() {
-                            event = sequencer.stamp(version, newer);
-                        }
+                        let newest = rx
+                            .try_iter()
+                            .map(|(version, newer)| sequencer.stamp(version, newer))
+                            .last()
+                            .unwrap_or(newest);
+                        events = vec![newest];
                     }
                 }
             })
@@ -118,7 +134,8 @@ impl AnyNode {
         }
     }
 
-    async fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<(), L2Error> {
+    /// Publishes `events` in order, in one pipeline.
+    async fn publish(&mut self, channel: &str, events: &[Event]) -> Result<(), L2Error> {
         let timeout = self.timeout;
         let attempt = async {
             let connection = match &mut self.connection {
@@ -138,7 +155,11 @@ impl AnyNode {
                     )
                 }
             };
-            connection.publish::<_, _, ()>(channel, payload).await?;
+            let mut pipeline = redis::pipe();
+            for event in events {
+                pipeline.publish(channel, event.encode()).ignore();
+            }
+            pipeline.query_async::<()>(connection).await?;
             Ok(())
         };
         // The redis crate's own response timeout reports no duration: name the limit.

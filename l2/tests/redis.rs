@@ -258,6 +258,39 @@ fn a_restarted_redis_is_used_again_without_restarting_the_client() {
     drop(redis);
 }
 
+/// A burst of events leaves in pipelined batches and arrives whole and in order: every
+/// sequence number once, none skipped (a skip would make every receiver flush).
+#[test]
+fn a_burst_of_events_arrives_in_order_without_gaps() {
+    let redis = RedisServer::start();
+    let a = client(&redis, "cm:");
+    let b = client(&redis, "cm:");
+    let inbox = b.subscribe("cache:events");
+    assert_eq!(
+        inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
+        Incoming::Subscribed
+    );
+    let publisher = a.publisher("instance-a", 7, "cache:events");
+    let burst = 5 * l2::pubsub::PUBLISH_BATCH + 3;
+    for i in 0..burst {
+        let key = format!("user:{i}");
+        publisher.send(
+            Version(i as u64 + 1),
+            Action::Delete {
+                keys: vec![Key::new(key.as_bytes())],
+            },
+        );
+    }
+    let mut seq = Sequencer::new("instance-b", 1);
+    for i in 0..burst {
+        let Incoming::Event(event) = inbox.recv_timeout(Duration::from_secs(10)).unwrap() else {
+            panic!("an event")
+        };
+        assert_eq!(event.version, i as u64 + 1, "in the order sent");
+        assert_eq!(seq.observe(&event), l2::Verdict::Apply, "event {i}: no gap");
+    }
+}
+
 #[test]
 fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
     let redis = RedisServer::start();
