@@ -277,7 +277,8 @@ fn the_service_writes_through_to_a_redis_over_tls() {
 }
 
 /// The least-privilege ACL the README recommends is enough for everything the service
-/// does: reads, writes, pattern invalidation and coherence events.
+/// does: reads, writes, pattern invalidation, coherence events, and confirming a warm
+/// restart's entries.
 #[test]
 fn a_least_privilege_acl_user_is_enough() {
     let redis = RedisServer::start();
@@ -293,6 +294,7 @@ fn a_least_privilege_acl_user_is_enough() {
         "&cache:events",
         "-@all",
         "+get",
+        "+getrange",
         "+set",
         "+scan",
         "+eval",
@@ -304,8 +306,15 @@ fn a_least_privilege_acl_user_is_enough() {
     ];
     assert_eq!(redis.cli(&acl), "OK");
     let url = format!("redis://cache-manager:s3cret@127.0.0.1:{}", redis.port());
+    let dir = std::env::temp_dir().join(format!("cm-acl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snapshot = dir.join("b.snap");
+    let b_env = [
+        ("REDIS_URL", url.as_str()),
+        ("CACHE_SNAPSHOT_PATH", snapshot.to_str().unwrap()),
+    ];
     let a = Server::start(&[("REDIS_URL", &url)]);
-    let b = Server::start(&[("REDIS_URL", &url)]);
+    let mut b = Server::start(&b_env);
     wait_for("both subscribed", Duration::from_secs(10), || {
         subscribers(&redis) == 2
     });
@@ -322,4 +331,16 @@ fn a_least_privilege_acl_user_is_enough() {
     });
     assert_eq!(a.metrics()["l2_errors"], 0);
     assert_eq!(b.metrics()["l2_errors"], 0);
+
+    // A warm restart confirms its entries with GETRANGE.
+    a.put_key("user:2", json!(2));
+    wait_for("B holds user:2 in L1", Duration::from_secs(10), || {
+        b.get_key("user:2").1["source"] == "l1"
+    });
+    assert!(b.terminate(Duration::from_secs(30)).success());
+    let b = Server::start(&b_env);
+    assert_eq!(b.metrics()["snapshot_restored"], 1);
+    assert_eq!(b.get_key("user:2").1["source"], "l1");
+    assert_eq!(b.metrics()["l2_errors"], 0);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
