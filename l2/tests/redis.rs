@@ -258,18 +258,27 @@ fn a_restarted_redis_is_used_again_without_restarting_the_client() {
     drop(redis);
 }
 
+/// Two clients of `redis`: the first to publish, the second subscribed (kept alive, as
+/// its I/O thread follows the channel), and its inbox on `cache:events` once its first
+/// subscription is announced.
+fn publisher_and_subscriber(redis: &RedisServer) -> (L2, L2, flume::Receiver<Incoming>) {
+    let a = client(redis, "cm:");
+    let b = client(redis, "cm:");
+    let inbox = b.subscribe("cache:events");
+    assert_eq!(
+        inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
+        Incoming::Subscribed,
+        "the first subscription is announced"
+    );
+    (a, b, inbox)
+}
+
 /// A burst of events leaves in pipelined batches and arrives whole and in order: every
 /// sequence number once, none skipped (a skip would make every receiver flush).
 #[test]
 fn a_burst_of_events_arrives_in_order_without_gaps() {
     let redis = RedisServer::start();
-    let a = client(&redis, "cm:");
-    let b = client(&redis, "cm:");
-    let inbox = b.subscribe("cache:events");
-    assert_eq!(
-        inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
-        Incoming::Subscribed
-    );
+    let (a, _b, inbox) = publisher_and_subscriber(&redis);
     let publisher = a.publisher("instance-a", 7, "cache:events");
     let burst = 5 * l2::pubsub::PUBLISH_BATCH + 3;
     for i in 0..burst {
@@ -294,14 +303,7 @@ fn a_burst_of_events_arrives_in_order_without_gaps() {
 #[test]
 fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
     let redis = RedisServer::start();
-    let a = client(&redis, "cm:");
-    let b = client(&redis, "cm:");
-    let inbox = b.subscribe("cache:events");
-    assert_eq!(
-        inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
-        Incoming::Subscribed,
-        "the first subscription is announced"
-    );
+    let (a, _b, inbox) = publisher_and_subscriber(&redis);
     until("B is subscribed", Duration::from_secs(5), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "1"
     });
