@@ -9,9 +9,14 @@
 #     run completed (strace slows the server; the ratio is what counts);
 #   - server CPU per request at 64 connections: utime + stime of all the server's
 #     threads (/proc/PID/stat) over the requests, without strace;
-#   - the single-connection round trip p50 and the 64-connection throughput.
+#   - the single-connection round trip (p50, p99), timed by one client for all three
+#     (`cache-bench ping`: HTTP for cache-manager and nginx, RESP for Redis), so that the
+#     load tools' own costs do not enter the comparison;
+#   - the 64-connection throughput;
+#   - open-loop p99.9 at 10k, 20k and 40k requests/s for cache-manager and nginx
+#     (`cache-bench load --rate`, 64 connections).
 #
-# HTTP loads are wrk (-t1, --latency); Redis's is redis-benchmark. Medians of ROUNDS
+# Syscall counts and throughput use wrk (-t1) for HTTP and redis-benchmark for Redis. Medians of ROUNDS
 # rounds (default 3, DURATION default 5s), the servers interleaved in each round. Then
 # `perf record` of cache-manager under the 64-connection load (its top symbols), and the
 # stacks of its `membarrier` calls at one connection (`strace -k`), written to
@@ -74,6 +79,25 @@ load() {
     fi
 }
 
+# round_trip SERVER -> "p50_us p99_us" of one connection, timed by cache-bench ping on core 1.
+round_trip() {
+    local server=$1 addr
+    if [ "$server" = redis ]; then addr=(--protocol resp --addr "127.0.0.1:$redis_port")
+    else addr=(--addr "${url[$server]#http://}"); fi
+    taskset -c 1 target/release/cache-bench ping "${addr[@]}" --keys "$keys" \
+        --requests $((4000 * seconds)) --warmup 2000 \
+        | sed -E 's/.*p50 ([0-9.]+) µs.* p99 ([0-9.]+) µs.*/\1 \2/'
+}
+
+# open_loop SERVER RATE -> p99.9 in µs at RATE requests/s over 64 connections.
+open_loop() {
+    local server=$1 rate=$2
+    taskset -c 1 target/release/cache-bench load --target "${url[$server]}" --connections 64 \
+        --rate "$rate" --duration "$duration" --warmup 1s --keys "$keys" --quiet \
+        --json "$work/open.json" > /dev/null
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["p999_us"])' "$work/open.json"
+}
+
 cpu_ticks() { # all threads of the process, user + system, in clock ticks
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
@@ -89,14 +113,16 @@ syscalls_per_request() { # SERVER CONNECTIONS
 }
 
 declare -A results
+rates=(10000 20000 40000)
 hz=$(getconf CLK_TCK)
 servers=(cache-manager nginx redis)
 for round in $(seq 1 "$rounds"); do
     for server in "${servers[@]}"; do
         results[$server-sys1]+="$(syscalls_per_request "$server" 1) "
         results[$server-sys64]+="$(syscalls_per_request "$server" 64) "
-        one=$(load "$server" 1)
-        results[$server-p50]+="${one#* } "
+        one=$(round_trip "$server")
+        results[$server-p50]+="${one% *} "
+        results[$server-p99]+="${one#* } "
         before=$(cpu_ticks "${pid[$server]}")
         started=$(date +%s.%N)
         many=$(load "$server" 64)
@@ -105,6 +131,11 @@ for round in $(seq 1 "$rounds"); do
         requests=${many%% *}
         results[$server-cpu]+="$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}') "
         results[$server-rps]+="$(awk -v n="$requests" -v s="$elapsed" 'BEGIN {printf "%.0f", n / s}') "
+        if [ "$server" != redis ]; then
+            for rate in "${rates[@]}"; do
+                results[$server-open$rate]+="$(open_loop "$server" "$rate") "
+            done
+        fi
     done
     echo "round $round done"
 done
@@ -112,12 +143,20 @@ done
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
 echo "each server on core 0, the load on core 1; medians of $rounds rounds of $duration"
-printf '%-14s %14s %15s %17s %14s %12s\n' server "syscalls/req@1" "syscalls/req@64" "CPU/req@64 (µs)" "p50@1 (µs)" "req/s@64"
+printf '%-14s %14s %15s %17s %11s %11s %12s\n' server "syscalls/req@1" "syscalls/req@64" "CPU/req@64 (µs)" "p50@1 (µs)" "p99@1 (µs)" "req/s@64"
 for server in "${servers[@]}"; do
-    printf '%-14s %14s %15s %17s %14s %12s\n' "$server" \
+    printf '%-14s %14s %15s %17s %11s %11s %12s\n' "$server" \
         "$(echo "${results[$server-sys1]}" | median)" "$(echo "${results[$server-sys64]}" | median)" \
         "$(echo "${results[$server-cpu]}" | median)" "$(echo "${results[$server-p50]}" | median)" \
-        "$(echo "${results[$server-rps]}" | median)"
+        "$(echo "${results[$server-p99]}" | median)" "$(echo "${results[$server-rps]}" | median)"
+done
+echo
+echo "open loop, 64 connections: p99.9 (µs) at each offered rate"
+printf '%-14s' server; printf ' %10s' "${rates[@]}"; echo
+for server in cache-manager nginx; do
+    printf '%-14s' "$server"
+    for rate in "${rates[@]}"; do printf ' %10s' "$(echo "${results[$server-open$rate]}" | median)"; done
+    echo
 done
 
 echo

@@ -6,6 +6,7 @@ mod arc;
 mod client;
 mod load;
 mod pacing;
+mod ping;
 mod replay;
 mod report;
 mod sweep;
@@ -41,6 +42,35 @@ enum Command {
     Sweep(SweepArgs),
     /// Replay a key trace against the engine, exact LRU and moka; print hit ratios.
     Replay(ReplayArgs),
+    /// Time one connection's round trips, closed loop, over HTTP or RESP (the same
+    /// client for cache-manager, nginx and Redis).
+    Ping(PingArgs),
+}
+
+#[derive(Args)]
+struct PingArgs {
+    /// host:port of the server.
+    #[arg(long)]
+    addr: std::net::SocketAddr,
+    #[arg(long, value_enum, default_value = "http")]
+    protocol: ping::Protocol,
+    /// HTTP only: the path before the key.
+    #[arg(long, default_value = "/api/cache/")]
+    path_prefix: String,
+    #[arg(long, default_value = "key:")]
+    key_prefix: String,
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    #[arg(long, default_value_t = 50_000)]
+    requests: u64,
+    /// Untimed exchanges first.
+    #[arg(long, default_value_t = 5_000)]
+    warmup: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the percentiles as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -192,7 +222,47 @@ fn main() -> anyhow::Result<()> {
         Command::Load(args) => load_command(args),
         Command::Sweep(args) => sweep_command(args),
         Command::Replay(args) => replay_command(args),
+        Command::Ping(args) => ping_command(args),
     }
+}
+
+fn ping_command(args: PingArgs) -> anyhow::Result<()> {
+    let config = ping::PingConfig {
+        addr: args.addr,
+        protocol: args.protocol,
+        path_prefix: args.path_prefix,
+        key_prefix: args.key_prefix,
+        keys: args.keys,
+        requests: args.requests,
+        warmup: args.warmup,
+        seed: args.seed,
+    };
+    let report = ping::run(&config).with_context(|| format!("pinging {}", args.addr))?;
+    let us = |q: f64| report.latency_ns.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{} round trips to {}: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs; {} misses",
+        report.latency_ns.len(),
+        args.addr,
+        us(0.5),
+        us(0.9),
+        us(0.99),
+        us(0.999),
+        report.latency_ns.max() as f64 / 1000.0,
+        report.misses
+    );
+    if let Some(path) = &args.json {
+        let value = serde_json::json!({
+            "requests": report.latency_ns.len(),
+            "misses": report.misses,
+            "p50_us": us(0.5),
+            "p90_us": us(0.9),
+            "p99_us": us(0.99),
+            "p999_us": us(0.999),
+            "max_us": report.latency_ns.max() as f64 / 1000.0,
+        });
+        write_json(path, &value)?;
+    }
+    Ok(())
 }
 
 fn write_json(path: &PathBuf, value: &serde_json::Value) -> anyhow::Result<()> {

@@ -1,8 +1,10 @@
 //! Time sources. Shard operations take `now` (milliseconds since the UNIX epoch) as an
 //! argument, so the engine never reads a clock by itself and TTL tests are exact: they
-//! drive a [`ManualClock`] and never sleep. A server uses [`CoarseClock`], which one
-//! ticker refreshes (memcached keeps its `current_time` the same way), so the per-read
-//! deadline check costs one relaxed load instead of a `clock_gettime`.
+//! drive a [`ManualClock`] and never sleep. A server uses [`CoarseClock`], which is
+//! refreshed by whoever is about to act on the time (a connection when input arrives, a
+//! shard's owner when a message does), so the many deadline checks of one request cost a
+//! relaxed load each instead of a `clock_gettime`, and an idle server needs no ticker
+//! waking it up (memcached keeps its `current_time` with a ticker instead).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,11 +85,14 @@ impl CoarseClock {
         }))
     }
 
-    /// Brings the cached time up to date and returns it. Call it from one ticker, about
-    /// once a millisecond; concurrent callers are harmless (the value only grows).
+    /// Brings the cached time up to date and returns it. Concurrent callers are harmless
+    /// (the value only grows), and cheap: the shared line is written at most once a
+    /// millisecond, whoever calls.
     pub fn tick(&self) -> u64 {
         let now = self.0.anchor_wall_ms + self.0.anchor.elapsed().as_millis() as u64;
-        self.0.now_ms.fetch_max(now, Ordering::Relaxed);
+        if now > self.0.now_ms.load(Ordering::Relaxed) {
+            self.0.now_ms.fetch_max(now, Ordering::Relaxed);
+        }
         now
     }
 }

@@ -210,7 +210,7 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
                 // Stale-while-revalidate: answer now, fetch a fresh copy in the background
                 // (the owner's singleflight keeps it to one per key).
                 let (core, key) = (core.clone(), key.to_vec());
-                glommio::spawn_local(async move {
+                monoio::spawn(async move {
                     let shared = &core.shared;
                     let _ = shared
                         .mail
@@ -221,8 +221,7 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
                             reply,
                         })
                         .await;
-                })
-                .detach();
+                });
             }
             return response;
         }

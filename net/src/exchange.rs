@@ -71,6 +71,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Appends `response` to `out`. `head_only` answers a HEAD: the same headers, no body.
+/// Written piece by piece rather than through `format!`: this runs once per response.
 pub fn write_response(
     out: &mut Vec<u8>,
     response: &Response,
@@ -78,18 +79,23 @@ pub fn write_response(
     keep_alive: bool,
     date: &str,
 ) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\nDate: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        response.status,
-        reason(response.status),
-        date,
-        response.content_type,
-        response.body.len()
-    );
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(number.format(response.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(response.status).as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(date.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(response.content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(number.format(response.body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in &response.headers {
-        let _ = write!(out, "{name}: {value}\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");

@@ -13,8 +13,9 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
 
 use crate::core::Core;
 use crate::exchange::{write_response, Request, Response};
@@ -27,8 +28,9 @@ enum ReadError {
     Reject(#[from] Reject),
     #[error("connection closed")]
     Closed,
+    /// `midway`: part of a request had arrived.
     #[error("timed out waiting for the client")]
-    Idle,
+    Idle { midway: bool },
     #[error("shutting down")]
     Stopping,
     #[error("{0}")]
@@ -50,11 +52,10 @@ struct Connection<H> {
     stream: TcpStream,
     core: Rc<Core>,
     handler: Rc<H>,
-    /// Received bytes live in `input[pos..end]`; the buffer is zeroed once, when it is
-    /// allocated or grown, never per read.
+    /// Received bytes live in `input[pos..]`; the kernel receives into the spare
+    /// capacity behind them, so the buffer is never zeroed.
     input: Vec<u8>,
     pos: usize,
-    end: usize,
     output: Vec<u8>,
 }
 
@@ -69,9 +70,8 @@ pub async fn serve<H: Handler>(stream: TcpStream, core: Rc<Core>, handler: Rc<H>
         stream,
         core,
         handler,
-        input: vec![0; READ_CHUNK],
+        input: Vec::with_capacity(READ_CHUNK),
         pos: 0,
-        end: 0,
         output: Vec::with_capacity(READ_CHUNK),
     };
     loop {
@@ -92,7 +92,7 @@ pub async fn serve<H: Handler>(stream: TcpStream, core: Rc<Core>, handler: Rc<H>
                 conn.linger().await;
                 break;
             }
-            Err(ReadError::Idle) if conn.pos < conn.end => {
+            Err(ReadError::Idle { midway: true }) => {
                 conn.respond(&Response::error(408, "request not completed within the time limit (CACHE_HEADER_TIMEOUT_MS / CACHE_BODY_TIMEOUT_MS)"), false, false);
                 break;
             }
@@ -100,7 +100,6 @@ pub async fn serve<H: Handler>(stream: TcpStream, core: Rc<Core>, handler: Rc<H>
         }
     }
     let _ = conn.flush().await;
-    let _ = conn.stream.close().await;
 }
 
 /// How long, how long without input, and how much a refused request's remaining input
@@ -116,31 +115,25 @@ impl<H: Handler> Connection<H> {
     /// connection, and a client that writes its whole request before reading (many do)
     /// would see "connection reset" or "broken pipe" instead of the answer.
     async fn linger(&mut self) {
-        if self.flush().await.is_err()
-            || self
-                .stream
-                .shutdown(std::net::Shutdown::Write)
-                .await
-                .is_err()
-        {
+        if self.flush().await.is_err() || self.stream.shutdown().await.is_err() {
             return;
         }
         let deadline = Instant::now() + LINGER_TIME;
         let mut discarded = 0;
-        let mut scratch = vec![0; READ_CHUNK];
+        let mut scratch = Vec::with_capacity(READ_CHUNK);
         while discarded < LINGER_BYTES {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero()
-                || self
-                    .stream
-                    .set_read_timeout(Some(left.min(LINGER_IDLE)))
-                    .is_err()
-            {
+            if left.is_zero() {
                 return;
             }
-            match self.stream.read(&mut scratch).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => discarded += n,
+            scratch.clear();
+            let reading = self.stream.read(scratch);
+            match monoio::time::timeout(left.min(LINGER_IDLE), reading).await {
+                Ok((Ok(n), buffer)) if n > 0 => {
+                    discarded += n;
+                    scratch = buffer;
+                }
+                _ => return,
             }
         }
     }
@@ -152,31 +145,37 @@ impl<H: Handler> Connection<H> {
 
     async fn flush(&mut self) -> io::Result<()> {
         if !self.output.is_empty() {
-            self.stream.write_all(&self.output).await?;
-            self.output.clear();
+            let (written, mut output) = self
+                .stream
+                .write_all(std::mem::take(&mut self.output))
+                .await;
+            output.clear();
+            self.output = output;
+            written?;
         }
         Ok(())
     }
 
     fn unread(&self) -> &[u8] {
-        &self.input[self.pos..self.end]
+        &self.input[self.pos..]
     }
 
     /// Makes room for a read of at least `MIN_READ` bytes.
     fn make_room(&mut self) {
-        if self.pos == self.end {
-            (self.pos, self.end) = (0, 0);
-            if self.input.len() > 4 * READ_CHUNK {
+        if self.pos == self.input.len() {
+            self.pos = 0;
+            self.input.clear();
+            if self.input.capacity() > 4 * READ_CHUNK {
                 // A large body grew the buffer; an idle connection gives it back.
-                self.input = vec![0; READ_CHUNK];
+                self.input = Vec::with_capacity(READ_CHUNK);
             }
         }
-        if self.input.len() - self.end < MIN_READ {
-            self.input.copy_within(self.pos..self.end, 0);
-            (self.pos, self.end) = (0, self.end - self.pos);
+        if self.input.capacity() - self.input.len() < MIN_READ {
+            self.input.drain(..self.pos);
+            self.pos = 0;
         }
-        if self.input.len() - self.end < MIN_READ {
-            self.input.resize(self.input.len() * 2, 0);
+        if self.input.capacity() - self.input.len() < MIN_READ {
+            self.input.reserve(self.input.capacity().max(READ_CHUNK));
         }
     }
 
@@ -186,23 +185,23 @@ impl<H: Handler> Connection<H> {
     async fn fill(&mut self, deadline: Instant, idle: bool) -> Result<(), ReadError> {
         self.flush().await?;
         self.make_room();
+        let midway = self.pos < self.input.len();
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(ReadError::Idle);
+            return Err(ReadError::Idle { midway });
         }
-        self.stream
-            .set_read_timeout(Some(remaining))
-            .map_err(|e| ReadError::Io(io::Error::other(e.to_string())))?;
-        let start = self.end;
+        // The buffer goes to the kernel with the read and comes back with its result; a
+        // read abandoned for a timeout or shutdown keeps it, and the connection closes.
+        let input = std::mem::take(&mut self.input);
+        let (start, capacity) = (input.len(), input.capacity());
+        let reading = monoio::time::timeout(
+            remaining,
+            self.stream.read(input.slice_mut(start..capacity)),
+        );
         let read = if idle {
             let core = self.core.clone();
             futures_lite::future::or(
-                async {
-                    self.stream
-                        .read(&mut self.input[start..])
-                        .await
-                        .map_err(ReadError::from)
-                },
+                async { reading.await.map_err(|_| ReadError::Idle { midway }) },
                 async move {
                     core.shutdown_signal().await;
                     Err(ReadError::Stopping)
@@ -210,27 +209,21 @@ impl<H: Handler> Connection<H> {
             )
             .await
         } else {
-            self.stream
-                .read(&mut self.input[start..])
-                .await
-                .map_err(ReadError::from)
+            reading.await.map_err(|_| ReadError::Idle { midway })
         };
-        let n = match read {
+        let (result, buffer) = read?;
+        self.input = buffer.into_inner();
+        let n = match result {
             Ok(n) => n,
-            Err(ReadError::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return Err(ReadError::Idle);
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(ReadError::Idle { midway })
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
-        self.end += n;
         if n == 0 {
             return Err(ReadError::Closed);
         }
+        self.core.shared.clock.tick();
         Ok(())
     }
 
@@ -330,9 +323,7 @@ pub async fn refuse_connection(mut stream: TcpStream, core: Rc<Core>) {
         ),
     );
     write_response(&mut out, &response, false, false, &core.http_date());
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = stream.write_all(&out).await;
-    let _ = stream.close().await;
+    let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod origin;
 mod owner;
 mod render;
 mod routes;
+mod runtime;
 pub mod server;
 pub mod snapshot;
 mod stats;

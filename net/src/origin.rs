@@ -91,8 +91,15 @@ impl Origin {
         request: impl FnOnce() -> Result<T, OriginError> + Send + 'static,
     ) -> Result<T, OriginError> {
         let timeout = self.timeout;
-        futures_lite::future::or(glommio::executor().spawn_blocking(request), async move {
-            glommio::timer::sleep(timeout).await;
+        let blocking = async {
+            monoio::spawn_blocking(request).await.unwrap_or_else(|_| {
+                Err(OriginError::Transport(
+                    "the request's thread panicked".into(),
+                ))
+            })
+        };
+        futures_lite::future::or(blocking, async move {
+            monoio::time::sleep(timeout).await;
             Err(OriginError::Transport(format!(
                 "no answer within {} ms",
                 timeout.as_millis()

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use engine::router::Reply;
 use engine::singleflight::{Fill, FlightError, Join, SingleFlight};
-use engine::{Clock, Command, OwnedEntry, ShardMetrics, ShardWriter};
+use engine::{Command, OwnedEntry, ShardMetrics, ShardWriter};
 use l2::{Envelope, Version};
 
 use crate::core::Shared;
@@ -54,8 +54,9 @@ impl Owner {
         })
     }
 
+    /// The time, brought up to date: a message may arrive after the server was idle.
     fn now(&self) -> u64 {
-        self.shared.clock.now_ms()
+        self.shared.clock.tick()
     }
 
     /// Serves the mailbox until every sender is gone, draining what is queued before it
@@ -100,10 +101,10 @@ impl Owner {
                 let _ = reply.send(dropped);
             }
             OwnerMessage::Save { parts, reply } => {
-                glommio::spawn_local(self.clone().save(parts, reply)).detach();
+                monoio::spawn(self.clone().save(parts, reply));
             }
             OwnerMessage::Restore { entries, reply } => {
-                glommio::spawn_local(self.clone().restore(entries, reply)).detach();
+                monoio::spawn(self.clone().restore(entries, reply));
             }
             OwnerMessage::Shard(command) => {
                 self.fence(&command);
@@ -148,7 +149,7 @@ impl Owner {
                 match self.flights.join(&key) {
                     Join::Leader(fill) => {
                         let owner = self.clone();
-                        glommio::spawn_local(async move {
+                        monoio::spawn(async move {
                             let result = owner.fetch(&key, mode == FillMode::Refresh).await;
                             let l2_agrees = owner
                                 .write_through(&key, &result, &fill, mode == FillMode::Refresh)
@@ -157,12 +158,11 @@ impl Owner {
                                 owner.store(hash, &key, &result);
                             }
                             let _ = reply.send(result);
-                        })
-                        .detach();
+                        });
                     }
                     Join::Follower(waiter) => {
                         self.metrics.coalesced.incr();
-                        glommio::spawn_local(async move {
+                        monoio::spawn(async move {
                             let result = waiter.wait().await.map_err(|e| match e {
                                 FlightError::Failed(e) => e,
                                 FlightError::Abandoned => FillError {
@@ -171,8 +171,7 @@ impl Owner {
                                 },
                             });
                             let _ = reply.send(result);
-                        })
-                        .detach();
+                        });
                     }
                 }
             }
@@ -311,7 +310,7 @@ impl Owner {
             return;
         }
         let owner = self.clone();
-        glommio::spawn_local(async move {
+        monoio::spawn(async move {
             let envelope = Envelope {
                 value,
                 cached_at_ms: now,
@@ -325,8 +324,7 @@ impl Owner {
                 owner.drop_version(hash, &key, version);
             }
             let _ = reply.send(PutOutcome { l1, l2 });
-        })
-        .detach();
+        });
     }
 
     /// A client's DELETE: removed from L1, then from L2 with a new version.
@@ -335,11 +333,10 @@ impl Owner {
         let version = self.shared.tiers.versions.next(now);
         let l1 = self.writer.borrow_mut().remove(hash, &key, now);
         let owner = self.clone();
-        glommio::spawn_local(async move {
+        monoio::spawn(async move {
             let l2 = owner.shared.tiers.delete_behind_l1(&[&key], version).await;
             let _ = reply.send(DeleteOutcome { l1, l2 });
-        })
-        .detach();
+        });
     }
 
     /// Saves the shard in steps of [`SAVE_STEP`] entries, serving in between.
@@ -363,7 +360,7 @@ impl Owner {
                     return;
                 }
             }
-            glommio::yield_if_needed().await;
+            crate::runtime::yield_to_io().await;
         }
         let _ = parts.send_async(Part::Done).await;
         let _ = reply.send(());

@@ -4,8 +4,6 @@
 //! `application/octet-stream`, the stored bytes with the metadata in headers. How the
 //! JSON and raw modes see each other's values is described in `api.rs`.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use base64::Engine as _;
 use engine::OwnedEntry;
 
@@ -16,11 +14,50 @@ use crate::stored;
 /// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
 const LAST_RFC3339_MS: u64 = 253_402_300_799_000;
 
-/// A Unix time in milliseconds as RFC 3339 (clamped to year 9999, which TTLs are kept
-/// well below; see `body::TTL_CEILING_SECS`).
+/// A Unix time in milliseconds as RFC 3339 to the second, `YYYY-MM-DDTHH:MM:SSZ`
+/// (clamped to year 9999, which TTLs are kept well below; see `body::TTL_CEILING_SECS`).
+/// Every hit writes one or two of these, so it is plain arithmetic (Howard Hinnant's
+/// days-to-civil) instead of a formatter; a test holds it to humantime's.
 pub fn rfc3339(ms: u64) -> String {
-    let ms = ms.min(LAST_RFC3339_MS);
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    let seconds = ms.min(LAST_RFC3339_MS) / 1000;
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    // Days since 0000-03-01, so that leap days fall at the end of each year.
+    let days = days + 719_468;
+    let era = days / 146_097;
+    let of_era = days % 146_097;
+    let year_of_era = (of_era - of_era / 1_460 + of_era / 36_524 - of_era / 146_096) / 365;
+    let day_of_year = of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    let mut text = [0u8; 20];
+    let mut put = |at: usize, value: u64, width: usize| {
+        for i in 0..width {
+            text[at + width - 1 - i] = b'0' + (value / 10u64.pow(i as u32) % 10) as u8;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, of_day / 3600, 2);
+    put(14, of_day / 60 % 60, 2);
+    put(17, of_day % 60, 2);
+    for (at, separator) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'Z'),
+    ] {
+        text[at] = separator;
+    }
+    text.iter().map(|&b| b as char).collect()
 }
 
 /// What a hit is rendered from: borrowed from L1 under its read guard, or from a fill.
@@ -65,8 +102,11 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
         }
         if let Some(expires_ms) = expires_at_ms {
             let max_age = expires_ms.saturating_sub(now_ms) / 1000;
+            let mut cache_control = String::with_capacity(32);
+            cache_control.push_str("max-age=");
+            cache_control.push_str(itoa::Buffer::new().format(max_age));
             response = response
-                .with_header("Cache-Control", format!("max-age={max_age}"))
+                .with_header("Cache-Control", cache_control)
                 .with_header("X-Cache-Expires-At", expires_at.unwrap_or_default());
         }
         return response;
@@ -110,6 +150,8 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
 
     fn body(r: &Response) -> serde_json::Value {
@@ -190,6 +232,18 @@ mod tests {
     #[test]
     fn any_time_renders_without_panicking() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        // Leap days, century rules and the ends of months, against humantime.
+        let mut seconds: u64 = 0;
+        while seconds < LAST_RFC3339_MS / 1000 {
+            let expected =
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds));
+            assert_eq!(
+                rfc3339(seconds * 1000 + 999),
+                expected.to_string(),
+                "{seconds}"
+            );
+            seconds += 86_400 * 7 + 3_607;
+        }
         assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 

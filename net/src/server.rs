@@ -1,11 +1,11 @@
-//! Starting and stopping the service: one glommio executor pinned to each core, each
-//! owning one engine shard and its own listener on the shared address (glommio sets
-//! SO_REUSEPORT, so the kernel spreads connections across cores).
+//! Starting and stopping the service: one executor pinned to each core (`runtime.rs`), each
+//! owning one engine shard and its own listener on the shared address (SO_REUSEPORT, so the
+//! kernel spreads connections across cores).
 //!
 //! On every core run: the accept loop, one task per connection, the shard's owner (the
 //! only task that writes the shard, draining its mailbox in order; see `owner.rs`) and a
-//! ticker that keeps the coarse clock current and asks the owner to sweep expired entries
-//! every CACHE_CLEANUP_INTERVAL. With Redis configured, core 0 also follows the
+//! housekeeping task that asks the owner to sweep expired entries every
+//! CACHE_CLEANUP_INTERVAL. With Redis configured, core 0 also follows the
 //! coherence events (`coherence.rs`). On SIGTERM/SIGINT every core stops accepting, lets open
 //! connections finish the request in hand, and the process exits 0 once all are closed
 //! or CACHE_SHUTDOWN_GRACE_MS has passed.
@@ -20,8 +20,7 @@ use engine::metrics::Counter;
 use engine::{
     mailboxes, Clock, CoarseClock, Command, Router, ShardConfig, ShardMetrics, ShardWriter,
 };
-use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::api::Api;
 use crate::coherence;
@@ -31,6 +30,7 @@ use crate::history::History;
 use crate::http;
 use crate::messages::{OwnerMessage, Restored};
 use crate::owner::Owner;
+use crate::runtime;
 use crate::stats;
 use crate::tiers::{L2Tier, Tiers};
 use crate::warm;
@@ -112,14 +112,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Some(_) => config.origin_concurrency.max(1),
             None => 1,
         };
-        let executor = LocalExecutorBuilder::new(Placement::Fixed(id))
-            .name(&format!("core-{id}"))
-            .blocking_thread_pool_placement(PoolPlacement::Unbound(blocking_threads))
-            .spawn(move || async move {
-                let core = Rc::new(Core::new(id, shared));
-                core_main(core, writer, mailbox, restored, ready, draining).await
-            })
-            .map_err(|e| anyhow::anyhow!("starting the executor for core {id}: {e}"))?;
+        let executor = runtime::start_core(id, blocking_threads, move || async move {
+            let core = Rc::new(Core::new(id, shared));
+            core_main(core, writer, mailbox, restored, ready, draining).await
+        })
+        .with_context(|| format!("starting the thread of core {id}"))?;
         executors.push(executor);
     }
     drop(ready_tx);
@@ -148,7 +145,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for executor in executors {
         executor
             .join()
-            .map_err(|e| anyhow::anyhow!("a core failed: {e}"))?;
+            .map_err(|_| anyhow::anyhow!("a core's thread panicked"))?;
     }
     tracing::info!("stopped");
     Ok(())
@@ -186,7 +183,7 @@ async fn core_main(
     ready: flume::Sender<Result<(), String>>,
     draining: Arc<AtomicUsize>,
 ) {
-    let listener = match TcpListener::bind(core.config.listen) {
+    let listener = match TcpListener::bind_with_config(core.config.listen, &ListenerOpts::new()) {
         Ok(listener) => listener,
         Err(e) => {
             let _ = ready.send(Err(format!(
@@ -197,18 +194,18 @@ async fn core_main(
         }
     };
     let owner = Owner::new(writer, core.shared.clone());
-    glommio::spawn_local(owner.run(mailbox, MAILBOX_DEPTH)).detach();
-    glommio::spawn_local(tick(core.clone())).detach();
+    monoio::spawn(owner.run(mailbox, MAILBOX_DEPTH));
+    monoio::spawn(housekeeping(core.clone()));
     // Core 0's saves (timed, then the shutdown's) one at a time.
-    let saving = Rc::new(glommio::sync::Semaphore::new(1));
+    let saving = Rc::new(async_lock::Mutex::new(()));
     if core.id == 0 {
-        glommio::spawn_local(coherence::follow(core.shared.clone())).detach();
+        monoio::spawn(coherence::follow(core.shared.clone()));
         if core.config.metrics_enabled {
-            glommio::spawn_local(stats::sample_every_second(core.shared.clone())).detach();
+            monoio::spawn(stats::sample_every_second(core.shared.clone()));
         }
         if let Some(interval) = core.config.snapshot_interval() {
             let (shared, saving) = (core.shared.clone(), saving.clone());
-            glommio::spawn_local(warm::save_every(shared, interval, saving)).detach();
+            monoio::spawn(warm::save_every(shared, interval, saving));
         }
     }
     warm::confirm(&core.shared, core.id, restored).await;
@@ -224,24 +221,23 @@ async fn core_main(
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => {
+            Some(Ok((stream, _peer))) => {
                 if core.open_connections() >= core.config.max_connections {
                     core.stats().refused.incr();
-                    glommio::spawn_local(http::refuse_connection(stream, core.clone())).detach();
+                    monoio::spawn(http::refuse_connection(stream, core.clone()));
                     continue;
                 }
                 let guard = core.connection_opened();
                 let (conn_core, handler) = (core.clone(), api.clone());
-                glommio::spawn_local(async move {
+                monoio::spawn(async move {
                     http::serve(stream, conn_core, handler).await;
                     drop(guard);
-                })
-                .detach();
+                });
             }
             Some(Err(e)) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(core = core.id, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -249,7 +245,7 @@ async fn core_main(
 
     let deadline = Instant::now() + Duration::from_millis(core.config.shutdown_grace_ms);
     while core.open_connections() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
+        monoio::time::sleep(Duration::from_millis(5)).await;
     }
     if core.open_connections() > 0 {
         tracing::warn!(
@@ -261,49 +257,49 @@ async fn core_main(
     // Other cores may still be finishing requests that need this core's shard.
     draining.fetch_sub(1, Ordering::SeqCst);
     while draining.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
+        monoio::time::sleep(Duration::from_millis(5)).await;
     }
     // Every core's owner serves the shutdown snapshot, so every core stays until it is
     // written.
     if core.config.snapshot_path.is_some() {
         if core.id == 0 {
-            if let Ok(_permit) = saving.acquire_permit(1).await {
-                let _ = warm::save(&core.shared).await;
-            }
+            let _one_at_a_time = saving.lock().await;
+            let _ = warm::save(&core.shared).await;
             core.shared.saved.trigger();
         }
         core.shared.saved.wait().await;
     }
 }
 
-/// Keeps the coarse clock within a millisecond, sweeps expiries every cleanup interval,
-/// and (on core 0) logs a metrics summary every METRICS_INTERVAL.
-async fn tick(core: Rc<Core>) {
+/// Asks the owner to sweep expired entries every CACHE_CLEANUP_INTERVAL and (on core 0)
+/// logs a metrics summary every METRICS_INTERVAL; sleeps in between, so an idle core is
+/// not woken up.
+async fn housekeeping(core: Rc<Core>) {
     let shared = core.shared.clone();
     let cleanup = Duration::from_secs(core.config.cleanup_interval);
-    let summary = Duration::from_secs(core.config.metrics_interval);
-    let (mut next_cleanup, mut next_summary) = (Instant::now() + cleanup, Instant::now() + summary);
+    let summary = (core.id == 0 && core.config.metrics_enabled)
+        .then(|| Duration::from_secs(core.config.metrics_interval))
+        .filter(|interval| !interval.is_zero());
+    let (mut next_cleanup, mut next_summary) = (Instant::now() + cleanup, None);
+    if let Some(interval) = summary {
+        next_summary = Some(Instant::now() + interval);
+    }
     loop {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-        shared.clock.tick();
+        let next = next_summary.map_or(next_cleanup, |s| s.min(next_cleanup));
+        monoio::time::sleep(next.saturating_duration_since(Instant::now())).await;
         let now = Instant::now();
         if now >= next_cleanup {
             next_cleanup = now + cleanup;
-            let own = shared.router.shards();
-            debug_assert!(core.id < own);
             let _ = shared
                 .mail
                 .call(core.id, |reply| Command::Expire { reply }.into())
                 .await;
         }
-        if core.id == 0 && core.config.metrics_enabled && !summary.is_zero() && now >= next_summary
-        {
-            next_summary = now + summary;
-            tracing::info!(summary = %stats::snapshot(&shared).summary(), "metrics");
-        }
-        if shared.shutdown.is_triggered() && core.open_connections() == 0 {
-            // Keep ticking while other cores drain: they may still read this clock.
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+        if let (Some(at), Some(interval)) = (next_summary, summary) {
+            if now >= at {
+                next_summary = Some(now + interval);
+                tracing::info!(summary = %stats::snapshot(&shared).summary(), "metrics");
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use std::sync::Arc;
 
-use engine::{Clock, LatencyRecorder, LatencySummary, MetricsSnapshot};
+use engine::{LatencyRecorder, LatencySummary, MetricsSnapshot};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -660,9 +660,9 @@ impl Totals {
 pub async fn sample_every_second(shared: Arc<Shared>) {
     let mut before = Totals::read(&shared);
     while !shared.shutdown.is_triggered() {
-        glommio::timer::sleep(history::INTERVAL).await;
+        monoio::time::sleep(history::INTERVAL).await;
         let now = Totals::read(&shared);
-        let t = shared.clock.now_ms();
+        let t = shared.clock.tick();
         shared.history.push(now.since(&before, t));
         before = now;
     }

@@ -56,7 +56,7 @@ impl Tiers {
     async fn injected_delay(&self) {
         let delay = self.first_write_delay_ms.swap(0, Ordering::Relaxed);
         if delay > 0 {
-            glommio::timer::sleep(Duration::from_millis(delay)).await;
+            monoio::time::sleep(Duration::from_millis(delay)).await;
         }
     }
 

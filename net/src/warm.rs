@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::{Clock, Router, SavedEntry, ShardWriter};
+use engine::{Router, SavedEntry, ShardWriter};
 use l2::Version;
 
 use crate::config::Config;
@@ -247,7 +247,7 @@ pub async fn confirm(shared: &Shared, shard: usize, entries: Vec<Restored>) {
             true
         },
         async {
-            glommio::timer::sleep(SUBSCRIPTION_WAIT).await;
+            monoio::time::sleep(SUBSCRIPTION_WAIT).await;
             false
         },
     )
@@ -286,7 +286,7 @@ pub async fn save(shared: &Arc<Shared>) -> Result<Written, SnapshotError> {
     let cores = shared.router.shards();
     let header = Header {
         cores: cores as u32,
-        saved_at_ms: shared.clock.now_ms(),
+        saved_at_ms: shared.clock.tick(),
     };
     let (parts, received) = flume::bounded(2 * cores);
     let (done, result) = flume::bounded(1);
@@ -303,13 +303,12 @@ pub async fn save(shared: &Arc<Shared>) -> Result<Written, SnapshotError> {
         })?;
     for shard in 0..cores {
         let (shared, parts) = (shared.clone(), parts.clone());
-        glommio::spawn_local(async move {
+        monoio::spawn(async move {
             let _ = shared
                 .mail
                 .call(shard, |reply| OwnerMessage::Save { parts, reply })
                 .await;
-        })
-        .detach();
+        });
     }
     drop(parts);
     let written = result
@@ -320,7 +319,7 @@ pub async fn save(shared: &Arc<Shared>) -> Result<Written, SnapshotError> {
     match &written {
         Ok(w) => {
             stats.saved.incr();
-            stats.last_saved_s.set(shared.clock.now_ms() / 1000);
+            stats.last_saved_s.set(shared.clock.tick() / 1000);
             let elapsed = started.elapsed();
             tracing::info!(
                 path = %path.display(),
@@ -351,12 +350,12 @@ fn abandoned(path: &Path, reason: &str) -> SnapshotError {
 pub async fn save_every(
     shared: Arc<Shared>,
     interval: Duration,
-    busy: std::rc::Rc<glommio::sync::Semaphore>,
+    busy: std::rc::Rc<async_lock::Mutex<()>>,
 ) {
     loop {
         let stopping = futures_lite::future::or(
             async {
-                glommio::timer::sleep(interval).await;
+                monoio::time::sleep(interval).await;
                 false
             },
             async {
@@ -368,9 +367,7 @@ pub async fn save_every(
         if stopping {
             return;
         }
-        let Ok(_permit) = busy.acquire_permit(1).await else {
-            return;
-        };
+        let _one_at_a_time = busy.lock().await;
         let _ = save(&shared).await;
     }
 }

@@ -1,0 +1,183 @@
+//! `cache-bench ping`: the round trip of one connection, closed loop, measured by the same
+//! client whatever the server speaks: HTTP/1.1 GETs (cache-manager, nginx) or RESP GETs
+//! (Redis). Comparing servers' single-connection latency through their own load tools
+//! (wrk against redis-benchmark) would compare the tools as much as the servers; here the
+//! client is one blocking socket, requests prepared before the clock starts, and the same
+//! code times every exchange.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// `GET {path-prefix}{key} HTTP/1.1`, answered with a Content-Length body.
+    Http,
+    /// Redis's `GET {key-prefix}{key}`, answered with a bulk string.
+    Resp,
+}
+
+pub struct PingConfig {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    /// HTTP: the path before the key (`/api/cache/`); RESP: ignored.
+    pub path_prefix: String,
+    pub key_prefix: String,
+    pub keys: usize,
+    pub requests: u64,
+    pub warmup: u64,
+    pub seed: u64,
+}
+
+/// Round trips in nanoseconds, and how many answers were misses (404 or nil).
+pub struct PingReport {
+    pub latency_ns: Histogram<u64>,
+    pub misses: u64,
+}
+
+/// Runs `warmup` untimed exchanges, then `requests` timed ones, each for a key drawn
+/// uniformly from `keys`.
+pub fn run(config: &PingConfig) -> io::Result<PingReport> {
+    let requests: Vec<Vec<u8>> = (0..config.keys.max(1))
+        .map(|i| request(config, &format!("{}{i}", config.key_prefix)))
+        .collect();
+    let mut stream = TcpStream::connect(config.addr)?;
+    stream.set_nodelay(true)?;
+    let mut input = Input {
+        buffer: vec![0; 64 << 10],
+        start: 0,
+        end: 0,
+    };
+    let mut rng = SmallRng::seed_from_u64(config.seed);
+    let mut latency_ns = Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let mut misses = 0;
+    for i in 0..config.warmup + config.requests {
+        let request = &requests[rng.gen_range(0..requests.len())];
+        let started = Instant::now();
+        stream.write_all(request)?;
+        let hit = match config.protocol {
+            Protocol::Http => input.http_response(&mut stream)?,
+            Protocol::Resp => input.resp_reply(&mut stream)?,
+        };
+        let took = started.elapsed();
+        if i >= config.warmup {
+            latency_ns.saturating_record(took.as_nanos().try_into().unwrap_or(u64::MAX));
+            misses += u64::from(!hit);
+        }
+    }
+    Ok(PingReport { latency_ns, misses })
+}
+
+fn request(config: &PingConfig, key: &str) -> Vec<u8> {
+    match config.protocol {
+        Protocol::Http => format!(
+            "GET {}{key} HTTP/1.1\r\nHost: {}\r\nAccept: application/octet-stream\r\n\r\n",
+            config.path_prefix, config.addr
+        )
+        .into_bytes(),
+        Protocol::Resp => format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).into_bytes(),
+    }
+}
+
+/// Received bytes live in `buffer[start..end]`.
+struct Input {
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    fn unread(&self) -> &[u8] {
+        &self.buffer[self.start..self.end]
+    }
+
+    fn fill(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        if self.end == self.buffer.len() {
+            self.buffer.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            if self.end == self.buffer.len() {
+                self.buffer.resize(self.buffer.len() * 2, 0);
+            }
+        }
+        match stream.read(&mut self.buffer[self.end..])? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )),
+            n => {
+                self.end += n;
+                Ok(())
+            }
+        }
+    }
+
+    /// Consumes `n` bytes, reading until they are there.
+    fn skip(&mut self, stream: &mut TcpStream, mut n: usize) -> io::Result<()> {
+        loop {
+            let here = n.min(self.end - self.start);
+            self.start += here;
+            n -= here;
+            if n == 0 {
+                return Ok(());
+            }
+            self.fill(stream)?;
+        }
+    }
+
+    /// One response; true for a 2xx.
+    fn http_response(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(self.unread()) {
+                Ok(httparse::Status::Complete(head)) => {
+                    let status = response.code.unwrap_or(0);
+                    let length = response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| {
+                            std::str::from_utf8(h.value)
+                                .ok()?
+                                .trim()
+                                .parse::<usize>()
+                                .ok()
+                        })
+                        .ok_or_else(|| io::Error::other("a response without Content-Length"))?;
+                    self.skip(stream, head + length)?;
+                    return Ok((200..300).contains(&status));
+                }
+                Ok(httparse::Status::Partial) => self.fill(stream)?,
+                Err(e) => return Err(io::Error::other(format!("a bad response: {e}"))),
+            }
+        }
+    }
+
+    /// One bulk-string reply; true unless it is nil. An error reply is an error.
+    fn resp_reply(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+        loop {
+            if let Some(line_end) = self.unread().windows(2).position(|w| w == b"\r\n") {
+                let line = &self.unread()[..line_end];
+                if line.first() != Some(&b'$') {
+                    let text = String::from_utf8_lossy(line).into_owned();
+                    return Err(io::Error::other(format!("not a bulk string: {text}")));
+                }
+                let length: i64 = std::str::from_utf8(&line[1..])
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| io::Error::other("a bad bulk length"))?;
+                let body = usize::try_from(length).map_or(0, |n| n + 2);
+                self.skip(stream, line_end + 2 + body)?;
+                return Ok(length >= 0);
+            }
+            self.fill(stream)?;
+        }
+    }
+}
