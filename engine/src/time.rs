@@ -89,7 +89,13 @@ impl CoarseClock {
     /// (the value only grows), and cheap: the shared line is written at most once a
     /// millisecond, whoever calls.
     pub fn tick(&self) -> u64 {
-        let now = self.0.anchor_wall_ms + self.0.anchor.elapsed().as_millis() as u64;
+        self.tick_at(Instant::now())
+    }
+
+    /// [`tick`](Self::tick) with a reading of the monotonic clock the caller already took.
+    pub fn tick_at(&self, at: Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(self.0.anchor);
+        let now = self.0.anchor_wall_ms + elapsed.as_millis() as u64;
         if now > self.0.now_ms.load(Ordering::Relaxed) {
             self.0.now_ms.fetch_max(now, Ordering::Relaxed);
         }

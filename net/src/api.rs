@@ -15,7 +15,6 @@
 //! parses, authorises (once, in `route`), calls it and renders the answer.
 
 use std::rc::Rc;
-use std::time::Instant;
 
 use engine::InsertError;
 use l2::Written;
@@ -56,7 +55,7 @@ impl Handler for Api {
 
 /// Answers one request.
 async fn handle(core: &Rc<Core>, request: Request) -> Response {
-    let started = Instant::now();
+    let started = request.arrived;
     let (op, response) = route(core, request).await;
     if let (Some(op), true) = (op, core.config.metrics_enabled) {
         let latency = &core.stats().latency;

@@ -9,6 +9,8 @@ use crate::framing::{Head, Reject};
 pub struct Request {
     pub head: Head,
     pub body: Vec<u8>,
+    /// When the bytes that completed it arrived: where its latency is counted from.
+    pub arrived: std::time::Instant,
 }
 
 /// A response ready to be written.

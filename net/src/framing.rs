@@ -8,6 +8,8 @@
 //! the fuzzer (`fuzz/fuzz_targets/http_framing.rs`) can drive it without a socket; the
 //! connection in `http.rs` feeds it whatever bytes have arrived.
 
+use std::mem::MaybeUninit;
+
 /// A request the service refuses: the status and the message of its JSON error.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -88,12 +90,25 @@ pub fn reject(status: u16, message: impl Into<String>) -> Reject {
     }
 }
 
+/// Header slots kept on the stack while parsing; a larger CACHE_MAX_HEADERS uses the heap.
+const STACK_HEADERS: usize = 64;
+
 /// Parses the head at the start of `input`: `None` while it is incomplete, else the
 /// head and its length in bytes.
 pub fn parse_head(input: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Reject> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(input) {
+    // Every request is parsed here, so the header slots are neither allocated nor zeroed
+    // when the limit fits on the stack (the default, 64, does): httparse writes a slot
+    // before it hands it out.
+    let mut on_stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut on_heap = Vec::new();
+    let slots = if limits.max_headers <= STACK_HEADERS {
+        &mut on_stack[..limits.max_headers]
+    } else {
+        on_heap.resize_with(limits.max_headers, MaybeUninit::uninit);
+        &mut on_heap[..]
+    };
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(input, slots) {
         Ok(httparse::Status::Complete(len)) => {
             if len > limits.max_header_bytes {
                 return Err(oversized_head(input, limits.max_header_bytes));
@@ -468,6 +483,30 @@ mod tests {
             decoder.feed(b"0\r\nX-Long-Trailer: 1").unwrap_err().status,
             431
         );
+    }
+
+    #[test]
+    fn the_header_limit_holds_on_the_stack_and_beyond_it() {
+        let head_with = |n: usize| {
+            let mut wire = b"GET /api/cache/a HTTP/1.1\r\n".to_vec();
+            for i in 0..n {
+                wire.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire
+        };
+        for max_headers in [8, STACK_HEADERS, STACK_HEADERS + 1, 3 * STACK_HEADERS] {
+            let limits = Limits {
+                max_headers,
+                max_header_bytes: 1 << 20,
+            };
+            let (head, _) = parse_head(&head_with(max_headers), &limits)
+                .unwrap()
+                .unwrap();
+            assert_eq!(head.path, "/api/cache/a");
+            let refused = parse_head(&head_with(max_headers + 1), &limits).unwrap_err();
+            assert_eq!(refused.status, 431, "{max_headers}: {refused:?}");
+        }
     }
 
     #[test]

@@ -56,6 +56,9 @@ struct Connection<H> {
     /// capacity behind them, so the buffer is never zeroed.
     input: Vec<u8>,
     pos: usize,
+    /// When the last input arrived: one clock reading serves the coarse clock, the
+    /// request's deadlines and its latency.
+    arrived: Instant,
     output: Vec<u8>,
 }
 
@@ -72,6 +75,7 @@ pub async fn serve<H: Handler>(stream: TcpStream, core: Rc<Core>, handler: Rc<H>
         handler,
         input: Vec::with_capacity(READ_CHUNK),
         pos: 0,
+        arrived: Instant::now(),
         output: Vec::with_capacity(READ_CHUNK),
     };
     loop {
@@ -186,16 +190,12 @@ impl<H: Handler> Connection<H> {
         self.flush().await?;
         self.make_room();
         let midway = self.pos < self.input.len();
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(ReadError::Idle { midway });
-        }
         // The buffer goes to the kernel with the read and comes back with its result; a
         // read abandoned for a timeout or shutdown keeps it, and the connection closes.
         let input = std::mem::take(&mut self.input);
         let (start, capacity) = (input.len(), input.capacity());
-        let reading = monoio::time::timeout(
-            remaining,
+        let reading = monoio::time::timeout_at(
+            monoio::time::Instant::from_std(deadline),
             self.stream.read(input.slice_mut(start..capacity)),
         );
         let read = if idle {
@@ -223,7 +223,8 @@ impl<H: Handler> Connection<H> {
         if n == 0 {
             return Err(ReadError::Closed);
         }
-        self.core.shared.clock.tick();
+        self.arrived = Instant::now();
+        self.core.shared.clock.tick_at(self.arrived);
         Ok(())
     }
 
@@ -254,13 +255,17 @@ impl<H: Handler> Connection<H> {
                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             self.flush().await?;
         }
-        let deadline = Instant::now() + config.body_timeout();
+        let deadline = self.arrived + config.body_timeout();
         let body = match head.framing {
             Framing::None => Vec::new(),
             Framing::Length(n) => self.read_exact_body(n as usize, deadline).await?,
             Framing::Chunked => self.read_chunked_body(max_body, deadline).await?,
         };
-        Ok(Request { head, body })
+        Ok(Request {
+            head,
+            body,
+            arrived: self.arrived,
+        })
     }
 
     async fn read_head(&mut self) -> Result<Head, ReadError> {
@@ -275,7 +280,7 @@ impl<H: Handler> Connection<H> {
             if !self.unread().is_empty() {
                 if !started {
                     started = true;
-                    deadline = Instant::now() + config.header_timeout();
+                    deadline = self.arrived + config.header_timeout();
                 }
                 if let Some((head, len)) = framing::parse_head(self.unread(), &limits)? {
                     self.pos += len;
