@@ -181,3 +181,87 @@ impl Input {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A server for one connection: for the i-th request (each ending with `marker`), it
+    /// writes `answer(i)` in two pieces, so that the client must read across them.
+    fn serve(marker: &'static [u8], answer: fn(usize) -> Vec<u8>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let (mut seen, mut answered, mut buffer) = (Vec::new(), 0, [0u8; 4096]);
+            loop {
+                let n = match socket.read(&mut buffer) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                seen.extend_from_slice(&buffer[..n]);
+                let requests = seen.windows(marker.len()).filter(|w| *w == marker).count();
+                while answered < requests {
+                    let bytes = answer(answered);
+                    let (first, rest) = bytes.split_at(bytes.len() / 2);
+                    socket.write_all(first).unwrap();
+                    socket.flush().unwrap();
+                    socket.write_all(rest).unwrap();
+                    answered += 1;
+                }
+            }
+        });
+        addr
+    }
+
+    fn config(addr: SocketAddr, protocol: Protocol) -> PingConfig {
+        PingConfig {
+            addr,
+            protocol,
+            path_prefix: "/api/cache/".into(),
+            key_prefix: "key:".into(),
+            keys: 10,
+            requests: 40,
+            warmup: 10,
+            seed: 7,
+        }
+    }
+
+    #[test]
+    fn http_responses_are_timed_and_misses_counted() {
+        let addr = serve(b"\r\n\r\n", |i| {
+            if i % 2 == 0 {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec()
+            } else {
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}".to_vec()
+            }
+        });
+        let report = run(&config(addr, Protocol::Http)).unwrap();
+        assert_eq!(report.latency_ns.len(), 40);
+        // Requests 10..50 are timed: the odd ones of them are misses.
+        assert_eq!(report.misses, 20);
+    }
+
+    #[test]
+    fn resp_bulk_strings_and_nils_are_read_whole() {
+        let addr = serve(b"*2\r\n", |i| {
+            if i % 5 == 0 {
+                b"$-1\r\n".to_vec()
+            } else {
+                b"$12\r\nhello\r\nworld\r\n".to_vec()
+            }
+        });
+        let report = run(&config(addr, Protocol::Resp)).unwrap();
+        assert_eq!(report.latency_ns.len(), 40);
+        assert_eq!(report.misses, 8);
+    }
+
+    #[test]
+    fn an_error_reply_is_an_error() {
+        let addr = serve(b"*2\r\n", |_| b"-ERR wrong\r\n".to_vec());
+        let error = run(&config(addr, Protocol::Resp)).err().unwrap();
+        assert!(error.to_string().contains("not a bulk string"), "{error}");
+    }
+}
