@@ -342,6 +342,7 @@ impl Owner {
     /// Saves the shard in steps of [`SAVE_STEP`] entries, serving in between.
     async fn save(self: Rc<Self>, parts: flume::Sender<Part>, reply: Reply<()>) {
         let mut from = Some(0);
+        let mut budget = crate::runtime::Budget::new();
         while let Some(slot) = from {
             let mut block = BlockBuilder::default();
             from = self
@@ -360,7 +361,11 @@ impl Owner {
                     return;
                 }
             }
-            crate::runtime::yield_to_io().await;
+            // A timed save shares the core with the connections; the shutdown's comes after
+            // the last of them closed, and runs flat out.
+            if !self.shared.shutdown.is_triggered() {
+                budget.spend().await;
+            }
         }
         let _ = parts.send_async(Part::Done).await;
         let _ = reply.send(());

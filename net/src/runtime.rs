@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::blocking::DefaultThreadPool;
 use monoio::{FusionDriver, RuntimeBuilder};
@@ -79,11 +79,32 @@ where
         })
 }
 
-/// Lets the executor reap completions and run other tasks before the caller goes on.
+/// A long task's share of its core: it runs for about [`Budget::SLICE`] at a time, then
+/// lets the executor reap completions and run other tasks.
 ///
 /// A plain yield is not enough: monoio reaps the ring only when its run queue is empty, so
 /// a task that keeps yielding would hold back every connection's I/O. A timer of the
-/// shortest length parks the task until the executor's next pass through the ring.
-pub async fn yield_to_io() {
-    monoio::time::sleep(Duration::from_micros(1)).await;
+/// shortest length parks the task until the executor's next pass through the ring (about a
+/// millisecond, the timer wheel's tick), so a task that spends its slice, then waits, runs
+/// at no less than half speed and delays others by no more than a slice.
+pub struct Budget {
+    since: Instant,
+}
+
+impl Budget {
+    pub const SLICE: Duration = Duration::from_millis(1);
+
+    pub fn new() -> Self {
+        Self {
+            since: Instant::now(),
+        }
+    }
+
+    /// Gives the core back if this task has run for a slice since it last did.
+    pub async fn spend(&mut self) {
+        if self.since.elapsed() >= Self::SLICE {
+            monoio::time::sleep(Duration::from_micros(1)).await;
+            self.since = Instant::now();
+        }
+    }
 }
