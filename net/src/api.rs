@@ -155,7 +155,8 @@ async fn entry_route(core: &Rc<Core>, encoded: &str, request: &Request) -> (Opti
             Response::error(404, "a key is one path segment; encode '/' as %2F"),
         );
     }
-    let key: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
+    // Borrowed from the path unless it has escapes to decode.
+    let key: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode_str(encoded).into();
     if let Err(refused) = body::check_key(&core.config, &key, 414) {
         return (None, refused.into());
     }

@@ -2,6 +2,8 @@
 //! response's wire form: what the connection code (`http.rs`) and the code that answers
 //! requests (`api.rs`, `render.rs`, `stats.rs`) share, so neither needs the other.
 
+use std::borrow::Cow;
+
 use crate::framing::{Head, Reject};
 
 /// A parsed request with its whole body.
@@ -18,7 +20,8 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
-    pub headers: Vec<(&'static str, String)>,
+    /// Values are borrowed when they are fixed text: most headers of a hit are.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Vec<u8>,
 }
 
@@ -39,7 +42,7 @@ impl Response {
         Self::json(status, body)
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
         self.headers.push((name, value.into()));
         self
     }

@@ -52,6 +52,8 @@ struct Connection<H> {
     stream: TcpStream,
     core: Rc<Core>,
     handler: Rc<H>,
+    /// This connection's slot for waiting on shutdown between requests.
+    idle_slot: usize,
     /// Received bytes live in `input[pos..]`; the kernel receives into the spare
     /// capacity behind them, so the buffer is never zeroed.
     input: Vec<u8>,
@@ -67,12 +69,18 @@ const READ_CHUNK: usize = 16 << 10;
 const MIN_READ: usize = 4 << 10;
 
 /// Serves one connection until the client closes it, an error closes it, or shutdown.
-pub async fn serve<H: Handler>(stream: TcpStream, core: Rc<Core>, handler: Rc<H>) {
+pub async fn serve<H: Handler>(
+    stream: TcpStream,
+    core: Rc<Core>,
+    handler: Rc<H>,
+    idle_slot: usize,
+) {
     let _ = stream.set_nodelay(true);
     let mut conn = Connection {
         stream,
         core,
         handler,
+        idle_slot,
         input: Vec::with_capacity(READ_CHUNK),
         pos: 0,
         arrived: Instant::now(),
@@ -199,11 +207,11 @@ impl<H: Handler> Connection<H> {
             self.stream.read(input.slice_mut(start..capacity)),
         );
         let read = if idle {
-            let core = self.core.clone();
+            let (core, slot) = (&self.core, self.idle_slot);
             futures_lite::future::or(
                 async { reading.await.map_err(|_| ReadError::Idle { midway }) },
                 async move {
-                    core.shutdown_signal().await;
+                    core.until_stopping(slot).await;
                     Err(ReadError::Stopping)
                 },
             )

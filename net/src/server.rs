@@ -230,7 +230,7 @@ async fn core_main(
                 let guard = core.connection_opened();
                 let (conn_core, handler) = (core.clone(), api.clone());
                 monoio::spawn(async move {
-                    http::serve(stream, conn_core, handler).await;
+                    http::serve(stream, conn_core, handler, guard.slot()).await;
                     drop(guard);
                 });
             }
@@ -242,6 +242,7 @@ async fn core_main(
         }
     }
     drop(listener);
+    core.wake_idle_connections();
 
     let deadline = Instant::now() + Duration::from_millis(core.config.shutdown_grace_ms);
     while core.open_connections() > 0 && Instant::now() < deadline {
