@@ -33,28 +33,13 @@ impl Connection {
 
     async fn read_response(&mut self) -> io::Result<u16> {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&self.input[..self.filled]) {
-                Ok(httparse::Status::Complete(head)) => {
-                    let status = response.code.unwrap_or(0);
-                    let body = response
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|h| {
-                            std::str::from_utf8(h.value)
-                                .ok()?
-                                .trim()
-                                .parse::<usize>()
-                                .ok()
-                        })
-                        .unwrap_or(0);
-                    self.consume(head + body).await?;
-                    return Ok(status);
+            match response_head(&self.input[..self.filled])? {
+                Some(head) => {
+                    self.consume(head.length + head.content_length.unwrap_or(0))
+                        .await?;
+                    return Ok(head.status);
                 }
-                Ok(httparse::Status::Partial) => self.fill().await?,
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                None => self.fill().await?,
             }
         }
     }
@@ -81,5 +66,32 @@ impl Connection {
         }
         self.filled += n;
         Ok(())
+    }
+}
+
+/// A response head parsed from the start of a buffer.
+pub struct ResponseHead {
+    pub status: u16,
+    /// Bytes of the head, its blank line included.
+    pub length: usize,
+    pub content_length: Option<usize>,
+}
+
+/// The response head at the start of `input`, or `None` while it is incomplete.
+pub fn response_head(input: &[u8]) -> io::Result<Option<ResponseHead>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(input) {
+        Ok(httparse::Status::Complete(length)) => Ok(Some(ResponseHead {
+            status: response.code.unwrap_or(0),
+            length,
+            content_length: response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok()),
+        })),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
     }
 }

@@ -13,6 +13,8 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::client::response_head;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
     /// `GET {path-prefix}{key} HTTP/1.1`, answered with a Content-Length body.
@@ -134,29 +136,14 @@ impl Input {
     /// One response; true for a 2xx.
     fn http_response(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(self.unread()) {
-                Ok(httparse::Status::Complete(head)) => {
-                    let status = response.code.unwrap_or(0);
-                    let length = response
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|h| {
-                            std::str::from_utf8(h.value)
-                                .ok()?
-                                .trim()
-                                .parse::<usize>()
-                                .ok()
-                        })
-                        .ok_or_else(|| io::Error::other("a response without Content-Length"))?;
-                    self.skip(stream, head + length)?;
-                    return Ok((200..300).contains(&status));
-                }
-                Ok(httparse::Status::Partial) => self.fill(stream)?,
-                Err(e) => return Err(io::Error::other(format!("a bad response: {e}"))),
+            if let Some(head) = response_head(self.unread())? {
+                let body = head
+                    .content_length
+                    .ok_or_else(|| io::Error::other("a response without Content-Length"))?;
+                self.skip(stream, head.length + body)?;
+                return Ok((200..300).contains(&head.status));
             }
+            self.fill(stream)?;
         }
     }
 
