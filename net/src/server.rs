@@ -281,10 +281,8 @@ async fn housekeeping(core: Rc<Core>) {
     let summary = (core.id == 0 && core.config.metrics_enabled)
         .then(|| Duration::from_secs(core.config.metrics_interval))
         .filter(|interval| !interval.is_zero());
-    let (mut next_cleanup, mut next_summary) = (Instant::now() + cleanup, None);
-    if let Some(interval) = summary {
-        next_summary = Some(Instant::now() + interval);
-    }
+    let mut next_cleanup = Instant::now() + cleanup;
+    let mut next_summary = summary.map(|interval| Instant::now() + interval);
     loop {
         let next = next_summary.map_or(next_cleanup, |s| s.min(next_cleanup));
         monoio::time::sleep(next.saturating_duration_since(Instant::now())).await;
