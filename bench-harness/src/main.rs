@@ -3,7 +3,9 @@
 //! highest rate that meets a latency objective) and `replay` (hit ratio of a trace).
 
 mod arc;
+mod blocking;
 mod client;
+mod fleet;
 mod load;
 mod pacing;
 mod ping;
@@ -45,6 +47,53 @@ enum Command {
     /// Time one connection's round trips, closed loop, over HTTP or RESP (the same
     /// client for cache-manager, nginx and Redis).
     Ping(PingArgs),
+    /// Time how fast an overwrite on one instance of a fleet reaches every other, under
+    /// background writes; report propagation percentiles and event rates.
+    Fleet(FleetArgs),
+    /// Plot propagation against fleet size from several `fleet --json` reports.
+    FleetPlot(FleetPlotArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// The instances (host:port), comma-separated; at least two.
+    #[arg(long, value_delimiter = ',', required = true)]
+    instances: Vec<std::net::SocketAddr>,
+    /// Redis nodes (host:port) whose publish counters to report, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    redis_nodes: Vec<std::net::SocketAddr>,
+    /// Background PUTs per second across the fleet.
+    #[arg(long, default_value_t = 1000.0)]
+    write_rate: f64,
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    #[arg(long, default_value_t = 200)]
+    probes: u64,
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    probe_gap: Duration,
+    #[arg(long, default_value = "200us", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// A sighting later than this is a stale read.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    stale_after: Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    give_up: Duration,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct FleetPlotArgs {
+    /// `fleet --json` reports, one per fleet size.
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    /// The plot (.svg or .png).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -223,7 +272,44 @@ fn main() -> anyhow::Result<()> {
         Command::Sweep(args) => sweep_command(args),
         Command::Replay(args) => replay_command(args),
         Command::Ping(args) => ping_command(args),
+        Command::Fleet(args) => fleet_command(args),
+        Command::FleetPlot(args) => fleet_plot_command(args),
     }
+}
+
+fn fleet_command(args: FleetArgs) -> anyhow::Result<()> {
+    let report = fleet::run(&fleet::FleetConfig {
+        instances: args.instances,
+        redis_nodes: args.redis_nodes,
+        write_rate: args.write_rate,
+        keys: args.keys,
+        value_size: args.value_size,
+        probes: args.probes,
+        probe_gap: args.probe_gap,
+        poll_interval: args.poll_interval,
+        stale_after: args.stale_after,
+        give_up: args.give_up,
+        seed: args.seed,
+    })?;
+    report.print(&mut std::io::stdout().lock())?;
+    if let Some(path) = &args.json {
+        write_json(path, &report.to_json())?;
+    }
+    Ok(())
+}
+
+fn fleet_plot_command(args: FleetPlotArgs) -> anyhow::Result<()> {
+    report::check_plot_path(&args.out)?;
+    let reports = args
+        .reports
+        .iter()
+        .map(|path| {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<serde_json::Value>>>()?;
+    fleet::plot(&reports, &args.out)
 }
 
 fn ping_command(args: PingArgs) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! client is one blocking socket, requests prepared before the clock starts, and the same
 //! code times every exchange.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::client::response_head;
+use crate::blocking::Input;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
@@ -49,11 +49,7 @@ pub fn run(config: &PingConfig) -> io::Result<PingReport> {
         .collect();
     let mut stream = TcpStream::connect(config.addr)?;
     stream.set_nodelay(true)?;
-    let mut input = Input {
-        buffer: vec![0; 64 << 10],
-        start: 0,
-        end: 0,
-    };
+    let mut input = Input::default();
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut latency_ns = Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
     let mut misses = 0;
@@ -85,92 +81,9 @@ fn request(config: &PingConfig, key: &str) -> Vec<u8> {
     }
 }
 
-/// Received bytes live in `buffer[start..end]`.
-struct Input {
-    buffer: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl Input {
-    fn unread(&self) -> &[u8] {
-        &self.buffer[self.start..self.end]
-    }
-
-    fn fill(&mut self, stream: &mut TcpStream) -> io::Result<()> {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        }
-        if self.end == self.buffer.len() {
-            self.buffer.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-            if self.end == self.buffer.len() {
-                self.buffer.resize(self.buffer.len() * 2, 0);
-            }
-        }
-        match stream.read(&mut self.buffer[self.end..])? {
-            0 => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            )),
-            n => {
-                self.end += n;
-                Ok(())
-            }
-        }
-    }
-
-    /// Consumes `n` bytes, reading until they are there.
-    fn skip(&mut self, stream: &mut TcpStream, mut n: usize) -> io::Result<()> {
-        loop {
-            let here = n.min(self.end - self.start);
-            self.start += here;
-            n -= here;
-            if n == 0 {
-                return Ok(());
-            }
-            self.fill(stream)?;
-        }
-    }
-
-    /// One response; true for a 2xx.
-    fn http_response(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
-        loop {
-            if let Some(head) = response_head(self.unread())? {
-                let body = head
-                    .content_length
-                    .ok_or_else(|| io::Error::other("a response without Content-Length"))?;
-                self.skip(stream, head.length + body)?;
-                return Ok((200..300).contains(&head.status));
-            }
-            self.fill(stream)?;
-        }
-    }
-
-    /// One bulk-string reply; true unless it is nil. An error reply is an error.
-    fn resp_reply(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
-        loop {
-            if let Some(line_end) = self.unread().windows(2).position(|w| w == b"\r\n") {
-                let line = &self.unread()[..line_end];
-                if line.first() != Some(&b'$') {
-                    let text = String::from_utf8_lossy(line).into_owned();
-                    return Err(io::Error::other(format!("not a bulk string: {text}")));
-                }
-                let length: i64 = std::str::from_utf8(&line[1..])
-                    .ok()
-                    .and_then(|t| t.parse().ok())
-                    .ok_or_else(|| io::Error::other("a bad bulk length"))?;
-                let body = usize::try_from(length).map_or(0, |n| n + 2);
-                self.skip(stream, line_end + 2 + body)?;
-                return Ok(length >= 0);
-            }
-            self.fill(stream)?;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::net::TcpListener;
 
     use super::*;

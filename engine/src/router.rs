@@ -61,6 +61,29 @@ impl Router {
 /// One-shot reply channel.
 pub type Reply<T> = flume::Sender<T>;
 
+/// A predicate on keys, shareable across cores.
+type Picks = dyn Fn(&[u8]) -> bool + Send + Sync;
+
+/// Picks keys (for a flush limited to some of them).
+#[derive(Clone)]
+pub struct KeyFilter(Arc<Picks>);
+
+impl KeyFilter {
+    pub fn new(picks: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(picks))
+    }
+
+    pub fn picks(&self, key: &[u8]) -> bool {
+        (self.0)(key)
+    }
+}
+
+impl std::fmt::Debug for KeyFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyFilter")
+    }
+}
+
 /// A copy of an entry, for answers that cross cores.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedEntry {
@@ -102,8 +125,12 @@ pub enum Command {
         pattern: Arc<Glob>,
         reply: Reply<usize>,
     },
-    /// Drops everything (coherence was lost); answers how many entries were dropped.
-    Flush { reply: Reply<usize> },
+    /// Drops everything, or only the keys `only` picks (coherence was lost for them);
+    /// answers how many entries were dropped.
+    Flush {
+        only: Option<KeyFilter>,
+        reply: Reply<usize>,
+    },
     /// Frees expired entries now (the periodic sweep); answers how many.
     Expire { reply: Reply<usize> },
 }
@@ -144,8 +171,12 @@ impl Command {
             Command::InvalidatePattern { pattern, reply } => {
                 let _ = reply.send(shard.remove_matching(&pattern, now_ms));
             }
-            Command::Flush { reply } => {
-                let _ = reply.send(shard.clear());
+            Command::Flush { only, reply } => {
+                let dropped = match only {
+                    Some(doomed) => shard.clear_where(|key| doomed.picks(key)),
+                    None => shard.clear(),
+                };
+                let _ = reply.send(dropped);
             }
             Command::Expire { reply } => {
                 let _ = reply.send(shard.expire(now_ms));
@@ -282,10 +313,16 @@ impl<M: From<Command>> Mailboxes<M> {
         .await
     }
 
-    /// Empties every shard; returns how many entries were dropped.
-    pub async fn flush(&self) -> Result<usize, ShardGone> {
-        self.fan_out(|_, reply| Some(Command::Flush { reply }))
-            .await
+    /// Empties every shard, or drops only the keys `only` picks; returns how many
+    /// entries were dropped.
+    pub async fn flush(&self, only: Option<KeyFilter>) -> Result<usize, ShardGone> {
+        self.fan_out(|_, reply| {
+            Some(Command::Flush {
+                only: only.clone(),
+                reply,
+            })
+        })
+        .await
     }
 
     /// Sends one command to each shard that gets one, all before waiting for any answer,
@@ -389,7 +426,7 @@ mod tests {
                 .unwrap();
             assert_eq!(removed, 27);
             assert_eq!(mail.lookup(b"user:3").await.unwrap(), None);
-            assert_eq!(mail.flush().await.unwrap(), 1);
+            assert_eq!(mail.flush(None).await.unwrap(), 1);
         });
         drop(mail);
         let remaining: usize = owners.into_iter().map(|t| t.join().unwrap()).sum();

@@ -416,7 +416,18 @@ impl ShardWriter {
 
     /// Deletes everything (a coherence flush); returns how many entries were dropped.
     pub fn clear(&mut self) -> usize {
-        let slots: Vec<u32> = self.policy.iter().map(|(slot, _)| slot).collect();
+        self.clear_where(|_| true)
+    }
+
+    /// Deletes every entry whose key `doomed` picks (a flush of the keys whose coherence
+    /// was lost); returns how many entries were dropped.
+    pub fn clear_where(&mut self, doomed: impl Fn(&[u8]) -> bool) -> usize {
+        let slots: Vec<u32> = self
+            .policy
+            .iter()
+            .filter(|(_, r)| doomed(r.key()))
+            .map(|(slot, _)| slot)
+            .collect();
         for &slot in &slots {
             self.remove_slot(slot);
         }

@@ -165,46 +165,54 @@ pub struct L2 {
     pub(crate) stats: Arc<L2Stats>,
     pub(crate) config: Arc<L2Config>,
     pub(crate) backend: Backend,
+    /// The CA certificates for `rediss://` (`REDIS_TLS_CA_FILE`), for connections made to
+    /// single nodes.
+    ca: Option<Arc<Vec<u8>>>,
 }
 
 impl L2 {
     /// Starts the I/O thread. Redis need not be up: connecting is retried on use.
     pub fn start(config: L2Config) -> Result<Self, L2Error> {
+        let ca = match &config.tls_ca_file {
+            Some(path) => Some(Arc::new(std::fs::read(path).map_err(|e| {
+                L2Error::Config(format!("cannot read the CA file {}: {e}", path.display()))
+            })?)),
+            None => None,
+        };
         let backend = if config.cluster_nodes.is_empty() {
             let info = node_info(&config, &config.url)?;
-            let client = match &config.tls_ca_file {
-                Some(path) => {
-                    let ca = std::fs::read(path).map_err(|e| {
-                        L2Error::Config(format!("cannot read the CA file {}: {e}", path.display()))
-                    })?;
-                    let certificates = redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(ca),
-                    };
-                    redis::Client::build_with_tls(info, certificates)
-                }
-                None => redis::Client::open(info),
-            };
-            Backend::Single(client.map_err(|e| L2Error::Config(e.to_string()))?)
+            Backend::Single(client_for(info, ca.as_deref().map(Vec::as_slice))?)
         } else {
-            if config.cluster_nodes.iter().any(|n| n.contains("://"))
-                || config.tls_ca_file.is_some()
-            {
-                return Err(L2Error::Config(
-                    "Redis Cluster nodes are given as host:port, and TLS to a cluster is not supported yet".into(),
-                ));
-            }
+            // Seeds are host:port (plain) or redis:// and rediss:// URLs.
             let nodes = config
                 .cluster_nodes
                 .iter()
-                .map(|node| node_info(&config, &format!("redis://{node}")))
+                .map(|node| match node.contains("://") {
+                    true => node_info(&config, node),
+                    false => node_info(&config, &format!("redis://{node}")),
+                })
                 .collect::<Result<Vec<_>, _>>()?;
+            let tls = nodes
+                .iter()
+                .filter(|n| matches!(n.addr, redis::ConnectionAddr::TcpTls { .. }))
+                .count();
+            if tls != 0 && tls != nodes.len() {
+                return Err(L2Error::Config(
+                    "Redis Cluster seeds are either all rediss:// (TLS) or none".into(),
+                ));
+            }
             let mut builder = ClusterClient::builder(nodes.clone())
                 .connection_timeout(config.timeout)
                 .response_timeout(config.timeout)
                 .retries(1);
             if let Some(password) = &config.password {
                 builder = builder.password(password.clone());
+            }
+            if tls != 0 {
+                builder = builder.tls(redis::TlsMode::Secure);
+                if let Some(ca) = &ca {
+                    builder = builder.certs(certificates(ca));
+                }
             }
             let client = builder
                 .build()
@@ -236,7 +244,49 @@ impl L2 {
             stats: Arc::default(),
             config: Arc::new(config),
             backend,
+            ca,
         })
+    }
+
+    /// A client for one node (a seed, a master found in the cluster's layout), with the
+    /// configured TLS trust.
+    pub(crate) fn node_client(&self, info: ConnectionInfo) -> Result<redis::Client, L2Error> {
+        client_for(info, self.ca.as_deref().map(Vec::as_slice))
+    }
+
+    fn node_config(&self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.config.timeout)
+            .set_response_timeout(self.config.timeout)
+    }
+
+    /// A connection to one node.
+    pub(crate) async fn node_connection(
+        &self,
+        info: ConnectionInfo,
+    ) -> Result<redis::aio::MultiplexedConnection, L2Error> {
+        Ok(self
+            .node_client(info)?
+            .get_multiplexed_async_connection_with_config(&self.node_config())
+            .await?)
+    }
+
+    /// A RESP3 connection to one node whose pushes (subscribed messages, the
+    /// disconnection) go to `pushes`.
+    pub(crate) async fn node_subscription(
+        &self,
+        mut info: ConnectionInfo,
+        pushes: impl redis::aio::AsyncPushSender,
+    ) -> Result<redis::aio::MultiplexedConnection, L2Error> {
+        info.redis.protocol = redis::ProtocolVersion::RESP3;
+        // Pub/sub is not bound by the command timeout: a subscription waits for messages.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.config.timeout)
+            .set_push_sender(pushes);
+        Ok(self
+            .node_client(info)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 
     pub fn stats(&self) -> &L2Stats {
@@ -466,7 +516,7 @@ impl L2 {
         version: Version,
     ) -> Result<usize, L2Error> {
         let full = [escape_glob(self.config.prefix.as_bytes()), pattern.to_vec()].concat();
-        let (backend, timeout) = (self.backend.clone(), self.config.timeout);
+        let (backend, l2) = (self.backend.clone(), self.clone());
         self.run(
             Policy::Always,
             self.config.timeout * 100,
@@ -474,16 +524,8 @@ impl L2 {
                 match (backend, conn) {
                     (Backend::Cluster { nodes, .. }, Connection::Cluster(mut cluster)) => {
                         let mut removed = 0;
-                        for master in masters(&mut cluster, &nodes).await? {
-                            let client = redis::Client::open(master)
-                                .map_err(|e| L2Error::Redis(e.to_string()))?;
-                            let mut node = client
-                                .get_multiplexed_async_connection_with_config(
-                                    &redis::AsyncConnectionConfig::new()
-                                        .set_connection_timeout(timeout)
-                                        .set_response_timeout(timeout),
-                                )
-                                .await?;
+                        for (master, _) in masters(&mut cluster, &nodes).await? {
+                            let mut node = l2.node_connection(master).await?;
                             removed += scan_and_bury(&mut node, &full, version).await?;
                         }
                         Ok(removed)
@@ -569,11 +611,31 @@ fn node_info(config: &L2Config, url: &str) -> Result<ConnectionInfo, L2Error> {
     Ok(info)
 }
 
+/// The CA certificates to trust, as the redis crate takes them.
+fn certificates(ca: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.to_vec()),
+    }
+}
+
+/// A client for `info`, trusting `ca` instead of the system's roots when given.
+fn client_for(info: ConnectionInfo, ca: Option<&[u8]>) -> Result<redis::Client, L2Error> {
+    match ca {
+        Some(ca) => redis::Client::build_with_tls(info, certificates(ca)),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| L2Error::Config(e.to_string()))
+}
+
+/// A master and the slot ranges it holds.
+pub(crate) type Master = (ConnectionInfo, Vec<std::ops::RangeInclusive<u16>>);
+
 /// The cluster's current masters (from `CLUSTER NODES`), with the seeds' credentials.
 async fn masters(
     cluster: &mut ClusterConnection,
     seeds: &[ConnectionInfo],
-) -> Result<Vec<ConnectionInfo>, L2Error> {
+) -> Result<Vec<Master>, L2Error> {
     let nodes: String = redis::cmd("CLUSTER")
         .arg("NODES")
         .query_async(cluster)
@@ -581,7 +643,13 @@ async fn masters(
     let template = seeds
         .first()
         .ok_or_else(|| L2Error::Config("no cluster nodes".into()))?;
-    Ok(nodes
+    Ok(cluster_masters(&nodes, template))
+}
+
+/// The masters a `CLUSTER NODES` text lists as healthy, each with its slot ranges, and
+/// the connection details of `template` (credentials, TLS) at its address.
+pub(crate) fn cluster_masters(nodes: &str, template: &ConnectionInfo) -> Vec<Master> {
+    nodes
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -592,10 +660,37 @@ async fn masters(
             let address = fields.get(1)?.split('@').next()?;
             let (host, port) = address.rsplit_once(':')?;
             let mut info = template.clone();
-            info.addr = redis::ConnectionAddr::Tcp(host.to_owned(), port.parse().ok()?);
-            Some(info)
+            info.addr = at(&template.addr, host, port.parse().ok()?);
+            // Slots are `N` or `A-B`; `[…]` entries are slots being migrated.
+            let ranges = fields
+                .iter()
+                .skip(8)
+                .filter(|f| !f.starts_with('['))
+                .filter_map(|f| {
+                    let (a, b) = f.split_once('-').unwrap_or((f, f));
+                    Some(a.parse().ok()?..=b.parse().ok()?)
+                })
+                .collect();
+            Some((info, ranges))
         })
-        .collect())
+        .collect()
+}
+
+/// `template`'s kind of address (plain or TLS, with its TLS settings) at `host:port`.
+fn at(template: &redis::ConnectionAddr, host: &str, port: u16) -> redis::ConnectionAddr {
+    match template {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+    }
 }
 
 /// Escapes Redis glob metacharacters so `bytes` matches itself literally.

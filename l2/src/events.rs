@@ -27,6 +27,10 @@ pub struct Event {
     /// The write's version; 0 (older than every write) in events from before versions.
     #[serde(default)]
     pub version: u64,
+    /// The event stream it was published on (see [`crate::streams`]); sequence numbers
+    /// count per sender and stream. 0 on a single Redis and in events from before streams.
+    #[serde(default)]
+    pub stream: u16,
     #[serde(flatten)]
     pub action: Action,
 }
@@ -48,6 +52,9 @@ pub enum Action {
     Refresh {
         keys: Vec<Key>,
     },
+    /// The sender dropped events of this stream it could not publish (its queue
+    /// overflowed): drop every key of the stream.
+    Flush,
 }
 
 /// A key, lossless through JSON.
@@ -133,14 +140,15 @@ pub enum Verdict {
     },
 }
 
-/// Per-sender sequence tracking.
+/// Per-sender, per-stream sequence tracking.
 #[derive(Debug)]
 pub struct Sequencer {
     me: String,
     epoch: u64,
-    next_out: u64,
-    /// Per sender: its epoch and the last sequence number seen in it.
-    last_in: HashMap<String, (u64, u64)>,
+    /// The next sequence number out, per stream.
+    next_out: HashMap<u16, u64>,
+    /// Per sender and stream: the sender's epoch and the last sequence number seen in it.
+    last_in: HashMap<(String, u16), (u64, u64)>,
 }
 
 impl Sequencer {
@@ -149,7 +157,7 @@ impl Sequencer {
         Self {
             me: me.into(),
             epoch,
-            next_out: 1,
+            next_out: HashMap::new(),
             last_in: HashMap::new(),
         }
     }
@@ -158,15 +166,17 @@ impl Sequencer {
         &self.me
     }
 
-    /// Stamps an outgoing action of the write with this version.
-    pub fn stamp(&mut self, version: Version, action: Action) -> Event {
-        let seq = self.next_out;
-        self.next_out += 1;
+    /// Stamps an outgoing action of the write with this version, on `stream`.
+    pub fn stamp(&mut self, stream: u16, version: Version, action: Action) -> Event {
+        let next = self.next_out.entry(stream).or_insert(1);
+        let seq = *next;
+        *next += 1;
         Event {
             instance: self.me.clone(),
             epoch: self.epoch,
             seq,
             version: version.0,
+            stream,
             action,
         }
     }
@@ -176,17 +186,18 @@ impl Sequencer {
             return Verdict::Own;
         }
         let seen = (event.epoch, event.seq);
-        match self.last_in.get(&event.instance).copied() {
+        let sender = (event.instance.clone(), event.stream);
+        match self.last_in.get(&sender).copied() {
             // A sender seen for the first time: nothing to compare with.
             None => {
-                self.last_in.insert(event.instance.clone(), seen);
+                self.last_in.insert(sender, seen);
                 Verdict::Apply
             }
             // An earlier run of a sender that has restarted since, or a duplicate.
             Some(last) if seen <= last => Verdict::Stale,
             // A new run of the sender: its sequence starts again at 1.
             Some((epoch, _)) if event.epoch > epoch => {
-                self.last_in.insert(event.instance.clone(), seen);
+                self.last_in.insert(sender, seen);
                 match event.seq {
                     1 => Verdict::Apply,
                     seq => Verdict::Gap {
@@ -195,7 +206,7 @@ impl Sequencer {
                 }
             }
             Some((_, last)) => {
-                self.last_in.insert(event.instance.clone(), seen);
+                self.last_in.insert(sender, seen);
                 if event.seq == last + 1 {
                     Verdict::Apply
                 } else {
@@ -207,9 +218,11 @@ impl Sequencer {
         }
     }
 
-    /// After a resubscribe everything may have been missed: forget what was seen.
-    pub fn reset(&mut self) {
-        self.last_in.clear();
+    /// After a resubscribe to `streams` everything on them may have been missed: forget
+    /// what was seen there.
+    pub fn reset(&mut self, streams: &[u16]) {
+        self.last_in
+            .retain(|(_, stream), _| !streams.contains(stream));
     }
 }
 
@@ -221,6 +234,7 @@ mod tests {
     fn events_are_readable_json_and_keys_survive_exactly() {
         let mut seq = Sequencer::new("a", 1);
         let event = seq.stamp(
+            0,
             Version(9),
             Action::Delete {
                 keys: vec![Key::new(b"user:1"), Key::new(&[0xff, 0, 1])],
@@ -249,24 +263,28 @@ mod tests {
         let mut a = Sequencer::new("a", 1);
         let mut b = Sequencer::new("b", 1);
         let e1 = a.stamp(
+            0,
             Version(1),
             Action::Set {
                 keys: vec![Key::new(b"k")],
             },
         );
         let e2 = a.stamp(
+            0,
             Version(1),
             Action::Set {
                 keys: vec![Key::new(b"k")],
             },
         );
         let e3 = a.stamp(
+            0,
             Version(1),
             Action::Set {
                 keys: vec![Key::new(b"k")],
             },
         );
         let e4 = a.stamp(
+            0,
             Version(1),
             Action::Set {
                 keys: vec![Key::new(b"k")],
@@ -277,7 +295,7 @@ mod tests {
         assert_eq!(b.observe(&e1), Verdict::Stale);
         assert_eq!(b.observe(&e4), Verdict::Gap { missed: 2 });
         assert_eq!(b.observe(&e2), Verdict::Stale, "older than the newest seen");
-        b.reset();
+        b.reset(&[0]);
         assert_eq!(b.observe(&e3), Verdict::Apply);
     }
 
@@ -291,24 +309,24 @@ mod tests {
         };
         for _ in 0..50 {
             let (version, action) = set(1);
-            assert_eq!(b.observe(&before.stamp(version, action)), Verdict::Apply);
+            assert_eq!(b.observe(&before.stamp(0, version, action)), Verdict::Apply);
         }
         let mut after = Sequencer::new("a", 200);
         let (version, action) = set(2);
-        let first = after.stamp(version, action);
+        let first = after.stamp(0, version, action);
         assert_eq!(b.observe(&first), Verdict::Apply, "a new run starts at 1");
         let (version, action) = set(3);
-        assert_eq!(b.observe(&after.stamp(version, action)), Verdict::Apply);
+        assert_eq!(b.observe(&after.stamp(0, version, action)), Verdict::Apply);
         let (version, action) = set(4);
-        let late = before.stamp(version, action);
+        let late = before.stamp(0, version, action);
         assert_eq!(b.observe(&late), Verdict::Stale, "the old run is over");
         // A new run whose first events were lost is a gap like any other.
         let mut again = Sequencer::new("a", 300);
         let (version, action) = set(5);
-        again.stamp(version, action);
+        again.stamp(0, version, action);
         let (version, action) = set(6);
         assert_eq!(
-            b.observe(&again.stamp(version, action)),
+            b.observe(&again.stamp(0, version, action)),
             Verdict::Gap { missed: 1 }
         );
         // Its own events, from this run only.

@@ -9,7 +9,9 @@ pub mod client;
 pub mod envelope;
 pub mod events;
 pub mod keep_newer;
+pub mod outbox;
 pub mod pubsub;
+pub mod streams;
 pub mod version;
 
 pub use breaker::Breaker;
@@ -17,5 +19,7 @@ pub use client::{L2Config, L2Error, L2Stats, L2};
 pub use envelope::{Envelope, Stored};
 pub use events::{Action, Event, Key, Sequencer, Verdict};
 pub use keep_newer::Written;
+pub use outbox::OutboxStats;
 pub use pubsub::{Incoming, Publisher};
+pub use streams::Streams;
 pub use version::{Version, VersionClock};

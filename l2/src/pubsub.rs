@@ -1,166 +1,259 @@
-//! Coherence events over Redis pub/sub: one publishing task per instance (events stamped
-//! with the sender's sequence, published in order, retried with backoff) and a
-//! subscription that resubscribes after every disconnect and says so. Classic pub/sub
-//! reaches every node of a cluster, so any one node will do.
+//! Coherence events over Redis pub/sub, on the instance's event [`Streams`]: one
+//! publishing task per instance, fed by a bounded, coalescing [`Outbox`], and a
+//! subscription that resubscribes after every loss and says which streams it lost.
+//!
+//! On a single Redis (or a cluster without sharded pub/sub) the one stream is published
+//! with PUBLISH on any node. On a Redis 7 cluster each stream is a shard channel:
+//! published with SPUBLISH through the cluster connection (which routes it to the
+//! channel's master), and followed with one RESP3 SSUBSCRIBE connection per master,
+//! moved to the new owner after a failover or a slot migration.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::{ConnectionInfo, PushKind, Value};
 
-use crate::client::{Backend, Job, L2Error, L2};
-use crate::events::{Action, Event, Sequencer};
+use crate::client::{cluster_masters, Backend, Job, L2Error, Master, L2};
+use crate::events::{Action, Event, Key, Sequencer};
+use crate::outbox::{Outbox, OutboxStats};
+use crate::streams::Streams;
 use crate::version::Version;
 
-/// The first and the longest wait before a failed coherence event is published again.
-const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
-const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
-/// The most events one pipeline publishes.
+/// The first and the longest wait before a failed publish or subscription is retried.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The most events one pipeline publishes on one stream.
 pub const PUBLISH_BATCH: usize = 256;
 
+/// Makes a key action (set, delete, refresh) of some keys.
+type KeyAction = fn(Vec<Key>) -> Action;
+
 /// Sends this instance's coherence events (see [`L2::publisher`]).
-#[derive(Clone, Debug)]
-pub struct Publisher(flume::Sender<(Version, Action)>);
+#[derive(Clone)]
+pub struct Publisher {
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<tokio::sync::Notify>,
+    streams: Streams,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("streams", &self.streams.count())
+            .finish()
+    }
+}
 
 impl Publisher {
-    /// Queues the event of a write with this version.
+    /// Queues the event of a write with this version: key events on their keys' streams,
+    /// a pattern on every stream (it may cover keys of any).
     pub fn send(&self, version: Version, action: Action) {
-        let _ = self.0.send((version, action));
+        {
+            let mut outbox = self.outbox.lock().expect("outbox lock");
+            let (make, keys): (KeyAction, Vec<Key>) = match action {
+                Action::Set { keys } => (|keys| Action::Set { keys }, keys),
+                Action::Delete { keys } => (|keys| Action::Delete { keys }, keys),
+                Action::Refresh { keys } => (|keys| Action::Refresh { keys }, keys),
+                whole @ (Action::InvalidatePattern { .. } | Action::Flush) => {
+                    for stream in self.streams.all() {
+                        outbox.push(stream, version, whole.clone());
+                    }
+                    drop(outbox);
+                    self.wake.notify_one();
+                    return;
+                }
+            };
+            let mut per_stream: HashMap<u16, Vec<Key>> = HashMap::new();
+            for key in keys {
+                let stream = key.bytes().map_or(0, |b| self.streams.of_key(&b));
+                per_stream.entry(stream).or_default().push(key);
+            }
+            for (stream, keys) in per_stream {
+                outbox.push(stream, version, make(keys));
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn stats(&self) -> OutboxStats {
+        self.outbox.lock().expect("outbox lock").stats()
+    }
+
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 }
 
 /// What a subscriber receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// The first subscription is in place: every event published from now on arrives.
+    /// Every stream is subscribed: every event published from now on arrives.
     Subscribed,
     Event(Event),
-    /// The subscription was lost and is back: events may have been missed meanwhile.
-    Resubscribed,
+    /// These streams' subscriptions were lost and are back: their events may have been
+    /// missed meanwhile.
+    Resubscribed {
+        streams: Vec<u16>,
+    },
 }
 
 impl L2 {
-    /// A publisher of this instance's coherence events on `channel`. One task stamps and
-    /// publishes them in the order they are sent, so sequence numbers reach Redis in
-    /// order (two cores publishing on their own could invert them, and the receiver would
-    /// drop the later-stamped one as stale).
-    ///
-    /// Whatever is queued when the task is free goes in one pipeline, up to
-    /// [`PUBLISH_BATCH`] events: one round trip to Redis however many writes happened
-    /// meanwhile, and no wait for a timer when one event is queued alone.
-    ///
-    /// A failed publish is retried with backoff until Redis takes it, so an invalidation
-    /// that was answered reaches the other instances as soon as Redis is back. The failed
-    /// batch and the events that queue up meanwhile are collapsed to the newest: the
-    /// receivers see the skipped sequence numbers as a gap and flush their L1, which
-    /// covers every event skipped.
-    pub fn publisher(&self, instance: &str, epoch: u64, channel: &str) -> Publisher {
-        let (tx, rx) = flume::unbounded::<(Version, Action)>();
-        let mut sequencer = Sequencer::new(instance, epoch);
-        let mut node = AnyNode::new(self.any_node_clients(), self.config.timeout);
-        let (channel, stats) = (channel.to_owned(), self.stats.clone());
-        let job: Job = Box::new(move |_| {
+    /// The event streams for `channel`: shard channels on a cluster whose nodes know
+    /// SPUBLISH (Redis 7), else the one channel. Asks the cluster (within the timeout);
+    /// a cluster that cannot be asked is taken to be Redis 7, as a warning says.
+    pub fn event_streams(&self, channel: &str) -> Streams {
+        let Backend::Cluster { .. } = &self.backend else {
+            return Streams::single(channel);
+        };
+        let (reply, answer) = flume::bounded(1);
+        let job: Job = Box::new(move |connecting| {
             Box::pin(async move {
-                while let Ok((version, action)) = rx.recv_async().await {
-                    let mut events = vec![sequencer.stamp(version, action)];
-                    events.extend(
-                        rx.try_iter()
-                            .take(PUBLISH_BATCH - 1)
-                            .map(|(version, action)| sequencer.stamp(version, action)),
-                    );
-                    let mut backoff = PUBLISH_RETRY_MIN;
-                    while let Err(e) = node.publish(&channel, &events).await {
-                        stats.errors.fetch_add(1, Relaxed);
-                        let first = events[0].seq;
-                        let newest = events.pop().expect("a batch is never empty");
-                        tracing::warn!(error = %e, seqs = ?(first..=newest.seq), retry_in = ?backoff, "coherence events were not published");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(PUBLISH_RETRY_MAX);
-                        let newest = rx
-                            .try_iter()
-                            .map(|(version, newer)| sequencer.stamp(version, newer))
-                            .last()
-                            .unwrap_or(newest);
-                        events = vec![newest];
-                    }
-                }
+                let probe = async {
+                    let mut conn = connecting.await?;
+                    let info: Value = redis::cmd("COMMAND")
+                        .arg("INFO")
+                        .arg("SPUBLISH")
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok::<_, L2Error>(
+                        matches!(info, Value::Array(ref items) if items.iter().any(|i| *i != Value::Nil)),
+                    )
+                };
+                let _ = reply.send(probe.await);
             })
         });
-        let _ = self.jobs.send(job);
-        Publisher(tx)
-    }
-
-    /// Clients for pub/sub: classic pub/sub reaches every node of a cluster, so any one
-    /// node will do, and going to one directly keeps events flowing while other masters
-    /// (and the breaker, which is for the whole tier) are down.
-    fn any_node_clients(&self) -> Vec<redis::Client> {
-        match &self.backend {
-            Backend::Single(client) => vec![client.clone()],
-            Backend::Cluster { nodes, .. } => nodes
-                .iter()
-                .filter_map(|n| redis::Client::open(n.clone()).ok())
-                .collect(),
+        let known = self
+            .jobs
+            .send(job)
+            .ok()
+            .and_then(|()| answer.recv_timeout(self.config.timeout * 4).ok());
+        match known {
+            Some(Ok(false)) => {
+                tracing::warn!("the Redis cluster has no sharded pub/sub (SPUBLISH, Redis 7): coherence events use PUBLISH, which every node relays");
+                Streams::single(channel)
+            }
+            Some(Ok(true)) => Streams::sharded(channel, &self.config.prefix),
+            failed => {
+                let error = failed.and_then(Result::err).unwrap_or(L2Error::Stopped);
+                tracing::warn!(error = %error, "could not ask the Redis cluster whether it has sharded pub/sub; using it (Redis 7)");
+                Streams::sharded(channel, &self.config.prefix)
+            }
         }
     }
 
-    /// Subscribes to `channel` on a connection of its own, resubscribing after every
-    /// disconnect (and saying so). Undecodable messages are logged and dropped.
-    pub fn subscribe(&self, channel: &str) -> flume::Receiver<Incoming> {
+    /// A publisher of this instance's coherence events on `streams`, holding at most
+    /// `queue` pending events per stream. One task stamps and publishes them in the order
+    /// they were queued (two cores publishing on their own could invert sequence numbers,
+    /// and the receiver would drop the later-stamped one as stale).
+    ///
+    /// Whatever is queued when a stream is free goes in one pipeline, up to
+    /// [`PUBLISH_BATCH`] events: one round trip however many writes happened meanwhile,
+    /// and no timer when one event is queued alone. Streams publish concurrently.
+    ///
+    /// A failed publish is retried, the same events with the same sequence numbers, with
+    /// backoff, until Redis takes it: receivers see no gap, only (at worst) duplicates,
+    /// which they drop. Meanwhile new events coalesce in the outbox, and if it fills,
+    /// one flush event replaces what it held.
+    pub fn publisher(
+        &self,
+        instance: &str,
+        epoch: u64,
+        streams: Streams,
+        queue: usize,
+    ) -> Publisher {
+        let publisher = Publisher {
+            outbox: Arc::new(Mutex::new(Outbox::new(streams.count(), queue))),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            streams,
+        };
+        let sequencer = Sequencer::new(instance, epoch);
+        let target = match (&self.backend, publisher.streams.is_sharded()) {
+            (Backend::Cluster { client, .. }, true) => Target::Cluster {
+                client: client.clone(),
+                connection: None,
+            },
+            _ => Target::AnyNode(AnyNode::new(self.any_node_infos(), self.clone())),
+        };
+        let task = publish_task(publisher.clone(), sequencer, target, self.clone());
+        let job: Job = Box::new(move |_| Box::pin(task));
+        let _ = self.jobs.send(job);
+        publisher
+    }
+
+    /// The nodes to reach one of: the server, or every seed of a cluster.
+    fn any_node_infos(&self) -> Vec<ConnectionInfo> {
+        match &self.backend {
+            Backend::Single(client) => vec![client.get_connection_info().clone()],
+            Backend::Cluster { nodes, .. } => nodes.clone(),
+        }
+    }
+
+    /// Follows `streams`, resubscribing after every loss (and saying which streams it
+    /// lost). Undecodable messages are logged and dropped.
+    pub fn subscribe(&self, streams: &Streams) -> flume::Receiver<Incoming> {
         let (tx, rx) = flume::unbounded();
-        let clients = self.any_node_clients();
-        let channel = channel.to_owned();
-        let job: Job = Box::new(move |_| Box::pin(follow_channel(clients, channel, tx)));
+        let (l2, streams) = (self.clone(), streams.clone());
+        let job: Job = Box::new(move |_| {
+            Box::pin(async move {
+                if streams.is_sharded() {
+                    follow_shards(l2, streams, tx).await
+                } else {
+                    follow_channel(l2, streams, tx).await
+                }
+            })
+        });
         let _ = self.jobs.send(job);
         rx
     }
 }
 
-/// A connection to one node of several, for publishing: made when needed (within the
-/// timeout), and given up for the next node after any failure.
-struct AnyNode {
-    clients: Vec<redis::Client>,
-    next: usize,
-    connection: Option<redis::aio::MultiplexedConnection>,
-    timeout: Duration,
+/// Where the publishing task publishes.
+enum Target {
+    AnyNode(AnyNode),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        connection: Option<redis::cluster_async::ClusterConnection>,
+    },
 }
 
-impl AnyNode {
-    fn new(clients: Vec<redis::Client>, timeout: Duration) -> Self {
-        Self {
-            clients,
-            next: 0,
-            connection: None,
-            timeout,
-        }
-    }
-
-    /// Publishes `events` in order, in one pipeline.
-    async fn publish(&mut self, channel: &str, events: &[Event]) -> Result<(), L2Error> {
-        let timeout = self.timeout;
+impl Target {
+    /// Publishes `events` of one stream in order, in one pipeline, within the timeout.
+    async fn publish(
+        &mut self,
+        channel: &str,
+        events: &[Event],
+        timeout: Duration,
+    ) -> Result<(), L2Error> {
+        let mut pipeline = redis::pipe();
         let attempt = async {
-            let connection = match &mut self.connection {
-                Some(connection) => connection,
-                None => {
-                    let client = self
-                        .clients
-                        .get(self.next % self.clients.len().max(1))
-                        .ok_or_else(|| L2Error::Config("no Redis node to publish to".into()))?;
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(timeout)
-                        .set_response_timeout(timeout);
-                    self.connection.insert(
-                        client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await?,
-                    )
+            match self {
+                Target::AnyNode(node) => {
+                    for event in events {
+                        pipeline.publish(channel, event.encode()).ignore();
+                    }
+                    let connection = node.connection().await?;
+                    pipeline.query_async::<()>(connection).await?;
                 }
-            };
-            let mut pipeline = redis::pipe();
-            for event in events {
-                pipeline.publish(channel, event.encode()).ignore();
+                Target::Cluster { client, connection } => {
+                    for event in events {
+                        pipeline
+                            .cmd("SPUBLISH")
+                            .arg(channel)
+                            .arg(event.encode())
+                            .ignore();
+                    }
+                    let connection = match connection {
+                        Some(c) => c,
+                        None => connection.insert(client.get_async_connection().await?),
+                    };
+                    pipeline.query_async::<()>(connection).await?;
+                }
             }
-            pipeline.query_async::<()>(connection).await?;
-            Ok(())
+            Ok::<_, L2Error>(())
         };
         // The redis crate's own response timeout reports no duration: name the limit.
         let result = match tokio::time::timeout(timeout, attempt).await {
@@ -168,39 +261,165 @@ impl AnyNode {
             Ok(result) => result,
         };
         if result.is_err() {
-            self.connection = None;
-            self.next += 1;
+            match self {
+                Target::AnyNode(node) => node.give_up(),
+                Target::Cluster { connection, .. } => *connection = None,
+            }
         }
         result
     }
 }
 
-async fn follow_channel(clients: Vec<redis::Client>, channel: String, tx: flume::Sender<Incoming>) {
+/// One stream's publishing state.
+struct Lane {
+    /// Stamped events being published (kept, with their sequence numbers, until Redis
+    /// takes them).
+    in_flight: Vec<Event>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+async fn publish_task(publisher: Publisher, mut sequencer: Sequencer, mut target: Target, l2: L2) {
+    let streams = publisher.streams.clone();
+    let mut lanes: Vec<Lane> = streams
+        .all()
+        .iter()
+        .map(|_| Lane {
+            in_flight: Vec::new(),
+            retry_at: None,
+            backoff: RETRY_MIN,
+        })
+        .collect();
+    let timeout = l2.config.timeout;
+    loop {
+        let now = Instant::now();
+        {
+            let mut outbox = publisher.outbox.lock().expect("outbox lock");
+            for (stream, lane) in lanes.iter_mut().enumerate() {
+                if lane.in_flight.is_empty() {
+                    let stream = stream as u16;
+                    lane.in_flight = outbox
+                        .take(stream, PUBLISH_BATCH)
+                        .into_iter()
+                        .map(|(version, action)| sequencer.stamp(stream, version, action))
+                        .collect();
+                }
+            }
+        }
+        let ready: Vec<usize> = lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, lane)| {
+                !lane.in_flight.is_empty() && lane.retry_at.is_none_or(|at| at <= now)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if ready.is_empty() {
+            let next_retry = lanes.iter().filter_map(|lane| lane.retry_at).min();
+            match next_retry {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at.into(), publisher.wake.notified()).await;
+                }
+                None => publisher.wake.notified().await,
+            }
+            continue;
+        }
+        // Streams publish one after another on the one target: each is one round trip,
+        // and a cluster connection pipelines them anyway.
+        for i in ready {
+            let lane = &mut lanes[i];
+            match target
+                .publish(streams.channel(i as u16), &lane.in_flight, timeout)
+                .await
+            {
+                Ok(()) => {
+                    lane.in_flight.clear();
+                    lane.retry_at = None;
+                    lane.backoff = RETRY_MIN;
+                }
+                Err(e) => {
+                    l2.stats.errors.fetch_add(1, Relaxed);
+                    let (first, last) = (
+                        lane.in_flight[0].seq,
+                        lane.in_flight[lane.in_flight.len() - 1].seq,
+                    );
+                    tracing::warn!(error = %e, stream = i, seqs = ?(first..=last), retry_in = ?lane.backoff, "coherence events were not published");
+                    lane.retry_at = Some(Instant::now() + lane.backoff);
+                    lane.backoff = (lane.backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// A connection to one node of several, for publishing: made when needed, and given up
+/// for the next node after any failure.
+struct AnyNode {
+    nodes: Vec<ConnectionInfo>,
+    next: usize,
+    connection: Option<MultiplexedConnection>,
+    l2: L2,
+}
+
+impl AnyNode {
+    fn new(nodes: Vec<ConnectionInfo>, l2: L2) -> Self {
+        Self {
+            nodes,
+            next: 0,
+            connection: None,
+            l2,
+        }
+    }
+
+    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, L2Error> {
+        if self.connection.is_none() {
+            let info = self
+                .nodes
+                .get(self.next % self.nodes.len().max(1))
+                .ok_or_else(|| L2Error::Config("no Redis node to publish to".into()))?;
+            let connection = self.l2.node_connection(info.clone()).await?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("just made"))
+    }
+
+    fn give_up(&mut self) {
+        self.connection = None;
+        self.next += 1;
+    }
+}
+
+/// Follows the one channel on any node, resubscribing after every disconnect.
+async fn follow_channel(l2: L2, streams: Streams, tx: flume::Sender<Incoming>) {
+    let nodes = l2.any_node_infos();
+    let channel = streams.channel(0).to_owned();
     let mut first = true;
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = RETRY_MIN;
     let mut attempt = 0usize;
-    while !tx.is_disconnected() && !clients.is_empty() {
-        let client = &clients[attempt % clients.len()];
+    while !tx.is_disconnected() && !nodes.is_empty() {
+        let info = nodes[attempt % nodes.len()].clone();
         attempt += 1;
-        let mut pubsub = match client.get_async_pubsub().await {
+        let subscribed = async {
+            let mut pubsub = l2.node_client(info)?.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, L2Error>(pubsub)
+        };
+        let mut pubsub = match subscribed.await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to {channel}; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(RETRY_MAX);
                 continue;
             }
         };
-        if let Err(e) = pubsub.subscribe(&channel).await {
-            tracing::warn!(error = %e, "SUBSCRIBE {channel} failed; retrying");
-            tokio::time::sleep(backoff).await;
-            continue;
-        }
-        backoff = Duration::from_millis(10);
+        backoff = RETRY_MIN;
         let news = if first {
             Incoming::Subscribed
         } else {
-            Incoming::Resubscribed
+            Incoming::Resubscribed {
+                streams: streams.all(),
+            }
         };
         if tx.send(news).is_err() {
             return;
@@ -208,15 +427,209 @@ async fn follow_channel(clients: Vec<redis::Client>, channel: String, tx: flume:
         first = false;
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
-            match Event::decode(message.get_payload_bytes()) {
-                Ok(event) => {
-                    if tx.send(Incoming::Event(event)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "dropping an undecodable event on {channel}"),
+            if !forward(message.get_payload_bytes(), &channel, &tx) {
+                return;
             }
         }
         tracing::warn!("lost the subscription to {channel}; resubscribing");
+    }
+}
+
+/// Decodes one message and passes it on; false once nobody listens.
+fn forward(payload: &[u8], channel: &str, tx: &flume::Sender<Incoming>) -> bool {
+    match Event::decode(payload) {
+        Ok(event) => tx.send(Incoming::Event(event)).is_ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "dropping an undecodable event on {channel}");
+            true
+        }
+    }
+}
+
+/// One SSUBSCRIBE connection, to one master.
+struct ShardLink {
+    address: String,
+    /// Kept so the connection stays open; pushes arrive on the shared channel.
+    _connection: MultiplexedConnection,
+    streams: Vec<u16>,
+}
+
+/// Follows every shard channel: one RESP3 connection per master holding some, each
+/// subscribed to that master's channels. A disconnect loses the connection's streams, a
+/// server-sent SUNSUBSCRIBE (its slot moved) loses one; lost streams are looked up again
+/// in the cluster's current layout and subscribed where they now live, and reported.
+async fn follow_shards(l2: L2, streams: Streams, tx: flume::Sender<Incoming>) {
+    let (pushes, mut incoming) = tokio::sync::mpsc::unbounded_channel::<(u64, redis::PushInfo)>();
+    let mut links: HashMap<u64, ShardLink> = HashMap::new();
+    let mut next_link = 0u64;
+    let mut lost: Vec<u16> = streams.all();
+    let mut subscribed_once = false;
+    let mut backoff = RETRY_MIN;
+    while !tx.is_disconnected() {
+        if !lost.is_empty() {
+            match resubscribe(
+                &l2,
+                &streams,
+                &mut lost,
+                &mut links,
+                &mut next_link,
+                &pushes,
+            )
+            .await
+            {
+                Ok(regained) if !regained.is_empty() => {
+                    backoff = RETRY_MIN;
+                    let news = if !subscribed_once && lost.is_empty() {
+                        subscribed_once = true;
+                        Some(Incoming::Subscribed)
+                    } else if subscribed_once {
+                        Some(Incoming::Resubscribed { streams: regained })
+                    } else {
+                        None
+                    };
+                    if news.is_some_and(|news| tx.send(news).is_err()) {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, lost = ?lost, "cannot subscribe to the shard channels yet; retrying")
+                }
+            }
+        }
+        let push = if lost.is_empty() {
+            incoming.recv().await
+        } else {
+            match tokio::time::timeout(backoff, incoming.recv()).await {
+                Ok(push) => push,
+                Err(_) => {
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
+            }
+        };
+        let Some((link, push)) = push else { return };
+        match push.kind {
+            PushKind::SMessage => {
+                if let [_, Value::BulkString(bytes)] = push.data.as_slice() {
+                    if !forward(bytes, "a shard channel", &tx) {
+                        return;
+                    }
+                }
+            }
+            PushKind::SUnsubscribe => {
+                let stream = match push.data.first() {
+                    Some(Value::BulkString(name)) => streams.of_channel(name),
+                    _ => None,
+                };
+                if let (Some(stream), Some(shard)) = (stream, links.get_mut(&link)) {
+                    if let Some(at) = shard.streams.iter().position(|s| *s == stream) {
+                        tracing::warn!(stream, node = %shard.address, "a shard channel moved (slot migration or failover); resubscribing");
+                        shard.streams.remove(at);
+                        lost.push(stream);
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                if let Some(shard) = links.remove(&link) {
+                    tracing::warn!(node = %shard.address, streams = ?shard.streams, "lost the shard channel subscription; resubscribing");
+                    lost.extend(shard.streams);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Subscribes the `lost` streams on the masters that hold them now; returns the streams
+/// regained (and leaves in `lost` those whose master cannot be reached yet).
+async fn resubscribe(
+    l2: &L2,
+    streams: &Streams,
+    lost: &mut Vec<u16>,
+    links: &mut HashMap<u64, ShardLink>,
+    next_link: &mut u64,
+    pushes: &tokio::sync::mpsc::UnboundedSender<(u64, redis::PushInfo)>,
+) -> Result<Vec<u16>, L2Error> {
+    let masters = l2.cluster_layout().await?;
+    let mut regained = Vec::new();
+    let mut by_master: HashMap<String, (ConnectionInfo, Vec<u16>)> = HashMap::new();
+    for &stream in lost.iter() {
+        let slot = redis::cluster_routing::get_slot(streams.channel(stream).as_bytes());
+        if let Some((info, _)) = masters
+            .iter()
+            .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
+        {
+            by_master
+                .entry(info.addr.to_string())
+                .or_insert_with(|| (info.clone(), Vec::new()))
+                .1
+                .push(stream);
+        }
+    }
+    for (address, (info, wanted)) in by_master {
+        let id = *next_link;
+        *next_link += 1;
+        let sender = pushes.clone();
+        let push_sender = move |push: redis::PushInfo| sender.send((id, push));
+        let link = async {
+            let mut connection = l2.node_subscription(info, push_sender).await?;
+            // One channel per command: a RESP3 SSUBSCRIBE of several channels answers
+            // with one push each, and the connection matches one reply per command.
+            for &stream in &wanted {
+                redis::cmd("SSUBSCRIBE")
+                    .arg(streams.channel(stream))
+                    .exec_async(&mut connection)
+                    .await?;
+            }
+            Ok::<_, L2Error>(connection)
+        };
+        match tokio::time::timeout(l2.config.timeout * 4, link).await {
+            Ok(Ok(connection)) => {
+                lost.retain(|s| !wanted.contains(s));
+                regained.extend(&wanted);
+                links.insert(
+                    id,
+                    ShardLink {
+                        address,
+                        _connection: connection,
+                        streams: wanted,
+                    },
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, node = %address, "cannot subscribe to its shard channels yet")
+            }
+            Err(_) => {
+                tracing::warn!(node = %address, "subscribing to its shard channels timed out")
+            }
+        }
+    }
+    regained.sort_unstable();
+    Ok(regained)
+}
+
+impl L2 {
+    /// The cluster's masters and the slots each holds, asked of the first seed that
+    /// answers.
+    pub(crate) async fn cluster_layout(&self) -> Result<Vec<Master>, L2Error> {
+        let seeds = self.any_node_infos();
+        let mut last = L2Error::Config("no cluster nodes".into());
+        for seed in &seeds {
+            let asked = async {
+                let mut connection = self.node_connection(seed.clone()).await?;
+                let text: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut connection)
+                    .await?;
+                Ok::<_, L2Error>(cluster_masters(&text, seed))
+            };
+            match tokio::time::timeout(self.config.timeout, asked).await {
+                Ok(Ok(masters)) => return Ok(masters),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = L2Error::Timeout(self.config.timeout),
+            }
+        }
+        Err(last)
     }
 }

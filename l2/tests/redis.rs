@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use e2e::redis::RedisServer;
 use futures_executor::block_on;
 use l2::Incoming;
-use l2::{Action, Envelope, Key, L2Config, L2Error, Sequencer, Version, Written, L2};
+use l2::{Action, Envelope, Key, L2Config, L2Error, Sequencer, Streams, Version, Written, L2};
 
 fn client(server: &RedisServer, prefix: &str) -> L2 {
     L2::start(L2Config {
@@ -264,7 +264,7 @@ fn a_restarted_redis_is_used_again_without_restarting_the_client() {
 fn publisher_and_subscriber(redis: &RedisServer) -> (L2, L2, flume::Receiver<Incoming>) {
     let a = client(redis, "cm:");
     let b = client(redis, "cm:");
-    let inbox = b.subscribe("cache:events");
+    let inbox = b.subscribe(&Streams::single("cache:events"));
     assert_eq!(
         inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
         Incoming::Subscribed,
@@ -279,7 +279,7 @@ fn publisher_and_subscriber(redis: &RedisServer) -> (L2, L2, flume::Receiver<Inc
 fn a_burst_of_events_arrives_in_order_without_gaps() {
     let redis = RedisServer::start();
     let (a, _b, inbox) = publisher_and_subscriber(&redis);
-    let publisher = a.publisher("instance-a", 7, "cache:events");
+    let publisher = a.publisher("instance-a", 7, Streams::single("cache:events"), 10_000);
     let burst = 5 * l2::pubsub::PUBLISH_BATCH + 3;
     for i in 0..burst {
         let key = format!("user:{i}");
@@ -307,9 +307,10 @@ fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
     until("B is subscribed", Duration::from_secs(5), || {
         redis.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "1"
     });
-    let publisher = a.publisher("instance-a", 7, "cache:events");
+    let publisher = a.publisher("instance-a", 7, Streams::single("cache:events"), 10_000);
     let mut seq = Sequencer::new("instance-a", 7);
     let event = seq.stamp(
+        0,
         Version(3),
         Action::Delete {
             keys: vec![Key::new(b"user:1")],
@@ -324,9 +325,10 @@ fn events_reach_other_subscribers_and_a_killed_subscription_is_reported() {
     assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
     assert_eq!(
         inbox.recv_timeout(Duration::from_secs(5)).unwrap(),
-        Incoming::Resubscribed
+        Incoming::Resubscribed { streams: vec![0] }
     );
     let next = seq.stamp(
+        0,
         Version(4),
         Action::InvalidatePattern {
             pattern: Key::new(b"user:*"),

@@ -194,6 +194,11 @@ pub struct Config {
     #[arg(long, env = "CACHE_EVENTS_CHANNEL", default_value = "cache:events")]
     pub events_channel: String,
 
+    /// Coherence events held per event stream while Redis is slow or away; repeated keys
+    /// coalesce, and on overflow one flush event replaces what was held.
+    #[arg(long, env = "CACHE_EVENTS_QUEUE", default_value_t = 10_000)]
+    pub events_queue: usize,
+
     /// This instance's name in coherence events (default: host, pid and a random tag).
     #[arg(long, env = "CACHE_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -452,6 +457,7 @@ impl Config {
         at_least("CACHE_HEADER_TIMEOUT_MS", 1, self.header_timeout_ms)?;
         at_least("CACHE_BODY_TIMEOUT_MS", 1, self.body_timeout_ms)?;
         at_least("CACHE_IDLE_TIMEOUT_MS", 1, self.idle_timeout_ms)?;
+        at_least("CACHE_EVENTS_QUEUE", 1, self.events_queue as u64)?;
         // Every duration has a ceiling, so that turning it into a deadline or into
         // milliseconds can never overflow, and a typo of a few digits is caught here.
         let at_most = |name, max: u64, unit, value: u64| {

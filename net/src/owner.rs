@@ -472,8 +472,13 @@ impl Owner {
             Command::InvalidatePattern { pattern, .. } => {
                 self.flights.fence_where(|key| pattern.matches(key));
             }
-            Command::Flush { .. } => {
+            Command::Flush { only: None, .. } => {
                 self.flights.fence_where(|_| true);
+            }
+            Command::Flush {
+                only: Some(doomed), ..
+            } => {
+                self.flights.fence_where(|key| doomed.picks(key));
             }
             Command::Lookup { .. } | Command::Expire { .. } => {}
         }

@@ -25,7 +25,8 @@ pub struct L2Tier {
     pub instance: String,
     /// When this run of the instance started, in microseconds (events carry it).
     pub epoch: u64,
-    /// L1 flushes after lost coherence events (a sequence gap or a resubscribe).
+    /// L1 flushes after lost coherence events (a sequence gap, a resubscribe or a flush
+    /// event), whole or of some event streams' keys.
     pub l1_flushes: Counter,
     /// Events from other instances applied to L1.
     pub events_applied: Counter,

@@ -200,6 +200,13 @@ impl Server {
         }
     }
 
+    /// Waits until the instance follows every coherence event stream.
+    pub fn wait_subscribed(&self) {
+        wait_for("the instance subscribed", Duration::from_secs(15), || {
+            self.metrics()["coherence_subscribed"] == true
+        });
+    }
+
     /// The metrics JSON.
     pub fn metrics(&self) -> serde_json::Value {
         self.get_once("/api/cache/metrics")

@@ -114,12 +114,46 @@ impl Drop for RedisServer {
 /// `redis-cli --cluster create` on free loopback ports, stopped when dropped.
 pub struct RedisCluster {
     nodes: Vec<Child>,
+    /// Plain ports, for the harness's own checks.
     ports: Vec<u16>,
+    /// With TLS: each node's TLS port (what the cluster announces to clients) and the
+    /// node arguments that turn it on.
+    tls: Option<(Vec<u16>, Vec<String>)>,
     dir: std::path::PathBuf,
 }
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
+        Self::started(masters, None)
+    }
+
+    /// A cluster whose clients and cluster bus speak TLS (`tls-cluster yes`), each node
+    /// presenting `cert` and `key` (PEM files); each also keeps a plain port for the
+    /// harness's checks. [`Self::nodes`] are then `rediss://` URLs.
+    pub fn start_tls(
+        masters: usize,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Self {
+        let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_owned();
+        let tls_ports: Vec<u16> = (0..masters).map(|_| crate::free_port()).collect();
+        let args = vec![
+            "--tls-cluster".to_owned(),
+            "yes".to_owned(),
+            "--tls-cert-file".to_owned(),
+            path(cert),
+            "--tls-key-file".to_owned(),
+            path(key),
+            "--tls-ca-cert-file".to_owned(),
+            path(ca),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        Self::started(masters, Some((tls_ports, args)))
+    }
+
+    fn started(masters: usize, tls: Option<(Vec<u16>, Vec<String>)>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "redis-cluster-{}-{}",
             std::process::id(),
@@ -127,22 +161,29 @@ impl RedisCluster {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let ports: Vec<u16> = (0..masters).map(|_| crate::free_port()).collect();
-        let nodes = ports
-            .iter()
-            .map(|port| spawn_cluster_node(*port, &dir))
-            .collect();
-        let cluster = Self { nodes, ports, dir };
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            ports,
+            tls,
+            dir,
+        };
+        cluster.nodes = (0..masters).map(|i| cluster.spawn(i)).collect();
         for &port in &cluster.ports {
             wait_until(|| cli(port, &["PING"]) == "PONG", "a cluster node to start");
         }
-        let addresses: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let created = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some((_, args)) = &cluster.tls {
+            let ca = &args[args.iter().position(|a| a == "--tls-ca-cert-file").unwrap() + 1];
+            create.args(["--tls", "--cacert", ca]);
+        }
+        let created = create
             .args(["--cluster", "create"])
-            .args(&addresses)
+            .args(
+                cluster
+                    .client_ports()
+                    .iter()
+                    .map(|p| format!("127.0.0.1:{p}")),
+            )
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
@@ -170,8 +211,31 @@ impl RedisCluster {
     /// Starts master `i` again on its port with its node file (so it takes back its
     /// slots) and waits until the cluster is ok.
     pub fn restart_master(&mut self, i: usize) {
-        self.nodes[i] = spawn_cluster_node(self.ports[i], &self.dir);
+        self.nodes[i] = self.spawn(i);
         self.wait_until_ok();
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let mut extra = Vec::new();
+        if let Some((tls_ports, args)) = &self.tls {
+            extra.push("--tls-port".to_owned());
+            extra.push(tls_ports[i].to_string());
+            extra.extend(args.iter().cloned());
+        }
+        spawn_cluster_node(self.ports[i], &self.dir, &extra)
+    }
+
+    /// The ports clients are sent to: the TLS ports of a TLS cluster.
+    fn client_ports(&self) -> Vec<u16> {
+        match &self.tls {
+            Some((tls_ports, _)) => tls_ports.clone(),
+            None => self.ports.clone(),
+        }
+    }
+
+    /// A command sent to node `i` alone.
+    pub fn node_cli(&self, i: usize, args: &[&str]) -> String {
+        cli(self.ports[i], args)
     }
 
     /// Whether master `i` holds `key` (asked of that master alone).
@@ -179,11 +243,13 @@ impl RedisCluster {
         cli(self.ports[i], &["EXISTS", key]) == "1"
     }
 
-    /// `host:port,host:port,...`, for REDIS_CLUSTER_NODES.
+    /// `host:port,host:port,...` (`rediss://host:port,...` with TLS), for
+    /// REDIS_CLUSTER_NODES.
     pub fn nodes(&self) -> String {
-        self.ports
+        let scheme = if self.tls.is_some() { "rediss://" } else { "" };
+        self.client_ports()
             .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
+            .map(|p| format!("{scheme}127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -219,9 +285,9 @@ impl Drop for RedisCluster {
 
 /// A cluster-enabled redis-server on `port`, its node file in `dir`; a node that misses
 /// 2 s of heartbeats is marked failed.
-fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> Child {
+fn spawn_cluster_node(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
     let config = format!("nodes-{port}.conf");
-    let cluster = [
+    let mut args = vec![
         "--cluster-enabled",
         "yes",
         "--cluster-config-file",
@@ -229,7 +295,8 @@ fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> Child {
         "--cluster-node-timeout",
         "2000",
     ];
-    spawn_redis(port, dir, &cluster)
+    args.extend(extra.iter().map(String::as_str));
+    spawn_redis(port, dir, &args)
 }
 
 /// A redis-server on `port` in `dir`, without persistence, plus `extra` arguments.
@@ -296,16 +363,29 @@ fn cli(port: u16, args: &[&str]) -> String {
 pub fn tls_certificates(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL takes a certificate whose issuer is its subject for
+    // self-signed.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cache-manager test CA");
+    // OpenSSL (redis-cli, and a TLS cluster's bus) wants a CA that says it signs.
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca, &ca_key)
-        .unwrap();
+    let mut server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
     let (ca_path, cert_path, key_path) = (
         dir.join("ca.pem"),
         dir.join("server.pem"),

@@ -16,10 +16,9 @@ fn two_instances_with_30_users(cluster: &RedisCluster, extra: &[(&str, &str)]) -
     env.extend_from_slice(extra);
     let a = Server::start(&env);
     let b = Server::start(&env);
-    // Both subscribe on the first seed node (cluster pub/sub reaches every node).
-    wait_for("both instances subscribed", Duration::from_secs(10), || {
-        cluster.cli(&["PUBSUB", "NUMSUB", "cache:events"]) == "2"
-    });
+    for instance in [&a, &b] {
+        instance.wait_subscribed();
+    }
     for i in 0..30 {
         assert_eq!(a.put_key(&format!("user:{i}"), json!(i))["l2"], "stored");
     }
@@ -179,4 +178,103 @@ fn one_cluster_master_down_and_back() {
     wait_for("B reads the new value", Duration::from_secs(5), || {
         b.get_key(&on_dead[0]).1["value"] == "back"
     });
+}
+
+/// Sharded pub/sub: each master carries the event streams of its own slot ranges, on
+/// one SSUBSCRIBE connection per master. A master killed and started again: the other
+/// instance resubscribes its streams there, flushes only those streams' keys (keys of
+/// the other masters stay in its L1), and events on them flow again.
+#[test]
+fn shard_channels_are_resubscribed_after_a_master_restarts() {
+    let mut cluster = RedisCluster::start(3);
+    let (a, b) = two_instances_with_30_users(&cluster, &[("REDIS_TIMEOUT_MS", "300")]);
+    let keys: Vec<String> = (0..30).map(|i| format!("user:{i}")).collect();
+    for key in &keys {
+        b.get_key(key);
+    }
+    for key in &keys {
+        assert_eq!(b.get_key(key).1["source"], "l1", "{key}");
+    }
+    // Every master holds some shard channels (16 slot ranges over three masters).
+    for i in 0..3 {
+        let channels = cluster.node_cli(i, &["PUBSUB", "SHARDCHANNELS", "cache:events:*"]);
+        assert!(
+            channels.starts_with("cache:events:"),
+            "master {i} carries event streams: {channels}"
+        );
+    }
+    // redis-cli gives the last master slots 10923-16383. Events of a key travel on the
+    // shard channel of its slot's range of 1,024: ranges 11 to 15 (slots from 11264)
+    // lie wholly on that master, ranges 0 to 9 wholly elsewhere; range 10's channel may
+    // be on either, so its keys are left out.
+    let slot = |key: &str| -> u32 {
+        cluster
+            .node_cli(0, &["CLUSTER", "KEYSLOT", &format!("cm:{key}")])
+            .parse()
+            .unwrap()
+    };
+    let on_dead: Vec<&String> = keys.iter().filter(|k| slot(k) >= 11 * 1024).collect();
+    let on_live: Vec<&String> = keys.iter().filter(|k| slot(k) < 10 * 1024).collect();
+    assert!(!on_dead.is_empty() && !on_live.is_empty());
+    assert_eq!(b.metrics()["l1_flushes"], 0);
+
+    cluster.kill_master(2);
+    cluster.restart_master(2);
+    wait_for(
+        "B resubscribed on the restarted master",
+        Duration::from_secs(15),
+        || b.metrics()["l1_flushes"].as_u64().unwrap() >= 1,
+    );
+    for key in &on_live {
+        assert_eq!(b.get_key(key).1["source"], "l1", "{key} stays in L1");
+    }
+    // Its streams' subscriptions were lost: B's copies of their keys went.
+    for key in &on_dead {
+        assert_ne!(b.get_key(key).1["source"], "l1", "{key} was flushed");
+    }
+    // Events on the restarted master's streams reach B again.
+    let key = on_dead[0];
+    a.put_key(key, json!("back"));
+    wait_for("B reads the write", Duration::from_secs(5), || {
+        b.get_key(key).1["value"] == "back"
+    });
+    a.put_key(key, json!("again"));
+    wait_for("B gets the event", Duration::from_secs(5), || {
+        b.get_key(key).1["value"] == "again"
+    });
+}
+
+/// TLS to a Redis Cluster: `rediss://` seeds and REDIS_TLS_CA_FILE, against a cluster
+/// whose clients and bus speak TLS only on the ports it announces. Writes land on every
+/// master and coherence events (shard channels, over TLS) reach the other instance.
+#[test]
+fn instances_use_a_tls_cluster() {
+    let dir = std::env::temp_dir().join(format!("cluster-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = e2e::redis::tls_certificates(&dir);
+    let cluster = RedisCluster::start_tls(3, &cert, &key, &ca);
+    let nodes = cluster.nodes();
+    assert!(nodes.starts_with("rediss://"), "{nodes}");
+    let env = [
+        ("REDIS_CLUSTER_NODES", nodes.as_str()),
+        ("REDIS_TLS_CA_FILE", ca.to_str().unwrap()),
+        ("REDIS_TIMEOUT_MS", "2000"),
+    ];
+    let (a, b) = (Server::start(&env), Server::start(&env));
+    a.wait_subscribed();
+    b.wait_subscribed();
+    for i in 0..30 {
+        assert_eq!(a.put_key(&format!("user:{i}"), json!(i))["l2"], "stored");
+    }
+    assert!(
+        cluster.keys_per_master().iter().all(|n| *n > 0),
+        "{:?}",
+        cluster.keys_per_master()
+    );
+    assert_eq!(b.get_key("user:7").1["source"], "l2");
+    a.put_key("user:7", json!("changed"));
+    wait_for("B gets the event over TLS", Duration::from_secs(5), || {
+        b.get_key("user:7").1["value"] == "changed"
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
 }

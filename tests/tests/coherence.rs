@@ -238,3 +238,109 @@ fn an_event_drops_only_entries_older_than_its_version() {
     applied(4);
     assert_eq!(b.get_key("k").1["source"], "l2", "a newer version: dropped");
 }
+
+/// Issue 13's overload case: Redis stalls (stopped, so every publish times out) while an
+/// instance keeps writing. Before, each failed publish was collapsed to its newest event
+/// and the receivers saw a sequence gap and flushed their L1, again and again. Now the
+/// failed events are retried with their sequence numbers and repeated keys coalesce:
+/// the other instance drops exactly the keys written, and flushes nothing.
+#[test]
+fn a_stalled_redis_causes_no_flush_storm() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &[("REDIS_TIMEOUT_MS", "150")]);
+    let b = instance(&redis, &[("REDIS_TIMEOUT_MS", "150")]);
+    subscribed(&redis, 2);
+    let keys: Vec<String> = (0..5).map(|i| format!("hot:{i}")).collect();
+    for key in &keys {
+        a.put_key(key, json!("before"));
+    }
+    for key in &keys {
+        wait_for("B reads A's value", Duration::from_secs(5), || {
+            b.get_key(key).1["value"] == "before"
+        });
+    }
+
+    redis.signal("-STOP");
+    for round in 0..3 {
+        for key in &keys {
+            let (status, _) = a.try_put_key(key, json!(format!("during-{round}")));
+            assert_eq!(status, 503, "L2 is stalled");
+        }
+    }
+    redis.signal("-CONT");
+
+    // The writes failed in L2, so B reads the old value again, but from L2: the events
+    // reached it once Redis was back.
+    for key in &keys {
+        wait_for("B dropped its copy", Duration::from_secs(10), || {
+            b.get_key(key).1["source"] == "l2"
+        });
+    }
+    for key in &keys {
+        a.put_key(key, json!("after"));
+    }
+    for key in &keys {
+        wait_for("B sees the next write", Duration::from_secs(5), || {
+            b.get_key(key).1["value"] == "after"
+        });
+    }
+    let (ma, mb) = (a.metrics(), b.metrics());
+    assert_eq!(mb["l1_flushes"], 0, "no flush: {mb}");
+    assert!(
+        ma["coherence_coalesced"].as_u64().unwrap() > 0,
+        "repeated keys coalesced while Redis stalled: {ma}"
+    );
+    assert_eq!(ma["coherence_flush_events"], 0, "{ma}");
+}
+
+/// The outbox's bound: with room for 4 pending events, a stall that queues more ends in
+/// one flush event in their place, and the other instance flushes exactly once (not
+/// once per lost event), dropping what it held.
+#[test]
+fn an_overflowing_event_queue_sends_one_flush() {
+    let redis = RedisServer::start();
+    let a = instance(
+        &redis,
+        &[("REDIS_TIMEOUT_MS", "150"), ("CACHE_EVENTS_QUEUE", "4")],
+    );
+    let b = instance(&redis, &[("REDIS_TIMEOUT_MS", "150")]);
+    subscribed(&redis, 2);
+    a.put_key("held", json!("old"));
+    wait_for("B holds the value in L1", Duration::from_secs(5), || {
+        b.get_key("held").1["source"] == "l1"
+    });
+
+    redis.signal("-STOP");
+    // The first write's event is being published when Redis stalls; the next ones queue.
+    for i in 0..12 {
+        let key = if i == 11 {
+            "held".to_owned()
+        } else {
+            format!("cold:{i}")
+        };
+        let (status, _) = a.try_put_key(&key, json!("new"));
+        assert_eq!(status, 503);
+    }
+    redis.signal("-CONT");
+
+    wait_for("B flushed once", Duration::from_secs(10), || {
+        b.metrics()["l1_flushes"] == 1
+    });
+    let ma = a.metrics();
+    assert_eq!(ma["coherence_flush_events"], 1, "{ma}");
+    assert!(ma["coherence_dropped"].as_u64().unwrap() >= 4, "{ma}");
+    let (status, hit) = b.get_key("held");
+    assert_eq!(
+        (status, &hit["source"]),
+        (200, &json!("l2")),
+        "dropped: {hit}"
+    );
+    // Later events are applied as usual, without another flush.
+    a.put_key("after", json!(1));
+    b.get_key("after");
+    a.put_key("after", json!(2));
+    wait_for("B sees the next write", Duration::from_secs(5), || {
+        b.get_key("after").1["value"] == 2
+    });
+    assert_eq!(b.metrics()["l1_flushes"], 1);
+}
