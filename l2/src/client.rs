@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{FutureExt, Shared};
@@ -22,7 +22,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, RedisFuture};
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breakers, Which};
 use crate::envelope::{DecodeError, Envelope, Stored, HEADER_VERSION_BYTES};
 
 use crate::keep_newer::{scan_and_bury, Written, KEEP_NEWER, TOMBSTONE_TTL};
@@ -161,7 +161,10 @@ enum Policy {
 #[derive(Clone)]
 pub struct L2 {
     pub(crate) jobs: flume::Sender<Job>,
-    breaker: Arc<Mutex<Breaker>>,
+    breakers: Arc<Breakers>,
+    /// When the cluster's layout was last asked for the breakers (ms since `started`).
+    layout_asked_ms: Arc<AtomicU64>,
+    started: Instant,
     pub(crate) stats: Arc<L2Stats>,
     pub(crate) config: Arc<L2Config>,
     pub(crate) backend: Backend,
@@ -237,10 +240,12 @@ impl L2 {
             .map_err(|e| L2Error::Config(format!("cannot start the L2 thread: {e}")))?;
         Ok(Self {
             jobs,
-            breaker: Arc::new(Mutex::new(Breaker::new(
+            breakers: Arc::new(Breakers::new(
                 config.breaker_threshold,
                 config.breaker_cooldown,
-            ))),
+            )),
+            layout_asked_ms: Arc::new(AtomicU64::new(u64::MAX)),
+            started: Instant::now(),
             stats: Arc::default(),
             config: Arc::new(config),
             backend,
@@ -293,8 +298,51 @@ impl L2 {
         &self.stats
     }
 
+    /// Whether a circuit breaker is open (on a cluster: any master's).
     pub fn breaker_open(&self) -> bool {
-        self.breaker.lock().expect("breaker lock").is_open()
+        self.breakers.any_open()
+    }
+
+    /// The cluster masters whose breaker is open.
+    pub fn open_nodes(&self) -> Vec<String> {
+        self.breakers.open_nodes()
+    }
+
+    /// On a cluster, asks for its layout (which master holds which slots) for the
+    /// per-master breakers: at the first call and after failures, at most once per
+    /// breaker cooldown.
+    fn refresh_layout(&self) {
+        let Backend::Cluster { .. } = &self.backend else {
+            return;
+        };
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let asked = self.layout_asked_ms.load(Relaxed);
+        let cooldown = u64::try_from(self.config.breaker_cooldown.as_millis()).unwrap_or(0);
+        if asked != u64::MAX && now < asked.saturating_add(cooldown.max(100)) {
+            return;
+        }
+        if self
+            .layout_asked_ms
+            .compare_exchange(asked, now, Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let l2 = self.clone();
+        let job: Job = Box::new(move |_| {
+            Box::pin(async move {
+                match l2.cluster_layout().await {
+                    Ok(masters) => l2.breakers.set_layout(
+                        masters
+                            .into_iter()
+                            .map(|(info, slots)| (info.addr.to_string(), slots))
+                            .collect(),
+                    ),
+                    Err(e) => tracing::debug!(error = %e, "could not read the cluster's layout"),
+                }
+            })
+        });
+        let _ = self.jobs.send(job);
     }
 
     fn key(&self, key: &[u8]) -> Vec<u8> {
@@ -306,6 +354,7 @@ impl L2 {
     async fn run<T, F>(
         &self,
         policy: Policy,
+        about: Option<&[u8]>,
         limit: Duration,
         command: impl FnOnce(Connection) -> F + Send + 'static,
     ) -> Result<T, L2Error>
@@ -313,13 +362,11 @@ impl L2 {
         T: Send + 'static,
         F: Future<Output = Result<T, L2Error>> + Send + 'static,
     {
-        if policy == Policy::Guarded
-            && !self
-                .breaker
-                .lock()
-                .expect("breaker lock")
-                .allow(Instant::now())
-        {
+        if self.layout_asked_ms.load(Relaxed) == u64::MAX {
+            self.refresh_layout();
+        }
+        let breaker: Which = self.breakers.which(about);
+        if policy == Policy::Guarded && !self.breakers.allow(&breaker, Instant::now()) {
             self.stats.skipped.fetch_add(1, Relaxed);
             return Err(L2Error::Open);
         }
@@ -346,19 +393,19 @@ impl L2 {
         let failed = result.as_ref().err().is_some_and(L2Error::is_redis_failure);
         if failed {
             self.stats.errors.fetch_add(1, Relaxed);
+            self.refresh_layout();
         }
-        self.breaker
-            .lock()
-            .expect("breaker lock")
-            .record(!failed, Instant::now());
+        self.breakers.record(&breaker, !failed, Instant::now());
         result
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Envelope>, L2Error> {
         let key = self.key(key);
+        let about = key.clone();
         let stored: Option<Vec<u8>> = self
             .run(
                 Policy::Guarded,
+                Some(&about),
                 self.config.timeout,
                 move |mut conn| async move { Ok(conn.get(key).await?) },
             )
@@ -388,6 +435,7 @@ impl L2 {
         let last = (HEADER_VERSION_BYTES - 1) as isize;
         self.run(
             Policy::Guarded,
+            None,
             self.config.timeout,
             move |conn| async move {
                 let reads = keys.into_iter().map(|key| {
@@ -481,28 +529,38 @@ impl L2 {
             u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
         });
         let version = version.hex();
-        self.run(policy, self.config.timeout, move |conn| async move {
-            let script = redis::Script::new(KEEP_NEWER);
-            let calls = writes.into_iter().map(|(key, bytes)| {
-                let (mut conn, script, version) = (conn.clone(), &script, &version);
-                async move {
-                    let outcome: i64 = script
-                        .key(key)
-                        .arg(bytes)
-                        .arg(version.as_str())
-                        .arg(ttl_ms)
-                        .invoke_async(&mut conn)
-                        .await?;
-                    Ok::<_, L2Error>(match outcome {
-                        -1 => Written::Superseded,
-                        replaced => Written::Stored {
-                            replaced: replaced == 1,
-                        },
-                    })
-                }
-            });
-            futures_util::future::try_join_all(calls).await
-        })
+        // One key's write goes through its master's breaker; several keys', the tier's.
+        let about = match writes.as_slice() {
+            [(key, _)] => Some(key.clone()),
+            _ => None,
+        };
+        self.run(
+            policy,
+            about.as_deref(),
+            self.config.timeout,
+            move |conn| async move {
+                let script = redis::Script::new(KEEP_NEWER);
+                let calls = writes.into_iter().map(|(key, bytes)| {
+                    let (mut conn, script, version) = (conn.clone(), &script, &version);
+                    async move {
+                        let outcome: i64 = script
+                            .key(key)
+                            .arg(bytes)
+                            .arg(version.as_str())
+                            .arg(ttl_ms)
+                            .invoke_async(&mut conn)
+                            .await?;
+                        Ok::<_, L2Error>(match outcome {
+                            -1 => Written::Superseded,
+                            replaced => Written::Stored {
+                                replaced: replaced == 1,
+                            },
+                        })
+                    }
+                });
+                futures_util::future::try_join_all(calls).await
+            },
+        )
         .await
     }
 
@@ -519,6 +577,7 @@ impl L2 {
         let (backend, l2) = (self.backend.clone(), self.clone());
         self.run(
             Policy::Always,
+            None,
             self.config.timeout * 100,
             move |conn| async move {
                 match (backend, conn) {

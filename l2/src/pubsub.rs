@@ -220,53 +220,73 @@ enum Target {
     },
 }
 
+/// A connection of the target's, cloned for each stream published at once (both kinds
+/// are multiplexed: clones share one socket per node and pipeline).
+#[derive(Clone)]
+enum Link {
+    Node(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
 impl Target {
-    /// Publishes `events` of one stream in order, in one pipeline, within the timeout.
-    async fn publish(
-        &mut self,
-        channel: &str,
-        events: &[Event],
-        timeout: Duration,
-    ) -> Result<(), L2Error> {
-        let mut pipeline = redis::pipe();
-        let attempt = async {
-            match self {
-                Target::AnyNode(node) => {
-                    for event in events {
-                        pipeline.publish(channel, event.encode()).ignore();
-                    }
-                    let connection = node.connection().await?;
-                    pipeline.query_async::<()>(connection).await?;
-                }
-                Target::Cluster { client, connection } => {
-                    for event in events {
-                        pipeline
-                            .cmd("SPUBLISH")
-                            .arg(channel)
-                            .arg(event.encode())
-                            .ignore();
-                    }
-                    let connection = match connection {
-                        Some(c) => c,
-                        None => connection.insert(client.get_async_connection().await?),
-                    };
-                    pipeline.query_async::<()>(connection).await?;
-                }
-            }
-            Ok::<_, L2Error>(())
+    /// The connection to publish on, made if there is none (within `timeout`).
+    async fn link(&mut self, timeout: Duration) -> Result<Link, L2Error> {
+        let made = async {
+            Ok::<_, L2Error>(match self {
+                Target::AnyNode(node) => Link::Node(node.connection().await?.clone()),
+                Target::Cluster { client, connection } => Link::Cluster(match connection {
+                    Some(c) => c.clone(),
+                    None => connection
+                        .insert(client.get_async_connection().await?)
+                        .clone(),
+                }),
+            })
         };
-        // The redis crate's own response timeout reports no duration: name the limit.
-        let result = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(timeout)),
+        match tokio::time::timeout(timeout, made).await {
             Ok(result) => result,
-        };
-        if result.is_err() {
-            match self {
-                Target::AnyNode(node) => node.give_up(),
-                Target::Cluster { connection, .. } => *connection = None,
-            }
+            Err(_) => Err(L2Error::Timeout(timeout)),
         }
-        result
+    }
+
+    /// After a failure: the next publish makes a new connection (to the next node).
+    fn give_up(&mut self) {
+        match self {
+            Target::AnyNode(node) => node.give_up(),
+            Target::Cluster { connection, .. } => *connection = None,
+        }
+    }
+}
+
+/// Publishes one stream's `events` in order, in one pipeline, within the timeout.
+async fn publish_on(
+    link: Link,
+    channel: &str,
+    events: &[Event],
+    timeout: Duration,
+) -> Result<(), L2Error> {
+    let mut pipeline = redis::pipe();
+    let command = match link {
+        Link::Node(_) => "PUBLISH",
+        Link::Cluster(_) => "SPUBLISH",
+    };
+    for event in events {
+        pipeline
+            .cmd(command)
+            .arg(channel)
+            .arg(event.encode())
+            .ignore();
+    }
+    let attempt = async {
+        match link {
+            Link::Node(mut c) => pipeline.query_async::<()>(&mut c).await?,
+            Link::Cluster(mut c) => pipeline.query_async::<()>(&mut c).await?,
+        }
+        Ok::<_, L2Error>(())
+    };
+    // The redis crate's own response timeout reports no duration: name the limit.
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(timeout)),
+        Ok(result) => result,
     }
 }
 
@@ -324,14 +344,29 @@ async fn publish_task(publisher: Publisher, mut sequencer: Sequencer, mut target
             }
             continue;
         }
-        // Streams publish one after another on the one target: each is one round trip,
-        // and a cluster connection pipelines them anyway.
-        for i in ready {
+        // Every ready stream at once: one round trip for all of them.
+        let results = match target.link(timeout).await {
+            Ok(link) => {
+                let sends = ready.iter().map(|&i| {
+                    publish_on(
+                        link.clone(),
+                        streams.channel(i as u16),
+                        &lanes[i].in_flight,
+                        timeout,
+                    )
+                });
+                futures_util::future::join_all(sends).await
+            }
+            Err(e) => ready.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // A connection that failed every stream is replaced; one dead master among
+        // several is the cluster connection's to route around.
+        if results.iter().all(Result::is_err) {
+            target.give_up();
+        }
+        for (i, result) in ready.into_iter().zip(results) {
             let lane = &mut lanes[i];
-            match target
-                .publish(streams.channel(i as u16), &lane.in_flight, timeout)
-                .await
-            {
+            match result {
                 Ok(()) => {
                     lane.in_flight.clear();
                     lane.retry_at = None;

@@ -194,6 +194,13 @@ pub struct Config {
     #[arg(long, env = "CACHE_EVENTS_CHANNEL", default_value = "cache:events")]
     pub events_channel: String,
 
+    /// On a Redis 7 cluster, carry coherence events on 16 shard channels (SPUBLISH,
+    /// SSUBSCRIBE per master) rather than one channel relayed to every node. Off by
+    /// default: on loopback it measured 5 times the single channel's p99 propagation
+    /// (BENCHMARKS.md), which is not understood yet.
+    #[arg(long, env = "CACHE_EVENTS_SHARDED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub events_sharded: bool,
+
     /// Coherence events held per event stream while Redis is slow or away; repeated keys
     /// coalesce, and on overflow one flush event replaces what was held.
     #[arg(long, env = "CACHE_EVENTS_QUEUE", default_value_t = 10_000)]

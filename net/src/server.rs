@@ -54,7 +54,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             let epoch = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-            let streams = client.event_streams(&config.events_channel);
+            let streams = match config.events_sharded {
+                true => client.event_streams(&config.events_channel),
+                false => l2::Streams::single(&config.events_channel),
+            };
             let publisher = client.publisher(&instance, epoch, streams, config.events_queue);
             Some(L2Tier {
                 client,

@@ -187,7 +187,13 @@ fn one_cluster_master_down_and_back() {
 #[test]
 fn shard_channels_are_resubscribed_after_a_master_restarts() {
     let mut cluster = RedisCluster::start(3);
-    let (a, b) = two_instances_with_30_users(&cluster, &[("REDIS_TIMEOUT_MS", "300")]);
+    let (a, b) = two_instances_with_30_users(
+        &cluster,
+        &[
+            ("REDIS_TIMEOUT_MS", "300"),
+            ("CACHE_EVENTS_SHARDED", "true"),
+        ],
+    );
     let keys: Vec<String> = (0..30).map(|i| format!("user:{i}")).collect();
     for key in &keys {
         b.get_key(key);
@@ -259,6 +265,7 @@ fn instances_use_a_tls_cluster() {
         ("REDIS_CLUSTER_NODES", nodes.as_str()),
         ("REDIS_TLS_CA_FILE", ca.to_str().unwrap()),
         ("REDIS_TIMEOUT_MS", "2000"),
+        ("CACHE_EVENTS_SHARDED", "true"),
     ];
     let (a, b) = (Server::start(&env), Server::start(&env));
     a.wait_subscribed();
