@@ -1,14 +1,16 @@
 //! The Redis client: one I/O thread runs a tokio runtime with the redis crate's
 //! `ConnectionManager` (one multiplexed connection that reconnects by itself), and every
-//! caller, on any runtime (the glommio cores included), hands it jobs over a flume
+//! caller, on any runtime (the serving cores included), hands it jobs over a flume
 //! channel and awaits the answer on a one-shot flume channel. Commands from all cores
 //! share the connection, so many are in flight at once (pipelined). The redis crate
-//! needs tokio, and glommio's sockets cannot leave their core, which is why Redis I/O
+//! needs tokio, and the serving cores' sockets cannot leave their core, which is why Redis I/O
 //! lives on its own thread instead of on the serving cores.
 //!
-//! Every call is bounded by `timeout` and its outcome feeds the circuit breaker. While
-//! the breaker is open, reads and fills fail at once with [`L2Error::Open`] and are
-//! counted as skipped; client writes and deletions are still attempted (see `Policy`).
+//! Every call is bounded by `timeout` and its outcome feeds a circuit breaker: on a
+//! cluster the breaker of the master that holds the call's key (see [`Breakers`]), else
+//! the tier's. While it is open, reads and fills fail at once with [`L2Error::Open`] and
+//! are counted as skipped; client writes and deletions are still attempted (see
+//! `Policy`).
 
 use std::future::Future;
 use std::pin::Pin;

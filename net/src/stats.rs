@@ -241,7 +241,7 @@ pub const METRICS: &[Metric] = &[
         "l2_breaker_open",
         "l2_breaker_open",
         Gauge,
-        "1 while the L2 circuit breaker is open.",
+        "1 while an L2 circuit breaker is open (on a cluster: any master's).",
         |r| {
             Value::Flag(
                 r.shared

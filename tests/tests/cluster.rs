@@ -150,6 +150,30 @@ fn one_cluster_master_down_and_back() {
     });
     let m = a.metrics();
     assert!(m["l2_errors"].as_u64().unwrap() >= 2, "{m}");
+    // The breaker that opened is the dead master's: keys of the live masters keep their
+    // L2 reads and writes on A.
+    let live_key = (0..)
+        .map(|i| format!("fresh:{i}"))
+        .find(|k| {
+            let slot: u32 = cluster
+                .cli(&["CLUSTER", "KEYSLOT", &format!("cm:{k}")])
+                .parse()
+                .unwrap();
+            slot < 10923
+        })
+        .unwrap();
+    assert_eq!(b.put_key(&live_key, json!("from B"))["l2"], "stored");
+    assert_eq!(
+        a.get_key(&live_key).1["source"],
+        "l2",
+        "A still reads L2 there"
+    );
+    assert_eq!(a.put_key(&live_key, json!("from A"))["l2"], "stored");
+    assert_eq!(
+        a.metrics()["l2_breaker_open"],
+        true,
+        "the dead master's is open"
+    );
 
     // B holds user:0..29 in L1. An invalidation that A answers with success must reach
     // B, with the breaker open and a master down.
