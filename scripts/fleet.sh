@@ -9,7 +9,15 @@
 # publishes per second per Redis node, and L1 flushes; as text, JSON
 # (target/fleet/fleet-N.json) and a plot of propagation against N
 # (target/fleet/propagation.svg). Extra instance settings come from the environment as
-# FLEET_ENV="VAR=VALUE ..." (e.g. FLEET_ENV="CACHE_COHERENCE=tracking").
+# FLEET_ENV="VAR=VALUE ..." (e.g. FLEET_ENV="CACHE_EVENTS_SHARDED=true").
+#
+# Then the per-event costs the scaling model in BENCHMARKS.md is built from:
+#   - an instance's CPU per event applied: 4 instances, 5,000 writes a second into the
+#     first only, the other three's utime + stime (/proc) over the events they applied;
+#   - Redis's CPU per PUBLISH and per delivery: a standalone redis-server taking
+#     pipelined PUBLISHes of a 200-byte event (redis-benchmark) with 1 and with 16
+#     subscribers, its utime + stime over the messages; the difference gives the cost of
+#     each delivery. Written to target/fleet/costs.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -24,6 +32,7 @@ cargo build --release -q -p net -p bench-harness
 
 # The cluster: three masters, no replicas.
 nodes=()
+redis_pids=()
 for i in 1 2 3; do
     p=$(free_port)
     mkdir -p "$work/redis-$p"
@@ -31,6 +40,7 @@ for i in 1 2 3; do
         --cluster-config-file "$work/redis-$p/nodes.conf" --dir "$work/redis-$p" \
         --save "" --appendonly no > "$work/redis-$p.log" 2>&1 &
     pids+=($!)
+    redis_pids+=($!)
     nodes+=("127.0.0.1:$p")
 done
 for n in "${nodes[@]}"; do wait_port "${n#*:}"; done
@@ -41,19 +51,29 @@ for _ in $(seq 1 200); do
 done
 seeds=$(IFS=,; echo "${nodes[*]}")
 
-reports=()
-for n in ${sizes//,/ }; do
+# start_fleet N — N instances on the cluster, each following every event stream; sets
+# $instances (host:port) and $started (their pids).
+start_fleet() {
     instances=()
     started=()
-    for _ in $(seq 1 "$n"); do
+    for _ in $(seq 1 "$1"); do
         # shellcheck disable=SC2086  # FLEET_ENV is a list of VAR=VALUE words
         start_cache_manager CACHE_CORES=1 REDIS_CLUSTER_NODES="$seeds" REDIS_TIMEOUT_MS=500 ${FLEET_ENV:-}
         instances+=("127.0.0.1:$port")
         started+=("${pids[-1]}")
     done
     for i in "${instances[@]}"; do
-        until curl -sf "http://$i/readyz" > /dev/null; do sleep 0.05; done
+        until curl -sf "http://$i/api/cache/metrics" | grep -q '"coherence_subscribed":true'; do sleep 0.05; done
     done
+}
+
+# cpu_ticks PID... — utime + stime of the processes, in clock ticks.
+cpu_ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+tick=$(getconf CLK_TCK)
+
+reports=()
+for n in ${sizes//,/ }; do
+    start_fleet "$n"
     echo "== $n instances, $rate background writes/s"
     target/release/cache-bench fleet --instances "$(IFS=,; echo "${instances[*]}")" \
         --redis-nodes "$seeds" --write-rate "$rate" --probes "$probes" --json "$out/fleet-$n.json"
@@ -63,4 +83,48 @@ for n in ${sizes//,/ }; do
     redis-cli --cluster call "${nodes[0]}" FLUSHALL > /dev/null
 done
 target/release/cache-bench fleet-plot "${reports[@]}" --out "$out/propagation.svg"
-echo "reports in $out/: ${reports[*]##*/}, propagation.svg"
+
+echo "== per-event costs: 4 instances, 5000 writes/s into the first"
+start_fleet 4
+receivers=("${started[@]:1}")
+before=$(cpu_ticks "${receivers[@]}")
+target/release/cache-bench fleet --instances "$(IFS=,; echo "${instances[*]}")" --writers 1 \
+    --write-rate 5000 --probes 20 --probe-gap 250ms --json "$out/costs-fleet.json" > /dev/null
+after=$(cpu_ticks "${receivers[@]}")
+kill "${started[@]}"
+wait "${started[@]}" 2>/dev/null || true
+applied=$(jq '([.per_instance[1:][] | .events_applied_per_s] | add) * .seconds' "$out/costs-fleet.json")
+instance_us=$(awk -v c=$((after - before)) -v t="$tick" -v e="$applied" 'BEGIN {printf "%.2f", c / t * 1e6 / e}')
+echo "instance CPU per event applied: $instance_us µs ($applied events on 3 receivers)"
+
+# Redis's own pub/sub cost, on a standalone server.
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no > "$work/redis-pubsub.log" 2>&1 &
+rpid=$!
+pids+=("$rpid")
+wait_port "$rport"
+payload=$(head -c 200 /dev/zero | tr '\0' 'e')
+messages=200000
+publish_cost() {  # publish_cost SUBSCRIBERS — Redis µs of CPU per PUBLISH with that many subscribers
+    local subs=() b a
+    for _ in $(seq 1 "$1"); do
+        redis-cli -p "$rport" SUBSCRIBE cache:events > /dev/null &
+        subs+=($!)
+    done
+    until [ "$(redis-cli -p "$rport" PUBSUB NUMSUB cache:events | tail -1)" = "$1" ]; do sleep 0.05; done
+    b=$(cpu_ticks "$rpid")
+    redis-benchmark -p "$rport" -n "$messages" -c 4 -P 32 -q PUBLISH cache:events "$payload" > /dev/null
+    a=$(cpu_ticks "$rpid")
+    kill "${subs[@]}"
+    wait "${subs[@]}" 2>/dev/null || true
+    awk -v c=$((a - b)) -v t="$tick" -v m="$messages" 'BEGIN {printf "%.3f", c / t * 1e6 / m}'
+}
+one=$(publish_cost 1)
+sixteen=$(publish_cost 16)
+delivery=$(awk -v a="$one" -v b="$sixteen" 'BEGIN {printf "%.3f", (b - a) / 15}')
+echo "redis CPU per PUBLISH: $one µs with 1 subscriber, $sixteen µs with 16: $delivery µs per delivery"
+jq -n --argjson instance "$instance_us" --argjson one "$one" --argjson sixteen "$sixteen" \
+    --argjson delivery "$delivery" \
+    '{instance_us_per_event_applied: $instance, redis_us_per_publish_1_subscriber: $one,
+      redis_us_per_publish_16_subscribers: $sixteen, redis_us_per_delivery: $delivery}' > "$out/costs.json"
+echo "reports in $out/: ${reports[*]##*/}, propagation.svg, costs.json"

@@ -30,6 +30,9 @@ pub struct FleetConfig {
     pub redis_nodes: Vec<SocketAddr>,
     /// Background PUTs per second across the fleet.
     pub write_rate: f64,
+    /// How many instances (the first ones) take the background writes; the others only
+    /// receive events, so their CPU per event applied can be read off.
+    pub writers: usize,
     /// Background keys are `fleet:bg:0` … `fleet:bg:{keys-1}`.
     pub keys: u64,
     pub value_size: usize,
@@ -115,13 +118,13 @@ pub fn run(config: &FleetConfig) -> anyhow::Result<FleetReport> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-    let writers: Vec<_> = config
-        .instances
+    let writing = config.writers.clamp(1, config.instances.len());
+    let writers: Vec<_> = config.instances[..writing]
         .iter()
         .enumerate()
         .map(|(i, addr)| {
             let (addr, stop, writes) = (*addr, stop.clone(), writes.clone());
-            let rate = config.write_rate / config.instances.len() as f64;
+            let rate = config.write_rate / writing as f64;
             let (keys, size, seed) = (config.keys, config.value_size, config.seed + i as u64);
             thread::spawn(move || background_writes(addr, rate, keys, size, seed, &stop, &writes))
         })

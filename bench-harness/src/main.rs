@@ -65,6 +65,9 @@ struct FleetArgs {
     /// Background PUTs per second across the fleet.
     #[arg(long, default_value_t = 1000.0)]
     write_rate: f64,
+    /// How many instances (the first ones) take the background writes (default: all).
+    #[arg(long)]
+    writers: Option<usize>,
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
     #[arg(long, default_value_t = 100)]
@@ -282,6 +285,7 @@ fn fleet_command(args: FleetArgs) -> anyhow::Result<()> {
         instances: args.instances,
         redis_nodes: args.redis_nodes,
         write_rate: args.write_rate,
+        writers: args.writers.unwrap_or(usize::MAX),
         keys: args.keys,
         value_size: args.value_size,
         probes: args.probes,

@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
             keys.iter().collect()
         }
         Action::InvalidatePattern { pattern } => vec![pattern],
+        Action::Flush => Vec::new(),
     };
     for key in keys {
         if let Some(bytes) = key.bytes() {

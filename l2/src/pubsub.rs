@@ -171,12 +171,9 @@ impl L2 {
             streams,
         };
         let sequencer = Sequencer::new(instance, epoch);
-        let target = match (&self.backend, publisher.streams.is_sharded()) {
-            (Backend::Cluster { client, .. }, true) => Target::Cluster {
-                client: client.clone(),
-                connection: None,
-            },
-            _ => Target::AnyNode(AnyNode::new(self.any_node_infos(), self.clone())),
+        let target = match publisher.streams.is_sharded() {
+            true => Target::Masters(Masters::new(self.clone(), publisher.streams.clone())),
+            false => Target::AnyNode(AnyNode::new(self.any_node_infos(), self.clone())),
         };
         let task = publish_task(publisher.clone(), sequencer, target, self.clone());
         let job: Job = Box::new(move |_| Box::pin(task));
@@ -213,76 +210,114 @@ impl L2 {
 
 /// Where the publishing task publishes.
 enum Target {
+    /// The one channel, on any node.
     AnyNode(AnyNode),
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        connection: Option<redis::cluster_async::ClusterConnection>,
-    },
-}
-
-/// A connection of the target's, cloned for each stream published at once (both kinds
-/// are multiplexed: clones share one socket per node and pipeline).
-#[derive(Clone)]
-enum Link {
-    Node(MultiplexedConnection),
-    Cluster(redis::cluster_async::ClusterConnection),
+    /// Shard channels, each on its master, over direct connections (going through the
+    /// redis crate's cluster connection measured several milliseconds slower).
+    Masters(Masters),
 }
 
 impl Target {
-    /// The connection to publish on, made if there is none (within `timeout`).
-    async fn link(&mut self, timeout: Duration) -> Result<Link, L2Error> {
-        let made = async {
-            Ok::<_, L2Error>(match self {
-                Target::AnyNode(node) => Link::Node(node.connection().await?.clone()),
-                Target::Cluster { client, connection } => Link::Cluster(match connection {
-                    Some(c) => c.clone(),
-                    None => connection
-                        .insert(client.get_async_connection().await?)
-                        .clone(),
-                }),
-            })
-        };
-        match tokio::time::timeout(timeout, made).await {
-            Ok(result) => result,
-            Err(_) => Err(L2Error::Timeout(timeout)),
+    /// The connection that publishes `stream`, made if there is none.
+    async fn link(&mut self, stream: u16) -> Result<MultiplexedConnection, L2Error> {
+        match self {
+            Target::AnyNode(node) => Ok(node.connection().await?.clone()),
+            Target::Masters(masters) => masters.connection(stream).await,
         }
     }
 
-    /// After a failure: the next publish makes a new connection (to the next node).
-    fn give_up(&mut self) {
+    /// After `stream` failed: the next publish makes a new connection (to the next node,
+    /// or to the master the cluster's layout names then).
+    fn give_up(&mut self, stream: u16) {
         match self {
             Target::AnyNode(node) => node.give_up(),
-            Target::Cluster { connection, .. } => *connection = None,
+            Target::Masters(masters) => masters.give_up(stream),
         }
+    }
+
+    fn command(&self) -> &'static str {
+        match self {
+            Target::AnyNode(_) => "PUBLISH",
+            Target::Masters(_) => "SPUBLISH",
+        }
+    }
+}
+
+/// Connections to the masters that hold the shard channels, from the cluster's layout
+/// (read again after any failure).
+struct Masters {
+    l2: L2,
+    streams: Streams,
+    /// Each stream's master, once the layout is known.
+    owners: Option<Vec<Option<ConnectionInfo>>>,
+    connections: HashMap<String, MultiplexedConnection>,
+}
+
+impl Masters {
+    fn new(l2: L2, streams: Streams) -> Self {
+        Self {
+            l2,
+            streams,
+            owners: None,
+            connections: HashMap::new(),
+        }
+    }
+
+    async fn connection(&mut self, stream: u16) -> Result<MultiplexedConnection, L2Error> {
+        if self.owners.is_none() {
+            let masters = self.l2.cluster_layout().await?;
+            self.owners = Some(
+                self.streams
+                    .all()
+                    .into_iter()
+                    .map(|s| {
+                        let slot = redis::cluster_routing::get_slot(self.streams.channel(s).as_bytes());
+                        masters
+                            .iter()
+                            .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
+                            .map(|(info, _)| info.clone())
+                    })
+                    .collect(),
+            );
+        }
+        let info = self
+            .owners
+            .as_ref()
+            .and_then(|owners| owners[usize::from(stream)].clone())
+            .ok_or_else(|| {
+                self.owners = None;
+                L2Error::Redis(format!("no master holds the slot of event stream {stream}"))
+            })?;
+        let address = info.addr.to_string();
+        if let Some(connection) = self.connections.get(&address) {
+            return Ok(connection.clone());
+        }
+        let connection = self.l2.node_connection(info).await?;
+        self.connections.insert(address, connection.clone());
+        Ok(connection)
+    }
+
+    fn give_up(&mut self, stream: u16) {
+        if let Some(Some(info)) = self.owners.as_ref().map(|o| &o[usize::from(stream)]) {
+            self.connections.remove(&info.addr.to_string());
+        }
+        self.owners = None;
     }
 }
 
 /// Publishes one stream's `events` in order, in one pipeline, within the timeout.
 async fn publish_on(
-    link: Link,
+    mut connection: MultiplexedConnection,
+    command: &str,
     channel: &str,
     events: &[Event],
     timeout: Duration,
 ) -> Result<(), L2Error> {
     let mut pipeline = redis::pipe();
-    let command = match link {
-        Link::Node(_) => "PUBLISH",
-        Link::Cluster(_) => "SPUBLISH",
-    };
     for event in events {
-        pipeline
-            .cmd(command)
-            .arg(channel)
-            .arg(event.encode())
-            .ignore();
+        pipeline.cmd(command).arg(channel).arg(event.encode()).ignore();
     }
-    let attempt = async {
-        match link {
-            Link::Node(mut c) => pipeline.query_async::<()>(&mut c).await?,
-            Link::Cluster(mut c) => pipeline.query_async::<()>(&mut c).await?,
-        }
-        Ok::<_, L2Error>(())
-    };
+    let attempt = async { Ok::<_, L2Error>(pipeline.query_async::<()>(&mut connection).await?) };
     // The redis crate's own response timeout reports no duration: name the limit.
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Err(L2Error::Timeout(_))) | Err(_) => Err(L2Error::Timeout(timeout)),
@@ -345,24 +380,25 @@ async fn publish_task(publisher: Publisher, mut sequencer: Sequencer, mut target
             continue;
         }
         // Every ready stream at once: one round trip for all of them.
-        let results = match target.link(timeout).await {
-            Ok(link) => {
-                let sends = ready.iter().map(|&i| {
-                    publish_on(
-                        link.clone(),
-                        streams.channel(i as u16),
-                        &lanes[i].in_flight,
-                        timeout,
-                    )
-                });
-                futures_util::future::join_all(sends).await
+        let mut sends = Vec::with_capacity(ready.len());
+        for &i in &ready {
+            let link = tokio::time::timeout(timeout, target.link(i as u16)).await;
+            let (command, lane, channel) = (target.command(), &lanes[i], streams.channel(i as u16));
+            sends.push(async move {
+                match link {
+                    Ok(Ok(connection)) => {
+                        publish_on(connection, command, channel, &lane.in_flight, timeout).await
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(L2Error::Timeout(timeout)),
+                }
+            });
+        }
+        let results = futures_util::future::join_all(sends).await;
+        for (i, result) in ready.iter().zip(&results) {
+            if result.is_err() {
+                target.give_up(*i as u16);
             }
-            Err(e) => ready.iter().map(|_| Err(e.clone())).collect(),
-        };
-        // A connection that failed every stream is replaced; one dead master among
-        // several is the cluster connection's to route around.
-        if results.iter().all(Result::is_err) {
-            target.give_up();
         }
         for (i, result) in ready.into_iter().zip(results) {
             let lane = &mut lanes[i];

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use engine::{Glob, KeyFilter};
-use l2::{Action, Event, Incoming, Key, Sequencer, Streams, Verdict, Version};
+use l2::{Action, Incoming, Key, Sequencer, Streams, Verdict, Version};
 
 use crate::core::Shared;
 use crate::tiers::L2Tier;
@@ -21,6 +21,9 @@ use crate::writes;
 
 /// Patterns remembered as applied, so their copies on the other streams are skipped.
 const PATTERNS_REMEMBERED: usize = 256;
+/// The most events taken from the inbox at once: their keys go to each owner in one
+/// message, so a busy fleet costs one owner round trip per batch, not per event.
+const EVENTS_PER_BATCH: usize = 256;
 
 pub async fn follow(shared: Arc<Shared>) {
     let Some(tier) = &shared.tiers.l2 else { return };
@@ -29,72 +32,104 @@ pub async fn follow(shared: Arc<Shared>) {
     let mut sequencer = Sequencer::new(tier.instance.clone(), tier.epoch);
     let mut patterns_applied: VecDeque<(String, u64, u64)> = VecDeque::new();
     loop {
-        let incoming = futures_lite::future::or(async { inbox.recv_async().await.ok() }, async {
+        let first = futures_lite::future::or(async { inbox.recv_async().await.ok() }, async {
             shared.shutdown.wait().await;
             None
         })
         .await;
-        match incoming {
-            None => return,
-            Some(Incoming::Subscribed) => shared.subscribed.trigger(),
-            Some(Incoming::Resubscribed { streams: lost }) => {
-                sequencer.reset(&lost);
-                let reason = "the events subscription was lost and restored";
-                flush(&shared, tier, &streams, &lost, reason).await;
+        let Some(first) = first else { return };
+        let mut drops = Drops::default();
+        let mut next = Some(first);
+        let mut taken = 1;
+        while let Some(incoming) = next {
+            match incoming {
+                Incoming::Subscribed => shared.subscribed.trigger(),
+                Incoming::Resubscribed { streams: lost } => {
+                    drops.apply(&shared, tier).await;
+                    sequencer.reset(&lost);
+                    let reason = "the events subscription was lost and restored";
+                    flush(&shared, tier, &streams, &lost, reason).await;
+                }
+                Incoming::Event(event) => match sequencer.observe(&event) {
+                    Verdict::Own | Verdict::Stale => {}
+                    Verdict::Apply => match event.action {
+                        Action::Set { keys } | Action::Delete { keys } | Action::Refresh { keys } => {
+                            drops.add(keys, Version(event.version))
+                        }
+                        Action::InvalidatePattern { pattern } => {
+                            drops.apply(&shared, tier).await;
+                            let id = (event.instance, event.epoch, event.version);
+                            apply_pattern(&shared, pattern, id, &mut patterns_applied).await;
+                            tier.events_applied.incr();
+                        }
+                        Action::Flush => {
+                            drops.apply(&shared, tier).await;
+                            let reason =
+                                format!("{} could not publish all its events", event.instance);
+                            flush(&shared, tier, &streams, &[event.stream], &reason).await;
+                            tier.events_applied.incr();
+                        }
+                    },
+                    Verdict::Gap { missed } => {
+                        drops.apply(&shared, tier).await;
+                        let reason = format!("{missed} events from {} were lost", event.instance);
+                        flush(&shared, tier, &streams, &[event.stream], &reason).await;
+                    }
+                },
             }
-            Some(Incoming::Event(event)) => match sequencer.observe(&event) {
-                Verdict::Own | Verdict::Stale => {}
-                Verdict::Apply => {
-                    apply(&shared, tier, &streams, event, &mut patterns_applied).await;
-                    tier.events_applied.incr();
-                }
-                Verdict::Gap { missed } => {
-                    let reason = format!("{missed} events from {} were lost", event.instance);
-                    flush(&shared, tier, &streams, &[event.stream], &reason).await;
-                }
-            },
+            next = (taken < EVENTS_PER_BATCH).then(|| inbox.try_recv().ok()).flatten();
+            taken += 1;
         }
+        drops.apply(&shared, tier).await;
     }
 }
 
-async fn apply(
-    shared: &Shared,
-    tier: &L2Tier,
-    streams: &Streams,
-    event: Event,
-    patterns_applied: &mut VecDeque<(String, u64, u64)>,
-) {
-    let keys = |keys: Vec<Key>| keys.iter().filter_map(Key::bytes).collect::<Vec<_>>();
-    let version = Version(event.version);
-    let result = match event.action {
-        Action::Set { keys: k } | Action::Delete { keys: k } | Action::Refresh { keys: k } => {
-            writes::drop_older(shared, keys(k), version).await
-        }
-        Action::InvalidatePattern { pattern } => {
-            let id = (event.instance, event.epoch, event.version);
-            let Some(pattern) = pattern.bytes() else {
-                return;
-            };
-            if patterns_applied.contains(&id) {
-                return;
-            }
-            if patterns_applied.len() == PATTERNS_REMEMBERED {
-                patterns_applied.pop_front();
-            }
-            patterns_applied.push_back(id);
-            shared
-                .mail
-                .invalidate_pattern(Arc::new(Glob::new(&pattern)))
-                .await
-        }
-        Action::Flush => {
-            let reason = format!("{} could not publish all its events", event.instance);
-            flush(shared, tier, streams, &[event.stream], &reason).await;
+/// Key events taken together: each key with its write's version.
+#[derive(Default)]
+struct Drops {
+    keys: Vec<(Vec<u8>, Version)>,
+    events: usize,
+}
+
+impl Drops {
+    fn add(&mut self, keys: Vec<Key>, version: Version) {
+        self.keys
+            .extend(keys.iter().filter_map(Key::bytes).map(|key| (key, version)));
+        self.events += 1;
+    }
+
+    /// Drops the entries the events made stale, then forgets them.
+    async fn apply(&mut self, shared: &Shared, tier: &L2Tier) {
+        if self.events == 0 {
             return;
         }
+        if let Err(e) = writes::drop_older(shared, std::mem::take(&mut self.keys)).await {
+            tracing::warn!(error = %e, "could not apply coherence events");
+        }
+        tier.events_applied.add(std::mem::take(&mut self.events) as u64);
+    }
+}
+
+/// A pattern invalidation (sent on every stream): applied the first time it arrives.
+async fn apply_pattern(
+    shared: &Shared,
+    pattern: Key,
+    id: (String, u64, u64),
+    patterns_applied: &mut VecDeque<(String, u64, u64)>,
+) {
+    let Some(pattern) = pattern.bytes() else {
+        return;
     };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "could not apply a coherence event");
+    if patterns_applied.contains(&id) {
+        return;
+    }
+    if patterns_applied.len() == PATTERNS_REMEMBERED {
+        patterns_applied.pop_front();
+    }
+    patterns_applied.push_back(id);
+    let glob = Arc::new(Glob::new(&pattern));
+    if let Err(e) = shared.mail.invalidate_pattern(glob).await {
+        tracing::warn!(error = %e, "could not apply a pattern invalidation");
     }
 }
 

@@ -195,10 +195,8 @@ pub struct Config {
     pub events_channel: String,
 
     /// On a Redis 7 cluster, carry coherence events on 16 shard channels (SPUBLISH,
-    /// SSUBSCRIBE per master) rather than one channel relayed to every node. Off by
-    /// default: on loopback it measured 5 times the single channel's p99 propagation
-    /// (BENCHMARKS.md), which is not understood yet.
-    #[arg(long, env = "CACHE_EVENTS_SHARDED", default_value_t = false, action = clap::ArgAction::Set)]
+    /// SSUBSCRIBE per master) rather than one channel every node relays.
+    #[arg(long, env = "CACHE_EVENTS_SHARDED", default_value_t = true, action = clap::ArgAction::Set)]
     pub events_sharded: bool,
 
     /// Coherence events held per event stream while Redis is slow or away; repeated keys

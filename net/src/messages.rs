@@ -49,11 +49,11 @@ pub enum OwnerMessage {
         entries: Vec<Restored>,
         reply: Reply<usize>,
     },
-    /// Another instance wrote or deleted these keys (routed to this shard) with
-    /// `version`: drop the entries older than that; answers how many were dropped.
+    /// Other instances wrote or deleted these keys (routed to this shard, each with its
+    /// hash and the write's version): drop the entries older than that; answers how
+    /// many were dropped.
     DropOlder {
-        keys: Vec<(u64, Vec<u8>)>,
-        version: Version,
+        keys: Vec<(u64, Vec<u8>, Version)>,
         reply: Reply<usize>,
     },
 }

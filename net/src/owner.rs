@@ -81,14 +81,10 @@ impl Owner {
                 reply,
             } => self.put(hash, key, value, ttl, reply, now),
             OwnerMessage::Delete { hash, key, reply } => self.delete(hash, key, reply, now),
-            OwnerMessage::DropOlder {
-                keys,
-                version,
-                reply,
-            } => {
+            OwnerMessage::DropOlder { keys, reply } => {
                 let mut writer = self.writer.borrow_mut();
                 let mut dropped = 0;
-                for (hash, key) in keys {
+                for (hash, key, version) in keys {
                     self.flights.fence(&key);
                     let held = writer.get_with(hash, &key, now, |e| stored::version(e.value));
                     // An event from before versions (0) drops whatever is there.

@@ -124,30 +124,27 @@ pub async fn refresh(shared: &Shared, key: &[u8]) -> Result<Result<Filled, FillE
     .await
 }
 
-/// Another instance wrote or deleted `keys` with `version`: each owner drops its entries
-/// older than that (a version of zero, from an instance that predates versions, drops
-/// them all). Returns how many were dropped.
+/// Other instances wrote or deleted these keys, each with its write's version: each
+/// owner drops its entries older than that (a version of zero, from an instance that
+/// predates versions, drops them all). One message per owner for the whole batch.
+/// Returns how many were dropped.
 pub async fn drop_older(
     shared: &Shared,
-    keys: Vec<Vec<u8>>,
-    version: Version,
+    keys: Vec<(Vec<u8>, Version)>,
 ) -> Result<usize, ShardGone> {
-    shared.tiers.versions.observe(version);
-    let mut per_shard: Vec<Vec<(u64, Vec<u8>)>> = vec![Vec::new(); shared.router.shards()];
-    for key in keys {
+    let mut per_shard: Vec<Vec<(u64, Vec<u8>, Version)>> =
+        vec![Vec::new(); shared.router.shards()];
+    for (key, version) in keys {
+        shared.tiers.versions.observe(version);
         let hash = shared.router.hash(&key);
-        per_shard[shared.router.shard_of(hash)].push((hash, key));
+        per_shard[shared.router.shard_of(hash)].push((hash, key, version));
     }
     let mut dropped = 0;
     for (shard, keys) in per_shard.into_iter().enumerate() {
         if !keys.is_empty() {
             dropped += shared
                 .mail
-                .call(shard, |reply| OwnerMessage::DropOlder {
-                    keys,
-                    version,
-                    reply,
-                })
+                .call(shard, |reply| OwnerMessage::DropOlder { keys, reply })
                 .await?;
         }
     }
