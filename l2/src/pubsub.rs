@@ -23,6 +23,10 @@ use crate::outbox::{Outbox, OutboxStats};
 use crate::streams::Streams;
 use crate::version::Version;
 
+/// How long a subscriber that lost a channel waits for the others a failover takes.
+const SETTLE: Duration = Duration::from_millis(20);
+/// How often a subscriber compares the masters it follows with the cluster's layout.
+const LAYOUT_CHECK: Duration = Duration::from_secs(1);
 /// The first and the longest wait before a failed publish or subscription is retried.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
@@ -271,7 +275,8 @@ impl Masters {
                     .all()
                     .into_iter()
                     .map(|s| {
-                        let slot = redis::cluster_routing::get_slot(self.streams.channel(s).as_bytes());
+                        let slot =
+                            redis::cluster_routing::get_slot(self.streams.channel(s).as_bytes());
                         masters
                             .iter()
                             .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
@@ -315,7 +320,11 @@ async fn publish_on(
 ) -> Result<(), L2Error> {
     let mut pipeline = redis::pipe();
     for event in events {
-        pipeline.cmd(command).arg(channel).arg(event.encode()).ignore();
+        pipeline
+            .cmd(command)
+            .arg(channel)
+            .arg(event.encode())
+            .ignore();
     }
     let attempt = async { Ok::<_, L2Error>(pipeline.query_async::<()>(&mut connection).await?) };
     // The redis crate's own response timeout reports no duration: name the limit.
@@ -569,7 +578,13 @@ async fn follow_shards(l2: L2, streams: Streams, tx: flume::Sender<Incoming>) {
             }
         }
         let push = if lost.is_empty() {
-            incoming.recv().await
+            match tokio::time::timeout(LAYOUT_CHECK, incoming.recv()).await {
+                Ok(push) => push,
+                Err(_) => {
+                    moved_streams(&l2, &streams, &mut links, &mut lost).await;
+                    continue;
+                }
+            }
         } else {
             match tokio::time::timeout(backoff, incoming.recv()).await {
                 Ok(push) => push,
@@ -579,37 +594,99 @@ async fn follow_shards(l2: L2, streams: Streams, tx: flume::Sender<Incoming>) {
                 }
             }
         };
-        let Some((link, push)) = push else { return };
-        match push.kind {
-            PushKind::SMessage => {
-                if let [_, Value::BulkString(bytes)] = push.data.as_slice() {
-                    if !forward(bytes, "a shard channel", &tx) {
-                        return;
-                    }
-                }
+        let Some(mut push) = push else { return };
+        loop {
+            let was_lost = lost.len();
+            if !take_push(push, &streams, &mut links, &mut lost, &tx) {
+                return;
             }
-            PushKind::SUnsubscribe => {
-                let stream = match push.data.first() {
-                    Some(Value::BulkString(name)) => streams.of_channel(name),
-                    _ => None,
-                };
-                if let (Some(stream), Some(shard)) = (stream, links.get_mut(&link)) {
-                    if let Some(at) = shard.streams.iter().position(|s| *s == stream) {
-                        tracing::warn!(stream, node = %shard.address, "a shard channel moved (slot migration or failover); resubscribing");
-                        shard.streams.remove(at);
-                        lost.push(stream);
-                    }
-                }
+            // A failover unsubscribes several channels at once: gather what arrives
+            // together, so that they are subscribed again (and flushed) together.
+            let wait = if lost.len() > was_lost {
+                SETTLE
+            } else {
+                Duration::ZERO
+            };
+            match tokio::time::timeout(wait, incoming.recv()).await {
+                Ok(Some(next)) => push = next,
+                Ok(None) => return,
+                Err(_) => break,
             }
-            PushKind::Disconnection => {
-                if let Some(shard) = links.remove(&link) {
-                    tracing::warn!(node = %shard.address, streams = ?shard.streams, "lost the shard channel subscription; resubscribing");
-                    lost.extend(shard.streams);
-                }
-            }
-            _ => {}
         }
     }
+}
+
+/// What one push from a shard connection means: a message is passed on, a
+/// server-sent SUNSUBSCRIBE (its slot moved) loses that stream, a disconnection loses
+/// the connection's streams. False once nobody listens.
+fn take_push(
+    (link, push): (u64, redis::PushInfo),
+    streams: &Streams,
+    links: &mut HashMap<u64, ShardLink>,
+    lost: &mut Vec<u16>,
+    tx: &flume::Sender<Incoming>,
+) -> bool {
+    match push.kind {
+        PushKind::SMessage => {
+            if let [_, Value::BulkString(bytes)] = push.data.as_slice() {
+                return forward(bytes, "a shard channel", tx);
+            }
+        }
+        PushKind::SUnsubscribe => {
+            let stream = match push.data.first() {
+                Some(Value::BulkString(name)) => streams.of_channel(name),
+                _ => None,
+            };
+            if let (Some(stream), Some(shard)) = (stream, links.get_mut(&link)) {
+                if let Some(at) = shard.streams.iter().position(|s| *s == stream) {
+                    tracing::warn!(stream, node = %shard.address, "a shard channel moved (slot migration or failover); resubscribing");
+                    shard.streams.remove(at);
+                    lost.push(stream);
+                }
+            }
+        }
+        PushKind::Disconnection => {
+            if let Some(shard) = links.remove(&link) {
+                tracing::warn!(node = %shard.address, streams = ?shard.streams, "lost the shard channel subscription; resubscribing");
+                lost.extend(shard.streams);
+            }
+        }
+        _ => {}
+    }
+    true
+}
+
+/// Streams whose channel's slot is now held by another master than the one followed
+/// (a failover or a slot migration the server did not announce with SUNSUBSCRIBE) are
+/// moved to `lost`, to be subscribed where they live now.
+async fn moved_streams(
+    l2: &L2,
+    streams: &Streams,
+    links: &mut HashMap<u64, ShardLink>,
+    lost: &mut Vec<u16>,
+) {
+    let Ok(masters) = l2.cluster_layout().await else {
+        return;
+    };
+    let owner = |stream: u16| {
+        let slot = redis::cluster_routing::get_slot(streams.channel(stream).as_bytes());
+        masters
+            .iter()
+            .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
+            .map(|(info, _)| info.addr.to_string())
+    };
+    for link in links.values_mut() {
+        let (moved, kept): (Vec<u16>, Vec<u16>) = link
+            .streams
+            .iter()
+            .partition(|s| owner(**s).is_some_and(|a| a != link.address));
+        if !moved.is_empty() {
+            tracing::warn!(node = %link.address, streams = ?moved, "shard channels moved to another master; resubscribing");
+            link.streams = kept;
+            lost.extend(moved);
+        }
+    }
+    links.retain(|_, link| !link.streams.is_empty());
 }
 
 /// Subscribes the `lost` streams on the masters that hold them now; returns the streams

@@ -53,9 +53,9 @@ pub async fn follow(shared: Arc<Shared>) {
                 Incoming::Event(event) => match sequencer.observe(&event) {
                     Verdict::Own | Verdict::Stale => {}
                     Verdict::Apply => match event.action {
-                        Action::Set { keys } | Action::Delete { keys } | Action::Refresh { keys } => {
-                            drops.add(keys, Version(event.version))
-                        }
+                        Action::Set { keys }
+                        | Action::Delete { keys }
+                        | Action::Refresh { keys } => drops.add(keys, Version(event.version)),
                         Action::InvalidatePattern { pattern } => {
                             drops.apply(&shared, tier).await;
                             let id = (event.instance, event.epoch, event.version);
@@ -77,7 +77,9 @@ pub async fn follow(shared: Arc<Shared>) {
                     }
                 },
             }
-            next = (taken < EVENTS_PER_BATCH).then(|| inbox.try_recv().ok()).flatten();
+            next = (taken < EVENTS_PER_BATCH)
+                .then(|| inbox.try_recv().ok())
+                .flatten();
             taken += 1;
         }
         drops.apply(&shared, tier).await;
@@ -106,7 +108,8 @@ impl Drops {
         if let Err(e) = writes::drop_older(shared, std::mem::take(&mut self.keys)).await {
             tracing::warn!(error = %e, "could not apply coherence events");
         }
-        tier.events_applied.add(std::mem::take(&mut self.events) as u64);
+        tier.events_applied
+            .add(std::mem::take(&mut self.events) as u64);
     }
 }
 

@@ -132,8 +132,7 @@ pub async fn drop_older(
     shared: &Shared,
     keys: Vec<(Vec<u8>, Version)>,
 ) -> Result<usize, ShardGone> {
-    let mut per_shard: Vec<Vec<(u64, Vec<u8>, Version)>> =
-        vec![Vec::new(); shared.router.shards()];
+    let mut per_shard: Vec<Vec<(u64, Vec<u8>, Version)>> = vec![Vec::new(); shared.router.shards()];
     for (key, version) in keys {
         shared.tiers.versions.observe(version);
         let hash = shared.router.hash(&key);

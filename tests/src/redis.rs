@@ -124,7 +124,12 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
-        Self::started(masters, None)
+        Self::started(masters, 0, None)
+    }
+
+    /// `masters` masters (nodes `0..masters`) and one replica each (the nodes after).
+    pub fn start_with_replicas(masters: usize) -> Self {
+        Self::started(masters, 1, None)
     }
 
     /// A cluster whose clients and cluster bus speak TLS (`tls-cluster yes`), each node
@@ -150,24 +155,25 @@ impl RedisCluster {
             "--tls-auth-clients".to_owned(),
             "no".to_owned(),
         ];
-        Self::started(masters, Some((tls_ports, args)))
+        Self::started(masters, 0, Some((tls_ports, args)))
     }
 
-    fn started(masters: usize, tls: Option<(Vec<u16>, Vec<String>)>) -> Self {
+    fn started(masters: usize, replicas: usize, tls: Option<(Vec<u16>, Vec<String>)>) -> Self {
+        let nodes = masters * (1 + replicas);
         let dir = std::env::temp_dir().join(format!(
             "redis-cluster-{}-{}",
             std::process::id(),
             crate::free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = (0..masters).map(|_| crate::free_port()).collect();
+        let ports: Vec<u16> = (0..nodes).map(|_| crate::free_port()).collect();
         let mut cluster = Self {
             nodes: Vec::new(),
             ports,
             tls,
             dir,
         };
-        cluster.nodes = (0..masters).map(|i| cluster.spawn(i)).collect();
+        cluster.nodes = (0..nodes).map(|i| cluster.spawn(i)).collect();
         for &port in &cluster.ports {
             wait_until(|| cli(port, &["PING"]) == "PONG", "a cluster node to start");
         }
@@ -184,7 +190,7 @@ impl RedisCluster {
                     .iter()
                     .map(|p| format!("127.0.0.1:{p}")),
             )
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
             .expect("redis-cli is installed (scripts/test.sh installs it)");

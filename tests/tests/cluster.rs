@@ -310,3 +310,51 @@ fn instances_use_a_tls_cluster() {
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A failover (`CLUSTER FAILOVER` on a replica): the shard channels of the old master's
+/// slots move to the promoted replica. Each instance moves its subscriptions there,
+/// flushes only the keys of those channels, and events on them keep arriving; a
+/// publisher that still targets the old master is redirected and retries, so no
+/// overwrite is lost.
+#[test]
+fn shard_channels_follow_a_failover() {
+    let cluster = RedisCluster::start_with_replicas(3);
+    let (a, b) = two_instances_with_30_users(&cluster, &[("REDIS_TIMEOUT_MS", "500")]);
+    let keys: Vec<String> = (0..30).map(|i| format!("user:{i}")).collect();
+    for key in &keys {
+        b.get_key(key);
+    }
+    assert_eq!(b.metrics()["l1_flushes"], 0);
+
+    // Node 3 is a replica; it takes over its master's slots.
+    let promoted = 3;
+    assert!(cluster
+        .node_cli(promoted, &["INFO", "replication"])
+        .contains("role:slave"));
+    assert_eq!(cluster.node_cli(promoted, &["CLUSTER", "FAILOVER"]), "OK");
+    wait_for("the replica is promoted", Duration::from_secs(15), || {
+        cluster
+            .node_cli(promoted, &["INFO", "replication"])
+            .contains("role:master")
+    });
+    wait_for("B moved its subscriptions", Duration::from_secs(15), || {
+        b.metrics()["l1_flushes"].as_u64().unwrap() >= 1
+    });
+    assert!(
+        b.metrics()["l1_flushes"].as_u64().unwrap() <= 2,
+        "only the moved channels are flushed: {}",
+        b.metrics()
+    );
+    for (n, key) in keys.iter().enumerate() {
+        a.put_key(key, json!(format!("after-{n}")));
+    }
+    for (n, key) in keys.iter().enumerate() {
+        b.get_key(key);
+        a.put_key(key, json!(format!("again-{n}")));
+    }
+    for (n, key) in keys.iter().enumerate() {
+        wait_for("B gets every event", Duration::from_secs(5), || {
+            b.get_key(key).1["value"] == json!(format!("again-{n}"))
+        });
+    }
+}
