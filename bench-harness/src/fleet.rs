@@ -46,6 +46,8 @@ pub struct FleetConfig {
     /// A sighting that has not happened by then is given up as lost.
     pub give_up: Duration,
     pub seed: u64,
+    /// Names the run in its JSON report (and its lines in a plot).
+    pub label: String,
 }
 
 /// One instance's counters over the run.
@@ -68,6 +70,7 @@ pub struct NodeCounts {
 }
 
 pub struct FleetReport {
+    pub label: String,
     /// One sample per probe and instance other than the writer, in nanoseconds.
     pub propagation_ns: Histogram<u64>,
     /// Sightings later than `stale_after`.
@@ -205,6 +208,7 @@ pub fn run(config: &FleetConfig) -> anyhow::Result<FleetReport> {
         })
         .collect();
     Ok(FleetReport {
+        label: config.label.clone(),
         propagation_ns,
         stale,
         lost,
@@ -438,6 +442,7 @@ impl FleetReport {
     pub fn to_json(&self) -> serde_json::Value {
         let h = &self.propagation_ns;
         serde_json::json!({
+            "label": self.label,
             "instances": self.instances.len(),
             "probes": self.probes,
             "samples": h.len(),
@@ -512,24 +517,31 @@ impl FleetReport {
     }
 }
 
-/// Propagation percentiles against fleet size, from the JSON reports of several runs.
+/// Propagation percentiles (p50, p99) against fleet size, from the JSON reports of
+/// several runs: one pair of lines per label (a coherence mode, say).
 pub fn plot(reports: &[serde_json::Value], path: &std::path::Path) -> anyhow::Result<()> {
-    let mut runs: Vec<(f64, &serde_json::Value)> = reports
+    let mut labels: Vec<&str> = reports
         .iter()
-        .map(|r| (r["instances"].as_f64().unwrap_or(0.0), &r["propagation_ms"]))
+        .map(|r| r["label"].as_str().unwrap_or(""))
         .collect();
-    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let series: Vec<(String, Vec<(f64, f64)>)> =
-        [("p50", "p50"), ("p99", "p99"), ("p99.9", "p999")]
+    labels.sort_unstable();
+    labels.dedup();
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for label in labels {
+        let mut runs: Vec<(f64, &serde_json::Value)> = reports
             .iter()
-            .map(|(name, field)| {
-                let points = runs
-                    .iter()
-                    .map(|(n, p)| (*n, p[*field].as_f64().unwrap_or(0.0)))
-                    .collect();
-                (format!("propagation {name}"), points)
-            })
+            .filter(|r| r["label"].as_str().unwrap_or("") == label)
+            .map(|r| (r["instances"].as_f64().unwrap_or(0.0), &r["propagation_ms"]))
             .collect();
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (name, field) in [("p50", "p50"), ("p99", "p99")] {
+            let points = runs
+                .iter()
+                .map(|(n, p)| (*n, p[field].as_f64().unwrap_or(0.0)))
+                .collect();
+            series.push((format!("{label} {name}").trim().to_owned(), points));
+        }
+    }
     crate::report::plot_lines(
         path,
         "Invalidation propagation against fleet size",

@@ -85,6 +85,9 @@ struct FleetArgs {
     give_up: Duration,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Names the run in the JSON report and in `fleet-plot` (a coherence mode, say).
+    #[arg(long, default_value = "")]
+    label: String,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -294,6 +297,7 @@ fn fleet_command(args: FleetArgs) -> anyhow::Result<()> {
         stale_after: args.stale_after,
         give_up: args.give_up,
         seed: args.seed,
+        label: args.label,
     })?;
     report.print(&mut std::io::stdout().lock())?;
     if let Some(path) = &args.json {

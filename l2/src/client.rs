@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{FutureExt, Shared};
@@ -28,6 +28,8 @@ use crate::breaker::{Breakers, Which};
 use crate::envelope::{DecodeError, Envelope, Stored, HEADER_VERSION_BYTES};
 
 use crate::keep_newer::{scan_and_bury, Written, KEEP_NEWER, TOMBSTONE_TTL};
+use crate::pubsub::Incoming;
+use crate::tracking::Tracked;
 use crate::version::Version;
 
 #[derive(Clone, Debug)]
@@ -49,6 +51,8 @@ pub struct L2Config {
     pub timeout: Duration,
     pub breaker_threshold: u32,
     pub breaker_cooldown: Duration,
+    /// Coherence by client tracking (`tracking.rs`) instead of pub/sub events for keys.
+    pub tracking: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +103,8 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// job waiting for a connection awaits the same attempt.
 pub(crate) type Connecting = Shared<BoxFuture<Result<Connection, L2Error>>>;
 pub(crate) type Job = Box<dyn FnOnce(Connecting) -> BoxFuture<()> + Send>;
+/// The subscriber's inbox, for client tracking's invalidations.
+pub(crate) type TrackingSink = Arc<Mutex<Option<flume::Sender<Incoming>>>>;
 
 /// Where L2 lives: one server (a reconnecting multiplexed connection), or a cluster
 /// (the redis crate's cluster client, which routes each key to its slot's master and
@@ -119,6 +125,8 @@ pub(crate) enum Backend {
 pub(crate) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// Client tracking's own connections, one per node (`tracking.rs`).
+    Tracked(Tracked),
 }
 
 impl ConnectionLike for Connection {
@@ -126,6 +134,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
             Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Tracked(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -138,6 +147,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Tracked(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -145,6 +155,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+            Connection::Tracked(c) => c.get_db(),
         }
     }
 }
@@ -164,6 +175,8 @@ enum Policy {
 pub struct L2 {
     pub(crate) jobs: flume::Sender<Job>,
     breakers: Arc<Breakers>,
+    /// Where client tracking's invalidations go (set by [`L2::subscribe`]).
+    pub(crate) tracking_sink: TrackingSink,
     /// When the cluster's layout was last asked for the breakers (ms since `started`).
     layout_asked_ms: Arc<AtomicU64>,
     started: Instant,
@@ -172,7 +185,7 @@ pub struct L2 {
     pub(crate) backend: Backend,
     /// The CA certificates for `rediss://` (`REDIS_TLS_CA_FILE`), for connections made to
     /// single nodes.
-    ca: Option<Arc<Vec<u8>>>,
+    pub(crate) ca: Option<Arc<Vec<u8>>>,
 }
 
 impl L2 {
@@ -230,6 +243,15 @@ impl L2 {
             .set_connection_timeout(config.timeout)
             .set_number_of_retries(1);
         let (thread_backend, timeout) = (backend.clone(), config.timeout);
+        let tracking_sink: TrackingSink = Arc::default();
+        let tracked = config.tracking.then(|| {
+            let (seeds, cluster) = match &backend {
+                Backend::Single(client) => (vec![client.get_connection_info().clone()], false),
+                Backend::Cluster { nodes, .. } => (nodes.clone(), true),
+            };
+            let (ca, prefix, sink) = (ca.clone(), config.prefix.clone(), tracking_sink.clone());
+            move || Tracked::new(seeds, cluster, ca, timeout, &prefix, sink)
+        });
         std::thread::Builder::new()
             .name("l2-io".into())
             .spawn(move || {
@@ -237,7 +259,10 @@ impl L2 {
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                runtime.block_on(serve_jobs(thread_backend, manager_config, timeout, queue));
+                runtime.block_on(async move {
+                    let tracked = tracked.map(|make| make());
+                    serve_jobs(thread_backend, manager_config, timeout, tracked, queue).await
+                });
             })
             .map_err(|e| L2Error::Config(format!("cannot start the L2 thread: {e}")))?;
         Ok(Self {
@@ -248,6 +273,7 @@ impl L2 {
             )),
             layout_asked_ms: Arc::new(AtomicU64::new(u64::MAX)),
             started: Instant::now(),
+            tracking_sink,
             stats: Arc::default(),
             config: Arc::new(config),
             backend,
@@ -583,9 +609,9 @@ impl L2 {
             self.config.timeout * 100,
             move |conn| async move {
                 match (backend, conn) {
-                    (Backend::Cluster { nodes, .. }, Connection::Cluster(mut cluster)) => {
+                    (Backend::Cluster { .. }, _) => {
                         let mut removed = 0;
-                        for (master, _) in masters(&mut cluster, &nodes).await? {
+                        for (master, _) in l2.cluster_layout().await? {
                             let mut node = l2.node_connection(master).await?;
                             removed += scan_and_bury(&mut node, &full, version).await?;
                         }
@@ -609,9 +635,15 @@ async fn serve_jobs(
     backend: Backend,
     config: ConnectionManagerConfig,
     timeout: Duration,
+    tracked: Option<Tracked>,
     queue: flume::Receiver<Job>,
 ) {
-    let mut current: Option<Connecting> = None;
+    // Tracked connections are made per node when a command needs one.
+    let mut current: Option<Connecting> = tracked.map(|tracked| {
+        let ready: BoxFuture<Result<Connection, L2Error>> =
+            Box::pin(async move { Ok(Connection::Tracked(tracked)) });
+        ready.shared()
+    });
     while let Ok(job) = queue.recv_async().await {
         if matches!(current.as_ref().and_then(Shared::peek), Some(Err(_))) {
             current = None;
@@ -681,7 +713,10 @@ fn certificates(ca: &[u8]) -> redis::TlsCertificates {
 }
 
 /// A client for `info`, trusting `ca` instead of the system's roots when given.
-fn client_for(info: ConnectionInfo, ca: Option<&[u8]>) -> Result<redis::Client, L2Error> {
+pub(crate) fn client_for(
+    info: ConnectionInfo,
+    ca: Option<&[u8]>,
+) -> Result<redis::Client, L2Error> {
     match ca {
         Some(ca) => redis::Client::build_with_tls(info, certificates(ca)),
         None => redis::Client::open(info),
@@ -692,19 +727,36 @@ fn client_for(info: ConnectionInfo, ca: Option<&[u8]>) -> Result<redis::Client, 
 /// A master and the slot ranges it holds.
 pub(crate) type Master = (ConnectionInfo, Vec<std::ops::RangeInclusive<u16>>);
 
-/// The cluster's current masters (from `CLUSTER NODES`), with the seeds' credentials.
-async fn masters(
-    cluster: &mut ClusterConnection,
+/// The cluster's current masters and their slots, asked (`CLUSTER NODES`) of the first
+/// seed that answers within `timeout`, with the seeds' credentials and TLS.
+pub(crate) async fn read_layout(
     seeds: &[ConnectionInfo],
+    ca: Option<&Vec<u8>>,
+    timeout: Duration,
 ) -> Result<Vec<Master>, L2Error> {
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(cluster)
-        .await?;
-    let template = seeds
-        .first()
-        .ok_or_else(|| L2Error::Config("no cluster nodes".into()))?;
-    Ok(cluster_masters(&nodes, template))
+    let mut last = L2Error::Config("no cluster nodes".into());
+    for seed in seeds {
+        let asked = async {
+            let client = client_for(seed.clone(), ca.map(Vec::as_slice))?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout);
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let text: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut connection)
+                .await?;
+            Ok::<_, L2Error>(cluster_masters(&text, seed))
+        };
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(masters)) => return Ok(masters),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = L2Error::Timeout(timeout),
+        }
+    }
+    Err(last)
 }
 
 /// The masters a `CLUSTER NODES` text lists as healthy, each with its slot ranges, and
@@ -788,6 +840,7 @@ mod tests {
             timeout: Duration::from_millis(100),
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
+            tracking: false,
         };
         assert!(matches!(L2::start(config), Err(L2Error::Config(_))));
     }

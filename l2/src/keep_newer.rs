@@ -30,6 +30,11 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 /// (each exact in Lua's doubles; text comparison would follow Redis's collation locale).
 /// Returns -1 when a write at least as new is there, 1 when a value was replaced, 0 when
 /// nothing (or a tombstone) was.
+///
+/// The closing read (a one-byte `GETRANGE`, which the recommended ACL already allows) is
+/// for client tracking (`tracking.rs`): a script's reads
+/// are tracked for its caller, but its own SET ends the tracking its first GET began, so
+/// without a read after it the writer would not hear of the next instance's write.
 pub const KEEP_NEWER: &str = r#"
 local old = redis.call('GET', KEYS[1])
 local replaced = 0
@@ -52,6 +57,7 @@ if ARGV[3] == '0' then
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 end
+redis.call('GETRANGE', KEYS[1], 0, 0)
 return replaced
 "#;
 

@@ -12,6 +12,7 @@ pub mod keep_newer;
 pub mod outbox;
 pub mod pubsub;
 pub mod streams;
+mod tracking;
 pub mod version;
 
 pub use breaker::Breaker;

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, PushKind, Value};
 
-use crate::client::{cluster_masters, Backend, Job, L2Error, Master, L2};
+use crate::client::{read_layout, Backend, Job, L2Error, Master, L2};
 use crate::events::{Action, Event, Key, Sequencer};
 use crate::outbox::{Outbox, OutboxStats};
 use crate::streams::Streams;
@@ -42,6 +42,9 @@ pub struct Publisher {
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<tokio::sync::Notify>,
     streams: Streams,
+    /// False under client tracking, where Redis itself tells the instances that hold a
+    /// key: only patterns and flushes are published.
+    key_events: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -59,6 +62,11 @@ impl Publisher {
         {
             let mut outbox = self.outbox.lock().expect("outbox lock");
             let (make, keys): (KeyAction, Vec<Key>) = match action {
+                Action::Set { .. } | Action::Delete { .. } | Action::Refresh { .. }
+                    if !self.key_events =>
+                {
+                    return
+                }
                 Action::Set { keys } => (|keys| Action::Set { keys }, keys),
                 Action::Delete { keys } => (|keys| Action::Delete { keys }, keys),
                 Action::Refresh { keys } => (|keys| Action::Refresh { keys }, keys),
@@ -103,6 +111,13 @@ pub enum Incoming {
     Resubscribed {
         streams: Vec<u16>,
     },
+    /// Client tracking: other clients changed these keys (without the L2 prefix).
+    Invalidated {
+        keys: Vec<Vec<u8>>,
+    },
+    /// Client tracking: a tracked connection was lost (or Redis forgot what it tracked),
+    /// so invalidations may have been missed.
+    TrackingLost,
 }
 
 impl L2 {
@@ -110,7 +125,8 @@ impl L2 {
     /// SPUBLISH (Redis 7), else the one channel. Asks the cluster (within the timeout);
     /// a cluster that cannot be asked is taken to be Redis 7, as a warning says.
     pub fn event_streams(&self, channel: &str) -> Streams {
-        let Backend::Cluster { .. } = &self.backend else {
+        // Under client tracking the channel carries only patterns and flushes.
+        let (Backend::Cluster { .. }, false) = (&self.backend, self.config.tracking) else {
             return Streams::single(channel);
         };
         let (reply, answer) = flume::bounded(1);
@@ -173,6 +189,7 @@ impl L2 {
             outbox: Arc::new(Mutex::new(Outbox::new(streams.count(), queue))),
             wake: Arc::new(tokio::sync::Notify::new()),
             streams,
+            key_events: !self.config.tracking,
         };
         let sequencer = Sequencer::new(instance, epoch);
         let target = match publisher.streams.is_sharded() {
@@ -197,6 +214,9 @@ impl L2 {
     /// lost). Undecodable messages are logged and dropped.
     pub fn subscribe(&self, streams: &Streams) -> flume::Receiver<Incoming> {
         let (tx, rx) = flume::unbounded();
+        if self.config.tracking {
+            *self.tracking_sink.lock().expect("sink lock") = Some(tx.clone());
+        }
         let (l2, streams) = (self.clone(), streams.clone());
         let job: Job = Box::new(move |_| {
             Box::pin(async move {
@@ -761,23 +781,11 @@ impl L2 {
     /// The cluster's masters and the slots each holds, asked of the first seed that
     /// answers.
     pub(crate) async fn cluster_layout(&self) -> Result<Vec<Master>, L2Error> {
-        let seeds = self.any_node_infos();
-        let mut last = L2Error::Config("no cluster nodes".into());
-        for seed in &seeds {
-            let asked = async {
-                let mut connection = self.node_connection(seed.clone()).await?;
-                let text: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query_async(&mut connection)
-                    .await?;
-                Ok::<_, L2Error>(cluster_masters(&text, seed))
-            };
-            match tokio::time::timeout(self.config.timeout, asked).await {
-                Ok(Ok(masters)) => return Ok(masters),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = L2Error::Timeout(self.config.timeout),
-            }
-        }
-        Err(last)
+        read_layout(
+            &self.any_node_infos(),
+            self.ca.as_deref(),
+            self.config.timeout,
+        )
+        .await
     }
 }

@@ -40,6 +40,7 @@ fn config(url: String) -> L2Config {
         timeout: Duration::from_millis(200),
         breaker_threshold: 3,
         breaker_cooldown: Duration::from_millis(300),
+        tracking: false,
     }
 }
 

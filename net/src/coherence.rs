@@ -8,6 +8,10 @@
 //! subscription, or a sender's flush event (its queue overflowed) flushes L1 — only the
 //! keys of the streams concerned, so on a cluster a lost shard costs that shard's keys.
 //! A pattern travels on every stream (it may cover keys of any) and is applied once.
+//!
+//! Under client tracking (`CACHE_COHERENCE=tracking`) key changes come from Redis as
+//! invalidations of the keys this instance read, and only patterns and flushes use the
+//! channel; a lost tracked connection flushes L1.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -49,6 +53,19 @@ pub async fn follow(shared: Arc<Shared>) {
                     sequencer.reset(&lost);
                     let reason = "the events subscription was lost and restored";
                     flush(&shared, tier, &streams, &lost, reason).await;
+                }
+                Incoming::Invalidated { keys } => drops.invalidated(keys),
+                Incoming::TrackingLost => {
+                    drops.apply(&shared, tier).await;
+                    let all = streams.all();
+                    flush(
+                        &shared,
+                        tier,
+                        &streams,
+                        &all,
+                        "a tracked Redis connection was lost",
+                    )
+                    .await;
                 }
                 Incoming::Event(event) => match sequencer.observe(&event) {
                     Verdict::Own | Verdict::Stale => {}
@@ -98,6 +115,14 @@ impl Drops {
         self.keys
             .extend(keys.iter().filter_map(Key::bytes).map(|key| (key, version)));
         self.events += 1;
+    }
+
+    /// Client tracking: these keys changed, at a version not told (so whatever L1 holds
+    /// goes; each key counts as an event).
+    fn invalidated(&mut self, keys: Vec<Vec<u8>>) {
+        self.events += keys.len();
+        self.keys
+            .extend(keys.into_iter().map(|key| (key, Version::ZERO)));
     }
 
     /// Drops the entries the events made stale, then forgets them.

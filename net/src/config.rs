@@ -22,6 +22,17 @@ pub enum ReadPath {
     Hop,
 }
 
+/// How the instances' L1s are kept coherent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coherence {
+    /// Every write is published to every instance (pub/sub).
+    Pubsub,
+    /// Redis tells each instance about the keys it read (RESP3 client tracking); only
+    /// patterns and flushes are published.
+    Tracking,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -193,6 +204,11 @@ pub struct Config {
     /// Redis channel that carries coherence events between instances.
     #[arg(long, env = "CACHE_EVENTS_CHANNEL", default_value = "cache:events")]
     pub events_channel: String,
+
+    /// How the instances' L1s stay coherent: `pubsub` (every write to every instance) or
+    /// `tracking` (Redis tells each instance of the keys it holds).
+    #[arg(long, env = "CACHE_COHERENCE", value_enum, default_value_t = Coherence::Pubsub)]
+    pub coherence: Coherence,
 
     /// On a Redis 7 cluster, carry coherence events on 16 shard channels (SPUBLISH,
     /// SSUBSCRIBE per master) rather than one channel every node relays.
@@ -592,6 +608,7 @@ impl Config {
             timeout: Duration::from_millis(self.redis_timeout_ms),
             breaker_threshold: self.l2_breaker_failures,
             breaker_cooldown: Duration::from_millis(self.l2_breaker_cooldown_ms),
+            tracking: self.coherence == Coherence::Tracking,
         })
     }
 

@@ -185,9 +185,10 @@ fn three_instances_agree_on_every_key_once_the_load_stops() {
             .collect()
     };
     let mut last = Vec::new();
+    // Agreement, not its speed, is the point: a loaded machine gets a wide bound.
     let took = wait_for(
         "every instance answers every key alike",
-        Duration::from_millis(1500),
+        Duration::from_secs(10),
         || {
             last = instances.iter().map(answers).collect::<Vec<_>>();
             last.windows(2).all(|w| w[0] == w[1])
