@@ -27,10 +27,14 @@ bench_args() {
     keys=10000
 }
 
+# free_port — a port nothing listens on, 10,000 or more below the kernel's ephemeral
+# range: a port in that range may be taken by an outgoing connection between the check
+# and the bind, and a Redis Cluster node also binds its port + 10,000 for the bus.
 free_port() {
-    local port
+    local port low
+    read -r low _ < /proc/sys/net/ipv4/ip_local_port_range
     while :; do
-        port=$((20000 + RANDOM % 40000))
+        port=$((10000 + RANDOM % (low - 20000)))
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
     done
 }
@@ -81,7 +85,7 @@ start_cache_manager() {
     env CACHE_LISTEN="127.0.0.1:$port" CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn "$@" \
         target/release/cache-manager > "$work/cache-manager-$port.log" 2>&1 &
     pids+=($!)
-    wait_port "$port"
+    wait_port "$port" || { head -5 "$work/cache-manager-$port.log" >&2; return 1; }
 }
 
 # prefill PORT KEYS SIZE — PUTs key:0 … key:KEYS-1 with SIZE-byte values.
