@@ -25,10 +25,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, RedisFuture};
 
 use crate::breaker::{Breakers, Which};
-use crate::envelope::{DecodeError, Envelope, Stored, HEADER_VERSION_BYTES};
+use crate::envelope::{Envelope, Stored, HEADER_VERSION_BYTES};
+pub use crate::error::L2Error;
+use crate::nodes::{certificates, client_for};
 
+use crate::events::Incoming;
 use crate::keep_newer::{scan_and_bury, Written, KEEP_NEWER, TOMBSTONE_TTL};
-use crate::pubsub::Incoming;
 use crate::tracking::Tracked;
 use crate::version::Version;
 
@@ -53,40 +55,6 @@ pub struct L2Config {
     pub breaker_cooldown: Duration,
     /// Coherence by client tracking (`tracking.rs`) instead of pub/sub events for keys.
     pub tracking: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum L2Error {
-    #[error("Redis is being skipped: the circuit breaker opened after repeated failures")]
-    Open,
-    #[error("Redis did not answer within {0:?} (REDIS_TIMEOUT_MS)")]
-    Timeout(Duration),
-    #[error("Redis: {0}")]
-    Redis(String),
-    #[error("the value stored in Redis is unreadable: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("invalid Redis configuration: {0}")]
-    Config(String),
-    #[error("the L2 I/O thread has stopped")]
-    Stopped,
-}
-
-impl From<redis::RedisError> for L2Error {
-    fn from(e: redis::RedisError) -> Self {
-        if e.is_timeout() {
-            L2Error::Timeout(Duration::ZERO)
-        } else {
-            L2Error::Redis(e.to_string())
-        }
-    }
-}
-
-impl L2Error {
-    /// Whether this failure says something about Redis's health (and counts for the
-    /// breaker), as opposed to one stored value being bad.
-    fn is_redis_failure(&self) -> bool {
-        !matches!(self, L2Error::Decode(_))
-    }
 }
 
 #[derive(Debug, Default)]
@@ -702,108 +670,6 @@ fn node_info(config: &L2Config, url: &str) -> Result<ConnectionInfo, L2Error> {
         info.redis.db = db;
     }
     Ok(info)
-}
-
-/// The CA certificates to trust, as the redis crate takes them.
-fn certificates(ca: &[u8]) -> redis::TlsCertificates {
-    redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(ca.to_vec()),
-    }
-}
-
-/// A client for `info`, trusting `ca` instead of the system's roots when given.
-pub(crate) fn client_for(
-    info: ConnectionInfo,
-    ca: Option<&[u8]>,
-) -> Result<redis::Client, L2Error> {
-    match ca {
-        Some(ca) => redis::Client::build_with_tls(info, certificates(ca)),
-        None => redis::Client::open(info),
-    }
-    .map_err(|e| L2Error::Config(e.to_string()))
-}
-
-/// A master and the slot ranges it holds.
-pub(crate) type Master = (ConnectionInfo, Vec<std::ops::RangeInclusive<u16>>);
-
-/// The cluster's current masters and their slots, asked (`CLUSTER NODES`) of the first
-/// seed that answers within `timeout`, with the seeds' credentials and TLS.
-pub(crate) async fn read_layout(
-    seeds: &[ConnectionInfo],
-    ca: Option<&Vec<u8>>,
-    timeout: Duration,
-) -> Result<Vec<Master>, L2Error> {
-    let mut last = L2Error::Config("no cluster nodes".into());
-    for seed in seeds {
-        let asked = async {
-            let client = client_for(seed.clone(), ca.map(Vec::as_slice))?;
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(timeout)
-                .set_response_timeout(timeout);
-            let mut connection = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            let text: String = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query_async(&mut connection)
-                .await?;
-            Ok::<_, L2Error>(cluster_masters(&text, seed))
-        };
-        match tokio::time::timeout(timeout, asked).await {
-            Ok(Ok(masters)) => return Ok(masters),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = L2Error::Timeout(timeout),
-        }
-    }
-    Err(last)
-}
-
-/// The masters a `CLUSTER NODES` text lists as healthy, each with its slot ranges, and
-/// the connection details of `template` (credentials, TLS) at its address.
-pub(crate) fn cluster_masters(nodes: &str, template: &ConnectionInfo) -> Vec<Master> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
-            if !flags.contains("master") || flags.contains("fail") {
-                return None;
-            }
-            let address = fields.get(1)?.split('@').next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            let mut info = template.clone();
-            info.addr = at(&template.addr, host, port.parse().ok()?);
-            // Slots are `N` or `A-B`; `[…]` entries are slots being migrated.
-            let ranges = fields
-                .iter()
-                .skip(8)
-                .filter(|f| !f.starts_with('['))
-                .filter_map(|f| {
-                    let (a, b) = f.split_once('-').unwrap_or((f, f));
-                    Some(a.parse().ok()?..=b.parse().ok()?)
-                })
-                .collect();
-            Some((info, ranges))
-        })
-        .collect()
-}
-
-/// `template`'s kind of address (plain or TLS, with its TLS settings) at `host:port`.
-fn at(template: &redis::ConnectionAddr, host: &str, port: u16) -> redis::ConnectionAddr {
-    match template {
-        redis::ConnectionAddr::TcpTls {
-            insecure,
-            tls_params,
-            ..
-        } => redis::ConnectionAddr::TcpTls {
-            host: host.to_owned(),
-            port,
-            insecure: *insecure,
-            tls_params: tls_params.clone(),
-        },
-        _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
-    }
 }
 
 /// Escapes Redis glob metacharacters so `bytes` matches itself literally.

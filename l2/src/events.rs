@@ -126,6 +126,26 @@ impl Event {
     }
 }
 
+/// What a subscriber receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Every stream is subscribed: every event published from now on arrives.
+    Subscribed,
+    Event(Event),
+    /// These streams' subscriptions were lost and are back: their events may have been
+    /// missed meanwhile.
+    Resubscribed {
+        streams: Vec<u16>,
+    },
+    /// Client tracking: other clients changed these keys (without the L2 prefix).
+    Invalidated {
+        keys: Vec<Vec<u8>>,
+    },
+    /// Client tracking: a tracked connection was lost (or Redis forgot what it tracked),
+    /// so invalidations may have been missed.
+    TrackingLost,
+}
+
 /// What a receiver should do with an incoming event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {

@@ -17,8 +17,10 @@ use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, PushKind, Value};
 
-use crate::client::{read_layout, Backend, Job, L2Error, Master, L2};
-use crate::events::{Action, Event, Key, Sequencer};
+use crate::client::{Backend, Job, L2};
+use crate::error::L2Error;
+use crate::events::{Action, Event, Incoming, Key, Sequencer};
+use crate::nodes::{read_layout, Master};
 use crate::outbox::{Outbox, OutboxStats};
 use crate::streams::Streams;
 use crate::version::Version;
@@ -98,26 +100,6 @@ impl Publisher {
     pub fn streams(&self) -> &Streams {
         &self.streams
     }
-}
-
-/// What a subscriber receives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Incoming {
-    /// Every stream is subscribed: every event published from now on arrives.
-    Subscribed,
-    Event(Event),
-    /// These streams' subscriptions were lost and are back: their events may have been
-    /// missed meanwhile.
-    Resubscribed {
-        streams: Vec<u16>,
-    },
-    /// Client tracking: other clients changed these keys (without the L2 prefix).
-    Invalidated {
-        keys: Vec<Vec<u8>>,
-    },
-    /// Client tracking: a tracked connection was lost (or Redis forgot what it tracked),
-    /// so invalidations may have been missed.
-    TrackingLost,
 }
 
 impl L2 {

@@ -22,9 +22,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Arg, Cmd, ConnectionInfo, ErrorKind, Pipeline, PushKind, RedisFuture, Value};
 
-use crate::client::{client_for, Master};
+use crate::error::L2Error;
+use crate::events::Incoming;
 use crate::keep_newer::KEEP_NEWER;
-use crate::pubsub::Incoming;
+use crate::nodes::{client_for, read_layout, Master};
 
 /// A handle to the tracked connections; cheap to clone (each clone remembers its last
 /// node).
@@ -85,7 +86,7 @@ impl Tracked {
         let info = if inner.cluster {
             if state.layout.is_none() {
                 state.layout = Some(
-                    crate::client::read_layout(&inner.seeds, inner.ca.as_deref(), inner.timeout)
+                    read_layout(&inner.seeds, inner.ca.as_deref(), inner.timeout)
                         .await
                         .map_err(to_redis)?,
                 );
@@ -107,15 +108,13 @@ impl Tracked {
             by_key
                 .or_else(by_last)
                 .or_else(|| layout.first().map(|(info, _)| info.clone()))
-                .ok_or_else(|| {
-                    to_redis(crate::L2Error::Redis("the cluster has no master".into()))
-                })?
+                .ok_or_else(|| to_redis(L2Error::Redis("the cluster has no master".into())))?
         } else {
             inner
                 .seeds
                 .first()
                 .cloned()
-                .ok_or_else(|| to_redis(crate::L2Error::Config("no Redis node".into())))?
+                .ok_or_else(|| to_redis(L2Error::Config("no Redis node".into())))?
         };
         let address = info.addr.to_string();
         self.last = Some(address.clone());
@@ -210,7 +209,7 @@ async fn pass_on(
     }
 }
 
-fn to_redis(e: crate::L2Error) -> redis::RedisError {
+fn to_redis(e: L2Error) -> redis::RedisError {
     redis::RedisError::from((ErrorKind::IoError, "L2", e.to_string()))
 }
 

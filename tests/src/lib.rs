@@ -5,6 +5,7 @@
 //! same cargo, profile and target directory as the test itself, so a test never runs a
 //! stale one; `CACHE_MANAGER_BIN` and `CACHE_BENCH_BIN` name binaries to use instead.
 
+pub mod module_graph;
 pub mod origin;
 pub mod redis;
 

@@ -42,19 +42,8 @@ impl RedisServer {
         ca: &std::path::Path,
     ) -> (Self, u16) {
         let (port, tls_port) = (crate::free_port(), crate::free_port());
-        let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_owned();
-        let tls = [
-            "--tls-port".to_owned(),
-            tls_port.to_string(),
-            "--tls-cert-file".to_owned(),
-            path(cert),
-            "--tls-key-file".to_owned(),
-            path(key),
-            "--tls-ca-cert-file".to_owned(),
-            path(ca),
-            "--tls-auth-clients".to_owned(),
-            "no".to_owned(),
-        ];
+        let mut tls = vec!["--tls-port".to_owned(), tls_port.to_string()];
+        tls.extend(tls_arguments(cert, key, ca));
         let args: Vec<&str> = tls.iter().map(String::as_str).collect();
         (
             Self::started(port, spawn_redis(port, &std::env::temp_dir(), &args)),
@@ -141,20 +130,9 @@ impl RedisCluster {
         key: &std::path::Path,
         ca: &std::path::Path,
     ) -> Self {
-        let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_owned();
         let tls_ports: Vec<u16> = (0..masters).map(|_| crate::free_port()).collect();
-        let args = vec![
-            "--tls-cluster".to_owned(),
-            "yes".to_owned(),
-            "--tls-cert-file".to_owned(),
-            path(cert),
-            "--tls-key-file".to_owned(),
-            path(key),
-            "--tls-ca-cert-file".to_owned(),
-            path(ca),
-            "--tls-auth-clients".to_owned(),
-            "no".to_owned(),
-        ];
+        let mut args = vec!["--tls-cluster".to_owned(), "yes".to_owned()];
+        args.extend(tls_arguments(cert, key, ca));
         Self::started(masters, 0, Some((tls_ports, args)))
     }
 
@@ -249,6 +227,31 @@ impl RedisCluster {
         cli(self.ports[i], &["EXISTS", key]) == "1"
     }
 
+    /// Two instances on the cluster (with `extra` settings), both following every
+    /// coherence event stream, and `user:0` … `user:29` written through the first, which
+    /// puts keys on every master of three.
+    pub fn two_instances_with_30_users(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> (crate::Server, crate::Server) {
+        let nodes = self.nodes();
+        let mut env = vec![("REDIS_CLUSTER_NODES", nodes.as_str())];
+        env.extend_from_slice(extra);
+        let (a, b) = (crate::Server::start(&env), crate::Server::start(&env));
+        a.wait_subscribed();
+        b.wait_subscribed();
+        for i in 0..30 {
+            let written = a.put_key(&format!("user:{i}"), serde_json::json!(i));
+            assert_eq!(written["l2"], "stored", "user:{i}: {written}");
+        }
+        let per_master = self.keys_per_master();
+        assert!(
+            per_master[..3.min(per_master.len())].iter().all(|n| *n > 0),
+            "{per_master:?}"
+        );
+        (a, b)
+    }
+
     /// `host:port,host:port,...` (`rediss://host:port,...` with TLS), for
     /// REDIS_CLUSTER_NODES.
     pub fn nodes(&self) -> String {
@@ -287,6 +290,26 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A server's TLS settings: present `cert` and `key`, trust `ca`, ask clients for no
+/// certificate.
+fn tls_arguments(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> Vec<String> {
+    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_owned();
+    vec![
+        "--tls-cert-file".to_owned(),
+        path(cert),
+        "--tls-key-file".to_owned(),
+        path(key),
+        "--tls-ca-cert-file".to_owned(),
+        path(ca),
+        "--tls-auth-clients".to_owned(),
+        "no".to_owned(),
+    ]
 }
 
 /// A cluster-enabled redis-server on `port`, its node file in `dir`; a node that misses

@@ -8,35 +8,15 @@ use e2e::redis::RedisCluster;
 use e2e::{wait_for, Server};
 use serde_json::{json, Value};
 
-/// Two instances on `cluster` (with `extra` settings), both subscribed, and `user:0` …
-/// `user:29` written through the first.
-fn two_instances_with_30_users(cluster: &RedisCluster, extra: &[(&str, &str)]) -> (Server, Server) {
-    let nodes = cluster.nodes();
-    let mut env = vec![("REDIS_CLUSTER_NODES", nodes.as_str())];
-    env.extend_from_slice(extra);
-    let a = Server::start(&env);
-    let b = Server::start(&env);
-    for instance in [&a, &b] {
-        instance.wait_subscribed();
-    }
-    for i in 0..30 {
-        assert_eq!(a.put_key(&format!("user:{i}"), json!(i))["l2"], "stored");
-    }
-    (a, b)
-}
-
 #[test]
 fn instances_share_a_cluster_and_stay_coherent() {
     let cluster = RedisCluster::start(3);
     // The single channel on a cluster (as on Redis 6): sharded pub/sub is the default
     // and the other tests cover it.
-    let (a, b) = two_instances_with_30_users(
-        &cluster,
-        &[
-            ("REDIS_TIMEOUT_MS", "500"),
-            ("CACHE_EVENTS_SHARDED", "false"),
-        ],
-    );
+    let (a, b) = cluster.two_instances_with_30_users(&[
+        ("REDIS_TIMEOUT_MS", "500"),
+        ("CACHE_EVENTS_SHARDED", "false"),
+    ]);
     a.put_key("order:1", json!("o"));
     assert!(
         cluster.keys_per_master().iter().all(|n| *n > 0),
@@ -97,14 +77,11 @@ fn instances_share_a_cluster_and_stay_coherent() {
 #[test]
 fn one_cluster_master_down_and_back() {
     let mut cluster = RedisCluster::start(3);
-    let (a, b) = two_instances_with_30_users(
-        &cluster,
-        &[
-            ("REDIS_TIMEOUT_MS", "300"),
-            ("CACHE_L2_BREAKER_FAILURES", "2"),
-            ("CACHE_L2_BREAKER_COOLDOWN_MS", "300"),
-        ],
-    );
+    let (a, b) = cluster.two_instances_with_30_users(&[
+        ("REDIS_TIMEOUT_MS", "300"),
+        ("CACHE_L2_BREAKER_FAILURES", "2"),
+        ("CACHE_L2_BREAKER_COOLDOWN_MS", "300"),
+    ]);
     wait_for("B applied A's writes", Duration::from_secs(10), || {
         b.metrics()["coherence_events"].as_u64().unwrap() >= 30
     });
@@ -219,7 +196,7 @@ fn one_cluster_master_down_and_back() {
 #[test]
 fn shard_channels_are_resubscribed_after_a_master_restarts() {
     let mut cluster = RedisCluster::start(3);
-    let (a, b) = two_instances_with_30_users(&cluster, &[("REDIS_TIMEOUT_MS", "300")]);
+    let (a, b) = cluster.two_instances_with_30_users(&[("REDIS_TIMEOUT_MS", "300")]);
     let keys: Vec<String> = (0..30).map(|i| format!("user:{i}")).collect();
     for key in &keys {
         b.get_key(key);
@@ -287,22 +264,10 @@ fn instances_use_a_tls_cluster() {
     let cluster = RedisCluster::start_tls(3, &cert, &key, &ca);
     let nodes = cluster.nodes();
     assert!(nodes.starts_with("rediss://"), "{nodes}");
-    let env = [
-        ("REDIS_CLUSTER_NODES", nodes.as_str()),
+    let (a, b) = cluster.two_instances_with_30_users(&[
         ("REDIS_TLS_CA_FILE", ca.to_str().unwrap()),
         ("REDIS_TIMEOUT_MS", "2000"),
-    ];
-    let (a, b) = (Server::start(&env), Server::start(&env));
-    a.wait_subscribed();
-    b.wait_subscribed();
-    for i in 0..30 {
-        assert_eq!(a.put_key(&format!("user:{i}"), json!(i))["l2"], "stored");
-    }
-    assert!(
-        cluster.keys_per_master().iter().all(|n| *n > 0),
-        "{:?}",
-        cluster.keys_per_master()
-    );
+    ]);
     assert_eq!(b.get_key("user:7").1["source"], "l2");
     a.put_key("user:7", json!("changed"));
     wait_for("B gets the event over TLS", Duration::from_secs(5), || {
@@ -319,7 +284,7 @@ fn instances_use_a_tls_cluster() {
 #[test]
 fn shard_channels_follow_a_failover() {
     let cluster = RedisCluster::start_with_replicas(3);
-    let (a, b) = two_instances_with_30_users(&cluster, &[("REDIS_TIMEOUT_MS", "500")]);
+    let (a, b) = cluster.two_instances_with_30_users(&[("REDIS_TIMEOUT_MS", "500")]);
     let keys: Vec<String> = (0..30).map(|i| format!("user:{i}")).collect();
     for key in &keys {
         b.get_key(key);
