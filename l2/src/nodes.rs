@@ -94,7 +94,7 @@ pub(crate) fn cluster_masters(nodes: &str, template: &ConnectionInfo) -> Vec<Mas
 }
 
 /// `template`'s kind of address (plain or TLS, with its TLS settings) at `host:port`.
-fn at(template: &redis::ConnectionAddr, host: &str, port: u16) -> redis::ConnectionAddr {
+pub(crate) fn at(template: &redis::ConnectionAddr, host: &str, port: u16) -> redis::ConnectionAddr {
     match template {
         redis::ConnectionAddr::TcpTls {
             insecure,

@@ -25,7 +25,7 @@ use redis::{Arg, Cmd, ConnectionInfo, ErrorKind, Pipeline, PushKind, RedisFuture
 use crate::error::L2Error;
 use crate::events::Incoming;
 use crate::keep_newer::KEEP_NEWER;
-use crate::nodes::{client_for, read_layout, Master};
+use crate::nodes::{at, client_for, read_layout, Master};
 
 /// A handle to the tracked connections; cheap to clone (each clone remembers its last
 /// node).
@@ -41,12 +41,15 @@ struct Inner {
     ca: Option<Arc<Vec<u8>>>,
     timeout: Duration,
     state: tokio::sync::Mutex<State>,
-    pushes: tokio::sync::mpsc::UnboundedSender<(String, redis::PushInfo)>,
+    pushes: tokio::sync::mpsc::UnboundedSender<(String, u64, redis::PushInfo)>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
 struct State {
-    connections: HashMap<String, MultiplexedConnection>,
+    /// Per node address: the connection and its number (pushes carry it, so that the
+    /// end of a replaced connection does not remove its successor).
+    connections: HashMap<String, (u64, MultiplexedConnection)>,
     layout: Option<Vec<Master>>,
 }
 
@@ -71,25 +74,53 @@ impl Tracked {
             timeout,
             state: tokio::sync::Mutex::new(State::default()),
             pushes,
+            next_id: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(pass_on(incoming, Arc::downgrade(&inner), prefix, sink));
         Self { inner, last: None }
     }
 
-    /// The connection for a command about `key` (or, without one, the last node's).
+    /// The connection for a command about `key` (or, without one, the last node's), or
+    /// to the node a MOVED named (`redirect`, `host:port`).
     async fn connection(
         &mut self,
         key: Option<&[u8]>,
+        redirect: Option<&str>,
     ) -> redis::RedisResult<MultiplexedConnection> {
         let inner = &self.inner;
         let mut state = inner.state.lock().await;
-        let info = if inner.cluster {
+        let redirected = redirect.and_then(|target| {
+            let (host, port) = target.rsplit_once(':')?;
+            let mut info = inner.seeds.first()?.clone();
+            info.addr = at(&info.addr, host, port.parse().ok()?);
+            Some(info)
+        });
+        let info = if let Some(info) = redirected {
+            info
+        } else if inner.cluster {
             if state.layout.is_none() {
-                state.layout = Some(
-                    read_layout(&inner.seeds, inner.ca.as_deref(), inner.timeout)
-                        .await
-                        .map_err(to_redis)?,
-                );
+                let layout = read_layout(&inner.seeds, inner.ca.as_deref(), inner.timeout)
+                    .await
+                    .map_err(to_redis)?;
+                // A node that is no longer a master (a failover) may not tell of changes
+                // to what it tracked: its connection goes, reported as lost.
+                let masters: Vec<String> = layout.iter().map(|(i, _)| i.addr.to_string()).collect();
+                let gone: Vec<String> = state
+                    .connections
+                    .keys()
+                    .filter(|a| !masters.contains(a))
+                    .cloned()
+                    .collect();
+                for address in gone {
+                    if let Some((id, _)) = state.connections.remove(&address) {
+                        let lost = redis::PushInfo {
+                            kind: PushKind::Disconnection,
+                            data: Vec::new(),
+                        };
+                        let _ = inner.pushes.send((address, id, lost));
+                    }
+                }
+                state.layout = Some(layout);
             }
             let layout = state.layout.as_ref().expect("just read");
             let by_key = key.map(redis::cluster_routing::get_slot).and_then(|slot| {
@@ -118,22 +149,36 @@ impl Tracked {
         };
         let address = info.addr.to_string();
         self.last = Some(address.clone());
-        if let Some(connection) = state.connections.get(&address) {
+        if let Some((_, connection)) = state.connections.get(&address) {
             return Ok(connection.clone());
         }
-        let connection = inner.connect(info, address.clone()).await?;
-        state.connections.insert(address, connection.clone());
+        let id = inner
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connection = inner.connect(info, address.clone(), id).await?;
+        state.connections.insert(address, (id, connection.clone()));
         Ok(connection)
     }
 
-    /// After a failure that may mean the key lives elsewhere now, or the connection is
-    /// gone: forget both.
-    async fn forget(&self) {
+    /// After a failure: a MOVED or ASK means the layout changed (the command is sent
+    /// again to the node it names), a dropped connection that it is gone (its
+    /// disconnection is reported when its driver ends; the command is sent again on a new
+    /// one). A timeout is not retried: the connection may be fine and the command may
+    /// have run. `None`: do not retry; `Some(redirect)`: retry, there if given.
+    async fn forget(&self, e: &redis::RedisError) -> Option<Option<String>> {
         let mut state = self.inner.state.lock().await;
-        state.layout = None;
-        if let Some(last) = &self.last {
-            state.connections.remove(last);
+        if let Some((target, _)) = e.redirect_node() {
+            state.layout = None;
+            return Some(Some(target.to_owned()));
         }
+        if e.is_connection_dropped() || (e.kind() == ErrorKind::IoError && !e.is_timeout()) {
+            state.layout = None;
+            if let Some(last) = &self.last {
+                state.connections.remove(last);
+            }
+            return Some(None);
+        }
+        None
     }
 }
 
@@ -143,13 +188,14 @@ impl Inner {
         &self,
         mut info: ConnectionInfo,
         address: String,
+        id: u64,
     ) -> redis::RedisResult<MultiplexedConnection> {
         info.redis.protocol = redis::ProtocolVersion::RESP3;
         let pushes = self.pushes.clone();
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout)
-            .set_push_sender(move |push| pushes.send((address.clone(), push)));
+            .set_push_sender(move |push| pushes.send((address.clone(), id, push)));
         let client = client_for(info, self.ca.as_deref().map(Vec::as_slice)).map_err(to_redis)?;
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
@@ -171,12 +217,12 @@ impl Inner {
 /// Passes invalidations on to the subscriber, keys without the L2 prefix; a lost
 /// connection (or Redis forgetting what it tracked) as [`Incoming::TrackingLost`].
 async fn pass_on(
-    mut incoming: tokio::sync::mpsc::UnboundedReceiver<(String, redis::PushInfo)>,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<(String, u64, redis::PushInfo)>,
     inner: std::sync::Weak<Inner>,
     prefix: Vec<u8>,
     sink: Arc<Mutex<Option<flume::Sender<Incoming>>>>,
 ) {
-    while let Some((address, push)) = incoming.recv().await {
+    while let Some((address, id, push)) = incoming.recv().await {
         let news = match push.kind {
             PushKind::Invalidate => match push.data.first() {
                 Some(Value::Array(keys)) => Incoming::Invalidated {
@@ -195,7 +241,14 @@ async fn pass_on(
             },
             PushKind::Disconnection => {
                 if let Some(inner) = inner.upgrade() {
-                    inner.state.lock().await.connections.remove(&address);
+                    let mut state = inner.state.lock().await;
+                    if state
+                        .connections
+                        .get(&address)
+                        .is_some_and(|(c, _)| *c == id)
+                    {
+                        state.connections.remove(&address);
+                    }
                 }
                 tracing::warn!(node = %address, "lost a tracked Redis connection: its invalidations may be lost");
                 Incoming::TrackingLost
@@ -234,27 +287,39 @@ fn command_key(cmd: &Cmd) -> Option<Vec<u8>> {
     }
 }
 
-/// Whether a failed command should be sent once more after the route is read again.
-fn reroute(e: &redis::RedisError) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::Moved | ErrorKind::Ask | ErrorKind::IoError
-    ) || e.is_connection_dropped()
+/// A MOVED or ASK among a command's replies, as an error. The redis crate passes a
+/// server's error replies on as values (they become errors when converted), so the
+/// redirections a cluster answers with must be looked for there.
+fn moved(replies: &[Value]) -> Option<redis::RedisError> {
+    replies
+        .iter()
+        .filter(|v| matches!(v, Value::ServerError(_)))
+        .find_map(|v| v.clone().extract_error().err())
+        .filter(|e| e.redirect_node().is_some())
 }
+
+/// How many times a command is sent at most: a failover can take two redirections (the
+/// old master, then a layout not yet updated) before the command lands.
+const ATTEMPTS: usize = 3;
 
 impl ConnectionLike for Tracked {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let key = command_key(cmd);
-            let mut connection = self.connection(key.as_deref()).await?;
-            match connection.req_packed_command(cmd).await {
-                Err(e) if reroute(&e) => {
-                    self.forget().await;
-                    let mut connection = self.connection(key.as_deref()).await?;
-                    connection.req_packed_command(cmd).await
+            let mut redirect = None;
+            for _ in 1..ATTEMPTS {
+                let mut connection = self.connection(key.as_deref(), redirect.as_deref()).await?;
+                let sent = connection.req_packed_command(cmd).await;
+                match sent.and_then(|v| moved(std::slice::from_ref(&v)).map_or(Ok(v), Err)) {
+                    Err(e) => match self.forget(&e).await {
+                        Some(next) => redirect = next,
+                        None => return Err(e),
+                    },
+                    done => return done,
                 }
-                other => other,
             }
+            let mut connection = self.connection(key.as_deref(), redirect.as_deref()).await?;
+            connection.req_packed_command(cmd).await
         })
     }
 
@@ -266,20 +331,24 @@ impl ConnectionLike for Tracked {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let key = pipeline.cmd_iter().find_map(command_key);
-            let mut connection = self.connection(key.as_deref()).await?;
-            match connection
+            let mut redirect = None;
+            for _ in 1..ATTEMPTS {
+                let mut connection = self.connection(key.as_deref(), redirect.as_deref()).await?;
+                match connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+                {
+                    Err(e) => match self.forget(&e).await {
+                        Some(next) => redirect = next,
+                        None => return Err(e),
+                    },
+                    done => return done,
+                }
+            }
+            let mut connection = self.connection(key.as_deref(), redirect.as_deref()).await?;
+            connection
                 .req_packed_commands(pipeline, offset, count)
                 .await
-            {
-                Err(e) if reroute(&e) => {
-                    self.forget().await;
-                    let mut connection = self.connection(key.as_deref()).await?;
-                    connection
-                        .req_packed_commands(pipeline, offset, count)
-                        .await
-                }
-                other => other,
-            }
         })
     }
 

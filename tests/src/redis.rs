@@ -217,6 +217,36 @@ impl RedisCluster {
         }
     }
 
+    /// Promotes node `i`, a replica, in place of its master (`CLUSTER FAILOVER` once it
+    /// is in sync), and waits until it is a master. A manual failover gives up after 5 s
+    /// when master and replica do not agree in time (a loaded machine), so it is asked
+    /// again, and at last without the master's agreement (`FORCE`).
+    pub fn fail_over_to(&self, i: usize) {
+        let replication = || self.node_cli(i, &["INFO", "replication"]);
+        assert!(
+            replication().contains("role:slave"),
+            "node {i} is a replica"
+        );
+        wait_until(
+            || replication().contains("master_link_status:up"),
+            "the replica to be in sync",
+        );
+        let is_master = || replication().contains("role:master");
+        for how in [None, None, Some("FORCE")] {
+            let mut args = vec!["CLUSTER", "FAILOVER"];
+            args.extend(how);
+            assert_eq!(self.node_cli(i, &args), "OK");
+            let deadline = Instant::now() + Duration::from_secs(7);
+            while !is_master() && Instant::now() < deadline {
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+            if is_master() {
+                return;
+            }
+        }
+        panic!("node {i} was not promoted");
+    }
+
     /// A command sent to node `i` alone.
     pub fn node_cli(&self, i: usize, args: &[&str]) -> String {
         cli(self.ports[i], args)

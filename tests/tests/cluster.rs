@@ -292,35 +292,7 @@ fn shard_channels_follow_a_failover() {
     assert_eq!(b.metrics()["l1_flushes"], 0);
 
     // Node 3 is a replica; it takes over its master's slots.
-    let promoted = 3;
-    assert!(cluster
-        .node_cli(promoted, &["INFO", "replication"])
-        .contains("role:slave"));
-    wait_for("the replica is in sync", Duration::from_secs(15), || {
-        cluster
-            .node_cli(promoted, &["INFO", "replication"])
-            .contains("master_link_status:up")
-    });
-    // A manual failover gives up after 5 s if master and replica do not agree in time
-    // (a loaded machine); ask again, then without the master's agreement.
-    let is_master = || {
-        cluster
-            .node_cli(promoted, &["INFO", "replication"])
-            .contains("role:master")
-    };
-    for how in [None, None, Some("FORCE")] {
-        let mut args = vec!["CLUSTER", "FAILOVER"];
-        args.extend(how);
-        assert_eq!(cluster.node_cli(promoted, &args), "OK");
-        let deadline = Instant::now() + Duration::from_secs(7);
-        while !is_master() && Instant::now() < deadline {
-            std::thread::park_timeout(Duration::from_millis(20));
-        }
-        if is_master() {
-            break;
-        }
-    }
-    assert!(is_master(), "the replica was promoted");
+    cluster.fail_over_to(3);
     wait_for("B moved its subscriptions", Duration::from_secs(15), || {
         b.metrics()["l1_flushes"].as_u64().unwrap() >= 1
     });

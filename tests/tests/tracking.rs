@@ -106,3 +106,25 @@ fn tracking_on_a_cluster_follows_each_keys_master() {
     }
     assert_eq!(b.metrics()["l1_flushes"], 0);
 }
+
+/// A failover under client tracking: the instance holding keys of the old master may
+/// send that master nothing for a while, so it must notice the new layout on its own,
+/// drop the old node's tracking (a flush) and hear of every later overwrite.
+#[test]
+fn tracking_survives_a_failover() {
+    let cluster = RedisCluster::start_with_replicas(3);
+    let (a, b) = cluster.two_instances_with_30_users(&[TRACKING]);
+    let keys: Vec<String> = (0..30).map(|i| format!("user:{i}")).collect();
+    for key in &keys {
+        b.get_key(key);
+    }
+    cluster.fail_over_to(3);
+    for (n, key) in keys.iter().enumerate() {
+        a.put_key(key, json!(format!("after-{n}")));
+    }
+    for (n, key) in keys.iter().enumerate() {
+        wait_for("B hears of every overwrite", Duration::from_secs(5), || {
+            b.get_key(key).1["value"] == json!(format!("after-{n}"))
+        });
+    }
+}
