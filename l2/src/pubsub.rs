@@ -175,8 +175,11 @@ impl L2 {
         };
         let sequencer = Sequencer::new(instance, epoch);
         let target = match publisher.streams.is_sharded() {
-            true => Target::Masters(Masters::new(self.clone(), publisher.streams.clone())),
-            false => Target::AnyNode(AnyNode::new(self.any_node_infos(), self.clone())),
+            true => Target::Masters(Box::new(Masters::new(
+                self.clone(),
+                publisher.streams.clone(),
+            ))),
+            false => Target::AnyNode(AnyNode::new(self.any_node_infos())),
         };
         let task = publish_task(publisher.clone(), sequencer, target, self.clone());
         let job: Job = Box::new(move |_| Box::pin(task));
@@ -220,15 +223,34 @@ enum Target {
     AnyNode(AnyNode),
     /// Shard channels, each on its master, over direct connections (going through the
     /// redis crate's cluster connection measured several milliseconds slower).
-    Masters(Masters),
+    Masters(Box<Masters>),
+}
+
+/// How a stream will be published: on a connection there is, or on one to make (made by
+/// the publish itself, so that a node slow to accept holds up only its own streams).
+enum Link {
+    Ready(MultiplexedConnection),
+    Make(ConnectionInfo),
 }
 
 impl Target {
-    /// The connection that publishes `stream`, made if there is none.
-    async fn link(&mut self, stream: u16) -> Result<MultiplexedConnection, L2Error> {
+    /// How `stream` is published now (reading the cluster's layout if it is not known).
+    async fn link(&mut self, stream: u16) -> Result<Link, L2Error> {
         match self {
-            Target::AnyNode(node) => Ok(node.connection().await?.clone()),
-            Target::Masters(masters) => masters.connection(stream).await,
+            Target::AnyNode(node) => node.link(),
+            Target::Masters(masters) => masters.link(stream).await,
+        }
+    }
+
+    /// Keeps a connection a publish made, for the next ones.
+    fn adopt(&mut self, info: &ConnectionInfo, connection: MultiplexedConnection) {
+        match self {
+            Target::AnyNode(node) => node.connection = Some(connection),
+            Target::Masters(masters) => {
+                masters
+                    .connections
+                    .insert(info.addr.to_string(), connection);
+            }
         }
     }
 
@@ -269,7 +291,7 @@ impl Masters {
         }
     }
 
-    async fn connection(&mut self, stream: u16) -> Result<MultiplexedConnection, L2Error> {
+    async fn link(&mut self, stream: u16) -> Result<Link, L2Error> {
         if self.owners.is_none() {
             let masters = self.l2.cluster_layout().await?;
             self.owners = Some(
@@ -295,13 +317,10 @@ impl Masters {
                 self.owners = None;
                 L2Error::Redis(format!("no master holds the slot of event stream {stream}"))
             })?;
-        let address = info.addr.to_string();
-        if let Some(connection) = self.connections.get(&address) {
-            return Ok(connection.clone());
-        }
-        let connection = self.l2.node_connection(info).await?;
-        self.connections.insert(address, connection.clone());
-        Ok(connection)
+        Ok(match self.connections.get(&info.addr.to_string()) {
+            Some(connection) => Link::Ready(connection.clone()),
+            None => Link::Make(info),
+        })
     }
 
     fn give_up(&mut self, stream: u16) {
@@ -390,25 +409,40 @@ async fn publish_task(publisher: Publisher, mut sequencer: Sequencer, mut target
             }
             continue;
         }
-        // Every ready stream at once: one round trip for all of them.
+        // Every ready stream at once: one round trip for all of them, each making its
+        // connection first if it has none.
         let mut sends = Vec::with_capacity(ready.len());
         for &i in &ready {
-            let link = tokio::time::timeout(timeout, target.link(i as u16)).await;
+            let link = target.link(i as u16).await;
             let (command, lane, channel) = (target.command(), &lanes[i], streams.channel(i as u16));
+            let l2 = &l2;
             sends.push(async move {
-                match link {
-                    Ok(Ok(connection)) => {
-                        publish_on(connection, command, channel, &lane.in_flight, timeout).await
+                let (connection, made) = match link? {
+                    Link::Ready(connection) => (connection, None),
+                    Link::Make(info) => {
+                        let made = tokio::time::timeout(timeout, l2.node_connection(info.clone()));
+                        let connection = made.await.map_err(|_| L2Error::Timeout(timeout))??;
+                        (connection.clone(), Some((info, connection)))
                     }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(L2Error::Timeout(timeout)),
-                }
+                };
+                publish_on(connection, command, channel, &lane.in_flight, timeout).await?;
+                Ok::<_, L2Error>(made)
             });
         }
-        let results = futures_util::future::join_all(sends).await;
-        for (i, result) in ready.iter().zip(&results) {
-            if result.is_err() {
-                target.give_up(*i as u16);
+        let outcomes = futures_util::future::join_all(sends).await;
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (&i, outcome) in ready.iter().zip(outcomes) {
+            match outcome {
+                Ok(made) => {
+                    if let Some((info, connection)) = made {
+                        target.adopt(&info, connection);
+                    }
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    target.give_up(i as u16);
+                    results.push(Err(e));
+                }
             }
         }
         for (i, result) in ready.into_iter().zip(results) {
@@ -440,29 +474,26 @@ struct AnyNode {
     nodes: Vec<ConnectionInfo>,
     next: usize,
     connection: Option<MultiplexedConnection>,
-    l2: L2,
 }
 
 impl AnyNode {
-    fn new(nodes: Vec<ConnectionInfo>, l2: L2) -> Self {
+    fn new(nodes: Vec<ConnectionInfo>) -> Self {
         Self {
             nodes,
             next: 0,
             connection: None,
-            l2,
         }
     }
 
-    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, L2Error> {
-        if self.connection.is_none() {
-            let info = self
-                .nodes
-                .get(self.next % self.nodes.len().max(1))
-                .ok_or_else(|| L2Error::Config("no Redis node to publish to".into()))?;
-            let connection = self.l2.node_connection(info.clone()).await?;
-            self.connection = Some(connection);
+    fn link(&self) -> Result<Link, L2Error> {
+        if let Some(connection) = &self.connection {
+            return Ok(Link::Ready(connection.clone()));
         }
-        Ok(self.connection.as_mut().expect("just made"))
+        let info = self
+            .nodes
+            .get(self.next % self.nodes.len().max(1))
+            .ok_or_else(|| L2Error::Config("no Redis node to publish to".into()))?;
+        Ok(Link::Make(info.clone()))
     }
 
     fn give_up(&mut self) {

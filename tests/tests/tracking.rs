@@ -26,15 +26,22 @@ fn reaches(a: &Server, b: &Server, key: &str, value: i64) {
     });
 }
 
-#[test]
-fn an_instance_hears_only_of_the_keys_it_holds() {
-    let redis = RedisServer::start();
+/// Two tracking instances on `redis`, both subscribed, and `key` written through the
+/// first (value 0), then overwritten (value 1) while the second held it.
+fn holding(redis: &RedisServer, key: &str) -> (Server, Server) {
     let a = redis.instance(&[TRACKING]);
     let b = redis.instance(&[TRACKING]);
     a.wait_subscribed();
     b.wait_subscribed();
-    a.put_key("held", json!(0));
-    reaches(&a, &b, "held", 1);
+    a.put_key(key, json!(0));
+    reaches(&a, &b, key, 1);
+    (a, b)
+}
+
+#[test]
+fn an_instance_hears_only_of_the_keys_it_holds() {
+    let redis = RedisServer::start();
+    let (a, b) = holding(&redis, "held");
 
     // Writes of keys B never read send B nothing.
     let before = events(&b);
@@ -80,12 +87,7 @@ fn an_instance_hears_only_of_the_keys_it_holds() {
 #[test]
 fn a_lost_tracked_connection_flushes_and_tracking_resumes() {
     let redis = RedisServer::start();
-    let a = redis.instance(&[TRACKING]);
-    let b = redis.instance(&[TRACKING]);
-    a.wait_subscribed();
-    b.wait_subscribed();
-    a.put_key("k", json!(0));
-    reaches(&a, &b, "k", 1);
+    let (a, b) = holding(&redis, "k");
     // Every normal client: both instances' tracked connections (and their others).
     redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
     wait_for("B flushed", Duration::from_secs(5), || {
