@@ -257,15 +257,19 @@ impl RedisCluster {
         cli(self.ports[i], &["EXISTS", key]) == "1"
     }
 
-    /// Two instances on the cluster (with `extra` settings), both following every
-    /// coherence event stream, and `user:0` … `user:29` written through the first, which
-    /// puts keys on every master of three.
+    /// Two instances on the cluster (a 500 ms REDIS_TIMEOUT_MS unless `extra` says
+    /// otherwise, then `extra`'s settings), both following every coherence event stream,
+    /// and `user:0` … `user:29` written through the first, which puts keys on every
+    /// master of three.
     pub fn two_instances_with_30_users(
         &self,
         extra: &[(&str, &str)],
     ) -> (crate::Server, crate::Server) {
         let nodes = self.nodes();
-        let mut env = vec![("REDIS_CLUSTER_NODES", nodes.as_str())];
+        let mut env = vec![
+            ("REDIS_CLUSTER_NODES", nodes.as_str()),
+            ("REDIS_TIMEOUT_MS", "500"),
+        ];
         env.extend_from_slice(extra);
         let (a, b) = (crate::Server::start(&env), crate::Server::start(&env));
         a.wait_subscribed();

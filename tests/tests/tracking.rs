@@ -115,14 +115,18 @@ fn tracking_on_a_cluster_follows_each_keys_master() {
 #[test]
 fn tracking_survives_a_failover() {
     let cluster = RedisCluster::start_with_replicas(3);
-    let (a, b) = cluster.two_instances_with_30_users(&[TRACKING]);
+    let (a, b) = cluster.two_instances_with_30_users(&[TRACKING, ("REDIS_TIMEOUT_MS", "500")]);
     let keys: Vec<String> = (0..30).map(|i| format!("user:{i}")).collect();
     for key in &keys {
         b.get_key(key);
     }
     cluster.fail_over_to(3);
+    // A write may fail while the slots change hands (answered 503); the next lands.
     for (n, key) in keys.iter().enumerate() {
-        a.put_key(key, json!(format!("after-{n}")));
+        let value = json!(format!("after-{n}"));
+        wait_for("A's write lands", Duration::from_secs(10), || {
+            a.try_put_key(key, value.clone()).0 == 200
+        });
     }
     for (n, key) in keys.iter().enumerate() {
         wait_for("B hears of every overwrite", Duration::from_secs(5), || {
