@@ -27,7 +27,7 @@ use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo, RedisFuture};
 use crate::breaker::{Breakers, Which};
 use crate::envelope::{Envelope, Stored, HEADER_VERSION_BYTES};
 pub use crate::error::L2Error;
-use crate::nodes::{certificates, client_for};
+use crate::nodes::{certificates, client_for, read_layout, Master};
 
 use crate::events::Incoming;
 use crate::keep_newer::{scan_and_bury, Written, KEEP_NEWER, TOMBSTONE_TTL};
@@ -292,6 +292,25 @@ impl L2 {
 
     pub fn stats(&self) -> &L2Stats {
         &self.stats
+    }
+
+    /// The nodes to reach one of: the server, or every seed of a cluster.
+    pub(crate) fn any_node_infos(&self) -> Vec<ConnectionInfo> {
+        match &self.backend {
+            Backend::Single(client) => vec![client.get_connection_info().clone()],
+            Backend::Cluster { nodes, .. } => nodes.clone(),
+        }
+    }
+
+    /// The cluster's masters and the slots each holds, asked of the first seed that
+    /// answers.
+    pub(crate) async fn cluster_layout(&self) -> Result<Vec<Master>, L2Error> {
+        read_layout(
+            &self.any_node_infos(),
+            self.ca.as_deref(),
+            self.config.timeout,
+        )
+        .await
     }
 
     /// Whether a circuit breaker is open (on a cluster: any master's).

@@ -1,10 +1,10 @@
 //! The Redis tier of cache-manager (L2): what is stored ([`envelope`]), when Redis is
 //! skipped ([`breaker`]), the client that talks to it from its own I/O thread
 //! ([`client`]), the coherence events instances exchange ([`events`]) over pub/sub
-//! ([`pubsub`], on the channels of [`streams`], queued in an [`outbox`]) or learn from
-//! Redis's client tracking, the write versions that order one key's writes everywhere
-//! ([`version`]), and the script that makes Redis keep the newest of them
-//! ([`keep_newer`]).
+//! ([`pubsub`] publishes, `subscribe` follows, on the channels of [`streams`], queued
+//! in an [`outbox`]) or learn from Redis's client tracking, the write versions that
+//! order one key's writes everywhere ([`version`]), and the script that makes Redis keep
+//! the newest of them ([`keep_newer`]).
 
 pub mod breaker;
 pub mod client;
@@ -16,6 +16,7 @@ mod nodes;
 pub mod outbox;
 pub mod pubsub;
 pub mod streams;
+mod subscribe;
 mod tracking;
 pub mod version;
 
