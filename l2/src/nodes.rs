@@ -31,6 +31,15 @@ pub(crate) fn client_for(
 /// A master and the slot ranges it holds.
 pub(crate) type Master = (ConnectionInfo, Vec<std::ops::RangeInclusive<u16>>);
 
+/// The master that holds `key`'s slot (a key or a channel name), if the layout has one.
+pub(crate) fn master_of<'a>(layout: &'a [Master], key: &[u8]) -> Option<&'a ConnectionInfo> {
+    let slot = redis::cluster_routing::get_slot(key);
+    layout
+        .iter()
+        .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
+        .map(|(info, _)| info)
+}
+
 /// The cluster's current masters and their slots, asked (`CLUSTER NODES`) of the first
 /// seed that answers within `timeout`, with the seeds' credentials and TLS.
 pub(crate) async fn read_layout(

@@ -17,6 +17,7 @@ use redis::{ConnectionInfo, Value};
 use crate::client::{Backend, Job, L2};
 use crate::error::L2Error;
 use crate::events::{Action, Event, Key, Sequencer};
+use crate::nodes::master_of;
 use crate::outbox::{Outbox, OutboxStats};
 use crate::streams::Streams;
 use crate::version::Version;
@@ -261,14 +262,7 @@ impl Masters {
                 self.streams
                     .all()
                     .into_iter()
-                    .map(|s| {
-                        let slot =
-                            redis::cluster_routing::get_slot(self.streams.channel(s).as_bytes());
-                        masters
-                            .iter()
-                            .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
-                            .map(|(info, _)| info.clone())
-                    })
+                    .map(|s| master_of(&masters, self.streams.channel(s).as_bytes()).cloned())
                     .collect(),
             );
         }

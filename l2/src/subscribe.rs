@@ -14,6 +14,7 @@ use redis::{ConnectionInfo, PushKind, Value};
 use crate::client::{Job, L2};
 use crate::error::L2Error;
 use crate::events::{Event, Incoming};
+use crate::nodes::master_of;
 use crate::pubsub::{RETRY_MAX, RETRY_MIN};
 use crate::streams::Streams;
 
@@ -245,11 +246,7 @@ async fn moved_streams(
         return;
     };
     let owner = |stream: u16| {
-        let slot = redis::cluster_routing::get_slot(streams.channel(stream).as_bytes());
-        masters
-            .iter()
-            .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
-            .map(|(info, _)| info.addr.to_string())
+        master_of(&masters, streams.channel(stream).as_bytes()).map(|info| info.addr.to_string())
     };
     for link in links.values_mut() {
         let (moved, kept): (Vec<u16>, Vec<u16>) = link
@@ -279,11 +276,7 @@ async fn resubscribe(
     let mut regained = Vec::new();
     let mut by_master: HashMap<String, (ConnectionInfo, Vec<u16>)> = HashMap::new();
     for &stream in lost.iter() {
-        let slot = redis::cluster_routing::get_slot(streams.channel(stream).as_bytes());
-        if let Some((info, _)) = masters
-            .iter()
-            .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
-        {
+        if let Some(info) = master_of(&masters, streams.channel(stream).as_bytes()) {
             by_master
                 .entry(info.addr.to_string())
                 .or_insert_with(|| (info.clone(), Vec::new()))

@@ -25,7 +25,7 @@ use redis::{Arg, Cmd, ConnectionInfo, ErrorKind, Pipeline, PushKind, RedisFuture
 use crate::error::L2Error;
 use crate::events::Incoming;
 use crate::keep_newer::KEEP_NEWER;
-use crate::nodes::{at, client_for, read_layout, Master};
+use crate::nodes::{at, client_for, master_of, read_layout, Master};
 
 /// A handle to the tracked connections; cheap to clone (each clone remembers its last
 /// node).
@@ -123,12 +123,7 @@ impl Tracked {
                 state.layout = Some(layout);
             }
             let layout = state.layout.as_ref().expect("just read");
-            let by_key = key.map(redis::cluster_routing::get_slot).and_then(|slot| {
-                layout
-                    .iter()
-                    .find(|(_, ranges)| ranges.iter().any(|r| r.contains(&slot)))
-                    .map(|(info, _)| info.clone())
-            });
+            let by_key = key.and_then(|key| master_of(layout, key)).cloned();
             let by_last = || {
                 let last = self.last.as_ref()?;
                 layout
