@@ -1,7 +1,8 @@
 //! The cache core of cache-manager, with no I/O: pure data structures driven by their
 //! caller, testable in microseconds.
 //!
-//! - [`table`]: the per-shard hash table — one writer, lock-free readers (seize).
+//! - [`table`]: the per-shard hash table — one writer, lock-free readers (seize); its
+//!   nodes live in a per-shard slab of size classes (`slab`).
 //! - [`eviction`]: which entry a full shard gives up: W-TinyLFU admission with an
 //!   adaptive window, each region swept by a CLOCK hand (or plain CLOCK).
 //! - [`wheel`]: the hierarchical timer wheel that expires TTLs.
@@ -22,6 +23,7 @@ pub mod readthrough;
 pub mod router;
 pub mod shard;
 pub mod singleflight;
+mod slab;
 mod sync;
 pub mod table;
 pub mod time;

@@ -5,9 +5,9 @@
 //! shard's own core, so writes take no lock; library users of [`crate::Cache`] get one
 //! behind a mutex per shard. [`TableReader`]s read the same table lock-free from anywhere.
 //!
-//! Bytes are charged honestly: key + value + [`ENTRY_OVERHEAD`], which counts the node,
-//! its bucket pointer, its policy slot, its timer, its share of the frequency sketch and
-//! the allocator's headers for the two allocations (node and payload) an entry makes.
+//! Bytes are charged honestly ([`entry_charge`]): the entry's slab block (its node header,
+//! key and value, rounded up to the block's size class), its bucket pointer, its policy
+//! slot, its timer and its share of the frequency sketch.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -15,11 +15,12 @@ use std::sync::Arc;
 use crate::eviction::{self, slot_bytes, Eviction, Policy, Standing, SKETCH_BYTES_PER_ENTRY};
 use crate::glob::Glob;
 use crate::metrics::ShardMetrics;
+use crate::slab::footprint;
 use crate::table::{
-    node_key, node_payload, table, EntryRef, NewEntry, Node, TableReader, TableWriter, NEVER,
-    NODE_BYTES,
+    node_bytes, node_key, node_payload, table, tag_of, EntryRef, NewEntry, Node, TableReader,
+    TableWriter, BUCKET_BYTES, HEADER_BYTES, MAX_KEY_LEN, NEVER,
 };
-use crate::wheel::{TimerId, TimerWheel, TIMER_BYTES};
+use crate::wheel::{TimerWheel, TIMER_BYTES};
 
 /// A shard's bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,28 +32,29 @@ pub struct ShardConfig {
     pub eviction: Eviction,
 }
 
-/// glibc malloc's per-allocation header and rounding, on average.
-const ALLOCATION_OVERHEAD: usize = 16;
+/// Bytes an entry costs outside its slab block: bucket pointer, policy slot, timer and
+/// its share of the sketch.
+const STRUCTURE_BYTES: usize =
+    BUCKET_BYTES + slot_bytes::<Resident>() + TIMER_BYTES + SKETCH_BYTES_PER_ENTRY;
 
-/// Bytes charged per entry on top of its key and value.
-pub const ENTRY_OVERHEAD: usize = NODE_BYTES
-    + slot_bytes::<Resident>()
-    + TIMER_BYTES
-    + SKETCH_BYTES_PER_ENTRY
-    + 2 * ALLOCATION_OVERHEAD;
+/// Bytes charged per entry on top of its key and value, before its block is rounded up
+/// to its size class (by less than 8 bytes for blocks up to 512 bytes, by at most an
+/// eighth above; see [`entry_charge`]).
+pub const ENTRY_OVERHEAD: usize = HEADER_BYTES + STRUCTURE_BYTES;
 
 /// Inserts between two looks at the readers' lookup counts (a look takes a lock and
 /// reads one counter per reader handle).
 const INSERTS_PER_LOOKUP_SAMPLE: u32 = 16;
 
-/// What an entry of this key and value length is charged against the byte bound.
+/// What an entry of this key and value length is charged against the byte bound: what it
+/// takes in memory.
 pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
-    (key_len + value_len + ENTRY_OVERHEAD) as u64
+    (footprint(node_bytes(key_len + value_len)) + STRUCTURE_BYTES) as u64
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
-    #[error("entry needs {charge} bytes (key {key_len} + value {value_len} + {ENTRY_OVERHEAD} overhead) but a shard holds at most {max_bytes}")]
+    #[error("entry needs {charge} bytes (key {key_len} + value {value_len} + overhead) but a shard holds at most {max_bytes}")]
     TooLarge {
         charge: u64,
         key_len: usize,
@@ -85,10 +87,10 @@ pub struct SavedEntry<'a> {
     pub standing: Standing,
 }
 
-/// A policy slot's occupant: the entry's node and its expiry timer.
+/// A policy slot's occupant: the entry's node. (Its expiry timer is the wheel's timer
+/// keyed by the same slot.)
 struct Resident {
     node: NonNull<Node>,
-    timer: Option<TimerId>,
 }
 
 // SAFETY: a `Resident` is only dereferenced by the `ShardWriter` that owns its policy; the
@@ -110,7 +112,7 @@ impl Resident {
 
 impl eviction::Resident for Resident {
     fn hash(&self) -> u64 {
-        self.node().hash()
+        self.node().tag()
     }
 
     fn charge(&self) -> u64 {
@@ -144,7 +146,7 @@ impl ShardWriter {
     /// A new, empty shard whose timer wheel starts at `now_ms`.
     pub fn new(config: ShardConfig, metrics: Arc<ShardMetrics>, now_ms: u64) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
-        let (reader, table) = table(config.max_entries);
+        let (reader, table) = table(config.max_entries, config.stale_window_ms);
         let most_entries = config
             .max_entries
             .min(usize::try_from(config.max_bytes / ENTRY_OVERHEAD as u64).unwrap_or(usize::MAX));
@@ -228,10 +230,10 @@ impl ShardWriter {
         expires_at_ms: Option<u64>,
         cached_at_ms: u64,
     ) -> Result<(Inserted, u32), InsertError> {
-        if u32::try_from(key.len()).is_err() {
+        if key.len() > MAX_KEY_LEN {
             return Err(InsertError::KeyTooLong {
                 key_len: key.len(),
-                limit: u32::MAX as usize,
+                limit: MAX_KEY_LEN,
             });
         }
         let charge = entry_charge(key.len(), value.len());
@@ -244,13 +246,12 @@ impl ShardWriter {
             });
         }
         let deadline = expires_at_ms.unwrap_or(NEVER);
-        let stale_until = deadline.saturating_add(self.config.stale_window_ms);
         let existing = self.table.find(hash, key);
         let (spare, freed) = match existing {
             // SAFETY: `find` returns linked, hence live, nodes.
             Some(old) => unsafe {
                 let old = old.as_ref();
-                (Some(old.slot), charge_of(old))
+                (Some(old.slot()), charge_of(old))
             },
             None => (None, 0),
         };
@@ -272,39 +273,43 @@ impl ShardWriter {
             slot: 0,
             cached_at_ms,
             expires_at_ms: deadline,
-            stale_until_ms: stale_until,
-            hits: 0,
+            hit: false,
         };
         let table = &mut self.table;
         let slot = match existing {
             Some(old) => {
                 // SAFETY: eviction spared `old`'s slot, so it is still linked and live.
                 let old_node = unsafe { old.as_ref() };
-                let slot = old_node.slot;
+                let slot = old_node.slot();
                 entry.slot = slot;
-                entry.hits = old_node.pending_hits();
-                let mut old_timer = None;
+                entry.hit = old_node.pending_hits() != 0;
                 // The policy reads the old node's charge before the closure retires it.
                 self.policy.update(slot, |resident| {
                     resident.node = table.replace(old, entry);
-                    old_timer = resident.timer.take();
                 });
-                if let Some(timer) = old_timer {
-                    self.wheel.cancel(timer);
-                }
+                self.wheel.cancel(slot);
                 slot
             }
             None => self.policy.insert_with(|slot| {
                 entry.slot = slot;
                 Resident {
                     node: table.insert(entry),
-                    timer: None,
                 }
             }),
         };
+        // The node's own times, as it keeps them (an expiry past 24.8 days rounds up to a
+        // second).
+        let (cached_at_ms, expires_at, stale_until) = {
+            let node = self.policy.get(slot).expect("resident slot").node();
+            let window = self.config.stale_window_ms;
+            (
+                node.cached_at_ms(),
+                node.expires_at_ms(),
+                node.stale_until_ms(window),
+            )
+        };
         if stale_until != NEVER {
-            let timer = self.wheel.schedule(stale_until, slot);
-            self.policy.get_mut(slot).expect("resident slot").timer = Some(timer);
+            self.wheel.schedule(slot, stale_until);
         }
         self.bytes = self.bytes - freed + charge;
         self.metrics.sets.incr();
@@ -316,7 +321,7 @@ impl ShardWriter {
         }
         let inserted = Inserted {
             cached_at_ms,
-            expires_at_ms,
+            expires_at_ms: (expires_at != NEVER).then_some(expires_at),
             replaced: existing.is_some(),
             evicted,
         };
@@ -339,17 +344,18 @@ impl ShardWriter {
                 return Some(slot);
             }
             let node = resident.node();
-            if node.stale_until_ms <= now_ms {
+            if node.stale_until_ms(self.config.stale_window_ms) <= now_ms {
                 continue;
             }
             // SAFETY: a resident's node is linked until the writer (borrowed shared here,
             // so not removing anything) removes the resident.
             let (key, value) = unsafe { node_payload(resident.node) };
+            let expires_at_ms = node.expires_at_ms();
             visit(SavedEntry {
                 key,
                 value,
-                cached_at_ms: node.cached_at_ms,
-                expires_at_ms: (node.expires_at_ms != NEVER).then_some(node.expires_at_ms),
+                cached_at_ms: node.cached_at_ms(),
+                expires_at_ms: (expires_at_ms != NEVER).then_some(expires_at_ms),
                 standing: self.policy.standing(slot),
             });
         }
@@ -371,7 +377,7 @@ impl ShardWriter {
         // After the insert, whose own count just brought the key's sketch line into
         // the cache. (The entry joins the window unopposed, so its count does not
         // matter to the insert itself.)
-        self.policy.prime(hash, entry.standing);
+        self.policy.prime(tag_of(hash), entry.standing);
         self.policy.place(slot, entry.standing.region);
         Ok(inserted)
     }
@@ -384,7 +390,10 @@ impl ShardWriter {
         // SAFETY: `find` returns linked, hence live, nodes.
         let (slot, live) = unsafe {
             let n = node.as_ref();
-            (n.slot, n.stale_until_ms > now_ms)
+            (
+                n.slot(),
+                n.stale_until_ms(self.config.stale_window_ms) > now_ms,
+            )
         };
         self.remove_slot(slot);
         if live {
@@ -398,11 +407,12 @@ impl ShardWriter {
 
     /// Deletes every live key `pattern` matches and returns how many.
     pub fn remove_matching(&mut self, pattern: &Glob, now_ms: u64) -> usize {
+        let window = self.config.stale_window_ms;
         let doomed: Vec<(u32, bool)> = self
             .policy
             .iter()
             .filter(|(_, r)| pattern.matches(r.key()))
-            .map(|(slot, r)| (slot, r.node().stale_until_ms > now_ms))
+            .map(|(slot, r)| (slot, r.node().stale_until_ms(window) > now_ms))
             .collect();
         let live = doomed.iter().filter(|(_, live)| *live).count();
         for (slot, _) in &doomed {
@@ -441,14 +451,14 @@ impl ShardWriter {
     pub fn expire(&mut self, now_ms: u64) -> usize {
         self.sample_lookups();
         let mut fired = std::mem::take(&mut self.fired);
-        self.wheel.advance(now_ms, |slot| fired.push(slot));
+        let (policy, window) = (&self.policy, self.config.stale_window_ms);
+        let deadline_of = |slot| {
+            let resident = policy.get(slot).expect("a live timer has a resident");
+            resident.node().stale_until_ms(window)
+        };
+        self.wheel
+            .advance(now_ms, deadline_of, |slot| fired.push(slot));
         for &slot in &fired {
-            let resident = self
-                .policy
-                .get_mut(slot)
-                .expect("a live timer has a resident");
-            resident.timer = None;
-            debug_assert!(resident.node().stale_until_ms <= now_ms);
             self.remove_slot(slot);
         }
         let expired = fired.len();
@@ -481,9 +491,7 @@ impl ShardWriter {
 
     fn remove_slot(&mut self, slot: u32) {
         let resident = self.policy.remove(slot).expect("slot is occupied");
-        if let Some(timer) = resident.timer {
-            self.wheel.cancel(timer);
-        }
+        self.wheel.cancel(slot);
         self.bytes -= charge_of(resident.node());
         self.table.remove(resident.node);
     }
@@ -495,7 +503,7 @@ impl ShardWriter {
 }
 
 fn charge_of(node: &Node) -> u64 {
-    (node.payload_len() + ENTRY_OVERHEAD) as u64
+    (footprint(node_bytes(node.payload_len())) + STRUCTURE_BYTES) as u64
 }
 
 #[cfg(all(test, not(engine_loom)))]

@@ -10,12 +10,12 @@
 //! retires nodes in an order under which no reader sees a torn or reclaimed node.
 
 #[cfg(not(engine_loom))]
-pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU8};
+pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32};
 #[cfg(not(engine_loom))]
 pub(crate) use std::sync::Arc;
 
 #[cfg(engine_loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU8};
+pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32};
 #[cfg(engine_loom)]
 pub(crate) use loom::sync::Arc;
 

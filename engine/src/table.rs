@@ -13,14 +13,15 @@
 //! The bucket array is sized once from the shard's entry bound, so the table never
 //! resizes and the readers' path has no resize protocol to follow.
 
-use std::alloc::{self, Layout};
+use std::cell::UnsafeCell;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::sync::{Arc, AtomicPtr, AtomicU8, Reclaimer, Retirable, SharedCell};
+use crate::slab::{Returns, Slab};
+use crate::sync::{Arc, AtomicPtr, AtomicU32, Reclaimer, Retirable, SharedCell};
 
 /// An entry as a reader sees it, borrowed for the duration of a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,30 +39,76 @@ pub struct EntryRef<'a> {
 /// Deadline of an entry that never expires.
 pub(crate) const NEVER: u64 = u64::MAX;
 
-/// A node's header. The key's bytes and then the value's follow it in the same
-/// allocation, so a lookup that reaches the header finds the key on the same cache line
-/// and an entry costs one allocation. The payload is only ever reached through the
-/// allocation's own pointer (see [`payload`]), never through a `&Node`, whose provenance
+/// The longest key a node can hold (its length is 16 bits of the header).
+pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
+
+/// A node's header: 32 bytes. The key's bytes and then the value's follow it in the same
+/// slab block (`slab.rs`), so a lookup that reaches the header finds the key on the same
+/// cache line and an entry is one block. The payload is only ever reached through the
+/// block's own pointer (see [`payload`]), never through a `&Node`, whose provenance
 /// covers the header alone.
+///
+/// What it leaves out: the hash's high half (it picks the shard, so within one shard it
+/// says little; the low half picks the bucket and tells keys apart before their bytes are
+/// compared), the stale deadline (the expiry plus the table's one stale window), and the
+/// upper bits of times (48 bits of milliseconds reach the year 10889; an expiry is kept
+/// relative to `cached_at`, see [`Lifetime`]).
 #[repr(C)]
 pub(crate) struct Node {
-    hash: u64,
     next: AtomicPtr<Node>,
-    pub(crate) cached_at_ms: u64,
-    pub(crate) expires_at_ms: u64,
-    /// When the entry stops being servable at all: `expires_at_ms` plus the shard's stale
-    /// window (equal to it when there is none).
-    pub(crate) stale_until_ms: u64,
-    key_len: u32,
+    /// The low 32 bits of the key's hash.
+    tag: u32,
+    /// The entry's policy slot (an overwrite keeps it) in bits 1 to 31, and in bit 0
+    /// whether a reader hit the entry since the policy last looked. Readers only ever
+    /// set bit 0, storing the slot bits back as they found them, which never change.
+    slot_and_hit: AtomicU32,
+    /// `cached_at_ms << 16 | key_len`.
+    cached_at_and_key_len: u64,
+    lifetime: Lifetime,
     value_len: u32,
-    /// The entry's CLOCK slot; an overwrite keeps it.
-    pub(crate) slot: u32,
-    /// Hits since the eviction policy last looked, saturating at [`MAX_PENDING_HITS`].
-    hits: AtomicU8,
     /// Zero-sized in normal builds. Under loom every payload read goes through it and
     /// reclamation writes it, so a read racing a free is reported.
     payload_access: SharedCell<()>,
 }
+
+/// Bytes of a node's header.
+pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<Node>();
+
+/// When an entry expires, relative to when it was cached: milliseconds up to 2^31 (24.8
+/// days), whole seconds (rounded up, so never early) beyond, or never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lifetime(u32);
+
+impl Lifetime {
+    const FOREVER: Lifetime = Lifetime(u32::MAX);
+    const IN_SECONDS: u32 = 1 << 31;
+
+    fn new(cached_at_ms: u64, expires_at_ms: u64) -> Lifetime {
+        if expires_at_ms == NEVER {
+            return Lifetime::FOREVER;
+        }
+        let ms = expires_at_ms.saturating_sub(cached_at_ms);
+        if ms < u64::from(Lifetime::IN_SECONDS) {
+            return Lifetime(ms as u32);
+        }
+        // Below the all-ones pattern, which is FOREVER: 68 years.
+        let longest = u64::from(Lifetime::IN_SECONDS - 2);
+        Lifetime(Lifetime::IN_SECONDS | ms.div_ceil(1_000).min(longest) as u32)
+    }
+
+    fn expires_at_ms(self, cached_at_ms: u64) -> u64 {
+        match self.0 {
+            u32::MAX => NEVER,
+            code if code & Lifetime::IN_SECONDS != 0 => {
+                cached_at_ms + u64::from(code & !Lifetime::IN_SECONDS) * 1_000
+            }
+            ms => cached_at_ms + u64::from(ms),
+        }
+    }
+}
+
+/// The latest `cached_at_ms` a header holds (48 bits); later times are stored as this.
+const LATEST_CACHED_AT_MS: u64 = (1 << 48) - 1;
 
 /// What the writer needs to build a node.
 pub(crate) struct NewEntry<'a> {
@@ -71,47 +118,40 @@ pub(crate) struct NewEntry<'a> {
     pub slot: u32,
     pub cached_at_ms: u64,
     pub expires_at_ms: u64,
-    pub stale_until_ms: u64,
-    pub hits: u8,
+    pub hit: bool,
 }
 
-/// Where a node's hit count saturates: at 1, a reference bit. Counting up to 15 (as far
-/// as TinyLFU's counters go) gave the same hit ratios on the ARC traces within their
-/// seed-to-seed spread, and cost reads 6 % in an A/B of the read loop: every hit but
-/// the first dirtied the entry's cache line until the count saturated.
-const MAX_PENDING_HITS: u8 = 1;
+/// The bytes of a node with this much key and value.
+pub(crate) fn node_bytes(payload_len: usize) -> usize {
+    HEADER_BYTES + payload_len
+}
 
-fn node_layout(payload_len: usize) -> Layout {
-    Layout::new::<Node>()
-        .extend(Layout::array::<u8>(payload_len).expect("payload fits in memory"))
-        .expect("node fits in memory")
-        .0
-        .pad_to_align()
+/// The 32 bits of a key's hash a node keeps, widened: what the eviction policy counts a
+/// key by, so that it counts the same key the same from a request as from a node.
+pub(crate) fn tag_of(hash: u64) -> u64 {
+    u64::from(hash as u32)
 }
 
 /// Allocates and fills a node; the writer links it.
-fn allocate(entry: NewEntry<'_>) -> NonNull<Node> {
-    let key_len = u32::try_from(entry.key.len()).expect("keys are far below 4 GiB");
+fn allocate(slab: &mut Slab, returns: &Returns, entry: NewEntry<'_>) -> NonNull<Node> {
+    let key_len = u16::try_from(entry.key.len()).expect("the shard checks key lengths");
     let value_len = u32::try_from(entry.value.len()).expect("values are far below 4 GiB");
-    let layout = node_layout(entry.key.len() + entry.value.len());
-    // SAFETY: the layout is never zero-sized (it contains the header).
-    let raw = unsafe { alloc::alloc(layout) } as *mut Node;
-    let Some(node) = NonNull::new(raw) else {
-        alloc::handle_alloc_error(layout)
-    };
-    // SAFETY: `node` is a fresh allocation of `node_layout`, large and aligned enough for
-    // the header followed by `key_len + value_len` bytes; nothing else can see it yet.
+    let block = slab.allocate(node_bytes(entry.key.len() + entry.value.len()), returns);
+    let node = block.cast::<Node>();
+    let cached_at_ms = entry.cached_at_ms.min(LATEST_CACHED_AT_MS);
+    let slot = entry.slot;
+    debug_assert!(slot < 1 << 31, "slots fit in 31 bits");
+    // SAFETY: `block` is a fresh slab block of at least `node_bytes`, 8-aligned (enough
+    // for the header, whose alignment is 8), followed by `key_len + value_len` bytes of
+    // the same block; nothing else can see it yet.
     unsafe {
         node.as_ptr().write(Node {
-            hash: entry.hash,
             next: AtomicPtr::new(ptr::null_mut()),
-            cached_at_ms: entry.cached_at_ms,
-            expires_at_ms: entry.expires_at_ms,
-            stale_until_ms: entry.stale_until_ms,
-            key_len,
+            tag: entry.hash as u32,
+            slot_and_hit: AtomicU32::new(slot << 1 | u32::from(entry.hit)),
+            cached_at_and_key_len: cached_at_ms << 16 | u64::from(key_len),
+            lifetime: Lifetime::new(cached_at_ms, entry.expires_at_ms),
             value_len,
-            slot: entry.slot,
-            hits: AtomicU8::new(entry.hits),
             payload_access: SharedCell::new(()),
         });
         let payload = payload_ptr(node);
@@ -126,16 +166,18 @@ fn allocate(entry: NewEntry<'_>) -> NonNull<Node> {
 }
 
 impl Retirable for Node {
-    /// Drops and frees a node made by [`allocate`].
+    /// Drops a node made by [`allocate`] and gives its block back to its slab.
     ///
     /// # Safety
     /// As [`Retirable::free`] requires: `node` came from `allocate` and is freed once.
     unsafe fn free(node: *mut Node) {
-        // SAFETY: forwarded contract; the header says how long the payload is.
+        // SAFETY: forwarded contract; the header says how long the payload is, so the
+        // size given back is the size allocated. The table keeps its slab alive until
+        // every node was freed (see `Table`'s fields).
         unsafe {
-            let layout = node_layout((*node).payload_len());
+            let bytes = node_bytes((*node).payload_len());
             ptr::drop_in_place(node);
-            alloc::dealloc(node as *mut u8, layout);
+            Slab::free(NonNull::new_unchecked(node).cast(), bytes);
         }
     }
 
@@ -151,9 +193,9 @@ impl Retirable for Node {
 /// `node` points to a live node made by [`allocate`].
 #[inline(always)]
 unsafe fn payload_ptr(node: NonNull<Node>) -> *mut u8 {
-    // SAFETY: bytes have alignment 1, so `node_layout` puts the payload right after the
-    // header, inside the same allocation.
-    unsafe { (node.as_ptr() as *mut u8).add(std::mem::size_of::<Node>()) }
+    // SAFETY: bytes have alignment 1, so the payload starts right after the header, inside
+    // the same block, whose pointer `node` is.
+    unsafe { (node.as_ptr() as *mut u8).add(HEADER_BYTES) }
 }
 
 /// The key and value bytes of `node`.
@@ -168,46 +210,73 @@ unsafe fn payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8]) {
         let header = node.as_ref();
         header.payload_access.get();
         let start = payload_ptr(node);
-        let key = std::slice::from_raw_parts(start, header.key_len as usize);
-        let value = std::slice::from_raw_parts(
-            start.add(header.key_len as usize),
-            header.value_len as usize,
-        );
+        let key_len = header.key_len();
+        let key = std::slice::from_raw_parts(start, key_len);
+        let value = std::slice::from_raw_parts(start.add(key_len), header.value_len as usize);
         (key, value)
     }
 }
 
 impl Node {
     pub(crate) fn payload_len(&self) -> usize {
-        self.key_len as usize + self.value_len as usize
+        self.key_len() + self.value_len as usize
     }
 
-    pub(crate) fn hash(&self) -> u64 {
-        self.hash
+    #[inline(always)]
+    fn key_len(&self) -> usize {
+        (self.cached_at_and_key_len & 0xFFFF) as usize
     }
 
-    /// Hits not yet taken by the policy.
+    /// The key's hash as the node keeps it (see [`tag_of`]).
+    pub(crate) fn tag(&self) -> u64 {
+        u64::from(self.tag)
+    }
+
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot_and_hit.load(Relaxed) >> 1
+    }
+
+    pub(crate) fn cached_at_ms(&self) -> u64 {
+        self.cached_at_and_key_len >> 16
+    }
+
+    /// When the entry expires; [`NEVER`] if it does not.
+    #[inline(always)]
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        self.lifetime.expires_at_ms(self.cached_at_ms())
+    }
+
+    /// When the entry stops being servable at all: its expiry plus the stale window.
+    #[inline(always)]
+    pub(crate) fn stale_until_ms(&self, stale_window_ms: u64) -> u64 {
+        self.expires_at_ms().saturating_add(stale_window_ms)
+    }
+
+    /// Whether a reader hit the entry since the policy last looked.
     pub(crate) fn pending_hits(&self) -> u8 {
-        self.hits.load(Relaxed)
+        (self.slot_and_hit.load(Relaxed) & 1) as u8
     }
 
-    /// The hits readers counted since the last call, clearing them.
+    /// The hits readers counted since the last call (0 or 1), clearing them.
     pub(crate) fn take_hits(&self) -> u8 {
-        // Load first: no hits (the common case in a sweep) costs no store.
-        match self.hits.load(Relaxed) {
-            0 => 0,
-            _ => self.hits.swap(0, Relaxed),
+        // Load first: no hit (the common case in a sweep) costs no store.
+        let word = self.slot_and_hit.load(Relaxed);
+        if word & 1 == 0 {
+            return 0;
         }
+        (self.slot_and_hit.fetch_and(!1, Relaxed) & 1) as u8
     }
 
-    /// Counts a hit. A plain load and store, not an atomic increment: two readers racing
-    /// may count one hit, which the policy's estimate tolerates, and the common case of
-    /// a saturated counter writes nothing.
+    /// Counts a hit. A plain load and store, not an atomic read-modify-write: two readers
+    /// racing may count one hit, which the policy's estimate tolerates, and an entry
+    /// already hit writes nothing, so a hot entry's cache line stays clean. (Counting up
+    /// to 15 hits gave the same hit ratios on the ARC traces, and cost reads 6 % in an
+    /// A/B of the read loop: every hit dirtied the line until the count saturated.)
     #[inline(always)]
     fn record_hit(&self) {
-        let hits = self.hits.load(Relaxed);
-        if hits < MAX_PENDING_HITS {
-            self.hits.store(hits + 1, Relaxed);
+        let word = self.slot_and_hit.load(Relaxed);
+        if word & 1 == 0 {
+            self.slot_and_hit.store(word | 1, Relaxed);
         }
     }
 }
@@ -230,12 +299,25 @@ pub(crate) unsafe fn node_payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8
     unsafe { payload(node) }
 }
 
+/// The fields drop in order after `Table::drop` has freed the linked nodes: the
+/// reclaimer frees the retired ones, pushing their blocks on `returns`, and only then
+/// does the slab give its chunks back.
 struct Table {
     buckets: Box<[AtomicPtr<Node>]>,
+    /// How long past its expiry an entry stays servable as stale.
+    stale_window_ms: u64,
     reclaimer: Reclaimer,
     /// Every reader handle's lookup counts, for the writer to sum.
     readers: Mutex<Vec<std::sync::Arc<CachePadded<LookupCounts>>>>,
+    returns: Returns,
+    /// Only the table's one [`TableWriter`] touches it (see `TableWriter::slab`).
+    slab: UnsafeCell<Slab>,
 }
+
+// SAFETY: the slab is only reached through the table's single `TableWriter`, which is
+// `Send` but not `Clone`, so no two threads use it at once; everything else in the table
+// is atomics, a mutex, and published nodes that are immutable bar atomics.
+unsafe impl Sync for Table {}
 
 /// Lookups through one reader handle, for the eviction policy's hit-rate samples. Each
 /// handle has its own, on its own cache line, written with plain loads and stores: a
@@ -322,6 +404,13 @@ impl Clone for TableRef {
     }
 }
 
+/// The bucket-picking hash of a node the writer holds (linked, or fresh).
+fn entry_hash(node: NonNull<Node>) -> u64 {
+    // SAFETY: the writer only holds nodes that are linked (hence live, see `find`) or that
+    // it just allocated.
+    u64::from(unsafe { node.as_ref() }.tag)
+}
+
 /// Read access from any thread. Cheap to clone; each clone counts its own lookups, so a
 /// thread that reads often should hold a clone of its own.
 pub struct TableReader {
@@ -346,14 +435,19 @@ impl Clone for TableReader {
 /// The single writer of a table.
 pub(crate) struct TableWriter(TableRef);
 
-pub(crate) fn table(capacity: usize) -> (TableReader, TableWriter) {
+/// A table for about `capacity` entries whose entries stay servable as stale for
+/// `stale_window_ms` past their expiry.
+pub(crate) fn table(capacity: usize, stale_window_ms: u64) -> (TableReader, TableWriter) {
     let buckets = capacity.clamp(16, 1 << 26).next_power_of_two();
     let table = Arc::new(Table {
         buckets: (0..buckets)
             .map(|_| AtomicPtr::new(ptr::null_mut()))
             .collect(),
+        stale_window_ms,
         reclaimer: Reclaimer::new(),
         readers: Mutex::new(Vec::new()),
+        returns: Returns::new(),
+        slab: UnsafeCell::new(Slab::new()),
     });
     (
         TableReader::new(TableRef::new(table.clone())),
@@ -361,10 +455,8 @@ pub(crate) fn table(capacity: usize) -> (TableReader, TableWriter) {
     )
 }
 
-/// Bytes of table structure per entry (node header and bucket pointer), for memory
-/// accounting.
-pub(crate) const NODE_BYTES: usize =
-    std::mem::size_of::<Node>() + std::mem::size_of::<AtomicPtr<Node>>();
+/// Bytes of the bucket array per entry, for memory accounting.
+pub(crate) const BUCKET_BYTES: usize = std::mem::size_of::<AtomicPtr<Node>>();
 
 impl TableReader {
     /// Finds `key` and, if it is present and servable at `now` (not expired, or expired
@@ -387,11 +479,13 @@ impl TableReader {
             // fully built before the release store that published it, which this acquire
             // load synchronizes with, and it is never mutated afterwards (bar atomics).
             let header = unsafe { node.as_ref() };
-            if header.hash == hash {
+            if header.tag == hash as u32 {
                 // SAFETY: as above; the guard outlives every use of the payload.
                 let (k, value) = unsafe { payload(node) };
                 if k == key {
-                    let servable = header.stale_until_ms > now_ms;
+                    let expires_at_ms = header.expires_at_ms();
+                    let servable =
+                        expires_at_ms.saturating_add(self.table.table.stale_window_ms) > now_ms;
                     if !servable {
                         self.counts.count_miss();
                         return None;
@@ -400,10 +494,9 @@ impl TableReader {
                     return Some(read(EntryRef {
                         key: k,
                         value,
-                        cached_at_ms: header.cached_at_ms,
-                        expires_at_ms: (header.expires_at_ms != NEVER)
-                            .then_some(header.expires_at_ms),
-                        stale: header.expires_at_ms <= now_ms,
+                        cached_at_ms: header.cached_at_ms(),
+                        expires_at_ms: (expires_at_ms != NEVER).then_some(expires_at_ms),
+                        stale: expires_at_ms <= now_ms,
                     }));
                 }
             }
@@ -435,7 +528,7 @@ impl TableWriter {
             // reach from a bucket is live.
             let n = unsafe { node.as_ref() };
             // SAFETY: as above.
-            if n.hash == hash && unsafe { node_key(node) } == key {
+            if n.tag == hash as u32 && unsafe { node_key(node) } == key {
                 return Some(node);
             }
             ptr = n.next.load(Acquire);
@@ -443,10 +536,19 @@ impl TableWriter {
         None
     }
 
+    /// The table's slab, for allocating a node.
+    fn allocate(&mut self, entry: NewEntry<'_>) -> NonNull<Node> {
+        let table = &*self.0.table;
+        // SAFETY: only the table's one writer reaches the slab, and `&mut self` makes
+        // this the only use of it now (see `Table`'s `Sync`).
+        let slab = unsafe { &mut *table.slab.get() };
+        allocate(slab, &table.returns, entry)
+    }
+
     /// Links a new node for a key that is not in the table.
     pub(crate) fn insert(&mut self, entry: NewEntry<'_>) -> NonNull<Node> {
-        let bucket = self.0.bucket(entry.hash);
-        let node = allocate(entry);
+        let node = self.allocate(entry);
+        let bucket = self.0.bucket(entry_hash(node));
         // SAFETY: `node` is fresh and not yet shared.
         unsafe { node.as_ref() }
             .next
@@ -457,8 +559,8 @@ impl TableWriter {
 
     /// Puts a new node in place of `old` (same key) and retires `old`.
     pub(crate) fn replace(&mut self, old: NonNull<Node>, entry: NewEntry<'_>) -> NonNull<Node> {
+        let node = self.allocate(entry);
         let link = self.link_to(old);
-        let node = allocate(entry);
         // SAFETY: `old` is linked, hence live (see `find`); `node` is not yet shared.
         unsafe {
             node.as_ref()
@@ -484,9 +586,7 @@ impl TableWriter {
 
     /// The atomic pointer that currently points at `target`.
     fn link_to(&self, target: NonNull<Node>) -> &AtomicPtr<Node> {
-        // SAFETY: `target` is linked, hence live (see `find`).
-        let hash = unsafe { target.as_ref() }.hash;
-        let mut link = self.0.bucket(hash);
+        let mut link = self.0.bucket(entry_hash(target));
         loop {
             let ptr = link.load(Relaxed);
             assert!(!ptr.is_null(), "node to unlink is not in its bucket");

@@ -6,11 +6,14 @@
 //! when a slot comes due its timers either fire or drop to a lower level. Deadlines past
 //! the top level's span (about 2.2 years) wait in the top level and are re-filed.
 //!
-//! Timers live in a slab and each slot is an intrusive doubly-linked list of slab
-//! indices, so schedule and cancel are O(1) and the wheel allocates only when the slab
-//! grows. It is written here rather than taken from a crate because it is the product:
-//! it must cancel by handle, carry a `u32` payload without boxing, and be driven by the
-//! caller's `now` so tests hold the clock.
+//! A timer is named by its key, a small integer the caller chooses (the shard uses the
+//! entry's policy slot), and lives at that index of one array: each wheel slot is an
+//! intrusive doubly-linked list through it, so schedule and cancel are O(1), need no
+//! handle, and a timer costs 12 bytes with no allocation of its own. The wheel does not
+//! keep deadlines either: the caller already keeps each entry's, and says it when asked
+//! (`advance`'s `deadline_of`). It is written here rather than taken from a crate because
+//! it is the product: it must cost a few bytes an entry, and be driven by the caller's
+//! `now` so tests hold the clock.
 
 const LEVELS: usize = 6;
 const SLOTS: usize = 64;
@@ -20,21 +23,23 @@ const MAX_SPAN: u64 = 1 << (SLOT_BITS * LEVELS as u32);
 const NIL: u32 = u32::MAX;
 /// `level` value of a timer whose deadline had already passed when it was scheduled.
 const OVERDUE: u8 = u8::MAX;
+/// `level` value of a key with no timer.
 const FREE: u8 = u8::MAX - 1;
-
-/// Handle to a scheduled timer, valid until it fires or is cancelled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimerId(u32);
 
 #[derive(Clone, Debug)]
 struct Timer {
-    deadline: u64,
-    payload: u32,
     prev: u32,
     next: u32,
     level: u8,
     slot: u8,
 }
+
+const UNSCHEDULED: Timer = Timer {
+    prev: NIL,
+    next: NIL,
+    level: FREE,
+    slot: 0,
+};
 
 #[derive(Clone, Debug)]
 struct Level {
@@ -53,13 +58,13 @@ struct Due {
 pub struct TimerWheel {
     levels: [Level; LEVELS],
     overdue: u32,
+    /// Indexed by key.
     timers: Vec<Timer>,
-    free: Vec<u32>,
     elapsed: u64,
     scheduled: usize,
 }
 
-/// Bytes the wheel keeps per scheduled timer, for honest memory accounting.
+/// Bytes the wheel keeps per key, for honest memory accounting.
 pub const TIMER_BYTES: usize = std::mem::size_of::<Timer>();
 
 impl TimerWheel {
@@ -72,7 +77,6 @@ impl TimerWheel {
             }),
             overdue: NIL,
             timers: Vec::new(),
-            free: Vec::new(),
             elapsed: now,
             scheduled: 0,
         }
@@ -86,50 +90,47 @@ impl TimerWheel {
         self.scheduled == 0
     }
 
-    /// Schedules `payload` to fire at `deadline` (ms). A deadline already reached fires on
-    /// the next [`advance`](Self::advance).
-    pub fn schedule(&mut self, deadline: u64, payload: u32) -> TimerId {
-        let timer = Timer {
-            deadline,
-            payload,
-            prev: NIL,
-            next: NIL,
-            level: FREE,
-            slot: 0,
-        };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.timers[id as usize] = timer;
-                id
-            }
-            None => {
-                self.timers.push(timer);
-                u32::try_from(self.timers.len() - 1).expect("more than 2^32 timers")
-            }
-        };
-        self.file(id);
-        self.scheduled += 1;
-        TimerId(id)
-    }
-
-    /// Cancels a timer that has neither fired nor been cancelled.
-    pub fn cancel(&mut self, id: TimerId) {
-        debug_assert_ne!(
-            self.timers[id.0 as usize].level, FREE,
-            "timer cancelled twice"
+    /// Schedules a timer for `key`, which has none, to fire at `deadline` (ms). A
+    /// deadline already reached fires on the next [`advance`](Self::advance).
+    pub fn schedule(&mut self, key: u32, deadline: u64) {
+        assert_ne!(key, NIL, "key {NIL} is reserved");
+        let index = key as usize;
+        if index >= self.timers.len() {
+            self.timers.resize(index + 1, UNSCHEDULED);
+        }
+        debug_assert_eq!(
+            self.timers[index].level, FREE,
+            "key {key} already has a timer"
         );
-        self.unlink(id.0);
-        self.release(id.0);
+        self.file(key, deadline);
+        self.scheduled += 1;
     }
 
-    /// Moves time forward to `now` and calls `fire` with the payload of every timer whose
-    /// deadline is at or before it.
-    pub fn advance(&mut self, now: u64, mut fire: impl FnMut(u32)) {
+    /// Cancels `key`'s timer; says whether it had one.
+    pub fn cancel(&mut self, key: u32) -> bool {
+        match self.timers.get(key as usize) {
+            Some(timer) if timer.level != FREE => {
+                self.unlink(key);
+                self.release(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves time forward to `now` and calls `fire` with the key of every timer whose
+    /// deadline, as `deadline_of` tells it, is at or before `now`.
+    pub fn advance(
+        &mut self,
+        now: u64,
+        deadline_of: impl Fn(u32) -> u64,
+        mut fire: impl FnMut(u32),
+    ) {
         let mut id = std::mem::replace(&mut self.overdue, NIL);
         while id != NIL {
             let next = self.timers[id as usize].next;
-            fire(self.timers[id as usize].payload);
             self.release(id);
+            fire(id);
             id = next;
         }
         while let Some(due) = self.next_due() {
@@ -141,13 +142,13 @@ impl TimerWheel {
             level.occupied &= !(1 << due.slot);
             self.elapsed = due.deadline;
             while id != NIL {
-                let timer = &self.timers[id as usize];
-                let next = timer.next;
-                if timer.deadline <= due.deadline {
-                    fire(timer.payload);
+                let next = self.timers[id as usize].next;
+                let deadline = deadline_of(id);
+                if deadline <= due.deadline {
                     self.release(id);
+                    fire(id);
                 } else {
-                    self.file(id);
+                    self.file(id, deadline);
                 }
                 id = next;
             }
@@ -190,8 +191,7 @@ impl TimerWheel {
     }
 
     /// Puts an unlinked timer on the list where its deadline belongs.
-    fn file(&mut self, id: u32) {
-        let deadline = self.timers[id as usize].deadline;
+    fn file(&mut self, id: u32, deadline: u64) {
         if deadline <= self.elapsed {
             self.push_front(id, OVERDUE, 0);
             return;
@@ -250,7 +250,6 @@ impl TimerWheel {
 
     fn release(&mut self, id: u32) {
         self.timers[id as usize].level = FREE;
-        self.free.push(id);
         self.scheduled -= 1;
     }
 }
@@ -273,63 +272,95 @@ fn level_for(elapsed: u64, deadline: u64) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
-    fn fired(wheel: &mut TimerWheel, now: u64) -> Vec<u32> {
-        let mut out = Vec::new();
-        wheel.advance(now, |p| out.push(p));
-        out.sort_unstable();
-        out
+    /// A wheel and the deadlines its caller keeps.
+    struct Timers {
+        wheel: TimerWheel,
+        deadlines: HashMap<u32, u64>,
+    }
+
+    impl Timers {
+        fn new(now: u64) -> Self {
+            Self {
+                wheel: TimerWheel::new(now),
+                deadlines: HashMap::new(),
+            }
+        }
+
+        fn schedule(&mut self, key: u32, deadline: u64) {
+            self.deadlines.insert(key, deadline);
+            self.wheel.schedule(key, deadline);
+        }
+
+        fn cancel(&mut self, key: u32) -> bool {
+            self.deadlines.remove(&key);
+            self.wheel.cancel(key)
+        }
+
+        fn fired(&mut self, now: u64) -> Vec<u32> {
+            let mut out = Vec::new();
+            let deadlines = &self.deadlines;
+            self.wheel.advance(now, |k| deadlines[&k], |k| out.push(k));
+            for k in &out {
+                self.deadlines.remove(k);
+            }
+            out.sort_unstable();
+            out
+        }
     }
 
     #[test]
     fn fires_at_the_deadline_and_not_before() {
-        let mut wheel = TimerWheel::new(1_000);
-        wheel.schedule(1_005, 1);
-        wheel.schedule(1_100, 2);
-        wheel.schedule(1_000 + 70_000, 3);
-        assert_eq!(fired(&mut wheel, 1_004), Vec::<u32>::new());
-        assert_eq!(fired(&mut wheel, 1_005), vec![1]);
-        assert_eq!(fired(&mut wheel, 1_099), Vec::<u32>::new());
-        assert_eq!(fired(&mut wheel, 1_100), vec![2]);
-        assert_eq!(fired(&mut wheel, 70_999), Vec::<u32>::new());
-        assert_eq!(fired(&mut wheel, 71_000), vec![3]);
-        assert!(wheel.is_empty());
+        let mut t = Timers::new(1_000);
+        t.schedule(1, 1_005);
+        t.schedule(2, 1_100);
+        t.schedule(3, 1_000 + 70_000);
+        assert_eq!(t.fired(1_004), Vec::<u32>::new());
+        assert_eq!(t.fired(1_005), vec![1]);
+        assert_eq!(t.fired(1_099), Vec::<u32>::new());
+        assert_eq!(t.fired(1_100), vec![2]);
+        assert_eq!(t.fired(70_999), Vec::<u32>::new());
+        assert_eq!(t.fired(71_000), vec![3]);
+        assert!(t.wheel.is_empty());
     }
 
     #[test]
-    fn cancel_is_honoured_and_slots_are_reused() {
-        let mut wheel = TimerWheel::new(0);
-        let a = wheel.schedule(10, 1);
-        let b = wheel.schedule(10, 2);
-        let c = wheel.schedule(10, 3);
-        wheel.cancel(b);
-        wheel.cancel(a);
-        assert_eq!(wheel.len(), 1);
-        assert_eq!(fired(&mut wheel, 10), vec![3]);
-        let _ = c;
-        let d = wheel.schedule(20, 4);
-        assert!(d.0 <= 2, "freed slab entries are reused");
+    fn cancel_is_honoured_and_keys_can_be_scheduled_again() {
+        let mut t = Timers::new(0);
+        t.schedule(1, 10);
+        t.schedule(2, 10);
+        t.schedule(3, 10);
+        assert!(t.cancel(2));
+        assert!(t.cancel(1));
+        assert!(!t.cancel(1), "no timer left to cancel");
+        assert!(!t.cancel(40), "a key never seen has none");
+        assert_eq!(t.wheel.len(), 1);
+        assert_eq!(t.fired(10), vec![3]);
+        t.schedule(2, 20);
+        assert_eq!(t.fired(20), vec![2]);
+        assert_eq!(TIMER_BYTES, 12);
     }
 
     #[test]
     fn past_deadlines_fire_on_the_next_advance() {
-        let mut wheel = TimerWheel::new(500);
-        wheel.schedule(100, 7);
-        assert_eq!(wheel.next_deadline(), Some(500));
-        assert_eq!(fired(&mut wheel, 500), vec![7]);
+        let mut t = Timers::new(500);
+        t.schedule(7, 100);
+        assert_eq!(t.wheel.next_deadline(), Some(500));
+        assert_eq!(t.fired(500), vec![7]);
     }
 
     #[test]
     fn far_future_deadlines_are_clamped_and_still_fire_exactly() {
-        let mut wheel = TimerWheel::new(0);
+        let mut t = Timers::new(0);
         let far = MAX_SPAN * 3 + 12_345;
-        wheel.schedule(far, 9);
+        t.schedule(9, far);
         let mut now = 0;
         while now < far - 1 {
             now = (now + MAX_SPAN / 7).min(far - 1);
-            assert!(fired(&mut wheel, now).is_empty(), "fired early at {now}");
+            assert!(t.fired(now).is_empty(), "fired early at {now}");
         }
-        assert_eq!(fired(&mut wheel, far), vec![9]);
+        assert_eq!(t.fired(far), vec![9]);
     }
 
     proptest! {
@@ -340,33 +371,43 @@ mod tests {
             ops in proptest::collection::vec((0u8..3, 0u64..300_000, any::<bool>()), 1..200)
         ) {
             let start = 1_700_000_000_000u64;
-            let mut wheel = TimerWheel::new(start);
+            let mut t = Timers::new(start);
             let mut now = start;
-            let mut live: Vec<(TimerId, u64, u32)> = Vec::new();
-            let mut next_payload = 0u32;
+            // Keys are reused once free, as the shard reuses its slots.
+            let mut free_keys: Vec<u32> = Vec::new();
+            let mut next_key = 0u32;
             for (op, amount, flag) in ops {
                 match op {
                     0 => {
                         let deadline = if flag { now + amount } else { now + amount % 100 };
-                        let id = wheel.schedule(deadline, next_payload);
-                        live.push((id, deadline, next_payload));
-                        next_payload += 1;
+                        let key = free_keys.pop().unwrap_or_else(|| {
+                            next_key += 1;
+                            next_key - 1
+                        });
+                        t.schedule(key, deadline);
                     }
-                    1 if !live.is_empty() => {
-                        let (id, _, _) = live.swap_remove(amount as usize % live.len());
-                        wheel.cancel(id);
+                    1 if !t.deadlines.is_empty() => {
+                        let mut keys: Vec<u32> = t.deadlines.keys().copied().collect();
+                        keys.sort_unstable();
+                        let key = keys[amount as usize % keys.len()];
+                        prop_assert!(t.cancel(key));
+                        free_keys.push(key);
                     }
                     _ => {
                         now += if flag { amount } else { amount % 200 };
-                        let got = fired(&mut wheel, now);
-                        let mut expected: Vec<u32> =
-                            live.iter().filter(|t| t.1 <= now).map(|t| t.2).collect();
+                        let mut expected: Vec<u32> = t
+                            .deadlines
+                            .iter()
+                            .filter(|(_, &d)| d <= now)
+                            .map(|(&k, _)| k)
+                            .collect();
                         expected.sort_unstable();
-                        live.retain(|t| t.1 > now);
+                        let got = t.fired(now);
+                        free_keys.extend(&got);
                         prop_assert_eq!(got, expected);
                     }
                 }
-                prop_assert_eq!(wheel.len(), live.len());
+                prop_assert_eq!(t.wheel.len(), t.deadlines.len());
             }
         }
     }

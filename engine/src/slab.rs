@@ -1,0 +1,570 @@
+//! Per-shard slab allocation for the table's nodes: blocks in size classes, carved from
+//! 64 KiB chunks that hold nothing else, carved in turn from 2 MiB regions.
+//!
+//! One `malloc` per entry cost the service about 90 bytes an entry beyond what it asked
+//! for (BENCHMARKS.md, "Memory per entry"): the allocator's header and 16-byte rounding,
+//! and fragmentation where nodes that live for hours were interleaved with a request's
+//! short-lived buffers in the same arena. Here a node's block is its size rounded up to 8
+//! bytes (up to 512; above that, eight classes per doubling, at most 12.5 % over), with no
+//! header, in chunks that only nodes of one class share. A chunk whose blocks are all free
+//! again can serve any class, and a region whose chunks are all free goes back to the
+//! allocator, so memory follows the entries when their number or mix of sizes changes.
+//! (Chunks come from regions because the allocator serves each 64 KiB-aligned request
+//! with a remainder it cannot use: 26 bytes an entry at a million entries.) Nodes larger than [`LARGEST_BLOCK`] are rare and big enough that a `malloc`'s
+//! header does not matter; they get one of their own.
+//!
+//! Blocks are handed out by the table's one writer, but freed by whichever thread the
+//! reclaimer runs on, once no reader can still hold them. So a freed block does not go
+//! straight back to its chunk: it is pushed on a lock-free stack ([`Returns`]) that the
+//! writer empties before it next allocates. Each chunk starts with an immutable header
+//! naming that stack, which is how a free finds it from the block's address alone.
+//!
+//! Written here rather than taken from a crate: the allocator crates replace the global
+//! allocator (all of the process's allocations) and still serve every size from shared
+//! arenas; what an entry costs is the product, so its layout is ours.
+
+use std::alloc::{self, Layout};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+use crate::sync::AtomicPtr;
+
+/// Bytes per chunk; chunks are aligned to their size, so a block's chunk is its address
+/// rounded down.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// The largest block the slab serves; bigger nodes get an allocation of their own.
+pub(crate) const LARGEST_BLOCK: usize = 4096;
+/// Blocks up to this size step by 8 bytes.
+const FINE_LIMIT: usize = 512;
+/// Block sizes step by 8 bytes up to 512, then by an eighth of the power of two below.
+const CLASSES: usize = FINE_LIMIT / 8 + 3 * 8;
+/// Where a chunk's first block starts: past its header, aligned for any node.
+const FIRST_BLOCK: usize = 16;
+/// Chunks per region.
+const REGION_CHUNKS: usize = 32;
+/// A chunk that is not on its class's partial list.
+const NOT_PARTIAL: u32 = u32::MAX;
+
+/// The block size class for `bytes` (at most [`LARGEST_BLOCK`]), and its block size.
+fn class_of(bytes: usize) -> (usize, usize) {
+    debug_assert!(bytes > 0 && bytes <= LARGEST_BLOCK);
+    if bytes <= FINE_LIMIT {
+        let block = bytes.div_ceil(8) * 8;
+        return (block / 8 - 1, block);
+    }
+    // The power of two below `bytes`, and an eighth of it as the step.
+    let power = usize::BITS - 1 - (bytes - 1).leading_zeros();
+    let step = 1usize << (power - 3);
+    let block = bytes.div_ceil(step) * step;
+    let doublings = (power - FINE_LIMIT.trailing_zeros()) as usize;
+    let index = FINE_LIMIT / 8 + doublings * 8 + (block - (1 << power)) / step - 1;
+    (index, block)
+}
+
+/// The bytes a node of `bytes` takes: its slab block, or its own allocation with the
+/// allocator's header and rounding.
+pub(crate) fn footprint(bytes: usize) -> usize {
+    if bytes <= LARGEST_BLOCK {
+        class_of(bytes).1
+    } else {
+        bytes.div_ceil(16) * 16 + 16
+    }
+}
+
+/// Freed blocks on their way back to the writer: a Treiber stack linked through the
+/// blocks' first word. Pushes come from any thread; the writer only ever takes the whole
+/// stack at once (a swap), so a block cannot be popped and pushed again under a pusher
+/// (no ABA).
+pub(crate) struct Returns {
+    head: AtomicPtr<u8>,
+}
+
+impl Returns {
+    pub(crate) fn new() -> Self {
+        Self {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Pushes a block that no reader or writer will touch again.
+    ///
+    /// A push publishes the block with a release CAS that the writer's acquire swap reads,
+    /// so the link written into the block, and every use of it before, happen before the
+    /// writer reuses it.
+    ///
+    /// # Safety
+    /// `block` is a slab block at least 8 bytes long and 8-aligned, unreachable by
+    /// everyone but the caller, and pushed once.
+    unsafe fn push(&self, block: NonNull<u8>) {
+        let mut head = self.head.load(Relaxed);
+        loop {
+            // SAFETY: the block is the caller's alone and big and aligned enough for a
+            // pointer (every block is a multiple of 8 bytes, 8-aligned).
+            unsafe { (block.as_ptr() as *mut *mut u8).write(head) };
+            match self
+                .head
+                .compare_exchange_weak(head, block.as_ptr(), Release, Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Takes every block pushed so far, as a list linked through their first words.
+    fn take_all(&self) -> *mut u8 {
+        if self.head.load(Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        self.head.swap(ptr::null_mut(), Acquire)
+    }
+}
+
+/// The start of every chunk. Written once when the chunk is made and only read after, so
+/// a freeing thread may read it while the writer allocates from the chunk.
+#[repr(C)]
+struct ChunkHeader {
+    returns: *const Returns,
+    /// The chunk's index in the slab's `chunks`.
+    index: u32,
+}
+
+/// The writer's own record of a chunk.
+struct Chunk {
+    base: NonNull<u8>,
+    /// Where it lies: its region's index and its position there.
+    region: u32,
+    position: u8,
+    class: u8,
+    /// Free blocks of this chunk, linked through their first words.
+    free: *mut u8,
+    /// Offset of the first block never handed out.
+    bump: u32,
+    live: u32,
+    /// The chunk's position in its class's partial list, or [`NOT_PARTIAL`].
+    partial: u32,
+}
+
+#[derive(Default)]
+struct Class {
+    /// The chunk allocations come from first.
+    current: Option<u32>,
+    /// Other chunks with free blocks.
+    partial: Vec<u32>,
+}
+
+/// 2 MiB of chunks, allocated at once.
+struct Region {
+    base: NonNull<u8>,
+    /// Chunks not in use, one bit each.
+    spare: u32,
+}
+
+/// The writer's side of a slab: every chunk and which have room.
+///
+/// Not `Sync` and not shared: the table keeps it for its one writer (`table.rs`).
+pub(crate) struct Slab {
+    classes: Vec<Class>,
+    chunks: Vec<Option<Chunk>>,
+    /// Vacant indices in `chunks`.
+    vacant: Vec<u32>,
+    regions: Vec<Option<Region>>,
+    /// Regions that may have a spare chunk (checked when taken).
+    with_spare: Vec<u32>,
+}
+
+// SAFETY: the chunks' memory is owned by the slab; the raw pointers in it are into that
+// memory, which moves with the slab between threads as a `Vec<u8>` would.
+unsafe impl Send for Slab {}
+
+fn region_layout() -> Layout {
+    Layout::from_size_align(CHUNK_BYTES * REGION_CHUNKS, CHUNK_BYTES)
+        .expect("a valid region layout")
+}
+
+fn large_layout(bytes: usize) -> Layout {
+    Layout::from_size_align(bytes, 8).expect("a node fits in memory")
+}
+
+impl Slab {
+    pub(crate) fn new() -> Self {
+        Self {
+            classes: (0..CLASSES).map(|_| Class::default()).collect(),
+            chunks: Vec::new(),
+            vacant: Vec::new(),
+            regions: Vec::new(),
+            with_spare: Vec::new(),
+        }
+    }
+
+    /// An 8-aligned block of at least `bytes` bytes (uninitialized), for `returns`' table.
+    pub(crate) fn allocate(&mut self, bytes: usize, returns: &Returns) -> NonNull<u8> {
+        if bytes > LARGEST_BLOCK {
+            let layout = large_layout(bytes);
+            // SAFETY: `bytes` is non-zero (it is above LARGEST_BLOCK).
+            let raw = unsafe { alloc::alloc(layout) };
+            return NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        }
+        self.take_returns(returns);
+        let (class, block) = class_of(bytes);
+        loop {
+            let index = match self.classes[class].current {
+                Some(index) => index,
+                None => {
+                    let index = match self.classes[class].partial.pop() {
+                        Some(index) => {
+                            self.chunk_mut(index).partial = NOT_PARTIAL;
+                            index
+                        }
+                        None => self.new_chunk(class, returns),
+                    };
+                    self.classes[class].current = Some(index);
+                    index
+                }
+            };
+            let chunk = self.chunk_mut(index);
+            if let Some(free) = NonNull::new(chunk.free) {
+                // SAFETY: a block on a chunk's free list holds the next one's address in
+                // its first word (written by `release`), and is the writer's alone.
+                chunk.free = unsafe { *(free.as_ptr() as *const *mut u8) };
+                chunk.live += 1;
+                return free;
+            }
+            if chunk.bump as usize + block <= CHUNK_BYTES {
+                // SAFETY: `bump + block` is within the chunk's allocation.
+                let fresh = unsafe { chunk.base.add(chunk.bump as usize) };
+                chunk.bump += block as u32;
+                chunk.live += 1;
+                return fresh;
+            }
+            // Full: it returns to the partial list when one of its blocks is freed.
+            self.classes[class].current = None;
+        }
+    }
+
+    /// Gives back a block from [`Slab::allocate`] of a node of `bytes` bytes, from any
+    /// thread.
+    ///
+    /// # Safety
+    /// `block` came from `allocate(bytes, returns)` of a slab that is still alive, with
+    /// the same `bytes`, and is unreachable by anyone else; it is freed once.
+    pub(crate) unsafe fn free(block: NonNull<u8>, bytes: usize) {
+        if bytes > LARGEST_BLOCK {
+            // SAFETY: large blocks are allocations of their own with this layout.
+            unsafe { alloc::dealloc(block.as_ptr(), large_layout(bytes)) };
+            return;
+        }
+        let chunk = (block.as_ptr() as usize & !(CHUNK_BYTES - 1)) as *const ChunkHeader;
+        // SAFETY: a slab block lies in a chunk aligned to CHUNK_BYTES, which starts with
+        // its header; the chunk lives while it has a live block, and this one is live
+        // until it is returned. The address is derived from `block`, whose provenance
+        // covers the whole chunk (it was carved from the chunk's allocation).
+        let returns = unsafe {
+            let chunk = block
+                .as_ptr()
+                .sub(block.as_ptr() as usize - chunk as usize)
+                .cast::<ChunkHeader>();
+            &*(*chunk).returns
+        };
+        // SAFETY: forwarded contract; blocks are 8-aligned and at least 8 bytes.
+        unsafe { returns.push(block) };
+    }
+
+    /// Puts every block freed since the last call back on its chunk's free list, and
+    /// gives chunks that became empty back to the allocator.
+    fn take_returns(&mut self, returns: &Returns) {
+        let mut next = returns.take_all();
+        while let Some(block) = NonNull::new(next) {
+            // SAFETY: pushed by `Returns::push`, which wrote the next block's address in
+            // the block's first word; the block is the writer's now.
+            next = unsafe { *(block.as_ptr() as *const *mut u8) };
+            let base = block.as_ptr() as usize & !(CHUNK_BYTES - 1);
+            // SAFETY: as in `free`: the block's chunk starts with its header and is alive.
+            let index = unsafe {
+                (*block
+                    .as_ptr()
+                    .sub(block.as_ptr() as usize - base)
+                    .cast::<ChunkHeader>())
+                .index
+            };
+            self.release(index, block);
+        }
+    }
+
+    fn release(&mut self, index: u32, block: NonNull<u8>) {
+        let chunk = self.chunk_mut(index);
+        // SAFETY: the block is the writer's alone, 8-aligned and at least 8 bytes long.
+        unsafe { (block.as_ptr() as *mut *mut u8).write(chunk.free) };
+        chunk.free = block.as_ptr();
+        chunk.live -= 1;
+        let class = chunk.class as usize;
+        let (live, partial) = (chunk.live, chunk.partial);
+        if self.classes[class].current == Some(index) {
+            return;
+        }
+        if live == 0 {
+            if partial != NOT_PARTIAL {
+                self.unlist_partial(class, partial);
+            }
+            self.drop_chunk(index);
+        } else if partial == NOT_PARTIAL {
+            let list = &mut self.classes[class].partial;
+            let position = list.len() as u32;
+            list.push(index);
+            self.chunk_mut(index).partial = position;
+        }
+    }
+
+    fn unlist_partial(&mut self, class: usize, position: u32) {
+        let list = &mut self.classes[class].partial;
+        list.swap_remove(position as usize);
+        if let Some(&moved) = list.get(position as usize) {
+            self.chunk_mut(moved).partial = position;
+        }
+    }
+
+    fn new_chunk(&mut self, class: usize, returns: &Returns) -> u32 {
+        let (region, position) = self.spare_chunk();
+        let region_base = self.regions[region as usize]
+            .as_ref()
+            .expect("a region with a spare chunk exists")
+            .base;
+        // SAFETY: `position` is below REGION_CHUNKS, so the chunk is inside the region's
+        // allocation; its provenance is the region's.
+        let base = unsafe { region_base.add(position * CHUNK_BYTES) };
+        let index = match self.vacant.pop() {
+            Some(index) => index,
+            None => {
+                self.chunks.push(None);
+                u32::try_from(self.chunks.len() - 1).expect("fewer than 2^32 chunks")
+            }
+        };
+        // SAFETY: a fresh allocation, aligned to CHUNK_BYTES and larger than a header.
+        unsafe {
+            base.cast::<ChunkHeader>()
+                .as_ptr()
+                .write(ChunkHeader { returns, index })
+        };
+        self.chunks[index as usize] = Some(Chunk {
+            base,
+            region,
+            position: position as u8,
+            class: class as u8,
+            free: ptr::null_mut(),
+            bump: FIRST_BLOCK as u32,
+            live: 0,
+            partial: NOT_PARTIAL,
+        });
+        index
+    }
+
+    /// A chunk no class uses, as (region, position in it): from a region that has one, or
+    /// from a new region.
+    fn spare_chunk(&mut self) -> (u32, usize) {
+        while let Some(&region) = self.with_spare.last() {
+            match &mut self.regions[region as usize] {
+                Some(r) if r.spare != 0 => {
+                    let position = r.spare.trailing_zeros() as usize;
+                    r.spare &= !(1 << position);
+                    if r.spare == 0 {
+                        self.with_spare.pop();
+                    }
+                    return (region, position);
+                }
+                _ => {
+                    self.with_spare.pop();
+                }
+            }
+        }
+        let layout = region_layout();
+        // SAFETY: the layout is not zero-sized.
+        let raw = unsafe { alloc::alloc(layout) };
+        let base = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let region = match self.regions.iter().position(Option::is_none) {
+            Some(vacant) => vacant,
+            None => {
+                self.regions.push(None);
+                self.regions.len() - 1
+            }
+        };
+        // Every chunk but the first, which is taken now.
+        let spare = (u32::MAX >> (32 - REGION_CHUNKS)) & !1;
+        self.regions[region] = Some(Region { base, spare });
+        let region = u32::try_from(region).expect("fewer than 2^32 regions");
+        self.with_spare.push(region);
+        (region, 0)
+    }
+
+    fn drop_chunk(&mut self, index: u32) {
+        let chunk = self.chunks[index as usize]
+            .take()
+            .expect("a listed chunk exists");
+        self.vacant.push(index);
+        let (region, position) = (chunk.region as usize, chunk.position);
+        let r = self.regions[region]
+            .as_mut()
+            .expect("a chunk's region exists");
+        if r.spare == 0 {
+            self.with_spare.push(region as u32);
+        }
+        r.spare |= 1 << position;
+        if r.spare == u32::MAX >> (32 - REGION_CHUNKS) {
+            // SAFETY: allocated in `spare_chunk` with this layout; none of its chunks is
+            // in use, so none of its blocks is live. (Its stale `with_spare` entry is
+            // skipped when taken.)
+            unsafe { alloc::dealloc(r.base.as_ptr(), region_layout()) };
+            self.regions[region] = None;
+        }
+    }
+
+    fn chunk_mut(&mut self, index: u32) -> &mut Chunk {
+        self.chunks[index as usize]
+            .as_mut()
+            .expect("a listed chunk exists")
+    }
+
+    /// Bytes of chunks in use, for tests.
+    #[cfg(all(test, not(engine_loom)))]
+    fn chunk_bytes(&self) -> usize {
+        self.chunks.iter().flatten().count() * CHUNK_BYTES
+    }
+
+    /// Bytes of regions held, for tests.
+    #[cfg(all(test, not(engine_loom)))]
+    fn region_bytes(&self) -> usize {
+        self.regions.iter().flatten().count() * REGION_CHUNKS * CHUNK_BYTES
+    }
+}
+
+impl Drop for Slab {
+    /// Frees every region. The table drops its slab last, after every node was freed.
+    fn drop(&mut self) {
+        for region in self.regions.drain(..).flatten() {
+            // SAFETY: allocated in `spare_chunk` with this layout; the table is gone, so no
+            // block is reachable.
+            unsafe { alloc::dealloc(region.base.as_ptr(), region_layout()) };
+        }
+    }
+}
+
+#[cfg(all(test, not(engine_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_round_up_by_at_most_an_eighth() {
+        let mut last = (0, 0);
+        for bytes in 1..=LARGEST_BLOCK {
+            let (class, block) = class_of(bytes);
+            assert!(block >= bytes && block % 8 == 0, "{bytes} → {block}");
+            assert!(class < CLASSES, "{bytes} → class {class}");
+            if bytes > FINE_LIMIT {
+                assert!((block - bytes) * 8 < bytes, "{bytes} → {block}");
+            } else {
+                assert!(block - bytes < 8, "{bytes} → {block}");
+            }
+            assert!(class == last.0 && block == last.1 || class == last.0 + 1 || bytes == 1);
+            last = (class, block);
+        }
+        assert_eq!(last, (CLASSES - 1, LARGEST_BLOCK));
+    }
+
+    #[test]
+    fn freed_blocks_are_reused_and_empty_chunks_returned() {
+        let returns = Returns::new();
+        let mut slab = Slab::new();
+        let blocks: Vec<_> = (0..2_000).map(|_| slab.allocate(100, &returns)).collect();
+        let mut addresses: Vec<_> = blocks.iter().map(|b| b.as_ptr() as usize).collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        assert_eq!(addresses.len(), blocks.len(), "distinct blocks");
+        assert!(addresses.windows(2).all(|w| w[1] - w[0] >= 104));
+        let held = slab.chunk_bytes();
+        assert_eq!(
+            held,
+            2_000usize.div_ceil((CHUNK_BYTES - FIRST_BLOCK) / 104) * CHUNK_BYTES
+        );
+        for block in &blocks[..1_000] {
+            // SAFETY: allocated above with this size, freed once.
+            unsafe { Slab::free(*block, 100) };
+        }
+        let again: Vec<_> = (0..1_000).map(|_| slab.allocate(100, &returns)).collect();
+        assert_eq!(slab.chunk_bytes(), held, "reused, not grown");
+        for block in blocks[1_000..].iter().chain(&again) {
+            // SAFETY: as above.
+            unsafe { Slab::free(*block, 100) };
+        }
+        // A chunk is given back once its blocks come home; the current one stays.
+        slab.allocate(8, &returns);
+        assert_eq!(
+            slab.chunk_bytes(),
+            2 * CHUNK_BYTES,
+            "one current chunk per class"
+        );
+        assert_eq!(slab.region_bytes(), REGION_CHUNKS * CHUNK_BYTES);
+    }
+
+    #[test]
+    fn a_region_whose_chunks_are_all_free_is_given_back() {
+        let returns = Returns::new();
+        let mut slab = Slab::new();
+        let per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / 512;
+        let blocks: Vec<_> = (0..per_chunk * (REGION_CHUNKS + 2))
+            .map(|_| slab.allocate(512, &returns))
+            .collect();
+        assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
+        for block in &blocks[..per_chunk * REGION_CHUNKS] {
+            // SAFETY: allocated above with this size, freed once.
+            unsafe { Slab::free(*block, 512) };
+        }
+        slab.allocate(512, &returns);
+        assert_eq!(
+            slab.region_bytes(),
+            REGION_CHUNKS * CHUNK_BYTES,
+            "the first region went back"
+        );
+        // Its chunks are gone from the spare list too: new chunks come from the second
+        // region and then a new one.
+        let more: Vec<_> = (0..per_chunk * REGION_CHUNKS)
+            .map(|_| slab.allocate(512, &returns))
+            .collect();
+        assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
+        for block in blocks[per_chunk * REGION_CHUNKS..].iter().chain(&more) {
+            // SAFETY: as above.
+            unsafe { Slab::free(*block, 512) };
+        }
+    }
+
+    #[test]
+    fn large_nodes_get_their_own_allocation() {
+        let returns = Returns::new();
+        let mut slab = Slab::new();
+        let block = slab.allocate(LARGEST_BLOCK + 1, &returns);
+        assert_eq!(slab.chunk_bytes(), 0);
+        // SAFETY: allocated above with this size, freed once.
+        unsafe { Slab::free(block, LARGEST_BLOCK + 1) };
+        assert_eq!(footprint(LARGEST_BLOCK + 1), LARGEST_BLOCK + 32);
+        assert_eq!(footprint(100), 104);
+    }
+
+    #[test]
+    fn frees_from_other_threads_come_back() {
+        let returns = Returns::new();
+        let mut slab = Slab::new();
+        let blocks: Vec<usize> = (0..4_000)
+            .map(|_| slab.allocate(64, &returns).as_ptr() as usize)
+            .collect();
+        std::thread::scope(|s| {
+            for part in blocks.chunks(1_000) {
+                s.spawn(move || {
+                    for &b in part {
+                        // SAFETY: each block was allocated above and is freed once, here.
+                        unsafe { Slab::free(NonNull::new(b as *mut u8).unwrap(), 64) };
+                    }
+                });
+            }
+        });
+        slab.allocate(64, &returns);
+        assert_eq!(slab.chunk_bytes(), CHUNK_BYTES, "every other chunk emptied");
+    }
+}
