@@ -1,12 +1,14 @@
 //! `cache-bench`: latency benchmarking and capacity planning for cache-manager (or any
 //! server answering its API): `load` (open or closed loop, HDR reports), `sweep` (the
-//! highest rate that meets a latency objective) and `replay` (hit ratio of a trace).
+//! highest rate that meets a latency objective), `replay` (hit ratio of a trace) and
+//! `memory` (bytes per entry in process, the engine against moka and quick_cache).
 
 mod arc;
 mod blocking;
 mod client;
 mod fleet;
 mod load;
+mod memory;
 mod pacing;
 mod ping;
 mod replay;
@@ -52,6 +54,24 @@ enum Command {
     Fleet(FleetArgs),
     /// Plot propagation against fleet size from several `fleet --json` reports.
     FleetPlot(FleetPlotArgs),
+    /// Bytes per entry in process: the engine, moka and quick_cache filled with the same
+    /// keys and values, each in a process of its own.
+    Memory(MemoryArgs),
+}
+
+#[derive(Args)]
+struct MemoryArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: u64,
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// A TTL for every entry (where the cache has TTLs: not quick_cache), e.g. `1h`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// Measure only this cache, in this process, and print `grown payload entries`
+    /// (what the command runs itself with for each cache).
+    #[arg(long)]
+    cache: Option<String>,
 }
 
 #[derive(Args)]
@@ -280,6 +300,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ping(args) => ping_command(args),
         Command::Fleet(args) => fleet_command(args),
         Command::FleetPlot(args) => fleet_plot_command(args),
+        Command::Memory(args) => memory_command(args),
     }
 }
 
@@ -483,6 +504,64 @@ fn sweep_command(args: SweepArgs) -> anyhow::Result<()> {
             &series,
             true,
         )?;
+    }
+    Ok(())
+}
+
+fn memory_command(args: MemoryArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.entries > 0, "--entries must be at least 1");
+    if let Some(cache) = &args.cache {
+        let f = memory::measure(cache, args.entries, args.value_size, args.ttl)?;
+        println!("{} {} {}", f.grown_bytes, f.payload_bytes, f.entries);
+        return Ok(());
+    }
+    let ttl = args.ttl.map_or("no TTL".to_owned(), |t| {
+        format!("TTL {}", humantime::format_duration(t))
+    });
+    println!(
+        "{} entries, keys key:0 … , {}-byte values, {ttl}, one process per cache",
+        args.entries, args.value_size
+    );
+    println!(
+        "{:<14} {:>18} {:>22}",
+        "", "RSS growth/entry", "overhead/entry (RSS)"
+    );
+    let this = std::env::current_exe().context("finding this binary")?;
+    for cache in memory::CACHES {
+        let mut command = std::process::Command::new(&this);
+        command.args(["memory", "--cache", cache]);
+        command.args(["--entries", &args.entries.to_string()]);
+        command.args(["--value-size", &args.value_size.to_string()]);
+        if let Some(ttl) = args.ttl {
+            command.args(["--ttl", &humantime::format_duration(ttl).to_string()]);
+        }
+        let out = command
+            .output()
+            .with_context(|| format!("measuring {cache}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "measuring {cache} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading {cache}'s figures from {text:?}"))?;
+        let [grown_bytes, payload_bytes, entries] = fields[..] else {
+            anyhow::bail!("{cache} printed {text:?}, not three figures");
+        };
+        let f = memory::Footprint {
+            grown_bytes,
+            payload_bytes,
+            entries,
+        };
+        println!(
+            "{cache:<14} {:>18.1} {:>22.1}",
+            f.per_entry(),
+            f.overhead_per_entry()
+        );
     }
     Ok(())
 }

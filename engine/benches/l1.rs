@@ -8,6 +8,12 @@
 //!   `engine` borrows the value under its read guard (`get_with`), which is what the
 //!   server does when it writes a response; `engine_copy` copies it out (`get`); moka and
 //!   quick_cache hand out a clone of an `Arc<[u8]>` value.
+//! - `get_hit_small`: the same with 1,000 entries (capacity 1,311), which stay in the CPU's
+//!   caches: the setting the original Go service's 25.3 ns per get is comparable with.
+//! - `dram_chase/baseline`: no cache at all, one dependent random load per step over a
+//!   working set the size of the engine's 100k-entry table (100k entries' charge, one
+//!   64-byte line per step): what a lookup that misses every cache level costs on this
+//!   machine, the floor `get_hit` is measured against.
 //! - `set`: random keys from a space of 200k into a cache of capacity 100k, so the steady
 //!   state mixes overwrites with inserts that evict.
 //! - `get_hit_concurrent`: `get_hit` on 2 threads; time is wall time over the total
@@ -85,13 +91,29 @@ fn drive(iters: u64, order: &[u32], mut op: impl FnMut(u32)) {
 }
 
 fn get_hit(c: &mut Criterion) {
-    let keys = keys(ENTRIES);
-    let order = random_order(ENTRIES, 1);
-    let mut group = c.benchmark_group("get_hit");
+    reads(c, "get_hit", ENTRIES, READ_CAPACITY, &ENGINES);
+}
 
-    for (name, eviction) in ENGINES {
-        let cache = engine_cache(&keys, READ_CAPACITY, eviction);
-        assert_eq!(cache.len(), ENTRIES, "every key fits");
+fn get_hit_small(c: &mut Criterion) {
+    reads(c, "get_hit_small", 1_000, 1_311, &ENGINES[..1]);
+}
+
+/// Hits on `entries` keys in caches of `capacity`, the engine under each of `engines`
+/// (with `engine_copy` beside the adaptive one), moka and quick_cache.
+fn reads(
+    c: &mut Criterion,
+    group: &str,
+    entries: usize,
+    capacity: usize,
+    engines: &[(&str, Eviction)],
+) {
+    let keys = keys(entries);
+    let order = random_order(entries, 1);
+    let mut group = c.benchmark_group(group);
+
+    for &(name, eviction) in engines {
+        let cache = engine_cache(&keys, capacity, eviction);
+        assert_eq!(cache.len(), entries, "every key fits");
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
@@ -114,7 +136,7 @@ fn get_hit(c: &mut Criterion) {
         }
     }
 
-    let moka = moka_cache(&keys, READ_CAPACITY);
+    let moka = moka_cache(&keys, capacity);
     group.bench_function("moka", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
@@ -126,13 +148,44 @@ fn get_hit(c: &mut Criterion) {
     });
     drop(moka);
 
-    let quick = quick_cache(&keys, READ_CAPACITY);
+    let quick = quick_cache(&keys, capacity);
     group.bench_function("quick_cache", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             drive(iters, &order, |i| {
                 black_box(quick.get(&keys[i as usize][..]));
             });
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+/// One dependent load per step around a ring of 64-byte lines linked in a shuffled order,
+/// spanning what 100k entries take in the engine.
+fn dram_chase(c: &mut Criterion) {
+    const LINE_WORDS: usize = 8;
+    let working_set = ENTRIES as u64 * engine::entry_charge(9, VALUE.len());
+    let lines = (working_set / 64) as usize;
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut cycle: Vec<usize> = (0..lines).collect();
+    for i in (1..lines).rev() {
+        cycle.swap(i, rng.gen_range(0..=i));
+    }
+    // Line `i` holds the index of the line after it, in its first word.
+    let mut next = vec![0usize; lines * LINE_WORDS];
+    for (i, &line) in cycle.iter().enumerate() {
+        next[line * LINE_WORDS] = cycle[(i + 1) % lines];
+    }
+    let mut group = c.benchmark_group("dram_chase");
+    group.bench_function("baseline", |b| {
+        let mut at = 0usize;
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                at = next[at * LINE_WORDS];
+            }
+            black_box(at);
             start.elapsed()
         })
     });
@@ -267,6 +320,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(30);
-    targets = get_hit, set, get_hit_concurrent, singleflight
+    targets = dram_chase, get_hit, get_hit_small, set, get_hit_concurrent, singleflight
 }
 criterion_main!(benches);

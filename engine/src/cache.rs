@@ -117,7 +117,12 @@ impl<C: Clock> CacheBuilder<C> {
                     stale_window_ms: 0,
                     eviction: self.eviction,
                 };
-                Mutex::new(ShardWriter::new(config, metrics[i].clone(), now))
+                Mutex::new(ShardWriter::new(
+                    config,
+                    metrics[i].clone(),
+                    now,
+                    router.hasher().clone(),
+                ))
             })
             .collect();
         // A power of two, so that picking a thread's stripe is a mask, not a division.

@@ -9,6 +9,7 @@
 //! - [`shard`]: the three together, with honest byte accounting.
 //! - [`singleflight`]: one fill per missing key, with fencing against invalidations.
 //! - [`glob`]: Redis-exact glob patterns in O(pattern × key).
+//! - [`hashing`]: the seeded key hash every part shares.
 //! - [`router`]: key → owner shard, and the messages cores send owners.
 //! - [`metrics`]: per-shard counters and HDR latency histograms.
 //! - [`time`]: injected clocks.
@@ -18,6 +19,7 @@
 pub mod cache;
 pub mod eviction;
 pub mod glob;
+pub mod hashing;
 pub mod metrics;
 pub mod readthrough;
 pub mod router;
@@ -32,6 +34,7 @@ pub mod wheel;
 pub use cache::{Cache, CacheBuilder};
 pub use eviction::{Eviction, Region, Standing, UnknownEviction, MAX_FREQUENCY};
 pub use glob::Glob;
+pub use hashing::KeyHasher;
 pub use metrics::{LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics};
 pub use readthrough::Origin;
 pub use router::{mailboxes, Command, KeyFilter, Mailboxes, OwnedEntry, Router, ShardGone};

@@ -19,7 +19,12 @@ fn shard(max_entries: usize) -> ShardWriter {
         stale_window_ms: 0,
         eviction: crate::Eviction::Adaptive,
     };
-    ShardWriter::new(config, Arc::default(), NOW)
+    ShardWriter::new(
+        config,
+        Arc::default(),
+        NOW,
+        crate::KeyHasher::with_seeds([1, 2, 3, 4]),
+    )
 }
 
 /// Reads `key` once on another thread; returns the value seen, checked to be whole.

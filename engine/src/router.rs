@@ -1,8 +1,7 @@
 //! Which shard owns a key, and the messages other cores send to that owner.
 //!
-//! Keys are hashed once with ahash under seeds fixed for the life of the process (random
-//! by default, so key choice cannot be used to flood one chain); the high 32 bits pick
-//! the shard and the low bits the table bucket, so the two never correlate. Every write
+//! Keys are hashed once ([`KeyHasher`]); the high 32 bits pick the shard and the low bits
+//! the table bucket, so the two never correlate. Every write
 //! is a [`Command`] sent over a flume channel to the owner, which applies commands in
 //! arrival order and answers each on its own one-shot reply channel. Invalidation by
 //! pattern fans out to every shard and sums what they removed.
@@ -10,29 +9,27 @@
 use std::sync::Arc;
 
 use crate::glob::Glob;
+use crate::hashing::KeyHasher;
 use crate::shard::{InsertError, Inserted, ShardWriter};
 
 #[derive(Clone, Debug)]
 pub struct Router {
-    hasher: ahash::RandomState,
+    hasher: KeyHasher,
     shards: u32,
 }
 
 impl Router {
     /// A router over `shards` shards with seeds drawn once, for this process.
     pub fn new(shards: usize) -> Self {
-        Self::from_hasher(shards, ahash::RandomState::new())
+        Self::from_hasher(shards, KeyHasher::random())
     }
 
     /// A router with explicit seeds: the same keys land on the same shards every run.
     pub fn with_seeds(shards: usize, seeds: [u64; 4]) -> Self {
-        Self::from_hasher(
-            shards,
-            ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
-        )
+        Self::from_hasher(shards, KeyHasher::with_seeds(seeds))
     }
 
-    fn from_hasher(shards: usize, hasher: ahash::RandomState) -> Self {
+    fn from_hasher(shards: usize, hasher: KeyHasher) -> Self {
         let shards = u32::try_from(shards).expect("fewer than 2^32 shards");
         assert!(shards > 0, "at least one shard");
         Self { hasher, shards }
@@ -44,7 +41,12 @@ impl Router {
 
     #[inline(always)]
     pub fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
+        self.hasher.hash(key)
+    }
+
+    /// The hasher, for the shards (whose eviction policy hashes keys again).
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.hasher
     }
 
     /// The shard that owns keys with this hash.
@@ -390,7 +392,8 @@ mod tests {
                         stale_window_ms: 0,
                         eviction: crate::Eviction::default(),
                     };
-                    let mut shard = ShardWriter::new(config, Default::default(), NOW);
+                    let hasher = crate::KeyHasher::with_seeds([9, 8, 7, 6]);
+                    let mut shard = ShardWriter::new(config, Default::default(), NOW, hasher);
                     for command in rx.iter() {
                         command.apply(&mut shard, NOW);
                     }

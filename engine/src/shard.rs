@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use crate::eviction::{self, slot_bytes, Eviction, Policy, Standing, SKETCH_BYTES_PER_ENTRY};
 use crate::glob::Glob;
+use crate::hashing::KeyHasher;
 use crate::metrics::ShardMetrics;
 use crate::slab::footprint;
 use crate::table::{
-    node_bytes, node_key, node_payload, table, tag_of, EntryRef, NewEntry, Node, TableReader,
-    TableWriter, BUCKET_BYTES, HEADER_BYTES, MAX_KEY_LEN, NEVER,
+    node_bytes, node_key, node_payload, table, EntryRef, NewEntry, Node, TableReader, TableWriter,
+    BUCKET_BYTES, HEADER_BYTES, MAX_KEY_LEN, NEVER,
 };
 use crate::wheel::{TimerWheel, TIMER_BYTES};
 
@@ -111,8 +112,11 @@ impl Resident {
 }
 
 impl eviction::Resident for Resident {
-    fn hash(&self) -> u64 {
-        self.node().tag()
+    type Context = KeyHasher;
+
+    /// The node keeps half the hash; the sketch counts by the whole (see `hashing`).
+    fn hash(&self, hasher: &KeyHasher) -> u64 {
+        hasher.hash(self.key())
     }
 
     fn charge(&self) -> u64 {
@@ -143,8 +147,14 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// A new, empty shard whose timer wheel starts at `now_ms`.
-    pub fn new(config: ShardConfig, metrics: Arc<ShardMetrics>, now_ms: u64) -> Self {
+    /// A new, empty shard whose timer wheel starts at `now_ms`. `hasher` must be the one
+    /// the shard's callers hash keys with (the router's).
+    pub fn new(
+        config: ShardConfig,
+        metrics: Arc<ShardMetrics>,
+        now_ms: u64,
+        hasher: KeyHasher,
+    ) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
         let (reader, table) = table(config.max_entries, config.stale_window_ms);
         let most_entries = config
@@ -159,6 +169,7 @@ impl ShardWriter {
                 config.max_bytes,
                 most_entries,
                 metrics.clone(),
+                hasher,
             ),
             wheel: TimerWheel::new(now_ms),
             bytes: 0,
@@ -377,7 +388,8 @@ impl ShardWriter {
         // After the insert, whose own count just brought the key's sketch line into
         // the cache. (The entry joins the window unopposed, so its count does not
         // matter to the insert itself.)
-        self.policy.prime(tag_of(hash), entry.standing);
+        let sketched = self.policy.context().hash(entry.key);
+        self.policy.prime(sketched, entry.standing);
         self.policy.place(slot, entry.standing.region);
         Ok(inserted)
     }
@@ -522,6 +534,7 @@ mod tests {
             },
             Arc::default(),
             NOW,
+            KeyHasher::with_seeds([1, 2, 3, 4]),
         )
     }
 
@@ -657,6 +670,7 @@ mod tests {
             },
             Arc::default(),
             NOW,
+            KeyHasher::with_seeds([1, 2, 3, 4]),
         );
         put(&mut s, "k", "v", Some(100), NOW);
         let read =
@@ -740,6 +754,7 @@ mod tests {
             },
             Arc::default(),
             NOW,
+            KeyHasher::with_seeds([1, 2, 3, 4]),
         )
     }
 

@@ -50,7 +50,7 @@ pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
 ///
 /// What it leaves out: the hash's high half (it picks the shard, so within one shard it
 /// says little; the low half picks the bucket and tells keys apart before their bytes are
-/// compared), the stale deadline (the expiry plus the table's one stale window), and the
+/// compared; see `hashing` for the policy's use of the whole), the stale deadline (the expiry plus the table's one stale window), and the
 /// upper bits of times (48 bits of milliseconds reach the year 10889; an expiry is kept
 /// relative to `cached_at`, see [`Lifetime`]).
 #[repr(C)]
@@ -124,12 +124,6 @@ pub(crate) struct NewEntry<'a> {
 /// The bytes of a node with this much key and value.
 pub(crate) fn node_bytes(payload_len: usize) -> usize {
     HEADER_BYTES + payload_len
-}
-
-/// The 32 bits of a key's hash a node keeps, widened: what the eviction policy counts a
-/// key by, so that it counts the same key the same from a request as from a node.
-pub(crate) fn tag_of(hash: u64) -> u64 {
-    u64::from(hash as u32)
 }
 
 /// Allocates and fills a node; the writer links it.
@@ -225,11 +219,6 @@ impl Node {
     #[inline(always)]
     fn key_len(&self) -> usize {
         (self.cached_at_and_key_len & 0xFFFF) as usize
-    }
-
-    /// The key's hash as the node keeps it (see [`tag_of`]).
-    pub(crate) fn tag(&self) -> u64 {
-        u64::from(self.tag)
     }
 
     pub(crate) fn slot(&self) -> u32 {

@@ -79,7 +79,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 stale_window_ms: engine::deadline_ms(0, config.stale_window()),
                 eviction: config.eviction,
             };
-            ShardWriter::new(config, shards[i].clone(), clock.now_ms())
+            ShardWriter::new(
+                config,
+                shards[i].clone(),
+                clock.now_ms(),
+                router.hasher().clone(),
+            )
         })
         .collect();
     let loaded = warm::load(&config, &router, &mut writers, clock.now_ms());

@@ -93,8 +93,10 @@ pub const MAX_FREQUENCY: u8 = 15;
 
 /// What the policy needs to know of a resident.
 pub trait Resident {
+    /// What `hash` needs besides the resident (the shard's key hasher).
+    type Context: std::fmt::Debug;
     /// The key's hash (seeded per process), for the frequency sketch.
-    fn hash(&self) -> u64;
+    fn hash(&self, context: &Self::Context) -> u64;
     /// Bytes the entry is charged against the shard's byte bound.
     fn charge(&self) -> u64;
     /// The hits readers counted since the last call, clearing them.
@@ -145,8 +147,9 @@ struct Admission {
 }
 
 #[derive(Debug)]
-pub struct Policy<T> {
+pub struct Policy<T: Resident> {
     ring: Ring<T>,
+    context: T::Context,
     bytes: [u64; 3],
     bounds: Bounds,
     window_share: f64,
@@ -166,6 +169,7 @@ impl<T: Resident> Policy<T> {
         max_bytes: u64,
         most_entries: usize,
         metrics: Arc<ShardMetrics>,
+        context: T::Context,
     ) -> Self {
         let most_entries = most_entries.clamp(1, MAX_SKETCHED_ENTRIES);
         let bounds = Bounds {
@@ -185,6 +189,7 @@ impl<T: Resident> Policy<T> {
         };
         let mut policy = Self {
             ring: Ring::new(),
+            context,
             bytes: [0; 3],
             bounds,
             window_share,
@@ -195,6 +200,11 @@ impl<T: Resident> Policy<T> {
         };
         policy.resize_window(window_share);
         policy
+    }
+
+    /// What residents hash their keys with.
+    pub fn context(&self) -> &T::Context {
+        &self.context
     }
 
     pub fn len(&self) -> usize {
@@ -227,7 +237,7 @@ impl<T: Resident> Policy<T> {
         let resident = self.ring.get(slot).expect("an occupied slot");
         let pending = resident.pending_hits();
         let frequency = match &self.admission {
-            Some(admission) => admission.sketch.frequency(resident.hash()),
+            Some(admission) => admission.sketch.frequency(resident.hash(&self.context)),
             None => 0,
         };
         Standing {
@@ -290,7 +300,7 @@ impl<T: Resident> Policy<T> {
     pub fn insert_with(&mut self, make: impl FnOnce(u32) -> T) -> u32 {
         let slot = self.ring.insert_with(Region::Window, make);
         let resident = self.ring.get(slot).expect("just inserted");
-        let (hash, charge) = (resident.hash(), resident.charge());
+        let (hash, charge) = (resident.hash(&self.context), resident.charge());
         self.bytes[Region::Window as usize] += charge;
         self.record(hash, 1);
         // The shard has room now, so the window's overflow joins probation unopposed.
@@ -310,7 +320,7 @@ impl<T: Resident> Policy<T> {
         let resident = self.ring.get_mut(slot).expect("an occupied slot");
         self.bytes[region] -= resident.charge();
         change(resident);
-        let (hash, charge) = (resident.hash(), resident.charge());
+        let (hash, charge) = (resident.hash(&self.context), resident.charge());
         self.bytes[region] += charge;
         self.record(hash, 1);
     }
@@ -388,7 +398,7 @@ impl<T: Resident> Policy<T> {
             if hits == 0 || budget == 0 {
                 return Some(slot);
             }
-            self.record(resident.hash(), hits);
+            self.record(resident.hash(&self.context), hits);
             if region == Region::Probation && self.admission.is_some() {
                 self.promote(slot);
             }
@@ -418,7 +428,10 @@ impl<T: Resident> Policy<T> {
 
     /// TinyLFU: does the window's candidate deserve the victim's place?
     fn admit(&mut self, candidate: u32, victim: u32) -> bool {
-        let hash = |slot| self.ring.get(slot).expect("an occupied slot").hash();
+        let hash = |slot| {
+            let resident = self.ring.get(slot).expect("an occupied slot");
+            resident.hash(&self.context)
+        };
         let (candidate, victim) = (hash(candidate), hash(victim));
         let Some(admission) = &mut self.admission else {
             return true;

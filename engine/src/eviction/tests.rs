@@ -15,7 +15,9 @@ struct Item {
 }
 
 impl Resident for Item {
-    fn hash(&self) -> u64 {
+    type Context = ();
+
+    fn hash(&self, _: &()) -> u64 {
         self.key.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
@@ -52,6 +54,7 @@ impl Shard {
                 max_bytes,
                 max_entries,
                 Arc::default(),
+                (),
             ),
             slots: HashMap::new(),
             max_entries,
