@@ -141,7 +141,7 @@ fn blocks_freed_on_other_threads_return_to_the_writer_once() {
 
     loom::model(|| {
         let returns = Arc::new(Returns::new());
-        let mut slab = Slab::new();
+        let mut slab = Slab::new(0);
         let blocks: Vec<usize> = (0..2)
             .map(|_| slab.allocate(64, &returns).as_ptr() as usize)
             .collect();

@@ -436,7 +436,7 @@ pub(crate) fn table(capacity: usize, stale_window_ms: u64) -> (TableReader, Tabl
         reclaimer: Reclaimer::new(),
         readers: Mutex::new(Vec::new()),
         returns: Returns::new(),
-        slab: UnsafeCell::new(Slab::new()),
+        slab: UnsafeCell::new(Slab::new(capacity)),
     });
     (
         TableReader::new(TableRef::new(table.clone())),
