@@ -15,19 +15,24 @@
 //!
 //! Blocks are handed out by the table's one writer, but freed by whichever thread the
 //! reclaimer runs on, once no reader can still hold them. So a freed block does not go
-//! straight back to its chunk: it is pushed on a lock-free stack ([`Returns`]) that the
-//! writer empties before it next allocates. Each chunk starts with an immutable header
-//! naming that stack, which is how a free finds it from the block's address alone.
+//! straight back to its chunk: it is put in a list ([`Returns`]) that the writer takes
+//! whole before it next allocates. Each chunk starts with an immutable header naming
+//! that list, which is how a free finds it from the block's address alone.
+//!
+//! Free blocks are listed beside the memory, never inside it (a chunk's free blocks are
+//! a stack of their offsets), so nothing reads or writes a free block but its next node:
+//! no link to trust in memory a reader might once have seen.
 //!
 //! Written here rather than taken from a crate: the allocator crates replace the global
 //! allocator (all of the process's allocations) and still serve every size from shared
 //! arenas; what an entry costs is the product, so its layout is ours.
 
 use std::alloc::{self, Layout};
-use std::ptr::{self, NonNull};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::ptr::NonNull;
 
-use crate::sync::AtomicPtr;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::sync::{AtomicUsize, Mutex};
 
 /// Bytes per chunk; chunks are aligned to their size, so a block's chunk is its address
 /// rounded down.
@@ -71,52 +76,48 @@ pub(crate) fn footprint(bytes: usize) -> usize {
     }
 }
 
-/// Freed blocks on their way back to the writer: a Treiber stack linked through the
-/// blocks' first word. Pushes come from any thread; the writer only ever takes the whole
-/// stack at once (a swap), so a block cannot be popped and pushed again under a pusher
-/// (no ABA).
+/// A freed slab block on its way back to the writer.
+struct Freed(NonNull<u8>);
+
+// SAFETY: a freed block is owned by whoever holds it: no reader or writer reaches it any
+// more, so handing it to another thread hands over the only access.
+unsafe impl Send for Freed {}
+
+/// Freed blocks on their way back to the writer. Frees come from any thread (one short
+/// lock each, almost always uncontended: the reclaimer mostly runs on the writer's own
+/// thread); the writer takes the whole list at once, by swapping in an empty one.
 pub(crate) struct Returns {
-    head: AtomicPtr<u8>,
+    blocks: Mutex<Vec<Freed>>,
+    /// How many blocks are listed, as last seen: lets the writer skip the lock when
+    /// there are none. Only a hint; the list under the lock is the truth.
+    listed: AtomicUsize,
 }
 
 impl Returns {
     pub(crate) fn new() -> Self {
         Self {
-            head: AtomicPtr::new(ptr::null_mut()),
+            blocks: Mutex::new(Vec::new()),
+            listed: AtomicUsize::new(0),
         }
     }
 
-    /// Pushes a block that no reader or writer will touch again.
-    ///
-    /// A push publishes the block with a release CAS that the writer's acquire swap reads,
-    /// so the link written into the block, and every use of it before, happen before the
-    /// writer reuses it.
-    ///
-    /// # Safety
-    /// `block` is a slab block at least 8 bytes long and 8-aligned, unreachable by
-    /// everyone but the caller, and pushed once.
-    unsafe fn push(&self, block: NonNull<u8>) {
-        let mut head = self.head.load(Relaxed);
-        loop {
-            // SAFETY: the block is the caller's alone and big and aligned enough for a
-            // pointer (every block is a multiple of 8 bytes, 8-aligned).
-            unsafe { (block.as_ptr() as *mut *mut u8).write(head) };
-            match self
-                .head
-                .compare_exchange_weak(head, block.as_ptr(), Release, Relaxed)
-            {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
-        }
+    /// Lists a block that no reader or writer will touch again. The lock's release and
+    /// the writer's acquire order every use of the block before it is reused.
+    fn push(&self, block: NonNull<u8>) {
+        let mut blocks = crate::sync::lock(&self.blocks);
+        blocks.push(Freed(block));
+        self.listed.store(blocks.len(), Relaxed);
     }
 
-    /// Takes every block pushed so far, as a list linked through their first words.
-    fn take_all(&self) -> *mut u8 {
-        if self.head.load(Relaxed).is_null() {
-            return ptr::null_mut();
+    /// Takes every block listed so far into `into` (left empty by the caller), giving
+    /// the list `into`'s allocation.
+    fn take_all(&self, into: &mut Vec<Freed>) {
+        if self.listed.load(Relaxed) == 0 {
+            return;
         }
-        self.head.swap(ptr::null_mut(), Acquire)
+        let mut blocks = crate::sync::lock(&self.blocks);
+        std::mem::swap(&mut *blocks, into);
+        self.listed.store(0, Relaxed);
     }
 }
 
@@ -136,8 +137,8 @@ struct Chunk {
     region: u32,
     position: u8,
     class: u8,
-    /// Free blocks of this chunk, linked through their first words.
-    free: *mut u8,
+    /// Free blocks of this chunk, by offset in 8-byte units.
+    free: Vec<u16>,
     /// Offset of the first block never handed out.
     bump: u32,
     live: u32,
@@ -173,6 +174,8 @@ pub(crate) struct Slab {
     with_spare: Vec<u32>,
     /// Whether the first region gets huge pages too (see [`advise_huge_pages`]).
     huge_from_first: bool,
+    /// Blocks taken from `Returns`, being put back (kept for its allocation).
+    taken: Vec<Freed>,
 }
 
 /// What a node is taken to need when guessing whether a table fills a region: a short
@@ -220,6 +223,7 @@ impl Slab {
     pub(crate) fn new(entries: usize) -> Self {
         Self {
             huge_from_first: entries.saturating_mul(TYPICAL_NODE_BYTES) >= REGION_BYTES,
+            taken: Vec::new(),
             classes: (0..CLASSES).map(|_| Class::default()).collect(),
             chunks: Vec::new(),
             vacant: Vec::new(),
@@ -254,12 +258,11 @@ impl Slab {
                 }
             };
             let chunk = self.chunk_mut(index);
-            if let Some(free) = NonNull::new(chunk.free) {
-                // SAFETY: a block on a chunk's free list holds the next one's address in
-                // its first word (written by `release`), and is the writer's alone.
-                chunk.free = unsafe { *(free.as_ptr() as *const *mut u8) };
+            if let Some(offset) = chunk.free.pop() {
                 chunk.live += 1;
-                return free;
+                // SAFETY: a free block's offset lies inside its chunk's allocation, whose
+                // provenance `base` carries.
+                return unsafe { chunk.base.add(usize::from(offset) * 8) };
             }
             if chunk.bump as usize + block <= CHUNK_BYTES {
                 // SAFETY: `bump + block` is within the chunk's allocation.
@@ -297,18 +300,15 @@ impl Slab {
                 .cast::<ChunkHeader>();
             &*(*chunk).returns
         };
-        // SAFETY: forwarded contract; blocks are 8-aligned and at least 8 bytes.
-        unsafe { returns.push(block) };
+        returns.push(block);
     }
 
     /// Puts every block freed since the last call back on its chunk's free list, and
     /// gives chunks that became empty back to the allocator.
     fn take_returns(&mut self, returns: &Returns) {
-        let mut next = returns.take_all();
-        while let Some(block) = NonNull::new(next) {
-            // SAFETY: pushed by `Returns::push`, which wrote the next block's address in
-            // the block's first word; the block is the writer's now.
-            next = unsafe { *(block.as_ptr() as *const *mut u8) };
+        let mut taken = std::mem::take(&mut self.taken);
+        returns.take_all(&mut taken);
+        for Freed(block) in taken.drain(..) {
             let base = block.as_ptr() as usize & !(CHUNK_BYTES - 1);
             // SAFETY: as in `free`: the block's chunk starts with its header and is alive.
             let index = unsafe {
@@ -320,13 +320,13 @@ impl Slab {
             };
             self.release(index, block);
         }
+        self.taken = taken;
     }
 
     fn release(&mut self, index: u32, block: NonNull<u8>) {
         let chunk = self.chunk_mut(index);
-        // SAFETY: the block is the writer's alone, 8-aligned and at least 8 bytes long.
-        unsafe { (block.as_ptr() as *mut *mut u8).write(chunk.free) };
-        chunk.free = block.as_ptr();
+        let offset = (block.as_ptr() as usize - chunk.base.as_ptr() as usize) / 8;
+        chunk.free.push(offset as u16);
         chunk.live -= 1;
         let class = chunk.class as usize;
         let (live, partial) = (chunk.live, chunk.partial);
@@ -381,7 +381,7 @@ impl Slab {
             region,
             position: position as u8,
             class: class as u8,
-            free: ptr::null_mut(),
+            free: Vec::new(),
             bump: FIRST_BLOCK as u32,
             live: 0,
             partial: NOT_PARTIAL,

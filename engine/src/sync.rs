@@ -10,14 +10,22 @@
 //! retires nodes in an order under which no reader sees a torn or reclaimed node.
 
 #[cfg(not(engine_loom))]
-pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32};
+pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize};
 #[cfg(not(engine_loom))]
-pub(crate) use std::sync::Arc;
+pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
 #[cfg(engine_loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32};
+pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize};
 #[cfg(engine_loom)]
-pub(crate) use loom::sync::Arc;
+pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+
+/// Locks `mutex`. Nothing that holds one of the engine's short locks can panic half-way
+/// through a change, so a poisoned lock's data is whole and is used as is.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 #[cfg(not(engine_loom))]
 pub(crate) use seize_reclaim::Reclaimer;

@@ -6,8 +6,8 @@
 //! Advancing the hand past a resident (a second chance) therefore makes it the newest
 //! without moving it, which is CLOCK's whole trick. Moving a resident to another region
 //! is an O(1) unlink and link. Slots never move, so a slot number is a stable handle
-//! (the timer wheel files expiries by it); vacant slots form a free list through their
-//! `next` link, and the slot array grows to the shard's high-water mark of residents.
+//! (the timer wheel files expiries by it); vacant slots are kept on a stack of their
+//! numbers, and the slot array grows to the shard's high-water mark of residents.
 
 /// The regions of a W-TinyLFU cache, each a CLOCK list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct Ring<T> {
     /// Each slot's region, apart from the slots so that a slot stays 24 bytes.
     regions: Vec<Region>,
     lists: [List; 3],
-    free: u32,
+    vacant: Vec<u32>,
     len: usize,
 }
 
@@ -70,7 +70,7 @@ impl<T> Ring<T> {
             slots: Vec::new(),
             regions: Vec::new(),
             lists: [List { hand: NIL, len: 0 }; 3],
-            free: NIL,
+            vacant: Vec::new(),
             len: 0,
         }
     }
@@ -86,8 +86,8 @@ impl<T> Ring<T> {
     /// Places the resident `make` builds for the slot it will occupy as the newest of
     /// `region`; returns the slot.
     pub fn insert_with(&mut self, region: Region, make: impl FnOnce(u32) -> T) -> u32 {
-        let slot = match self.free {
-            NIL => {
+        let slot = match self.vacant.pop() {
+            None => {
                 let slot = u32::try_from(self.slots.len())
                     .ok()
                     .filter(|&s| s != NIL)
@@ -100,10 +100,7 @@ impl<T> Ring<T> {
                 self.regions.push(region);
                 slot
             }
-            slot => {
-                self.free = self.slots[slot as usize].next;
-                slot
-            }
+            Some(slot) => slot,
         };
         self.slots[slot as usize].item = Some(make(slot));
         self.link(slot, region);
@@ -129,8 +126,7 @@ impl<T> Ring<T> {
     pub fn remove(&mut self, slot: u32) -> Option<T> {
         let item = self.slots.get_mut(slot as usize)?.item.take()?;
         self.unlink(slot);
-        self.slots[slot as usize].next = self.free;
-        self.free = slot;
+        self.vacant.push(slot);
         self.len -= 1;
         Some(item)
     }
