@@ -172,7 +172,10 @@ pub(crate) struct Slab {
     regions: Vec<Option<Region>>,
     /// Regions that may have a spare chunk (checked when taken).
     with_spare: Vec<u32>,
-    /// Whether the first region gets huge pages too (see [`advise_huge_pages`]).
+    /// Whether the first region gets huge pages too. A huge page is resident whole once
+    /// touched, so a slab whose table is too small to fill a region with typical entries
+    /// leaves its first region in small pages: a small shard costs the chunks it uses,
+    /// not 2 MiB.
     huge_from_first: bool,
     /// Blocks taken from `Returns`, being put back (kept for its allocation).
     taken: Vec<Freed>,
@@ -194,25 +197,94 @@ fn region_layout() -> Layout {
     Layout::from_size_align(REGION_BYTES, REGION_BYTES).expect("a valid region layout")
 }
 
-/// Asks Linux to back a region with a transparent huge page, so that a lookup's random
-/// access into the nodes costs one TLB entry per 2 MiB rather than per 4 KiB (reads at
-/// 100k entries took about 8 % less time; BENCHMARKS.md). Only a hint: where the kernel
-/// has THP off (or no huge page free) the region stays in small pages and nothing else
-/// changes. A huge page is resident whole once touched, so a slab whose table is too
-/// small to fill a region with typical entries leaves its first region in small pages: a
-/// small shard costs the chunks it uses, not 2 MiB.
+/// Where regions come from. On Linux each region is a mapping of its own, advised for a
+/// transparent huge page unless `small` (see `Slab::huge_from_first`): a lookup's random
+/// access into the nodes then needs one TLB entry per 2 MiB rather than per 4 KiB. A
+/// fresh mapping matters: memory the allocator hands back out has usually been faulted
+/// in as small pages already, which advice does not change (in the `l1` benchmark a
+/// second cache built after the first was dropped got no huge page at all). The advice is
+/// only a hint: with THP off, or no huge page free, the region is small pages and
+/// nothing else changes. Elsewhere regions come from the global allocator.
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(region: NonNull<u8>) {
-    // SAFETY: `region` is the start of a live allocation of REGION_BYTES, aligned to
-    // REGION_BYTES (so to the page size); madvise only changes how the kernel backs
-    // those pages, never their contents, and a failure leaves them as they were.
-    unsafe {
-        libc::madvise(region.as_ptr().cast(), REGION_BYTES, libc::MADV_HUGEPAGE);
+mod regions {
+    use std::ptr::{self, NonNull};
+
+    use super::{region_layout, REGION_BYTES};
+
+    /// Maps a fresh, zeroed region aligned to REGION_BYTES.
+    pub(super) fn map(small: bool) -> NonNull<u8> {
+        // Twice the size, then the unaligned ends are unmapped.
+        let span = 2 * REGION_BYTES;
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing
+        // touches no existing memory; the result is checked before use.
+        let raw = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                span,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            std::alloc::handle_alloc_error(region_layout());
+        }
+        let start = raw as usize;
+        let head = start.next_multiple_of(REGION_BYTES) - start;
+        // SAFETY: `head < REGION_BYTES`, so the aligned region and its tail lie inside the
+        // mapping of `span` bytes just made; its pointer carries the mapping's provenance.
+        let base = unsafe { raw.cast::<u8>().add(head) };
+        // SAFETY: the head and the tail are parts of the fresh mapping that nothing uses;
+        // unmapping them leaves exactly [base, base + REGION_BYTES) mapped.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw, head);
+            }
+            let tail = span - head - REGION_BYTES;
+            if tail > 0 {
+                libc::munmap(base.add(REGION_BYTES).cast(), tail);
+            }
+        }
+        if !small {
+            // SAFETY: madvise only changes how the kernel backs the region's pages, never
+            // their contents; a failure leaves them as they were.
+            unsafe { libc::madvise(base.cast(), REGION_BYTES, libc::MADV_HUGEPAGE) };
+        }
+        NonNull::new(base).expect("a mapping is never at address 0")
+    }
+
+    /// Unmaps a region.
+    ///
+    /// # Safety
+    /// `base` came from `map` and none of the region's memory is used again.
+    pub(super) unsafe fn unmap(base: NonNull<u8>) {
+        // SAFETY: forwarded contract: exactly the mapping `map` left.
+        unsafe { libc::munmap(base.as_ptr().cast(), REGION_BYTES) };
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: NonNull<u8>) {}
+mod regions {
+    use std::alloc;
+    use std::ptr::NonNull;
+
+    use super::region_layout;
+
+    pub(super) fn map(_small: bool) -> NonNull<u8> {
+        let layout = region_layout();
+        // SAFETY: the layout is not zero-sized.
+        let raw = unsafe { alloc::alloc(layout) };
+        NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout))
+    }
+
+    /// # Safety
+    /// `base` came from `map` and none of the region's memory is used again.
+    pub(super) unsafe fn unmap(base: NonNull<u8>) {
+        // SAFETY: forwarded contract: allocated by `map` with this layout.
+        unsafe { alloc::dealloc(base.as_ptr(), region_layout()) };
+    }
+}
 
 fn large_layout(bytes: usize) -> Layout {
     Layout::from_size_align(bytes, 8).expect("a node fits in memory")
@@ -407,13 +479,8 @@ impl Slab {
                 }
             }
         }
-        let layout = region_layout();
-        // SAFETY: the layout is not zero-sized.
-        let raw = unsafe { alloc::alloc(layout) };
-        let base = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        if self.huge_from_first || self.regions.iter().any(Option::is_some) {
-            advise_huge_pages(base);
-        }
+        let small = !self.huge_from_first && self.regions.iter().all(Option::is_none);
+        let base = regions::map(small);
         let region = match self.regions.iter().position(Option::is_none) {
             Some(vacant) => vacant,
             None => {
@@ -443,10 +510,9 @@ impl Slab {
         }
         r.spare |= 1 << position;
         if r.spare == u32::MAX >> (32 - REGION_CHUNKS) {
-            // SAFETY: allocated in `spare_chunk` with this layout; none of its chunks is
-            // in use, so none of its blocks is live. (Its stale `with_spare` entry is
-            // skipped when taken.)
-            unsafe { alloc::dealloc(r.base.as_ptr(), region_layout()) };
+            // SAFETY: mapped in `spare_chunk`; none of its chunks is in use, so none of its
+            // blocks is live. (Its stale `with_spare` entry is skipped when taken.)
+            unsafe { regions::unmap(r.base) };
             self.regions[region] = None;
         }
     }
@@ -474,9 +540,8 @@ impl Drop for Slab {
     /// Frees every region. The table drops its slab last, after every node was freed.
     fn drop(&mut self) {
         for region in self.regions.drain(..).flatten() {
-            // SAFETY: allocated in `spare_chunk` with this layout; the table is gone, so no
-            // block is reachable.
-            unsafe { alloc::dealloc(region.base.as_ptr(), region_layout()) };
+            // SAFETY: mapped in `spare_chunk`; the table is gone, so no block is reachable.
+            unsafe { regions::unmap(region.base) };
         }
     }
 }
