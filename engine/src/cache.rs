@@ -42,6 +42,7 @@ pub struct CacheBuilder<C: Clock> {
     shards: Option<usize>,
     seeds: Option<[u64; 4]>,
     eviction: Eviction,
+    huge_pages: bool,
     clock: C,
 }
 
@@ -55,6 +56,7 @@ impl Cache<SystemClock> {
             shards: None,
             seeds: None,
             eviction: Eviction::default(),
+            huge_pages: true,
             clock: SystemClock,
         }
     }
@@ -84,6 +86,14 @@ impl<C: Clock> CacheBuilder<C> {
         self
     }
 
+    /// Whether to ask Linux for transparent huge pages for the entries' memory (default:
+    /// yes; see `slab.rs`). Off keeps every shard in small pages, for hosts where THP's
+    /// compaction on page faults is not wanted.
+    pub fn huge_pages(mut self, huge_pages: bool) -> Self {
+        self.huge_pages = huge_pages;
+        self
+    }
+
     pub fn clock<C2: Clock>(self, clock: C2) -> CacheBuilder<C2> {
         CacheBuilder {
             max_entries: self.max_entries,
@@ -91,6 +101,7 @@ impl<C: Clock> CacheBuilder<C> {
             shards: self.shards,
             seeds: self.seeds,
             eviction: self.eviction,
+            huge_pages: self.huge_pages,
             clock,
         }
     }
@@ -116,6 +127,7 @@ impl<C: Clock> CacheBuilder<C> {
                     max_bytes: split(self.max_bytes, shards, i),
                     stale_window_ms: 0,
                     eviction: self.eviction,
+                    huge_pages: self.huge_pages,
                 };
                 Mutex::new(ShardWriter::new(
                     config,

@@ -18,6 +18,7 @@ fn shard(max_entries: usize) -> ShardWriter {
         max_bytes: u64::MAX,
         stale_window_ms: 0,
         eviction: crate::Eviction::Adaptive,
+        huge_pages: false,
     };
     ShardWriter::new(
         config,
@@ -141,7 +142,7 @@ fn blocks_freed_on_other_threads_return_to_the_writer_once() {
 
     loom::model(|| {
         let returns = Arc::new(Returns::new());
-        let mut slab = Slab::new(0);
+        let mut slab = Slab::new(0, false);
         let blocks: Vec<usize> = (0..2)
             .map(|_| slab.allocate(64, &returns).as_ptr() as usize)
             .collect();

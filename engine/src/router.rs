@@ -391,6 +391,7 @@ mod tests {
                         max_bytes: u64::MAX,
                         stale_window_ms: 0,
                         eviction: crate::Eviction::default(),
+                        huge_pages: false,
                     };
                     let hasher = crate::KeyHasher::with_seeds([9, 8, 7, 6]);
                     let mut shard = ShardWriter::new(config, Default::default(), NOW, hasher);

@@ -31,6 +31,8 @@ pub struct ShardConfig {
     /// How long past its TTL an entry is kept and served as stale (0: not at all).
     pub stale_window_ms: u64,
     pub eviction: Eviction,
+    /// Ask Linux to back the shard's node memory with transparent huge pages (`slab.rs`).
+    pub huge_pages: bool,
 }
 
 /// Bytes an entry costs outside its slab block: bucket pointer, policy slot, timer and
@@ -156,7 +158,11 @@ impl ShardWriter {
         hasher: KeyHasher,
     ) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
-        let (reader, table) = table(config.max_entries, config.stale_window_ms);
+        let (reader, table) = table(
+            config.max_entries,
+            config.stale_window_ms,
+            config.huge_pages,
+        );
         let most_entries = config
             .max_entries
             .min(usize::try_from(config.max_bytes / ENTRY_OVERHEAD as u64).unwrap_or(usize::MAX));
@@ -531,6 +537,7 @@ mod tests {
                 max_bytes,
                 stale_window_ms: 0,
                 eviction: Eviction::Clock,
+                huge_pages: true,
             },
             Arc::default(),
             NOW,
@@ -667,6 +674,7 @@ mod tests {
                 max_bytes: u64::MAX,
                 stale_window_ms: 500,
                 eviction: Eviction::Clock,
+                huge_pages: true,
             },
             Arc::default(),
             NOW,
@@ -751,6 +759,7 @@ mod tests {
                 max_bytes: u64::MAX,
                 stale_window_ms: 0,
                 eviction: Eviction::Adaptive,
+                huge_pages: true,
             },
             Arc::default(),
             NOW,

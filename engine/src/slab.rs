@@ -172,6 +172,8 @@ pub(crate) struct Slab {
     regions: Vec<Option<Region>>,
     /// Regions that may have a spare chunk (checked when taken).
     with_spare: Vec<u32>,
+    /// Whether regions are advised for huge pages at all.
+    huge_pages: bool,
     /// Whether the first region gets huge pages too. A huge page is resident whole once
     /// touched, so a slab whose table is too small to fill a region with typical entries
     /// leaves its first region in small pages: a small shard costs the chunks it uses,
@@ -291,9 +293,11 @@ fn large_layout(bytes: usize) -> Layout {
 }
 
 impl Slab {
-    /// A slab for a table of up to about `entries` entries.
-    pub(crate) fn new(entries: usize) -> Self {
+    /// A slab for a table of up to about `entries` entries, in huge pages if
+    /// `huge_pages`.
+    pub(crate) fn new(entries: usize, huge_pages: bool) -> Self {
         Self {
+            huge_pages,
             huge_from_first: entries.saturating_mul(TYPICAL_NODE_BYTES) >= REGION_BYTES,
             taken: Vec::new(),
             classes: (0..CLASSES).map(|_| Class::default()).collect(),
@@ -479,7 +483,8 @@ impl Slab {
                 }
             }
         }
-        let small = !self.huge_from_first && self.regions.iter().all(Option::is_none);
+        let first = self.regions.iter().all(Option::is_none);
+        let small = !self.huge_pages || (first && !self.huge_from_first);
         let base = regions::map(small);
         let region = match self.regions.iter().position(Option::is_none) {
             Some(vacant) => vacant,
@@ -571,7 +576,7 @@ mod tests {
     #[test]
     fn freed_blocks_are_reused_and_empty_chunks_returned() {
         let returns = Returns::new();
-        let mut slab = Slab::new(0);
+        let mut slab = Slab::new(0, false);
         let blocks: Vec<_> = (0..2_000).map(|_| slab.allocate(100, &returns)).collect();
         let mut addresses: Vec<_> = blocks.iter().map(|b| b.as_ptr() as usize).collect();
         addresses.sort_unstable();
@@ -606,7 +611,7 @@ mod tests {
     #[test]
     fn a_region_whose_chunks_are_all_free_is_given_back() {
         let returns = Returns::new();
-        let mut slab = Slab::new(0);
+        let mut slab = Slab::new(0, false);
         let per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / 512;
         let blocks: Vec<_> = (0..per_chunk * (REGION_CHUNKS + 2))
             .map(|_| slab.allocate(512, &returns))
@@ -637,7 +642,7 @@ mod tests {
     #[test]
     fn large_nodes_get_their_own_allocation() {
         let returns = Returns::new();
-        let mut slab = Slab::new(0);
+        let mut slab = Slab::new(0, false);
         let block = slab.allocate(LARGEST_BLOCK + 1, &returns);
         assert_eq!(slab.chunk_bytes(), 0);
         // SAFETY: allocated above with this size, freed once.
@@ -649,7 +654,7 @@ mod tests {
     #[test]
     fn frees_from_other_threads_come_back() {
         let returns = Returns::new();
-        let mut slab = Slab::new(0);
+        let mut slab = Slab::new(0, false);
         let blocks: Vec<usize> = (0..4_000)
             .map(|_| slab.allocate(64, &returns).as_ptr() as usize)
             .collect();

@@ -425,8 +425,12 @@ impl Clone for TableReader {
 pub(crate) struct TableWriter(TableRef);
 
 /// A table for about `capacity` entries whose entries stay servable as stale for
-/// `stale_window_ms` past their expiry.
-pub(crate) fn table(capacity: usize, stale_window_ms: u64) -> (TableReader, TableWriter) {
+/// `stale_window_ms` past their expiry, its nodes in huge pages if `huge_pages`.
+pub(crate) fn table(
+    capacity: usize,
+    stale_window_ms: u64,
+    huge_pages: bool,
+) -> (TableReader, TableWriter) {
     let buckets = capacity.clamp(16, 1 << 26).next_power_of_two();
     let table = Arc::new(Table {
         buckets: (0..buckets)
@@ -436,7 +440,7 @@ pub(crate) fn table(capacity: usize, stale_window_ms: u64) -> (TableReader, Tabl
         reclaimer: Reclaimer::new(),
         readers: Mutex::new(Vec::new()),
         returns: Returns::new(),
-        slab: UnsafeCell::new(Slab::new(capacity)),
+        slab: UnsafeCell::new(Slab::new(capacity, huge_pages)),
     });
     (
         TableReader::new(TableRef::new(table.clone())),

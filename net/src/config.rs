@@ -75,6 +75,11 @@ pub struct Config {
     #[serde(serialize_with = "display")]
     pub eviction: engine::Eviction,
 
+    /// Ask Linux to back L1's entries with transparent huge pages (fewer TLB misses per
+    /// lookup); off where THP's compaction on page faults is not wanted.
+    #[arg(long, env = "CACHE_L1_HUGE_PAGES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub l1_huge_pages: bool,
+
     /// TTL in seconds for entries stored without one (0: never expire).
     #[arg(long, env = "CACHE_DEFAULT_TTL", default_value_t = 3600)]
     pub default_ttl: u64,

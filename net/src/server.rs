@@ -78,6 +78,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 max_bytes: split(config.l1_max_bytes, cores, i),
                 stale_window_ms: engine::deadline_ms(0, config.stale_window()),
                 eviction: config.eviction,
+                huge_pages: config.l1_huge_pages,
             };
             ShardWriter::new(
                 config,
