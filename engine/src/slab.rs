@@ -1,17 +1,18 @@
 //! Per-shard slab allocation for the table's nodes: blocks in size classes, carved from
 //! 64 KiB chunks that hold nothing else, carved in turn from 2 MiB regions.
 //!
-//! One `malloc` per entry cost the service about 90 bytes an entry beyond what it asked
+//! One `malloc` per entry cost the service about 75 bytes an entry beyond what it asked
 //! for (BENCHMARKS.md, "Memory per entry"): the allocator's header and 16-byte rounding,
 //! and fragmentation where nodes that live for hours were interleaved with a request's
 //! short-lived buffers in the same arena. Here a node's block is its size rounded up to 8
 //! bytes (up to 512; above that, eight classes per doubling, at most 12.5 % over), with no
 //! header, in chunks that only nodes of one class share. A chunk whose blocks are all free
 //! again can serve any class, and a region whose chunks are all free goes back to the
-//! allocator, so memory follows the entries when their number or mix of sizes changes.
+//! system, so memory follows the entries when their number or mix of sizes changes.
 //! (Chunks come from regions because the allocator serves each 64 KiB-aligned request
-//! with a remainder it cannot use: 26 bytes an entry at a million entries.) Nodes larger than [`LARGEST_BLOCK`] are rare and big enough that a `malloc`'s
-//! header does not matter; they get one of their own.
+//! with a remainder it cannot use: 26 bytes an entry at a million entries.) Nodes larger
+//! than [`LARGEST_BLOCK`] are rare and big enough that a `malloc`'s header does not
+//! matter; they get one of their own.
 //!
 //! Blocks are handed out by the table's one writer, but freed by whichever thread the
 //! reclaimer runs on, once no reader can still hold them. So a freed block does not go
