@@ -85,12 +85,35 @@ fn build(package: &str, bin: &str, override_var: &str) -> PathBuf {
     profile_dir.join(bin)
 }
 
+/// A loopback port that is free now and never handed out before in this process. It is
+/// picked below the ephemeral range less 10,000, as `scripts/lib.sh` picks its ports: an
+/// ephemeral port can be taken by an outgoing connection before the server binds it, and
+/// a Redis Cluster node refuses a port above 55,535 (its bus listens 10,000 higher), so
+/// the port 10,000 above is checked free too.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: OnceLock<u32> = OnceLock::new();
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(20_000).max(1_000);
+    // Processes running at once start at different places.
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        (std::process::id() ^ nanos) % span
+    });
+    let bindable = |port: u32| TcpListener::bind(("127.0.0.1", port as u16)).is_ok();
+    for _ in 0..span {
+        let port = 10_000 + (start + NEXT.fetch_add(1, Relaxed)) % span;
+        if bindable(port) && bindable(port + 10_000) {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port between 10000 and {}", 10_000 + span);
 }
 
 impl Server {
