@@ -1,0 +1,305 @@
+//! The shard's own cases: bounds, TTLs, the stale window, overwrites, invalidation, and
+//! saving and restoring with the policy's standing.
+
+use super::*;
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn shard(max_entries: usize, max_bytes: u64) -> ShardWriter {
+    ShardWriter::new(
+        ShardConfig {
+            max_entries,
+            max_bytes,
+            stale_window_ms: 0,
+            eviction: Eviction::Clock,
+            huge_pages: true,
+        },
+        Arc::default(),
+        NOW,
+        KeyHasher::with_seeds([1, 2, 3, 4]),
+    )
+}
+
+fn h(key: &[u8]) -> u64 {
+    // Any hash works for a single shard; collisions exercise chains.
+    key.iter()
+        .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(*b as u64))
+        % 5
+}
+
+fn get(s: &ShardWriter, key: &str, now: u64) -> Option<Vec<u8>> {
+    s.get_with(h(key.as_bytes()), key.as_bytes(), now, |e| e.value.to_vec())
+}
+
+fn put(s: &mut ShardWriter, key: &str, value: &str, ttl: Option<u64>, now: u64) -> Inserted {
+    s.insert(
+        h(key.as_bytes()),
+        key.as_bytes(),
+        value.as_bytes(),
+        ttl.map(|t| now + t),
+        now,
+    )
+    .unwrap()
+}
+
+/// The original service's own LRU test.
+#[test]
+fn capacity_three_read_k1_insert_k4_evicts_k2() {
+    let mut s = shard(3, u64::MAX);
+    put(&mut s, "k1", "v1", None, NOW);
+    put(&mut s, "k2", "v2", None, NOW);
+    put(&mut s, "k3", "v3", None, NOW);
+    assert!(get(&s, "k1", NOW).is_some());
+    let inserted = put(&mut s, "k4", "v4", None, NOW);
+    assert_eq!(inserted.evicted, 1);
+    assert_eq!(get(&s, "k2", NOW), None);
+    for k in ["k1", "k3", "k4"] {
+        assert!(get(&s, k, NOW).is_some(), "{k} remains");
+    }
+    assert_eq!(s.metrics().evictions.get(), 1);
+}
+
+#[test]
+fn byte_bound_counts_key_value_and_overhead() {
+    let per_entry = entry_charge(2, 10);
+    let mut s = shard(1_000, per_entry * 3);
+    for k in ["a1", "a2", "a3", "a4"] {
+        put(&mut s, k, "0123456789", None, NOW);
+    }
+    assert_eq!(s.len(), 3);
+    assert_eq!(s.bytes(), per_entry * 3);
+    let err = s
+        .insert(1, b"big", &vec![0; (per_entry * 3) as usize], None, NOW)
+        .unwrap_err();
+    assert!(matches!(err, InsertError::TooLarge { .. }), "{err}");
+    assert_eq!(s.len(), 3, "a refused insert leaves the shard as it was");
+}
+
+#[test]
+fn overwrite_keeps_one_entry_and_updates_bytes_and_ttl() {
+    let mut s = shard(10, u64::MAX);
+    put(&mut s, "k", "short", Some(1_000), NOW);
+    let ins = put(&mut s, "k", "a longer value", Some(5_000), NOW);
+    assert!(ins.replaced);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.bytes(), entry_charge(1, 14));
+    assert_eq!(s.expire(NOW + 1_000), 0, "the old timer was cancelled");
+    assert_eq!(
+        get(&s, "k", NOW + 4_999).as_deref(),
+        Some(&b"a longer value"[..])
+    );
+    assert_eq!(s.expire(NOW + 5_000), 1);
+    assert_eq!(s.len(), 0);
+    assert_eq!(s.bytes(), 0);
+}
+
+#[test]
+fn overwrite_at_the_byte_bound_evicts_others_not_itself() {
+    let small = entry_charge(2, 1);
+    let mut s = shard(10, small * 3);
+    put(&mut s, "k1", "x", None, NOW);
+    put(&mut s, "k2", "x", None, NOW);
+    put(&mut s, "k3", "x", None, NOW);
+    let ins = put(&mut s, "k2", &"y".repeat(small as usize + 1), None, NOW);
+    assert!(ins.replaced);
+    assert!(ins.evicted >= 1);
+    assert!(get(&s, "k2", NOW).is_some());
+    assert!(s.bytes() <= small * 3);
+}
+
+#[test]
+fn expired_entries_are_never_served_even_before_the_wheel_runs() {
+    let mut s = shard(10, u64::MAX);
+    put(&mut s, "k", "v", Some(100), NOW);
+    assert!(get(&s, "k", NOW + 99).is_some());
+    assert_eq!(get(&s, "k", NOW + 100), None);
+    assert_eq!(s.len(), 1, "still resident until the wheel fires");
+    assert_eq!(s.expire(NOW + 100), 1);
+    assert_eq!(s.len(), 0);
+    assert_eq!(s.metrics().expirations.get(), 1);
+    assert_eq!(
+        s.metrics().evictions.get(),
+        0,
+        "expiry and eviction are counted apart"
+    );
+}
+
+#[test]
+fn remove_and_pattern_invalidation_count_only_live_entries() {
+    let mut s = shard(100, u64::MAX);
+    for k in ["user:1", "user:2", "user:3", "order:1"] {
+        put(&mut s, k, "v", None, NOW);
+    }
+    put(&mut s, "user:old", "v", Some(10), NOW);
+    assert!(s.remove(h(b"user:1"), b"user:1", NOW));
+    assert!(!s.remove(h(b"user:1"), b"user:1", NOW));
+    assert_eq!(s.remove_matching(&Glob::new(b"user:*"), NOW + 10), 2);
+    assert_eq!(s.len(), 1);
+    assert!(get(&s, "order:1", NOW).is_some());
+    assert_eq!(s.metrics().deletes.get(), 3);
+    assert_eq!(s.clear(), 1);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn a_stale_window_keeps_expired_entries_servable_as_stale() {
+    let mut s = ShardWriter::new(
+        ShardConfig {
+            max_entries: 10,
+            max_bytes: u64::MAX,
+            stale_window_ms: 500,
+            eviction: Eviction::Clock,
+            huge_pages: true,
+        },
+        Arc::default(),
+        NOW,
+        KeyHasher::with_seeds([1, 2, 3, 4]),
+    );
+    put(&mut s, "k", "v", Some(100), NOW);
+    let read = |s: &ShardWriter, at| s.get_with(h(b"k"), b"k", at, |e| (e.stale, e.expires_at_ms));
+    assert_eq!(read(&s, NOW + 99), Some((false, Some(NOW + 100))));
+    assert_eq!(
+        read(&s, NOW + 100),
+        Some((true, Some(NOW + 100))),
+        "expired: stale"
+    );
+    assert_eq!(read(&s, NOW + 599), Some((true, Some(NOW + 100))));
+    assert_eq!(read(&s, NOW + 600), None, "past the window");
+    assert_eq!(s.expire(NOW + 599), 0, "kept through the window");
+    assert_eq!(s.expire(NOW + 600), 1);
+    put(&mut s, "forever", "v", None, NOW);
+    assert_eq!(
+        s.get_with(h(b"forever"), b"forever", u64::MAX - 1, |e| e.stale),
+        Some(false)
+    );
+}
+
+#[test]
+fn metadata_is_kept_with_the_entry() {
+    let mut s = shard(10, u64::MAX);
+    put(&mut s, "k", "v", Some(3_600_000), NOW);
+    let (cached, expires) = s
+        .get_with(h(b"k"), b"k", NOW + 5, |e| {
+            (e.cached_at_ms, e.expires_at_ms)
+        })
+        .unwrap();
+    assert_eq!(cached, NOW);
+    assert_eq!(expires, Some(NOW + 3_600_000));
+    put(&mut s, "forever", "v", None, NOW);
+    let e = s.get_with(h(b"forever"), b"forever", u64::MAX - 1, |e| e.expires_at_ms);
+    assert_eq!(e, Some(None));
+}
+
+use crate::Region;
+
+/// A saved entry, owned: key, value, cached at, expires at, standing.
+type Owned = (Vec<u8>, Vec<u8>, u64, Option<u64>, Standing);
+
+fn saved(s: &ShardWriter, now: u64) -> Vec<Owned> {
+    let mut all = Vec::new();
+    let mut from = Some(0);
+    // Small steps, as the service saves while serving.
+    while let Some(slot) = from {
+        from = s.save(slot, 3, now, |e| {
+            all.push((
+                e.key.to_vec(),
+                e.value.to_vec(),
+                e.cached_at_ms,
+                e.expires_at_ms,
+                e.standing,
+            ))
+        });
+    }
+    all
+}
+
+fn restore_all(s: &mut ShardWriter, entries: &[Owned]) {
+    for e in entries {
+        let entry = SavedEntry {
+            key: &e.0,
+            value: &e.1,
+            cached_at_ms: e.2,
+            expires_at_ms: e.3,
+            standing: e.4,
+        };
+        s.restore(h(&e.0), entry).unwrap();
+    }
+}
+
+fn adaptive(max_entries: usize) -> ShardWriter {
+    ShardWriter::new(
+        ShardConfig {
+            max_entries,
+            max_bytes: u64::MAX,
+            stale_window_ms: 0,
+            eviction: Eviction::Adaptive,
+            huge_pages: true,
+        },
+        Arc::default(),
+        NOW,
+        KeyHasher::with_seeds([1, 2, 3, 4]),
+    )
+}
+
+#[test]
+fn saved_entries_restore_with_their_values_times_and_standing() {
+    let mut s = adaptive(100);
+    for i in 0..100 {
+        put(
+            &mut s,
+            &format!("k{i}"),
+            &format!("v{i}"),
+            Some(1_000 + i),
+            NOW - i,
+        );
+    }
+    put(&mut s, "gone", "v", Some(10), NOW);
+    // Keys read again and again, their hits taken into the sketch by the hands.
+    for _ in 0..6 {
+        for i in 0..10 {
+            get(&s, &format!("k{i}"), NOW);
+        }
+        for i in 100..150 {
+            put(&mut s, &format!("churn{i}"), "c", None, NOW);
+        }
+    }
+    let later = NOW + 20;
+    let gone_resident = usize::from(get(&s, "gone", NOW).is_some());
+    let before = saved(&s, later);
+    assert!(before.iter().all(|e| e.0 != b"gone"), "expired: not saved");
+    assert_eq!(before.len(), s.len() - gone_resident);
+    let hot = |k: &[u8]| k.len() == 2 && k[0] == b'k';
+    let hot_frequency = before.iter().filter(|e| hot(&e.0)).map(|e| e.4.frequency);
+    assert!(hot_frequency.clone().count() > 0, "{before:?}");
+    assert!(hot_frequency.clone().all(|f| f >= 2), "{before:?}");
+
+    let mut same = adaptive(100);
+    restore_all(&mut same, &before);
+    let mut after = saved(&same, later);
+    let mut expected = before.clone();
+    after.sort_by(|a, b| a.0.cmp(&b.0));
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    let data = |v: &[Owned]| {
+        v.iter()
+            .map(|e| (e.0.clone(), e.1.clone(), e.2, e.3))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(data(&after), data(&expected));
+    for (a, e) in after.iter().zip(&expected) {
+        assert!(a.4.frequency >= e.4.frequency, "{a:?} / {e:?}");
+        if e.4.region == Region::Protected {
+            assert_eq!(a.4.region, Region::Protected, "{a:?}");
+        }
+    }
+
+    // A shard a fifth the size keeps the keys that were read most.
+    let mut small = adaptive(20);
+    let mut order = before.clone();
+    order.reverse();
+    restore_all(&mut small, &order);
+    assert_eq!(small.len(), 20);
+    let kept = saved(&small, later);
+    let hot_kept = kept.iter().filter(|e| hot(&e.0)).count();
+    let hot_saved = before.iter().filter(|e| hot(&e.0)).count();
+    assert_eq!(hot_kept, hot_saved.min(20), "{kept:?}");
+}
