@@ -19,7 +19,7 @@ use crate::metrics::ShardMetrics;
 use crate::slab::footprint;
 use crate::table::{
     node_bytes, node_key, node_payload, table, EntryRef, NewEntry, Node, TableReader, TableWriter,
-    BUCKET_BYTES, HEADER_BYTES, MAX_KEY_LEN, NEVER,
+    BUCKET_BYTES, HEADER_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
 };
 use crate::wheel::{TimerWheel, TIMER_BYTES};
 
@@ -158,6 +158,12 @@ impl ShardWriter {
         hasher: KeyHasher,
     ) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
+        // A bound above what a node can address is no bound: about 170 GB of the
+        // smallest entries in one shard.
+        let config = ShardConfig {
+            max_entries: config.max_entries.min(MAX_ENTRIES),
+            ..config
+        };
         let (reader, table) = table(
             config.max_entries,
             config.stale_window_ms,

@@ -42,6 +42,9 @@ pub(crate) const NEVER: u64 = u64::MAX;
 /// The longest key a node can hold (its length is 16 bits of the header).
 pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
 
+/// The most entries a table holds: a node keeps its policy slot in 31 bits.
+pub(crate) const MAX_ENTRIES: usize = (1 << 31) - 1;
+
 /// A node's header: 32 bytes. The key's bytes and then the value's follow it in the same
 /// slab block (`slab.rs`), so a lookup that reaches the header finds the key on the same
 /// cache line and an entry is one block. The payload is only ever reached through the
