@@ -12,7 +12,6 @@
 #[derive(Clone, Debug)]
 pub struct KeyHasher {
     state: ahash::RandomState,
-    seeds: [u64; 4],
 }
 
 impl KeyHasher {
@@ -26,12 +25,7 @@ impl KeyHasher {
     pub fn with_seeds(seeds: [u64; 4]) -> Self {
         Self {
             state: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
-            seeds,
         }
-    }
-
-    pub fn seeds(&self) -> [u64; 4] {
-        self.seeds
     }
 
     #[inline(always)]

@@ -18,8 +18,8 @@ use crate::hashing::KeyHasher;
 use crate::metrics::ShardMetrics;
 use crate::slab::footprint;
 use crate::table::{
-    node_bytes, node_key, node_payload, table, EntryRef, NewEntry, Node, TableReader, TableWriter,
-    BUCKET_BYTES, HEADER_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
+    expiry, node_bytes, node_key, node_payload, table, EntryRef, NewEntry, Node, TableReader,
+    TableWriter, BUCKET_BYTES, HEADER_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
 };
 use crate::wheel::{TimerWheel, TIMER_BYTES};
 
@@ -52,7 +52,12 @@ const INSERTS_PER_LOOKUP_SAMPLE: u32 = 16;
 /// What an entry of this key and value length is charged against the byte bound: what it
 /// takes in memory.
 pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
-    (footprint(node_bytes(key_len + value_len)) + STRUCTURE_BYTES) as u64
+    charge_for(key_len + value_len)
+}
+
+/// What an entry with this many key and value bytes is charged.
+fn charge_for(payload_len: usize) -> u64 {
+    (footprint(node_bytes(payload_len)) + STRUCTURE_BYTES) as u64
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -344,7 +349,7 @@ impl ShardWriter {
         }
         let inserted = Inserted {
             cached_at_ms,
-            expires_at_ms: (expires_at != NEVER).then_some(expires_at),
+            expires_at_ms: expiry(expires_at),
             replaced: existing.is_some(),
             evicted,
         };
@@ -373,12 +378,11 @@ impl ShardWriter {
             // SAFETY: a resident's node is linked until the writer (borrowed shared here,
             // so not removing anything) removes the resident.
             let (key, value) = unsafe { node_payload(resident.node) };
-            let expires_at_ms = node.expires_at_ms();
             visit(SavedEntry {
                 key,
                 value,
                 cached_at_ms: node.cached_at_ms(),
-                expires_at_ms: (expires_at_ms != NEVER).then_some(expires_at_ms),
+                expires_at_ms: expiry(node.expires_at_ms()),
                 standing: self.policy.standing(slot),
             });
         }
@@ -527,7 +531,7 @@ impl ShardWriter {
 }
 
 fn charge_of(node: &Node) -> u64 {
-    (footprint(node_bytes(node.payload_len())) + STRUCTURE_BYTES) as u64
+    charge_for(node.payload_len())
 }
 
 #[cfg(all(test, not(engine_loom)))]

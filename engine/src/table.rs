@@ -53,9 +53,10 @@ pub(crate) const MAX_ENTRIES: usize = (1 << 31) - 1;
 ///
 /// What it leaves out: the hash's high half (it picks the shard, so within one shard it
 /// says little; the low half picks the bucket and tells keys apart before their bytes are
-/// compared; see `hashing` for the policy's use of the whole), the stale deadline (the expiry plus the table's one stale window), and the
-/// upper bits of times (48 bits of milliseconds reach the year 10889; an expiry is kept
-/// relative to `cached_at`, see [`Lifetime`]).
+/// compared; see `hashing` for the policy's use of the whole), the stale deadline (the
+/// expiry plus the table's one stale window), and the upper bits of times (48 bits of
+/// milliseconds reach the year 10889; an expiry is kept relative to `cached_at`, see
+/// [`Lifetime`]).
 #[repr(C)]
 pub(crate) struct Node {
     next: AtomicPtr<Node>,
@@ -127,6 +128,11 @@ pub(crate) struct NewEntry<'a> {
 /// The bytes of a node with this much key and value.
 pub(crate) fn node_bytes(payload_len: usize) -> usize {
     HEADER_BYTES + payload_len
+}
+
+/// An expiry as the API gives it: `None` for [`NEVER`].
+pub(crate) fn expiry(expires_at_ms: u64) -> Option<u64> {
+    (expires_at_ms != NEVER).then_some(expires_at_ms)
 }
 
 /// Allocates and fills a node; the writer links it.
@@ -491,7 +497,7 @@ impl TableReader {
                         key: k,
                         value,
                         cached_at_ms: header.cached_at_ms(),
-                        expires_at_ms: (expires_at_ms != NEVER).then_some(expires_at_ms),
+                        expires_at_ms: expiry(expires_at_ms),
                         stale: expires_at_ms <= now_ms,
                     }));
                 }
