@@ -17,8 +17,9 @@ pub struct KeyHasher {
 impl KeyHasher {
     /// A hasher with seeds drawn once, at random.
     pub fn random() -> Self {
-        let draw = ahash::RandomState::new();
-        Self::with_seeds(std::array::from_fn(|i| draw.hash_one(i)))
+        Self {
+            state: ahash::RandomState::new(),
+        }
     }
 
     /// A hasher with explicit seeds: the same keys hash alike every run.
