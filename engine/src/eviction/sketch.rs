@@ -2,8 +2,9 @@
 //! often each key was asked for recently, in 8 bytes per cached entry.
 //!
 //! Written for the owner core alone (no atomics). Each key's four counters sit in one
-//! 64-byte block, so an estimate or an increment touches one cache line, as in
-//! Caffeine's `FrequencySketch`. The table has 16 counters per entry (Caffeine's
+//! 64-byte block aligned to a cache line, so an estimate or an increment touches one
+//! line, as in Caffeine's `FrequencySketch`; the key's place in the block is computed
+//! once per call. The table has 16 counters per entry (Caffeine's
 //! density), sized exactly rather than to a power of two so that it fits the entry
 //! overhead budget. Increments are conservative (only the counters at the key's
 //! minimum grow), which keeps keys that share counters from inflating each other.
@@ -37,10 +38,22 @@ const MIN_TABLE_WORDS: usize = 512;
 /// up to whole blocks.
 pub const SKETCH_BYTES_PER_ENTRY: usize = 8;
 
+/// One cache line of counters, aligned to one: each of a key's four rows has two words
+/// here. (Unaligned, most blocks would straddle two lines and cost two misses.)
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Block([u64; BLOCK_WORDS]);
+
+/// Where one of a key's counters is: a word of its block and a nibble of the word.
+#[derive(Clone, Copy)]
+struct Cell {
+    word: usize,
+    shift: u32,
+}
+
 #[derive(Debug)]
 pub struct Sketch {
-    table: Box<[u64]>,
-    blocks: u64,
+    table: Box<[Block]>,
     /// Events counted since the last reset.
     events: u64,
     sample_size: u64,
@@ -51,8 +64,7 @@ impl Sketch {
     pub fn new(capacity: usize) -> Self {
         let blocks = capacity.max(MIN_TABLE_WORDS).div_ceil(BLOCK_WORDS);
         Self {
-            table: vec![0; blocks * BLOCK_WORDS].into_boxed_slice(),
-            blocks: blocks as u64,
+            table: vec![Block([0; BLOCK_WORDS]); blocks].into_boxed_slice(),
             events: 0,
             sample_size: (capacity.max(1) as u64).saturating_mul(SAMPLE_PER_ENTRY),
         }
@@ -60,10 +72,8 @@ impl Sketch {
 
     /// The estimated recent frequency of the key with this hash, 0 to 15.
     pub fn frequency(&self, hash: u64) -> u8 {
-        self.counters(hash)
-            .map(|(word, shift)| (self.table[word] >> shift) & MAX_COUNT)
-            .min()
-            .unwrap_or(0) as u8
+        let (block, cells) = self.locate(hash);
+        min_count(&cells.map(|cell| count(&self.table[block], cell))) as u8
     }
 
     /// Counts `n` requests for the key with this hash; says whether that reset the sketch.
@@ -71,12 +81,13 @@ impl Sketch {
         if n == 0 {
             return false;
         }
-        let target = (u64::from(self.frequency(hash)) + u64::from(n)).min(MAX_COUNT);
-        for (word, shift) in self.counters(hash) {
-            let count = (self.table[word] >> shift) & MAX_COUNT;
-            if count < target {
-                self.table[word] += (target - count) << shift;
-            }
+        let (block, cells) = self.locate(hash);
+        let block = &mut self.table[block];
+        let counts = cells.map(|cell| count(block, cell));
+        let target = (min_count(&counts) + u64::from(n)).min(MAX_COUNT);
+        for (cell, count) in cells.into_iter().zip(counts) {
+            // Conservative: only the counters below the new estimate grow.
+            block.0[cell.word] += target.saturating_sub(count) << cell.shift;
         }
         self.events += u64::from(n);
         if self.events >= self.sample_size {
@@ -88,24 +99,35 @@ impl Sketch {
 
     /// Halves every counter.
     fn halve(&mut self) {
-        for word in self.table.iter_mut() {
+        for word in self.table.iter_mut().flat_map(|block| &mut block.0) {
             *word = (*word >> 1) & 0x7777_7777_7777_7777;
         }
         self.events /= 2;
     }
 
-    /// The (word, bit shift) of each of the key's counters, all in one block.
-    fn counters(&self, hash: u64) -> impl Iterator<Item = (usize, u32)> {
+    /// The key's block and its counter in each row (two words per row, the row's word
+    /// and nibble picked by 5 bits of the mixed hash).
+    fn locate(&self, hash: u64) -> (usize, [Cell; DEPTH]) {
         let h = mix(hash);
         // Multiply-shift maps the high half onto the blocks without a power-of-two size.
-        let block = (((h >> 32) * self.blocks) >> 32) as usize * BLOCK_WORDS;
-        (0..DEPTH).map(move |i| {
-            let bits = (h >> (8 * i)) as u32;
-            // Two words per counter row, each row's nibble picked by 4 more bits.
-            let word = block + 2 * i + (bits & 1) as usize;
-            (word, ((bits >> 1) & 15) * 4)
-        })
+        let block = (((h >> 32) * self.table.len() as u64) >> 32) as usize;
+        let cells = std::array::from_fn(|row| {
+            let bits = (h >> (8 * row)) as u32;
+            Cell {
+                word: 2 * row + (bits & 1) as usize,
+                shift: ((bits >> 1) & 15) * 4,
+            }
+        });
+        (block, cells)
     }
+}
+
+fn count(block: &Block, cell: Cell) -> u64 {
+    (block.0[cell.word] >> cell.shift) & MAX_COUNT
+}
+
+fn min_count(counts: &[u64; DEPTH]) -> u64 {
+    counts[0].min(counts[1]).min(counts[2].min(counts[3]))
 }
 
 /// A 64-bit finalizer (splitmix64's), so that every bit of the index depends on every
@@ -163,7 +185,7 @@ mod tests {
     #[test]
     fn the_table_stays_within_its_memory_budget() {
         for capacity in [1, 7, 1_000, 1_024, 1_025, 100_000] {
-            let bytes = Sketch::new(capacity).table.len() * 8;
+            let bytes = std::mem::size_of_val(&*Sketch::new(capacity).table);
             // At most one partly used block beyond the per-entry budget, or the floor.
             assert!(
                 bytes
