@@ -81,12 +81,27 @@ fn quick_cache(keys: &[Vec<u8>], capacity: usize) -> quick_cache::sync::Cache<Ve
     cache
 }
 
-/// Runs `op` over the fixed order, `iters` times in all.
-fn drive(iters: u64, order: &[u32], mut op: impl FnMut(u32)) {
-    let mut i = 0;
-    for _ in 0..iters {
-        op(order[i]);
-        i = (i + 1) & (ORDER_LEN - 1);
+/// A stream of key indices: the fixed order, read on from where the last batch stopped.
+/// Criterion times batches of growing size; if each batch started the order over, every
+/// batch would replay the keys the one before it had just touched: reads would find them
+/// in the CPU's caches, and `set` would mostly overwrite keys it had just written instead
+/// of mixing overwrites with inserts that evict.
+struct Walk<'a> {
+    order: &'a [u32],
+    at: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn new(order: &'a [u32]) -> Self {
+        Self { order, at: 0 }
+    }
+
+    /// Runs `op` on the next `iters` indices of the stream.
+    fn run(&mut self, iters: u64, mut op: impl FnMut(u32)) {
+        for _ in 0..iters {
+            op(self.order[self.at]);
+            self.at = (self.at + 1) % self.order.len();
+        }
     }
 }
 
@@ -115,9 +130,10 @@ fn reads(
         let cache = engine_cache(&keys, capacity, eviction);
         assert_eq!(cache.len(), entries, "every key fits");
         group.bench_function(name, |b| {
+            let mut walk = Walk::new(&order);
             b.iter_custom(|iters| {
                 let start = Instant::now();
-                drive(iters, &order, |i| {
+                walk.run(iters, |i| {
                     black_box(cache.get_with(&keys[i as usize], |e| e.value.len()));
                 });
                 start.elapsed()
@@ -125,9 +141,10 @@ fn reads(
         });
         if eviction == Eviction::Adaptive {
             group.bench_function("engine_copy", |b| {
+                let mut walk = Walk::new(&order);
                 b.iter_custom(|iters| {
                     let start = Instant::now();
-                    drive(iters, &order, |i| {
+                    walk.run(iters, |i| {
                         black_box(cache.get(&keys[i as usize]));
                     });
                     start.elapsed()
@@ -138,9 +155,10 @@ fn reads(
 
     let moka = moka_cache(&keys, capacity);
     group.bench_function("moka", |b| {
+        let mut walk = Walk::new(&order);
         b.iter_custom(|iters| {
             let start = Instant::now();
-            drive(iters, &order, |i| {
+            walk.run(iters, |i| {
                 black_box(moka.get(&keys[i as usize][..]));
             });
             start.elapsed()
@@ -150,9 +168,10 @@ fn reads(
 
     let quick = quick_cache(&keys, capacity);
     group.bench_function("quick_cache", |b| {
+        let mut walk = Walk::new(&order);
         b.iter_custom(|iters| {
             let start = Instant::now();
-            drive(iters, &order, |i| {
+            walk.run(iters, |i| {
                 black_box(quick.get(&keys[i as usize][..]));
             });
             start.elapsed()
@@ -201,9 +220,10 @@ fn set(c: &mut Criterion) {
     for (name, eviction) in ENGINES {
         let cache = engine_cache(&keys[..ENTRIES], ENTRIES, eviction);
         group.bench_function(name, |b| {
+            let mut walk = Walk::new(&order);
             b.iter_custom(|iters| {
                 let start = Instant::now();
-                drive(iters, &order, |i| {
+                walk.run(iters, |i| {
                     black_box(cache.insert(&keys[i as usize], &VALUE, None).ok());
                 });
                 start.elapsed()
@@ -214,9 +234,10 @@ fn set(c: &mut Criterion) {
     let moka = moka_cache(&keys[..ENTRIES], ENTRIES);
     let value: Arc<[u8]> = Arc::from(&VALUE[..]);
     group.bench_function("moka", |b| {
+        let mut walk = Walk::new(&order);
         b.iter_custom(|iters| {
             let start = Instant::now();
-            drive(iters, &order, |i| {
+            walk.run(iters, |i| {
                 moka.insert(keys[i as usize].clone(), value.clone());
             });
             start.elapsed()
@@ -226,9 +247,10 @@ fn set(c: &mut Criterion) {
 
     let quick = quick_cache(&keys[..ENTRIES], ENTRIES);
     group.bench_function("quick_cache", |b| {
+        let mut walk = Walk::new(&order);
         b.iter_custom(|iters| {
             let start = Instant::now();
-            drive(iters, &order, |i| {
+            walk.run(iters, |i| {
                 quick.insert(keys[i as usize].clone(), value.clone());
             });
             start.elapsed()
@@ -237,15 +259,16 @@ fn set(c: &mut Criterion) {
     group.finish();
 }
 
-/// Splits `iters` operations over two threads; returns the wall time of the whole.
-fn two_threads(iters: u64, orders: &[Vec<u32>; 2], op: impl Fn(u32) + Sync) -> Duration {
+/// Splits `iters` operations over two threads, each on its own stream; returns the wall
+/// time of the whole.
+fn two_threads(iters: u64, walks: &mut [Walk<'_>; 2], op: impl Fn(u32) + Sync) -> Duration {
     let barrier = std::sync::Barrier::new(3);
     std::thread::scope(|s| {
-        for order in orders {
+        for walk in walks.iter_mut() {
             let (barrier, op) = (&barrier, &op);
             s.spawn(move || {
                 barrier.wait();
-                drive(iters / 2, order, op);
+                walk.run(iters / 2, op);
                 barrier.wait();
             });
         }
@@ -264,8 +287,9 @@ fn get_hit_concurrent(c: &mut Criterion) {
     for (name, eviction) in ENGINES {
         let cache = engine_cache(&keys, READ_CAPACITY, eviction);
         group.bench_function(name, |b| {
+            let mut walks = orders.each_ref().map(|order| Walk::new(order));
             b.iter_custom(|iters| {
-                two_threads(iters, &orders, |i| {
+                two_threads(iters, &mut walks, |i| {
                     black_box(cache.get_with(&keys[i as usize], |e| e.value.len()));
                 })
             })
@@ -274,8 +298,9 @@ fn get_hit_concurrent(c: &mut Criterion) {
 
     let moka = moka_cache(&keys, READ_CAPACITY);
     group.bench_function("moka", |b| {
+        let mut walks = orders.each_ref().map(|order| Walk::new(order));
         b.iter_custom(|iters| {
-            two_threads(iters, &orders, |i| {
+            two_threads(iters, &mut walks, |i| {
                 black_box(moka.get(&keys[i as usize][..]));
             })
         })
@@ -284,8 +309,9 @@ fn get_hit_concurrent(c: &mut Criterion) {
 
     let quick = quick_cache(&keys, READ_CAPACITY);
     group.bench_function("quick_cache", |b| {
+        let mut walks = orders.each_ref().map(|order| Walk::new(order));
         b.iter_custom(|iters| {
-            two_threads(iters, &orders, |i| {
+            two_threads(iters, &mut walks, |i| {
                 black_box(quick.get(&keys[i as usize][..]));
             })
         })
@@ -300,9 +326,10 @@ fn singleflight(c: &mut Criterion) {
     let value: Arc<[u8]> = Arc::from(&VALUE[..]);
     let mut group = c.benchmark_group("singleflight");
     group.bench_function("engine", |b| {
+        let mut walk = Walk::new(&order);
         b.iter_custom(|iters| {
             let start = Instant::now();
-            drive(iters, &order, |i| match flights.join(&keys[i as usize]) {
+            walk.run(iters, |i| match flights.join(&keys[i as usize]) {
                 Join::Leader(fill) => {
                     black_box(fill.complete(Ok(value.clone())));
                 }
