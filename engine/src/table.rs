@@ -457,6 +457,26 @@ pub(crate) fn table(
     )
 }
 
+/// Whether two keys are equal. Keys of 4 to 16 bytes, which most caches hold, are
+/// compared as two overlapping words each instead of through a call to `memcmp`: a hit
+/// on a small cache spent a tenth of its instructions in that call.
+#[inline]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap());
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    if (4..8).contains(&n) {
+        let word = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().unwrap());
+        return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
+    }
+    a == b
+}
+
 /// Bytes of the bucket array per entry, for memory accounting.
 pub(crate) const BUCKET_BYTES: usize = std::mem::size_of::<AtomicPtr<Node>>();
 
@@ -484,7 +504,7 @@ impl TableReader {
             if header.tag == hash as u32 {
                 // SAFETY: as above; the guard outlives every use of the payload.
                 let (k, value) = unsafe { payload(node) };
-                if k == key {
+                if same_key(k, key) {
                     let expires_at_ms = header.expires_at_ms();
                     let servable =
                         expires_at_ms.saturating_add(self.table.table.stale_window_ms) > now_ms;
@@ -530,7 +550,7 @@ impl TableWriter {
             // reach from a bucket is live.
             let n = unsafe { node.as_ref() };
             // SAFETY: as above.
-            if n.tag == hash as u32 && unsafe { node_key(node) } == key {
+            if n.tag == hash as u32 && same_key(unsafe { node_key(node) }, key) {
                 return Some(node);
             }
             ptr = n.next.load(Acquire);
@@ -597,6 +617,26 @@ impl TableWriter {
             }
             // SAFETY: reachable from a bucket, hence live (see `find`).
             link = unsafe { &(*ptr).next };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_key;
+
+    #[test]
+    fn keys_are_equal_exactly_when_their_bytes_are() {
+        for len in 0..=24usize {
+            let key: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(37)).collect();
+            assert!(same_key(&key, &key.clone()), "{len} bytes");
+            for at in 0..len {
+                let mut other = key.clone();
+                other[at] ^= 1;
+                assert!(!same_key(&key, &other), "{len} bytes, differing at {at}");
+            }
+            let longer = [&key[..], b"x"].concat();
+            assert!(!same_key(&key, &longer) && !same_key(&longer, &key));
         }
     }
 }
