@@ -12,7 +12,8 @@
 #   - the single-connection round trip (p50, p99), timed by one client for all three
 #     (`cache-bench ping`: HTTP for cache-manager and nginx, RESP for Redis), so that the
 #     load tools' own costs do not enter the comparison;
-#   - the 64-connection throughput;
+#   - the 64-connection throughput, with how busy each core was meanwhile (a load core
+#     near 100 % means the figure is the load tool's limit, not the server's);
 #   - open-loop p99.9 at 10k, 20k and 40k requests/s for cache-manager and nginx
 #     (`cache-bench load --rate`, 64 connections).
 #
@@ -35,9 +36,20 @@ install_missing nginx:nginx redis-server:redis-server redis-benchmark:redis-tool
 cargo build --release -q -p net -p bench-harness
 make_files "$keys" 100
 
+# The requests are built once, in wrk's init, and then handed out in a scattered fixed
+# order (a stride coprime with the key count visits every key). Built per request
+# (math.random and wrk.format each time), wrk's own core was saturated at about 100k
+# requests/s, so the throughput figures measured wrk rather than the server.
 cat > "$work/get.lua" <<LUA
 wrk.headers["Accept"] = "application/octet-stream"
-request = function() return wrk.format("GET", "/api/cache/key:" .. math.random(0, $keys - 1)) end
+local requests, n = {}, 0
+init = function(args)
+  for i = 0, $keys - 1 do requests[i + 1] = wrk.format("GET", "/api/cache/key:" .. i) end
+end
+request = function()
+  n = n + 1
+  return requests[(n * 7919) % $keys + 1]
+end
 LUA
 
 # The servers, each on core 0.
@@ -102,6 +114,14 @@ cpu_ticks() { # all threads of the process, user + system, in clock ticks
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
+core_ticks() { # CORE -> "busy total" clock ticks of that core since boot
+    awk -v cpu="cpu$1" '$1 == cpu {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat
+}
+
+busy_share() { # BEFORE AFTER (each "busy total") -> percent busy in between
+    awk -v b="$1" -v a="$2" 'BEGIN {split(b, x, " "); split(a, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2])}'
+}
+
 syscalls_per_request() { # SERVER CONNECTIONS
     local server=$1 connections=$2 trace="$work/strace-$1-$2.txt" result
     strace -c -f -p "${pid[$server]}" -o "$trace" 2>/dev/null &
@@ -124,10 +144,13 @@ for round in $(seq 1 "$rounds"); do
         results[$server-p50]+="${one% *} "
         results[$server-p99]+="${one#* } "
         before=$(cpu_ticks "${pid[$server]}")
+        server_core=$(core_ticks 0) load_core=$(core_ticks 1)
         started=$(date +%s.%N)
         many=$(load "$server" 64)
         elapsed=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {print e - s}')
         after=$(cpu_ticks "${pid[$server]}")
+        results[$server-busy0]+="$(busy_share "$server_core" "$(core_ticks 0)") "
+        results[$server-busy1]+="$(busy_share "$load_core" "$(core_ticks 1)") "
         requests=${many%% *}
         results[$server-cpu]+="$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}') "
         results[$server-rps]+="$(awk -v n="$requests" -v s="$elapsed" 'BEGIN {printf "%.0f", n / s}') "
@@ -143,13 +166,16 @@ done
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
 echo "each server on core 0, the load on core 1; medians of $rounds rounds of $duration"
-printf '%-14s %14s %15s %17s %11s %11s %12s\n' server "syscalls/req@1" "syscalls/req@64" "CPU/req@64 (µs)" "p50@1 (µs)" "p99@1 (µs)" "req/s@64"
+printf '%-14s %14s %15s %17s %11s %11s %12s %18s\n' server "syscalls/req@1" "syscalls/req@64" "CPU/req@64 (µs)" "p50@1 (µs)" "p99@1 (µs)" "req/s@64" "busy server/load"
 for server in "${servers[@]}"; do
-    printf '%-14s %14s %15s %17s %11s %11s %12s\n' "$server" \
+    printf '%-14s %14s %15s %17s %11s %11s %12s %18s\n' "$server" \
         "$(echo "${results[$server-sys1]}" | median)" "$(echo "${results[$server-sys64]}" | median)" \
         "$(echo "${results[$server-cpu]}" | median)" "$(echo "${results[$server-p50]}" | median)" \
-        "$(echo "${results[$server-p99]}" | median)" "$(echo "${results[$server-rps]}" | median)"
+        "$(echo "${results[$server-p99]}" | median)" "$(echo "${results[$server-rps]}" | median)" \
+        "$(echo "${results[$server-busy0]}" | median) % / $(echo "${results[$server-busy1]}" | median) %"
 done
+echo "(busy: each core's share of the 64-connection run spent running anything; a load core"
+echo " near 100 % means the load tool, not the server, set the throughput)"
 echo
 echo "open loop, 64 connections: p99.9 (µs) at each offered rate"
 printf '%-14s' server; printf ' %10s' "${rates[@]}"; echo
