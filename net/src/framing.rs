@@ -83,6 +83,12 @@ pub struct Head {
     pub length_required: bool,
 }
 
+/// The items of a comma-separated header value, trimmed, as bytes: most requests carry
+/// `Accept` and `Connection`, so they are read in place, without a copy or a UTF-8 check.
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
 pub fn reject(status: u16, message: impl Into<String>) -> Reject {
     Reject {
         status,
@@ -199,10 +205,9 @@ fn interpret(request: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Hea
                     .filter(|c| !c.is_empty()),
             );
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in String::from_utf8_lossy(h.value).split(',') {
-                let token = token.trim();
-                connection_close |= token.eq_ignore_ascii_case("close");
-                connection_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            for token in list_items(h.value) {
+                connection_close |= token.eq_ignore_ascii_case(b"close");
+                connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("content-type") {
             let media = String::from_utf8_lossy(h.value);
@@ -214,12 +219,11 @@ fn interpret(request: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Hea
                 .to_ascii_lowercase();
             content_type = Some(media);
         } else if name.eq_ignore_ascii_case("accept") {
-            wants_bytes |= String::from_utf8_lossy(h.value).split(',').any(|m| {
-                m.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("application/octet-stream")
+            wants_bytes |= list_items(h.value).any(|media| {
+                let essence = media.split(|&b| b == b';').next().unwrap_or_default();
+                essence
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"application/octet-stream")
             });
         } else if name.eq_ignore_ascii_case("authorization") {
             authorization = Some(h.value.to_vec());
@@ -526,5 +530,26 @@ mod tests {
         assert_eq!(parse_head(&wire[..10], &limits).unwrap(), None);
         let long = [&b"GET /"[..], &[b'a'; 80], b" HTTP/1.1\r\n"].concat();
         assert_eq!(parse_head(&long, &limits).unwrap_err().status, 414);
+    }
+
+    #[test]
+    fn list_headers_are_read_item_by_item() {
+        let limits = Limits {
+            max_headers: 8,
+            max_header_bytes: 1 << 10,
+        };
+        let head = |version: &str, headers: &str| {
+            let wire = format!("GET /api/cache/a HTTP/{version}\r\n{headers}\r\n");
+            parse_head(wire.as_bytes(), &limits).unwrap().unwrap().0
+        };
+        let accepts = |value: &str| head("1.1", &format!("Accept: {value}\r\n")).wants_bytes;
+        assert!(accepts("application/octet-stream"));
+        assert!(accepts("text/html,  Application/Octet-Stream ;q=0.9"));
+        assert!(!accepts("application/json"));
+        assert!(!accepts("application/octet-streamx, */*"));
+        assert!(!head("1.1", "Connection: upgrade,close\r\n").keep_alive);
+        assert!(head("1.1", "Connection: upgrade\r\n").keep_alive);
+        assert!(head("1.0", "Connection: Upgrade, Keep-Alive\r\n").keep_alive);
+        assert!(!head("1.0", "").keep_alive);
     }
 }

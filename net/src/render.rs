@@ -14,11 +14,16 @@ use crate::stored;
 /// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
 const LAST_RFC3339_MS: u64 = 253_402_300_799_000;
 
-/// A Unix time in milliseconds as RFC 3339 to the second, `YYYY-MM-DDTHH:MM:SSZ`
-/// (clamped to year 9999, which TTLs are kept well below; see `body::TTL_CEILING_SECS`).
-/// Every hit writes one or two of these, so it is plain arithmetic (Howard Hinnant's
-/// days-to-civil) instead of a formatter; a test holds it to humantime's.
+/// A Unix time in milliseconds as RFC 3339 to the second, `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn rfc3339(ms: u64) -> String {
+    String::from_utf8(rfc3339_bytes(ms).to_vec()).expect("RFC 3339 text is ASCII")
+}
+
+/// [`rfc3339`]'s text as bytes, for writing into a body without an allocation (clamped
+/// to year 9999, which TTLs are kept well below; see `body::TTL_CEILING_SECS`). Every hit
+/// writes one or two of these, so it is plain arithmetic (Howard Hinnant's days-to-civil)
+/// instead of a formatter; a test holds it to humantime's.
+pub fn rfc3339_bytes(ms: u64) -> [u8; 20] {
     let seconds = ms.min(LAST_RFC3339_MS) / 1000;
     let (days, of_day) = (seconds / 86_400, seconds % 86_400);
     // Days since 0000-03-01, so that leap days fall at the end of each year.
@@ -57,7 +62,7 @@ pub fn rfc3339(ms: u64) -> String {
     ] {
         text[at] = separator;
     }
-    text.iter().map(|&b| b as char).collect()
+    text
 }
 
 /// What a hit is rendered from: borrowed from L1 under its read guard, or from a fill.
@@ -87,8 +92,6 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
         stale,
     } = *hit;
     let (tag, data) = stored::parts(stored);
-    let cached_at = rfc3339(cached_at_ms);
-    let expires_at = expires_at_ms.map(rfc3339);
     if wants_bytes {
         let mut response = Response::json(200, data.to_vec());
         if tag == stored::BYTES {
@@ -96,7 +99,7 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
         }
         response = response
             .with_header("X-Cache-Source", source.name())
-            .with_header("X-Cache-Cached-At", cached_at);
+            .with_header("X-Cache-Cached-At", rfc3339(cached_at_ms));
         if stale {
             response = response.with_header("X-Cache-Stale", "true");
         }
@@ -107,7 +110,7 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
             cache_control.push_str(itoa::Buffer::new().format(max_age));
             response = response
                 .with_header("Cache-Control", cache_control)
-                .with_header("X-Cache-Expires-At", expires_at.unwrap_or_default());
+                .with_header("X-Cache-Expires-At", rfc3339(expires_ms));
         }
         return response;
     }
@@ -129,11 +132,11 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
     body.extend_from_slice(b",\"hit\":true,\"source\":\"");
     body.extend_from_slice(source.name().as_bytes());
     body.extend_from_slice(b"\",\"cached_at\":\"");
-    body.extend_from_slice(cached_at.as_bytes());
-    match expires_at {
-        Some(e) => {
+    body.extend_from_slice(&rfc3339_bytes(cached_at_ms));
+    match expires_at_ms {
+        Some(expires_ms) => {
             body.extend_from_slice(b"\",\"expires_at\":\"");
-            body.extend_from_slice(e.as_bytes());
+            body.extend_from_slice(&rfc3339_bytes(expires_ms));
             body.extend_from_slice(b"\"");
         }
         None => body.extend_from_slice(b"\",\"expires_at\":null"),
