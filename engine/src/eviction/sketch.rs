@@ -4,10 +4,10 @@
 //! Written for the owner core alone (no atomics). Each key's four counters sit in one
 //! 64-byte block aligned to a cache line, so an estimate or an increment touches one
 //! line, as in Caffeine's `FrequencySketch`; the key's place in the block is computed
-//! once per call. The table has 16 counters per entry (Caffeine's
-//! density), sized exactly rather than to a power of two so that it fits the entry
-//! overhead budget. Increments are conservative (only the counters at the key's
-//! minimum grow), which keeps keys that share counters from inflating each other.
+//! once per call. The table has 16 counters per entry (Caffeine's density), sized
+//! exactly rather than to a power of two so that it fits the entry overhead budget.
+//! Increments are conservative (only the counters at the key's minimum grow), which
+//! keeps keys that share counters from inflating each other.
 //! Counters saturate at 15; once the sketch has counted sixteen events per entry, every
 //! counter is halved (a reset), so that popularity fades: with 4-bit counters, a sample
 //! of 16 times the cache is where a counter can just tell a key seen in every
