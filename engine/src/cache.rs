@@ -129,12 +129,7 @@ impl<C: Clock> CacheBuilder<C> {
                     eviction: self.eviction,
                     huge_pages: self.huge_pages,
                 };
-                Mutex::new(ShardWriter::new(
-                    config,
-                    metrics[i].clone(),
-                    now,
-                    router.hasher().clone(),
-                ))
+                Mutex::new(ShardWriter::new(config, metrics[i].clone(), now))
             })
             .collect();
         // A power of two, so that picking a thread's stripe is a mask, not a division.

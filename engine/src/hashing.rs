@@ -1,12 +1,13 @@
 //! The key hash: ahash under seeds fixed for the life of the process (random by default,
 //! so key choice cannot be used to flood one chain or one sketch counter).
 //!
-//! One hash serves three parts: its high 32 bits pick the shard (`router`), its low 32
-//! bits pick the table bucket and are what a node keeps to tell keys apart (`table`), and
-//! the whole of it places the key in the eviction policy's frequency sketch. A node keeps
-//! only the low half, so the shard hashes a resident's key again when the policy needs
-//! the whole (a few times per write, never on a read): four bytes an entry, against a few
-//! nanoseconds a write.
+//! One hash serves three parts: its high 32 bits pick the shard (`router`); its low 32
+//! bits pick the table bucket, are what a node keeps to tell keys apart (`table`), and are
+//! what the eviction policy's frequency sketch counts the key by. The sketch reads them
+//! from the node the policy's hand is already on, where hashing the key again cost
+//! about 70 instructions a write (three hashes; BENCHMARKS.md). Within a shard two keys
+//! share all their sketch counters only if their low halves are equal, about one pair in
+//! 2^32, which no more skews admission than the sketch's own collisions do.
 
 /// A seeded key hasher; clones hash alike.
 #[derive(Clone, Debug)]

@@ -34,7 +34,6 @@ pub mod wheel;
 pub use cache::{Cache, CacheBuilder};
 pub use eviction::{Eviction, Region, Standing, UnknownEviction, MAX_FREQUENCY};
 pub use glob::Glob;
-pub use hashing::KeyHasher;
 pub use metrics::{LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics};
 pub use readthrough::Origin;
 pub use router::{mailboxes, Command, KeyFilter, Mailboxes, OwnedEntry, Router, ShardGone};

@@ -20,12 +20,7 @@ fn shard(max_entries: usize) -> ShardWriter {
         eviction: crate::Eviction::Adaptive,
         huge_pages: false,
     };
-    ShardWriter::new(
-        config,
-        Arc::default(),
-        NOW,
-        crate::KeyHasher::with_seeds([1, 2, 3, 4]),
-    )
+    ShardWriter::new(config, Arc::default(), NOW)
 }
 
 /// Reads `key` once on another thread; returns the value seen, checked to be whole.

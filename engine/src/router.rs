@@ -44,11 +44,6 @@ impl Router {
         self.hasher.hash(key)
     }
 
-    /// The hasher, for the shards (whose eviction policy hashes keys again).
-    pub fn hasher(&self) -> &KeyHasher {
-        &self.hasher
-    }
-
     /// The shard that owns keys with this hash.
     #[inline(always)]
     pub fn shard_of(&self, hash: u64) -> usize {
@@ -393,8 +388,7 @@ mod tests {
                         eviction: crate::Eviction::default(),
                         huge_pages: false,
                     };
-                    let hasher = crate::KeyHasher::with_seeds([9, 8, 7, 6]);
-                    let mut shard = ShardWriter::new(config, Default::default(), NOW, hasher);
+                    let mut shard = ShardWriter::new(config, Default::default(), NOW);
                     for command in rx.iter() {
                         command.apply(&mut shard, NOW);
                     }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use crate::eviction::{self, slot_bytes, Eviction, Policy, Standing, SKETCH_BYTES_PER_ENTRY};
 use crate::glob::Glob;
-use crate::hashing::KeyHasher;
 use crate::metrics::ShardMetrics;
 use crate::slab::footprint;
 use crate::table::{
@@ -119,11 +118,9 @@ impl Resident {
 }
 
 impl eviction::Resident for Resident {
-    type Context = KeyHasher;
-
-    /// The node keeps half the hash; the sketch counts by the whole (see `hashing`).
-    fn hash(&self, hasher: &KeyHasher) -> u64 {
-        hasher.hash(self.key())
+    /// The low half of the key's hash, which the node keeps (see `hashing`).
+    fn hash(&self) -> u64 {
+        u64::from(self.node().tag())
     }
 
     fn charge(&self) -> u64 {
@@ -154,14 +151,8 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// A new, empty shard whose timer wheel starts at `now_ms`. `hasher` must be the one
-    /// the shard's callers hash keys with (the router's).
-    pub fn new(
-        config: ShardConfig,
-        metrics: Arc<ShardMetrics>,
-        now_ms: u64,
-        hasher: KeyHasher,
-    ) -> Self {
+    /// A new, empty shard whose timer wheel starts at `now_ms`.
+    pub fn new(config: ShardConfig, metrics: Arc<ShardMetrics>, now_ms: u64) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
         // A bound above what a node can address is no bound: about 170 GB of the
         // smallest entries in one shard.
@@ -186,7 +177,6 @@ impl ShardWriter {
                 config.max_bytes,
                 most_entries,
                 metrics.clone(),
-                hasher,
             ),
             wheel: TimerWheel::new(now_ms),
             bytes: 0,
@@ -404,8 +394,7 @@ impl ShardWriter {
         // After the insert, whose own count just brought the key's sketch line into
         // the cache. (The entry joins the window unopposed, so its count does not
         // matter to the insert itself.)
-        let sketched = self.policy.context().hash(entry.key);
-        self.policy.prime(sketched, entry.standing);
+        self.policy.prime(slot, entry.standing);
         self.policy.place(slot, entry.standing.region);
         Ok(inserted)
     }

@@ -52,11 +52,11 @@ pub(crate) const MAX_ENTRIES: usize = (1 << 31) - 1;
 /// covers the header alone.
 ///
 /// What it leaves out: the hash's high half (it picks the shard, so within one shard it
-/// says little; the low half picks the bucket and tells keys apart before their bytes are
-/// compared; see `hashing` for the policy's use of the whole), the stale deadline (the
-/// expiry plus the table's one stale window), and the upper bits of times (48 bits of
-/// milliseconds reach the year 10889; an expiry is kept relative to `cached_at`, see
-/// [`Lifetime`]).
+/// says little; the low half picks the bucket, tells keys apart before their bytes are
+/// compared, and is what the eviction policy's sketch counts by; see `hashing`), the
+/// stale deadline (the expiry plus the table's one stale window), and the upper bits of
+/// times (48 bits of milliseconds reach the year 10889; an expiry is kept relative to
+/// `cached_at`, see [`Lifetime`]).
 #[repr(C)]
 pub(crate) struct Node {
     next: AtomicPtr<Node>,
@@ -232,6 +232,11 @@ impl Node {
 
     pub(crate) fn slot(&self) -> u32 {
         self.slot_and_hit.load(Relaxed) >> 1
+    }
+
+    /// The low 32 bits of the key's hash.
+    pub(crate) fn tag(&self) -> u32 {
+        self.tag
     }
 
     pub(crate) fn cached_at_ms(&self) -> u64 {

@@ -80,12 +80,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 eviction: config.eviction,
                 huge_pages: config.l1_huge_pages,
             };
-            ShardWriter::new(
-                config,
-                shards[i].clone(),
-                clock.now_ms(),
-                router.hasher().clone(),
-            )
+            ShardWriter::new(config, shards[i].clone(), clock.now_ms())
         })
         .collect();
     let loaded = warm::load(&config, &router, &mut writers, clock.now_ms());

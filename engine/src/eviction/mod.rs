@@ -18,6 +18,17 @@
 //! owner counts a set bit as a request in the sketch when a hand passes the entry, so
 //! every structural change stays with the one writer.
 //!
+//! A write's own request is counted late too. An insert or overwrite marks the entry's
+//! slot (`ring.rs`), and the mark is counted when admission is about to compare the
+//! entry (as candidate or victim), when a hand finds the entry read, or when the entry
+//! leaves the shard, whichever comes first. Admission reads the key's sketch line at that
+//! moment anyway, so an evicting insert touches two sketch lines (the candidate's and
+//! the victim's) instead of three, and an overwrite none instead of one. Nothing reads a
+//! key's frequency except to compare a candidate with a victim, so deferring a count
+//! changes decisions only through the sketch's own timing (when it halves, and which
+//! counters a conservative increment finds lowest); [`Policy::standing`] adds a pending
+//! count in. A second write before the first is counted is counted at once.
+//!
 //! [`Eviction::Clock`] is this policy with a 100 % window and no admission: exactly plain
 //! CLOCK, kept so that operators and benchmarks can compare.
 //!
@@ -93,10 +104,9 @@ pub const MAX_FREQUENCY: u8 = 15;
 
 /// What the policy needs to know of a resident.
 pub trait Resident {
-    /// What `hash` needs besides the resident (the shard's key hasher).
-    type Context: std::fmt::Debug;
-    /// The key's hash (seeded per process), for the frequency sketch.
-    fn hash(&self, context: &Self::Context) -> u64;
+    /// What the frequency sketch counts the key by: a hash of it, seeded per process, of
+    /// at least 32 bits.
+    fn hash(&self) -> u64;
     /// Bytes the entry is charged against the shard's byte bound.
     fn charge(&self) -> u64;
     /// The hits readers counted since the last call, clearing them.
@@ -149,7 +159,6 @@ struct Admission {
 #[derive(Debug)]
 pub struct Policy<T: Resident> {
     ring: Ring<T>,
-    context: T::Context,
     bytes: [u64; 3],
     bounds: Bounds,
     window_share: f64,
@@ -169,7 +178,6 @@ impl<T: Resident> Policy<T> {
         max_bytes: u64,
         most_entries: usize,
         metrics: Arc<ShardMetrics>,
-        context: T::Context,
     ) -> Self {
         let most_entries = most_entries.clamp(1, MAX_SKETCHED_ENTRIES);
         let bounds = Bounds {
@@ -189,7 +197,6 @@ impl<T: Resident> Policy<T> {
         };
         let mut policy = Self {
             ring: Ring::new(),
-            context,
             bytes: [0; 3],
             bounds,
             window_share,
@@ -200,11 +207,6 @@ impl<T: Resident> Policy<T> {
         };
         policy.resize_window(window_share);
         policy
-    }
-
-    /// What residents hash their keys with.
-    pub fn context(&self) -> &T::Context {
-        &self.context
     }
 
     pub fn len(&self) -> usize {
@@ -237,18 +239,23 @@ impl<T: Resident> Policy<T> {
         let resident = self.ring.get(slot).expect("an occupied slot");
         let pending = resident.pending_hits();
         let frequency = match &self.admission {
-            Some(admission) => admission.sketch.frequency(resident.hash(&self.context)),
+            Some(admission) => admission.sketch.frequency(resident.hash()),
             None => 0,
         };
+        let uncounted_write = u8::from(self.ring.is_marked(slot));
         Standing {
-            frequency: frequency.saturating_add(pending).min(MAX_FREQUENCY),
+            frequency: frequency
+                .saturating_add(pending)
+                .saturating_add(uncounted_write)
+                .min(MAX_FREQUENCY),
             region: self.ring.region_of(slot),
         }
     }
 
-    /// Counts the requests a restored entry's key had earned, besides the one its insert
-    /// counted, so that admission ranks it as it was ranked when saved.
-    pub fn prime(&mut self, hash: u64, standing: Standing) {
+    /// Counts the requests the key of a restored resident had earned, besides the one its
+    /// insert counts, so that admission ranks it as it was ranked when saved.
+    pub fn prime(&mut self, slot: u32, standing: Standing) {
+        let hash = self.ring.get(slot).expect("an occupied slot").hash();
         self.record(hash, standing.frequency.saturating_sub(1));
     }
 
@@ -295,14 +302,13 @@ impl<T: Resident> Policy<T> {
             .or_else(|| self.sweep(Region::Window, spare))
     }
 
-    /// Stores a new resident as the newest of the window and counts the request for its
-    /// key; returns its slot. Call once [`Policy::next_victim`] has made room.
+    /// Stores a new resident as the newest of the window, its request to be counted
+    /// later; returns its slot. Call once [`Policy::next_victim`] has made room.
     pub fn insert_with(&mut self, make: impl FnOnce(u32) -> T) -> u32 {
         let slot = self.ring.insert_with(Region::Window, make);
-        let resident = self.ring.get(slot).expect("just inserted");
-        let (hash, charge) = (resident.hash(&self.context), resident.charge());
+        let charge = self.ring.get(slot).expect("just inserted").charge();
         self.bytes[Region::Window as usize] += charge;
-        self.record(hash, 1);
+        self.count_write(slot);
         // The shard has room now, so the window's overflow joins probation unopposed.
         while self.window_over(None) {
             let Some(candidate) = self.sweep(Region::Window, Some(slot)) else {
@@ -314,22 +320,27 @@ impl<T: Resident> Policy<T> {
     }
 
     /// Changes the resident of `slot` in place (an overwrite), counting a request for its
-    /// key and the change of its charge.
+    /// key (later) and the change of its charge.
     pub fn update(&mut self, slot: u32, change: impl FnOnce(&mut T)) {
         let region = self.ring.region_of(slot) as usize;
         let resident = self.ring.get_mut(slot).expect("an occupied slot");
         self.bytes[region] -= resident.charge();
         change(resident);
-        let (hash, charge) = (resident.hash(&self.context), resident.charge());
+        let charge = resident.charge();
         self.bytes[region] += charge;
-        self.record(hash, 1);
+        self.count_write(slot);
     }
 
     /// Removes the resident of `slot` (evicted, expired or deleted).
     pub fn remove(&mut self, slot: u32) -> Option<T> {
-        let region = self.ring.region_of(slot) as usize;
-        let resident = self.ring.remove(slot)?;
-        self.bytes[region] -= resident.charge();
+        let vacated = self.ring.remove(slot)?;
+        let resident = vacated.item;
+        self.bytes[vacated.region as usize] -= resident.charge();
+        // A key deleted or evicted and set again keeps every request it earned.
+        let uncounted = u8::from(vacated.marked) + resident.pending_hits();
+        if uncounted > 0 {
+            self.record(resident.hash(), uncounted);
+        }
         Some(resident)
     }
 
@@ -379,9 +390,9 @@ impl<T: Resident> Policy<T> {
 
     /// Sweeps `region` with its hand to the first resident read by nobody since the hand
     /// last passed, and leaves the hand past it. A resident that was read gets its hits
-    /// counted and its second chance: it stays (window, protected) or is promoted
-    /// (probation). Bounded: after two turns, the oldest resident other than `spare` is
-    /// taken even if readers keep touching it.
+    /// (and any pending write) counted and its second chance: it stays (window,
+    /// protected) or is promoted (probation). Bounded: after two turns, the oldest
+    /// resident other than `spare` is taken even if readers keep touching it.
     fn sweep(&mut self, region: Region, spare: Option<u32>) -> Option<u32> {
         let mut budget = 2 * self.ring.region_len(region) + 1;
         while let Some(slot) = self.ring.hand(region) {
@@ -395,10 +406,15 @@ impl<T: Resident> Policy<T> {
             budget = budget.saturating_sub(1);
             let resident = self.ring.get(slot).expect("a hand points at a resident");
             let hits = resident.take_hits();
-            if hits == 0 || budget == 0 {
+            if hits == 0 {
                 return Some(slot);
             }
-            self.record(resident.hash(&self.context), hits);
+            let hash = resident.hash();
+            let uncounted_write = u8::from(self.ring.unmark(slot));
+            self.record(hash, hits + uncounted_write);
+            if budget == 0 {
+                return Some(slot);
+            }
             if region == Region::Probation && self.admission.is_some() {
                 self.promote(slot);
             }
@@ -428,11 +444,10 @@ impl<T: Resident> Policy<T> {
 
     /// TinyLFU: does the window's candidate deserve the victim's place?
     fn admit(&mut self, candidate: u32, victim: u32) -> bool {
-        let hash = |slot| {
-            let resident = self.ring.get(slot).expect("an occupied slot");
-            resident.hash(&self.context)
-        };
-        let (candidate, victim) = (hash(candidate), hash(victim));
+        if self.admission.is_none() {
+            return true;
+        }
+        let (candidate, victim) = (self.count_pending(candidate), self.count_pending(victim));
         let Some(admission) = &mut self.admission else {
             return true;
         };
@@ -452,6 +467,28 @@ impl<T: Resident> Policy<T> {
         x ^= x << 17;
         admission.random = x;
         x & 127 == 0
+    }
+
+    /// Counts a write's request for the key of `slot`: later, if none is pending.
+    fn count_write(&mut self, slot: u32) {
+        if self.admission.is_none() {
+            return;
+        }
+        if self.ring.is_marked(slot) {
+            let hash = self.ring.get(slot).expect("an occupied slot").hash();
+            self.record(hash, 1);
+        } else {
+            self.ring.mark(slot);
+        }
+    }
+
+    /// Counts the pending request for the key of `slot`, if any; returns the key's hash.
+    fn count_pending(&mut self, slot: u32) -> u64 {
+        let hash = self.ring.get(slot).expect("an occupied slot").hash();
+        if self.ring.unmark(slot) {
+            self.record(hash, 1);
+        }
+        hash
     }
 
     /// Counts `n` requests for a key in the sketch.

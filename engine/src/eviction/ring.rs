@@ -8,6 +8,9 @@
 //! is an O(1) unlink and link. Slots never move, so a slot number is a stable handle
 //! (the timer wheel files expiries by it); vacant slots are kept on a stack of their
 //! numbers, and the slot array grows to the shard's high-water mark of residents.
+//!
+//! Each slot also carries one mark for the policy's own use, kept in the same byte as
+//! the slot's region so that it costs no memory and no cache line of its own.
 
 /// The regions of a W-TinyLFU cache, each a CLOCK list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,11 +39,39 @@ impl Region {
 /// No slot.
 const NIL: u32 = u32::MAX;
 
+/// A slot's region (its `as u8`) and, in the top bit, its mark.
+#[derive(Clone, Copy, Debug)]
+struct Place(u8);
+
+impl Place {
+    const MARK: u8 = 0x80;
+
+    fn is_marked(self) -> bool {
+        self.0 & Self::MARK != 0
+    }
+
+    fn region(self) -> Region {
+        match self.0 & !Self::MARK {
+            0 => Region::Window,
+            1 => Region::Probation,
+            _ => Region::Protected,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot<T> {
     item: Option<T>,
     prev: u32,
     next: u32,
+}
+
+/// A removed resident, with where it was and whether it was marked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Vacated<T> {
+    pub item: T,
+    pub region: Region,
+    pub marked: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -52,8 +83,8 @@ struct List {
 #[derive(Debug)]
 pub struct Ring<T> {
     slots: Vec<Slot<T>>,
-    /// Each slot's region, apart from the slots so that a slot stays 24 bytes.
-    regions: Vec<Region>,
+    /// Each slot's region and mark, apart from the slots so that a slot stays 16 bytes.
+    places: Vec<Place>,
     lists: [List; 3],
     vacant: Vec<u32>,
     len: usize,
@@ -61,14 +92,14 @@ pub struct Ring<T> {
 
 /// Bytes the ring keeps per slot, for honest memory accounting.
 pub const fn slot_bytes<T>() -> usize {
-    std::mem::size_of::<Slot<T>>() + std::mem::size_of::<Region>()
+    std::mem::size_of::<Slot<T>>() + std::mem::size_of::<Place>()
 }
 
 impl<T> Ring<T> {
     pub fn new() -> Self {
         Self {
             slots: Vec::new(),
-            regions: Vec::new(),
+            places: Vec::new(),
             lists: [List { hand: NIL, len: 0 }; 3],
             vacant: Vec::new(),
             len: 0,
@@ -97,10 +128,14 @@ impl<T> Ring<T> {
                     prev: NIL,
                     next: NIL,
                 });
-                self.regions.push(region);
+                self.places.push(Place(region as u8));
                 slot
             }
-            Some(slot) => slot,
+            Some(slot) => {
+                // Not the mark of the slot's last resident.
+                self.places[slot as usize] = Place(region as u8);
+                slot
+            }
         };
         self.slots[slot as usize].item = Some(make(slot));
         self.link(slot, region);
@@ -119,19 +154,42 @@ impl<T> Ring<T> {
     /// The region of an occupied slot.
     pub fn region_of(&self, slot: u32) -> Region {
         debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
-        self.regions[slot as usize]
+        self.places[slot as usize].region()
     }
 
     /// Removes the resident of `slot`, freeing the slot.
-    pub fn remove(&mut self, slot: u32) -> Option<T> {
+    pub fn remove(&mut self, slot: u32) -> Option<Vacated<T>> {
         let item = self.slots.get_mut(slot as usize)?.item.take()?;
+        let place = self.places[slot as usize];
         self.unlink(slot);
         self.vacant.push(slot);
         self.len -= 1;
-        Some(item)
+        Some(Vacated {
+            item,
+            region: place.region(),
+            marked: place.is_marked(),
+        })
     }
 
-    /// Moves an occupied slot to be the newest of `region`.
+    /// Marks an occupied slot (a new resident starts unmarked).
+    pub fn mark(&mut self, slot: u32) {
+        debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
+        self.places[slot as usize].0 |= Place::MARK;
+    }
+
+    pub fn is_marked(&self, slot: u32) -> bool {
+        self.places[slot as usize].is_marked()
+    }
+
+    /// Clears an occupied slot's mark; says whether it was marked.
+    pub fn unmark(&mut self, slot: u32) -> bool {
+        let place = &mut self.places[slot as usize];
+        let marked = place.is_marked();
+        place.0 &= !Place::MARK;
+        marked
+    }
+
+    /// Moves an occupied slot, with its mark, to be the newest of `region`.
     pub fn move_to(&mut self, slot: u32, region: Region) {
         debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
         self.unlink(slot);
@@ -167,7 +225,8 @@ impl<T> Ring<T> {
 
     /// Links `slot` just behind `region`'s hand.
     fn link(&mut self, slot: u32, region: Region) {
-        self.regions[slot as usize] = region;
+        let place = &mut self.places[slot as usize];
+        *place = Place(region as u8 | (place.0 & Place::MARK));
         let list = &mut self.lists[region as usize];
         list.len += 1;
         if list.hand == NIL {
@@ -186,7 +245,7 @@ impl<T> Ring<T> {
 
     fn unlink(&mut self, slot: u32) {
         let Slot { prev, next, .. } = self.slots[slot as usize];
-        let list = &mut self.lists[self.regions[slot as usize] as usize];
+        let list = &mut self.lists[self.places[slot as usize].region() as usize];
         list.len -= 1;
         if list.len == 0 {
             list.hand = NIL;
@@ -257,11 +316,14 @@ mod tests {
         ring.move_to(a, Protected);
         assert_eq!(ring.region_of(a), Protected);
         assert_eq!(order(&ring, Probation), ["b"]);
-        assert_eq!(ring.remove(b), Some("b"));
+        assert_eq!(
+            ring.remove(b).map(|v| (v.item, v.region)),
+            Some(("b", Probation))
+        );
         assert_eq!(ring.hand(Probation), None);
         assert_eq!(ring.region_len(Probation), 0);
         assert_eq!(ring.remove(b), None, "already vacant");
-        assert_eq!(ring.remove(c), Some("c"));
+        assert_eq!(ring.remove(c).map(|v| v.item), Some("c"));
         assert_eq!(ring.len(), 1);
         assert_eq!(order(&ring, Protected), ["a"]);
     }
@@ -278,6 +340,26 @@ mod tests {
         assert_eq!(ring.insert_with(Probation, |_| "e"), a);
         assert_eq!(ring.iter().count(), 3);
         assert_eq!(ring.slots.len(), 3, "no growth while slots are free");
+    }
+
+    #[test]
+    fn a_mark_moves_with_its_resident_and_a_new_resident_starts_without_one() {
+        let mut ring = Ring::new();
+        let a = ring.insert_with(Window, |_| "a");
+        ring.mark(a);
+        ring.move_to(a, Protected);
+        assert!(ring.is_marked(a));
+        assert_eq!(ring.region_of(a), Protected);
+        let vacated = ring.remove(a).unwrap();
+        assert!(vacated.marked);
+        assert_eq!(vacated.region, Protected);
+        let b = ring.insert_with(Probation, |_| "b");
+        assert_eq!(b, a, "the slot is reused");
+        assert!(!ring.is_marked(b));
+        ring.mark(b);
+        assert!(ring.unmark(b));
+        assert!(!ring.unmark(b), "unmarking clears the mark");
+        assert_eq!(ring.region_of(b), Probation);
     }
 
     #[test]

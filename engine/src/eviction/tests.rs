@@ -15,9 +15,7 @@ struct Item {
 }
 
 impl Resident for Item {
-    type Context = ();
-
-    fn hash(&self, _: &()) -> u64 {
+    fn hash(&self) -> u64 {
         self.key.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
@@ -54,7 +52,6 @@ impl Shard {
                 max_bytes,
                 max_entries,
                 Arc::default(),
-                (),
             ),
             slots: HashMap::new(),
             max_entries,
@@ -113,6 +110,15 @@ impl Shard {
         self.policy.observe_lookups(self.lookups, self.hits);
         (self.lookups, self.hits) = (0, 0);
         evicted
+    }
+
+    /// Deletes `key`; says whether it was present.
+    fn delete(&mut self, key: u64) -> bool {
+        let Some(slot) = self.slots.remove(&key) else {
+            return false;
+        };
+        self.bytes -= self.policy.remove(slot).unwrap().charge;
+        true
     }
 
     /// A read that stores the key on a miss, as a read-through cache does.
@@ -300,6 +306,42 @@ fn frequency_beats_recency_on_a_scan_resistant_workload() {
         hits[&Eviction::Adaptive] as f64 > hits[&Eviction::Clock] as f64 * 1.1,
         "{hits:?}"
     );
+}
+
+#[test]
+fn every_request_is_counted_once_however_late() {
+    // Too few events for the sketch to halve and too few keys for them to share counters,
+    // so its estimates are exact: each resident's standing must be the requests its key
+    // received (writes, and reads that hit), whether each was counted at once, when a
+    // hand passed, when admission compared the key, or when the key left the shard.
+    let mut shard = Shard::new(Eviction::Adaptive, 16, u64::MAX);
+    let mut requests: HashMap<u64, u8> = HashMap::new();
+    let mut evicted = 0;
+    for (i, key) in skewed_keys(220, 200, 5).into_iter().enumerate() {
+        let counted = match i % 6 {
+            0..=2 => {
+                evicted += shard.write(key, 1).len();
+                true
+            }
+            3 => {
+                shard.delete(key);
+                false
+            }
+            _ => shard.read(key),
+        };
+        if counted {
+            let n = requests.entry(key).or_default();
+            *n = (*n + 1).min(MAX_FREQUENCY);
+        }
+    }
+    assert!(evicted > 20, "the shard evicted along the way: {evicted}");
+    for (key, &slot) in &shard.slots {
+        assert_eq!(
+            shard.policy.standing(slot).frequency,
+            requests[key],
+            "key {key}"
+        );
+    }
 }
 
 /// Requests to the 400 most recent keys, uniformly, one in eight for a new key: every key

@@ -16,7 +16,6 @@ fn shard(max_entries: usize, max_bytes: u64) -> ShardWriter {
         },
         Arc::default(),
         NOW,
-        KeyHasher::with_seeds([1, 2, 3, 4]),
     )
 }
 
@@ -153,7 +152,6 @@ fn a_stale_window_keeps_expired_entries_servable_as_stale() {
         },
         Arc::default(),
         NOW,
-        KeyHasher::with_seeds([1, 2, 3, 4]),
     );
     put(&mut s, "k", "v", Some(100), NOW);
     let read = |s: &ShardWriter, at| s.get_with(h(b"k"), b"k", at, |e| (e.stale, e.expires_at_ms));
@@ -237,7 +235,6 @@ fn adaptive(max_entries: usize) -> ShardWriter {
         },
         Arc::default(),
         NOW,
-        KeyHasher::with_seeds([1, 2, 3, 4]),
     )
 }
 
