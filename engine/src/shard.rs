@@ -45,7 +45,9 @@ const STRUCTURE_BYTES: usize =
 pub const ENTRY_OVERHEAD: usize = HEADER_BYTES + STRUCTURE_BYTES;
 
 /// Inserts between two looks at the readers' lookup counts (a look takes a lock and
-/// reads one counter per reader handle).
+/// reads one counter per reader handle). Only inserts look: the window's share matters
+/// only when an insert evicts, so lookups made while nothing is inserted are handed to
+/// the policy with the next inserts.
 const INSERTS_PER_LOOKUP_SAMPLE: u32 = 16;
 
 /// What an entry of this key and value length is charged against the byte bound: what it
@@ -462,11 +464,8 @@ impl ShardWriter {
         slots.len()
     }
 
-    /// Drops every entry whose deadline is at or before `now_ms`; returns how many. Also
-    /// hands the policy the readers' latest lookups, so the window adapts even while
-    /// nothing is inserted.
+    /// Drops every entry whose deadline is at or before `now_ms`; returns how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
-        self.sample_lookups();
         let mut fired = std::mem::take(&mut self.fired);
         let (policy, window) = (&self.policy, self.config.stale_window_ms);
         let deadline_of = |slot| {

@@ -447,17 +447,16 @@ impl<T: Resident> Policy<T> {
         if self.admission.is_none() {
             return true;
         }
-        let (candidate, victim) = (self.count_pending(candidate), self.count_pending(victim));
-        let Some(admission) = &mut self.admission else {
-            return true;
-        };
-        let candidate_frequency = admission.sketch.frequency(candidate);
-        if candidate_frequency > admission.sketch.frequency(victim) {
+        let (candidate_frequency, candidate) = self.settled_frequency(candidate);
+        if candidate_frequency > self.settled_frequency(victim).0 {
             return true;
         }
         if candidate_frequency < WARM_CANDIDATE {
             return false;
         }
+        let Some(admission) = &mut self.admission else {
+            return true;
+        };
         let mut x = match admission.random {
             0 => candidate | 1,
             x => x,
@@ -482,22 +481,32 @@ impl<T: Resident> Policy<T> {
         }
     }
 
-    /// Counts the pending request for the key of `slot`, if any; returns the key's hash.
-    fn count_pending(&mut self, slot: u32) -> u64 {
+    /// The estimated frequency of the key of `slot`, once its pending write (if any) is
+    /// counted; and the key's hash.
+    fn settled_frequency(&mut self, slot: u32) -> (u8, u64) {
         let hash = self.ring.get(slot).expect("an occupied slot").hash();
-        if self.ring.unmark(slot) {
-            self.record(hash, 1);
-        }
-        hash
+        let frequency = if self.ring.unmark(slot) {
+            self.record(hash, 1)
+        } else {
+            self.admission
+                .as_ref()
+                .map_or(0, |admission| admission.sketch.frequency(hash))
+        };
+        (frequency, hash)
     }
 
     /// Counts `n` requests for a key in the sketch.
-    fn record(&mut self, hash: u64, n: u8) {
-        if let Some(admission) = &mut self.admission {
-            if admission.sketch.add(hash, n) {
-                self.metrics.sketch_resets.incr();
-            }
+    /// Counts `n` requests for a key in the sketch; returns its estimated frequency now
+    /// (0 without admission).
+    fn record(&mut self, hash: u64, n: u8) -> u8 {
+        let Some(admission) = &mut self.admission else {
+            return 0;
+        };
+        let counted = admission.sketch.add(hash, n);
+        if counted.reset {
+            self.metrics.sketch_resets.incr();
         }
+        counted.frequency
     }
 }
 

@@ -51,6 +51,15 @@ struct Cell {
     shift: u32,
 }
 
+/// What [`Sketch::add`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// The key's estimated frequency after the add.
+    pub frequency: u8,
+    /// Whether the add halved every counter.
+    pub reset: bool,
+}
+
 #[derive(Debug)]
 pub struct Sketch {
     table: Box<[Block]>,
@@ -76,11 +85,9 @@ impl Sketch {
         min_count(&cells.map(|cell| count(&self.table[block], cell))) as u8
     }
 
-    /// Counts `n` requests for the key with this hash; says whether that reset the sketch.
-    pub fn add(&mut self, hash: u64, n: u8) -> bool {
-        if n == 0 {
-            return false;
-        }
+    /// Counts `n` requests for the key with this hash: its frequency afterwards, and
+    /// whether that reset the sketch (so admission needs no second look at the line).
+    pub fn add(&mut self, hash: u64, n: u8) -> Counted {
         let (block, cells) = self.locate(hash);
         let block = &mut self.table[block];
         let counts = cells.map(|cell| count(block, cell));
@@ -91,18 +98,27 @@ impl Sketch {
         }
         self.events += u64::from(n);
         if self.events >= self.sample_size {
-            self.halve();
-            return true;
+            return self.reset(hash);
         }
-        false
+        Counted {
+            frequency: target as u8,
+            reset: false,
+        }
     }
 
-    /// Halves every counter.
-    fn halve(&mut self) {
+    /// Halves every counter, once a sample's events are counted; the key's estimate
+    /// after. Out of line, so that `add`'s common path keeps its values in registers.
+    #[cold]
+    #[inline(never)]
+    fn reset(&mut self, hash: u64) -> Counted {
         for word in self.table.iter_mut().flat_map(|block| &mut block.0) {
             *word = (*word >> 1) & 0x7777_7777_7777_7777;
         }
         self.events /= 2;
+        Counted {
+            frequency: self.frequency(hash),
+            reset: true,
+        }
     }
 
     /// The key's block and its counter in each row (two words per row, the row's word
@@ -146,10 +162,10 @@ mod tests {
     fn counts_saturate_at_fifteen() {
         let mut s = Sketch::new(1_000);
         assert_eq!(s.frequency(42), 0);
-        s.add(42, 1);
-        s.add(42, 2);
+        assert_eq!(s.add(42, 1).frequency, 1);
+        assert_eq!(s.add(42, 2).frequency, 3);
         assert_eq!(s.frequency(42), 3);
-        s.add(42, 100);
+        assert_eq!(s.add(42, 100).frequency, 15);
         assert_eq!(s.frequency(42), 15);
     }
 
@@ -174,9 +190,15 @@ mod tests {
         let mut s = Sketch::new(16);
         s.add(1, 12);
         for _ in 0..243 {
-            assert!(!s.add(3, 1), "no reset before 256 events");
+            assert!(!s.add(3, 1).reset, "no reset before 256 events");
         }
-        assert!(s.add(3, 1), "the 256th event resets");
+        let counted = s.add(3, 1);
+        assert!(counted.reset, "the 256th event resets");
+        assert_eq!(
+            counted.frequency,
+            s.frequency(3),
+            "the estimate after the halving"
+        );
         // Key 3 may share some of key 1's counters (raised to 15, halved to 7), not all.
         assert_eq!(s.frequency(1), 6);
         assert_eq!(s.events, 128);
