@@ -20,8 +20,9 @@
 //! took the hit ratio from 21.2 to 23.1 % (22.9 to 23.2 over four hash seeds), and sizes
 //! from 1,000 entries up were unchanged within 0.1 point (BENCHMARKS.md).
 //!
-//! The key hash it is given is already seeded per process (the router's ahash), so which
-//! keys share counters cannot be predicted from outside.
+//! The key hash it is given is already seeded per process (the low half of the router's
+//! ahash, which the table's node keeps), so which keys share counters cannot be predicted
+//! from outside; `mix` spreads its 32 bits over the block and cell choices.
 
 /// Counters per key.
 const DEPTH: usize = 4;
