@@ -6,6 +6,8 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use proptest::prelude::Strategy;
+
 use super::*;
 
 struct Item {
@@ -308,39 +310,80 @@ fn frequency_beats_recency_on_a_scan_resistant_workload() {
     );
 }
 
-#[test]
-fn every_request_is_counted_once_however_late() {
-    // Too few events for the sketch to halve and too few keys for them to share counters,
-    // so its estimates are exact: each resident's standing must be the requests its key
-    // received (writes, and reads that hit), whether each was counted at once, when a
-    // hand passed, when admission compared the key, or when the key left the shard.
+/// What a request in [`replay_counting`] does.
+#[derive(Clone, Copy, Debug)]
+enum Request {
+    Write(u64),
+    Delete(u64),
+    Read(u64),
+}
+
+/// Replays `requests` through an adaptive shard of 16 entries; returns how many entries
+/// it evicted. Checks that each resident's standing is exactly the requests its key
+/// received (writes, and reads that hit), whether each was counted at once, when a hand
+/// passed, when admission compared the key, or when the key left the shard. That holds
+/// while the sketch neither halves (fewer than 256 requests) nor has keys sharing all
+/// their counters (a few dozen keys in its 64 blocks).
+fn replay_counting(requests: &[Request]) -> usize {
+    assert!(requests.len() < 256, "the sketch would halve");
     let mut shard = Shard::new(Eviction::Adaptive, 16, u64::MAX);
-    let mut requests: HashMap<u64, u8> = HashMap::new();
+    let mut counted: HashMap<u64, u8> = HashMap::new();
     let mut evicted = 0;
-    for (i, key) in skewed_keys(220, 200, 5).into_iter().enumerate() {
-        let counted = match i % 6 {
-            0..=2 => {
+    for &request in requests {
+        let (key, counts) = match request {
+            Request::Write(key) => {
                 evicted += shard.write(key, 1).len();
-                true
+                (key, true)
             }
-            3 => {
+            Request::Delete(key) => {
                 shard.delete(key);
-                false
+                (key, false)
             }
-            _ => shard.read(key),
+            Request::Read(key) => (key, shard.read(key)),
         };
-        if counted {
-            let n = requests.entry(key).or_default();
+        if counts {
+            let n = counted.entry(key).or_default();
             *n = (*n + 1).min(MAX_FREQUENCY);
         }
     }
-    assert!(evicted > 20, "the shard evicted along the way: {evicted}");
     for (key, &slot) in &shard.slots {
         assert_eq!(
             shard.policy.standing(slot).frequency,
-            requests[key],
-            "key {key}"
+            counted[key],
+            "key {key} after {requests:?}"
         );
+    }
+    evicted
+}
+
+#[test]
+fn every_request_is_counted_once_however_late() {
+    let requests: Vec<Request> = skewed_keys(220, 200, 5)
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| match i % 6 {
+            0..=2 => Request::Write(key),
+            3 => Request::Delete(key),
+            _ => Request::Read(key),
+        })
+        .collect();
+    let evicted = replay_counting(&requests);
+    assert!(evicted > 20, "the shard evicted along the way: {evicted}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_requests_are_counted_once_however_late(
+        requests in proptest::collection::vec(
+            (0u8..6, 0u64..48).prop_map(|(kind, key)| match kind {
+                0..=2 => Request::Write(key),
+                3 => Request::Delete(key),
+                _ => Request::Read(key),
+            }),
+            1..250,
+        )
+    ) {
+        replay_counting(&requests);
     }
 }
 
