@@ -177,6 +177,7 @@ impl<T> Ring<T> {
         self.places[slot as usize].0 |= Place::MARK;
     }
 
+    /// Whether an occupied slot is marked.
     pub fn is_marked(&self, slot: u32) -> bool {
         self.places[slot as usize].is_marked()
     }
