@@ -140,12 +140,9 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
 }
 
 fn static_text(content_type: &'static str, text: &str) -> Response {
-    Response {
-        status: 200,
-        content_type,
-        headers: vec![("Cache-Control", "no-cache".into())],
-        body: text.as_bytes().to_vec(),
-    }
+    let mut response = Response::json(200, text.as_bytes().to_vec());
+    response.content_type = content_type;
+    response.with_header("Cache-Control", "no-cache")
 }
 
 async fn entry_route(core: &Rc<Core>, encoded: &str, request: &Request) -> (Option<Op>, Response) {

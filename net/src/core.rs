@@ -3,11 +3,10 @@
 //! the counters, and the shutdown signal.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, UNIX_EPOCH};
 
 use engine::metrics::{Counter, Gauge};
@@ -167,7 +166,7 @@ impl Core {
     }
 
     /// Counts a connection open until the returned guard drops, and gives it a slot for
-    /// [`until_stopping`](Self::until_stopping).
+    /// [`poll_stopping`](Self::poll_stopping).
     pub fn connection_opened(self: &Rc<Self>) -> ConnectionGuard {
         self.set_open(self.open_connections.get() + 1);
         let slot = self.free_slots.borrow_mut().pop().unwrap_or_else(|| {
@@ -181,23 +180,21 @@ impl Core {
         }
     }
 
-    /// Resolves once the service is stopping; the connection holding `slot` waits on it
-    /// while it has no request in hand.
-    pub fn until_stopping(&self, slot: usize) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.stopping() {
-                return Poll::Ready(());
-            }
-            let mut idle = self.idle.borrow_mut();
-            let waiting = &mut idle[slot];
-            if !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *waiting = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
+    /// Ready once the service is stopping; the connection holding `slot` polls it while
+    /// it has no request in hand, beside its read and its deadline.
+    pub fn poll_stopping(&self, slot: usize, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stopping() {
+            return Poll::Ready(());
+        }
+        let mut idle = self.idle.borrow_mut();
+        let waiting = &mut idle[slot];
+        if !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waiting = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
-    /// Wakes every connection waiting in [`until_stopping`](Self::until_stopping); the
+    /// Wakes every connection waiting in [`poll_stopping`](Self::poll_stopping); the
     /// accept loop calls it once the shutdown latch is set.
     pub fn wake_idle_connections(&self) {
         let wakers: Vec<Waker> = self

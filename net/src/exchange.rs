@@ -2,8 +2,6 @@
 //! response's wire form: what the connection code (`http.rs`) and the code that answers
 //! requests (`api.rs`, `render.rs`, `stats.rs`) share, so neither needs the other.
 
-use std::borrow::Cow;
-
 use crate::framing::{Head, Reject};
 
 /// A parsed request with its whole body.
@@ -20,8 +18,10 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
-    /// Values are borrowed when they are fixed text: most headers of a hit are.
-    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    /// Headers beyond the status line, `Date`, `Content-Type` and `Content-Length`,
+    /// already in wire form (`Name: value\r\n` each): a raw hit's four cost one buffer,
+    /// not a string each. Names and values are the service's own text, never a client's.
+    headers: Vec<u8>,
     pub body: Vec<u8>,
 }
 
@@ -42,9 +42,31 @@ impl Response {
         Self::json(status, body)
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
-        self.headers.push((name, value.into()));
+    pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.add_header(name, &[value.as_ref()]);
         self
+    }
+
+    /// Adds the header `name` whose value is `value_parts` one after the other.
+    pub fn add_header(&mut self, name: &str, value_parts: &[&[u8]]) {
+        if self.headers.is_empty() {
+            self.headers.reserve(160);
+        }
+        self.headers.extend_from_slice(name.as_bytes());
+        self.headers.extend_from_slice(b": ");
+        for part in value_parts {
+            self.headers.extend_from_slice(part);
+        }
+        self.headers.extend_from_slice(b"\r\n");
+    }
+
+    /// The value of the added header `name`, if it has one.
+    #[cfg(test)]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        std::str::from_utf8(&self.headers)
+            .ok()?
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
     }
 }
 
@@ -96,12 +118,7 @@ pub fn write_response(
     out.extend_from_slice(b"\r\nContent-Length: ");
     out.extend_from_slice(number.format(response.body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &response.headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(&response.headers);
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
     }

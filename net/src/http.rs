@@ -9,13 +9,17 @@
 //! order; responses to pipelined requests are gathered and written with one `write` when
 //! the connection would otherwise wait for input.
 
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio::time::Sleep;
 
 use crate::core::Core;
 use crate::exchange::{write_response, Request, Response};
@@ -62,6 +66,9 @@ struct Connection<H> {
     /// request's deadlines and its latency.
     arrived: Instant,
     output: Vec<u8>,
+    /// The deadline of the read in progress (idle, head or body): one timer for the
+    /// connection's life.
+    timer: Pin<Box<Sleep>>,
 }
 
 const READ_CHUNK: usize = 16 << 10;
@@ -85,6 +92,7 @@ pub async fn serve<H: Handler>(
         pos: 0,
         arrived: Instant::now(),
         output: Vec::with_capacity(READ_CHUNK),
+        timer: Box::pin(monoio::time::sleep(Duration::MAX)),
     };
     loop {
         match conn.next_request().await {
@@ -199,26 +207,29 @@ impl<H: Handler> Connection<H> {
         self.make_room();
         let midway = self.pos < self.input.len();
         // The buffer goes to the kernel with the read and comes back with its result; a
-        // read abandoned for a timeout or shutdown keeps it, and the connection closes.
+        // read abandoned for its deadline or shutdown keeps it, and the connection closes.
         let input = std::mem::take(&mut self.input);
         let (start, capacity) = (input.len(), input.capacity());
-        let reading = monoio::time::timeout_at(
-            monoio::time::Instant::from_std(deadline),
-            self.stream.read(input.slice_mut(start..capacity)),
-        );
-        let read = if idle {
-            let (core, slot) = (&self.core, self.idle_slot);
-            futures_lite::future::or(
-                async { reading.await.map_err(|_| ReadError::Idle { midway }) },
-                async move {
-                    core.until_stopping(slot).await;
-                    Err(ReadError::Stopping)
-                },
-            )
-            .await
-        } else {
-            reading.await.map_err(|_| ReadError::Idle { midway })
-        };
+        // Moving the connection's timer later only updates it in place (the wheel files it
+        // again if it fires early), so a keep-alive connection does not register and cancel
+        // a timer for every request.
+        self.timer
+            .as_mut()
+            .reset(monoio::time::Instant::from_std(deadline));
+        let mut reading = pin!(self.stream.read(input.slice_mut(start..capacity)));
+        let (core, slot, timer) = (&self.core, self.idle_slot, &mut self.timer);
+        let read = poll_fn(|cx| {
+            if let Poll::Ready(done) = reading.as_mut().poll(cx) {
+                Poll::Ready(Ok(done))
+            } else if timer.as_mut().poll(cx).is_ready() {
+                Poll::Ready(Err(ReadError::Idle { midway }))
+            } else if idle && core.poll_stopping(slot, cx).is_ready() {
+                Poll::Ready(Err(ReadError::Stopping))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
         let (result, buffer) = read?;
         self.input = buffer.into_inner();
         let n = match result {

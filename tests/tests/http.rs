@@ -291,6 +291,32 @@ fn slow_clients_are_cut_off_at_the_header_timeout_without_starving_others() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// The idle deadline moves with each request (the connection keeps one timer and moves
+/// it): a connection that keeps asking stays open well past the idle timeout counted
+/// from its first request, and one that stops asking is closed once the timeout passes.
+#[test]
+fn the_idle_timeout_counts_from_the_last_request() {
+    let s = Server::start(&[("CACHE_IDLE_TIMEOUT_MS", "1000")]);
+    let health = b"GET /healthz HTTP/1.1\r\n\r\n";
+    let (mut busy, mut quiet) = (s.connect(), s.connect());
+    assert_eq!(exchange(&mut quiet, health).status, 200);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3000) {
+        assert_eq!(exchange(&mut busy, health).status, 200);
+        // The client's pace, under the idle timeout: not a wait for the server.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(closed_by_peer(&mut quiet), "the idle connection was closed");
+    assert_eq!(exchange(&mut busy, health).status, 200);
+    let idle_from = Instant::now();
+    assert!(closed_by_peer(&mut busy));
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(900),
+        "closed {:?} after its last answer, before the idle timeout",
+        idle_from.elapsed()
+    );
+}
+
 #[test]
 fn connections_past_the_per_core_limit_get_a_503() {
     let s = Server::start(&[("CACHE_MAX_CONNECTIONS", "5"), ("CACHE_CORES", "1")]);
