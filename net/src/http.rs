@@ -92,6 +92,8 @@ pub async fn serve<H: Handler>(
         pos: 0,
         arrived: Instant::now(),
         output: Vec::with_capacity(READ_CHUNK),
+        // Never polled before `fill` resets it to a read's deadline (monoio caps a
+        // `Duration::MAX` sleep at its far future).
         timer: Box::pin(monoio::time::sleep(Duration::MAX)),
     };
     loop {

@@ -495,7 +495,6 @@ impl<T: Resident> Policy<T> {
         (frequency, hash)
     }
 
-    /// Counts `n` requests for a key in the sketch.
     /// Counts `n` requests for a key in the sketch; returns its estimated frequency now
     /// (0 without admission).
     fn record(&mut self, hash: u64, n: u8) -> u8 {
