@@ -444,3 +444,37 @@ fn a_near_limit_body_then_small_requests_on_the_same_connection() {
         );
     }
 }
+
+#[test]
+fn large_answers_to_a_client_that_reads_late_arrive_whole_and_in_order() {
+    // Eight answers of about 1 MiB to pipelined GETs, read only after all were asked: the
+    // socket takes part of an answer at once and the rest when the client reads, so each
+    // answer leaves partly by a direct send and partly through the ring.
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let values = ["a", "b"].map(|fill| fill.repeat((1 << 20) - 10));
+    for (key, value) in ["late0", "late1"].iter().zip(&values) {
+        let body = format!("{{\"value\":\"{value}\"}}");
+        assert_eq!(
+            exchange(&mut c, put_request(key, &body).as_bytes()).status,
+            200
+        );
+    }
+    let batch: String = (0..8)
+        .map(|i| get_request(&format!("late{}", i % 2)))
+        .collect();
+    c.write_all(batch.as_bytes()).unwrap();
+    for i in 0..8 {
+        let r = read_response(&mut c);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json()["value"].as_str(),
+            Some(values[i % 2].as_str()),
+            "answer {i}"
+        );
+    }
+    assert_eq!(
+        exchange(&mut c, b"GET /healthz HTTP/1.1\r\n\r\n").status,
+        200
+    );
+}
