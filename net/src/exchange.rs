@@ -25,6 +25,9 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// Room for a hit's extra headers (about 130 bytes) in one allocation.
+const HEADERS_CAPACITY: usize = 160;
+
 impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Self {
         Self {
@@ -47,10 +50,13 @@ impl Response {
         self
     }
 
-    /// Adds the header `name` whose value is `value_parts` one after the other.
+    /// Adds the header `name` whose value is `value_parts` one after the other. Inlined:
+    /// a hit adds four, and with the name and the parts' lengths known where it is called,
+    /// each copy is a few moves instead of a call to `memcpy`.
+    #[inline]
     pub fn add_header(&mut self, name: &str, value_parts: &[&[u8]]) {
-        if self.headers.is_empty() {
-            self.headers.reserve(160);
+        if self.headers.capacity() == 0 {
+            self.headers.reserve(HEADERS_CAPACITY);
         }
         self.headers.extend_from_slice(name.as_bytes());
         self.headers.extend_from_slice(b": ");

@@ -21,11 +21,58 @@ pub fn rfc3339(ms: u64) -> String {
 
 /// [`rfc3339`]'s text as bytes, for writing into a body without an allocation (clamped
 /// to year 9999, which TTLs are kept well below; see `body::TTL_CEILING_SECS`). Every hit
-/// writes one or two of these, so it is plain arithmetic (Howard Hinnant's days-to-civil)
-/// instead of a formatter; a test holds it to humantime's.
+/// writes one or two of these, so there is no formatter: the time of day's fields are
+/// looked up two digits at a time, and the date's ten bytes are kept for the few days
+/// last written on this thread (a hit's two times are nearly always on the same day or
+/// the next), so the calendar arithmetic runs about once a day. A test holds it to
+/// humantime's.
 pub fn rfc3339_bytes(ms: u64) -> [u8; 20] {
     let seconds = ms.min(LAST_RFC3339_MS) / 1000;
     let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    let mut text = *b"YYYY-MM-DDTHH:MM:SSZ";
+    text[..10].copy_from_slice(&date_text(days));
+    text[11..13].copy_from_slice(&TWO_DIGITS[(of_day / 3600) as usize]);
+    text[14..16].copy_from_slice(&TWO_DIGITS[(of_day / 60 % 60) as usize]);
+    text[17..19].copy_from_slice(&TWO_DIGITS[(of_day % 60) as usize]);
+    text
+}
+
+/// `00` to `99`.
+const TWO_DIGITS: [[u8; 2]; 100] = {
+    let mut table = [[0; 2]; 100];
+    let mut n = 0;
+    while n < 100 {
+        table[n] = [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+        n += 1;
+    }
+    table
+};
+
+/// Days whose date text is kept per thread, each in the slot of its number modulo this.
+const DATES_KEPT: usize = 4;
+
+thread_local! {
+    static DATES: [std::cell::Cell<(u64, [u8; 10])>; DATES_KEPT] =
+        const { [const { std::cell::Cell::new((u64::MAX, [0; 10])) }; DATES_KEPT] };
+}
+
+/// `YYYY-MM-DD` of `days` since the UNIX epoch (at most 9999-12-31).
+fn date_text(days: u64) -> [u8; 10] {
+    DATES.with(|dates| {
+        let slot = &dates[days as usize % DATES_KEPT];
+        match slot.get() {
+            (kept, text) if kept == days => text,
+            _ => {
+                let text = civil_date_text(days);
+                slot.set((days, text));
+                text
+            }
+        }
+    })
+}
+
+/// Howard Hinnant's days-to-civil, written as `YYYY-MM-DD`.
+fn civil_date_text(days: u64) -> [u8; 10] {
     // Days since 0000-03-01, so that leap days fall at the end of each year.
     let days = days + 719_468;
     let era = days / 146_097;
@@ -40,29 +87,11 @@ pub fn rfc3339_bytes(ms: u64) -> [u8; 20] {
         shifted_month - 9
     };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
-    let mut text = [0u8; 20];
-    // Two digits at a time: divisions by constants, which compile to multiplications.
-    let mut two_digits = |at: usize, value: u64| {
-        text[at] = b'0' + (value / 10) as u8;
-        text[at + 1] = b'0' + (value % 10) as u8;
-    };
-    two_digits(0, year / 100);
-    two_digits(2, year % 100);
-    two_digits(5, month);
-    two_digits(8, day);
-    two_digits(11, of_day / 3600);
-    two_digits(14, of_day / 60 % 60);
-    two_digits(17, of_day % 60);
-    for (at, separator) in [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'Z'),
-    ] {
-        text[at] = separator;
-    }
+    let mut text = *b"YYYY-MM-DD";
+    text[0..2].copy_from_slice(&TWO_DIGITS[(year / 100) as usize]);
+    text[2..4].copy_from_slice(&TWO_DIGITS[(year % 100) as usize]);
+    text[5..7].copy_from_slice(&TWO_DIGITS[month as usize]);
+    text[8..10].copy_from_slice(&TWO_DIGITS[day as usize]);
     text
 }
 
@@ -248,6 +277,22 @@ mod tests {
             seconds += 86_400 * 7 + 3_607;
         }
         assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn days_kept_per_thread_are_told_apart() {
+        // Alternating between days that share a slot of the kept dates (or not) must
+        // always give each time its own date.
+        let base: u64 = 1_796_000_000;
+        for days_apart in [0, 1, 3, 4, 8, 365] {
+            let times = [base, base + days_apart * 86_400 + 61];
+            for round in 0..6 {
+                let seconds = times[round % 2];
+                let expected =
+                    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds));
+                assert_eq!(rfc3339(seconds * 1000), expected.to_string(), "{seconds}");
+            }
+        }
     }
 
     #[test]
