@@ -2,9 +2,10 @@
 //! one of the CPUs this process may run on, driving its own io_uring.
 //!
 //! Why monoio and these settings (issue 16, measured in BENCHMARKS.md "The latency
-//! floor"): a request's receive and send are ring operations, and an executor with nothing
-//! to run submits what is queued and waits in one `io_uring_enter`, so one connection costs
-//! two syscalls a request and many connections share each enter. Completions are run with
+//! floor"): a request's receive is a ring operation, and so is its send under load (a lone
+//! response is sent directly, see `http.rs`), and an executor with nothing to run submits
+//! what is queued and waits in one `io_uring_enter`, so one connection costs two syscalls a
+//! request and many connections share each enter. Completions are run with
 //! `IORING_SETUP_COOP_TASKRUN` (the kernel runs them when the thread next enters it instead
 //! of interrupting it), which cut the CPU per request by nearly 30 % against the default ring.
 //! glommio, which this replaced, polls three rings and re-arms its timers on every pass and
