@@ -13,6 +13,7 @@ use engine::metrics::{Counter, Gauge};
 use engine::{Clock, CoarseClock, LatencyRecorder, Mailboxes, Router, ShardMetrics, TableReader};
 use event_listener::Event;
 
+use crate::burst::Bursts;
 use crate::config::Config;
 use crate::messages::OwnerMessage;
 use crate::tiers::Tiers;
@@ -125,24 +126,9 @@ pub struct Core {
     free_slots: RefCell<Vec<usize>>,
     /// The `Date` header for the current second.
     date: RefCell<(u64, Rc<str>)>,
-    /// When input last arrived on one of this core's connections, or a response was last
-    /// sent directly from one, whichever was later.
-    last_io: Cell<Instant>,
-    /// Whether that input came in a burst ([`Core::input_arrived`]).
-    in_burst: Cell<bool>,
+    /// Whether input comes in bursts, which decides how responses leave.
+    pub bursts: Bursts,
 }
-
-/// Input that arrives on a core within this long of other work on it (input arriving, or
-/// a response sent directly) is taken to be part of a burst: several connections'
-/// requests served in one pass of the executor, whose responses can leave together in
-/// one ring submission. Within a pass, one connection's input follows the last one's
-/// handling at once; a core that waits for each request, as one connection makes it,
-/// idles for a whole round trip between them (over 20 µs on loopback).
-const BURST_GAP: Duration = Duration::from_micros(10);
-/// Once in a burst, a core stays in it while input keeps coming within this long: between
-/// two passes of a busy core lies the ring submission of the first pass's sends, which
-/// takes longer than [`BURST_GAP`] when it carries many.
-const BURST_HOLD: Duration = Duration::from_micros(100);
 
 impl Core {
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
@@ -155,25 +141,8 @@ impl Core {
             idle: RefCell::default(),
             free_slots: RefCell::default(),
             date: RefCell::new((u64::MAX, Rc::from(""))),
-            last_io: Cell::new(Instant::now()),
-            in_burst: Cell::new(false),
+            bursts: Bursts::new(Instant::now()),
         }
-    }
-
-    /// Notes input arriving at `at` on one of this core's connections, and says whether
-    /// it came in a burst: within [`BURST_GAP`] of the core's work before it, or within
-    /// [`BURST_HOLD`] of it while a burst lasts.
-    pub fn input_arrived(&self, at: Instant) -> bool {
-        let gap = at.saturating_duration_since(self.last_io.replace(at));
-        let in_burst = gap < BURST_GAP || (self.in_burst.get() && gap < BURST_HOLD);
-        self.in_burst.set(in_burst);
-        in_burst
-    }
-
-    /// Notes that a connection has just sent a response directly, so that input arriving
-    /// right after it counts as part of a burst (the send's own time is not a pause).
-    pub fn sent_directly(&self) {
-        self.last_io.set(Instant::now());
     }
 
     pub fn stats(&self) -> &CoreStats {

@@ -66,8 +66,8 @@ struct Connection<H> {
     /// When the last input arrived: one clock reading serves the coarse clock, the
     /// request's deadlines and its latency.
     arrived: Instant,
-    /// Whether that input came in a burst on this core ([`Core::input_arrived`]): if so,
-    /// responses go through the ring, to leave with the burst's others.
+    /// Whether that input came in a burst on this core (`burst.rs`): if so, responses go
+    /// through the ring, to leave with the burst's others.
     in_burst: bool,
     output: Vec<u8>,
     /// The deadline of the read in progress (idle, head or body): one timer for the
@@ -189,7 +189,7 @@ impl<H: Handler> Connection<H> {
             0
         } else {
             let sent = send_now(&self.stream, &self.output);
-            self.core.sent_directly();
+            self.core.bursts.sent_directly(Instant::now());
             match sent {
                 Ok(n) => n,
                 Err(e)
@@ -284,7 +284,7 @@ impl<H: Handler> Connection<H> {
             return Err(ReadError::Closed);
         }
         self.arrived = Instant::now();
-        self.in_burst = self.core.input_arrived(self.arrived);
+        self.in_burst = self.core.bursts.input_arrived(self.arrived);
         self.core.shared.clock.tick_at(self.arrived);
         Ok(())
     }

@@ -5,6 +5,7 @@
 mod api;
 pub mod body;
 mod build_info;
+mod burst;
 mod coherence;
 pub mod config;
 mod core;
