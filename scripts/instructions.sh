@@ -45,7 +45,7 @@ dump=$(ls "$out"/callgrind.*.1)
 callgrind_annotate --threshold=100 --inclusive=no "$dump" > "$out/exclusive.txt" 2>/dev/null
 callgrind_annotate --threshold=100 --inclusive=yes "$dump" > "$out/inclusive.txt" 2>/dev/null
 total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$out/exclusive.txt")
-sampler=$(awk '/net\/src\/stats.rs:monoio::task::core::CoreStage<T>::poll/ {gsub(",", "", $1); print $1; exit}' \
+sampler=$(awk '/net\/src\/stats.rs:monoio::task::/ {gsub(",", "", $1); print $1; exit}' \
     "$out/inclusive.txt")
 awk -v t="$total" -v s="${sampler:-0}" -v n="$requests" 'BEGIN {
     printf "user-space instructions per GET hit, one connection, %d requests: %.0f\n", n, t / n
