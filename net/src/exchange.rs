@@ -50,10 +50,11 @@ impl Response {
         self
     }
 
-    /// Adds the header `name` whose value is `value_parts` one after the other. Inlined:
-    /// a hit adds four, and with the name and the parts' lengths known where it is called,
-    /// each copy is a few moves instead of a call to `memcpy`.
-    #[inline]
+    /// Adds the header `name` whose value is `value_parts` one after the other. Always
+    /// inlined (the release build's LTO would otherwise keep it a call): a hit adds four,
+    /// and with the name and the parts' lengths known where it is called, each copy is a
+    /// few moves instead of a call to `memcpy`.
+    #[inline(always)]
     pub fn add_header(&mut self, name: &str, value_parts: &[&[u8]]) {
         if self.headers.capacity() == 0 {
             self.headers.reserve(HEADERS_CAPACITY);
