@@ -188,20 +188,9 @@ impl<H: Handler> Connection<H> {
         let sent = if self.in_burst {
             0
         } else {
-            let sent = send_now(&self.stream, &self.output);
+            let sent = send_now(&self.stream, &self.output)?;
             self.core.bursts.sent_directly(Instant::now());
-            match sent {
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    0
-                }
-                Err(e) => return Err(e),
-            }
+            sent
         };
         if sent == self.output.len() {
             self.output.clear();
@@ -378,7 +367,8 @@ impl<H: Handler> Connection<H> {
     }
 }
 
-/// Sends what the socket takes of `bytes` now, without waiting and without `SIGPIPE`.
+/// Sends what the socket takes of `bytes` now (none when its buffer is full), without
+/// waiting and without `SIGPIPE`.
 fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     // SAFETY: `send` reads `bytes.len()` bytes from `bytes.as_ptr()`, which points into a
     // slice borrowed for the whole call, so the range is live, initialised and not written
@@ -393,7 +383,14 @@ fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };
-    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+    if let Ok(n) = usize::try_from(sent) {
+        return Ok(n);
+    }
+    let error = io::Error::last_os_error();
+    match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(error),
+    }
 }
 
 /// Answers a connection refused for being over the per-core limit, then closes it.
