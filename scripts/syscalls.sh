@@ -11,7 +11,12 @@
 #     threads (/proc/PID/stat) over the requests, without strace;
 #   - the single-connection round trip (p50, p99), timed by one client for all three
 #     (`cache-bench ping`: HTTP for cache-manager and nginx, RESP for Redis), so that the
-#     load tools' own costs do not enter the comparison;
+#     load tools' own costs do not enter the comparison. It is measured apart from the
+#     rounds, in PING_ROUNDS short rounds (default 15, 10,000 requests each) that visit
+#     the servers in a new random order each time: this VM's speed drifts over minutes,
+#     and a round of the other measurements takes minutes per server. Also reported:
+#     cache-manager's p50 less Redis's, the median over rounds, and in how many rounds it
+#     was lower;
 #   - the 64-connection throughput, with how busy each core was meanwhile (a load core
 #     near 100 % means the figure is the load tool's limit, not the server's);
 #   - open-loop p99.9 at 10k, 20k and 40k requests/s for cache-manager and nginx
@@ -97,7 +102,7 @@ round_trip() {
     if [ "$server" = redis ]; then addr=(--protocol resp --addr "127.0.0.1:$redis_port")
     else addr=(--addr "${url[$server]#http://}"); fi
     taskset -c 1 target/release/cache-bench ping "${addr[@]}" --keys "$keys" \
-        --requests $((4000 * seconds)) --warmup 2000 \
+        --requests 10000 --warmup 2000 \
         | sed -E 's/.*p50 ([0-9.]+) µs.* p99 ([0-9.]+) µs.*/\1 \2/'
 }
 
@@ -140,9 +145,6 @@ for round in $(seq 1 "$rounds"); do
     for server in "${servers[@]}"; do
         results[$server-sys1]+="$(syscalls_per_request "$server" 1) "
         results[$server-sys64]+="$(syscalls_per_request "$server" 64) "
-        one=$(round_trip "$server")
-        results[$server-p50]+="${one% *} "
-        results[$server-p99]+="${one#* } "
         before=$(cpu_ticks "${pid[$server]}")
         server_core=$(core_ticks 0) load_core=$(core_ticks 1)
         started=$(date +%s.%N)
@@ -163,6 +165,20 @@ for round in $(seq 1 "$rounds"); do
     echo "round $round done"
 done
 
+ping_rounds="${PING_ROUNDS:-15}"
+lead=""
+for round in $(seq 1 "$ping_rounds"); do
+    declare -A p50_now=()
+    for server in $(shuf -e "${servers[@]}"); do
+        one=$(round_trip "$server")
+        p50_now[$server]=${one% *}
+        results[$server-p50]+="${one% *} "
+        results[$server-p99]+="${one#* } "
+    done
+    lead+="$(awk -v a="${p50_now[cache-manager]}" -v b="${p50_now[redis]}" 'BEGIN {printf "%.2f", a - b}') "
+done
+echo "one-connection rounds done"
+
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
 echo "each server on core 0, the load on core 1; medians of $rounds rounds of $duration"
@@ -174,6 +190,9 @@ for server in "${servers[@]}"; do
         "$(echo "${results[$server-p99]}" | median)" "$(echo "${results[$server-rps]}" | median)" \
         "$(echo "${results[$server-busy0]}" | median) % / $(echo "${results[$server-busy1]}" | median) %"
 done
+echo "(p50 and p99 at one connection: medians of $ping_rounds short rounds, the servers in a new"
+echo " random order each round; cache-manager's p50 less Redis's, by the median per round:"
+echo " $(echo "$lead" | median) µs, lower in $(echo "$lead" | tr ' ' '\n' | grep -c '^-') of $ping_rounds rounds)"
 echo "(busy: each core's share of the 64-connection run spent running anything; a load core"
 echo " near 100 % means the load tool, not the server, set the throughput)"
 echo
