@@ -30,8 +30,7 @@ env CACHE_LISTEN="127.0.0.1:$port" CACHE_CORES=1 CACHE_L1_MAX_ENTRIES=20000 RUST
     target/release/cache-manager > "$work/server.log" 2>&1 &
 server=$!
 pids+=("$server")
-for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-wait_port "$port"
+wait_port "$port" 60 # starting under valgrind is slow
 prefill "$port" 10000 100
 target/release/cache-bench ping --addr "127.0.0.1:$port" --keys 10000 --requests 2000 --warmup 0 > /dev/null
 callgrind_control -z "$server" > /dev/null

@@ -39,8 +39,10 @@ free_port() {
     done
 }
 
+# wait_port PORT [SECONDS] — waits until PORT on loopback accepts a connection (default 20 s).
 wait_port() {
-    for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+    local polls=$(( ${2:-20} * 20 ))
+    for _ in $(seq 1 "$polls"); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
     echo "port $1 never opened" >&2; return 1
 }
 
