@@ -180,7 +180,7 @@ impl<H: Handler> Connection<H> {
     /// receive. The direct `send` puts it on its way before the task yields, a microsecond
     /// sooner on one connection. Under load the ring is cheaper: with every response sent
     /// directly, a syscall each, 64 connections cost about 5 % more CPU per request
-    /// (BENCHMARKS.md, "The latency floor").
+    /// (BENCHMARKS.md, "A lone response sent from its task").
     async fn flush(&mut self) -> io::Result<()> {
         if self.output.is_empty() {
             return Ok(());
