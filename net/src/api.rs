@@ -22,7 +22,7 @@ use l2::Written;
 use crate::body::{self, Invalidation, Put};
 use crate::config::ReadPath;
 use crate::core::Core;
-use crate::exchange::{Request, Response};
+use crate::exchange::{Answered, Reply, Request, Response};
 use crate::framing::{Head, Method, Reject};
 use crate::http::Handler;
 use crate::messages::{FillError, FillMode, Filled, OwnerMessage, Source};
@@ -32,8 +32,9 @@ use crate::stats;
 use crate::stored;
 use crate::writes::{self, Invalidated, PutRefused};
 
+/// What an answer is timed as: each operation has its latency histogram.
 #[derive(Clone, Copy, Debug)]
-enum Op {
+pub enum Op {
     Get,
     Set,
     Delete,
@@ -44,30 +45,31 @@ enum Op {
 pub struct Api(pub Rc<Core>);
 
 impl Handler for Api {
+    type Timed = Op;
+
     fn refuse_early(&self, head: &Head) -> Option<Reject> {
         refuse_early(&self.0, head.method, head.authorization.as_deref())
     }
 
-    async fn handle(&self, request: Request) -> Response {
-        handle(&self.0, request).await
+    async fn handle<'a>(
+        &'a self,
+        request: &'a Request,
+        reply: Reply<'a>,
+    ) -> (Answered, Option<Op>) {
+        let (op, answered) = route(&self.0, request, reply).await;
+        (answered, op.filter(|_| self.0.config.metrics_enabled))
     }
-}
 
-/// Answers one request.
-async fn handle(core: &Rc<Core>, request: Request) -> Response {
-    let started = request.arrived;
-    let (op, response) = route(core, request).await;
-    if let (Some(op), true) = (op, core.config.metrics_enabled) {
-        let latency = &core.stats().latency;
+    fn sent(&self, op: Op, latency: std::time::Duration) {
+        let latency_of = &self.0.stats().latency;
         let recorder = match op {
-            Op::Get => &latency.get,
-            Op::Set => &latency.set,
-            Op::Delete => &latency.delete,
-            Op::Invalidate => &latency.invalidate,
+            Op::Get => &latency_of.get,
+            Op::Set => &latency_of.set,
+            Op::Delete => &latency_of.delete,
+            Op::Invalidate => &latency_of.invalidate,
         };
-        recorder.record(started.elapsed());
+        recorder.record(latency);
     }
-    response
 }
 
 /// The one authorisation check: a mutating request without the token is refused, from
@@ -95,16 +97,21 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// The API's contract, served as written.
 const OPENAPI: &str = include_str!("../../openapi.yaml");
 
-async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
+/// Every answer but a read's is boxed: a future holds room for the largest of the futures
+/// it awaits, and is copied when it is made and when it is awaited, so the writes' and
+/// the fills' large futures would otherwise be copied with every read (about 600
+/// instructions per GET hit, `scripts/instructions.sh`).
+async fn route(core: &Rc<Core>, request: &Request, mut reply: Reply<'_>) -> (Option<Op>, Answered) {
     let path = request.head.path.as_str();
     let Some(matched) = routes::find(path) else {
-        return (None, Response::error(404, format!("no route for {path}")));
+        let response = Response::error(404, format!("no route for {path}"));
+        return (None, reply.send(&response));
     };
     if !matched.allows(request.head.method) {
         let allow = matched.allow_header();
         let response = Response::error(405, format!("method not allowed here; allowed: {allow}"))
             .with_header("Allow", allow);
-        return (None, response);
+        return (None, reply.send(&response));
     }
     // Requests sent without `Expect: 100-continue` reach here without the early check.
     if let Some(refused) = refuse_early(
@@ -112,7 +119,7 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
         request.head.method,
         request.head.authorization.as_deref(),
     ) {
-        return (None, refused.into());
+        return (None, reply.send(&refused.into()));
     }
     let shared = &core.shared;
     let response = match matched.route {
@@ -129,14 +136,20 @@ async fn route(core: &Rc<Core>, request: Request) -> (Option<Op>, Response) {
         Route::History => Response::json(200, stats::history_json(shared)),
         Route::Dashboard => static_text("text/html; charset=utf-8", DASHBOARD),
         Route::OpenApi => static_text("application/yaml", OPENAPI),
-        Route::Refresh => return (Some(Op::Set), refresh(core, &request).await),
-        Route::Invalidate => return (Some(Op::Invalidate), invalidate(core, &request).await),
+        Route::Refresh => {
+            let response = Box::pin(refresh(core, request)).await;
+            return (Some(Op::Set), reply.send(&response));
+        }
+        Route::Invalidate => {
+            let response = Box::pin(invalidate(core, request)).await;
+            return (Some(Op::Invalidate), reply.send(&response));
+        }
         Route::Entry => {
             let key = matched.key.unwrap_or_default();
-            return entry_route(core, key, &request).await;
+            return entry_route(core, key, request, reply).await;
         }
     };
-    (None, response)
+    (None, reply.send(&response))
 }
 
 fn static_text(content_type: &'static str, text: &str) -> Response {
@@ -145,24 +158,33 @@ fn static_text(content_type: &'static str, text: &str) -> Response {
     response.with_header("Cache-Control", "no-cache")
 }
 
-async fn entry_route(core: &Rc<Core>, encoded: &str, request: &Request) -> (Option<Op>, Response) {
-    if encoded.contains('/') {
-        return (
-            None,
-            Response::error(404, "a key is one path segment; encode '/' as %2F"),
-        );
+async fn entry_route(
+    core: &Rc<Core>,
+    encoded: &str,
+    request: &Request,
+    mut reply: Reply<'_>,
+) -> (Option<Op>, Answered) {
+    if encoded.bytes().any(|b| b == b'/') {
+        let response = Response::error(404, "a key is one path segment; encode '/' as %2F");
+        return (None, reply.send(&response));
     }
     // Borrowed from the path unless it has escapes to decode.
     let key: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode_str(encoded).into();
     if let Err(refused) = body::check_key(&core.config, &key, 414) {
-        return (None, refused.into());
+        return (None, reply.send(&refused.into()));
     }
     match request.head.method {
-        Method::Put => (Some(Op::Set), put(core, &key, request).await),
-        Method::Delete => (Some(Op::Delete), delete(core, &key).await),
+        Method::Put => {
+            let response = Box::pin(put(core, &key, request)).await;
+            (Some(Op::Set), reply.send(&response))
+        }
+        Method::Delete => {
+            let response = Box::pin(delete(core, &key)).await;
+            (Some(Op::Delete), reply.send(&response))
+        }
         _ => (
             Some(Op::Get),
-            get(core, &key, request.head.wants_bytes).await,
+            get(core, &key, request.head.wants_bytes, &mut reply).await,
         ),
     }
 }
@@ -175,13 +197,23 @@ fn shard_unavailable(e: engine::ShardGone) -> Response {
     Response::error(503, e.to_string())
 }
 
-async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
+/// Writes a hit into `reply`; `None` for a remembered origin 404, which is not written.
+fn render(
+    reply: &mut Reply<'_>,
+    hit: &Hit<'_>,
+    wants_bytes: bool,
+    now: u64,
+    source: Source,
+) -> Option<Answered> {
+    (!stored::is_absent(hit.value)).then(|| render_hit(reply, hit, wants_bytes, now, source))
+}
+
+/// Answers a read: a hit is written from the entry straight into `reply`; a miss is
+/// filled through the key's owner when there is a tier to fill from (boxed, like the
+/// other answers that wait; see `route`).
+async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool, reply: &mut Reply<'_>) -> Answered {
     let shared = &core.shared;
     let now = core.now_ms();
-    // `None` for a remembered origin 404.
-    let render = |hit: &Hit<'_>, source: Source| {
-        (!stored::is_absent(hit.value)).then(|| render_hit(hit, wants_bytes, now, source))
-    };
     let hash = shared.router.hash(key);
     let owner = shared.router.shard_of(hash);
     let found = match core.config.read_path {
@@ -192,16 +224,19 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
                 expires_at_ms: e.expires_at_ms,
                 stale: e.stale,
             };
-            (render(&hit, Source::L1), e.stale)
+            (render(reply, &hit, wants_bytes, now, Source::L1), e.stale)
         }),
-        ReadPath::Hop => match shared.mail.lookup(key).await {
-            Ok(entry) => entry.map(|e| (render(&Hit::of(&e), Source::L1), e.stale)),
-            Err(e) => return shard_unavailable(e),
+        ReadPath::Hop => match Box::pin(shared.mail.lookup(key)).await {
+            Ok(entry) => entry.map(|e| {
+                let answered = render(reply, &Hit::of(&e), wants_bytes, now, Source::L1);
+                (answered, e.stale)
+            }),
+            Err(e) => return reply.send(&shard_unavailable(e)),
         },
     };
     let metrics = core.shard_metrics();
     match found {
-        Some((Some(response), stale)) => {
+        Some((Some(answered), stale)) => {
             metrics.hits.incr();
             if stale {
                 // Stale-while-revalidate: answer now, fetch a fresh copy in the background
@@ -220,20 +255,34 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
                         .await;
                 });
             }
-            return response;
+            return answered;
         }
         Some((None, _)) => {
             metrics.misses.incr();
-            return not_found(
+            return reply.send(&not_found(
                 key,
                 "the origin has no such key (remembered for CACHE_NEGATIVE_TTL)",
-            );
+            ));
         }
         None => metrics.misses.incr(),
     }
     if shared.tiers.l2.is_none() && shared.origin.is_none() {
-        return not_found(key, "");
+        return reply.send(&not_found(key, ""));
     }
+    Box::pin(fill(core, key, hash, owner, wants_bytes, reply)).await
+}
+
+/// Fills a miss through the key's owner (one fetch however many ask) and answers with
+/// what it found.
+async fn fill(
+    core: &Rc<Core>,
+    key: &[u8],
+    hash: u64,
+    owner: usize,
+    wants_bytes: bool,
+    reply: &mut Reply<'_>,
+) -> Answered {
+    let shared = &core.shared;
     let key_owned = key.to_vec();
     let filled = shared
         .mail
@@ -244,9 +293,12 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
             reply,
         })
         .await;
-    match filled {
+    let response = match filled {
         Ok(Ok(Filled::Hit { entry, source })) => {
-            render(&Hit::of(&entry), source).unwrap_or_else(|| not_found(key, ""))
+            match render(reply, &Hit::of(&entry), wants_bytes, core.now_ms(), source) {
+                Some(answered) => return answered,
+                None => not_found(key, ""),
+            }
         }
         Ok(Ok(Filled::Absent)) if shared.origin.is_some() => {
             not_found(key, "in L1, L2 or at the origin")
@@ -258,7 +310,8 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool) -> Response {
         })) => not_found(key, &message),
         Ok(Err(FillError { status, message })) => Response::error(status, message),
         Err(e) => shard_unavailable(e),
-    }
+    };
+    reply.send(&response)
 }
 
 fn not_found(key: &[u8], detail: &str) -> Response {

@@ -15,6 +15,7 @@ use event_listener::Event;
 
 use crate::burst::Bursts;
 use crate::config::Config;
+use crate::exchange::Conditions;
 use crate::messages::OwnerMessage;
 use crate::tiers::Tiers;
 
@@ -214,8 +215,11 @@ impl Core {
         self.open_connections.set(n);
         self.stats().connections.set(n as u64);
     }
+}
 
-    pub fn http_date(&self) -> Rc<str> {
+impl Conditions for Core {
+    /// The `Date` of the current second, formatted once a second per core.
+    fn http_date(&self) -> Rc<str> {
         let now_ms = self.now_ms();
         let second = now_ms / 1000;
         let mut date = self.date.borrow_mut();
@@ -224,6 +228,10 @@ impl Core {
             *date = (second, Rc::from(formatted));
         }
         date.1.clone()
+    }
+
+    fn stopping(&self) -> bool {
+        Core::stopping(self)
     }
 }
 

@@ -23,7 +23,7 @@ use monoio::net::TcpStream;
 use monoio::time::Sleep;
 
 use crate::core::Core;
-use crate::exchange::{write_response, Request, Response};
+use crate::exchange::{Answered, Reply, Request, Response};
 use crate::framing::{self, ChunkedBody, Framing, Head, Method, Reject};
 
 /// Why a request could not be read; each becomes a JSON error and closes the connection.
@@ -45,15 +45,27 @@ enum ReadError {
 /// What answers requests: the connection reads and frames them, and knows nothing of
 /// routes or tiers.
 pub trait Handler {
+    /// What an answer is timed as (its operation, say), told back by [`Handler::sent`].
+    type Timed;
+
     /// A refusal that can be given from the head alone, before the body is read; when a
     /// client sent `Expect: 100-continue`, it then gets the refusal instead of 100.
     fn refuse_early(&self, head: &Head) -> Option<Reject>;
 
-    /// The answer to a whole request.
-    fn handle(&self, request: Request) -> impl std::future::Future<Output = Response>;
+    /// Answers a whole request through `reply`, and says how to time the answer, if at all.
+    fn handle<'a>(
+        &'a self,
+        request: &'a Request,
+        reply: Reply<'a>,
+    ) -> impl std::future::Future<Output = (Answered, Option<Self::Timed>)> + 'a;
+
+    /// An answer `handle` timed was handed to the socket `latency` after its request
+    /// arrived. Told after the send, so that timing an answer does not delay it, and with
+    /// the clock reading the send took anyway.
+    fn sent(&self, timed: Self::Timed, latency: Duration);
 }
 
-struct Connection<H> {
+struct Connection<H: Handler> {
     stream: TcpStream,
     core: Rc<Core>,
     handler: Rc<H>,
@@ -70,12 +82,17 @@ struct Connection<H> {
     /// through the ring, to leave with the burst's others.
     in_burst: bool,
     output: Vec<u8>,
-    /// The deadline of the read in progress (idle, head or body): one timer for the
-    /// connection's life.
+    /// The answers in `output` to time once it is sent, with their requests' arrival.
+    timed: Vec<(H::Timed, Instant)>,
+    /// One timer for the connection's life, set no later than the deadline of the read in
+    /// progress (idle, head or body): see `fill`.
     timer: Pin<Box<Sleep>>,
+    timer_at: Instant,
 }
 
 const READ_CHUNK: usize = 16 << 10;
+/// Later than any read's deadline.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 /// Free space below which the buffer is compacted (or grown) before a read.
 const MIN_READ: usize = 4 << 10;
 
@@ -97,30 +114,38 @@ pub async fn serve<H: Handler>(
         arrived: Instant::now(),
         in_burst: false,
         output: Vec::with_capacity(READ_CHUNK),
-        // Never polled before `fill` resets it to a read's deadline (monoio caps a
-        // `Duration::MAX` sleep at its far future).
+        timed: Vec::new(),
+        // Never polled before `fill` sets it to a read's deadline, which is always sooner
+        // (monoio caps a `Duration::MAX` sleep at its far future).
         timer: Box::pin(monoio::time::sleep(Duration::MAX)),
+        timer_at: Instant::now() + FAR_FUTURE,
     };
     loop {
         match conn.next_request().await {
             Ok(request) => {
                 let head_only = request.head.method == Method::Head;
-                let keep_alive = request.head.keep_alive;
-                let response = conn.handler.handle(request).await;
-                let keep_alive = keep_alive && !conn.core.stopping();
-                conn.respond(&response, head_only, keep_alive);
-                if !keep_alive {
+                let reply = Reply::new(
+                    &mut conn.output,
+                    &*conn.core,
+                    head_only,
+                    request.head.keep_alive,
+                );
+                let (answered, timed) = conn.handler.handle(&request, reply).await;
+                if let Some(timed) = timed {
+                    conn.timed.push((timed, request.arrived));
+                }
+                if answered.closes {
                     break;
                 }
             }
             Err(ReadError::Reject(Reject { status, message })) => {
                 conn.core.stats().rejected.incr();
-                conn.respond(&Response::error(status, message), false, false);
+                conn.refuse(&Response::error(status, message));
                 conn.linger().await;
                 break;
             }
             Err(ReadError::Idle { midway: true }) => {
-                conn.respond(&Response::error(408, "request not completed within the time limit (CACHE_HEADER_TIMEOUT_MS / CACHE_BODY_TIMEOUT_MS)"), false, false);
+                conn.refuse(&Response::error(408, "request not completed within the time limit (CACHE_HEADER_TIMEOUT_MS / CACHE_BODY_TIMEOUT_MS)"));
                 break;
             }
             Err(_) => break,
@@ -165,9 +190,9 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    fn respond(&mut self, response: &Response, head_only: bool, keep_alive: bool) {
-        let date = self.core.http_date();
-        write_response(&mut self.output, response, head_only, keep_alive, &date);
+    /// Answers a request that could not be read, closing the connection.
+    fn refuse(&mut self, response: &Response) {
+        let _ = Reply::new(&mut self.output, &*self.core, false, false).send(response);
     }
 
     /// Writes the pending responses. In a burst they go through the ring, where one
@@ -181,20 +206,32 @@ impl<H: Handler> Connection<H> {
     /// sooner on one connection. Under load the ring is cheaper: with every response sent
     /// directly, a syscall each, 64 connections cost about 5 % more CPU per request
     /// (BENCHMARKS.md, "A lone response sent from its task").
-    async fn flush(&mut self) -> io::Result<()> {
+    ///
+    /// Returns when the output was handed over whole without waiting, if it was: the
+    /// clock reading that timed the answers, which the idle deadline reuses.
+    async fn flush(&mut self) -> io::Result<Option<Instant>> {
         if self.output.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let sent = if self.in_burst {
             0
         } else {
-            let sent = send_now(&self.stream, &self.output)?;
-            self.core.bursts.sent_directly(Instant::now());
-            sent
+            send_now(&self.stream, &self.output)?
         };
+        // One reading times the answers and, after a direct send, tells the bursts this
+        // core just worked. The answers are timed when their bytes are handed over, to
+        // the socket or to the ring, not when the ring's write completes.
+        let handed_over = Instant::now();
+        if !self.in_burst {
+            self.core.bursts.sent_directly(handed_over);
+        }
+        for (timed, arrived) in self.timed.drain(..) {
+            self.handler
+                .sent(timed, handed_over.saturating_duration_since(arrived));
+        }
         if sent == self.output.len() {
             self.output.clear();
-            return Ok(());
+            return Ok(Some(handed_over));
         }
         let (written, rest) = self
             .stream
@@ -203,7 +240,7 @@ impl<H: Handler> Connection<H> {
         let mut output = rest.into_inner();
         output.clear();
         self.output = output;
-        written.map(|_| ())
+        written.map(|_| None)
     }
 
     fn unread(&self) -> &[u8] {
@@ -229,31 +266,45 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    /// Reads more bytes, waiting at most until `deadline` (and, when `idle`, until
-    /// shutdown). Pending responses are written first: the client may be waiting for
-    /// them before it sends anything else.
-    async fn fill(&mut self, deadline: Instant, idle: bool) -> Result<(), ReadError> {
-        self.flush().await?;
+    /// Reads more bytes, waiting at most as long as `wait` allows (and, for the next
+    /// request, until shutdown). Pending responses are written first: the client may be
+    /// waiting for them before it sends anything else.
+    async fn fill(&mut self, wait: Wait) -> Result<(), ReadError> {
+        let flushed_at = self.flush().await?;
+        let (deadline, idle) = match wait {
+            Wait::Idle => {
+                let from = flushed_at.unwrap_or_else(Instant::now);
+                (from + self.core.config.idle_timeout(), true)
+            }
+            Wait::Until(deadline) => (deadline, false),
+        };
         self.make_room();
         let midway = self.pos < self.input.len();
         // The buffer goes to the kernel with the read and comes back with its result; a
         // read abandoned for its deadline or shutdown keeps it, and the connection closes.
         let input = std::mem::take(&mut self.input);
         let (start, capacity) = (input.len(), input.capacity());
-        // Moving the connection's timer later only updates it in place (the wheel files it
-        // again if it fires early), so a keep-alive connection does not register and cancel
-        // a timer for every request.
-        self.timer
-            .as_mut()
-            .reset(monoio::time::Instant::from_std(deadline));
+        // The timer is moved only to an earlier deadline. A later one (every request's idle
+        // deadline is later than the last) is left to the check when the timer fires, which
+        // moves it on if the deadline has not come: a keep-alive connection does not touch
+        // the timer wheel for every request, only once per timeout.
+        if deadline < self.timer_at {
+            set_timer(&mut self.timer, &mut self.timer_at, deadline);
+        }
         let mut reading = pin!(self.stream.read(input.slice_mut(start..capacity)));
-        let (core, slot, timer) = (&self.core, self.idle_slot, &mut self.timer);
+        let (core, slot) = (&self.core, self.idle_slot);
+        let (timer, timer_at) = (&mut self.timer, &mut self.timer_at);
         let read = poll_fn(|cx| {
             if let Poll::Ready(done) = reading.as_mut().poll(cx) {
-                Poll::Ready(Ok(done))
-            } else if timer.as_mut().poll(cx).is_ready() {
-                Poll::Ready(Err(ReadError::Idle { midway }))
-            } else if idle && core.poll_stopping(slot, cx).is_ready() {
+                return Poll::Ready(Ok(done));
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Err(ReadError::Idle { midway }));
+                }
+                set_timer(timer, timer_at, deadline);
+            }
+            if idle && core.poll_stopping(slot, cx).is_ready() {
                 Poll::Ready(Err(ReadError::Stopping))
             } else {
                 Poll::Pending
@@ -324,26 +375,24 @@ impl<H: Handler> Connection<H> {
             max_headers: config.max_headers,
             max_header_bytes: config.max_header_bytes,
         };
-        let mut deadline = Instant::now() + config.idle_timeout();
-        let mut started = false;
+        let mut wait = Wait::Idle;
         loop {
             if !self.unread().is_empty() {
-                if !started {
-                    started = true;
-                    deadline = self.arrived + config.header_timeout();
+                if let Wait::Idle = wait {
+                    wait = Wait::Until(self.arrived + config.header_timeout());
                 }
                 if let Some((head, len)) = framing::parse_head(self.unread(), &limits)? {
                     self.pos += len;
                     return Ok(head);
                 }
             }
-            self.fill(deadline, !started).await?;
+            self.fill(wait).await?;
         }
     }
 
     async fn read_exact_body(&mut self, n: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
         while self.unread().len() < n {
-            self.fill(deadline, false).await?;
+            self.fill(Wait::Until(deadline)).await?;
         }
         let body = self.unread()[..n].to_vec();
         self.pos += n;
@@ -362,9 +411,26 @@ impl<H: Handler> Connection<H> {
             if decoder.is_done() {
                 return Ok(decoder.into_body());
             }
-            self.fill(deadline, false).await?;
+            self.fill(Wait::Until(deadline)).await?;
         }
     }
+}
+
+/// How long a read may wait for input.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// For the next request: the idle timeout, from when the answers before it were sent.
+    Idle,
+    /// For the rest of a request: until its head's or its body's deadline.
+    Until(Instant),
+}
+
+/// Sets the connection's timer to fire at `deadline`.
+fn set_timer(timer: &mut Pin<Box<Sleep>>, timer_at: &mut Instant, deadline: Instant) {
+    timer
+        .as_mut()
+        .reset(monoio::time::Instant::from_std(deadline));
+    *timer_at = deadline;
 }
 
 /// Sends what the socket takes of `bytes` now (none when its buffer is full), without
@@ -403,32 +469,6 @@ pub async fn refuse_connection(mut stream: TcpStream, core: Rc<Core>) {
             core.config.max_connections
         ),
     );
-    write_response(&mut out, &response, false, false, &core.http_date());
+    let _ = Reply::new(&mut out, &*core, false, false).send(&response);
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn responses_carry_length_type_and_date() {
-        let mut out = Vec::new();
-        let r = Response::error(404, "no entry for key \"a\"").with_header("X-Test", "1");
-        write_response(&mut out, &r, false, true, "Wed, 25 Nov 2026 00:00:00 GMT");
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
-        assert!(text.contains("Content-Type: application/json\r\n"));
-        assert!(text.contains(&format!("Content-Length: {}\r\n", r.body.len())));
-        assert!(text.contains("X-Test: 1\r\n"));
-        assert!(!text.contains("Connection: close"));
-        assert!(text.ends_with("{\"error\":\"no entry for key \\\"a\\\"\"}"));
-        let mut head = Vec::new();
-        write_response(&mut head, &r, true, false, "d");
-        let head = String::from_utf8(head).unwrap();
-        assert!(
-            head.ends_with("Connection: close\r\n\r\n"),
-            "HEAD has no body: {head}"
-        );
-    }
 }

@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use engine::OwnedEntry;
 
-use crate::exchange::Response;
+use crate::exchange::{Answered, Reply};
 use crate::messages::Source;
 use crate::stored;
 
@@ -114,7 +114,15 @@ impl<'a> Hit<'a> {
     }
 }
 
-pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source) -> Response {
+/// Writes `hit` as the answer: straight from the entry into the connection's output
+/// (the entry is borrowed under its read guard), with no `Response` between them.
+pub fn render_hit(
+    reply: &mut Reply<'_>,
+    hit: &Hit<'_>,
+    wants_bytes: bool,
+    now_ms: u64,
+    source: Source,
+) -> Answered {
     let Hit {
         value: stored,
         cached_at_ms,
@@ -123,25 +131,27 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
     } = *hit;
     let (tag, data) = stored::parts(stored);
     if wants_bytes {
-        let mut response = Response::json(200, data.to_vec());
-        if tag == stored::BYTES {
-            response.content_type = "application/octet-stream";
-        }
-        response.add_header("X-Cache-Source", &[source.name().as_bytes()]);
-        response.add_header("X-Cache-Cached-At", &[&rfc3339_bytes(cached_at_ms)]);
+        let content_type = if tag == stored::BYTES {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        };
+        let mut outgoing = reply.start(200, content_type, data.len());
+        outgoing.header("X-Cache-Source", &[source.name().as_bytes()]);
+        outgoing.header("X-Cache-Cached-At", &[&rfc3339_bytes(cached_at_ms)]);
         if stale {
-            response.add_header("X-Cache-Stale", &[b"true"]);
+            outgoing.header("X-Cache-Stale", &[b"true"]);
         }
         if let Some(expires_ms) = expires_at_ms {
             let max_age = expires_ms.saturating_sub(now_ms) / 1000;
             let mut seconds = itoa::Buffer::new();
-            response.add_header(
+            outgoing.header(
                 "Cache-Control",
                 &[b"max-age=", seconds.format(max_age).as_bytes()],
             );
-            response.add_header("X-Cache-Expires-At", &[&rfc3339_bytes(expires_ms)]);
+            outgoing.header("X-Cache-Expires-At", &[&rfc3339_bytes(expires_ms)]);
         }
-        return response;
+        return outgoing.body(data);
     }
     let mut body = Vec::with_capacity(data.len() + 128);
     body.extend_from_slice(b"{\"value\":");
@@ -177,7 +187,7 @@ pub fn render_hit(hit: &Hit<'_>, wants_bytes: bool, now_ms: u64, source: Source)
         body.extend_from_slice(b",\"stale\":true");
     }
     body.push(b'}');
-    Response::json(200, body)
+    reply.start(200, "application/json", body.len()).body(&body)
 }
 
 #[cfg(test)]
@@ -186,7 +196,21 @@ mod tests {
 
     use super::*;
 
-    fn body(r: &Response) -> serde_json::Value {
+    /// A response as written: its head's lines and its body.
+    struct Written {
+        head: String,
+        body: Vec<u8>,
+    }
+
+    impl Written {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.head
+                .split("\r\n")
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+        }
+    }
+
+    fn body(r: &Written) -> serde_json::Value {
         serde_json::from_slice(&r.body).unwrap()
     }
 
@@ -198,7 +222,7 @@ mod tests {
         now: u64,
         source: Source,
         stale: bool,
-    ) -> Response {
+    ) -> Written {
         let value = stored::in_l1(tagged, l2::Version(3));
         let hit = Hit {
             value: &value,
@@ -206,7 +230,19 @@ mod tests {
             expires_at_ms: expires,
             stale,
         };
-        render_hit(&hit, bytes, now, source)
+        let (text, _) = crate::exchange::tests::written(false, true, false, |reply| {
+            render_hit(reply, &hit, bytes, now, source)
+        });
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let written = Written {
+            head: head.to_owned(),
+            body: body.as_bytes().to_vec(),
+        };
+        assert_eq!(
+            written.header("Content-Length"),
+            Some(written.body.len().to_string().as_str())
+        );
+        written
     }
 
     #[test]
@@ -306,7 +342,7 @@ mod tests {
             true,
         );
         assert_eq!(r.body, vec![1, 2, 3]);
-        assert_eq!(r.content_type, "application/octet-stream");
+        assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
         assert_eq!(r.header("Cache-Control"), Some("max-age=90"));
         assert_eq!(r.header("X-Cache-Source"), Some("l2"));
         assert_eq!(r.header("X-Cache-Stale"), Some("true"));
@@ -320,7 +356,7 @@ mod tests {
             Source::L1,
             false,
         );
-        assert_eq!(j.content_type, "application/json");
+        assert_eq!(j.header("Content-Type"), Some("application/json"));
         assert_eq!(j.body, b"[1]");
     }
 }
