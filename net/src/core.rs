@@ -15,7 +15,7 @@ use event_listener::Event;
 
 use crate::burst::Bursts;
 use crate::config::Config;
-use crate::exchange::Conditions;
+use crate::exchange::{Conditions, HttpDate};
 use crate::messages::OwnerMessage;
 use crate::tiers::Tiers;
 
@@ -126,7 +126,7 @@ pub struct Core {
     idle: RefCell<Vec<Option<Waker>>>,
     free_slots: RefCell<Vec<usize>>,
     /// The `Date` header for the current second.
-    date: RefCell<(u64, Rc<str>)>,
+    date: Cell<(u64, HttpDate)>,
     /// Whether input comes in bursts, which decides how responses leave.
     pub bursts: Bursts,
 }
@@ -141,7 +141,7 @@ impl Core {
             open_connections: Cell::new(0),
             idle: RefCell::default(),
             free_slots: RefCell::default(),
-            date: RefCell::new((u64::MAX, Rc::from(""))),
+            date: Cell::new((u64::MAX, [0; 29])),
             bursts: Bursts::new(Instant::now()),
         }
     }
@@ -219,15 +219,22 @@ impl Core {
 
 impl Conditions for Core {
     /// The `Date` of the current second, formatted once a second per core.
-    fn http_date(&self) -> Rc<str> {
-        let now_ms = self.now_ms();
-        let second = now_ms / 1000;
-        let mut date = self.date.borrow_mut();
-        if date.0 != second {
-            let formatted = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(second));
-            *date = (second, Rc::from(formatted));
+    fn http_date(&self) -> HttpDate {
+        let second = self.now_ms() / 1000;
+        match self.date.get() {
+            (kept, date) if kept == second => date,
+            _ => {
+                let text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(second));
+                // IMF-fixdate is 29 bytes for every year httpdate writes (1970 to 9999),
+                // and the coarse clock is read from the system's.
+                let date = text
+                    .as_bytes()
+                    .try_into()
+                    .unwrap_or(*b"Thu, 01 Jan 1970 00:00:00 GMT");
+                self.date.set((second, date));
+                date
+            }
         }
-        date.1.clone()
     }
 
     fn stopping(&self) -> bool {
