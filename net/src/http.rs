@@ -332,8 +332,7 @@ impl<H: Handler> Connection<H> {
     async fn next_request(&mut self) -> Result<Request, ReadError> {
         let head = self.read_head().await?;
         self.core.stats().requests.incr();
-        let config = self.core.config.clone();
-        let max_body = config.max_body_bytes();
+        let max_body = self.core.config.max_body_bytes();
         if head.length_required {
             return Err(
                 framing::reject(411, "PUT and POST need a Content-Length or chunked body").into(),
@@ -356,7 +355,7 @@ impl<H: Handler> Connection<H> {
                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             self.flush().await?;
         }
-        let deadline = self.arrived + config.body_timeout();
+        let deadline = self.arrived + self.core.config.body_timeout();
         let body = match head.framing {
             Framing::None => Vec::new(),
             Framing::Length(n) => self.read_exact_body(n as usize, deadline).await?,
@@ -370,16 +369,19 @@ impl<H: Handler> Connection<H> {
     }
 
     async fn read_head(&mut self) -> Result<Head, ReadError> {
-        let config = self.core.config.clone();
+        // Copied out rather than holding the config: a clone of its `Arc` would be two
+        // atomic operations per request.
+        let config = &self.core.config;
         let limits = framing::Limits {
             max_headers: config.max_headers,
             max_header_bytes: config.max_header_bytes,
         };
+        let header_timeout = config.header_timeout();
         let mut wait = Wait::Idle;
         loop {
             if !self.unread().is_empty() {
                 if let Wait::Idle = wait {
-                    wait = Wait::Until(self.arrived + config.header_timeout());
+                    wait = Wait::Until(self.arrived + header_timeout);
                 }
                 if let Some((head, len)) = framing::parse_head(self.unread(), &limits)? {
                     self.pos += len;
