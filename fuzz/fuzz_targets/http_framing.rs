@@ -20,18 +20,23 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let piece = usize::from(piece % 16) + 1;
-    match parse_head(data, &LIMITS) {
+    match parse_head(data, &LIMITS, String::new()) {
         Ok(Some((head, len))) => {
             assert!(len <= data.len() && len <= LIMITS.max_header_bytes);
             for prefix in [len - 1, len / 2] {
                 assert_eq!(
-                    parse_head(&data[..prefix], &LIMITS),
+                    parse_head(&data[..prefix], &LIMITS, String::new()),
                     Ok(None),
                     "prefix {prefix} of {len}"
                 );
             }
-            assert_eq!(parse_head(&data[..len], &LIMITS), Ok(Some((head, len))));
-            let framing = parse_head(&data[..len], &LIMITS)
+            // A recycled path buffer leaves nothing of the path it held.
+            let recycled = String::from("/the previous request's path");
+            assert_eq!(
+                parse_head(&data[..len], &LIMITS, recycled),
+                Ok(Some((head, len)))
+            );
+            let framing = parse_head(&data[..len], &LIMITS, String::new())
                 .unwrap()
                 .unwrap()
                 .0

@@ -100,8 +100,14 @@ pub fn reject(status: u16, message: impl Into<String>) -> Reject {
 const STACK_HEADERS: usize = 64;
 
 /// Parses the head at the start of `input`: `None` while it is incomplete, else the
-/// head and its length in bytes.
-pub fn parse_head(input: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Reject> {
+/// head and its length in bytes. The head's path is copied into `path_buffer` (a spare
+/// buffer, the previous request's path, say), so that a connection reads its requests
+/// without allocating.
+pub fn parse_head(
+    input: &[u8],
+    limits: &Limits,
+    path_buffer: String,
+) -> Result<Option<(Head, usize)>, Reject> {
     // Every request is parsed here, so the header slots are neither allocated nor zeroed
     // when the limit fits on the stack (the default, 64, does): httparse writes a slot
     // before it hands it out.
@@ -119,7 +125,7 @@ pub fn parse_head(input: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>
             if len > limits.max_header_bytes {
                 return Err(oversized_head(input, limits.max_header_bytes));
             }
-            Ok(Some((interpret(&request, limits)?, len)))
+            Ok(Some((interpret(&request, limits, path_buffer)?, len)))
         }
         Ok(httparse::Status::Partial) => {
             if input.len() > limits.max_header_bytes {
@@ -158,7 +164,11 @@ fn oversized_head(unread: &[u8], limit: usize) -> Reject {
 }
 
 /// Turns a parsed head into what the service needs, enforcing the framing rules.
-fn interpret(request: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Head, Reject> {
+fn interpret(
+    request: &httparse::Request<'_, '_>,
+    limits: &Limits,
+    mut path_buffer: String,
+) -> Result<Head, Reject> {
     let method = Method::parse(request.method.unwrap_or(""));
     let http11 = request.version == Some(1);
     let target = request.path.unwrap_or("");
@@ -262,7 +272,11 @@ fn interpret(request: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Hea
     }
     Ok(Head {
         method,
-        path: path.to_owned(),
+        path: {
+            path_buffer.clear();
+            path_buffer.push_str(path);
+            path_buffer
+        },
         query,
         content_type,
         wants_bytes,
@@ -506,11 +520,12 @@ mod tests {
                 max_headers,
                 max_header_bytes: 1 << 20,
             };
-            let (head, _) = parse_head(&head_with(max_headers), &limits)
+            let (head, _) = parse_head(&head_with(max_headers), &limits, String::new())
                 .unwrap()
                 .unwrap();
             assert_eq!(head.path, "/api/cache/a");
-            let refused = parse_head(&head_with(max_headers + 1), &limits).unwrap_err();
+            let refused =
+                parse_head(&head_with(max_headers + 1), &limits, String::new()).unwrap_err();
             assert_eq!(refused.status, 431, "{max_headers}: {refused:?}");
         }
     }
@@ -522,16 +537,25 @@ mod tests {
             max_header_bytes: 64,
         };
         let wire = b"PUT /api/cache/a?x=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
-        let (head, len) = parse_head(wire, &limits).unwrap().unwrap();
+        let recycled = String::from("/a longer path, from the request before");
+        let (head, len) = parse_head(wire, &limits, recycled).unwrap().unwrap();
         assert_eq!(len, wire.len() - 3);
         assert_eq!(head.method, Method::Put);
         assert_eq!(head.path, "/api/cache/a");
         assert_eq!(head.query.as_deref(), Some("x=1"));
         assert_eq!(head.framing, Framing::Length(3));
         assert!(head.keep_alive);
-        assert_eq!(parse_head(&wire[..10], &limits).unwrap(), None);
+        assert_eq!(
+            parse_head(&wire[..10], &limits, String::new()).unwrap(),
+            None
+        );
         let long = [&b"GET /"[..], &[b'a'; 80], b" HTTP/1.1\r\n"].concat();
-        assert_eq!(parse_head(&long, &limits).unwrap_err().status, 414);
+        assert_eq!(
+            parse_head(&long, &limits, String::new())
+                .unwrap_err()
+                .status,
+            414
+        );
     }
 
     #[test]
@@ -542,7 +566,10 @@ mod tests {
         };
         let head = |version: &str, headers: &str| {
             let wire = format!("GET /api/cache/a HTTP/{version}\r\n{headers}\r\n");
-            parse_head(wire.as_bytes(), &limits).unwrap().unwrap().0
+            parse_head(wire.as_bytes(), &limits, String::new())
+                .unwrap()
+                .unwrap()
+                .0
         };
         let accepts = |value: &str| head("1.1", &format!("Accept: {value}\r\n")).wants_bytes;
         assert!(accepts("application/octet-stream"));

@@ -82,6 +82,8 @@ struct Connection<H: Handler> {
     /// through the ring, to leave with the burst's others.
     in_burst: bool,
     output: Vec<u8>,
+    /// The last request's path buffer, for the next request's (see `framing::parse_head`).
+    spare_path: String,
     /// The answers in `output` to time once it is sent, with their requests' arrival.
     timed: Vec<(H::Timed, Instant)>,
     /// One timer for the connection's life, set no later than the deadline of the read in
@@ -91,6 +93,8 @@ struct Connection<H: Handler> {
 }
 
 const READ_CHUNK: usize = 16 << 10;
+/// The largest path buffer a connection keeps for its next request.
+const SPARE_PATH_CAPACITY: usize = 1 << 10;
 /// Later than any read's deadline.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 /// Free space below which the buffer is compacted (or grown) before a read.
@@ -114,6 +118,7 @@ pub async fn serve<H: Handler>(
         arrived: Instant::now(),
         in_burst: false,
         output: Vec::with_capacity(READ_CHUNK),
+        spare_path: String::new(),
         timed: Vec::new(),
         // Never polled before `fill` sets it to a read's deadline, which is always sooner
         // (monoio caps a `Duration::MAX` sleep at its far future).
@@ -133,6 +138,9 @@ pub async fn serve<H: Handler>(
                 let (answered, timed) = conn.handler.handle(&request, reply).await;
                 if let Some(timed) = timed {
                     conn.timed.push((timed, request.arrived));
+                }
+                if request.head.path.capacity() <= SPARE_PATH_CAPACITY {
+                    conn.spare_path = request.head.path;
                 }
                 if answered.closes {
                     break;
@@ -383,7 +391,9 @@ impl<H: Handler> Connection<H> {
                 if let Wait::Idle = wait {
                     wait = Wait::Until(self.arrived + header_timeout);
                 }
-                if let Some((head, len)) = framing::parse_head(self.unread(), &limits)? {
+                let path_buffer = std::mem::take(&mut self.spare_path);
+                if let Some((head, len)) = framing::parse_head(self.unread(), &limits, path_buffer)?
+                {
                     self.pos += len;
                     return Ok(head);
                 }
