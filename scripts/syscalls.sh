@@ -8,7 +8,8 @@
 #     thread of the server for a whole load run, its total calls over the requests that
 #     run completed (strace slows the server; the ratio is what counts);
 #   - server CPU per request at 64 connections: utime + stime of all the server's
-#     threads (/proc/PID/stat) over the requests, without strace;
+#     threads (/proc/PID/stat) over the requests, without strace, in short rounds of
+#     their own (see below);
 #   - the single-connection round trip (p50, p99), timed by one client for all three
 #     (`cache-bench ping`: HTTP for cache-manager and nginx, RESP for Redis), so that the
 #     load tools' own costs do not enter the comparison. It is measured apart from the
@@ -22,8 +23,11 @@
 #   - open-loop p99.9 at 10k, 20k and 40k requests/s for cache-manager and nginx
 #     (`cache-bench load --rate`, 64 connections).
 #
-# Syscall counts and throughput use wrk (-t1) for HTTP and redis-benchmark for Redis. Medians of ROUNDS
-# rounds (default 3, DURATION default 5s), the servers interleaved in each round. Then
+# Syscall counts and throughput use wrk (-t1) for HTTP and redis-benchmark for Redis.
+# Syscalls and the open loop: medians of ROUNDS rounds (default 3, DURATION default 5s),
+# the servers interleaved in each round. CPU and throughput: medians of CPU_ROUNDS short
+# rounds (default 9, CPU_SECONDS default 3) that visit the servers in a new random order
+# each time, with cache-manager's figure over each peer's per round. Then
 # `perf record` of cache-manager under the 64-connection load (its top symbols), and the
 # stacks of its `membarrier` calls at one connection (`strace -k`), written to
 # target/syscalls/. Installs nginx, redis, wrk, strace and perf if missing.
@@ -82,16 +86,17 @@ pid[redis]=$!
 wait_port "$redis_port"
 redis-benchmark -p "$redis_port" -t set -n $((keys * 5)) -r "$keys" -d 100 -q > /dev/null
 
-# load SERVER CONNECTIONS -> "requests p50_us" of one run, the load on core 1.
+# load SERVER CONNECTIONS [SECONDS] -> "requests p50_us" of one run (DURATION by default),
+# the load on core 1.
 load() {
-    local server=$1 connections=$2
+    local server=$1 connections=$2 secs=${3:-$seconds}
     if [ "$server" = redis ]; then
-        # About DURATION's worth of requests at the rate strace allows, whatever happens.
-        local n=$((connections == 1 ? 20000 * seconds : 60000 * seconds))
+        # About SECONDS' worth of requests at the rate strace allows, whatever happens.
+        local n=$((connections == 1 ? 20000 * secs : 60000 * secs))
         taskset -c 1 redis-benchmark -p "$redis_port" -t get -n "$n" -r "$keys" -d 100 -c "$connections" -q 2>/dev/null \
             | tr '\r' '\n' | awk -v n="$n" '/^GET:/ {for (i = 1; i <= NF; i++) if ($i ~ /^p50=/) {sub(/p50=/, "", $i); p50 = $i * 1000}} END {print n, p50}'
     else
-        taskset -c 1 wrk -t1 -c"$connections" -d"$duration" --latency -s "$work/get.lua" "${url[$server]}" \
+        taskset -c 1 wrk -t1 -c"$connections" -d"${secs}s" --latency -s "$work/get.lua" "${url[$server]}" \
             | awk '/requests in/ {n = $1} /^ +50%/ {v = $2; if (v ~ /us$/) {sub(/us/, "", v); p = v} else if (v ~ /ms$/) {sub(/ms/, "", v); p = v * 1000} else {sub(/s$/, "", v); p = v * 1e6}} END {print n, p}'
     fi
 }
@@ -145,17 +150,6 @@ for round in $(seq 1 "$rounds"); do
     for server in "${servers[@]}"; do
         results[$server-sys1]+="$(syscalls_per_request "$server" 1) "
         results[$server-sys64]+="$(syscalls_per_request "$server" 64) "
-        before=$(cpu_ticks "${pid[$server]}")
-        server_core=$(core_ticks 0) load_core=$(core_ticks 1)
-        started=$(date +%s.%N)
-        many=$(load "$server" 64)
-        elapsed=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {print e - s}')
-        after=$(cpu_ticks "${pid[$server]}")
-        results[$server-busy0]+="$(busy_share "$server_core" "$(core_ticks 0)") "
-        results[$server-busy1]+="$(busy_share "$load_core" "$(core_ticks 1)") "
-        requests=${many%% *}
-        results[$server-cpu]+="$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}') "
-        results[$server-rps]+="$(awk -v n="$requests" -v s="$elapsed" 'BEGIN {printf "%.0f", n / s}') "
         if [ "$server" != redis ]; then
             for rate in "${rates[@]}"; do
                 results[$server-open$rate]+="$(open_loop "$server" "$rate") "
@@ -164,6 +158,38 @@ for round in $(seq 1 "$rounds"); do
     done
     echo "round $round done"
 done
+
+# CPU per request and throughput at 64 connections, in short rounds apart from the rest,
+# the servers in a new random order each round, for the same reason as the round trips
+# below: this VM's speed drifts over minutes, and a server measured in a slow phase
+# against one in a fast phase is not a comparison. Each round also gives cache-manager's
+# figure over each peer's in that round; the medians of those ratios are reported.
+cpu_rounds="${CPU_ROUNDS:-9}"
+cpu_seconds="${CPU_SECONDS:-3}"
+declare -A ratios
+for round in $(seq 1 "$cpu_rounds"); do
+    declare -A cpu_now=() rps_now=()
+    for server in $(shuf -e "${servers[@]}"); do
+        before=$(cpu_ticks "${pid[$server]}")
+        server_core=$(core_ticks 0) load_core=$(core_ticks 1)
+        started=$(date +%s.%N)
+        many=$(load "$server" 64 "$cpu_seconds")
+        elapsed=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {print e - s}')
+        after=$(cpu_ticks "${pid[$server]}")
+        results[$server-busy0]+="$(busy_share "$server_core" "$(core_ticks 0)") "
+        results[$server-busy1]+="$(busy_share "$load_core" "$(core_ticks 1)") "
+        requests=${many%% *}
+        cpu_now[$server]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+        rps_now[$server]=$(awk -v n="$requests" -v s="$elapsed" 'BEGIN {printf "%.0f", n / s}')
+        results[$server-cpu]+="${cpu_now[$server]} "
+        results[$server-rps]+="${rps_now[$server]} "
+    done
+    for peer in nginx redis; do
+        ratios[cpu-$peer]+="$(awk -v a="${cpu_now[cache-manager]}" -v b="${cpu_now[$peer]}" 'BEGIN {printf "%.3f", a / b}') "
+        ratios[rps-$peer]+="$(awk -v a="${rps_now[cache-manager]}" -v b="${rps_now[$peer]}" 'BEGIN {printf "%.3f", a / b}') "
+    done
+done
+echo "CPU rounds done"
 
 ping_rounds="${PING_ROUNDS:-15}"
 lead=""
@@ -181,7 +207,8 @@ echo "one-connection rounds done"
 
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
-echo "each server on core 0, the load on core 1; medians of $rounds rounds of $duration"
+echo "each server on core 0, the load on core 1; syscalls: medians of $rounds rounds of $duration;"
+echo "CPU, requests/s and busy: medians of $cpu_rounds rounds of ${cpu_seconds}s"
 printf '%-14s %14s %15s %17s %11s %11s %12s %18s\n' server "syscalls/req@1" "syscalls/req@64" "CPU/req@64 (µs)" "p50@1 (µs)" "p99@1 (µs)" "req/s@64" "busy server/load"
 for server in "${servers[@]}"; do
     printf '%-14s %14s %15s %17s %11s %11s %12s %18s\n' "$server" \
@@ -193,6 +220,11 @@ done
 echo "(p50 and p99 at one connection: medians of $ping_rounds short rounds, the servers in a new"
 echo " random order each round; cache-manager's p50 less Redis's, by the median per round:"
 echo " $(echo "$lead" | median) µs, lower in $(echo "$lead" | tr ' ' '\n' | grep -c '^-') of $ping_rounds rounds)"
+# below_in RATIOS -> in how many of them cache-manager's figure was under the peer's
+below_in() { tr ' ' '\n' | grep -v '^$' | awk '$1 < 1 {n++} END {print n + 0}'; }
+echo "(per round, cache-manager's figure over the peer's, the median over rounds:"
+echo " CPU/req over Redis's $(echo "${ratios[cpu-redis]}" | median) (under it in $(echo "${ratios[cpu-redis]}" | below_in) of $cpu_rounds rounds), over nginx's $(echo "${ratios[cpu-nginx]}" | median) (bar: 0.667);"
+echo " req/s over Redis's $(echo "${ratios[rps-redis]}" | median) (bar: 1.2), over nginx's $(echo "${ratios[rps-nginx]}" | median) (bar: 1.6))"
 echo "(busy: each core's share of the 64-connection run spent running anything; a load core"
 echo " near 100 % means the load tool, not the server, set the throughput)"
 echo

@@ -574,7 +574,7 @@ pub fn prometheus(shared: &Shared) -> Response {
             "# HELP cache_{name} {help}\n# TYPE cache_{name} {kind}\ncache_{name} {value}"
         );
     }
-    let _ = writeln!(out, "# HELP cache_request_latency_microseconds Request latency by operation.\n# TYPE cache_request_latency_microseconds summary");
+    let _ = writeln!(out, "# HELP cache_request_latency_microseconds Request latency by operation, from the arrival of the request to its answer being handed to the socket.\n# TYPE cache_request_latency_microseconds summary");
     for (op, p) in [
         ("get", &s.latency_us.get),
         ("set", &s.latency_us.set),
