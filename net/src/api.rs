@@ -61,12 +61,12 @@ impl Handler for Api {
     }
 
     fn sent(&self, op: Op, latency: std::time::Duration) {
-        let latency_of = &self.0.stats().latency;
+        let recorders = &self.0.stats().latency;
         let recorder = match op {
-            Op::Get => &latency_of.get,
-            Op::Set => &latency_of.set,
-            Op::Delete => &latency_of.delete,
-            Op::Invalidate => &latency_of.invalidate,
+            Op::Get => &recorders.get,
+            Op::Set => &recorders.set,
+            Op::Delete => &recorders.delete,
+            Op::Invalidate => &recorders.invalidate,
         };
         recorder.record(latency);
     }
