@@ -107,7 +107,14 @@ pub struct Reply<'a> {
 #[must_use]
 #[derive(Debug)]
 pub struct Answered {
-    pub closes: bool,
+    closes: bool,
+}
+
+impl Answered {
+    /// Whether the answer said `Connection: close`.
+    pub fn closes(&self) -> bool {
+        self.closes
+    }
 }
 
 /// A response whose head is being written: the status line and the fixed headers are out,

@@ -142,7 +142,7 @@ pub async fn serve<H: Handler>(
                 if request.head.path.capacity() <= SPARE_PATH_CAPACITY {
                     conn.spare_path = request.head.path;
                 }
-                if answered.closes {
+                if answered.closes() {
                     break;
                 }
             }
