@@ -4,11 +4,13 @@
 # and Redis, each pinned to core 0 with the load pinned to core 1 (taskset), GETs of
 # 10,000 keys with 100-byte values. For each server:
 #
-#   - syscalls per request at 1 and 64 connections: `strace -c -f` attached to every
-#     thread of the server for a whole load run, its total calls over the requests that
-#     run completed (strace slows the server; the ratio is what counts);
+#   - syscalls per request at 1 and 64 connections: the kernel's count of syscall
+#     entries by every thread of the server over a whole load run (`perf stat -e
+#     raw_syscalls:sys_enter`), over the requests that run completed. strace, which the
+#     first version used, stops the thread at each syscall: the round trip grew fourfold,
+#     which changes what an executor that watches before sleeping does;
 #   - server CPU per request at 64 connections: utime + stime of all the server's
-#     threads (/proc/PID/stat) over the requests, without strace, in short rounds of
+#     threads (/proc/PID/stat) over the requests, with nothing attached, in short rounds of
 #     their own (see below);
 #   - the single-connection round trip (p50, p99), timed by one client for all three
 #     (`cache-bench ping`: HTTP for cache-manager and nginx, RESP for Redis), so that the
@@ -31,6 +33,9 @@
 # `perf record` of cache-manager under the 64-connection load (its top symbols), and the
 # stacks of its `membarrier` calls at one connection (`strace -k`), written to
 # target/syscalls/. Installs nginx, redis, wrk, strace and perf if missing.
+#
+# cache-manager runs with its defaults, so its cores watch for up to CACHE_IDLE_SPIN_US
+# before they sleep (README, "Latency"); its busy time then includes watching.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -91,7 +96,7 @@ redis-benchmark -p "$redis_port" -t set -n $((keys * 5)) -r "$keys" -d 100 -q > 
 load() {
     local server=$1 connections=$2 secs=${3:-$seconds}
     if [ "$server" = redis ]; then
-        # About SECONDS' worth of requests at the rate strace allows, whatever happens.
+        # About SECONDS' worth of requests, or less.
         local n=$((connections == 1 ? 20000 * secs : 60000 * secs))
         taskset -c 1 redis-benchmark -p "$redis_port" -t get -n "$n" -r "$keys" -d 100 -c "$connections" -q 2>/dev/null \
             | tr '\r' '\n' | awk -v n="$n" '/^GET:/ {for (i = 1; i <= NF; i++) if ($i ~ /^p50=/) {sub(/p50=/, "", $i); p50 = $i * 1000}} END {print n, p50}'
@@ -132,14 +137,23 @@ busy_share() { # BEFORE AFTER (each "busy total") -> percent busy in between
     awk -v b="$1" -v a="$2" 'BEGIN {split(b, x, " "); split(a, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2])}'
 }
 
+# The syscalls counted: all of them, and a few by name for the breakdown.
+counted=raw_syscalls:sys_enter
+for call in io_uring_enter sendto recvfrom membarrier epoll_wait read write; do
+    counted+=",syscalls:sys_enter_$call"
+done
+
 syscalls_per_request() { # SERVER CONNECTIONS
-    local server=$1 connections=$2 trace="$work/strace-$1-$2.txt" result
-    strace -c -f -p "${pid[$server]}" -o "$trace" 2>/dev/null &
-    local tracer=$!
+    local server=$1 connections=$2 trace="$work/syscalls-$1-$2.txt" result
+    perf stat -x, -e "$counted" -p "${pid[$server]}" -o "$trace" 2>/dev/null &
+    local counter=$!
     sleep 0.5
     result=$(load "$server" "$connections")
-    kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
-    awk -v n="${result%% *}" '/ total$/ {printf "%.2f", $4 / n}' "$trace"
+    kill -INT "$counter"; wait "$counter" 2>/dev/null || true
+    awk -F, -v n="${result%% *}" '$3 == "raw_syscalls:sys_enter" {printf "%.2f", $1 / n}' "$trace"
+    # Per request, for the breakdown printed at the end.
+    awk -F, -v n="${result%% *}" '$3 ~ /^syscalls:sys_enter_/ && $1 > 0 {sub(/syscalls:sys_enter_/, "", $3); printf "%s %.2f\n", $3, $1 / n}' \
+        "$trace" > "$trace.per-request"
 }
 
 declare -A results
@@ -237,9 +251,13 @@ for server in cache-manager nginx; do
 done
 
 echo
-echo "cache-manager's syscalls at 1 connection (last round):"
-awk 'NR > 2 && !/^-/ && $NF != "total" {print "  " $NF ": " $4}' "$work/strace-cache-manager-1.txt" | sort -t: -k2 -nr | head -8
-cp "$work"/strace-*.txt "$out/"
+for connections in 1 64; do
+    echo "syscalls per request at $connections connection(s), by name (last round):"
+    for server in "${servers[@]}"; do
+        echo "  $server: $(sort -k2 -nr "$work/syscalls-$server-$connections.txt.per-request" | awk '{printf "%s %s  ", $1, $2}')"
+    done
+done
+cp "$work"/syscalls-*.txt "$out/"
 
 # Where cache-manager's time goes under load, and whose membarrier calls those are.
 perf record -q -g -p "${pid[cache-manager]}" -o "$out/perf.data" -- sleep "$seconds" 2>/dev/null &

@@ -145,6 +145,12 @@ pub struct Config {
     #[arg(long, env = "CACHE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Microseconds a core with nothing to run may watch for the next request before it
+    /// sleeps; the watch adapts to the gaps between requests (README, "Latency:
+    /// watching before sleeping"). 0 sleeps at once.
+    #[arg(long, env = "CACHE_IDLE_SPIN_US", default_value_t = 50)]
+    pub idle_spin_us: u64,
+
     /// How reads reach a key's shard; `direct` measured faster (see README).
     #[arg(long, env = "CACHE_READ_PATH", value_enum, default_value_t = ReadPath::Direct)]
     pub read_path: ReadPath,
@@ -459,6 +465,9 @@ const MAX_TTL_SECONDS: u64 = 10 * 365 * 86_400;
 const MAX_INTERVAL_SECONDS: u64 = 86_400;
 /// The longest timeout, grace period or cooldown: a day.
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The longest watch before a core sleeps: 10 ms, past which watching saves nothing
+/// against the cost of a wake-up and is most likely a misplaced unit.
+const MAX_IDLE_SPIN_US: u64 = 10_000;
 
 impl Config {
     /// Checks what clap cannot: ranges and the relations between options.
@@ -528,6 +537,12 @@ impl Config {
         ] {
             at_most(name, MAX_TIMEOUT_MS, "milliseconds", value)?;
         }
+        at_most(
+            "CACHE_IDLE_SPIN_US",
+            MAX_IDLE_SPIN_US,
+            "microseconds",
+            self.idle_spin_us,
+        )?;
         let available = available_cores();
         if self.cores() > available {
             return Err(ConfigError::TooManyCores {
@@ -592,6 +607,10 @@ impl Config {
 
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms)
+    }
+
+    pub fn idle_spin(&self) -> Duration {
+        Duration::from_micros(self.idle_spin_us)
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -696,6 +715,11 @@ mod tests {
                 "--cleanup-interval",
                 "86401",
                 "CACHE_CLEANUP_INTERVAL must be at most 86400 seconds",
+            ),
+            (
+                "--idle-spin-us",
+                "10001",
+                "CACHE_IDLE_SPIN_US must be at most 10000 microseconds",
             ),
         ] {
             let c = Config::try_parse_from(["cache-manager", "--cores", "1", flag, value]).unwrap();

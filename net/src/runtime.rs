@@ -8,7 +8,12 @@
 //! request and many connections share each enter. Completions are run with
 //! `IORING_SETUP_COOP_TASKRUN` (the kernel runs them when the thread next enters it instead
 //! of interrupting it), which cut the CPU per request by nearly 30 % against the default ring.
-//! glommio, which this replaced, polls three rings and re-arms its timers on every pass and
+//!
+//! An executor with nothing to run watches its rings for up to `CACHE_IDLE_SPIN_US` before it
+//! sleeps ([`IdleWatch`], through a patch carried in `vendor/monoio`): a thread asleep in
+//! the kernel is woken by an interrupt, which on a virtual machine whose CPU has halted
+//! costs several microseconds; one that is watching sees the request as soon as the
+//! kernel has it. glommio, which this replaced, polls three rings and re-arms its timers on every pass and
 //! issues a heavy memory barrier before it sleeps: six syscalls a request for the same
 //! trivial responder. Where io_uring is missing or forbidden (old kernels, seccomp
 //! profiles), the executor falls back to epoll (monoio's legacy driver) with a warning.
@@ -25,11 +30,12 @@ use monoio::{FusionDriver, RuntimeBuilder};
 const RING_ENTRIES: u32 = 4096;
 
 /// Starts core `id`'s thread: pins it to the `id`-th CPU this process may run on, builds
-/// its executor (with a pool of `blocking_threads` unpinned threads for blocking calls)
-/// and runs `main` on it until it returns.
+/// its executor (with a pool of `blocking_threads` unpinned threads for blocking calls, and
+/// watching for up to `idle_spin` before it sleeps) and runs `main` on it until it returns.
 pub fn start_core<F, Fut>(
     id: usize,
     blocking_threads: usize,
+    idle_spin: Duration,
     main: F,
 ) -> io::Result<std::thread::JoinHandle<()>>
 where
@@ -54,15 +60,19 @@ where
                     .with_entries(RING_ENTRIES)
                     .enable_timer()
                     .attach_thread_pool(Box::new(pool.clone()));
+                if !idle_spin.is_zero() {
+                    builder = builder.with_park_spin(Box::new(IdleWatch::new(idle_spin)));
+                }
                 if let Some(ring) = ring {
                     builder = builder.uring_builder(ring);
                 }
                 builder.build()
             };
             let mut cooperative = io_uring::IoUring::builder();
-            cooperative.setup_coop_taskrun();
+            // The flag tells a watching executor that completions wait for it to enter.
+            cooperative.setup_coop_taskrun().setup_taskrun_flag();
             let built = build(Some(cooperative)).or_else(|e| {
-                // Kernels before 5.19 refuse the flag; a plain ring still works.
+                // Kernels before 5.19 refuse the flags; a plain ring still works.
                 tracing::warn!(core = id, error = %e, "io_uring with cooperative task running unavailable; trying a plain ring");
                 build(None)
             });
@@ -106,6 +116,92 @@ impl Budget {
         if self.since.elapsed() >= Self::SLICE {
             monoio::time::sleep(Duration::from_micros(1)).await;
             self.since = Instant::now();
+        }
+    }
+}
+
+/// How long an executor with nothing to run watches its rings before it sleeps: at most
+/// `max`, adapting the way Linux's `haltpoll` idle governor does. A wait that a window of
+/// `max` would have covered widens the window (doubling, from `max / 4`); a longer one
+/// halves it, and below `max / 4` closes it. So at a steady stream of requests closer
+/// together than `max` the core watches through the gaps, and at a slower rate, or with
+/// no requests, it sleeps at once and watching costs nothing.
+///
+/// A watch that a request ends leaves the window as it is. What watching costs is CPU
+/// time that a sleeping core would not use, at most the gap between two requests each
+/// time, so a core's busy time is not its work while requests come faster than `max`.
+#[derive(Debug)]
+pub struct IdleWatch {
+    max: Duration,
+    window: Duration,
+}
+
+impl IdleWatch {
+    pub fn new(max: Duration) -> Self {
+        Self {
+            max,
+            window: Duration::ZERO,
+        }
+    }
+}
+
+impl monoio::ParkSpin for IdleWatch {
+    fn window(&self) -> Duration {
+        self.window
+    }
+
+    fn after_sleep(&mut self, waited: Duration) {
+        let first_step = self.max / 4;
+        self.window = if waited <= self.max {
+            (self.window * 2).clamp(first_step, self.max)
+        } else if self.window / 2 < first_step {
+            Duration::ZERO
+        } else {
+            self.window / 2
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::ParkSpin;
+
+    const MAX: Duration = Duration::from_micros(40);
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn the_window_widens_to_cover_short_waits_and_closes_on_long_ones() {
+        let mut watch = IdleWatch::new(MAX);
+        assert_eq!(watch.window(), Duration::ZERO, "starts asleep");
+        for expected in [us(10), us(20), MAX, MAX] {
+            watch.after_sleep(us(25));
+            assert_eq!(watch.window(), expected);
+        }
+        for expected in [us(20), us(10), Duration::ZERO, Duration::ZERO] {
+            watch.after_sleep(Duration::from_millis(1));
+            assert_eq!(watch.window(), expected);
+        }
+    }
+
+    #[test]
+    fn a_wait_of_exactly_the_most_still_counts_as_covered() {
+        let mut watch = IdleWatch::new(MAX);
+        watch.after_sleep(MAX);
+        assert_eq!(watch.window(), us(10));
+        watch.after_sleep(MAX + Duration::from_nanos(1));
+        assert_eq!(watch.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_zero_most_never_opens_the_window() {
+        let mut watch = IdleWatch::new(Duration::ZERO);
+        for waited in [Duration::ZERO, us(1), Duration::from_secs(1)] {
+            watch.after_sleep(waited);
+            assert_eq!(watch.window(), Duration::ZERO);
         }
     }
 }

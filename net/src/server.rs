@@ -117,7 +117,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Some(_) => config.origin_concurrency.max(1),
             None => 1,
         };
-        let executor = runtime::start_core(id, blocking_threads, move || async move {
+        let idle_spin = config.idle_spin();
+        let executor = runtime::start_core(id, blocking_threads, idle_spin, move || async move {
             let core = Rc::new(Core::new(id, shared));
             core_main(core, writer, mailbox, restored, ready, draining).await
         })

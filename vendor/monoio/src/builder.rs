@@ -19,6 +19,11 @@ pub struct RuntimeBuilder<D> {
     // iouring entries
     entries: Option<u32>,
 
+    // cache-manager patch (PATCHES.md): how long an io_uring executor watches its rings
+    // before it sleeps
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    park_spin: Option<Box<dyn crate::driver::ParkSpin>>,
+
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     urb: io_uring::Builder,
 
@@ -33,7 +38,6 @@ scoped_thread_local!(pub(crate) static BUILD_THREAD_ID: usize);
 
 impl<T> Default for RuntimeBuilder<T> {
     /// Create a default runtime builder
-    #[must_use]
     fn default() -> Self {
         RuntimeBuilder::<T>::new()
     }
@@ -45,6 +49,8 @@ impl<T> RuntimeBuilder<T> {
     pub fn new() -> Self {
         Self {
             entries: None,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            park_spin: None,
 
             #[cfg(all(target_os = "linux", feature = "iouring"))]
             urb: io_uring::IoUring::builder(),
@@ -119,7 +125,8 @@ impl Buildable for IoUringDriver {
             let driver = match this.entries {
                 Some(entries) => IoUringDriver::new_with_entries(&this.urb, entries)?,
                 None => IoUringDriver::new(&this.urb)?,
-            };
+            }
+            .with_park_spin(this.park_spin);
             #[cfg(feature = "sync")]
             let context = crate::runtime::Context::new(blocking_handle);
             #[cfg(not(feature = "sync"))]
@@ -141,6 +148,16 @@ impl<D> RuntimeBuilder<D> {
             return self;
         }
         self.entries = Some(entries);
+        self
+    }
+
+    /// How long an io_uring executor with nothing to run watches its rings before it
+    /// sleeps in the kernel, asked before each sleep (by default it sleeps at once). The
+    /// legacy driver ignores it. A cache-manager patch: see `PATCHES.md`.
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    #[must_use]
+    pub fn with_park_spin(mut self, spin: Box<dyn crate::driver::ParkSpin>) -> Self {
+        self.park_spin = Some(spin);
         self
     }
 
@@ -171,6 +188,8 @@ impl RuntimeBuilder<FusionDriver> {
         if crate::utils::detect_uring() {
             let builder = RuntimeBuilder::<IoUringDriver> {
                 entries: self.entries,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                park_spin: self.park_spin,
                 urb: self.urb,
                 #[cfg(feature = "sync")]
                 blocking_handle: self.blocking_handle,
@@ -181,6 +200,8 @@ impl RuntimeBuilder<FusionDriver> {
         } else {
             let builder = RuntimeBuilder::<LegacyDriver> {
                 entries: self.entries,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                park_spin: self.park_spin,
                 urb: self.urb,
                 #[cfg(feature = "sync")]
                 blocking_handle: self.blocking_handle,
@@ -196,6 +217,8 @@ impl RuntimeBuilder<FusionDriver> {
     pub fn build(self) -> io::Result<crate::FusionRuntime<LegacyDriver>> {
         let builder = RuntimeBuilder::<LegacyDriver> {
             entries: self.entries,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                park_spin: self.park_spin,
             #[cfg(feature = "sync")]
             blocking_handle: self.blocking_handle,
             _mark: PhantomData,
@@ -208,6 +231,8 @@ impl RuntimeBuilder<FusionDriver> {
     pub fn build(self) -> io::Result<crate::FusionRuntime<IoUringDriver>> {
         let builder = RuntimeBuilder::<IoUringDriver> {
             entries: self.entries,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                park_spin: self.park_spin,
             urb: self.urb,
             #[cfg(feature = "sync")]
             blocking_handle: self.blocking_handle,
@@ -227,6 +252,8 @@ impl RuntimeBuilder<TimeDriver<FusionDriver>> {
         if crate::utils::detect_uring() {
             let builder = RuntimeBuilder::<TimeDriver<IoUringDriver>> {
                 entries: self.entries,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                park_spin: self.park_spin,
                 urb: self.urb,
                 #[cfg(feature = "sync")]
                 blocking_handle: self.blocking_handle,
@@ -237,6 +264,8 @@ impl RuntimeBuilder<TimeDriver<FusionDriver>> {
         } else {
             let builder = RuntimeBuilder::<TimeDriver<LegacyDriver>> {
                 entries: self.entries,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                park_spin: self.park_spin,
                 urb: self.urb,
                 #[cfg(feature = "sync")]
                 blocking_handle: self.blocking_handle,
@@ -252,6 +281,8 @@ impl RuntimeBuilder<TimeDriver<FusionDriver>> {
     pub fn build(self) -> io::Result<crate::FusionRuntime<TimeDriver<LegacyDriver>>> {
         let builder = RuntimeBuilder::<TimeDriver<LegacyDriver>> {
             entries: self.entries,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                park_spin: self.park_spin,
             #[cfg(feature = "sync")]
             blocking_handle: self.blocking_handle,
             _mark: PhantomData,
@@ -264,6 +295,8 @@ impl RuntimeBuilder<TimeDriver<FusionDriver>> {
     pub fn build(self) -> io::Result<crate::FusionRuntime<TimeDriver<IoUringDriver>>> {
         let builder = RuntimeBuilder::<TimeDriver<IoUringDriver>> {
             entries: self.entries,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                park_spin: self.park_spin,
             urb: self.urb,
             #[cfg(feature = "sync")]
             blocking_handle: self.blocking_handle,
@@ -297,6 +330,8 @@ where
         } = Buildable::build(RuntimeBuilder::<D> {
             entries: this.entries,
             #[cfg(all(target_os = "linux", feature = "iouring"))]
+            park_spin: this.park_spin,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
             urb: this.urb,
             #[cfg(feature = "sync")]
             blocking_handle: this.blocking_handle,
@@ -325,6 +360,8 @@ impl<D: time_wrap::TimeWrapable> RuntimeBuilder<D> {
         let Self {
             entries,
             #[cfg(all(target_os = "linux", feature = "iouring"))]
+            park_spin,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
             urb,
             #[cfg(feature = "sync")]
             blocking_handle,
@@ -332,6 +369,8 @@ impl<D: time_wrap::TimeWrapable> RuntimeBuilder<D> {
         } = self;
         RuntimeBuilder {
             entries,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            park_spin,
             #[cfg(all(target_os = "linux", feature = "iouring"))]
             urb,
             #[cfg(feature = "sync")]

@@ -40,7 +40,7 @@ pub use blocking::spawn_blocking;
 pub use builder::{Buildable, RuntimeBuilder};
 pub use driver::Driver;
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub use driver::IoUringDriver;
+pub use driver::{IoUringDriver, ParkSpin};
 #[cfg(feature = "legacy")]
 pub use driver::LegacyDriver;
 #[cfg(feature = "macros")]

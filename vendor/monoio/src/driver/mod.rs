@@ -32,7 +32,7 @@ pub use self::legacy::LegacyDriver;
 use self::legacy::LegacyInner;
 use self::op::{CompletionMeta, Op, OpAble};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub use self::uring::IoUringDriver;
+pub use self::uring::{IoUringDriver, ParkSpin};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 use self::uring::UringInner;
 

@@ -25,6 +25,8 @@ use super::{
 use crate::utils::slab::Slab;
 
 mod lifecycle;
+mod spin;
+pub use spin::ParkSpin;
 #[cfg(feature = "sync")]
 mod waker;
 #[cfg(feature = "sync")]
@@ -54,6 +56,9 @@ pub struct IoUringDriver {
     // Used for drop
     #[cfg(feature = "sync")]
     thread_id: usize,
+
+    // cache-manager patch (PATCHES.md): how long to watch the rings before sleeping
+    spin: std::cell::RefCell<Option<Box<dyn ParkSpin>>>,
 }
 
 pub(crate) struct UringInner {
@@ -117,6 +122,7 @@ impl IoUringDriver {
         Ok(IoUringDriver {
             inner,
             timespec: Box::leak(Box::new(Timespec::new())) as *mut Timespec,
+            spin: Default::default(),
         })
     }
 
@@ -157,12 +163,58 @@ impl IoUringDriver {
             timespec: Box::leak(Box::new(Timespec::new())) as *mut Timespec,
             eventfd_read_dst: Box::leak(Box::new([0_u8; 8])) as *mut u8,
             thread_id,
+            spin: Default::default(),
         };
 
         // Register unpark handle
         super::thread::register_unpark_handle(thread_id, driver.unpark().into());
         super::thread::register_waker_sender(thread_id, waker_sender);
         Ok(driver)
+    }
+
+    /// cache-manager patch (PATCHES.md): see `RuntimeBuilder::with_park_spin`.
+    pub(crate) fn with_park_spin(mut self, spin: Option<Box<dyn ParkSpin>>) -> Self {
+        self.spin = std::cell::RefCell::new(spin);
+        self
+    }
+
+    /// cache-manager patch (PATCHES.md, [`ParkSpin`]): watches the rings for up to `limit`
+    /// and says whether something arrived.
+    ///
+    /// What is queued is submitted first, since the kernel can only complete what it has
+    /// been handed. With `IORING_SETUP_COOP_TASKRUN` the kernel does not interrupt the
+    /// thread to finish a completion: it leaves task work and, with
+    /// `IORING_SETUP_TASKRUN_FLAG`, says so in the submission ring's flags; one enter runs
+    /// that work. Without the cooperative flag the kernel interrupts the thread and the
+    /// completion appears in the ring by itself. Wakers sent from other threads arrive on
+    /// the channel while the thread still counts as awake, so no eventfd write is needed.
+    fn watch(inner: &mut UringInner, limit: Duration) -> io::Result<bool> {
+        /// Ring checks between two readings of the clock.
+        const CHECKS_PER_CLOCK_READ: usize = 32;
+
+        if !inner.uring.submission().is_empty() {
+            inner.submit()?;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            for _ in 0..CHECKS_PER_CLOCK_READ {
+                if !inner.uring.completion().is_empty() {
+                    return Ok(true);
+                }
+                if inner.uring.submission().taskrun() {
+                    inner.submit()?;
+                    return Ok(true);
+                }
+                #[cfg(feature = "sync")]
+                if !inner.waker_receiver.is_empty() {
+                    return Ok(true);
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= limit {
+                return Ok(false);
+            }
+        }
     }
 
     #[allow(unused)]
@@ -230,7 +282,23 @@ impl IoUringDriver {
                 w.wake();
                 need_wait = false;
             }
+        }
 
+        // cache-manager patch (PATCHES.md): watch before sleeping.
+        let window = match &*self.spin.borrow() {
+            Some(spin) if need_wait => Some(spin.window()),
+            _ => None,
+        };
+        let wait_began = window.map(|_| std::time::Instant::now());
+        if let Some(window) = window {
+            let limit = timeout.map_or(window, |t| t.min(window));
+            if !limit.is_zero() {
+                need_wait = !Self::watch(inner, limit)?;
+            }
+        }
+
+        #[cfg(feature = "sync")]
+        {
             // Set status as not awake if we are going to sleep
             if need_wait {
                 inner
@@ -303,9 +371,19 @@ impl IoUringDriver {
                 // Submit and Wait without timeout
                 inner.uring.submit_and_wait(1)?;
             }
+            // cache-manager patch (PATCHES.md): a wait watching did not cover adapts it.
+            if let (Some(began), Some(spin)) = (wait_began, &mut *self.spin.borrow_mut()) {
+                spin.after_sleep(began.elapsed());
+            }
         } else {
-            // Submit only
-            inner.uring.submit()?;
+            // Submit only (cache-manager patch, PATCHES.md: and only if there is something
+            // to submit or the completion ring overflowed, so that a watch that found work
+            // does not cost an enter)
+            let sq = inner.uring.submission();
+            if !sq.is_empty() || sq.cq_overflow() {
+                drop(sq);
+                inner.uring.submit()?;
+            }
         }
 
         // Set status as awake
