@@ -5,16 +5,21 @@
 //! floor"): a request's receive is a ring operation, and so is its send under load (a lone
 //! response is sent directly, see `http.rs`), and an executor with nothing to run submits
 //! what is queued and waits in one `io_uring_enter`, so one connection costs two syscalls a
-//! request and many connections share each enter. Completions are run with
+//! request (three while the executor watches, below) and many connections share each
+//! enter. Completions are run with
 //! `IORING_SETUP_COOP_TASKRUN` (the kernel runs them when the thread next enters it instead
 //! of interrupting it), which cut the CPU per request by nearly 30 % against the default ring.
 //!
-//! An executor with nothing to run watches its rings for up to `CACHE_IDLE_SPIN_US` before it
-//! sleeps ([`IdleWatch`], through a patch carried in `vendor/monoio`): a thread asleep in
-//! the kernel is woken by an interrupt, which on a virtual machine whose CPU has halted
-//! costs several microseconds; one that is watching sees the request as soon as the
-//! kernel has it. glommio, which this replaced, polls three rings and re-arms its timers on every pass and
-//! issues a heavy memory barrier before it sleeps: six syscalls a request for the same
+//! An executor with nothing to run watches its rings for up to `CACHE_IDLE_SPIN_US` before
+//! it sleeps ([`IdleWatch`], through a patch carried in `vendor/monoio`, since monoio has no
+//! such setting): a thread asleep in the kernel is woken by an interrupt, which on a
+//! virtual machine whose CPU has halted costs several microseconds; one that is watching
+//! sees the request as soon as the kernel has it. The watch costs a syscall: the next
+//! receive is submitted before watching, and the completion it brings is run by one more
+//! enter.
+//!
+//! glommio, which this replaced, polls three rings and re-arms its timers on every pass
+//! and issues a heavy memory barrier before it sleeps: six syscalls a request for the same
 //! trivial responder. Where io_uring is missing or forbidden (old kernels, seccomp
 //! profiles), the executor falls back to epoll (monoio's legacy driver) with a warning.
 
@@ -125,7 +130,7 @@ impl Budget {
 /// `max` would have covered widens the window (doubling, from `max / 4`); a longer one
 /// halves it, and below `max / 4` closes it. So at a steady stream of requests closer
 /// together than `max` the core watches through the gaps, and at a slower rate, or with
-/// no requests, it sleeps at once and watching costs nothing.
+/// no requests, it sleeps at once, for two readings of the clock a sleep.
 ///
 /// A watch that a request ends leaves the window as it is. What watching costs is CPU
 /// time that a sleeping core would not use, at most the gap between two requests each
