@@ -4,7 +4,12 @@
 pids=()
 work=$(mktemp -d)
 chmod a+rx "$work"  # nginx and varnish workers run unprivileged
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+moved_kthreads=()  # "TID:MASK" of the kernel threads keep_kthreads_off moved
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for entry in "${moved_kthreads[@]}"; do taskset -p "${entry#*:}" "${entry%%:*}" > /dev/null 2>&1 || true; done
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
 # install_missing COMMAND:PACKAGE ... — apt-get installs the packages whose command is missing.
@@ -25,6 +30,26 @@ bench_args() {
     connections="${2:-64}"
     rounds="${3:-3}"
     keys=10000
+}
+
+# keep_kthreads_off CORE — moves every kernel thread allowed on all cores (kdamond,
+# kswapd, khugepaged, ...) off CORE while the script runs, as `tuna isolate` does; cleanup
+# puts each back. Per-core kernel threads refuse the move and stay. Prints the names of
+# those moved. Without it, such a thread wakes on whichever core is idle: on this VM,
+# kdamond (the guest's DAMON page-out) runs for about 4 ms every half second, and a
+# server core that is idle more of the time takes more of those stalls.
+keep_kthreads_off() {
+    local core=$1 all others tid mask names=()
+    all=$(printf '%x' $(( (1 << $(nproc)) - 1 )))
+    others=$(printf '%x' $(( 0x$all & ~(1 << core) )))
+    for tid in $(ps -o pid= --ppid 2); do
+        mask=$(taskset -p "$tid" 2>/dev/null | awk '{print $NF}') || continue
+        [ "$mask" = "$all" ] || continue
+        taskset -p "$others" "$tid" > /dev/null 2>&1 || continue
+        moved_kthreads+=("$tid:$mask")
+        names+=("$(cat "/proc/$tid/comm" 2>/dev/null)")
+    done
+    echo "${names[*]:-none}"
 }
 
 # free_port — a port nothing listens on, 10,000 or more below the kernel's ephemeral

@@ -22,17 +22,24 @@
 #     was lower;
 #   - the 64-connection throughput, with how busy each core was meanwhile (a load core
 #     near 100 % means the figure is the load tool's limit, not the server's);
-#   - open-loop p99.9 at 10k, 20k and 40k requests/s for cache-manager and nginx
-#     (`cache-bench load --rate`, 64 connections).
+#   - open-loop p99.9 (and p99) at 10k, 20k and 40k requests/s for cache-manager and
+#     nginx (`cache-bench load --rate`, 64 connections), medians of OPEN_ROUNDS rounds
+#     (default 9) of DURATION, each rate's two servers in a new random order each round.
 #
 # Syscall counts and throughput use wrk (-t1) for HTTP and redis-benchmark for Redis.
-# Syscalls and the open loop: medians of ROUNDS rounds (default 3, DURATION default 5s),
-# the servers interleaved in each round. CPU and throughput: medians of CPU_ROUNDS short
+# Syscalls: medians of ROUNDS rounds (default 3, DURATION default 5s), the servers
+# interleaved in each round. CPU and throughput: medians of CPU_ROUNDS short
 # rounds (default 9, CPU_SECONDS default 3) that visit the servers in a new random order
 # each time, with cache-manager's figure over each peer's per round. Then
 # `perf record` of cache-manager under the 64-connection load (its top symbols), and the
 # stacks of its `membarrier` calls at one connection (`strace -k`), written to
 # target/syscalls/. Installs nginx, redis, wrk, strace and perf if missing.
+#
+# While it measures, kernel threads allowed on any core are kept off the server core
+# (lib.sh's keep_kthreads_off, as `tuna isolate` does; ISOLATE=0 leaves them be): the
+# same for every server, and what a dedicated host's serving cores get from isolcpus.
+# Otherwise the open loop's p99.9 is mostly a count of the stalls such a thread caused
+# on the server core in that run (BENCHMARKS.md, "The open loop's tail").
 #
 # cache-manager runs with its defaults, so its cores watch for up to CACHE_IDLE_SPIN_US
 # before they sleep (README, "Latency"); its busy time then includes watching.
@@ -116,13 +123,13 @@ round_trip() {
         | sed -E 's/.*p50 ([0-9.]+) µs.* p99 ([0-9.]+) µs.*/\1 \2/'
 }
 
-# open_loop SERVER RATE -> p99.9 in µs at RATE requests/s over 64 connections.
+# open_loop SERVER RATE -> "p99 p99.9" in µs at RATE requests/s over 64 connections.
 open_loop() {
     local server=$1 rate=$2
     taskset -c 1 target/release/cache-bench load --target "${url[$server]}" --connections 64 \
         --rate "$rate" --duration "$duration" --warmup 1s --keys "$keys" --quiet \
         --json "$work/open.json" > /dev/null
-    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["p999_us"])' "$work/open.json"
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["p99_us"], r["p999_us"])' "$work/open.json"
 }
 
 cpu_ticks() { # all threads of the process, user + system, in clock ticks
@@ -156,6 +163,11 @@ syscalls_per_request() { # SERVER CONNECTIONS
         "$trace" > "$trace.per-request"
 }
 
+if [ "${ISOLATE:-1}" = 1 ]; then
+    echo -n "kernel threads kept off core 0 while measuring: "
+    keep_kthreads_off 0
+fi
+
 declare -A results
 rates=(10000 20000 40000)
 hz=$(getconf CLK_TCK)
@@ -164,14 +176,27 @@ for round in $(seq 1 "$rounds"); do
     for server in "${servers[@]}"; do
         results[$server-sys1]+="$(syscalls_per_request "$server" 1) "
         results[$server-sys64]+="$(syscalls_per_request "$server" 64) "
-        if [ "$server" != redis ]; then
-            for rate in "${rates[@]}"; do
-                results[$server-open$rate]+="$(open_loop "$server" "$rate") "
-            done
-        fi
     done
     echo "round $round done"
 done
+
+# The open loop, in rounds of its own (OPEN_ROUNDS, default 9, of DURATION each), each
+# rate's two servers in a new random order every round. A run's p99.9 at 10,000/s is its
+# 50th-slowest request in 5 s, and one stall of either core of a few milliseconds (the
+# VM's, not the server's) puts more requests than that behind it: a handful of runs says
+# more about where the stalls fell than about the servers (BENCHMARKS.md, "The open
+# loop's tail"), so its medians are taken over more rounds than the syscall counts'.
+open_rounds="${OPEN_ROUNDS:-9}"
+for round in $(seq 1 "$open_rounds"); do
+    for rate in "${rates[@]}"; do
+        for server in $(shuf -e cache-manager nginx); do
+            read -r p99 p999 <<< "$(open_loop "$server" "$rate")"
+            results[$server-open$rate]+="$p999 "
+            results[$server-open99-$rate]+="$p99 "
+        done
+    done
+done
+echo "open-loop rounds done"
 
 # CPU per request and throughput at 64 connections, in short rounds apart from the rest,
 # the servers in a new random order each round, for the same reason as the round trips
@@ -242,11 +267,13 @@ echo " req/s over Redis's $(echo "${ratios[rps-redis]}" | median) (bar: 1.2), ov
 echo "(busy: each core's share of the 64-connection run spent running anything; a load core"
 echo " near 100 % means the load tool, not the server, set the throughput)"
 echo
-echo "open loop, 64 connections: p99.9 (µs) at each offered rate"
-printf '%-14s' server; printf ' %10s' "${rates[@]}"; echo
+echo "open loop, 64 connections: p99.9 (p99) in µs at each offered rate, medians of $open_rounds rounds of $duration"
+printf '%-14s' server; printf ' %16s' "${rates[@]}"; echo
 for server in cache-manager nginx; do
     printf '%-14s' "$server"
-    for rate in "${rates[@]}"; do printf ' %10s' "$(echo "${results[$server-open$rate]}" | median)"; done
+    for rate in "${rates[@]}"; do
+        printf ' %16s' "$(echo "${results[$server-open$rate]}" | median) ($(echo "${results[$server-open99-$rate]}" | median))"
+    done
     echo
 done
 # Per round too: a run's p99.9 on this kind of VM is often one stall's doing, so how
@@ -255,7 +282,7 @@ for rate in "${rates[@]}"; do
     echo "  at $rate/s, per round: cache-manager ${results[cache-manager-open$rate]}; nginx ${results[nginx-open$rate]}; cache-manager at or under nginx in" \
         "$(paste -d' ' <(echo "${results[cache-manager-open$rate]}" | tr ' ' '\n' | grep -v '^$') \
             <(echo "${results[nginx-open$rate]}" | tr ' ' '\n' | grep -v '^$') | awk '$1 <= $2 {n++} END {print n + 0}')" \
-        "of $rounds"
+        "of $open_rounds"
 done
 
 echo
