@@ -24,7 +24,8 @@
 #     near 100 % means the figure is the load tool's limit, not the server's);
 #   - open-loop p99.9 (and p99) at 10k, 20k and 40k requests/s for cache-manager and
 #     nginx (`cache-bench load --rate`, 64 connections), medians of OPEN_ROUNDS rounds
-#     (default 9) of DURATION, each rate's two servers in a new random order each round.
+#     (default 9) of DURATION, each rate's two servers in a new random order each round,
+#     and the same percentiles of all the rounds' requests together (`cache-bench merge`).
 #
 # Syscall counts and throughput use wrk (-t1) for HTTP and redis-benchmark for Redis.
 # Syscalls: medians of ROUNDS rounds (default 3, DURATION default 5s), the servers
@@ -123,12 +124,13 @@ round_trip() {
         | sed -E 's/.*p50 ([0-9.]+) µs.* p99 ([0-9.]+) µs.*/\1 \2/'
 }
 
-# open_loop SERVER RATE -> "p99 p99.9" in µs at RATE requests/s over 64 connections.
+# open_loop SERVER RATE ROUND -> "p99 p99.9" in µs at RATE requests/s over 64
+# connections; every request's latency is kept in $work/open-SERVER-RATE-ROUND.json.
 open_loop() {
-    local server=$1 rate=$2
+    local server=$1 rate=$2 round=$3
     taskset -c 1 target/release/cache-bench load --target "${url[$server]}" --connections 64 \
         --rate "$rate" --duration "$duration" --warmup 1s --keys "$keys" --quiet \
-        --json "$work/open.json" > /dev/null
+        --histogram "$work/open-$server-$rate-$round.json" --json "$work/open.json" > /dev/null
     python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["p99_us"], r["p999_us"])' "$work/open.json"
 }
 
@@ -190,13 +192,19 @@ open_rounds="${OPEN_ROUNDS:-9}"
 for round in $(seq 1 "$open_rounds"); do
     for rate in "${rates[@]}"; do
         for server in $(shuf -e cache-manager nginx); do
-            read -r p99 p999 <<< "$(open_loop "$server" "$rate")"
+            read -r p99 p999 <<< "$(open_loop "$server" "$rate" "$round")"
             results[$server-open$rate]+="$p999 "
             results[$server-open99-$rate]+="$p99 "
         done
     done
 done
 echo "open-loop rounds done"
+
+# pooled SERVER RATE -> "p99 p99.9" of every request of every round together.
+pooled() {
+    target/release/cache-bench merge "$work/open-$1-$2-"*.json \
+        | python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["p99_us"], r["p999_us"])'
+}
 
 # CPU per request and throughput at 64 connections, in short rounds apart from the rest,
 # the servers in a new random order each round, for the same reason as the round trips
@@ -273,6 +281,15 @@ for server in cache-manager nginx; do
     printf '%-14s' "$server"
     for rate in "${rates[@]}"; do
         printf ' %16s' "$(echo "${results[$server-open$rate]}" | median) ($(echo "${results[$server-open99-$rate]}" | median))"
+    done
+    echo
+done
+echo "the same, of all $open_rounds rounds' requests together (cache-bench merge)"
+for server in cache-manager nginx; do
+    printf '%-14s' "$server"
+    for rate in "${rates[@]}"; do
+        read -r p99 p999 <<< "$(pooled "$server" "$rate")"
+        printf ' %16s' "$p999 ($p99)"
     done
     echo
 done

@@ -1,7 +1,8 @@
 //! `cache-bench`: latency benchmarking and capacity planning for cache-manager (or any
-//! server answering its API): `load` (open or closed loop, HDR reports), `sweep` (the
-//! highest rate that meets a latency objective), `replay` (hit ratio of a trace) and
-//! `memory` (bytes per entry in process, the engine against moka and quick_cache).
+//! server answering its API): `load` (open or closed loop, HDR reports), `merge` (the
+//! percentiles of several `load` runs' requests together), `sweep` (the highest rate that
+//! meets a latency objective), `replay` (hit ratio of a trace) and `memory` (bytes per
+//! entry in process, the engine against moka and quick_cache).
 
 mod arc;
 mod blocking;
@@ -54,6 +55,9 @@ enum Command {
     Fleet(FleetArgs),
     /// Plot propagation against fleet size from several `fleet --json` reports.
     FleetPlot(FleetPlotArgs),
+    /// Add up the latencies of several `load --histogram` runs and print the
+    /// percentiles of all their requests together, as JSON.
+    Merge(MergeArgs),
     /// Bytes per entry in process: the engine, moka and quick_cache filled with the same
     /// keys and values, each in a process of its own.
     Memory(MemoryArgs),
@@ -227,12 +231,22 @@ struct LoadArgs {
     /// Write the latency distribution of all successful requests (HdrHistogram format).
     #[arg(long)]
     hgrm: Option<PathBuf>,
+    /// Write every successful request's latency as JSON counts, for `merge`.
+    #[arg(long)]
+    histogram: Option<PathBuf>,
     /// Write the summary, configuration and per-second windows as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Draw latency by percentile (.svg).
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Files written by `load --histogram`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -298,6 +312,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sweep(args) => sweep_command(args),
         Command::Replay(args) => replay_command(args),
         Command::Ping(args) => ping_command(args),
+        Command::Merge(args) => merge_command(args),
         Command::Fleet(args) => fleet_command(args),
         Command::FleetPlot(args) => fleet_plot_command(args),
         Command::Memory(args) => memory_command(args),
@@ -398,12 +413,29 @@ fn load_command(args: LoadArgs) -> anyhow::Result<()> {
         report::write_hgrm(&report.recorded.all(), &mut file)?;
         file.flush()?;
     }
+    if let Some(path) = &args.histogram {
+        write_json(path, &report::histogram_to_json(&report.recorded.all()))?;
+    }
     if let Some(path) = &args.json {
         write_json(path, &report::to_json(&report))?;
     }
     if let Some(path) = &args.plot {
         report::plot_percentiles(&report, path)?;
     }
+    Ok(())
+}
+
+fn merge_command(args: MergeArgs) -> anyhow::Result<()> {
+    let mut all = load::histogram();
+    for path in &args.files {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        let run = report::histogram_from_json(&value)
+            .with_context(|| format!("reading the histogram in {}", path.display()))?;
+        all.add(run).context("adding histograms")?;
+    }
+    println!("{}", report::percentiles(&all));
     Ok(())
 }
 

@@ -135,7 +135,38 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-fn percentiles(h: &Histogram<u64>) -> Value {
+/// Every value the histogram recorded, with its count, as JSON (`load --histogram`):
+/// what `merge` adds runs together from, exactly to the histogram's precision, where the
+/// `.hgrm` file keeps only points of the percentile curve.
+pub fn histogram_to_json(h: &Histogram<u64>) -> Value {
+    let counts: Vec<[u64; 2]> = h
+        .iter_recorded()
+        .map(|v| [v.value_iterated_to(), v.count_at_value()])
+        .collect();
+    json!({ "unit": "us", "counts": counts })
+}
+
+/// Reads back what [`histogram_to_json`] wrote.
+pub fn histogram_from_json(value: &Value) -> anyhow::Result<Histogram<u64>> {
+    let counts = value
+        .get("counts")
+        .and_then(Value::as_array)
+        .context("no \"counts\" array of [µs, count] pairs")?;
+    let mut h = crate::load::histogram();
+    for pair in counts {
+        let (Some(us), Some(count)) = (
+            pair.get(0).and_then(Value::as_u64),
+            pair.get(1).and_then(Value::as_u64),
+        ) else {
+            bail!("{pair} is not a [µs, count] pair of whole numbers");
+        };
+        h.record_n(us, count)
+            .with_context(|| format!("{us} µs is outside the histogram's range (1 µs to 60 s)"))?;
+    }
+    Ok(h)
+}
+
+pub fn percentiles(h: &Histogram<u64>) -> Value {
     json!({
         "count": h.len(),
         "p50_us": h.value_at_quantile(0.5),
@@ -446,6 +477,40 @@ mod tests {
         assert!(text.contains(&max_line), "{text}");
         assert!((h.max() as f64 / 1000.0 - 10.0).abs() < 0.01);
         assert!(text.contains("SubBuckets     =         2048]"));
+    }
+
+    #[test]
+    fn histograms_written_as_json_read_back_and_add_up() {
+        let mut fast = crate::load::histogram();
+        let mut slow = crate::load::histogram();
+        let mut both = crate::load::histogram();
+        for us in 1..=5_000u64 {
+            fast.record(us).unwrap();
+            both.record(us).unwrap();
+        }
+        for us in [9_000u64, 12_345, 1_500_000] {
+            slow.record_n(us, 7).unwrap();
+            both.record_n(us, 7).unwrap();
+        }
+        let mut merged = histogram_from_json(&histogram_to_json(&fast)).unwrap();
+        assert_eq!(merged, fast);
+        merged
+            .add(histogram_from_json(&histogram_to_json(&slow)).unwrap())
+            .unwrap();
+        assert_eq!(percentiles(&merged), percentiles(&both));
+        assert_eq!(merged.len(), 5_021);
+    }
+
+    #[test]
+    fn a_histogram_file_that_is_not_one_is_an_error() {
+        for bad in [
+            json!({}),
+            json!({"counts": [[1]]}),
+            json!({"counts": [[-1, 2]]}),
+            json!({"counts": [[120_000_000, 1]]}),
+        ] {
+            assert!(histogram_from_json(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
