@@ -4,10 +4,15 @@
 pids=()
 work=$(mktemp -d)
 chmod a+rx "$work"  # nginx and varnish workers run unprivileged
-moved_kthreads=()  # "TID:MASK" of the kernel threads keep_kthreads_off moved
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for entry in "${moved_kthreads[@]}"; do taskset -p "${entry#*:}" "${entry%%:*}" > /dev/null 2>&1 || true; done
+    # Kernel threads keep_kthreads_off moved, "TID:MASK" a line; a file, not a variable,
+    # so that a move made in a subshell is undone too.
+    if [ -f "$work/moved-kthreads" ]; then
+        while IFS=: read -r tid mask; do
+            taskset -p "$mask" "$tid" > /dev/null 2>&1 || true
+        done < "$work/moved-kthreads"
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -40,13 +45,13 @@ bench_args() {
 # server core that is idle more of the time takes more of those stalls.
 keep_kthreads_off() {
     local core=$1 all others tid mask names=()
-    all=$(printf '%x' $(( (1 << $(nproc)) - 1 )))
+    all=$(printf '%x' $(( (1 << $(getconf _NPROCESSORS_ONLN)) - 1 )))
     others=$(printf '%x' $(( 0x$all & ~(1 << core) )))
     for tid in $(ps -o pid= --ppid 2); do
         mask=$(taskset -p "$tid" 2>/dev/null | awk '{print $NF}') || continue
         [ "$mask" = "$all" ] || continue
         taskset -p "$others" "$tid" > /dev/null 2>&1 || continue
-        moved_kthreads+=("$tid:$mask")
+        echo "$tid:$mask" >> "$work/moved-kthreads"
         names+=("$(cat "/proc/$tid/comm" 2>/dev/null)")
     done
     echo "${names[*]:-none}"
