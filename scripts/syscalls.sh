@@ -124,14 +124,21 @@ round_trip() {
         | sed -E 's/.*p50 ([0-9.]+) µs.* p99 ([0-9.]+) µs.*/\1 \2/'
 }
 
+# tail_of HISTOGRAM... -> "p99 p99.9" in µs of the requests of those `load --histogram`
+# files together.
+tail_of() {
+    target/release/cache-bench merge "$@" \
+        | python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["p99_us"], r["p999_us"])'
+}
+
 # open_loop SERVER RATE ROUND -> "p99 p99.9" in µs at RATE requests/s over 64
 # connections; every request's latency is kept in $work/open-SERVER-RATE-ROUND.json.
 open_loop() {
-    local server=$1 rate=$2 round=$3
+    local server=$1 rate=$2 histogram="$work/open-$1-$2-$3.json"
     taskset -c 1 target/release/cache-bench load --target "${url[$server]}" --connections 64 \
         --rate "$rate" --duration "$duration" --warmup 1s --keys "$keys" --quiet \
-        --histogram "$work/open-$server-$rate-$round.json" --json "$work/open.json" > /dev/null
-    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["p99_us"], r["p999_us"])' "$work/open.json"
+        --histogram "$histogram" > /dev/null
+    tail_of "$histogram"
 }
 
 cpu_ticks() { # all threads of the process, user + system, in clock ticks
@@ -199,12 +206,6 @@ for round in $(seq 1 "$open_rounds"); do
     done
 done
 echo "open-loop rounds done"
-
-# pooled SERVER RATE -> "p99 p99.9" of every request of every round together.
-pooled() {
-    target/release/cache-bench merge "$work/open-$1-$2-"*.json \
-        | python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["p99_us"], r["p999_us"])'
-}
 
 # CPU per request and throughput at 64 connections, in short rounds apart from the rest,
 # the servers in a new random order each round, for the same reason as the round trips
@@ -288,7 +289,7 @@ echo "the same, of all $open_rounds rounds' requests together (cache-bench merge
 for server in cache-manager nginx; do
     printf '%-14s' "$server"
     for rate in "${rates[@]}"; do
-        read -r p99 p999 <<< "$(pooled "$server" "$rate")"
+        read -r p99 p999 <<< "$(tail_of "$work/open-$server-$rate-"*.json)"
         printf ' %16s' "$p999 ($p99)"
     done
     echo
