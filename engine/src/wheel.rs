@@ -8,44 +8,39 @@
 //!
 //! A timer is named by its key, a small integer the caller chooses (the shard uses the
 //! entry's policy slot), and lives at that index of one array: each wheel slot is an
-//! intrusive doubly-linked list through it, so schedule and cancel are O(1), need no
-//! handle, and a timer costs 12 bytes with no allocation of its own. The wheel does not
-//! keep deadlines either: the caller already keeps each entry's, and says it when asked
-//! (`advance`'s `deadline_of`). It is written here rather than taken from a crate because
-//! it is the product: it must cost a few bytes an entry, and be driven by the caller's
-//! `now` so tests hold the clock.
+//! intrusive, circular, doubly-linked list through it, so schedule and cancel are O(1) and
+//! need no handle. Each list's head is a sentinel in the same array, ahead of the keys,
+//! so a timer is only its two 32-bit links: unlinking one never needs to know which list
+//! it is on (a list is left empty exactly when the timer's two neighbours are one node,
+//! which can only be the list's sentinel). A timer costs 8 bytes with no allocation of
+//! its own. The wheel does not keep deadlines either: the caller already keeps each
+//! entry's, and says it when asked (`advance`'s `deadline_of`). It is written here rather
+//! than taken from a crate because it is the product: it must cost a few bytes an entry,
+//! and be driven by the caller's `now` so tests hold the clock.
 
 const LEVELS: usize = 6;
 const SLOTS: usize = 64;
 const SLOT_BITS: u32 = 6;
 /// Timers further out than this are clamped into the top level and re-filed.
 const MAX_SPAN: u64 = 1 << (SLOT_BITS * LEVELS as u32);
+/// The list of timers whose deadline had already passed when they were filed; the lists
+/// of level `l`, slot `s` are numbered `l * SLOTS + s`, below it.
+const OVERDUE: u32 = (LEVELS * SLOTS) as u32;
+/// Lists, hence sentinels ahead of the first key's links.
+const LISTS: u32 = OVERDUE + 1;
+/// No link: the links of a key with no timer.
 const NIL: u32 = u32::MAX;
-/// `level` value of a timer whose deadline had already passed when it was scheduled.
-const OVERDUE: u8 = u8::MAX;
-/// `level` value of a key with no timer.
-const FREE: u8 = u8::MAX - 1;
 
-#[derive(Clone, Debug)]
-struct Timer {
+#[derive(Clone, Copy, Debug)]
+struct Links {
     prev: u32,
     next: u32,
-    level: u8,
-    slot: u8,
 }
 
-const UNSCHEDULED: Timer = Timer {
+const UNSCHEDULED: Links = Links {
     prev: NIL,
     next: NIL,
-    level: FREE,
-    slot: 0,
 };
-
-#[derive(Clone, Debug)]
-struct Level {
-    heads: [u32; SLOTS],
-    occupied: u64,
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Due {
@@ -56,27 +51,36 @@ struct Due {
 
 #[derive(Clone, Debug)]
 pub struct TimerWheel {
-    levels: [Level; LEVELS],
-    overdue: u32,
-    /// Indexed by key.
-    timers: Vec<Timer>,
+    /// Each level's slots that hold a timer, a bit per slot.
+    occupied: [u64; LEVELS],
+    /// The lists' sentinels, then each key's links (see [`node`]).
+    links: Vec<Links>,
     elapsed: u64,
     scheduled: usize,
 }
 
 /// Bytes the wheel keeps per key, for honest memory accounting.
-pub const TIMER_BYTES: usize = std::mem::size_of::<Timer>();
+pub const TIMER_BYTES: usize = std::mem::size_of::<Links>();
+
+/// The largest key a wheel takes: its links' index must stay below [`NIL`].
+pub const MAX_KEY: u32 = NIL - 1 - LISTS;
+
+/// Where `key`'s links are.
+fn node(key: u32) -> u32 {
+    key + LISTS
+}
 
 impl TimerWheel {
     /// A wheel whose time starts at `now` (ms).
     pub fn new(now: u64) -> Self {
         Self {
-            levels: std::array::from_fn(|_| Level {
-                heads: [NIL; SLOTS],
-                occupied: 0,
-            }),
-            overdue: NIL,
-            timers: Vec::new(),
+            occupied: [0; LEVELS],
+            links: (0..LISTS)
+                .map(|list| Links {
+                    prev: list,
+                    next: list,
+                })
+                .collect(),
             elapsed: now,
             scheduled: 0,
         }
@@ -93,25 +97,25 @@ impl TimerWheel {
     /// Schedules a timer for `key`, which has none, to fire at `deadline` (ms). A
     /// deadline already reached fires on the next [`advance`](Self::advance).
     pub fn schedule(&mut self, key: u32, deadline: u64) {
-        assert_ne!(key, NIL, "key {NIL} is reserved");
-        let index = key as usize;
-        if index >= self.timers.len() {
-            self.timers.resize(index + 1, UNSCHEDULED);
+        assert!(key <= MAX_KEY, "key {key} is over the largest, {MAX_KEY}");
+        let index = node(key) as usize;
+        if index >= self.links.len() {
+            self.links.resize(index + 1, UNSCHEDULED);
         }
-        debug_assert_eq!(
-            self.timers[index].level, FREE,
-            "key {key} already has a timer"
-        );
-        self.file(key, deadline);
+        debug_assert_eq!(self.links[index].prev, NIL, "key {key} already has a timer");
+        self.file(node(key), deadline);
         self.scheduled += 1;
     }
 
     /// Cancels `key`'s timer; says whether it had one.
     pub fn cancel(&mut self, key: u32) -> bool {
-        match self.timers.get(key as usize) {
-            Some(timer) if timer.level != FREE => {
-                self.unlink(key);
-                self.release(key);
+        if key > MAX_KEY {
+            return false;
+        }
+        match self.links.get(node(key) as usize) {
+            Some(links) if links.prev != NIL => {
+                self.unlink(node(key));
+                self.release(node(key));
                 true
             }
             _ => false,
@@ -126,130 +130,121 @@ impl TimerWheel {
         deadline_of: impl Fn(u32) -> u64,
         mut fire: impl FnMut(u32),
     ) {
-        let mut id = std::mem::replace(&mut self.overdue, NIL);
-        while id != NIL {
-            let next = self.timers[id as usize].next;
-            self.release(id);
-            fire(id);
-            id = next;
+        let mut at = self.take(OVERDUE);
+        while at != OVERDUE {
+            let next = self.links[at as usize].next;
+            self.release(at);
+            fire(at - LISTS);
+            at = next;
         }
         while let Some(due) = self.next_due() {
             if due.deadline > now {
                 break;
             }
-            let level = &mut self.levels[due.level];
-            let mut id = std::mem::replace(&mut level.heads[due.slot], NIL);
-            level.occupied &= !(1 << due.slot);
+            let list = (due.level * SLOTS + due.slot) as u32;
+            self.occupied[due.level] &= !(1 << due.slot);
             self.elapsed = due.deadline;
-            while id != NIL {
-                let next = self.timers[id as usize].next;
-                let deadline = deadline_of(id);
+            let mut at = self.take(list);
+            while at != list {
+                let next = self.links[at as usize].next;
+                let key = at - LISTS;
+                let deadline = deadline_of(key);
                 if deadline <= due.deadline {
-                    self.release(id);
-                    fire(id);
+                    self.release(at);
+                    fire(key);
                 } else {
-                    self.file(id, deadline);
+                    self.file(at, deadline);
                 }
-                id = next;
+                at = next;
             }
         }
         self.elapsed = self.elapsed.max(now);
     }
 
+    /// Empties `list` and returns its first node; the nodes stay chained by their `next`
+    /// links, the last one's pointing at the sentinel, which is `list` itself if it was
+    /// empty. Each must be filed again or released before the chain is followed past it.
+    fn take(&mut self, list: u32) -> u32 {
+        let first = self.links[list as usize].next;
+        self.links[list as usize] = Links {
+            prev: list,
+            next: list,
+        };
+        first
+    }
+
     /// The earliest time at which [`advance`](Self::advance) would fire something, if any
     /// timer is scheduled (a lower bound: a slot comes due before its last timer).
     pub fn next_deadline(&self) -> Option<u64> {
-        if self.overdue != NIL {
+        if self.links[OVERDUE as usize].next != OVERDUE {
             return Some(self.elapsed);
         }
         self.next_due().map(|d| d.deadline)
     }
 
     fn next_due(&self) -> Option<Due> {
-        self.levels.iter().enumerate().find_map(|(level, l)| {
-            if l.occupied == 0 {
-                return None;
-            }
-            let slot_span = slot_span(level);
-            let level_span = slot_span * SLOTS as u64;
-            let now_slot = ((self.elapsed / slot_span) % SLOTS as u64) as u32;
-            let slot =
-                (l.occupied.rotate_right(now_slot).trailing_zeros() + now_slot) as usize % SLOTS;
-            let level_start = self.elapsed & !(level_span - 1);
-            let mut deadline = level_start + slot as u64 * slot_span;
-            if deadline <= self.elapsed {
-                // Only the top level wraps: its slots form a ring that clamped far-future
-                // timers keep circling until they are close enough to drop a level.
-                deadline += level_span;
-            }
-            Some(Due {
-                level,
-                slot,
-                deadline,
+        self.occupied
+            .iter()
+            .enumerate()
+            .find_map(|(level, &occupied)| {
+                if occupied == 0 {
+                    return None;
+                }
+                let slot_span = slot_span(level);
+                let level_span = slot_span * SLOTS as u64;
+                let now_slot = ((self.elapsed / slot_span) % SLOTS as u64) as u32;
+                let slot =
+                    (occupied.rotate_right(now_slot).trailing_zeros() + now_slot) as usize % SLOTS;
+                let level_start = self.elapsed & !(level_span - 1);
+                let mut deadline = level_start + slot as u64 * slot_span;
+                if deadline <= self.elapsed {
+                    // Only the top level wraps: its slots form a ring that clamped far-future
+                    // timers keep circling until they are close enough to drop a level.
+                    deadline += level_span;
+                }
+                Some(Due {
+                    level,
+                    slot,
+                    deadline,
+                })
             })
-        })
     }
 
-    /// Puts an unlinked timer on the list where its deadline belongs.
-    fn file(&mut self, id: u32, deadline: u64) {
+    /// Puts the unlinked node `at` on the list where `deadline` belongs.
+    fn file(&mut self, at: u32, deadline: u64) {
         if deadline <= self.elapsed {
-            self.push_front(id, OVERDUE, 0);
+            self.push_front(OVERDUE, at);
             return;
         }
         let level = level_for(self.elapsed, deadline);
         let slot = ((deadline >> (level as u32 * SLOT_BITS)) % SLOTS as u64) as usize;
-        self.push_front(id, level as u8, slot as u8);
+        self.occupied[level] |= 1 << slot;
+        self.push_front((level * SLOTS + slot) as u32, at);
     }
 
-    fn head_mut(&mut self, level: u8, slot: u8) -> &mut u32 {
-        if level == OVERDUE {
-            &mut self.overdue
-        } else {
-            &mut self.levels[level as usize].heads[slot as usize]
-        }
+    fn push_front(&mut self, list: u32, at: u32) {
+        let first = self.links[list as usize].next;
+        self.links[at as usize] = Links {
+            prev: list,
+            next: first,
+        };
+        self.links[first as usize].prev = at;
+        self.links[list as usize].next = at;
     }
 
-    fn push_front(&mut self, id: u32, level: u8, slot: u8) {
-        let head = *self.head_mut(level, slot);
-        {
-            let timer = &mut self.timers[id as usize];
-            timer.level = level;
-            timer.slot = slot;
-            timer.prev = NIL;
-            timer.next = head;
-        }
-        if head != NIL {
-            self.timers[head as usize].prev = id;
-        }
-        *self.head_mut(level, slot) = id;
-        if level != OVERDUE {
-            self.levels[level as usize].occupied |= 1 << slot;
+    fn unlink(&mut self, at: u32) {
+        let Links { prev, next } = self.links[at as usize];
+        self.links[prev as usize].next = next;
+        self.links[next as usize].prev = prev;
+        // Both neighbours are one node only if it is the sentinel and `at` was the last.
+        if prev == next && prev != OVERDUE {
+            let (level, slot) = (prev as usize / SLOTS, prev as usize % SLOTS);
+            self.occupied[level] &= !(1 << slot);
         }
     }
 
-    fn unlink(&mut self, id: u32) {
-        let Timer {
-            prev,
-            next,
-            level,
-            slot,
-            ..
-        } = self.timers[id as usize];
-        if prev != NIL {
-            self.timers[prev as usize].next = next;
-        } else {
-            *self.head_mut(level, slot) = next;
-            if next == NIL && level != OVERDUE {
-                self.levels[level as usize].occupied &= !(1 << slot);
-            }
-        }
-        if next != NIL {
-            self.timers[next as usize].prev = prev;
-        }
-    }
-
-    fn release(&mut self, id: u32) {
-        self.timers[id as usize].level = FREE;
+    fn release(&mut self, at: u32) {
+        self.links[at as usize] = UNSCHEDULED;
         self.scheduled -= 1;
     }
 }
@@ -339,7 +334,7 @@ mod tests {
         assert_eq!(t.fired(10), vec![3]);
         t.schedule(2, 20);
         assert_eq!(t.fired(20), vec![2]);
-        assert_eq!(TIMER_BYTES, 12);
+        assert_eq!(TIMER_BYTES, 8);
     }
 
     #[test]
@@ -408,6 +403,8 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(t.wheel.len(), t.deadlines.len());
+                // A list left empty by a cancel is no longer marked as holding timers.
+                prop_assert_eq!(t.wheel.next_deadline().is_none(), t.deadlines.is_empty());
             }
         }
     }
