@@ -12,7 +12,9 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::eviction::{self, slot_bytes, Eviction, Policy, Standing, SKETCH_BYTES_PER_ENTRY};
+use crate::eviction::{
+    self, slot_bytes, Eviction, Policy, Standing, MAX_SLOTS, SKETCH_BYTES_PER_ENTRY,
+};
 use crate::glob::Glob;
 use crate::metrics::ShardMetrics;
 use crate::slab::footprint;
@@ -156,10 +158,10 @@ impl ShardWriter {
     /// A new, empty shard whose timer wheel starts at `now_ms`.
     pub fn new(config: ShardConfig, metrics: Arc<ShardMetrics>, now_ms: u64) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
-        // A bound above what a node can address is no bound: about 170 GB of the
-        // smallest entries in one shard.
+        // A bound above what a node and the policy's links can address is no bound:
+        // about 85 GB of the smallest entries in one shard.
         let config = ShardConfig {
-            max_entries: config.max_entries.min(MAX_ENTRIES),
+            max_entries: config.max_entries.min(MAX_ENTRIES).min(MAX_SLOTS),
             ..config
         };
         let (reader, table) = table(

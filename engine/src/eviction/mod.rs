@@ -41,7 +41,7 @@ mod sketch;
 
 use std::sync::Arc;
 
-pub use ring::{slot_bytes, Region};
+pub use ring::{slot_bytes, Region, MAX_SLOTS};
 pub use sketch::SKETCH_BYTES_PER_ENTRY;
 
 use crate::metrics::ShardMetrics;

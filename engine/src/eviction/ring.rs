@@ -9,8 +9,9 @@
 //! (the timer wheel files expiries by it); vacant slots are kept on a stack of their
 //! numbers, and the slot array grows to the shard's high-water mark of residents.
 //!
-//! Each slot also carries one mark for the policy's own use, kept in the same byte as
-//! the slot's region so that it costs no memory and no cache line of its own.
+//! Each slot also carries its region and one mark for the policy's own use, in the top
+//! bits of its two links (slot numbers take 30 bits), so that neither costs memory or a
+//! cache line of its own: a slot is its resident and two 32-bit words.
 
 /// The regions of a W-TinyLFU cache, each a CLOCK list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,34 +37,64 @@ impl Region {
     }
 }
 
+/// The bits of a link that name a slot.
+const INDEX: u32 = (1 << 30) - 1;
+
 /// No slot.
-const NIL: u32 = u32::MAX;
+const NIL: u32 = INDEX;
 
-/// A slot's region (its `as u8`) and, in the top bit, its mark.
-#[derive(Clone, Copy, Debug)]
-struct Place(u8);
+/// The most slots a ring has: a link keeps a slot number in its low 30 bits, and one
+/// number is [`NIL`].
+pub const MAX_SLOTS: usize = NIL as usize;
 
-impl Place {
-    const MARK: u8 = 0x80;
+/// Where the region sits in `prev`.
+const REGION_SHIFT: u32 = 30;
 
-    fn is_marked(self) -> bool {
-        self.0 & Self::MARK != 0
+/// The mark's bit in `next`.
+const MARK: u32 = 1 << 31;
+
+#[derive(Debug)]
+struct Slot<T> {
+    item: Option<T>,
+    /// The previous slot of the list in bits 0 to 29; the slot's region (its `as u8`)
+    /// in bits 30 and 31.
+    prev: u32,
+    /// The next slot of the list in bits 0 to 29; the slot's mark in bit 31.
+    next: u32,
+}
+
+impl<T> Slot<T> {
+    fn prev(&self) -> u32 {
+        self.prev & INDEX
     }
 
-    fn region(self) -> Region {
-        match self.0 & !Self::MARK {
+    fn next(&self) -> u32 {
+        self.next & INDEX
+    }
+
+    fn set_prev(&mut self, slot: u32) {
+        self.prev = (self.prev & !INDEX) | slot;
+    }
+
+    fn set_next(&mut self, slot: u32) {
+        self.next = (self.next & !INDEX) | slot;
+    }
+
+    fn region(&self) -> Region {
+        match self.prev >> REGION_SHIFT {
             0 => Region::Window,
             1 => Region::Probation,
             _ => Region::Protected,
         }
     }
-}
 
-#[derive(Debug)]
-struct Slot<T> {
-    item: Option<T>,
-    prev: u32,
-    next: u32,
+    fn set_region(&mut self, region: Region) {
+        self.prev = self.prev() | (region as u32) << REGION_SHIFT;
+    }
+
+    fn is_marked(&self) -> bool {
+        self.next & MARK != 0
+    }
 }
 
 /// A removed resident, with where it was and whether it was marked.
@@ -83,8 +114,6 @@ struct List {
 #[derive(Debug)]
 pub struct Ring<T> {
     slots: Vec<Slot<T>>,
-    /// Each slot's region and mark, apart from the slots so that a slot stays 16 bytes.
-    places: Vec<Place>,
     lists: [List; 3],
     vacant: Vec<u32>,
     len: usize,
@@ -92,14 +121,13 @@ pub struct Ring<T> {
 
 /// Bytes the ring keeps per slot, for honest memory accounting.
 pub const fn slot_bytes<T>() -> usize {
-    std::mem::size_of::<Slot<T>>() + std::mem::size_of::<Place>()
+    std::mem::size_of::<Slot<T>>()
 }
 
 impl<T> Ring<T> {
     pub fn new() -> Self {
         Self {
             slots: Vec::new(),
-            places: Vec::new(),
             lists: [List { hand: NIL, len: 0 }; 3],
             vacant: Vec::new(),
             len: 0,
@@ -121,23 +149,21 @@ impl<T> Ring<T> {
             None => {
                 let slot = u32::try_from(self.slots.len())
                     .ok()
-                    .filter(|&s| s != NIL)
-                    .expect("fewer than 2^32 - 1 residents per shard");
+                    .filter(|&s| s < NIL)
+                    .expect("fewer than 2^30 - 1 residents per shard");
                 self.slots.push(Slot {
                     item: None,
                     prev: NIL,
                     next: NIL,
                 });
-                self.places.push(Place(region as u8));
                 slot
             }
-            Some(slot) => {
-                // Not the mark of the slot's last resident.
-                self.places[slot as usize] = Place(region as u8);
-                slot
-            }
+            Some(slot) => slot,
         };
-        self.slots[slot as usize].item = Some(make(slot));
+        let s = &mut self.slots[slot as usize];
+        // Not the mark of the slot's last resident.
+        s.next &= !MARK;
+        s.item = Some(make(slot));
         self.link(slot, region);
         self.len += 1;
         slot
@@ -154,39 +180,40 @@ impl<T> Ring<T> {
     /// The region of an occupied slot.
     pub fn region_of(&self, slot: u32) -> Region {
         debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
-        self.places[slot as usize].region()
+        self.slots[slot as usize].region()
     }
 
     /// Removes the resident of `slot`, freeing the slot.
     pub fn remove(&mut self, slot: u32) -> Option<Vacated<T>> {
-        let item = self.slots.get_mut(slot as usize)?.item.take()?;
-        let place = self.places[slot as usize];
+        let s = self.slots.get_mut(slot as usize)?;
+        let item = s.item.take()?;
+        let (region, marked) = (s.region(), s.is_marked());
         self.unlink(slot);
         self.vacant.push(slot);
         self.len -= 1;
         Some(Vacated {
             item,
-            region: place.region(),
-            marked: place.is_marked(),
+            region,
+            marked,
         })
     }
 
     /// Marks an occupied slot (a new resident starts unmarked).
     pub fn mark(&mut self, slot: u32) {
         debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
-        self.places[slot as usize].0 |= Place::MARK;
+        self.slots[slot as usize].next |= MARK;
     }
 
     /// Whether an occupied slot is marked.
     pub fn is_marked(&self, slot: u32) -> bool {
-        self.places[slot as usize].is_marked()
+        self.slots[slot as usize].is_marked()
     }
 
     /// Clears an occupied slot's mark; says whether it was marked.
     pub fn unmark(&mut self, slot: u32) -> bool {
-        let place = &mut self.places[slot as usize];
-        let marked = place.is_marked();
-        place.0 &= !Place::MARK;
+        let s = &mut self.slots[slot as usize];
+        let marked = s.is_marked();
+        s.next &= !MARK;
         marked
     }
 
@@ -206,7 +233,7 @@ impl<T> Ring<T> {
     pub fn advance(&mut self, region: Region) {
         let list = &mut self.lists[region as usize];
         if list.hand != NIL {
-            list.hand = self.slots[list.hand as usize].next;
+            list.hand = self.slots[list.hand as usize].next();
         }
     }
 
@@ -226,27 +253,28 @@ impl<T> Ring<T> {
 
     /// Links `slot` just behind `region`'s hand.
     fn link(&mut self, slot: u32, region: Region) {
-        let place = &mut self.places[slot as usize];
-        *place = Place(region as u8 | (place.0 & Place::MARK));
         let list = &mut self.lists[region as usize];
         list.len += 1;
-        if list.hand == NIL {
+        let (prev, next) = if list.hand == NIL {
             list.hand = slot;
-            let s = &mut self.slots[slot as usize];
-            (s.prev, s.next) = (slot, slot);
-            return;
-        }
-        let next = list.hand;
-        let prev = self.slots[next as usize].prev;
-        self.slots[prev as usize].next = slot;
-        self.slots[next as usize].prev = slot;
+            (slot, slot)
+        } else {
+            let next = list.hand;
+            let prev = self.slots[next as usize].prev();
+            self.slots[prev as usize].set_next(slot);
+            self.slots[next as usize].set_prev(slot);
+            (prev, next)
+        };
         let s = &mut self.slots[slot as usize];
-        (s.prev, s.next) = (prev, next);
+        s.set_prev(prev);
+        s.set_next(next);
+        s.set_region(region);
     }
 
     fn unlink(&mut self, slot: u32) {
-        let Slot { prev, next, .. } = self.slots[slot as usize];
-        let list = &mut self.lists[self.places[slot as usize].region() as usize];
+        let s = &self.slots[slot as usize];
+        let (prev, next) = (s.prev(), s.next());
+        let list = &mut self.lists[s.region() as usize];
         list.len -= 1;
         if list.len == 0 {
             list.hand = NIL;
@@ -255,8 +283,8 @@ impl<T> Ring<T> {
         if list.hand == slot {
             list.hand = next;
         }
-        self.slots[prev as usize].next = next;
-        self.slots[next as usize].prev = prev;
+        self.slots[prev as usize].set_next(next);
+        self.slots[next as usize].set_prev(prev);
     }
 }
 
@@ -280,7 +308,7 @@ mod tests {
         let mut slot = start;
         loop {
             out.push(*ring.get(slot).unwrap());
-            slot = ring.slots[slot as usize].next;
+            slot = ring.slots[slot as usize].next();
             if slot == start {
                 return out;
             }
@@ -361,6 +389,97 @@ mod tests {
         assert!(ring.unmark(b));
         assert!(!ring.unmark(b), "unmarking clears the mark");
         assert_eq!(ring.region_of(b), Probation);
+    }
+
+    #[test]
+    fn a_slot_is_its_resident_and_two_words() {
+        assert_eq!(slot_bytes::<std::ptr::NonNull<u8>>(), 16);
+    }
+
+    proptest::proptest! {
+        /// Against a reference (each region a queue from its hand on, and a mark per
+        /// resident): random inserts, moves, marks, hand advances and removals leave every
+        /// list in the same order, and every resident with its region and its mark, however
+        /// its neighbours' links were rewritten around it.
+        #[test]
+        fn matches_a_reference_model(
+            ops in proptest::collection::vec((0u8..6, 0usize..64, 0u8..3), 1..300)
+        ) {
+            use std::collections::{HashMap, VecDeque};
+            let regions = [Window, Probation, Protected];
+            let mut ring: Ring<u32> = Ring::new();
+            let mut lists: [VecDeque<u32>; 3] = Default::default();
+            let mut marks: HashMap<u32, bool> = HashMap::new();
+            let mut next_name = 0u32;
+            for (op, pick, r) in ops {
+                let region = regions[r as usize];
+                let residents: Vec<u32> = {
+                    let mut v: Vec<u32> = marks.keys().copied().collect();
+                    v.sort_unstable();
+                    v
+                };
+                let chosen = (!residents.is_empty()).then(|| residents[pick % residents.len()]);
+                let find = |lists: &[VecDeque<u32>; 3], slot: u32| {
+                    (0..3).find_map(|l| lists[l].iter().position(|&s| s == slot).map(|i| (l, i)))
+                };
+                match (op, chosen) {
+                    (0, _) | (_, None) => {
+                        let name = next_name;
+                        next_name += 1;
+                        let slot = ring.insert_with(region, |_| name);
+                        lists[region as usize].push_back(slot);
+                        marks.insert(slot, false);
+                    }
+                    (1, Some(slot)) => {
+                        let (l, i) = find(&lists, slot).unwrap();
+                        lists[l].remove(i);
+                        lists[region as usize].push_back(slot);
+                        ring.move_to(slot, region);
+                    }
+                    (2, Some(slot)) => {
+                        ring.mark(slot);
+                        marks.insert(slot, true);
+                    }
+                    (3, Some(slot)) => {
+                        let was = marks.insert(slot, false).unwrap();
+                        proptest::prop_assert_eq!(ring.unmark(slot), was);
+                    }
+                    (4, Some(_)) => {
+                        ring.advance(region);
+                        if let Some(front) = lists[region as usize].pop_front() {
+                            lists[region as usize].push_back(front);
+                        }
+                    }
+                    (_, Some(slot)) => {
+                        let (l, i) = find(&lists, slot).unwrap();
+                        lists[l].remove(i);
+                        let marked = marks.remove(&slot).unwrap();
+                        let vacated = ring.remove(slot).unwrap();
+                        proptest::prop_assert_eq!((vacated.region, vacated.marked), (regions[l], marked));
+                    }
+                }
+                for (l, region) in regions.into_iter().enumerate() {
+                    let mut got = Vec::new();
+                    if let Some(start) = ring.hand(region) {
+                        let mut slot = start;
+                        loop {
+                            got.push(slot);
+                            slot = ring.slots[slot as usize].next();
+                            if slot == start {
+                                break;
+                            }
+                        }
+                    }
+                    proptest::prop_assert_eq!(&got, &lists[l].iter().copied().collect::<Vec<_>>());
+                    proptest::prop_assert_eq!(ring.region_len(region), lists[l].len());
+                    for &slot in &lists[l] {
+                        proptest::prop_assert_eq!(ring.region_of(slot), region);
+                        proptest::prop_assert_eq!(ring.is_marked(slot), marks[&slot]);
+                    }
+                }
+                proptest::prop_assert_eq!(ring.len(), marks.len());
+            }
+        }
     }
 
     #[test]
