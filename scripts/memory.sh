@@ -3,7 +3,9 @@
 # on the same keys and values (issue 15's figure): ENTRIES keys `key:0` … (default
 # 1,000,000) with VALUE_BYTES-byte values (default 100), stored through each server's own
 # protocol: HTTP PUTs (`cache-bench load --prefill`, raw bytes) for cache-manager
-# (CACHE_CORES=1), `redis-cli --pipe` of SETs for Redis. Reports the RSS growth per entry,
+# (CACHE_CORES=1), `redis-cli --pipe` of SETs for Redis. Reports the RSS growth per entry
+# (cache-manager's counted from a service bounded at one entry, so that what its bound
+# makes resident at start counts too),
 # what of it is overhead beyond the key and value bytes, and Redis's own `used_memory`
 # growth; for cache-manager also what it charges itself (`l1_bytes`, from ENTRY_OVERHEAD),
 # which must stay within 10 % of what RSS shows.
@@ -26,16 +28,30 @@ overhead() { awk -v d="$1" -v p="$payload" -v n="$entries" 'BEGIN {printf "%.1f"
 echo "$entries entries, keys key:0 … key:$((entries - 1)) (average $(awk -v k="$key_bytes" -v n="$entries" 'BEGIN {printf "%.1f", k / n}') bytes), $value_bytes-byte values"
 printf '%-26s %16s %22s\n' "" "RSS growth/entry" "overhead/entry (RSS)"
 
+# start_measured ENV... — starts a service with ENV and answers its first request; sets
+# `cm_pid` and `started_kib`, its RSS then. (Not a function whose output is captured: a
+# subshell would lose the pid that cleanup stops.)
+start_measured() {
+    start_cache_manager CACHE_CORES=1 "$@"
+    cm_pid=${pids[-1]}
+    # The service's own buffers and the first connection's allocations come before the count.
+    curl -sf "http://127.0.0.1:$port/api/cache/metrics" > /dev/null
+    started_kib=$(rss_kib "$cm_pid")
+}
+# What a structure sized from the bound (a bucket array, a sketch) makes resident before
+# any entry arrives is part of what the entries cost: it is the difference from the same
+# service bounded at one entry.
+start_measured CACHE_L1_MAX_ENTRIES=1 CACHE_L1_MAX_BYTES=1024
+unbounded=$started_kib
+kill "$cm_pid"
 # Bounded at exactly ENTRIES, as a cache sized for its data would be: the bucket array and
 # the sketch are sized from the bound.
-start_cache_manager CACHE_CORES=1 CACHE_L1_MAX_ENTRIES="$entries" CACHE_L1_MAX_BYTES=$((entries * 1024))
-cm_pid=${pids[-1]}
-# The service's own buffers and the first connection's allocations come before the count.
-curl -sf "http://127.0.0.1:$port/api/cache/metrics" > /dev/null
-before=$(rss_kib "$cm_pid")
+start_measured CACHE_L1_MAX_ENTRIES="$entries" CACHE_L1_MAX_BYTES=$((entries * 1024))
+before=$started_kib
 prefill "$port" "$entries" "$value_bytes"
 after=$(rss_kib "$cm_pid")
-grown=$(((after - before) * 1024))
+echo "resident for the bound at start: $(per_entry $(((before - unbounded) * 1024))) bytes an entry (counted below)"
+grown=$(((after - unbounded) * 1024))
 charged=$(curl -sf "http://127.0.0.1:$port/api/cache/metrics" | python3 -c 'import json,sys; m = json.load(sys.stdin); print(m["l1_bytes"], m["l1_size"])')
 printf '%-26s %16s %22s\n' "cache-manager" "$(per_entry "$grown")" "$(overhead "$grown")"
 

@@ -3,10 +3,11 @@
 //!
 //! Each cache is measured in a process of its own (this binary runs itself once per
 //! cache), so that what one cache freed cannot be reused by the next. The figure is the
-//! growth of the process's resident set while the cache is filled, per entry, and what of
-//! it goes beyond the key and value bytes. Every cache is built before the count starts,
-//! bounded at exactly the number of entries, so a structure sized from the bound (a
-//! bucket array, a sketch) counts only where it is touched as entries arrive.
+//! growth of the process's resident set from before the cache is built until it is full,
+//! per entry, and what of it goes beyond the key and value bytes. Every cache is bounded
+//! at exactly the number of entries, and what it makes resident when it is built (a
+//! bucket array or a sketch sized from the bound, written out at construction) counts
+//! with the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,8 +62,8 @@ pub fn measure(
     let grown_bytes = match cache {
         "engine" => {
             // One shard, as the service's `CACHE_CORES=1`: a shard's bound is exact.
-            let engine = engine::Cache::builder(capacity).shards(1).build();
             let before = resident_bytes()?;
+            let engine = engine::Cache::builder(capacity).shards(1).build();
             for key in keys {
                 engine.insert(key.as_bytes(), &value, ttl)?;
             }
@@ -77,8 +78,8 @@ pub fn measure(
             if let Some(ttl) = ttl {
                 builder = builder.time_to_live(ttl);
             }
-            let moka: moka::sync::Cache<Vec<u8>, Arc<[u8]>> = builder.build();
             let before = resident_bytes()?;
+            let moka: moka::sync::Cache<Vec<u8>, Arc<[u8]>> = builder.build();
             for key in keys {
                 moka.insert(key.into_bytes(), Arc::from(&value[..]));
             }
@@ -87,9 +88,9 @@ pub fn measure(
         }
         "quick_cache" => {
             // No TTLs in quick_cache.
+            let before = resident_bytes()?;
             let quick: quick_cache::sync::Cache<Vec<u8>, Arc<[u8]>> =
                 quick_cache::sync::Cache::new(capacity);
-            let before = resident_bytes()?;
             for key in keys {
                 quick.insert(key.into_bytes(), Arc::from(&value[..]));
             }
