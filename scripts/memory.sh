@@ -42,7 +42,7 @@ start_measured() {
 # any entry arrives is part of what the entries cost: it is the difference from the same
 # service bounded at one entry.
 start_measured CACHE_L1_MAX_ENTRIES=1 CACHE_L1_MAX_BYTES=1024
-unbounded=$started_kib
+one_entry_kib=$started_kib
 kill "$cm_pid"
 # Bounded at exactly ENTRIES, as a cache sized for its data would be: the bucket array and
 # the sketch are sized from the bound.
@@ -50,8 +50,8 @@ start_measured CACHE_L1_MAX_ENTRIES="$entries" CACHE_L1_MAX_BYTES=$((entries * 1
 before=$started_kib
 prefill "$port" "$entries" "$value_bytes"
 after=$(rss_kib "$cm_pid")
-echo "resident for the bound at start: $(per_entry $(((before - unbounded) * 1024))) bytes an entry (counted below)"
-grown=$(((after - unbounded) * 1024))
+echo "resident for the bound at start: $(per_entry $(((before - one_entry_kib) * 1024))) bytes an entry (counted below)"
+grown=$(((after - one_entry_kib) * 1024))
 charged=$(curl -sf "http://127.0.0.1:$port/api/cache/metrics" | python3 -c 'import json,sys; m = json.load(sys.stdin); print(m["l1_bytes"], m["l1_size"])')
 printf '%-26s %16s %22s\n' "cache-manager" "$(per_entry "$grown")" "$(overhead "$grown")"
 
