@@ -21,6 +21,7 @@ pub mod eviction;
 pub mod glob;
 pub mod hashing;
 pub mod metrics;
+mod prefetch;
 pub mod readthrough;
 pub mod router;
 pub mod shard;

@@ -138,6 +138,10 @@ impl eviction::Resident for Resident {
     fn pending_hits(&self) -> u8 {
         self.node().pending_hits()
     }
+
+    fn prefetch(&self) {
+        crate::prefetch::prefetch(self.node.as_ptr());
+    }
 }
 
 pub struct ShardWriter {
@@ -268,7 +272,22 @@ impl ShardWriter {
             });
         }
         let deadline = expires_at_ms.unwrap_or(NEVER);
+        // An insert into a full shard evicts: the lines eviction reads start loading
+        // before the lookup's own misses (nodes), and right after them (what the nodes
+        // lead to), so that the two chains of misses overlap.
+        let evicts = self.policy.len() >= self.config.max_entries
+            || self.bytes.saturating_add(charge) > self.config.max_bytes;
+        if evicts {
+            self.policy.prefetch_next_victims();
+        }
         let existing = self.table.find(hash, key);
+        if evicts && existing.is_none() {
+            self.policy.prefetch_admission();
+            for resident in self.policy.next_victims() {
+                self.table
+                    .prefetch_bucket(eviction::Resident::hash(resident));
+            }
+        }
         let (spare, freed) = match existing {
             // SAFETY: `find` returns linked, hence live, nodes.
             Some(old) => unsafe {
@@ -305,9 +324,12 @@ impl ShardWriter {
                 let slot = old_node.slot();
                 entry.slot = slot;
                 entry.hit = old_node.pending_hits() != 0;
+                // The slot's line loads while the new node is built.
+                self.policy.prefetch_slot(slot);
+                let new = table.build(entry);
                 // The policy reads the old node's charge before the closure retires it.
                 self.policy.update(slot, |resident| {
-                    resident.node = table.replace(old, entry);
+                    resident.node = table.replace(old, new);
                 });
                 self.wheel.cancel(slot);
                 slot

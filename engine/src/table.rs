@@ -414,6 +414,11 @@ fn entry_hash(node: NonNull<Node>) -> u64 {
     u64::from(unsafe { node.as_ref() }.tag)
 }
 
+/// A node [`TableWriter::build`] made and nothing links yet. Neither `Clone` nor `Copy`:
+/// it is linked once, by [`TableWriter::replace`].
+#[must_use = "an unlinked node is lost unless it is linked"]
+pub(crate) struct Unlinked(NonNull<Node>);
+
 /// Read access from any thread. Cheap to clone; each clone counts its own lookups, so a
 /// thread that reads often should hold a clone of its own.
 pub struct TableReader {
@@ -563,6 +568,11 @@ impl TableWriter {
         None
     }
 
+    /// Starts loading the bucket of keys with this hash.
+    pub(crate) fn prefetch_bucket(&self, hash: u64) {
+        crate::prefetch::prefetch(self.0.bucket(hash));
+    }
+
     /// The table's slab, for allocating a node.
     fn allocate(&mut self, entry: NewEntry<'_>) -> NonNull<Node> {
         let table = &*self.0.table;
@@ -584,9 +594,16 @@ impl TableWriter {
         node
     }
 
+    /// Builds the node for `entry` without linking it, so that the caller can overlap
+    /// its cache misses (a recycled block, the key and value copied in) with others
+    /// before [`TableWriter::replace`] links it.
+    pub(crate) fn build(&mut self, entry: NewEntry<'_>) -> Unlinked {
+        Unlinked(self.allocate(entry))
+    }
+
     /// Puts a new node in place of `old` (same key) and retires `old`.
-    pub(crate) fn replace(&mut self, old: NonNull<Node>, entry: NewEntry<'_>) -> NonNull<Node> {
-        let node = self.allocate(entry);
+    pub(crate) fn replace(&mut self, old: NonNull<Node>, new: Unlinked) -> NonNull<Node> {
+        let node = new.0;
         let link = self.link_to(old);
         // SAFETY: `old` is linked, hence live (see `find`); `node` is not yet shared.
         unsafe {

@@ -113,6 +113,9 @@ pub trait Resident {
     fn take_hits(&self) -> u8;
     /// The hits readers counted since the last call, leaving them.
     fn pending_hits(&self) -> u8;
+    /// Asks the CPU to start loading what the policy reads of this resident, without
+    /// waiting for it.
+    fn prefetch(&self) {}
 }
 
 /// The window's share when a shard starts (Caffeine's).
@@ -271,6 +274,39 @@ impl<T: Resident> Policy<T> {
             Region::Protected => {
                 self.move_to(slot, Region::Probation);
                 self.promote(slot);
+            }
+        }
+    }
+
+    /// Starts loading the residents the hands of the window and of probation point at,
+    /// the likeliest candidate and victim of the next eviction, so that their cache
+    /// misses overlap the caller's own lookup rather than follow it.
+    pub fn prefetch_next_victims(&self) {
+        for resident in self.next_victims() {
+            resident.prefetch();
+        }
+    }
+
+    /// The residents the window's and probation's hands point at.
+    pub fn next_victims(&self) -> impl Iterator<Item = &T> {
+        [Region::Window, Region::Probation]
+            .into_iter()
+            .filter_map(|region| self.ring.hand(region).and_then(|slot| self.ring.get(slot)))
+    }
+
+    /// Starts loading `slot`, for a caller that will [`Policy::update`] it after other
+    /// work.
+    pub fn prefetch_slot(&self, slot: u32) {
+        self.ring.prefetch(slot);
+    }
+
+    /// Starts loading the sketch lines admission reads for the next eviction's likeliest
+    /// candidate and victim; once their residents are loaded
+    /// ([`Policy::prefetch_next_victims`]), this costs no wait.
+    pub fn prefetch_admission(&self) {
+        if let Some(admission) = &self.admission {
+            for resident in self.next_victims() {
+                admission.sketch.prefetch(resident.hash());
             }
         }
     }

@@ -169,6 +169,13 @@ impl<T> Ring<T> {
         slot
     }
 
+    /// Starts loading `slot`'s line.
+    pub fn prefetch(&self, slot: u32) {
+        if let Some(s) = self.slots.get(slot as usize) {
+            crate::prefetch::prefetch(s);
+        }
+    }
+
     pub fn get(&self, slot: u32) -> Option<&T> {
         self.slots.get(slot as usize)?.item.as_ref()
     }

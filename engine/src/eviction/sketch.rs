@@ -86,6 +86,12 @@ impl Sketch {
         min_count(&cells.map(|cell| count(&self.table[block], cell))) as u8
     }
 
+    /// Starts loading the line of the key with this hash.
+    pub fn prefetch(&self, hash: u64) {
+        let (block, _) = self.locate(hash);
+        crate::prefetch::prefetch(&self.table[block]);
+    }
+
     /// Counts `n` requests for the key with this hash: its frequency afterwards, and
     /// whether that reset the sketch (so admission needs no second look at the line).
     pub fn add(&mut self, hash: u64, n: u8) -> Counted {
