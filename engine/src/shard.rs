@@ -168,14 +168,14 @@ impl ShardWriter {
             max_entries: config.max_entries.min(MAX_ENTRIES).min(MAX_SLOTS),
             ..config
         };
-        let (reader, table) = table(
-            config.max_entries,
-            config.stale_window_ms,
-            config.huge_pages,
-        );
+        // Every entry is charged at least ENTRY_OVERHEAD, so this many fit under both
+        // bounds. The bucket array and the sketch are sized for it, not for the entry
+        // bound alone: an entry bound far above what the byte bound lets in would
+        // otherwise give them memory no entry is charged for.
         let most_entries = config
             .max_entries
             .min(usize::try_from(config.max_bytes / ENTRY_OVERHEAD as u64).unwrap_or(usize::MAX));
+        let (reader, table) = table(most_entries, config.stale_window_ms, config.huge_pages);
         Self {
             table,
             reader,

@@ -10,8 +10,9 @@
 //! an unlinked node is retired to the reclaimer, which frees it only after every reader
 //! that might still hold it has left.
 //!
-//! The bucket array is sized once from the shard's entry bound, so the table never
-//! resizes and the readers' path has no resize protocol to follow.
+//! The bucket array is sized once from the most entries the shard can hold under its
+//! bounds, so the table never resizes and the readers' path has no resize protocol to
+//! follow.
 
 use std::cell::UnsafeCell;
 use std::ptr::{self, NonNull};
@@ -566,6 +567,12 @@ impl TableWriter {
             ptr = n.next.load(Acquire);
         }
         None
+    }
+
+    /// How many buckets the table has.
+    #[cfg(test)]
+    pub(crate) fn bucket_count(&self) -> usize {
+        self.0.table.buckets.len()
     }
 
     /// Starts loading the bucket of keys with this hash.
