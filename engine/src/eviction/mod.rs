@@ -126,6 +126,10 @@ const PROTECTED_SHARE: f64 = 0.8;
 /// defence against an attacker who keeps a victim artificially warm).
 const WARM_CANDIDATE: u8 = 6;
 
+/// The entries the sketch of a new shard with a byte bound is sized for; it doubles as
+/// the shard fills (see [`Admission::grow`]).
+const FIRST_SKETCHED_ENTRIES: usize = 1 << 12;
+
 /// The sketch's size stops growing here (2^26 entries, as the table's bucket array).
 const MAX_SKETCHED_ENTRIES: usize = 1 << 26;
 
@@ -153,10 +157,30 @@ impl Bounds {
 #[derive(Debug)]
 struct Admission {
     sketch: Sketch,
+    /// The most entries the shard can hold, which the sketch grows to.
+    most_entries: usize,
     climber: Climber,
     /// xorshift state for the warm-candidate lottery, seeded by the first candidate's
     /// hash (which the router seeds per process); 0 until then.
     random: u64,
+}
+
+impl Admission {
+    /// Doubles the sketch (up to the most entries the shard can hold) once the shard
+    /// holds more residents than the sketch is sized for. Under a byte bound, entries
+    /// larger than the smallest leave room for fewer of them than `most_entries`; the
+    /// shard then pays for the sketch of the entries it holds, not of those it might,
+    /// since each entry is charged its share of the sketch (`ENTRY_OVERHEAD`). What
+    /// the sketch counted is kept ([`Sketch::grow`]), so restored standings and the
+    /// history of keys not resident survive. Growing costs one pass over the new table,
+    /// a few milliseconds at a million entries, as sizing it at once would have.
+    fn grow(&mut self, residents: usize) {
+        let capacity = self.sketch.capacity();
+        if residents > capacity && capacity < self.most_entries {
+            self.sketch
+                .grow((2 * capacity).max(residents).min(self.most_entries));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -192,7 +216,14 @@ impl<T: Resident> Policy<T> {
             Eviction::Adaptive => (
                 INITIAL_WINDOW_SHARE,
                 Some(Admission {
-                    sketch: Sketch::new(most_entries),
+                    // An entry bound alone says how many entries the shard will hold; a
+                    // byte bound does not, so the sketch then grows with the residents.
+                    sketch: Sketch::new(if max_bytes == u64::MAX {
+                        most_entries
+                    } else {
+                        most_entries.min(FIRST_SKETCHED_ENTRIES)
+                    }),
+                    most_entries,
                     climber: Climber::new(most_entries),
                     random: 0,
                 }),
@@ -344,6 +375,9 @@ impl<T: Resident> Policy<T> {
         let slot = self.ring.insert_with(Region::Window, make);
         let charge = self.ring.get(slot).expect("just inserted").charge();
         self.bytes[Region::Window as usize] += charge;
+        if let Some(admission) = &mut self.admission {
+            admission.grow(self.ring.len());
+        }
         self.count_write(slot);
         // The shard has room now, so the window's overflow joins probation unopposed.
         while self.window_over(None) {

@@ -5,7 +5,9 @@
 //! 64-byte block aligned to a cache line, so an estimate or an increment touches one
 //! line, as in Caffeine's `FrequencySketch`; the key's place in the block is computed
 //! once per call. The table has 16 counters per entry (Caffeine's density), sized
-//! exactly rather than to a power of two so that it fits the entry overhead budget.
+//! exactly rather than to a power of two so that it fits the entry overhead budget. It
+//! can grow without forgetting ([`Sketch::grow`]), which a shard under a byte bound
+//! uses to size it for the entries it holds.
 //! Increments are conservative (only the counters at the key's minimum grow), which
 //! keeps keys that share counters from inflating each other.
 //! Counters saturate at 15; once the sketch has counted sixteen events per entry, every
@@ -63,6 +65,8 @@ pub struct Counted {
 
 #[derive(Debug)]
 pub struct Sketch {
+    /// The entries it is sized for.
+    capacity: usize,
     table: Box<[Block]>,
     /// Events counted since the last reset.
     events: u64,
@@ -74,10 +78,48 @@ impl Sketch {
     pub fn new(capacity: usize) -> Self {
         let blocks = capacity.max(MIN_TABLE_WORDS).div_ceil(BLOCK_WORDS);
         Self {
+            capacity,
             table: vec![Block([0; BLOCK_WORDS]); blocks].into_boxed_slice(),
             events: 0,
             sample_size: (capacity.max(1) as u64).saturating_mul(SAMPLE_PER_ENTRY),
         }
+    }
+
+    /// The entries it is sized for.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Resizes the table for `capacity` entries (more than now), keeping what it
+    /// counted. A key's block is its hash's high half scaled to the table's length
+    /// (`locate`), and its cells within the block do not depend on the length. So the
+    /// keys of a new block come from the one or two old blocks its range of hashes
+    /// overlaps, and the new block starts as their cell-by-cell maximum: no key's
+    /// estimate drops (a count-min sketch may overestimate, never under). After a
+    /// doubling each new block overlaps one old block, and every estimate is exactly
+    /// what it was. The sample grows with the table.
+    pub fn grow(&mut self, capacity: usize) {
+        debug_assert!(capacity > self.capacity, "a sketch only grows");
+        let blocks = capacity.max(MIN_TABLE_WORDS).div_ceil(BLOCK_WORDS);
+        let old = &self.table;
+        let old_blocks = old.len();
+        self.table = (0..blocks)
+            .map(|block| {
+                // Old blocks holding hashes this block's range holds: the first and
+                // the last (the same one, or the next).
+                let first = block * old_blocks / blocks;
+                let last = ((block + 1) * old_blocks - 1) / blocks;
+                let mut merged = old[first];
+                if last != first {
+                    for (word, other) in merged.0.iter_mut().zip(old[last].0) {
+                        *word = nibble_max(*word, other);
+                    }
+                }
+                merged
+            })
+            .collect();
+        self.capacity = capacity;
+        self.sample_size = (capacity as u64).saturating_mul(SAMPLE_PER_ENTRY);
     }
 
     /// The estimated recent frequency of the key with this hash, 0 to 15.
@@ -153,6 +195,22 @@ fn min_count(counts: &[u64; DEPTH]) -> u64 {
     counts[0].min(counts[1]).min(counts[2].min(counts[3]))
 }
 
+/// The larger of each pair of 4-bit counters of `a` and `b`.
+fn nibble_max(a: u64, b: u64) -> u64 {
+    const LOW: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    byte_max(a & LOW, b & LOW) | byte_max((a >> 4) & LOW, (b >> 4) & LOW) << 4
+}
+
+/// The larger of each pair of bytes of `a` and `b`, each byte at most 15. A byte of
+/// `(a | 0x80) - b` keeps its top bit exactly where `a >= b`, and never borrows from
+/// the next byte (128 + a - b is at least 113).
+fn byte_max(a: u64, b: u64) -> u64 {
+    const TOP: u64 = 0x8080_8080_8080_8080;
+    let a_wins = (((a | TOP) - b) & TOP) >> 7;
+    let mask = a_wins * 0xFF;
+    (a & mask) | (b & !mask)
+}
+
 /// A 64-bit finalizer (splitmix64's), so that every bit of the index depends on every
 /// bit of the hash.
 fn mix(mut x: u64) -> u64 {
@@ -209,6 +267,46 @@ mod tests {
         // Key 3 may share some of key 1's counters (raised to 15, halved to 7), not all.
         assert_eq!(s.frequency(1), 6);
         assert_eq!(s.events, 128);
+    }
+
+    #[test]
+    fn doubling_keeps_every_estimate_and_growing_by_less_lowers_none() {
+        let mut s = Sketch::new(4_096);
+        let keys: Vec<u64> = (0..3_000u64).map(|k| mix(k + 1)).collect();
+        for (i, &key) in keys.iter().enumerate() {
+            s.add(key, (i % 15) as u8 + 1);
+        }
+        let before: Vec<u8> = keys.iter().map(|&key| s.frequency(key)).collect();
+        s.grow(8_192);
+        let doubled: Vec<u8> = keys.iter().map(|&key| s.frequency(key)).collect();
+        assert_eq!(doubled, before);
+        assert_eq!(s.sample_size, 8_192 * SAMPLE_PER_ENTRY);
+        s.grow(12_000);
+        let lowered = keys
+            .iter()
+            .zip(&before)
+            .filter(|&(&key, &was)| s.frequency(key) < was)
+            .count();
+        assert_eq!(
+            lowered, 0,
+            "estimates lowered by growing by less than double"
+        );
+    }
+
+    #[test]
+    fn nibble_max_takes_each_counter_from_the_larger() {
+        for (a, b) in [
+            (0u64, 0u64),
+            (u64::MAX, 0),
+            (0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210),
+        ] {
+            let expected = (0..16).fold(0, |max, i| {
+                let shift = 4 * i;
+                max | ((a >> shift) & 15).max((b >> shift) & 15) << shift
+            });
+            assert_eq!(nibble_max(a, b), expected, "{a:x} {b:x}");
+            assert_eq!(nibble_max(b, a), expected, "{b:x} {a:x}");
+        }
     }
 
     #[test]

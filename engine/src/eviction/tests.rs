@@ -451,3 +451,40 @@ fn bounds_hold_while_the_window_moves() {
     }
     shard.check_regions();
 }
+
+/// The sketch of a shard with a byte bound grows with its residents, up to the most
+/// entries the shard can hold; one with an entry bound alone is sized at once.
+#[test]
+fn a_byte_bounded_sketch_grows_with_the_residents() {
+    let most = 3 * FIRST_SKETCHED_ENTRIES;
+    let mut policy: Policy<Item> =
+        Policy::new(Eviction::Adaptive, most, 1 << 40, most, Arc::default());
+    let capacity = |policy: &Policy<Item>| policy.admission.as_ref().unwrap().sketch.capacity();
+    assert_eq!(capacity(&policy), FIRST_SKETCHED_ENTRIES);
+    let mut seen = vec![capacity(&policy)];
+    for key in 0..most as u64 {
+        policy.insert_with(|_| Item {
+            key,
+            charge: 1,
+            hits: Cell::new(0),
+        });
+        let now = capacity(&policy);
+        assert!(
+            now >= policy.len(),
+            "{now} entries' sketch for {} residents",
+            policy.len()
+        );
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+    }
+    assert_eq!(
+        seen,
+        [FIRST_SKETCHED_ENTRIES, 2 * FIRST_SKETCHED_ENTRIES, most],
+        "doubles, then stops at the most entries"
+    );
+
+    let entry_bounded: Policy<Item> =
+        Policy::new(Eviction::Adaptive, most, u64::MAX, most, Arc::default());
+    assert_eq!(capacity(&entry_bounded), most);
+}

@@ -313,3 +313,41 @@ fn saved_entries_restore_with_their_values_times_and_standing() {
     let hot_saved = before.iter().filter(|e| hot(&e.0)).count();
     assert_eq!(hot_kept, hot_saved.min(20), "{kept:?}");
 }
+
+/// A shard with a byte bound sizes its sketch for the entries it holds and grows it as
+/// they arrive; a restore that outgrows the first size keeps every entry's standing.
+#[test]
+fn standings_restored_into_a_byte_bounded_shard_survive_its_sketch_growing() {
+    let entries = 12_000;
+    let hasher = crate::hashing::KeyHasher::with_seeds([1, 2, 3, 4]);
+    let mut s = ShardWriter::new(
+        ShardConfig {
+            max_entries: entries,
+            max_bytes: 1 << 40,
+            stale_window_ms: 0,
+            eviction: Eviction::Adaptive,
+            huge_pages: false,
+        },
+        Arc::default(),
+        NOW,
+    );
+    let standing = Standing {
+        frequency: 9,
+        region: Region::Protected,
+    };
+    for i in 0..entries {
+        let key = format!("k{i}");
+        let entry = SavedEntry {
+            key: key.as_bytes(),
+            value: b"v",
+            cached_at_ms: NOW,
+            expires_at_ms: None,
+            standing,
+        };
+        s.restore(hasher.hash(key.as_bytes()), entry).unwrap();
+    }
+    let all = saved(&s, NOW);
+    assert_eq!(all.len(), entries);
+    let forgotten = all.iter().filter(|e| e.4.frequency < 9).count();
+    assert_eq!(forgotten, 0, "entries whose restored standing was lost");
+}
