@@ -430,7 +430,13 @@ impl<T: Resident> Policy<T> {
         self.window = Bounds::share(self.bounds, share);
         let main = Bounds {
             entries: self.bounds.entries - self.window.entries.min(self.bounds.entries),
-            bytes: self.bounds.bytes.saturating_sub(self.window.bytes),
+            // Unbounded less the window's share of it (unbounded too) is still unbounded,
+            // not zero.
+            bytes: if self.bounds.bytes == u64::MAX {
+                u64::MAX
+            } else {
+                self.bounds.bytes.saturating_sub(self.window.bytes)
+            },
         };
         self.protected = Bounds::share(main, PROTECTED_SHARE);
         self.metrics

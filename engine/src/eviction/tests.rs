@@ -488,3 +488,24 @@ fn a_byte_bounded_sketch_grows_with_the_residents() {
         Policy::new(Eviction::Adaptive, most, u64::MAX, most, Arc::default());
     assert_eq!(capacity(&entry_bounded), most);
 }
+
+/// A byte bound no entry comes near changes no decision: the same accesses evict the
+/// same keys with or without it. (The unbounded case once left protected no bytes at
+/// all, the window's share of "unbounded" being unbounded too, so every promotion was
+/// demoted again at once.)
+#[test]
+fn a_byte_bound_that_never_binds_changes_no_decision() {
+    let keys = skewed_keys(50_000, 2_000, 11);
+    let run = |max_bytes| {
+        let mut shard = Shard::new(Eviction::Adaptive, 200, max_bytes);
+        let hits = keys.iter().filter(|&&key| shard.access(key)).count();
+        shard.check_regions();
+        let regions = [Region::Window, Region::Probation, Region::Protected]
+            .map(|region| shard.policy.ring.region_len(region));
+        (hits, regions)
+    };
+    let unbounded = run(u64::MAX);
+    assert_eq!(unbounded, run(1 << 40));
+    let protected = unbounded.1[Region::Protected as usize];
+    assert!(protected > 100, "protected holds {protected} of 200 entries");
+}
