@@ -507,5 +507,8 @@ fn a_byte_bound_that_never_binds_changes_no_decision() {
     let unbounded = run(u64::MAX);
     assert_eq!(unbounded, run(1 << 40));
     let protected = unbounded.1[Region::Protected as usize];
-    assert!(protected > 100, "protected holds {protected} of 200 entries");
+    assert!(
+        protected > 100,
+        "protected holds {protected} of 200 entries"
+    );
 }
