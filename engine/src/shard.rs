@@ -275,18 +275,15 @@ impl ShardWriter {
         // An insert into a full shard evicts: the lines eviction reads start loading
         // before the lookup's own misses (nodes), and right after them (what the nodes
         // lead to), so that the two chains of misses overlap.
-        let evicts = self.policy.len() >= self.config.max_entries
-            || self.bytes.saturating_add(charge) > self.config.max_bytes;
+        let evicts = self.over_bounds(true, self.bytes.saturating_add(charge));
         if evicts {
             self.policy.prefetch_next_victims();
         }
         let existing = self.table.find(hash, key);
         if evicts && existing.is_none() {
-            self.policy.prefetch_admission();
-            for resident in self.policy.next_victims() {
-                self.table
-                    .prefetch_bucket(eviction::Resident::hash(resident));
-            }
+            let table = &self.table;
+            self.policy
+                .prefetch_admission(|hash| table.prefetch_bucket(hash));
         }
         let (spare, freed) = match existing {
             // SAFETY: `find` returns linked, hence live, nodes.
@@ -298,9 +295,7 @@ impl ShardWriter {
         };
         let incoming = existing.is_none().then_some(charge);
         let mut evicted = 0;
-        while (existing.is_none() && self.policy.len() >= self.config.max_entries)
-            || self.bytes - freed + charge > self.config.max_bytes
-        {
+        while self.over_bounds(existing.is_none(), self.bytes - freed + charge) {
             let Some(victim) = self.policy.next_victim(spare, incoming) else {
                 break;
             };
@@ -527,6 +522,12 @@ impl ShardWriter {
         // between them, so a sample can see a miss before its lookup.
         let misses = misses.wrapping_sub(seen_misses).min(lookups);
         self.policy.observe_lookups(lookups, lookups - misses);
+    }
+
+    /// Whether the shard would be over a bound holding `bytes`, with one entry more if
+    /// `adding`.
+    fn over_bounds(&self, adding: bool, bytes: u64) -> bool {
+        (adding && self.policy.len() >= self.config.max_entries) || bytes > self.config.max_bytes
     }
 
     fn remove_slot(&mut self, slot: u32) {

@@ -133,7 +133,7 @@ const FIRST_SKETCHED_ENTRIES: usize = 1 << 12;
 /// The sketch's size stops growing here (2^26 entries, as the table's bucket array).
 const MAX_SKETCHED_ENTRIES: usize = 1 << 26;
 
-/// A region's bounds in entries and bytes.
+/// A region's bounds in entries and bytes; bytes of `u64::MAX` are no byte bound.
 #[derive(Clone, Copy, Debug)]
 struct Bounds {
     entries: usize,
@@ -141,13 +141,31 @@ struct Bounds {
 }
 
 impl Bounds {
+    fn bytes_bounded(self) -> bool {
+        self.bytes != u64::MAX
+    }
+
+    /// A share of `total`; a share of no byte bound is none either.
     fn share(total: Bounds, share: f64) -> Bounds {
         Bounds {
             entries: (total.entries as f64 * share).round() as usize,
-            bytes: if total.bytes == u64::MAX {
-                u64::MAX
-            } else {
+            bytes: if total.bytes_bounded() {
                 (total.bytes as f64 * share).round() as u64
+            } else {
+                u64::MAX
+            },
+        }
+    }
+
+    /// What is left of `self` once `part` of it is taken; what is left of no byte bound
+    /// is none either, not zero.
+    fn less(self, part: Bounds) -> Bounds {
+        Bounds {
+            entries: self.entries - part.entries.min(self.entries),
+            bytes: if self.bytes_bounded() {
+                self.bytes.saturating_sub(part.bytes)
+            } else {
+                u64::MAX
             },
         }
     }
@@ -218,10 +236,10 @@ impl<T: Resident> Policy<T> {
                 Some(Admission {
                     // An entry bound alone says how many entries the shard will hold; a
                     // byte bound does not, so the sketch then grows with the residents.
-                    sketch: Sketch::new(if max_bytes == u64::MAX {
-                        most_entries
-                    } else {
+                    sketch: Sketch::new(if bounds.bytes_bounded() {
                         most_entries.min(FIRST_SKETCHED_ENTRIES)
+                    } else {
+                        most_entries
                     }),
                     most_entries,
                     climber: Climber::new(most_entries),
@@ -319,7 +337,7 @@ impl<T: Resident> Policy<T> {
     }
 
     /// The residents the window's and probation's hands point at.
-    pub fn next_victims(&self) -> impl Iterator<Item = &T> {
+    fn next_victims(&self) -> impl Iterator<Item = &T> {
         [Region::Window, Region::Probation]
             .into_iter()
             .filter_map(|region| self.ring.hand(region).and_then(|slot| self.ring.get(slot)))
@@ -332,13 +350,16 @@ impl<T: Resident> Policy<T> {
     }
 
     /// Starts loading the sketch lines admission reads for the next eviction's likeliest
-    /// candidate and victim; once their residents are loaded
+    /// candidate and victim, and hands their hashes to `also` (the caller's own lines of
+    /// them, such as their buckets); once their residents are loaded
     /// ([`Policy::prefetch_next_victims`]), this costs no wait.
-    pub fn prefetch_admission(&self) {
-        if let Some(admission) = &self.admission {
-            for resident in self.next_victims() {
-                admission.sketch.prefetch(resident.hash());
+    pub fn prefetch_admission(&self, also: impl Fn(u64)) {
+        for resident in self.next_victims() {
+            let hash = resident.hash();
+            if let Some(admission) = &self.admission {
+                admission.sketch.prefetch(hash);
             }
+            also(hash);
         }
     }
 
@@ -428,17 +449,7 @@ impl<T: Resident> Policy<T> {
     fn resize_window(&mut self, share: f64) {
         self.window_share = share;
         self.window = Bounds::share(self.bounds, share);
-        let main = Bounds {
-            entries: self.bounds.entries - self.window.entries.min(self.bounds.entries),
-            // Unbounded less the window's share of it (unbounded too) is still unbounded,
-            // not zero.
-            bytes: if self.bounds.bytes == u64::MAX {
-                u64::MAX
-            } else {
-                self.bounds.bytes.saturating_sub(self.window.bytes)
-            },
-        };
-        self.protected = Bounds::share(main, PROTECTED_SHARE);
+        self.protected = Bounds::share(self.bounds.less(self.window), PROTECTED_SHARE);
         self.metrics
             .window_share_ppm
             .set((share * 1_000_000.0).round() as u64);
