@@ -132,31 +132,32 @@ fn reader_hits_racing_the_policys_sweeps_and_admission_see_the_value_or_nothing(
 /// whole while it allocates: no block is handed out twice or lost.
 #[test]
 fn blocks_freed_on_other_threads_return_to_the_writer_once() {
-    use crate::slab::{Returns, Slab};
+    use crate::slab::{Directory, Returns, Slab};
     use std::ptr::NonNull;
 
     loom::model(|| {
         let returns = Arc::new(Returns::new());
         let mut slab = Slab::new(0, false);
+        let mut directory = Directory::default();
         let blocks: Vec<usize> = (0..2)
-            .map(|_| slab.allocate(64, &returns).as_ptr() as usize)
+            .map(|_| slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize)
             .collect();
         let freers: Vec<_> = blocks
             .iter()
             .map(|&block| {
                 loom::thread::spawn(move || {
                     // SAFETY: each block was allocated above and is freed once, here.
-                    unsafe { Slab::free(NonNull::new(block as *mut u8).unwrap(), 64) };
+                    unsafe { Slab::free(NonNull::new(block as *mut u8).unwrap(), 64, false) };
                 })
             })
             .collect();
-        let fresh = slab.allocate(64, &returns).as_ptr() as usize;
+        let fresh = slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize;
         for freer in freers {
             freer.join().unwrap();
         }
         let again = [
-            slab.allocate(64, &returns).as_ptr() as usize,
-            slab.allocate(64, &returns).as_ptr() as usize,
+            slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize,
+            slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize,
         ];
         let mut all = vec![fresh, again[0], again[1]];
         all.sort_unstable();

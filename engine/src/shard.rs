@@ -9,7 +9,6 @@
 //! key and value, rounded up to the block's size class), its bucket pointer, its policy
 //! slot, its timer and its share of the frequency sketch.
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::eviction::{
@@ -17,10 +16,10 @@ use crate::eviction::{
 };
 use crate::glob::Glob;
 use crate::metrics::ShardMetrics;
-use crate::slab::footprint;
+use crate::slab::{footprint, Directory, Handle};
 use crate::table::{
-    expiry, node_bytes, node_key, node_payload, table, EntryRef, NewEntry, Node, TableReader,
-    TableWriter, BUCKET_BYTES, HEADER_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
+    expiry, node_bytes, node_key, node_of, node_payload, table, EntryRef, NewEntry, Node,
+    TableReader, TableWriter, BUCKET_BYTES, HEADER_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
 };
 use crate::wheel::{TimerWheel, TIMER_BYTES};
 
@@ -98,49 +97,49 @@ pub struct SavedEntry<'a> {
     pub standing: Standing,
 }
 
-/// A policy slot's occupant: the entry's node. (Its expiry timer is the wheel's timer
-/// keyed by the same slot.)
+/// A policy slot's occupant: the name of the entry's node (4 bytes, where a pointer
+/// took 8), resolved in the policy's home, the slab's [`Directory`]. (Its expiry timer is
+/// the wheel's timer keyed by the same slot.)
 struct Resident {
-    node: NonNull<Node>,
+    handle: Handle,
 }
 
-// SAFETY: a `Resident` is only dereferenced by the `ShardWriter` that owns its policy; the
-// node it points to is owned by the table, whose nodes are `Send + Sync`.
-unsafe impl Send for Resident {}
-
 impl Resident {
-    fn node(&self) -> &Node {
+    fn node<'a>(&self, directory: &'a Directory) -> &'a Node {
         // SAFETY: a resident's node is linked in the table until the writer removes the
-        // resident, and only the writer unlinks or retires nodes.
-        unsafe { self.node.as_ref() }
+        // resident, and only the writer unlinks or retires nodes; the directory is the
+        // writer's own, borrowed for as long as the reference.
+        unsafe { node_of(directory, self.handle).as_ref() }
     }
 
-    fn key(&self) -> &[u8] {
-        // SAFETY: as in `node`: the node outlives the resident's borrow.
-        unsafe { node_key(self.node) }
+    fn key<'a>(&self, directory: &'a Directory) -> &'a [u8] {
+        // SAFETY: as in `node`: the node outlives the borrow of the directory.
+        unsafe { node_key(node_of(directory, self.handle)) }
     }
 }
 
 impl eviction::Resident for Resident {
+    type Home = Directory;
+
     /// The low half of the key's hash, which the node keeps (see `hashing`).
-    fn hash(&self) -> u64 {
-        u64::from(self.node().tag())
+    fn hash(&self, directory: &Directory) -> u64 {
+        u64::from(self.node(directory).tag())
     }
 
-    fn charge(&self) -> u64 {
-        charge_of(self.node())
+    fn charge(&self, directory: &Directory) -> u64 {
+        charge_of(self.node(directory))
     }
 
-    fn take_hits(&self) -> u8 {
-        self.node().take_hits()
+    fn take_hits(&self, directory: &Directory) -> u8 {
+        self.node(directory).take_hits()
     }
 
-    fn pending_hits(&self) -> u8 {
-        self.node().pending_hits()
+    fn pending_hits(&self, directory: &Directory) -> u8 {
+        self.node(directory).pending_hits()
     }
 
-    fn prefetch(&self) {
-        crate::prefetch::prefetch(self.node.as_ptr());
+    fn prefetch(&self, directory: &Directory) {
+        crate::prefetch::prefetch(node_of(directory, self.handle).as_ptr());
     }
 }
 
@@ -321,25 +320,27 @@ impl ShardWriter {
                 entry.hit = old_node.pending_hits() != 0;
                 // The slot's line loads while the new node is built.
                 self.policy.prefetch_slot(slot);
-                let new = table.build(entry);
+                let new = table.build(entry, self.policy.home_mut());
                 // The policy reads the old node's charge before the closure retires it.
-                self.policy.update(slot, |resident| {
-                    resident.node = table.replace(old, new);
+                self.policy.update(slot, |resident, directory| {
+                    directory.forget(resident.handle);
+                    resident.handle = table.replace(old, new);
                 });
                 self.wheel.cancel(slot);
                 slot
             }
-            None => self.policy.insert_with(|slot| {
+            None => self.policy.insert_with(|slot, directory| {
                 entry.slot = slot;
                 Resident {
-                    node: table.insert(entry),
+                    handle: table.insert(entry, directory),
                 }
             }),
         };
         // The node's own times, as it keeps them (an expiry past 24.8 days rounds up to a
         // second).
         let (cached_at_ms, expires_at, stale_until) = {
-            let node = self.policy.get(slot).expect("resident slot").node();
+            let node = self.policy.get(slot).expect("resident slot");
+            let node = node.node(self.policy.home());
             let window = self.config.stale_window_ms;
             (
                 node.cached_at_ms(),
@@ -378,17 +379,18 @@ impl ShardWriter {
         now_ms: u64,
         mut visit: impl FnMut(SavedEntry<'_>),
     ) -> Option<u32> {
+        let directory = self.policy.home();
         for (visited, (slot, resident)) in self.policy.iter_from(from).enumerate() {
             if visited == limit {
                 return Some(slot);
             }
-            let node = resident.node();
+            let node = resident.node(directory);
             if node.stale_until_ms(self.config.stale_window_ms) <= now_ms {
                 continue;
             }
             // SAFETY: a resident's node is linked until the writer (borrowed shared here,
             // so not removing anything) removes the resident.
-            let (key, value) = unsafe { node_payload(resident.node) };
+            let (key, value) = unsafe { node_payload(node_of(directory, resident.handle)) };
             visit(SavedEntry {
                 key,
                 value,
@@ -446,11 +448,12 @@ impl ShardWriter {
     /// Deletes every live key `pattern` matches and returns how many.
     pub fn remove_matching(&mut self, pattern: &Glob, now_ms: u64) -> usize {
         let window = self.config.stale_window_ms;
+        let directory = self.policy.home();
         let doomed: Vec<(u32, bool)> = self
             .policy
             .iter()
-            .filter(|(_, r)| pattern.matches(r.key()))
-            .map(|(slot, r)| (slot, r.node().stale_until_ms(window) > now_ms))
+            .filter(|(_, r)| pattern.matches(r.key(directory)))
+            .map(|(slot, r)| (slot, r.node(directory).stale_until_ms(window) > now_ms))
             .collect();
         let live = doomed.iter().filter(|(_, live)| *live).count();
         for (slot, _) in &doomed {
@@ -470,10 +473,11 @@ impl ShardWriter {
     /// Deletes every entry whose key `doomed` picks (a flush of the keys whose coherence
     /// was lost); returns how many entries were dropped.
     pub fn clear_where(&mut self, doomed: impl Fn(&[u8]) -> bool) -> usize {
+        let directory = self.policy.home();
         let slots: Vec<u32> = self
             .policy
             .iter()
-            .filter(|(_, r)| doomed(r.key()))
+            .filter(|(_, r)| doomed(r.key(directory)))
             .map(|(slot, _)| slot)
             .collect();
         for &slot in &slots {
@@ -489,7 +493,7 @@ impl ShardWriter {
         let (policy, window) = (&self.policy, self.config.stale_window_ms);
         let deadline_of = |slot| {
             let resident = policy.get(slot).expect("a live timer has a resident");
-            resident.node().stale_until_ms(window)
+            resident.node(policy.home()).stale_until_ms(window)
         };
         self.wheel
             .advance(now_ms, deadline_of, |slot| fired.push(slot));
@@ -533,8 +537,12 @@ impl ShardWriter {
     fn remove_slot(&mut self, slot: u32) {
         let resident = self.policy.remove(slot).expect("slot is occupied");
         self.wheel.cancel(slot);
-        self.bytes -= charge_of(resident.node());
-        self.table.remove(resident.node);
+        let directory = self.policy.home_mut();
+        let node = node_of(directory, resident.handle);
+        directory.forget(resident.handle);
+        // SAFETY: the node is still linked: the table unlinks it just below.
+        self.bytes -= charge_of(unsafe { node.as_ref() });
+        self.table.remove(node);
     }
 
     fn publish_levels(&self) {

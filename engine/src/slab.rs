@@ -20,6 +20,9 @@
 //! whole before it next allocates. Each chunk starts with an immutable header naming
 //! that list, which is how a free finds it from the block's address alone.
 //!
+//! Every block the slab gives out also gets a 32-bit name (`handles`), which the writer's
+//! own records keep instead of its 8-byte address.
+//!
 //! Free blocks are listed beside the memory, never inside it (a chunk's free blocks are
 //! a stack of their offsets), so nothing reads or writes a free block but its next node:
 //! no link to trust in memory a reader might once have seen.
@@ -34,6 +37,11 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::sync::{AtomicUsize, Mutex};
+
+mod handles;
+
+use handles::MAX_REGIONS;
+pub(crate) use handles::{Directory, Handle};
 
 /// Bytes per chunk; chunks are aligned to their size, so a block's chunk is its address
 /// rounded down.
@@ -182,6 +190,8 @@ pub(crate) struct Slab {
     huge_from_first: bool,
     /// Blocks taken from `Returns`, being put back (kept for its allocation).
     taken: Vec<Freed>,
+    /// The most regions the slab holds at once: as many as handles can name.
+    most_regions: usize,
 }
 
 /// What a node is taken to need when guessing whether a table fills a region: a short
@@ -289,7 +299,16 @@ mod regions {
     }
 }
 
-fn large_layout(bytes: usize) -> Layout {
+/// A block the slab gave out: where it is, its name, and whether it is an allocation of
+/// its own (which [`Slab::free`] must be told).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Block {
+    pub at: NonNull<u8>,
+    pub handle: Handle,
+    pub own: bool,
+}
+
+fn own_layout(bytes: usize) -> Layout {
     Layout::from_size_align(bytes, 8).expect("a node fits in memory")
 }
 
@@ -306,18 +325,45 @@ impl Slab {
             vacant: Vec::new(),
             regions: Vec::new(),
             with_spare: Vec::new(),
+            most_regions: MAX_REGIONS,
         }
     }
 
-    /// An 8-aligned block of at least `bytes` bytes (uninitialized), for `returns`' table.
-    pub(crate) fn allocate(&mut self, bytes: usize, returns: &Returns) -> NonNull<u8> {
-        if bytes > LARGEST_BLOCK {
-            let layout = large_layout(bytes);
-            // SAFETY: `bytes` is non-zero (it is above LARGEST_BLOCK).
-            let raw = unsafe { alloc::alloc(layout) };
-            return NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+    /// An 8-aligned block of at least `bytes` bytes (uninitialized), for `returns`' table,
+    /// and its name in `directory` (which the slab keeps up to date as its regions come
+    /// and go, so every call passes the same one).
+    pub(crate) fn allocate(
+        &mut self,
+        bytes: usize,
+        returns: &Returns,
+        directory: &mut Directory,
+    ) -> Block {
+        if bytes <= LARGEST_BLOCK {
+            if let Some(block) = self.allocate_in_chunk(bytes, returns, directory) {
+                return block;
+            }
         }
-        self.take_returns(returns);
+        // Larger than any block, or past the regions handles can name.
+        let layout = own_layout(bytes);
+        // SAFETY: `bytes` is non-zero: a node has a header.
+        let raw = unsafe { alloc::alloc(layout) };
+        let at = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        Block {
+            at,
+            handle: directory.name_own(at),
+            own: true,
+        }
+    }
+
+    /// A block of a chunk of `bytes`' class; `None` if that needs a region and the slab
+    /// has as many as handles can name.
+    fn allocate_in_chunk(
+        &mut self,
+        bytes: usize,
+        returns: &Returns,
+        directory: &mut Directory,
+    ) -> Option<Block> {
+        self.take_returns(returns, directory);
         let (class, block) = class_of(bytes);
         loop {
             let index = match self.classes[class].current {
@@ -328,41 +374,51 @@ impl Slab {
                             self.chunk_mut(index).partial = NOT_PARTIAL;
                             index
                         }
-                        None => self.new_chunk(class, returns),
+                        None => self.new_chunk(class, returns, directory)?,
                     };
                     self.classes[class].current = Some(index);
                     index
                 }
             };
             let chunk = self.chunk_mut(index);
-            if let Some(offset) = chunk.free.pop() {
-                chunk.live += 1;
+            let at = if let Some(offset) = chunk.free.pop() {
                 // SAFETY: a free block's offset lies inside its chunk's allocation, whose
                 // provenance `base` carries.
-                return unsafe { chunk.base.add(usize::from(offset) * 8) };
-            }
-            if chunk.bump as usize + block <= CHUNK_BYTES {
+                unsafe { chunk.base.add(usize::from(offset) * 8) }
+            } else if chunk.bump as usize + block <= CHUNK_BYTES {
                 // SAFETY: `bump + block` is within the chunk's allocation.
                 let fresh = unsafe { chunk.base.add(chunk.bump as usize) };
                 chunk.bump += block as u32;
-                chunk.live += 1;
-                return fresh;
-            }
-            // Full: it returns to the partial list when one of its blocks is freed.
-            self.classes[class].current = None;
+                fresh
+            } else {
+                // Full: it returns to the partial list when one of its blocks is freed.
+                self.classes[class].current = None;
+                continue;
+            };
+            chunk.live += 1;
+            let region = chunk.region as usize;
+            let base = self.regions[region]
+                .as_ref()
+                .expect("a chunk's region exists")
+                .base;
+            return Some(Block {
+                at,
+                handle: Directory::name_in_region(region, base, at),
+                own: false,
+            });
         }
     }
 
     /// Gives back a block from [`Slab::allocate`] of a node of `bytes` bytes, from any
-    /// thread.
+    /// thread; `own` is the block's [`Block::own`].
     ///
     /// # Safety
-    /// `block` came from `allocate(bytes, returns)` of a slab that is still alive, with
+    /// `block` came from `allocate(bytes, returns, _)` of a slab that is still alive, with
     /// the same `bytes`, and is unreachable by anyone else; it is freed once.
-    pub(crate) unsafe fn free(block: NonNull<u8>, bytes: usize) {
-        if bytes > LARGEST_BLOCK {
-            // SAFETY: large blocks are allocations of their own with this layout.
-            unsafe { alloc::dealloc(block.as_ptr(), large_layout(bytes)) };
+    pub(crate) unsafe fn free(block: NonNull<u8>, bytes: usize, own: bool) {
+        if own {
+            // SAFETY: such blocks are allocations of their own with this layout.
+            unsafe { alloc::dealloc(block.as_ptr(), own_layout(bytes)) };
             return;
         }
         let chunk = (block.as_ptr() as usize & !(CHUNK_BYTES - 1)) as *const ChunkHeader;
@@ -382,7 +438,7 @@ impl Slab {
 
     /// Puts every block freed since the last call back on its chunk's free list, and
     /// gives chunks that became empty back to the allocator.
-    fn take_returns(&mut self, returns: &Returns) {
+    fn take_returns(&mut self, returns: &Returns, directory: &mut Directory) {
         let mut taken = std::mem::take(&mut self.taken);
         returns.take_all(&mut taken);
         for Freed(block) in taken.drain(..) {
@@ -395,12 +451,12 @@ impl Slab {
                     .cast::<ChunkHeader>())
                 .index
             };
-            self.release(index, block);
+            self.release(index, block, directory);
         }
         self.taken = taken;
     }
 
-    fn release(&mut self, index: u32, block: NonNull<u8>) {
+    fn release(&mut self, index: u32, block: NonNull<u8>, directory: &mut Directory) {
         let chunk = self.chunk_mut(index);
         let offset = (block.as_ptr() as usize - chunk.base.as_ptr() as usize) / 8;
         chunk.free.push(offset as u16);
@@ -414,7 +470,7 @@ impl Slab {
             if partial != NOT_PARTIAL {
                 self.unlist_partial(class, partial);
             }
-            self.drop_chunk(index);
+            self.drop_chunk(index, directory);
         } else if partial == NOT_PARTIAL {
             let list = &mut self.classes[class].partial;
             let position = list.len() as u32;
@@ -431,8 +487,13 @@ impl Slab {
         }
     }
 
-    fn new_chunk(&mut self, class: usize, returns: &Returns) -> u32 {
-        let (region, position) = self.spare_chunk();
+    fn new_chunk(
+        &mut self,
+        class: usize,
+        returns: &Returns,
+        directory: &mut Directory,
+    ) -> Option<u32> {
+        let (region, position) = self.spare_chunk(directory)?;
         let region_base = self.regions[region as usize]
             .as_ref()
             .expect("a region with a spare chunk exists")
@@ -463,12 +524,12 @@ impl Slab {
             live: 0,
             partial: NOT_PARTIAL,
         });
-        index
+        Some(index)
     }
 
     /// A chunk no class uses, as (region, position in it): from a region that has one, or
-    /// from a new region.
-    fn spare_chunk(&mut self) -> (u32, usize) {
+    /// from a new region; `None` if that would be one more than handles can name.
+    fn spare_chunk(&mut self, directory: &mut Directory) -> Option<(u32, usize)> {
         while let Some(&region) = self.with_spare.last() {
             match &mut self.regions[region as usize] {
                 Some(r) if r.spare != 0 => {
@@ -477,32 +538,37 @@ impl Slab {
                     if r.spare == 0 {
                         self.with_spare.pop();
                     }
-                    return (region, position);
+                    return Some((region, position));
                 }
                 _ => {
                     self.with_spare.pop();
                 }
             }
         }
+        let vacant = self.regions.iter().position(Option::is_none);
+        if vacant.is_none() && self.regions.len() == self.most_regions {
+            return None;
+        }
         let first = self.regions.iter().all(Option::is_none);
         let small = !self.huge_pages || (first && !self.huge_from_first);
         let base = regions::map(small);
-        let region = match self.regions.iter().position(Option::is_none) {
+        let region = match vacant {
             Some(vacant) => vacant,
             None => {
                 self.regions.push(None);
                 self.regions.len() - 1
             }
         };
+        directory.region_mapped(region, base);
         // Every chunk but the first, which is taken now.
         let spare = (u32::MAX >> (32 - REGION_CHUNKS)) & !1;
         self.regions[region] = Some(Region { base, spare });
         let region = u32::try_from(region).expect("fewer than 2^32 regions");
         self.with_spare.push(region);
-        (region, 0)
+        Some((region, 0))
     }
 
-    fn drop_chunk(&mut self, index: u32) {
+    fn drop_chunk(&mut self, index: u32, directory: &mut Directory) {
         let chunk = self.chunks[index as usize]
             .take()
             .expect("a listed chunk exists");
@@ -520,6 +586,7 @@ impl Slab {
             // blocks is live. (Its stale `with_spare` entry is skipped when taken.)
             unsafe { regions::unmap(r.base) };
             self.regions[region] = None;
+            directory.region_unmapped(region);
         }
     }
 
@@ -578,7 +645,10 @@ mod tests {
     fn freed_blocks_are_reused_and_empty_chunks_returned() {
         let returns = Returns::new();
         let mut slab = Slab::new(0, false);
-        let blocks: Vec<_> = (0..2_000).map(|_| slab.allocate(100, &returns)).collect();
+        let mut directory = Directory::default();
+        let blocks: Vec<_> = (0..2_000)
+            .map(|_| slab.allocate(100, &returns, &mut directory).at)
+            .collect();
         let mut addresses: Vec<_> = blocks.iter().map(|b| b.as_ptr() as usize).collect();
         addresses.sort_unstable();
         addresses.dedup();
@@ -591,16 +661,18 @@ mod tests {
         );
         for block in &blocks[..1_000] {
             // SAFETY: allocated above with this size, freed once.
-            unsafe { Slab::free(*block, 100) };
+            unsafe { Slab::free(*block, 100, false) };
         }
-        let again: Vec<_> = (0..1_000).map(|_| slab.allocate(100, &returns)).collect();
+        let again: Vec<_> = (0..1_000)
+            .map(|_| slab.allocate(100, &returns, &mut directory).at)
+            .collect();
         assert_eq!(slab.chunk_bytes(), held, "reused, not grown");
         for block in blocks[1_000..].iter().chain(&again) {
             // SAFETY: as above.
-            unsafe { Slab::free(*block, 100) };
+            unsafe { Slab::free(*block, 100, false) };
         }
         // A chunk is given back once its blocks come home; the current one stays.
-        slab.allocate(8, &returns);
+        slab.allocate(8, &returns, &mut directory);
         assert_eq!(
             slab.chunk_bytes(),
             2 * CHUNK_BYTES,
@@ -613,16 +685,17 @@ mod tests {
     fn a_region_whose_chunks_are_all_free_is_given_back() {
         let returns = Returns::new();
         let mut slab = Slab::new(0, false);
+        let mut directory = Directory::default();
         let per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / 512;
         let blocks: Vec<_> = (0..per_chunk * (REGION_CHUNKS + 2))
-            .map(|_| slab.allocate(512, &returns))
+            .map(|_| slab.allocate(512, &returns, &mut directory).at)
             .collect();
         assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
         for block in &blocks[..per_chunk * REGION_CHUNKS] {
             // SAFETY: allocated above with this size, freed once.
-            unsafe { Slab::free(*block, 512) };
+            unsafe { Slab::free(*block, 512, false) };
         }
-        slab.allocate(512, &returns);
+        slab.allocate(512, &returns, &mut directory);
         assert_eq!(
             slab.region_bytes(),
             REGION_CHUNKS * CHUNK_BYTES,
@@ -631,12 +704,12 @@ mod tests {
         // Its chunks are gone from the spare list too: new chunks come from the second
         // region and then a new one.
         let more: Vec<_> = (0..per_chunk * REGION_CHUNKS)
-            .map(|_| slab.allocate(512, &returns))
+            .map(|_| slab.allocate(512, &returns, &mut directory).at)
             .collect();
         assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
         for block in blocks[per_chunk * REGION_CHUNKS..].iter().chain(&more) {
             // SAFETY: as above.
-            unsafe { Slab::free(*block, 512) };
+            unsafe { Slab::free(*block, 512, false) };
         }
     }
 
@@ -644,10 +717,14 @@ mod tests {
     fn large_nodes_get_their_own_allocation() {
         let returns = Returns::new();
         let mut slab = Slab::new(0, false);
-        let block = slab.allocate(LARGEST_BLOCK + 1, &returns);
+        let mut directory = Directory::default();
+        let block = slab.allocate(LARGEST_BLOCK + 1, &returns, &mut directory);
+        assert!(block.own);
+        assert_eq!(directory.resolve(block.handle), block.at);
         assert_eq!(slab.chunk_bytes(), 0);
+        directory.forget(block.handle);
         // SAFETY: allocated above with this size, freed once.
-        unsafe { Slab::free(block, LARGEST_BLOCK + 1) };
+        unsafe { Slab::free(block.at, LARGEST_BLOCK + 1, true) };
         assert_eq!(footprint(LARGEST_BLOCK + 1), LARGEST_BLOCK + 32);
         assert_eq!(footprint(100), 104);
     }
@@ -656,20 +733,82 @@ mod tests {
     fn frees_from_other_threads_come_back() {
         let returns = Returns::new();
         let mut slab = Slab::new(0, false);
+        let mut directory = Directory::default();
         let blocks: Vec<usize> = (0..4_000)
-            .map(|_| slab.allocate(64, &returns).as_ptr() as usize)
+            .map(|_| slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize)
             .collect();
         std::thread::scope(|s| {
             for part in blocks.chunks(1_000) {
                 s.spawn(move || {
                     for &b in part {
                         // SAFETY: each block was allocated above and is freed once, here.
-                        unsafe { Slab::free(NonNull::new(b as *mut u8).unwrap(), 64) };
+                        unsafe { Slab::free(NonNull::new(b as *mut u8).unwrap(), 64, false) };
                     }
                 });
             }
         });
-        slab.allocate(64, &returns);
+        slab.allocate(64, &returns, &mut directory);
         assert_eq!(slab.chunk_bytes(), CHUNK_BYTES, "every other chunk emptied");
+    }
+
+    #[test]
+    fn handles_name_every_block_until_it_is_freed() {
+        let returns = Returns::new();
+        let mut slab = Slab::new(0, false);
+        let mut directory = Directory::default();
+        let sizes = [24, 100, 512, 513, 4096, LARGEST_BLOCK + 1, 40_000];
+        let blocks: Vec<(Block, usize)> = (0..3 * REGION_CHUNKS * CHUNK_BYTES / 600)
+            .map(|i| {
+                let bytes = sizes[i % sizes.len()];
+                (slab.allocate(bytes, &returns, &mut directory), bytes)
+            })
+            .collect();
+        let handles: std::collections::HashSet<_> = blocks.iter().map(|(b, _)| b.handle).collect();
+        assert_eq!(handles.len(), blocks.len(), "distinct names");
+        assert!(
+            slab.region_bytes() > REGION_CHUNKS * CHUNK_BYTES,
+            "several regions"
+        );
+        for (block, bytes) in &blocks {
+            assert_eq!(directory.resolve(block.handle), block.at);
+            assert_eq!(block.own, *bytes > LARGEST_BLOCK);
+        }
+        // Freed, the regions go back; the blocks of new ones are named afresh.
+        for (block, bytes) in &blocks {
+            directory.forget(block.handle);
+            // SAFETY: allocated above with this size, freed once.
+            unsafe { Slab::free(block.at, *bytes, block.own) };
+        }
+        let again: Vec<_> = (0..1_000)
+            .map(|_| slab.allocate(100, &returns, &mut directory))
+            .collect();
+        for block in &again {
+            assert_eq!(directory.resolve(block.handle), block.at);
+            // SAFETY: as above.
+            unsafe { Slab::free(block.at, 100, false) };
+        }
+    }
+
+    #[test]
+    fn past_the_regions_handles_name_nodes_get_their_own_allocation() {
+        let returns = Returns::new();
+        let mut slab = Slab::new(0, false);
+        slab.most_regions = 1;
+        let mut directory = Directory::default();
+        let per_region = REGION_CHUNKS * ((CHUNK_BYTES - FIRST_BLOCK) / 512);
+        let blocks: Vec<_> = (0..per_region + 10)
+            .map(|_| slab.allocate(512, &returns, &mut directory))
+            .collect();
+        assert_eq!(slab.region_bytes(), REGION_CHUNKS * CHUNK_BYTES);
+        assert!(blocks[..per_region].iter().all(|b| !b.own));
+        assert!(blocks[per_region..].iter().all(|b| b.own));
+        for block in &blocks {
+            assert_eq!(directory.resolve(block.handle), block.at);
+            directory.forget(block.handle);
+            // SAFETY: allocated above with this size, freed once.
+            unsafe { Slab::free(block.at, 512, block.own) };
+        }
+        // Once the region's blocks are back, new nodes go to it again.
+        assert!(!slab.allocate(512, &returns, &mut directory).own);
     }
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::slab::{Returns, Slab};
+use crate::slab::{Directory, Handle, Returns, Slab};
 use crate::sync::{Arc, AtomicPtr, AtomicU32, Reclaimer, Retirable, SharedCell};
 
 /// An entry as a reader sees it, borrowed for the duration of a read.
@@ -56,7 +56,7 @@ pub(crate) const MAX_ENTRIES: usize = (1 << 31) - 1;
 /// says little; the low half picks the bucket, tells keys apart before their bytes are
 /// compared, and is what the eviction policy's sketch counts by; see `hashing`), the
 /// stale deadline (the expiry plus the table's one stale window), and the upper bits of
-/// times (48 bits of milliseconds reach the year 10889; an expiry is kept relative to
+/// times (47 bits of milliseconds reach the year 6429; an expiry is kept relative to
 /// `cached_at`, see [`Lifetime`]).
 #[repr(C)]
 pub(crate) struct Node {
@@ -67,7 +67,8 @@ pub(crate) struct Node {
     /// whether a reader hit the entry since the policy last looked. Readers only ever
     /// set bit 0, storing the slot bits back as they found them, which never change.
     slot_and_hit: AtomicU32,
-    /// `cached_at_ms << 16 | key_len`.
+    /// `own << 63 | cached_at_ms << 16 | key_len`, where `own` says whether the node
+    /// has an allocation of its own rather than a slab block (`slab::Block::own`).
     cached_at_and_key_len: u64,
     lifetime: Lifetime,
     value_len: u32,
@@ -112,8 +113,11 @@ impl Lifetime {
     }
 }
 
-/// The latest `cached_at_ms` a header holds (48 bits); later times are stored as this.
-const LATEST_CACHED_AT_MS: u64 = (1 << 48) - 1;
+/// The latest `cached_at_ms` a header holds (47 bits); later times are stored as this.
+const LATEST_CACHED_AT_MS: u64 = (1 << 47) - 1;
+
+/// The bit of `cached_at_and_key_len` that says the node has an allocation of its own.
+const OWN_ALLOCATION: u64 = 1 << 63;
 
 /// What the writer needs to build a node.
 pub(crate) struct NewEntry<'a> {
@@ -136,12 +140,23 @@ pub(crate) fn expiry(expires_at_ms: u64) -> Option<u64> {
     (expires_at_ms != NEVER).then_some(expires_at_ms)
 }
 
-/// Allocates and fills a node; the writer links it.
-fn allocate(slab: &mut Slab, returns: &Returns, entry: NewEntry<'_>) -> NonNull<Node> {
+/// Allocates and fills a node, which `directory` names by the handle returned; the writer
+/// links it.
+fn allocate(
+    slab: &mut Slab,
+    returns: &Returns,
+    directory: &mut Directory,
+    entry: NewEntry<'_>,
+) -> (NonNull<Node>, Handle) {
     let key_len = u16::try_from(entry.key.len()).expect("the shard checks key lengths");
     let value_len = u32::try_from(entry.value.len()).expect("values are far below 4 GiB");
-    let block = slab.allocate(node_bytes(entry.key.len() + entry.value.len()), returns);
-    let node = block.cast::<Node>();
+    let block = slab.allocate(
+        node_bytes(entry.key.len() + entry.value.len()),
+        returns,
+        directory,
+    );
+    let node = block.at.cast::<Node>();
+    let own = if block.own { OWN_ALLOCATION } else { 0 };
     let cached_at_ms = entry.cached_at_ms.min(LATEST_CACHED_AT_MS);
     let slot = entry.slot;
     debug_assert!(slot < 1 << 31, "slots fit in 31 bits");
@@ -153,7 +168,7 @@ fn allocate(slab: &mut Slab, returns: &Returns, entry: NewEntry<'_>) -> NonNull<
             next: AtomicPtr::new(ptr::null_mut()),
             tag: entry.hash as u32,
             slot_and_hit: AtomicU32::new(slot << 1 | u32::from(entry.hit)),
-            cached_at_and_key_len: cached_at_ms << 16 | u64::from(key_len),
+            cached_at_and_key_len: own | cached_at_ms << 16 | u64::from(key_len),
             lifetime: Lifetime::new(cached_at_ms, entry.expires_at_ms),
             value_len,
             payload_access: SharedCell::new(()),
@@ -166,7 +181,12 @@ fn allocate(slab: &mut Slab, returns: &Returns, entry: NewEntry<'_>) -> NonNull<
             entry.value.len(),
         );
     }
-    node
+    (node, block.handle)
+}
+
+/// The node `handle` names in `directory`, which must still be linked.
+pub(crate) fn node_of(directory: &Directory, handle: Handle) -> NonNull<Node> {
+    directory.resolve(handle).cast()
 }
 
 impl Retirable for Node {
@@ -180,8 +200,9 @@ impl Retirable for Node {
         // every node was freed (see `Table`'s fields).
         unsafe {
             let bytes = node_bytes((*node).payload_len());
+            let own = (*node).cached_at_and_key_len & OWN_ALLOCATION != 0;
             ptr::drop_in_place(node);
-            Slab::free(NonNull::new_unchecked(node).cast(), bytes);
+            Slab::free(NonNull::new_unchecked(node).cast(), bytes, own);
         }
     }
 
@@ -241,7 +262,7 @@ impl Node {
     }
 
     pub(crate) fn cached_at_ms(&self) -> u64 {
-        self.cached_at_and_key_len >> 16
+        (self.cached_at_and_key_len & !OWN_ALLOCATION) >> 16
     }
 
     /// When the entry expires; [`NEVER`] if it does not.
@@ -418,7 +439,7 @@ fn entry_hash(node: NonNull<Node>) -> u64 {
 /// A node [`TableWriter::build`] made and nothing links yet. Neither `Clone` nor `Copy`:
 /// it is linked once, by [`TableWriter::replace`].
 #[must_use = "an unlinked node is lost unless it is linked"]
-pub(crate) struct Unlinked(NonNull<Node>);
+pub(crate) struct Unlinked(NonNull<Node>, Handle);
 
 /// Read access from any thread. Cheap to clone; each clone counts its own lookups, so a
 /// thread that reads often should hold a clone of its own.
@@ -580,37 +601,44 @@ impl TableWriter {
         crate::prefetch::prefetch(self.0.bucket(hash));
     }
 
-    /// The table's slab, for allocating a node.
-    fn allocate(&mut self, entry: NewEntry<'_>) -> NonNull<Node> {
+    /// Allocates a node from the table's slab, named in `directory` (the same one on
+    /// every call: the slab keeps it up to date).
+    fn allocate(
+        &mut self,
+        entry: NewEntry<'_>,
+        directory: &mut Directory,
+    ) -> (NonNull<Node>, Handle) {
         let table = &*self.0.table;
         // SAFETY: only the table's one writer reaches the slab, and `&mut self` makes
         // this the only use of it now (see `Table`'s `Sync`).
         let slab = unsafe { &mut *table.slab.get() };
-        allocate(slab, &table.returns, entry)
+        allocate(slab, &table.returns, directory, entry)
     }
 
-    /// Links a new node for a key that is not in the table.
-    pub(crate) fn insert(&mut self, entry: NewEntry<'_>) -> NonNull<Node> {
-        let node = self.allocate(entry);
+    /// Links a new node for a key that is not in the table; returns its name.
+    pub(crate) fn insert(&mut self, entry: NewEntry<'_>, directory: &mut Directory) -> Handle {
+        let (node, handle) = self.allocate(entry, directory);
         let bucket = self.0.bucket(entry_hash(node));
         // SAFETY: `node` is fresh and not yet shared.
         unsafe { node.as_ref() }
             .next
             .store(bucket.load(Relaxed), Relaxed);
         bucket.store(node.as_ptr(), Release);
-        node
+        handle
     }
 
     /// Builds the node for `entry` without linking it, so that the caller can overlap
     /// its cache misses (a recycled block, the key and value copied in) with others
     /// before [`TableWriter::replace`] links it.
-    pub(crate) fn build(&mut self, entry: NewEntry<'_>) -> Unlinked {
-        Unlinked(self.allocate(entry))
+    pub(crate) fn build(&mut self, entry: NewEntry<'_>, directory: &mut Directory) -> Unlinked {
+        let (node, handle) = self.allocate(entry, directory);
+        Unlinked(node, handle)
     }
 
-    /// Puts a new node in place of `old` (same key) and retires `old`.
-    pub(crate) fn replace(&mut self, old: NonNull<Node>, new: Unlinked) -> NonNull<Node> {
-        let node = new.0;
+    /// Puts a new node in place of `old` (same key) and retires `old`; returns the new
+    /// node's name. (The caller forgets `old`'s.)
+    pub(crate) fn replace(&mut self, old: NonNull<Node>, new: Unlinked) -> Handle {
+        let Unlinked(node, handle) = new;
         let link = self.link_to(old);
         // SAFETY: `old` is linked, hence live (see `find`); `node` is not yet shared.
         unsafe {
@@ -622,7 +650,7 @@ impl TableWriter {
         // SAFETY: `old` is now unreachable from the table, it came from `allocate`, and
         // the writer drops its handle to it here.
         unsafe { self.0.table.reclaimer.retire(old.as_ptr()) };
-        node
+        handle
     }
 
     /// Unlinks `node` and retires it.

@@ -102,20 +102,24 @@ pub struct Standing {
 /// The sketch's counters saturate here.
 pub const MAX_FREQUENCY: u8 = 15;
 
-/// What the policy needs to know of a resident.
+/// What the policy needs to know of a resident. A resident may be only a name for the
+/// entry (so that a slot stays small); its [`Resident::Home`], which the policy keeps and
+/// hands to every call, is what the name is looked up in.
 pub trait Resident {
+    /// What a resident is read through: the directory its name is resolved in.
+    type Home: Default;
     /// What the frequency sketch counts the key by: a hash of it, seeded per process, of
     /// at least 32 bits.
-    fn hash(&self) -> u64;
+    fn hash(&self, home: &Self::Home) -> u64;
     /// Bytes the entry is charged against the shard's byte bound.
-    fn charge(&self) -> u64;
+    fn charge(&self, home: &Self::Home) -> u64;
     /// The hits readers counted since the last call, clearing them.
-    fn take_hits(&self) -> u8;
+    fn take_hits(&self, home: &Self::Home) -> u8;
     /// The hits readers counted since the last call, leaving them.
-    fn pending_hits(&self) -> u8;
+    fn pending_hits(&self, home: &Self::Home) -> u8;
     /// Asks the CPU to start loading what the policy reads of this resident, without
     /// waiting for it.
-    fn prefetch(&self) {}
+    fn prefetch(&self, _home: &Self::Home) {}
 }
 
 /// The window's share when a shard starts (Caffeine's).
@@ -204,6 +208,8 @@ impl Admission {
 #[derive(Debug)]
 pub struct Policy<T: Resident> {
     ring: Ring<T>,
+    /// Where the residents are read (see [`Resident::Home`]).
+    home: T::Home,
     bytes: [u64; 3],
     bounds: Bounds,
     window_share: f64,
@@ -249,6 +255,7 @@ impl<T: Resident> Policy<T> {
         };
         let mut policy = Self {
             ring: Ring::new(),
+            home: T::Home::default(),
             bytes: [0; 3],
             bounds,
             window_share,
@@ -267,6 +274,17 @@ impl<T: Resident> Policy<T> {
 
     pub fn is_empty(&self) -> bool {
         self.ring.len() == 0
+    }
+
+    /// Where the residents are read.
+    pub fn home(&self) -> &T::Home {
+        &self.home
+    }
+
+    /// Where the residents are read, for a caller that changes it (alongside a resident
+    /// it adds or removes).
+    pub fn home_mut(&mut self) -> &mut T::Home {
+        &mut self.home
     }
 
     pub fn get(&self, slot: u32) -> Option<&T> {
@@ -289,9 +307,9 @@ impl<T: Resident> Policy<T> {
     /// How the resident of `slot` stands: its key's estimated frequency and its region.
     pub fn standing(&self, slot: u32) -> Standing {
         let resident = self.ring.get(slot).expect("an occupied slot");
-        let pending = resident.pending_hits();
+        let pending = resident.pending_hits(&self.home);
         let frequency = match &self.admission {
-            Some(admission) => admission.sketch.frequency(resident.hash()),
+            Some(admission) => admission.sketch.frequency(resident.hash(&self.home)),
             None => 0,
         };
         let uncounted_write = u8::from(self.ring.is_marked(slot));
@@ -307,7 +325,11 @@ impl<T: Resident> Policy<T> {
     /// Counts the requests the key of a restored resident had earned, besides the one its
     /// insert counts, so that admission ranks it as it was ranked when saved.
     pub fn prime(&mut self, slot: u32, standing: Standing) {
-        let hash = self.ring.get(slot).expect("an occupied slot").hash();
+        let hash = self
+            .ring
+            .get(slot)
+            .expect("an occupied slot")
+            .hash(&self.home);
         self.record(hash, standing.frequency.saturating_sub(1));
     }
 
@@ -332,7 +354,7 @@ impl<T: Resident> Policy<T> {
     /// misses overlap the caller's own lookup rather than follow it.
     pub fn prefetch_next_victims(&self) {
         for resident in self.next_victims() {
-            resident.prefetch();
+            resident.prefetch(&self.home);
         }
     }
 
@@ -355,7 +377,7 @@ impl<T: Resident> Policy<T> {
     /// ([`Policy::prefetch_next_victims`]), this costs no wait.
     pub fn prefetch_admission(&self, also: impl Fn(u64)) {
         for resident in self.next_victims() {
-            let hash = resident.hash();
+            let hash = resident.hash(&self.home);
             if let Some(admission) = &self.admission {
                 admission.sketch.prefetch(hash);
             }
@@ -392,9 +414,16 @@ impl<T: Resident> Policy<T> {
 
     /// Stores a new resident as the newest of the window, its request to be counted
     /// later; returns its slot. Call once [`Policy::next_victim`] has made room.
-    pub fn insert_with(&mut self, make: impl FnOnce(u32) -> T) -> u32 {
-        let slot = self.ring.insert_with(Region::Window, make);
-        let charge = self.ring.get(slot).expect("just inserted").charge();
+    pub fn insert_with(&mut self, make: impl FnOnce(u32, &mut T::Home) -> T) -> u32 {
+        let home = &mut self.home;
+        let slot = self
+            .ring
+            .insert_with(Region::Window, |slot| make(slot, home));
+        let charge = self
+            .ring
+            .get(slot)
+            .expect("just inserted")
+            .charge(&self.home);
         self.bytes[Region::Window as usize] += charge;
         if let Some(admission) = &mut self.admission {
             admission.grow(self.ring.len());
@@ -412,12 +441,12 @@ impl<T: Resident> Policy<T> {
 
     /// Changes the resident of `slot` in place (an overwrite), counting a request for its
     /// key (later) and the change of its charge.
-    pub fn update(&mut self, slot: u32, change: impl FnOnce(&mut T)) {
+    pub fn update(&mut self, slot: u32, change: impl FnOnce(&mut T, &mut T::Home)) {
         let region = self.ring.region_of(slot) as usize;
         let resident = self.ring.get_mut(slot).expect("an occupied slot");
-        self.bytes[region] -= resident.charge();
-        change(resident);
-        let charge = resident.charge();
+        self.bytes[region] -= resident.charge(&self.home);
+        change(resident, &mut self.home);
+        let charge = resident.charge(&self.home);
         self.bytes[region] += charge;
         self.count_write(slot);
     }
@@ -426,11 +455,11 @@ impl<T: Resident> Policy<T> {
     pub fn remove(&mut self, slot: u32) -> Option<T> {
         let vacated = self.ring.remove(slot)?;
         let resident = vacated.item;
-        self.bytes[vacated.region as usize] -= resident.charge();
+        self.bytes[vacated.region as usize] -= resident.charge(&self.home);
         // A key deleted or evicted and set again keeps every request it earned.
-        let uncounted = u8::from(vacated.marked) + resident.pending_hits();
+        let uncounted = u8::from(vacated.marked) + resident.pending_hits(&self.home);
         if uncounted > 0 {
-            self.record(resident.hash(), uncounted);
+            self.record(resident.hash(&self.home), uncounted);
         }
         Some(resident)
     }
@@ -492,11 +521,11 @@ impl<T: Resident> Policy<T> {
             }
             budget = budget.saturating_sub(1);
             let resident = self.ring.get(slot).expect("a hand points at a resident");
-            let hits = resident.take_hits();
+            let hits = resident.take_hits(&self.home);
             if hits == 0 {
                 return Some(slot);
             }
-            let hash = resident.hash();
+            let hash = resident.hash(&self.home);
             let uncounted_write = u8::from(self.ring.unmark(slot));
             self.record(hash, hits + uncounted_write);
             if budget == 0 {
@@ -523,7 +552,11 @@ impl<T: Resident> Policy<T> {
 
     fn move_to(&mut self, slot: u32, to: Region) {
         let from = self.ring.region_of(slot);
-        let charge = self.ring.get(slot).expect("an occupied slot").charge();
+        let charge = self
+            .ring
+            .get(slot)
+            .expect("an occupied slot")
+            .charge(&self.home);
         self.bytes[from as usize] -= charge;
         self.bytes[to as usize] += charge;
         self.ring.move_to(slot, to);
@@ -561,7 +594,11 @@ impl<T: Resident> Policy<T> {
             return;
         }
         if self.ring.is_marked(slot) {
-            let hash = self.ring.get(slot).expect("an occupied slot").hash();
+            let hash = self
+                .ring
+                .get(slot)
+                .expect("an occupied slot")
+                .hash(&self.home);
             self.record(hash, 1);
         } else {
             self.ring.mark(slot);
@@ -571,7 +608,11 @@ impl<T: Resident> Policy<T> {
     /// The estimated frequency of the key of `slot`, once its pending write (if any) is
     /// counted; and the key's hash.
     fn settled_frequency(&mut self, slot: u32) -> (u8, u64) {
-        let hash = self.ring.get(slot).expect("an occupied slot").hash();
+        let hash = self
+            .ring
+            .get(slot)
+            .expect("an occupied slot")
+            .hash(&self.home);
         let frequency = if self.ring.unmark(slot) {
             self.record(hash, 1)
         } else {

@@ -17,19 +17,21 @@ struct Item {
 }
 
 impl Resident for Item {
-    fn hash(&self) -> u64 {
+    type Home = ();
+
+    fn hash(&self, _: &()) -> u64 {
         self.key.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
-    fn charge(&self) -> u64 {
+    fn charge(&self, _: &()) -> u64 {
         self.charge
     }
 
-    fn take_hits(&self) -> u8 {
+    fn take_hits(&self, _: &()) -> u8 {
         self.hits.replace(0)
     }
 
-    fn pending_hits(&self) -> u8 {
+    fn pending_hits(&self, _: &()) -> u8 {
         self.hits.get()
     }
 }
@@ -98,9 +100,9 @@ impl Shard {
             evicted.push(item.key);
         }
         match existing {
-            Some(slot) => self.policy.update(slot, |item| item.charge = charge),
+            Some(slot) => self.policy.update(slot, |item, _| item.charge = charge),
             None => {
-                let slot = self.policy.insert_with(|_| Item {
+                let slot = self.policy.insert_with(|_, _| Item {
                     key,
                     charge,
                     hits: Cell::new(0),
@@ -463,7 +465,7 @@ fn a_byte_bounded_sketch_grows_with_the_residents() {
     assert_eq!(capacity(&policy), FIRST_SKETCHED_ENTRIES);
     let mut seen = vec![capacity(&policy)];
     for key in 0..most as u64 {
-        policy.insert_with(|_| Item {
+        policy.insert_with(|_, _| Item {
             key,
             charge: 1,
             hits: Cell::new(0),
