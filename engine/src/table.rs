@@ -113,8 +113,9 @@ impl Lifetime {
     }
 }
 
-/// The latest `cached_at_ms` a header holds (47 bits); later times are stored as this.
-const LATEST_CACHED_AT_MS: u64 = (1 << 47) - 1;
+/// The latest `cached_at_ms` a header holds (47 bits, the year 6429); later times are
+/// stored as this.
+pub const LATEST_CACHED_AT_MS: u64 = (1 << 47) - 1;
 
 /// The bit of `cached_at_and_key_len` that says the node has an allocation of its own.
 const OWN_ALLOCATION: u64 = 1 << 63;

@@ -40,6 +40,18 @@ impl Version {
         u64::from_str_radix(text, 16).ok().map(Version)
     }
 
+    /// The hybrid clock reading (milliseconds and counter) and the instance tag.
+    pub fn split(self) -> (u64, u64) {
+        (self.0 >> TAG_BITS, self.0 & ((1 << TAG_BITS) - 1))
+    }
+
+    /// The version of a clock reading and an instance tag, the inverse of
+    /// [`Version::split`]; `None` if either is out of range.
+    pub fn join(reading: u64, tag: u64) -> Option<Version> {
+        (reading <= u64::MAX >> TAG_BITS && tag < 1 << TAG_BITS)
+            .then_some(Version(reading << TAG_BITS | tag))
+    }
+
     /// The hybrid clock reading, without the tag.
     fn clock(self) -> u64 {
         self.0 >> TAG_BITS
@@ -61,6 +73,14 @@ impl VersionClock {
             last: AtomicU64::new(0),
             tag: tag & ((1 << TAG_BITS) - 1),
         }
+    }
+
+    /// The version this clock gives the first write of millisecond `wall_ms` if it has
+    /// not run ahead of it: a write made then is at or just above it, so a version can be
+    /// kept in few bytes as its distance from this.
+    pub fn first_at(&self, wall_ms: u64) -> Version {
+        let wall = wall_ms.min(u64::MAX >> (TAG_BITS + COUNTER_BITS)) << COUNTER_BITS;
+        Version(wall << TAG_BITS | self.tag)
     }
 
     /// A version newer than every one this clock handed out or observed, and not older

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use engine::router::Reply;
 use engine::singleflight::{Fill, FlightError, Join, SingleFlight};
-use engine::{Command, OwnedEntry, ShardMetrics, ShardWriter};
+use engine::{Command, OwnedEntry, SavedEntry, ShardMetrics, ShardWriter};
 use l2::{Envelope, Version};
 
 use crate::core::Shared;
@@ -59,6 +59,11 @@ impl Owner {
         self.shared.clock.tick()
     }
 
+    /// What L1 keeps the version of an entry cached at `cached_at_ms` relative to.
+    fn origin(&self, cached_at_ms: u64) -> stored::Origin {
+        stored::Origin::of(&self.shared.tiers.versions, cached_at_ms)
+    }
+
     /// Serves the mailbox until every sender is gone, draining what is queued before it
     /// waits again.
     pub async fn run(self: Rc<Self>, mailbox: flume::Receiver<OwnerMessage>, depth: usize) {
@@ -86,7 +91,9 @@ impl Owner {
                 let mut dropped = 0;
                 for (hash, key, version) in keys {
                     self.flights.fence(&key);
-                    let held = writer.get_with(hash, &key, now, |e| stored::version(e.value));
+                    let held = writer.get_with(hash, &key, now, |e| {
+                        stored::version(e.value, self.origin(e.cached_at_ms))
+                    });
                     // An event from before versions (0) drops whatever is there.
                     if held.is_some_and(|held| held < version || version == Version::ZERO)
                         && writer.remove(hash, &key, now)
@@ -184,7 +191,7 @@ impl Owner {
                     // A later write here must be newer than the one just read.
                     self.shared.tiers.versions.observe(e.version);
                     let entry = OwnedEntry {
-                        value: stored::in_l1(&e.value, e.version),
+                        value: stored::in_l1(&e.value, e.version, self.origin(e.cached_at_ms)),
                         cached_at_ms: e.cached_at_ms,
                         expires_at_ms: e.expires_at_ms,
                         stale: false,
@@ -221,7 +228,7 @@ impl Owner {
                 let ttl = self.shared.config.default_ttl();
                 let version = self.shared.tiers.versions.next(now);
                 let entry = OwnedEntry {
-                    value: stored::in_l1(&stored::tagged(tag, &body), version),
+                    value: stored::in_l1(&stored::tagged(tag, &body), version, self.origin(now)),
                     cached_at_ms: now,
                     expires_at_ms: ttl.map(|t| engine::deadline_ms(now, t)),
                     stale: false,
@@ -262,7 +269,7 @@ impl Owner {
         if fill.is_fenced() {
             return true;
         }
-        let version = stored::version(&entry.value);
+        let version = stored::version(&entry.value, self.origin(entry.cached_at_ms));
         let envelope = Envelope {
             value: stored::tagged_of(&entry.value),
             cached_at_ms: entry.cached_at_ms,
@@ -298,7 +305,7 @@ impl Owner {
         let l1 = {
             let mut writer = self.writer.borrow_mut();
             writer.expire(now);
-            let in_l1 = stored::in_l1(&value, version);
+            let in_l1 = stored::in_l1(&value, version, self.origin(now));
             writer.insert(hash, &key, &in_l1, expires_at_ms, now)
         };
         if l1.is_err() || self.shared.tiers.l2.is_none() {
@@ -341,10 +348,11 @@ impl Owner {
         let mut budget = crate::runtime::Budget::new();
         while let Some(slot) = from {
             let mut block = BlockBuilder::default();
-            from = self
-                .writer
-                .borrow()
-                .save(slot, SAVE_STEP, self.now(), |e| block.push(&e));
+            from = self.writer.borrow().save(slot, SAVE_STEP, self.now(), |e| {
+                // A snapshot keeps versions whole (`stored::portable`).
+                let kept = stored::portable(e.value, self.origin(e.cached_at_ms));
+                block.push(&SavedEntry { value: &kept, ..e })
+            });
             let entries = block.entries();
             if entries > 0 {
                 let bytes = block.finish();
@@ -393,7 +401,11 @@ impl Owner {
                 }
             };
             for ((entry, fill), held) in checks.into_iter().zip(held) {
-                let confirmed = held == Some(stored::version(&entry.value));
+                let confirmed = held
+                    == Some(stored::version(
+                        &entry.value,
+                        self.origin(entry.cached_at_ms),
+                    ));
                 let result = if confirmed {
                     Ok(Filled::Hit {
                         entry: OwnedEntry {
@@ -425,7 +437,10 @@ impl Owner {
     fn drop_version(&self, hash: u64, key: &[u8], version: Version) {
         let now = self.now();
         let mut writer = self.writer.borrow_mut();
-        if writer.get_with(hash, key, now, |e| stored::version(e.value)) == Some(version) {
+        if writer.get_with(hash, key, now, |e| {
+            stored::version(e.value, self.origin(e.cached_at_ms))
+        }) == Some(version)
+        {
             writer.remove(hash, key, now);
         }
     }
@@ -448,7 +463,7 @@ impl Owner {
             {
                 let now = self.now();
                 let until = engine::deadline_ms(now, self.shared.config.negative_ttl());
-                let absent = stored::in_l1(&[stored::ABSENT], Version::ZERO);
+                let absent = stored::in_l1(&[stored::ABSENT], Version::ZERO, self.origin(now));
                 let _ = writer.insert(hash, key, &absent, Some(until), now);
             }
             _ => {}

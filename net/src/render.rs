@@ -223,7 +223,8 @@ mod tests {
         source: Source,
         stale: bool,
     ) -> Written {
-        let value = stored::in_l1(tagged, l2::Version(3));
+        let origin = stored::Origin::of(&l2::VersionClock::new(0), 0);
+        let value = stored::in_l1(tagged, l2::Version(3), origin);
         let hit = Hit {
             value: &value,
             cached_at_ms: 1_705_314_600_000,

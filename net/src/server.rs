@@ -32,7 +32,7 @@ use crate::messages::{OwnerMessage, Restored};
 use crate::owner::Owner;
 use crate::runtime;
 use crate::stats;
-use crate::tiers::{L2Tier, Tiers};
+use crate::tiers::{self, L2Tier, Tiers};
 use crate::warm;
 
 /// Depth of each owner's mailbox; senders wait when it is full.
@@ -83,13 +83,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             ShardWriter::new(config, shards[i].clone(), clock.now_ms())
         })
         .collect();
-    let loaded = warm::load(&config, &router, &mut writers, clock.now_ms());
+    // Made before the snapshot is loaded: L1 keeps versions relative to it (`stored`).
+    let versions = tiers::instance_versions();
+    let loaded = warm::load(&config, &router, &versions, &mut writers, clock.now_ms());
     let shared = Arc::new(Shared {
         config: config.clone(),
         router,
         readers: writers.iter().map(ShardWriter::reader).collect(),
         mail,
-        tiers: Tiers::new(l2, config.fault_first_l2_write_delay()),
+        tiers: Tiers::new(l2, versions, config.fault_first_l2_write_delay()),
         origin: config.origin(),
         origin_fetches: Counter::default(),
         origin_errors: Counter::default(),

@@ -41,13 +41,18 @@ pub struct Tiers {
     first_write_delay_ms: AtomicU64,
 }
 
+/// This instance's version clock, tagged at random per start so that two instances'
+/// versions differ in their tag.
+pub fn instance_versions() -> VersionClock {
+    VersionClock::new(std::collections::hash_map::RandomState::new().hash_one(std::process::id()))
+}
+
 impl Tiers {
-    pub fn new(l2: Option<L2Tier>, first_write_delay: Duration) -> Self {
-        // Random per start, so two instances' versions differ in their tag.
-        let tag = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    /// The tiers behind L1, whose writes `versions` (this instance's clock) orders.
+    pub fn new(l2: Option<L2Tier>, versions: VersionClock, first_write_delay: Duration) -> Self {
         Self {
             l2,
-            versions: VersionClock::new(tag),
+            versions,
             first_write_delay_ms: AtomicU64::new(
                 u64::try_from(first_write_delay.as_millis()).unwrap_or(u64::MAX),
             ),

@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::{Router, SavedEntry, ShardWriter};
-use l2::Version;
+use l2::{Version, VersionClock};
 
 use crate::config::Config;
 use crate::core::Shared;
 use crate::messages::{OwnerMessage, Restored};
 use crate::snapshot::{self, Header, RawBlock, SnapshotError, Written};
-use crate::stored;
+use crate::stored::{self, Origin};
 
 /// How long the cores wait for the events subscription before they give up confirming
 /// restored entries (and drop them).
@@ -56,7 +56,13 @@ const BLOCKS_IN_FLIGHT: usize = 8;
 /// while one thread per shard checks every block and restores the block's entries that
 /// belong to its shard, so loading runs at the disk's speed rather than one core's.
 /// Never fails: a snapshot that cannot be used is logged and the start is cold.
-pub fn load(config: &Config, router: &Router, writers: &mut [ShardWriter], now_ms: u64) -> Loaded {
+pub fn load(
+    config: &Config,
+    router: &Router,
+    versions: &VersionClock,
+    writers: &mut [ShardWriter],
+    now_ms: u64,
+) -> Loaded {
     let mut loaded = Loaded {
         to_confirm: (0..writers.len()).map(|_| Vec::new()).collect(),
         restored: 0,
@@ -86,6 +92,7 @@ pub fn load(config: &Config, router: &Router, writers: &mut [ShardWriter], now_m
                 shard,
                 config,
                 router,
+                versions,
                 now_ms,
             };
             let worker = std::thread::Builder::new()
@@ -157,6 +164,8 @@ struct ShardRestore<'a> {
     shard: usize,
     config: &'a Config,
     router: &'a Router,
+    /// This instance's version clock, which L1 keeps versions relative to.
+    versions: &'a VersionClock,
     now_ms: u64,
 }
 
@@ -193,7 +202,17 @@ impl ShardRestore<'_> {
                 if self.router.shard_of(hash) != self.shard {
                     continue;
                 }
-                if !fits(self.config, &entry) || (with_l2 && !confirmable(&entry)) {
+                // The file keeps versions whole; L1 keeps them short (`stored`).
+                let origin = Origin::of(self.versions, entry.cached_at_ms);
+                let Some(value) = stored::from_portable(entry.value, origin) else {
+                    done.refused += 1;
+                    continue;
+                };
+                let entry = SavedEntry {
+                    value: &value,
+                    ..entry
+                };
+                if !fits(self.config, &entry) || (with_l2 && !confirmable(&entry, origin)) {
                     done.refused += 1;
                     continue;
                 }
@@ -215,20 +234,19 @@ impl ShardRestore<'_> {
     }
 }
 
-/// Whether an entry is within this run's limits and has L1's stored form.
+/// Whether an entry (its value in L1's form) is within this run's limits.
 fn fits(config: &Config, entry: &SavedEntry<'_>) -> bool {
     let (tag, bytes) = stored::parts(entry.value);
     !entry.key.is_empty()
         && entry.key.len() <= config.max_key_bytes
-        && stored::is_l1_form(entry.value)
         && (tag != stored::JSON
             || serde_json::from_slice::<&serde_json::value::RawValue>(bytes).is_ok())
         && bytes.len() <= config.max_value_bytes
 }
 
 /// Whether L2 can confirm an entry: it came from a versioned write L2 holds.
-fn confirmable(entry: &SavedEntry<'_>) -> bool {
-    !stored::is_absent(entry.value) && stored::version(entry.value) != Version::ZERO
+fn confirmable(entry: &SavedEntry<'_>, origin: Origin) -> bool {
+    !stored::is_absent(entry.value) && stored::version(entry.value, origin) != Version::ZERO
 }
 
 fn mib_per_s(bytes: u64, elapsed: Duration) -> u64 {

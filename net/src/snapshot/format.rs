@@ -11,7 +11,8 @@
 //!
 //! Integers are little-endian. A block is checked whole before any of its entries is
 //! used, so a damaged block costs its own entries and nothing is ever served from bytes
-//! that failed their check. The value is L1's stored form (tag, write version, bytes).
+//! that failed their check. The value is the tag, the write's version whole (8 bytes) and the
+//! bytes (`stored::portable`; L1 keeps the version shorter).
 
 use engine::{Region, SavedEntry, Standing, MAX_FREQUENCY};
 
