@@ -9,9 +9,10 @@
 //! the millisecond the entry was cached in. Every write and fill is cached in the
 //! millisecond its version was made, so the distance is the clock's counter (and, for
 //! another instance's write, the difference of the two instances' tags). The head takes
-//! one byte for this instance's writes at up to 11 a millisecond, two at up to 1,365,
+//! one byte for this instance's writes at up to 8 a millisecond, two at up to 1,024,
 //! and three or four for other instances' writes (their tag differs), where the tag and
-//! the version whole took 9; any version still round-trips, in up to 10. In L2 the tag leads the value and the
+//! the version whole took 9; the tag is the first byte's low two bits, so reading it and
+//! finding the bytes decodes nothing; any version still round-trips, in up to 10. In L2 the tag leads the value and the
 //! version is in the envelope's header, and a snapshot keeps the tag and the version
 //! whole ([`portable`]), so neither depends on this instance's clock.
 
@@ -24,8 +25,8 @@ pub const ABSENT: u8 = b'n';
 /// Bytes of a version kept whole (a snapshot's form).
 const VERSION_BYTES: usize = 8;
 
-/// The most bytes an L1 value's head takes: a version's code is below 2^68, times 3 for
-/// the tag, 7 bits a byte.
+/// The most bytes an L1 value's head takes: a version's code is below 2^68, and two bits
+/// of tag, 7 bits a byte.
 const MOST_HEAD_BYTES: usize = 10;
 
 /// A value as a client or the origin gave it: the tag, then the bytes (L2's form).
@@ -97,27 +98,36 @@ fn version_of(code: u128, origin: Origin) -> Option<Version> {
     Version::join(u64::try_from(reading).ok()?, u64::try_from(tag).ok()?)
 }
 
-/// The tags, in the order of their kind number in an L1 head.
+/// The tags, by their kind number: the low two bits of an L1 head (3 is no tag).
 const TAGS: [u8; 3] = [JSON, BYTES, ABSENT];
 
-/// The head of an L1 value: its tag's kind and its version's [`code`], as one number.
+/// The head of an L1 value: its version's [`code`] above two bits of its tag's kind.
 fn head(tag: u8, code: u128) -> u128 {
     let kind = TAGS.iter().position(|&t| t == tag).unwrap_or(1) as u128;
-    code * TAGS.len() as u128 + kind
+    code << 2 | kind
 }
 
-/// The head at the start of an L1 value, as (tag, version code, length); `None` if the
-/// value does not start with one.
-fn read_head(in_l1: &[u8]) -> Option<(u8, u128, usize)> {
-    let mut head = 0u128;
-    for (i, &byte) in in_l1.iter().take(MOST_HEAD_BYTES).enumerate() {
-        head |= u128::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            let tag = TAGS[(head % TAGS.len() as u128) as usize];
-            return Some((tag, head / TAGS.len() as u128, i + 1));
-        }
-    }
-    None
+/// The length of the head at the start of an L1 value and its tag (which the head's
+/// first byte holds); `None` if the value does not start with a head.
+#[inline]
+fn head_length_and_tag(in_l1: &[u8]) -> Option<(usize, u8)> {
+    let last = in_l1
+        .iter()
+        .take(MOST_HEAD_BYTES)
+        .position(|b| b & 0x80 == 0)?;
+    let tag = *TAGS.get(usize::from(in_l1[0] & 3))?;
+    Some((last + 1, tag))
+}
+
+/// The version code in the head at the start of an L1 value; `None` if the value does
+/// not start with a head.
+fn read_code(in_l1: &[u8]) -> Option<u128> {
+    let (length, _) = head_length_and_tag(in_l1)?;
+    let head = in_l1[..length]
+        .iter()
+        .rev()
+        .fold(0u128, |head, &byte| head << 7 | u128::from(byte & 0x7f));
+    Some(head >> 2)
 }
 
 /// Appends `head` as an LEB128 varint.
@@ -141,8 +151,8 @@ pub fn in_l1(tagged: &[u8], version: Version, origin: Origin) -> Vec<u8> {
 
 /// The tag and the bytes of an L1 value.
 pub fn parts(in_l1: &[u8]) -> (u8, &[u8]) {
-    match read_head(in_l1) {
-        Some((tag, _, length)) => (tag, &in_l1[length..]),
+    match head_length_and_tag(in_l1) {
+        Some((length, tag)) => (tag, &in_l1[length..]),
         None => (ABSENT, &[]),
     }
 }
@@ -156,8 +166,8 @@ pub fn tagged_of(in_l1: &[u8]) -> Vec<u8> {
 /// The version of the write that stored an L1 value of an entry whose origin is
 /// `origin` ([`Version::ZERO`] if the value has none).
 pub fn version(in_l1: &[u8], origin: Origin) -> Version {
-    read_head(in_l1)
-        .and_then(|(_, code, _)| version_of(code, origin))
+    read_code(in_l1)
+        .and_then(|code| version_of(code, origin))
         .unwrap_or(Version::ZERO)
 }
 
@@ -208,6 +218,7 @@ mod tests {
         assert_eq!(tagged_of(&value), b"j[1]");
         let absent = in_l1(&[ABSENT], Version::ZERO, here);
         assert_eq!(absent, [2], "a negative entry's head is one byte");
+        assert_eq!(parts(&[3, b'x']), (ABSENT, &b""[..]), "kind 3 is no tag");
         assert!(is_absent(&absent));
         assert_eq!(parts(&absent), (ABSENT, &b""[..]));
         assert_eq!(parts(b""), (ABSENT, &b""[..]));
@@ -230,12 +241,12 @@ mod tests {
         for made in 0..256 {
             let mine = here.next(CACHED_AT);
             let value = in_l1(&tagged(BYTES, b"v"), mine, origin(&here, CACHED_AT));
-            let head = if made < 11 { 1 } else { 2 };
+            let head = if made < 8 { 1 } else { 2 };
             assert_eq!(value.len(), head + 1, "write {made}: {mine:?}");
             assert_eq!(version(&value, origin(&here, CACHED_AT)), mine);
             let theirs = there.next(CACHED_AT);
             let value = in_l1(&tagged(BYTES, b"v"), theirs, origin(&here, CACHED_AT));
-            let head = if made < 21 { 3 } else { 4 };
+            let head = if made < 16 { 3 } else { 4 };
             assert!(value.len() <= head + 1, "write {made}: {theirs:?}");
             assert_eq!(version(&value, origin(&here, CACHED_AT)), theirs);
         }
