@@ -1,11 +1,11 @@
 //! The key hash: ahash under seeds fixed for the life of the process (random by default,
 //! so key choice cannot be used to flood one chain or one sketch counter).
 //!
-//! One hash serves three parts: its high 32 bits pick the shard (`router`); its low 32
-//! bits pick the table bucket, are what a node keeps to tell keys apart (`table`), and are
-//! what the eviction policy's frequency sketch counts the key by. The sketch reads them
-//! from the node the policy's hand is already on, where hashing the key again cost
-//! about 70 instructions a write (three hashes; BENCHMARKS.md). Within a shard two keys
+//! One hash serves two parts: its high 32 bits pick the shard (`router`); its low 32
+//! bits pick the table bucket (`table`) and are what the eviction policy's frequency
+//! sketch counts the key by. The policy's slot for the entry keeps them, for the sketch
+//! and for unlinking the node from its bucket, where hashing the key again cost about 70
+//! instructions a write (three hashes; BENCHMARKS.md). Within a shard two keys
 //! share all their sketch counters only if their low halves are equal, about one pair in
 //! 2^32, which no more skews admission than the sketch's own collisions do.
 

@@ -9,6 +9,7 @@
 //! key and value, rounded up to the block's size class), its bucket pointer, its policy
 //! slot, its timer and its share of the frequency sketch.
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::eviction::{
@@ -54,12 +55,7 @@ const INSERTS_PER_LOOKUP_SAMPLE: u32 = 16;
 /// What an entry of this key and value length is charged against the byte bound: what it
 /// takes in memory.
 pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
-    charge_for(key_len + value_len)
-}
-
-/// What an entry with this many key and value bytes is charged.
-fn charge_for(payload_len: usize) -> u64 {
-    (footprint(node_bytes(payload_len)) + STRUCTURE_BYTES) as u64
+    (footprint(node_bytes(key_len, value_len)) + STRUCTURE_BYTES) as u64
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -98,10 +94,13 @@ pub struct SavedEntry<'a> {
 }
 
 /// A policy slot's occupant: the name of the entry's node (4 bytes, where a pointer
-/// took 8), resolved in the policy's home, the slab's [`Directory`]. (Its expiry timer is
-/// the wheel's timer keyed by the same slot.)
+/// took 8), resolved in the policy's home, the slab's [`Directory`], and the low half of
+/// its key's hash, which the sketch counts by and the writer unlinks the node with (the
+/// node does not keep it: see `table::Node`). (Its expiry timer is the wheel's timer
+/// keyed by the same slot.)
 struct Resident {
     handle: Handle,
+    hash: u32,
 }
 
 impl Resident {
@@ -121,13 +120,14 @@ impl Resident {
 impl eviction::Resident for Resident {
     type Home = Directory;
 
-    /// The low half of the key's hash, which the node keeps (see `hashing`).
-    fn hash(&self, directory: &Directory) -> u64 {
-        u64::from(self.node(directory).tag())
+    /// The low half of the key's hash, which the slot keeps (see `hashing`).
+    fn hash(&self, _: &Directory) -> u64 {
+        u64::from(self.hash)
     }
 
     fn charge(&self, directory: &Directory) -> u64 {
-        charge_of(self.node(directory))
+        // SAFETY: as in `node`.
+        unsafe { charge_of(node_of(directory, self.handle)) }
     }
 
     fn take_hits(&self, directory: &Directory) -> u8 {
@@ -286,10 +286,7 @@ impl ShardWriter {
         }
         let (spare, freed) = match existing {
             // SAFETY: `find` returns linked, hence live, nodes.
-            Some(old) => unsafe {
-                let old = old.as_ref();
-                (Some(old.slot()), charge_of(old))
-            },
+            Some(old) => unsafe { (Some(old.as_ref().slot()), charge_of(old)) },
             None => (None, 0),
         };
         let incoming = existing.is_none().then_some(charge);
@@ -324,7 +321,7 @@ impl ShardWriter {
                 // The policy reads the old node's charge before the closure retires it.
                 self.policy.update(slot, |resident, directory| {
                     directory.forget(resident.handle);
-                    resident.handle = table.replace(old, new);
+                    resident.handle = table.replace(old, new, hash);
                 });
                 self.wheel.cancel(slot);
                 slot
@@ -333,6 +330,7 @@ impl ShardWriter {
                 entry.slot = slot;
                 Resident {
                     handle: table.insert(entry, directory),
+                    hash: hash as u32,
                 }
             }),
         };
@@ -541,8 +539,8 @@ impl ShardWriter {
         let node = node_of(directory, resident.handle);
         directory.forget(resident.handle);
         // SAFETY: the node is still linked: the table unlinks it just below.
-        self.bytes -= charge_of(unsafe { node.as_ref() });
-        self.table.remove(node);
+        self.bytes -= unsafe { charge_of(node) };
+        self.table.remove(node, u64::from(resident.hash));
     }
 
     fn publish_levels(&self) {
@@ -551,8 +549,14 @@ impl ShardWriter {
     }
 }
 
-fn charge_of(node: &Node) -> u64 {
-    charge_for(node.payload_len())
+/// What the entry of `node` is charged.
+///
+/// # Safety
+/// `node` is linked, hence live (only the writer, which calls this, unlinks nodes).
+unsafe fn charge_of(node: NonNull<Node>) -> u64 {
+    // SAFETY: forwarded contract.
+    let (key, value) = unsafe { node_payload(node) };
+    entry_charge(key.len(), value.len())
 }
 
 #[cfg(all(test, not(engine_loom)))]

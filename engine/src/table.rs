@@ -46,35 +46,73 @@ pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// The most entries a table holds: a node keeps its policy slot in 31 bits.
 pub(crate) const MAX_ENTRIES: usize = (1 << 31) - 1;
 
-/// A node's header: 32 bytes. The key's bytes and then the value's follow it in the same
+/// A node's header: 24 bytes. The key's bytes and then the value's follow it in the same
 /// slab block (`slab.rs`), so a lookup that reaches the header finds the key on the same
 /// cache line and an entry is one block. The payload is only ever reached through the
 /// block's own pointer (see [`payload`]), never through a `&Node`, whose provenance
 /// covers the header alone.
 ///
-/// What it leaves out: the hash's high half (it picks the shard, so within one shard it
-/// says little; the low half picks the bucket, tells keys apart before their bytes are
-/// compared, and is what the eviction policy's sketch counts by; see `hashing`), the
-/// stale deadline (the expiry plus the table's one stale window), and the upper bits of
-/// times (47 bits of milliseconds reach the year 6429; an expiry is kept relative to
-/// `cached_at`, see [`Lifetime`]).
+/// What it leaves out: the key's hash (its high half picks the shard; the low half picks
+/// the bucket, which the writer knows whenever it unlinks a node, and is what the
+/// eviction policy's sketch counts by, which the policy's slot keeps; readers tell keys
+/// apart by their length and bytes, on the line they load anyway), the stale deadline (the
+/// expiry plus the table's one stale window), the upper bits of times (47 bits of
+/// milliseconds reach the year 6429; an expiry is kept relative to `cached_at`, see
+/// [`Lifetime`]), and the upper bits of a value's length, which only a value of 64 KiB or
+/// more needs: it keeps its length in the payload's first 4 bytes.
 #[repr(C)]
 pub(crate) struct Node {
+    /// The next node of the chain, with this node's key length in the top 16 bits (see
+    /// [`Link`]).
     next: AtomicPtr<Node>,
-    /// The low 32 bits of the key's hash.
-    tag: u32,
+    /// `own << 63 | cached_at_ms << 16 | short value length`, where `own` says whether
+    /// the node has an allocation of its own rather than a slab block
+    /// (`slab::Block::own`) and the value's length is [`LONG_VALUE`] for a value that
+    /// keeps its length in the payload.
+    packed: u64,
     /// The entry's policy slot (an overwrite keeps it) in bits 1 to 31, and in bit 0
     /// whether a reader hit the entry since the policy last looked. Readers only ever
     /// set bit 0, storing the slot bits back as they found them, which never change.
     slot_and_hit: AtomicU32,
-    /// `own << 63 | cached_at_ms << 16 | key_len`, where `own` says whether the node
-    /// has an allocation of its own rather than a slab block (`slab::Block::own`).
-    cached_at_and_key_len: u64,
     lifetime: Lifetime,
-    value_len: u32,
     /// Zero-sized in normal builds. Under loom every payload read goes through it and
     /// reclamation writes it, so a read racing a free is reported.
     payload_access: SharedCell<()>,
+}
+
+/// The short value length that says the length is the payload's first 4 bytes.
+const LONG_VALUE: u64 = 0xFFFF;
+
+/// Where a link word keeps the key length of the node it belongs to.
+const KEY_LEN_SHIFT: u32 = 48;
+
+/// A link word: the pointer to the next node, and in its top 16 bits (which an address
+/// in user space leaves clear on every 64-bit target Rust runs Linux on) the key length of
+/// the node whose `next` it is; a bucket's are clear. Only the writer stores links, each
+/// keeping the bits it found.
+struct Link;
+
+impl Link {
+    /// The node a link word points at.
+    #[inline(always)]
+    fn target(word: *mut Node) -> *mut Node {
+        word.map_addr(|address| address & ((1 << KEY_LEN_SHIFT) - 1))
+    }
+
+    /// The key length a link word carries.
+    #[inline(always)]
+    fn key_len(word: *mut Node) -> usize {
+        word.addr() >> KEY_LEN_SHIFT
+    }
+
+    /// Points `link` at `target`, keeping the key length it carries.
+    fn point(link: &AtomicPtr<Node>, target: *mut Node, order: std::sync::atomic::Ordering) {
+        let carried = link.load(Relaxed).addr() & !((1 << KEY_LEN_SHIFT) - 1);
+        link.store(
+            Link::target(target).map_addr(|address| address | carried),
+            order,
+        );
+    }
 }
 
 /// Bytes of a node's header.
@@ -117,7 +155,7 @@ impl Lifetime {
 /// stored as this.
 pub const LATEST_CACHED_AT_MS: u64 = (1 << 47) - 1;
 
-/// The bit of `cached_at_and_key_len` that says the node has an allocation of its own.
+/// The bit of `packed` that says the node has an allocation of its own.
 const OWN_ALLOCATION: u64 = 1 << 63;
 
 /// What the writer needs to build a node.
@@ -131,9 +169,18 @@ pub(crate) struct NewEntry<'a> {
     pub hit: bool,
 }
 
-/// The bytes of a node with this much key and value.
-pub(crate) fn node_bytes(payload_len: usize) -> usize {
-    HEADER_BYTES + payload_len
+/// The bytes of a node with this key and value length.
+pub(crate) fn node_bytes(key_len: usize, value_len: usize) -> usize {
+    HEADER_BYTES + long_length_bytes(value_len) + key_len + value_len
+}
+
+/// Bytes a value of this length keeps its length in, in the payload.
+fn long_length_bytes(value_len: usize) -> usize {
+    if value_len as u64 >= LONG_VALUE {
+        4
+    } else {
+        0
+    }
 }
 
 /// An expiry as the API gives it: `None` for [`NEVER`].
@@ -151,34 +198,40 @@ fn allocate(
 ) -> (NonNull<Node>, Handle) {
     let key_len = u16::try_from(entry.key.len()).expect("the shard checks key lengths");
     let value_len = u32::try_from(entry.value.len()).expect("values are far below 4 GiB");
-    let block = slab.allocate(
-        node_bytes(entry.key.len() + entry.value.len()),
-        returns,
-        directory,
-    );
+    let bytes = node_bytes(entry.key.len(), entry.value.len());
+    let block = slab.allocate(bytes, returns, directory);
     let node = block.at.cast::<Node>();
+    assert!(
+        block.at.as_ptr().addr() >> KEY_LEN_SHIFT == 0,
+        "a node's address leaves the top 16 bits of a link clear"
+    );
     let own = if block.own { OWN_ALLOCATION } else { 0 };
     let cached_at_ms = entry.cached_at_ms.min(LATEST_CACHED_AT_MS);
+    let short_value_len = u64::from(value_len).min(LONG_VALUE);
     let slot = entry.slot;
     debug_assert!(slot < 1 << 31, "slots fit in 31 bits");
-    // SAFETY: `block` is a fresh slab block of at least `node_bytes`, 8-aligned (enough
-    // for the header, whose alignment is 8), followed by `key_len + value_len` bytes of
-    // the same block; nothing else can see it yet.
+    // SAFETY: `block` is a fresh slab block of at least `bytes`, 8-aligned (enough for the
+    // header, whose alignment is 8), followed by the long value's length (if any), the
+    // key and the value, in the same block; nothing else can see it yet.
     unsafe {
         node.as_ptr().write(Node {
-            next: AtomicPtr::new(ptr::null_mut()),
-            tag: entry.hash as u32,
+            next: AtomicPtr::new(
+                ptr::null_mut::<Node>().with_addr(usize::from(key_len) << KEY_LEN_SHIFT),
+            ),
+            packed: own | cached_at_ms << 16 | short_value_len,
             slot_and_hit: AtomicU32::new(slot << 1 | u32::from(entry.hit)),
-            cached_at_and_key_len: own | cached_at_ms << 16 | u64::from(key_len),
             lifetime: Lifetime::new(cached_at_ms, entry.expires_at_ms),
-            value_len,
             payload_access: SharedCell::new(()),
         });
-        let payload = payload_ptr(node);
-        ptr::copy_nonoverlapping(entry.key.as_ptr(), payload, entry.key.len());
+        let mut at = (node.as_ptr() as *mut u8).add(HEADER_BYTES);
+        if short_value_len == LONG_VALUE {
+            at.cast::<[u8; 4]>().write(value_len.to_le_bytes());
+            at = at.add(4);
+        }
+        ptr::copy_nonoverlapping(entry.key.as_ptr(), at, entry.key.len());
         ptr::copy_nonoverlapping(
             entry.value.as_ptr(),
-            payload.add(entry.key.len()),
+            at.add(entry.key.len()),
             entry.value.len(),
         );
     }
@@ -200,10 +253,12 @@ impl Retirable for Node {
         // size given back is the size allocated. The table keeps its slab alive until
         // every node was freed (see `Table`'s fields).
         unsafe {
-            let bytes = node_bytes((*node).payload_len());
-            let own = (*node).cached_at_and_key_len & OWN_ALLOCATION != 0;
-            ptr::drop_in_place(node);
-            Slab::free(NonNull::new_unchecked(node).cast(), bytes, own);
+            let node = NonNull::new_unchecked(node);
+            let (key, value) = payload(node);
+            let bytes = node_bytes(key.len(), value.len());
+            let own = node.as_ref().packed & OWN_ALLOCATION != 0;
+            ptr::drop_in_place(node.as_ptr());
+            Slab::free(node.cast(), bytes, own);
         }
     }
 
@@ -213,57 +268,40 @@ impl Retirable for Node {
     }
 }
 
-/// Where the payload of `node` starts.
-///
-/// # Safety
-/// `node` points to a live node made by [`allocate`].
-#[inline(always)]
-unsafe fn payload_ptr(node: NonNull<Node>) -> *mut u8 {
-    // SAFETY: bytes have alignment 1, so the payload starts right after the header, inside
-    // the same block, whose pointer `node` is.
-    unsafe { (node.as_ptr() as *mut u8).add(HEADER_BYTES) }
-}
-
 /// The key and value bytes of `node`.
 ///
 /// # Safety
 /// `node` is live (linked, or protected by the caller's guard) for `'a`.
 #[inline(always)]
 unsafe fn payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8]) {
-    // SAFETY: the caller keeps the node alive for 'a; the payload was written before the
-    // node was published and never changes.
+    // SAFETY: the caller keeps the node alive for 'a; the header and the payload were
+    // written before the node was published and never change (bar the atomics). The
+    // payload is reached through `node`, the block's own pointer, whose provenance covers
+    // the whole block: it starts right after the header (bytes have alignment 1), with
+    // the long value's length first if there is one, as `allocate` wrote it.
     unsafe {
         let header = node.as_ref();
         header.payload_access.get();
-        let start = payload_ptr(node);
-        let key_len = header.key_len();
+        let key_len = Link::key_len(header.next.load(Relaxed));
+        let mut start = (node.as_ptr() as *const u8).add(HEADER_BYTES);
+        let mut value_len = (header.packed & LONG_VALUE) as usize;
+        if value_len as u64 == LONG_VALUE {
+            value_len = u32::from_le_bytes(start.cast::<[u8; 4]>().read()) as usize;
+            start = start.add(4);
+        }
         let key = std::slice::from_raw_parts(start, key_len);
-        let value = std::slice::from_raw_parts(start.add(key_len), header.value_len as usize);
+        let value = std::slice::from_raw_parts(start.add(key_len), value_len);
         (key, value)
     }
 }
 
 impl Node {
-    pub(crate) fn payload_len(&self) -> usize {
-        self.key_len() + self.value_len as usize
-    }
-
-    #[inline(always)]
-    fn key_len(&self) -> usize {
-        (self.cached_at_and_key_len & 0xFFFF) as usize
-    }
-
     pub(crate) fn slot(&self) -> u32 {
         self.slot_and_hit.load(Relaxed) >> 1
     }
 
-    /// The low 32 bits of the key's hash.
-    pub(crate) fn tag(&self) -> u32 {
-        self.tag
-    }
-
     pub(crate) fn cached_at_ms(&self) -> u64 {
-        (self.cached_at_and_key_len & !OWN_ALLOCATION) >> 16
+        (self.packed & !OWN_ALLOCATION) >> 16
     }
 
     /// When the entry expires; [`NEVER`] if it does not.
@@ -380,7 +418,7 @@ impl Drop for Table {
             while !ptr.is_null() {
                 // SAFETY: dropping the table means no reader or writer remains; every
                 // linked node came from `allocate` and is linked exactly once.
-                let next = unsafe { (*ptr).next.load(Relaxed) };
+                let next = Link::target(unsafe { (*ptr).next.load(Relaxed) });
                 // SAFETY: as above.
                 unsafe { Node::free(ptr) };
                 ptr = next;
@@ -428,13 +466,6 @@ impl Clone for TableRef {
     fn clone(&self) -> Self {
         Self::new(self.table.clone())
     }
-}
-
-/// The bucket-picking hash of a node the writer holds (linked, or fresh).
-fn entry_hash(node: NonNull<Node>) -> u64 {
-    // SAFETY: the writer only holds nodes that are linked (hence live, see `find`) or that
-    // it just allocated.
-    u64::from(unsafe { node.as_ref() }.tag)
 }
 
 /// A node [`TableWriter::build`] made and nothing links yet. Neither `Clone` nor `Copy`:
@@ -534,7 +565,8 @@ impl TableReader {
             // fully built before the release store that published it, which this acquire
             // load synchronizes with, and it is never mutated afterwards (bar atomics).
             let header = unsafe { node.as_ref() };
-            if header.tag == hash as u32 {
+            let next = guard.protect(&header.next);
+            if Link::key_len(next) == key.len() {
                 // SAFETY: as above; the guard outlives every use of the payload.
                 let (k, value) = unsafe { payload(node) };
                 if same_key(k, key) {
@@ -555,7 +587,7 @@ impl TableReader {
                     }));
                 }
             }
-            ptr = guard.protect(&header.next);
+            ptr = Link::target(next);
         }
         self.counts.count_miss();
         None
@@ -581,12 +613,12 @@ impl TableWriter {
         while let Some(node) = NonNull::new(ptr) {
             // SAFETY: only this writer unlinks and retires nodes, so every node it can
             // reach from a bucket is live.
-            let n = unsafe { node.as_ref() };
+            let next = unsafe { node.as_ref() }.next.load(Acquire);
             // SAFETY: as above.
-            if n.tag == hash as u32 && same_key(unsafe { node_key(node) }, key) {
+            if Link::key_len(next) == key.len() && same_key(unsafe { node_key(node) }, key) {
                 return Some(node);
             }
-            ptr = n.next.load(Acquire);
+            ptr = Link::target(next);
         }
         None
     }
@@ -616,14 +648,18 @@ impl TableWriter {
         allocate(slab, &table.returns, directory, entry)
     }
 
-    /// Links a new node for a key that is not in the table; returns its name.
+    /// Links a new node for a key whose hash is `hash` and that is not in the table;
+    /// returns its name.
     pub(crate) fn insert(&mut self, entry: NewEntry<'_>, directory: &mut Directory) -> Handle {
+        let hash = entry.hash;
         let (node, handle) = self.allocate(entry, directory);
-        let bucket = self.0.bucket(entry_hash(node));
+        let bucket = self.0.bucket(hash);
         // SAFETY: `node` is fresh and not yet shared.
-        unsafe { node.as_ref() }
-            .next
-            .store(bucket.load(Relaxed), Relaxed);
+        Link::point(
+            unsafe { &node.as_ref().next },
+            bucket.load(Relaxed),
+            Relaxed,
+        );
         bucket.store(node.as_ptr(), Release);
         handle
     }
@@ -636,39 +672,41 @@ impl TableWriter {
         Unlinked(node, handle)
     }
 
-    /// Puts a new node in place of `old` (same key) and retires `old`; returns the new
-    /// node's name. (The caller forgets `old`'s.)
-    pub(crate) fn replace(&mut self, old: NonNull<Node>, new: Unlinked) -> Handle {
+    /// Puts a new node in place of `old` (same key, whose hash is `hash`) and retires
+    /// `old`; returns the new node's name. (The caller forgets `old`'s.)
+    pub(crate) fn replace(&mut self, old: NonNull<Node>, new: Unlinked, hash: u64) -> Handle {
         let Unlinked(node, handle) = new;
-        let link = self.link_to(old);
+        let link = self.link_to(old, hash);
         // SAFETY: `old` is linked, hence live (see `find`); `node` is not yet shared.
         unsafe {
-            node.as_ref()
-                .next
-                .store(old.as_ref().next.load(Relaxed), Relaxed)
-        };
-        link.store(node.as_ptr(), Release);
+            Link::point(
+                &node.as_ref().next,
+                old.as_ref().next.load(Relaxed),
+                Relaxed,
+            );
+        }
+        Link::point(link, node.as_ptr(), Release);
         // SAFETY: `old` is now unreachable from the table, it came from `allocate`, and
         // the writer drops its handle to it here.
         unsafe { self.0.table.reclaimer.retire(old.as_ptr()) };
         handle
     }
 
-    /// Unlinks `node` and retires it.
-    pub(crate) fn remove(&mut self, node: NonNull<Node>) {
-        let link = self.link_to(node);
+    /// Unlinks `node`, whose key's hash is `hash`, and retires it.
+    pub(crate) fn remove(&mut self, node: NonNull<Node>, hash: u64) {
+        let link = self.link_to(node, hash);
         // SAFETY: `node` is linked, hence live (see `find`).
-        link.store(unsafe { node.as_ref() }.next.load(Relaxed), Release);
+        Link::point(link, unsafe { node.as_ref() }.next.load(Relaxed), Release);
         // SAFETY: `node` is now unreachable from the table, it came from `allocate`, and
         // the caller gives up its handle to it.
         unsafe { self.0.table.reclaimer.retire(node.as_ptr()) };
     }
 
-    /// The atomic pointer that currently points at `target`.
-    fn link_to(&self, target: NonNull<Node>) -> &AtomicPtr<Node> {
-        let mut link = self.0.bucket(entry_hash(target));
+    /// The link that currently points at `target`, whose key's hash is `hash`.
+    fn link_to(&self, target: NonNull<Node>, hash: u64) -> &AtomicPtr<Node> {
+        let mut link = self.0.bucket(hash);
         loop {
-            let ptr = link.load(Relaxed);
+            let ptr = Link::target(link.load(Relaxed));
             assert!(!ptr.is_null(), "node to unlink is not in its bucket");
             if ptr == target.as_ptr() {
                 return link;

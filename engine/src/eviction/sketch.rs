@@ -23,7 +23,7 @@
 //! from 1,000 entries up were unchanged within 0.1 point (BENCHMARKS.md).
 //!
 //! The key hash it is given is already seeded per process (the low half of the router's
-//! ahash, which the table's node keeps), so which keys share counters cannot be predicted
+//! ahash, which the shard's policy slot keeps), so which keys share counters cannot be predicted
 //! from outside; `mix` spreads its 32 bits over the block and cell choices.
 
 /// Counters per key.

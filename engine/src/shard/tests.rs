@@ -351,3 +351,47 @@ fn standings_restored_into_a_byte_bounded_shard_survive_its_sketch_growing() {
     let forgotten = all.iter().filter(|e| e.4.frequency < 9).count();
     assert_eq!(forgotten, 0, "entries whose restored standing was lost");
 }
+
+/// Values either side of 64 KiB (which keep their length in the payload from there on),
+/// keys from empty to the longest, all in chains (5 buckets' worth of hashes), read back,
+/// overwritten across the boundary, charged and removed exactly.
+#[test]
+fn every_key_and_value_length_reads_back_through_chains() {
+    let mut s = shard(1_000, u64::MAX);
+    let lengths = [0, 1, 4_000, 65_534, 65_535, 65_536, 70_000];
+    let keys: Vec<Vec<u8>> = [0, 1, 7, 16, 300, MAX_KEY_LEN]
+        .iter()
+        .map(|&n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
+        .collect();
+    let value = |key: &[u8], len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_add(key.len() as u8))
+            .collect()
+    };
+    for (round, len) in lengths.iter().enumerate() {
+        for key in &keys {
+            let len = lengths[(round + key.len()) % lengths.len()].max(*len / 2);
+            s.insert(h(key), key, &value(key, len), None, NOW).unwrap();
+            let got = s.get_with(h(key), key, NOW, |e| (e.key.to_vec(), e.value.to_vec()));
+            assert_eq!(
+                got,
+                Some((key.clone(), value(key, len))),
+                "key {} bytes",
+                key.len()
+            );
+        }
+        let charged: u64 = keys
+            .iter()
+            .map(|k| {
+                let len = s.get_with(h(k), k, NOW, |e| e.value.len()).unwrap();
+                entry_charge(k.len(), len)
+            })
+            .sum();
+        assert_eq!(s.bytes(), charged);
+    }
+    for key in &keys {
+        assert!(s.remove(h(key), key, NOW));
+        assert_eq!(s.get_with(h(key), key, NOW, |_| ()), None);
+    }
+    assert_eq!((s.len(), s.bytes()), (0, 0));
+}
