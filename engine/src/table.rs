@@ -86,10 +86,12 @@ const LONG_VALUE: u64 = 0xFFFF;
 /// Where a link word keeps the key length of the node it belongs to.
 const KEY_LEN_SHIFT: u32 = 48;
 
-/// A link word: the pointer to the next node, and in its top 16 bits (which an address
-/// in user space leaves clear on every 64-bit target Rust runs Linux on) the key length of
-/// the node whose `next` it is; a bucket's are clear. Only the writer stores links, each
-/// keeping the bits it found.
+/// A link word: the pointer to the next node, and in its top 16 bits the key length of
+/// the node whose `next` it is; a bucket's are clear. Nodes come from the slab's own
+/// mappings or the system allocator, whose user-space addresses leave those bits clear
+/// on x86-64 and aarch64 (with 4- or 5-level page tables, short of a mapping asked for
+/// above 2^47, and without aarch64's memory tagging); `allocate` checks it. Only the
+/// writer stores links, each keeping the bits it found.
 struct Link;
 
 impl Link {
