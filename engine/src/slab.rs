@@ -12,7 +12,9 @@
 //! (Chunks come from regions because the allocator serves each 64 KiB-aligned request
 //! with a remainder it cannot use: 26 bytes an entry at a million entries.) Nodes larger
 //! than [`LARGEST_BLOCK`] are rare and big enough that a `malloc`'s header does not
-//! matter; they get one of their own.
+//! matter; they get one of their own. So does any node once a shard holds as many regions
+//! as handles can name (16 GiB of them), charged as if it had a block: past that point an
+//! entry costs the allocator's header and rounding more than it is charged.
 //!
 //! Blocks are handed out by the table's one writer, but freed by whichever thread the
 //! reclaimer runs on, once no reader can still hold them. So a freed block does not go
