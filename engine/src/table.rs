@@ -626,7 +626,7 @@ impl TableWriter {
     }
 
     /// How many buckets the table has.
-    #[cfg(test)]
+    #[cfg(all(test, not(engine_loom)))]
     pub(crate) fn bucket_count(&self) -> usize {
         self.0.table.buckets.len()
     }
