@@ -306,7 +306,7 @@ impl<T: Resident> Policy<T> {
 
     /// How the resident of `slot` stands: its key's estimated frequency and its region.
     pub fn standing(&self, slot: u32) -> Standing {
-        let resident = self.ring.get(slot).expect("an occupied slot");
+        let resident = self.resident(slot);
         let pending = resident.pending_hits(&self.home);
         let frequency = match &self.admission {
             Some(admission) => admission.sketch.frequency(resident.hash(&self.home)),
@@ -325,11 +325,7 @@ impl<T: Resident> Policy<T> {
     /// Counts the requests the key of a restored resident had earned, besides the one its
     /// insert counts, so that admission ranks it as it was ranked when saved.
     pub fn prime(&mut self, slot: u32, standing: Standing) {
-        let hash = self
-            .ring
-            .get(slot)
-            .expect("an occupied slot")
-            .hash(&self.home);
+        let hash = self.hash_of(slot);
         self.record(hash, standing.frequency.saturating_sub(1));
     }
 
@@ -552,11 +548,7 @@ impl<T: Resident> Policy<T> {
 
     fn move_to(&mut self, slot: u32, to: Region) {
         let from = self.ring.region_of(slot);
-        let charge = self
-            .ring
-            .get(slot)
-            .expect("an occupied slot")
-            .charge(&self.home);
+        let charge = self.charge_of(slot);
         self.bytes[from as usize] -= charge;
         self.bytes[to as usize] += charge;
         self.ring.move_to(slot, to);
@@ -594,11 +586,7 @@ impl<T: Resident> Policy<T> {
             return;
         }
         if self.ring.is_marked(slot) {
-            let hash = self
-                .ring
-                .get(slot)
-                .expect("an occupied slot")
-                .hash(&self.home);
+            let hash = self.hash_of(slot);
             self.record(hash, 1);
         } else {
             self.ring.mark(slot);
@@ -608,11 +596,7 @@ impl<T: Resident> Policy<T> {
     /// The estimated frequency of the key of `slot`, once its pending write (if any) is
     /// counted; and the key's hash.
     fn settled_frequency(&mut self, slot: u32) -> (u8, u64) {
-        let hash = self
-            .ring
-            .get(slot)
-            .expect("an occupied slot")
-            .hash(&self.home);
+        let hash = self.hash_of(slot);
         let frequency = if self.ring.unmark(slot) {
             self.record(hash, 1)
         } else {
@@ -621,6 +605,20 @@ impl<T: Resident> Policy<T> {
                 .map_or(0, |admission| admission.sketch.frequency(hash))
         };
         (frequency, hash)
+    }
+
+    /// The key hash of the resident of `slot`.
+    fn hash_of(&self, slot: u32) -> u64 {
+        self.resident(slot).hash(&self.home)
+    }
+
+    /// The charge of the resident of `slot`.
+    fn charge_of(&self, slot: u32) -> u64 {
+        self.resident(slot).charge(&self.home)
+    }
+
+    fn resident(&self, slot: u32) -> &T {
+        self.ring.get(slot).expect("an occupied slot")
     }
 
     /// Counts `n` requests for a key in the sketch; returns its estimated frequency now
