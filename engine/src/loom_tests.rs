@@ -1,8 +1,9 @@
 //! loom models of the lock-free read path (run by `scripts/loom.sh`): one reader thread
 //! races the writer through insert, overwrite, eviction, expiry and delete-then-reinsert,
 //! and through the adaptive policy's moves (a hit counted while the owner's hand takes
-//! it, a promotion, an admission contest), and must only ever see a complete value that
-//! was stored under the key, or nothing.
+//! it, a promotion, an admission contest), and over nodes in slab blocks and nodes with
+//! allocations of their own, and must only ever see a complete value that was stored
+//! under the key, or nothing.
 //! A read of a node racing its reclamation is a data race loom reports (see `sync.rs`).
 
 use std::sync::Arc;
@@ -68,6 +69,25 @@ fn reader_racing_overwrite_sees_old_or_new_never_torn_or_freed() {
         assert_one_of(
             &r.join().unwrap(),
             &[Some(b"old-value"), Some(b"new"), Some(b"newest-value")],
+        );
+    });
+}
+
+/// Values too large for a slab block: their nodes have allocations of their own, which
+/// readers find through the directory's own-node table while the writer retires them.
+#[test]
+fn reader_racing_overwrite_of_large_values_sees_one_whole() {
+    static OLD: [u8; 5_000] = [b'o'; 5_000];
+    static NEW: [u8; 6_000] = [b'n'; 6_000];
+    loom::model(|| {
+        let mut w = shard(4);
+        w.insert(3, b"k", &OLD, None, NOW).unwrap();
+        let r = spawn_reader(w.reader(), 3, b"k", NOW);
+        w.insert(3, b"k", &NEW, None, NOW).unwrap();
+        w.insert(3, b"k", b"small", None, NOW).unwrap();
+        assert_one_of(
+            &r.join().unwrap(),
+            &[Some(&OLD), Some(&NEW), Some(b"small")],
         );
     });
 }

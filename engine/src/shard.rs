@@ -6,7 +6,7 @@
 //! behind a mutex per shard. [`TableReader`]s read the same table lock-free from anywhere.
 //!
 //! Bytes are charged honestly ([`entry_charge`]): the entry's slab block (its node header,
-//! key and value, rounded up to the block's size class), its bucket pointer, its policy
+//! key and value, rounded up to the block's size class), its bucket (a 32-bit name), its policy
 //! slot, its timer and its share of the frequency sketch.
 
 use std::ptr::NonNull;
@@ -17,10 +17,10 @@ use crate::eviction::{
 };
 use crate::glob::Glob;
 use crate::metrics::ShardMetrics;
-use crate::slab::{footprint, Directory, Handle};
+use crate::slab::{footprint, Handle};
 use crate::table::{
-    expiry, node_bytes, node_key, node_of, node_payload, table, EntryRef, NewEntry, Node,
-    TableReader, TableWriter, BUCKET_BYTES, HEADER_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
+    expiry, node_bytes, node_key, node_payload, table, EntryRef, Names, NewEntry, Node,
+    TableReader, TableWriter, BUCKET_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
 };
 use crate::wheel::{TimerWheel, TIMER_BYTES};
 
@@ -36,15 +36,16 @@ pub struct ShardConfig {
     pub huge_pages: bool,
 }
 
-/// Bytes an entry costs outside its slab block: bucket pointer, policy slot, timer and
+/// Bytes an entry costs outside its slab block: bucket, policy slot, timer and
 /// its share of the sketch.
 const STRUCTURE_BYTES: usize =
     BUCKET_BYTES + slot_bytes::<Resident>() + TIMER_BYTES + SKETCH_BYTES_PER_ENTRY;
 
 /// Bytes charged per entry on top of its key and value, before its block is rounded up
 /// to its size class (by less than 8 bytes for blocks up to 512 bytes, by at most an
-/// eighth above; see [`entry_charge`]).
-pub const ENTRY_OVERHEAD: usize = HEADER_BYTES + STRUCTURE_BYTES;
+/// eighth above; see [`entry_charge`]): the node's header, the value's length (1 byte
+/// below 128 bytes, one more per 7 bits above) and the structures outside the node.
+pub const ENTRY_OVERHEAD: usize = node_bytes(0, 0) + STRUCTURE_BYTES;
 
 /// Inserts between two looks at the readers' lookup counts (a look takes a lock and
 /// reads one counter per reader handle). Only inserts look: the window's share matters
@@ -94,7 +95,7 @@ pub struct SavedEntry<'a> {
 }
 
 /// A policy slot's occupant: the name of the entry's node (4 bytes, where a pointer
-/// took 8), resolved in the policy's home, the slab's [`Directory`], and the low half of
+/// took 8), resolved in the policy's home, the table's [`Names`], and the low half of
 /// its key's hash, which the sketch counts by and the writer unlinks the node with (the
 /// node does not keep it: see `table::Node`). (Its expiry timer is the wheel's timer
 /// keyed by the same slot.)
@@ -104,42 +105,42 @@ struct Resident {
 }
 
 impl Resident {
-    fn node<'a>(&self, directory: &'a Directory) -> &'a Node {
+    fn node<'a>(&self, names: &'a Names) -> &'a Node {
         // SAFETY: a resident's node is linked in the table until the writer removes the
-        // resident, and only the writer unlinks or retires nodes; the directory is the
-        // writer's own, borrowed for as long as the reference.
-        unsafe { node_of(directory, self.handle).as_ref() }
+        // resident, and only the writer unlinks or retires nodes; the names are the
+        // writer's own (its policy's), borrowed for as long as the reference.
+        unsafe { names.node(self.handle).as_ref() }
     }
 
-    fn key<'a>(&self, directory: &'a Directory) -> &'a [u8] {
-        // SAFETY: as in `node`: the node outlives the borrow of the directory.
-        unsafe { node_key(node_of(directory, self.handle)) }
+    fn key<'a>(&self, names: &'a Names) -> &'a [u8] {
+        // SAFETY: as in `node`: the node outlives the borrow of the names.
+        unsafe { node_key(names.node(self.handle)) }
     }
 }
 
 impl eviction::Resident for Resident {
-    type Home = Directory;
+    type Home = Names;
 
     /// The low half of the key's hash, which the slot keeps (see `hashing`).
-    fn hash(&self, _: &Directory) -> u64 {
+    fn hash(&self, _: &Names) -> u64 {
         u64::from(self.hash)
     }
 
-    fn charge(&self, directory: &Directory) -> u64 {
+    fn charge(&self, names: &Names) -> u64 {
         // SAFETY: as in `node`.
-        unsafe { charge_of(node_of(directory, self.handle)) }
+        unsafe { charge_of(names.node(self.handle)) }
     }
 
-    fn take_hits(&self, directory: &Directory) -> u8 {
-        self.node(directory).take_hits()
+    fn take_hits(&self, names: &Names) -> u8 {
+        self.node(names).take_hits()
     }
 
-    fn pending_hits(&self, directory: &Directory) -> u8 {
-        self.node(directory).pending_hits()
+    fn pending_hits(&self, names: &Names) -> u8 {
+        self.node(names).pending_hits()
     }
 
-    fn prefetch(&self, directory: &Directory) {
-        crate::prefetch::prefetch(node_of(directory, self.handle).as_ptr());
+    fn prefetch(&self, names: &Names) {
+        crate::prefetch::prefetch(names.node(self.handle).as_ptr());
     }
 }
 
@@ -175,6 +176,7 @@ impl ShardWriter {
             .max_entries
             .min(usize::try_from(config.max_bytes / ENTRY_OVERHEAD as u64).unwrap_or(usize::MAX));
         let (reader, table) = table(most_entries, config.stale_window_ms, config.huge_pages);
+        let names = table.names();
         Self {
             table,
             reader,
@@ -184,6 +186,7 @@ impl ShardWriter {
                 config.max_bytes,
                 most_entries,
                 metrics.clone(),
+                names,
             ),
             wheel: TimerWheel::new(now_ms),
             bytes: 0,
@@ -317,19 +320,18 @@ impl ShardWriter {
                 entry.hit = old_node.pending_hits() != 0;
                 // The slot's line loads while the new node is built.
                 self.policy.prefetch_slot(slot);
-                let new = table.build(entry, self.policy.home_mut());
+                let new = table.build(entry);
                 // The policy reads the old node's charge before the closure retires it.
-                self.policy.update(slot, |resident, directory| {
-                    directory.forget(resident.handle);
+                self.policy.update(slot, |resident| {
                     resident.handle = table.replace(old, new, hash);
                 });
                 self.wheel.cancel(slot);
                 slot
             }
-            None => self.policy.insert_with(|slot, directory| {
+            None => self.policy.insert_with(|slot| {
                 entry.slot = slot;
                 Resident {
-                    handle: table.insert(entry, directory),
+                    handle: table.insert(entry),
                     hash: hash as u32,
                 }
             }),
@@ -377,18 +379,18 @@ impl ShardWriter {
         now_ms: u64,
         mut visit: impl FnMut(SavedEntry<'_>),
     ) -> Option<u32> {
-        let directory = self.policy.home();
+        let names = self.policy.home();
         for (visited, (slot, resident)) in self.policy.iter_from(from).enumerate() {
             if visited == limit {
                 return Some(slot);
             }
-            let node = resident.node(directory);
+            let node = resident.node(names);
             if node.stale_until_ms(self.config.stale_window_ms) <= now_ms {
                 continue;
             }
             // SAFETY: a resident's node is linked until the writer (borrowed shared here,
             // so not removing anything) removes the resident.
-            let (key, value) = unsafe { node_payload(node_of(directory, resident.handle)) };
+            let (key, value) = unsafe { node_payload(names.node(resident.handle)) };
             visit(SavedEntry {
                 key,
                 value,
@@ -446,12 +448,12 @@ impl ShardWriter {
     /// Deletes every live key `pattern` matches and returns how many.
     pub fn remove_matching(&mut self, pattern: &Glob, now_ms: u64) -> usize {
         let window = self.config.stale_window_ms;
-        let directory = self.policy.home();
+        let names = self.policy.home();
         let doomed: Vec<(u32, bool)> = self
             .policy
             .iter()
-            .filter(|(_, r)| pattern.matches(r.key(directory)))
-            .map(|(slot, r)| (slot, r.node(directory).stale_until_ms(window) > now_ms))
+            .filter(|(_, r)| pattern.matches(r.key(names)))
+            .map(|(slot, r)| (slot, r.node(names).stale_until_ms(window) > now_ms))
             .collect();
         let live = doomed.iter().filter(|(_, live)| *live).count();
         for (slot, _) in &doomed {
@@ -471,11 +473,11 @@ impl ShardWriter {
     /// Deletes every entry whose key `doomed` picks (a flush of the keys whose coherence
     /// was lost); returns how many entries were dropped.
     pub fn clear_where(&mut self, doomed: impl Fn(&[u8]) -> bool) -> usize {
-        let directory = self.policy.home();
+        let names = self.policy.home();
         let slots: Vec<u32> = self
             .policy
             .iter()
-            .filter(|(_, r)| doomed(r.key(directory)))
+            .filter(|(_, r)| doomed(r.key(names)))
             .map(|(slot, _)| slot)
             .collect();
         for &slot in &slots {
@@ -535,9 +537,7 @@ impl ShardWriter {
     fn remove_slot(&mut self, slot: u32) {
         let resident = self.policy.remove(slot).expect("slot is occupied");
         self.wheel.cancel(slot);
-        let directory = self.policy.home_mut();
-        let node = node_of(directory, resident.handle);
-        directory.forget(resident.handle);
+        let node = self.policy.home().node(resident.handle);
         // SAFETY: the node is still linked: the table unlinks it just below.
         self.bytes -= unsafe { charge_of(node) };
         self.table.remove(node, u64::from(resident.hash));

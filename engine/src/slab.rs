@@ -10,7 +10,9 @@
 //! again can serve any class, and a region whose chunks are all free goes back to the
 //! system, so memory follows the entries when their number or mix of sizes changes.
 //! (Chunks come from regions because the allocator serves each 64 KiB-aligned request
-//! with a remainder it cannot use: 26 bytes an entry at a million entries.) Nodes larger
+//! with a remainder it cannot use: 26 bytes an entry at a million entries.) Regions are
+//! mapped at fixed places in address space the slab reserves when it is made
+//! (`arena.rs`), which is what lets a block's 32-bit name be its offset. Nodes larger
 //! than [`LARGEST_BLOCK`] are rare and big enough that a `malloc`'s header does not
 //! matter; they get one of their own. So does any node once a shard holds as many regions
 //! as handles can name (16 GiB of them), charged as if it had a block: past that point an
@@ -22,8 +24,8 @@
 //! whole before it next allocates. Each chunk starts with an immutable header naming
 //! that list, which is how a free finds it from the block's address alone.
 //!
-//! Every block the slab gives out also gets a 32-bit name (`handles`), which the writer's
-//! own records keep instead of its 8-byte address.
+//! Every block the slab gives out also gets a 32-bit name (`handles`), which the table's
+//! links and the writer's own records keep instead of its 8-byte address.
 //!
 //! Free blocks are listed beside the memory, never inside it (a chunk's free blocks are
 //! a stack of their offsets), so nothing reads or writes a free block but its next node:
@@ -40,6 +42,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::sync::{AtomicUsize, Mutex};
 
+mod arena;
 mod handles;
 
 use handles::MAX_REGIONS;
@@ -50,10 +53,15 @@ pub(crate) use handles::{Directory, Handle};
 const CHUNK_BYTES: usize = 64 * 1024;
 /// The largest block the slab serves; bigger nodes get an allocation of their own.
 pub(crate) const LARGEST_BLOCK: usize = 4096;
-/// Blocks up to this size step by 8 bytes.
+/// What every block's size and offset is a multiple of. A node needs 4 (its header's
+/// widest fields are 32 bits), and 4 would halve what rounding wastes (about 2 bytes an
+/// entry), but a handle names blocks in these units: 8 lets handles name 16 GiB of slab
+/// memory in a shard, 4 only 8 GiB, and a dedicated host's shard can be that large.
+pub(crate) const GRAIN: usize = 8;
+/// Blocks up to this size step by [`GRAIN`].
 const FINE_LIMIT: usize = 512;
 /// Block sizes step by 8 bytes up to 512, then by an eighth of the power of two below.
-const CLASSES: usize = FINE_LIMIT / 8 + 3 * 8;
+const CLASSES: usize = FINE_LIMIT / GRAIN + 3 * 8;
 /// Where a chunk's first block starts: past its header, aligned for any node.
 const FIRST_BLOCK: usize = 16;
 /// Chunks per region.
@@ -65,33 +73,40 @@ const NOT_PARTIAL: u32 = u32::MAX;
 fn class_of(bytes: usize) -> (usize, usize) {
     debug_assert!(bytes > 0 && bytes <= LARGEST_BLOCK);
     if bytes <= FINE_LIMIT {
-        let block = bytes.div_ceil(8) * 8;
-        return (block / 8 - 1, block);
+        let block = bytes.div_ceil(GRAIN) * GRAIN;
+        return (block / GRAIN - 1, block);
     }
     // The power of two below `bytes`, and an eighth of it as the step.
     let power = usize::BITS - 1 - (bytes - 1).leading_zeros();
     let step = 1usize << (power - 3);
     let block = bytes.div_ceil(step) * step;
     let doublings = (power - FINE_LIMIT.trailing_zeros()) as usize;
-    let index = FINE_LIMIT / 8 + doublings * 8 + (block - (1 << power)) / step - 1;
+    let index = FINE_LIMIT / GRAIN + doublings * 8 + (block - (1 << power)) / step - 1;
     (index, block)
 }
 
-/// The bytes a node of `bytes` takes: its slab block, or its own allocation with the
-/// allocator's header and rounding.
+/// The bytes a node of `bytes` takes: its slab block, or its own allocation with its
+/// [`OwnPrefix`] and the allocator's header and rounding.
 pub(crate) fn footprint(bytes: usize) -> usize {
     if bytes <= LARGEST_BLOCK {
         class_of(bytes).1
     } else {
-        bytes.div_ceil(16) * 16 + 16
+        (OWN_PREFIX + bytes).div_ceil(16) * 16 + 16
     }
 }
 
-/// A freed slab block on its way back to the writer.
-struct Freed(NonNull<u8>);
+/// What goes back to the writer when a node is freed.
+enum Freed {
+    /// A slab block, for its chunk's free list.
+    Block(NonNull<u8>),
+    /// The index of a node with an allocation of its own, which is already deallocated:
+    /// the index may name another node now.
+    Own(u32),
+}
 
 // SAFETY: a freed block is owned by whoever holds it: no reader or writer reaches it any
-// more, so handing it to another thread hands over the only access.
+// more, so handing it to another thread hands over the only access. (An index is plain
+// data.)
 unsafe impl Send for Freed {}
 
 /// Freed blocks on their way back to the writer. Frees come from any thread (one short
@@ -112,11 +127,12 @@ impl Returns {
         }
     }
 
-    /// Lists a block that no reader or writer will touch again. The lock's release and
-    /// the writer's acquire order every use of the block before it is reused.
-    fn push(&self, block: NonNull<u8>) {
+    /// Lists a block (or an own node's index) that no reader or writer will use again.
+    /// The lock's release and the writer's acquire order every use of it before it is
+    /// reused.
+    fn push(&self, freed: Freed) {
         let mut blocks = crate::sync::lock(&self.blocks);
-        blocks.push(Freed(block));
+        blocks.push(freed);
         self.listed.store(blocks.len(), Relaxed);
     }
 
@@ -141,6 +157,18 @@ struct ChunkHeader {
     index: u32,
 }
 
+/// What an allocation of its own keeps ahead of its node, so that a free from any thread
+/// can give the node's index back to its writer.
+#[repr(C)]
+struct OwnPrefix {
+    returns: *const Returns,
+    index: u32,
+}
+
+/// Bytes ahead of the node in an allocation of its own: the prefix, keeping the node
+/// 8-aligned.
+const OWN_PREFIX: usize = std::mem::size_of::<OwnPrefix>().next_multiple_of(8);
+
 /// The writer's own record of a chunk.
 struct Chunk {
     base: NonNull<u8>,
@@ -148,7 +176,7 @@ struct Chunk {
     region: u32,
     position: u8,
     class: u8,
-    /// Free blocks of this chunk, by offset in 8-byte units.
+    /// Free blocks of this chunk, by offset in units of [`GRAIN`].
     free: Vec<u16>,
     /// Offset of the first block never handed out.
     bump: u32,
@@ -192,8 +220,13 @@ pub(crate) struct Slab {
     huge_from_first: bool,
     /// Blocks taken from `Returns`, being put back (kept for its allocation).
     taken: Vec<Freed>,
-    /// The most regions the slab holds at once: as many as handles can name.
+    /// The most regions the slab holds at once: as many as handles can name, or its
+    /// directory's arena has room for if that is fewer.
     most_regions: usize,
+    /// Indices of nodes of their own that were freed, to name new ones with.
+    own_vacant: Vec<u32>,
+    /// The first own-node index never used.
+    own_fresh: u32,
 }
 
 /// What a node is taken to need when guessing whether a table fills a region: a short
@@ -207,100 +240,6 @@ unsafe impl Send for Slab {}
 /// Bytes per region: one huge page.
 const REGION_BYTES: usize = CHUNK_BYTES * REGION_CHUNKS;
 
-/// Regions are aligned to their size, so that each can be one huge page.
-fn region_layout() -> Layout {
-    Layout::from_size_align(REGION_BYTES, REGION_BYTES).expect("a valid region layout")
-}
-
-/// Where regions come from. On Linux each region is a mapping of its own, advised for a
-/// transparent huge page unless `small` (see `Slab::huge_from_first`): a lookup's random
-/// access into the nodes then needs one TLB entry per 2 MiB rather than per 4 KiB. A
-/// fresh mapping matters: memory the allocator hands back out has usually been faulted
-/// in as small pages already, which advice does not change (in the `l1` benchmark a
-/// second cache built after the first was dropped got no huge page at all). The advice is
-/// only a hint: with THP off, or no huge page free, the region is small pages and
-/// nothing else changes. Elsewhere regions come from the global allocator.
-#[cfg(target_os = "linux")]
-mod regions {
-    use std::ptr::{self, NonNull};
-
-    use super::{region_layout, REGION_BYTES};
-
-    /// Maps a fresh, zeroed region aligned to REGION_BYTES.
-    pub(super) fn map(small: bool) -> NonNull<u8> {
-        // Twice the size, then the unaligned ends are unmapped.
-        let span = 2 * REGION_BYTES;
-        // SAFETY: an anonymous private mapping at an address of the kernel's choosing
-        // touches no existing memory; the result is checked before use.
-        let raw = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                span,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            std::alloc::handle_alloc_error(region_layout());
-        }
-        let start = raw as usize;
-        let head = start.next_multiple_of(REGION_BYTES) - start;
-        // SAFETY: `head < REGION_BYTES`, so the aligned region and its tail lie inside the
-        // mapping of `span` bytes just made; its pointer carries the mapping's provenance.
-        let base = unsafe { raw.cast::<u8>().add(head) };
-        // SAFETY: the head and the tail are parts of the fresh mapping that nothing uses;
-        // unmapping them leaves exactly [base, base + REGION_BYTES) mapped.
-        unsafe {
-            if head > 0 {
-                libc::munmap(raw, head);
-            }
-            let tail = span - head - REGION_BYTES;
-            if tail > 0 {
-                libc::munmap(base.add(REGION_BYTES).cast(), tail);
-            }
-        }
-        if !small {
-            // SAFETY: madvise only changes how the kernel backs the region's pages, never
-            // their contents; a failure leaves them as they were.
-            unsafe { libc::madvise(base.cast(), REGION_BYTES, libc::MADV_HUGEPAGE) };
-        }
-        NonNull::new(base).expect("a mapping is never at address 0")
-    }
-
-    /// Unmaps a region.
-    ///
-    /// # Safety
-    /// `base` came from `map` and none of the region's memory is used again.
-    pub(super) unsafe fn unmap(base: NonNull<u8>) {
-        // SAFETY: forwarded contract: exactly the mapping `map` left.
-        unsafe { libc::munmap(base.as_ptr().cast(), REGION_BYTES) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod regions {
-    use std::alloc;
-    use std::ptr::NonNull;
-
-    use super::region_layout;
-
-    pub(super) fn map(_small: bool) -> NonNull<u8> {
-        let layout = region_layout();
-        // SAFETY: the layout is not zero-sized.
-        let raw = unsafe { alloc::alloc(layout) };
-        NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout))
-    }
-
-    /// # Safety
-    /// `base` came from `map` and none of the region's memory is used again.
-    pub(super) unsafe fn unmap(base: NonNull<u8>) {
-        // SAFETY: forwarded contract: allocated by `map` with this layout.
-        unsafe { alloc::dealloc(base.as_ptr(), region_layout()) };
-    }
-}
-
 /// A block the slab gave out: where it is, its name, and whether it is an allocation of
 /// its own (which [`Slab::free`] must be told).
 #[derive(Clone, Copy, Debug)]
@@ -310,8 +249,9 @@ pub(crate) struct Block {
     pub own: bool,
 }
 
+/// The allocation of a node of its own of `bytes`: its prefix and the node.
 fn own_layout(bytes: usize) -> Layout {
-    Layout::from_size_align(bytes, 8).expect("a node fits in memory")
+    Layout::from_size_align(OWN_PREFIX + bytes, 8).expect("a node fits in memory")
 }
 
 impl Slab {
@@ -328,31 +268,48 @@ impl Slab {
             regions: Vec::new(),
             with_spare: Vec::new(),
             most_regions: MAX_REGIONS,
+            own_vacant: Vec::new(),
+            own_fresh: 0,
         }
     }
 
-    /// An 8-aligned block of at least `bytes` bytes (uninitialized), for `returns`' table,
+    /// A block of at least `bytes` bytes (uninitialized), aligned to [`GRAIN`], for `returns`' table,
     /// and its name in `directory` (which the slab keeps up to date as its regions come
     /// and go, so every call passes the same one).
     pub(crate) fn allocate(
         &mut self,
         bytes: usize,
         returns: &Returns,
-        directory: &mut Directory,
+        directory: &Directory,
     ) -> Block {
         if bytes <= LARGEST_BLOCK {
             if let Some(block) = self.allocate_in_chunk(bytes, returns, directory) {
                 return block;
             }
+        } else {
+            self.take_returns(returns, directory);
         }
-        // Larger than any block, or past the regions handles can name.
+        // Larger than any block, or past the regions the directory can name.
         let layout = own_layout(bytes);
-        // SAFETY: `bytes` is non-zero: a node has a header.
+        // SAFETY: the layout is not zero-sized: it has the prefix.
         let raw = unsafe { alloc::alloc(layout) };
-        let at = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let start = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let index = self.own_vacant.pop().unwrap_or_else(|| {
+            self.own_fresh += 1;
+            self.own_fresh - 1
+        });
+        // SAFETY: a fresh allocation of OWN_PREFIX + `bytes`, 8-aligned: the prefix fits at
+        // its start, and the node starts OWN_PREFIX in, inside it, with its provenance.
+        let at = unsafe {
+            start
+                .cast::<OwnPrefix>()
+                .as_ptr()
+                .write(OwnPrefix { returns, index });
+            start.add(OWN_PREFIX)
+        };
         Block {
             at,
-            handle: directory.name_own(at),
+            handle: directory.name_own(index, at),
             own: true,
         }
     }
@@ -363,7 +320,7 @@ impl Slab {
         &mut self,
         bytes: usize,
         returns: &Returns,
-        directory: &mut Directory,
+        directory: &Directory,
     ) -> Option<Block> {
         self.take_returns(returns, directory);
         let (class, block) = class_of(bytes);
@@ -386,7 +343,7 @@ impl Slab {
             let at = if let Some(offset) = chunk.free.pop() {
                 // SAFETY: a free block's offset lies inside its chunk's allocation, whose
                 // provenance `base` carries.
-                unsafe { chunk.base.add(usize::from(offset) * 8) }
+                unsafe { chunk.base.add(usize::from(offset) * GRAIN) }
             } else if chunk.bump as usize + block <= CHUNK_BYTES {
                 // SAFETY: `bump + block` is within the chunk's allocation.
                 let fresh = unsafe { chunk.base.add(chunk.bump as usize) };
@@ -398,14 +355,9 @@ impl Slab {
                 continue;
             };
             chunk.live += 1;
-            let region = chunk.region as usize;
-            let base = self.regions[region]
-                .as_ref()
-                .expect("a chunk's region exists")
-                .base;
             return Some(Block {
                 at,
-                handle: Directory::name_in_region(region, base, at),
+                handle: directory.name_block(at),
                 own: false,
             });
         }
@@ -419,8 +371,15 @@ impl Slab {
     /// the same `bytes`, and is unreachable by anyone else; it is freed once.
     pub(crate) unsafe fn free(block: NonNull<u8>, bytes: usize, own: bool) {
         if own {
-            // SAFETY: such blocks are allocations of their own with this layout.
-            unsafe { alloc::dealloc(block.as_ptr(), own_layout(bytes)) };
+            // SAFETY: such blocks start OWN_PREFIX into an allocation of their own with
+            // this layout, which starts with the prefix `allocate` wrote; its `returns`
+            // belongs to the live slab's table.
+            unsafe {
+                let start = block.as_ptr().sub(OWN_PREFIX);
+                let OwnPrefix { returns, index } = start.cast::<OwnPrefix>().read();
+                alloc::dealloc(start, own_layout(bytes));
+                (*returns).push(Freed::Own(index));
+            }
             return;
         }
         let chunk = (block.as_ptr() as usize & !(CHUNK_BYTES - 1)) as *const ChunkHeader;
@@ -435,15 +394,23 @@ impl Slab {
                 .cast::<ChunkHeader>();
             &*(*chunk).returns
         };
-        returns.push(block);
+        returns.push(Freed::Block(block));
     }
 
     /// Puts every block freed since the last call back on its chunk's free list, and
     /// gives chunks that became empty back to the allocator.
-    fn take_returns(&mut self, returns: &Returns, directory: &mut Directory) {
+    fn take_returns(&mut self, returns: &Returns, directory: &Directory) {
         let mut taken = std::mem::take(&mut self.taken);
         returns.take_all(&mut taken);
-        for Freed(block) in taken.drain(..) {
+        for freed in taken.drain(..) {
+            let block = match freed {
+                Freed::Block(block) => block,
+                Freed::Own(index) => {
+                    directory.forget_own(index);
+                    self.own_vacant.push(index);
+                    continue;
+                }
+            };
             let base = block.as_ptr() as usize & !(CHUNK_BYTES - 1);
             // SAFETY: as in `free`: the block's chunk starts with its header and is alive.
             let index = unsafe {
@@ -458,9 +425,9 @@ impl Slab {
         self.taken = taken;
     }
 
-    fn release(&mut self, index: u32, block: NonNull<u8>, directory: &mut Directory) {
+    fn release(&mut self, index: u32, block: NonNull<u8>, directory: &Directory) {
         let chunk = self.chunk_mut(index);
-        let offset = (block.as_ptr() as usize - chunk.base.as_ptr() as usize) / 8;
+        let offset = (block.as_ptr() as usize - chunk.base.as_ptr() as usize) / GRAIN;
         chunk.free.push(offset as u16);
         chunk.live -= 1;
         let class = chunk.class as usize;
@@ -489,12 +456,7 @@ impl Slab {
         }
     }
 
-    fn new_chunk(
-        &mut self,
-        class: usize,
-        returns: &Returns,
-        directory: &mut Directory,
-    ) -> Option<u32> {
+    fn new_chunk(&mut self, class: usize, returns: &Returns, directory: &Directory) -> Option<u32> {
         let (region, position) = self.spare_chunk(directory)?;
         let region_base = self.regions[region as usize]
             .as_ref()
@@ -531,7 +493,7 @@ impl Slab {
 
     /// A chunk no class uses, as (region, position in it): from a region that has one, or
     /// from a new region; `None` if that would be one more than handles can name.
-    fn spare_chunk(&mut self, directory: &mut Directory) -> Option<(u32, usize)> {
+    fn spare_chunk(&mut self, directory: &Directory) -> Option<(u32, usize)> {
         while let Some(&region) = self.with_spare.last() {
             match &mut self.regions[region as usize] {
                 Some(r) if r.spare != 0 => {
@@ -548,12 +510,11 @@ impl Slab {
             }
         }
         let vacant = self.regions.iter().position(Option::is_none);
-        if vacant.is_none() && self.regions.len() == self.most_regions {
+        if vacant.is_none() && self.regions.len() >= self.most_regions.min(directory.regions()) {
             return None;
         }
         let first = self.regions.iter().all(Option::is_none);
         let small = !self.huge_pages || (first && !self.huge_from_first);
-        let base = regions::map(small);
         let region = match vacant {
             Some(vacant) => vacant,
             None => {
@@ -561,7 +522,7 @@ impl Slab {
                 self.regions.len() - 1
             }
         };
-        directory.region_mapped(region, base);
+        let base = directory.map_region(region, small);
         // Every chunk but the first, which is taken now.
         let spare = (u32::MAX >> (32 - REGION_CHUNKS)) & !1;
         self.regions[region] = Some(Region { base, spare });
@@ -570,7 +531,7 @@ impl Slab {
         Some((region, 0))
     }
 
-    fn drop_chunk(&mut self, index: u32, directory: &mut Directory) {
+    fn drop_chunk(&mut self, index: u32, directory: &Directory) {
         let chunk = self.chunks[index as usize]
             .take()
             .expect("a listed chunk exists");
@@ -586,9 +547,8 @@ impl Slab {
         if r.spare == u32::MAX >> (32 - REGION_CHUNKS) {
             // SAFETY: mapped in `spare_chunk`; none of its chunks is in use, so none of its
             // blocks is live. (Its stale `with_spare` entry is skipped when taken.)
-            unsafe { regions::unmap(r.base) };
+            unsafe { directory.unmap_region(region) };
             self.regions[region] = None;
-            directory.region_unmapped(region);
         }
     }
 
@@ -608,16 +568,6 @@ impl Slab {
     #[cfg(all(test, not(engine_loom)))]
     fn region_bytes(&self) -> usize {
         self.regions.iter().flatten().count() * REGION_CHUNKS * CHUNK_BYTES
-    }
-}
-
-impl Drop for Slab {
-    /// Frees every region. The table drops its slab last, after every node was freed.
-    fn drop(&mut self) {
-        for region in self.regions.drain(..).flatten() {
-            // SAFETY: mapped in `spare_chunk`; the table is gone, so no block is reachable.
-            unsafe { regions::unmap(region.base) };
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! In normal builds reclamation is `seize`. Under loom it is [`loom_reclaim`], a
 //! Dekker-style reader count that loom can explore completely: seize keeps per-thread
 //! state in real thread-locals that loom's simulated threads would share, so it cannot be
-//! modelled itself. The table uses both through the same four calls (`enter`, `protect`,
+//! modelled itself. The table uses both through the same four calls (`enter`, `protect_link`,
 //! `retire`, drop), which is what the models check: that the table publishes, unlinks and
 //! retires nodes in an order under which no reader sees a torn or reclaimed node.
 
@@ -86,15 +86,18 @@ impl<T> SharedCell<T> {
 
 #[cfg(not(engine_loom))]
 mod seize_reclaim {
-    use std::sync::atomic::{AtomicPtr, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
 
-    use seize::{Collector, Guard, LocalGuard};
+    use seize::{Collector, LocalGuard};
 
     use super::Retirable;
 
     pub(crate) struct Reclaimer(Collector);
 
-    pub(crate) struct ReadGuard<'a>(LocalGuard<'a>);
+    /// A reader's stay: kept only for its drop, which leaves (seize's guard).
+    pub(crate) struct ReadGuard<'a> {
+        _entered: LocalGuard<'a>,
+    }
 
     impl Reclaimer {
         pub(crate) fn new() -> Self {
@@ -103,7 +106,9 @@ mod seize_reclaim {
 
         #[inline(always)]
         pub(crate) fn enter(&self) -> ReadGuard<'_> {
-            ReadGuard(self.0.enter())
+            ReadGuard {
+                _entered: self.0.enter(),
+            }
         }
 
         /// Hands a node that no reader entering from now on can reach to the collector,
@@ -122,9 +127,14 @@ mod seize_reclaim {
     }
 
     impl ReadGuard<'_> {
+        /// Loads a link that names a node by its handle, protecting the node as seize's
+        /// `protect` protects a pointer's target. That call is exactly a load with the
+        /// ordering its `raw::Collector::protect` gives, `SeqCst` (so that the load takes
+        /// part in the order the light barrier of `enter` sets up); a handle is the
+        /// node's pointer in another form, resolved only while this guard lives.
         #[inline(always)]
-        pub(crate) fn protect<T>(&self, ptr: &AtomicPtr<T>) -> *mut T {
-            self.0.protect(ptr, Ordering::Acquire)
+        pub(crate) fn protect_link(&self, link: &AtomicU32) -> u32 {
+            link.load(Ordering::SeqCst)
         }
     }
 }
@@ -140,7 +150,7 @@ pub(crate) mod loom_reclaim {
     //! through `active`. This is seize's scheme (a light barrier in `enter`, a heavy one in
     //! `retire`), written with fences because loom models SeqCst fences exactly but
     //! SeqCst accesses only as AcqRel.
-    use loom::sync::atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
+    use loom::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
     use loom::sync::Mutex;
 
     use super::Retirable;
@@ -220,8 +230,8 @@ pub(crate) mod loom_reclaim {
     }
 
     impl ReadGuard<'_> {
-        pub(crate) fn protect<T>(&self, ptr: &AtomicPtr<T>) -> *mut T {
-            ptr.load(Ordering::Acquire)
+        pub(crate) fn protect_link(&self, link: &AtomicU32) -> u32 {
+            link.load(Ordering::Acquire)
         }
     }
 

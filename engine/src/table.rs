@@ -13,16 +13,21 @@
 //! The bucket array is sized once from the most entries the shard can hold under its
 //! bounds, so the table never resizes and the readers' path has no resize protocol to
 //! follow.
+//!
+//! Buckets and chain links hold 32-bit node names (`slab::Handle`), not pointers: half the
+//! bytes of the bucket array, and a link a node keeps in 4 bytes. A slab node's name is its
+//! offset in the slab's reserved address space, so a reader resolves it with an add to a
+//! base that never changes (`slab::Directory`).
 
 use std::cell::UnsafeCell;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Relaxed, Release};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::slab::{Directory, Handle, Returns, Slab};
-use crate::sync::{Arc, AtomicPtr, AtomicU32, Reclaimer, Retirable, SharedCell};
+use crate::sync::{Arc, AtomicU32, Reclaimer, Retirable, SharedCell};
 
 /// An entry as a reader sees it, borrowed for the duration of a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,11 +51,11 @@ pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// The most entries a table holds: a node keeps its policy slot in 31 bits.
 pub(crate) const MAX_ENTRIES: usize = (1 << 31) - 1;
 
-/// A node's header: 24 bytes. The key's bytes and then the value's follow it in the same
-/// slab block (`slab.rs`), so a lookup that reaches the header finds the key on the same
-/// cache line and an entry is one block. The payload is only ever reached through the
-/// block's own pointer (see [`payload`]), never through a `&Node`, whose provenance
-/// covers the header alone.
+/// A node's header: 20 bytes. The key's bytes, the value's length (LEB128) and the
+/// value's bytes follow it in the same slab block (`slab.rs`), so a lookup that reaches
+/// the header finds the key on the same cache line and an entry is one block. The
+/// payload is only ever reached through the block's own pointer (see [`payload`]), never
+/// through a `&Node`, whose provenance covers the header alone.
 ///
 /// What it leaves out: the key's hash (its high half picks the shard; the low half picks
 /// the bucket, which the writer knows whenever it unlinks a node, and is what the
@@ -58,18 +63,19 @@ pub(crate) const MAX_ENTRIES: usize = (1 << 31) - 1;
 /// apart by their length and bytes, on the line they load anyway), the stale deadline (the
 /// expiry plus the table's one stale window), the upper bits of times (47 bits of
 /// milliseconds reach the year 6429; an expiry is kept relative to `cached_at`, see
-/// [`Lifetime`]), and the upper bits of a value's length, which only a value of 64 KiB or
-/// more needs: it keeps its length in the payload's first 4 bytes.
+/// [`Lifetime`]), the next node's address (its 32-bit [`Handle`] instead), and the value's
+/// length, which is read only on a hit, after the key, and takes 1 byte for values below
+/// 128 bytes and 2 below 16 KiB.
 #[repr(C)]
 pub(crate) struct Node {
-    /// The next node of the chain, with this node's key length in the top 16 bits (see
-    /// [`Link`]).
-    next: AtomicPtr<Node>,
-    /// `own << 63 | cached_at_ms << 16 | short value length`, where `own` says whether
-    /// the node has an allocation of its own rather than a slab block
-    /// (`slab::Block::own`) and the value's length is [`LONG_VALUE`] for a value that
-    /// keeps its length in the payload.
-    packed: u64,
+    /// The next node of the chain: its handle's bits, or 0 at the chain's end.
+    next: AtomicU32,
+    key_len: u16,
+    /// `own << 15 | cached_at_ms >> 32`, where `own` says whether the node has an
+    /// allocation of its own rather than a slab block (`slab::Block::own`).
+    own_and_cached_at_high: u16,
+    /// The low 32 bits of `cached_at_ms`.
+    cached_at_low: u32,
     /// The entry's policy slot (an overwrite keeps it) in bits 1 to 31, and in bit 0
     /// whether a reader hit the entry since the policy last looked. Readers only ever
     /// set bit 0, storing the slot bits back as they found them, which never change.
@@ -80,45 +86,10 @@ pub(crate) struct Node {
     payload_access: SharedCell<()>,
 }
 
-/// The short value length that says the length is the payload's first 4 bytes.
-const LONG_VALUE: u64 = 0xFFFF;
-
-/// Where a link word keeps the key length of the node it belongs to.
-const KEY_LEN_SHIFT: u32 = 48;
-
-/// A link word: the pointer to the next node, and in its top 16 bits the key length of
-/// the node whose `next` it is; a bucket's are clear. Nodes come from the slab's own
-/// mappings or the system allocator, whose user-space addresses leave those bits clear
-/// on x86-64 and aarch64 (with 4- or 5-level page tables, short of a mapping asked for
-/// above 2^47, and without aarch64's memory tagging); `allocate` checks it. Only the
-/// writer stores links, each keeping the bits it found.
-struct Link;
-
-impl Link {
-    /// The node a link word points at.
-    #[inline(always)]
-    fn target(word: *mut Node) -> *mut Node {
-        word.map_addr(|address| address & ((1 << KEY_LEN_SHIFT) - 1))
-    }
-
-    /// The key length a link word carries.
-    #[inline(always)]
-    fn key_len(word: *mut Node) -> usize {
-        word.addr() >> KEY_LEN_SHIFT
-    }
-
-    /// Points `link` at `target`, keeping the key length it carries.
-    fn point(link: &AtomicPtr<Node>, target: *mut Node, order: std::sync::atomic::Ordering) {
-        let carried = link.load(Relaxed).addr() & !((1 << KEY_LEN_SHIFT) - 1);
-        link.store(
-            Link::target(target).map_addr(|address| address | carried),
-            order,
-        );
-    }
-}
-
 /// Bytes of a node's header.
 pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<Node>();
+
+const _: () = assert!(std::mem::align_of::<Node>() <= crate::slab::GRAIN);
 
 /// When an entry expires, relative to when it was cached: milliseconds up to 2^31 (24.8
 /// days), whole seconds (rounded up, so never early) beyond, or never.
@@ -157,8 +128,8 @@ impl Lifetime {
 /// stored as this.
 pub const LATEST_CACHED_AT_MS: u64 = (1 << 47) - 1;
 
-/// The bit of `packed` that says the node has an allocation of its own.
-const OWN_ALLOCATION: u64 = 1 << 63;
+/// The bit of `own_and_cached_at_high` that says the node has an allocation of its own.
+const OWN_ALLOCATION: u16 = 1 << 15;
 
 /// What the writer needs to build a node.
 pub(crate) struct NewEntry<'a> {
@@ -172,17 +143,13 @@ pub(crate) struct NewEntry<'a> {
 }
 
 /// The bytes of a node with this key and value length.
-pub(crate) fn node_bytes(key_len: usize, value_len: usize) -> usize {
-    HEADER_BYTES + long_length_bytes(value_len) + key_len + value_len
+pub(crate) const fn node_bytes(key_len: usize, value_len: usize) -> usize {
+    HEADER_BYTES + key_len + length_bytes(value_len) + value_len
 }
 
-/// Bytes a value of this length keeps its length in, in the payload.
-fn long_length_bytes(value_len: usize) -> usize {
-    if value_len as u64 >= LONG_VALUE {
-        4
-    } else {
-        0
-    }
+/// Bytes of a value's length in the payload: LEB128, 7 bits a byte.
+const fn length_bytes(value_len: usize) -> usize {
+    (usize::BITS - (value_len | 1).leading_zeros()).div_ceil(7) as usize
 }
 
 /// An expiry as the API gives it: `None` for [`NEVER`].
@@ -195,7 +162,7 @@ pub(crate) fn expiry(expires_at_ms: u64) -> Option<u64> {
 fn allocate(
     slab: &mut Slab,
     returns: &Returns,
-    directory: &mut Directory,
+    directory: &Directory,
     entry: NewEntry<'_>,
 ) -> (NonNull<Node>, Handle) {
     let key_len = u16::try_from(entry.key.len()).expect("the shard checks key lengths");
@@ -203,46 +170,36 @@ fn allocate(
     let bytes = node_bytes(entry.key.len(), entry.value.len());
     let block = slab.allocate(bytes, returns, directory);
     let node = block.at.cast::<Node>();
-    assert!(
-        block.at.as_ptr().addr() >> KEY_LEN_SHIFT == 0,
-        "a node's address leaves the top 16 bits of a link clear"
-    );
     let own = if block.own { OWN_ALLOCATION } else { 0 };
     let cached_at_ms = entry.cached_at_ms.min(LATEST_CACHED_AT_MS);
-    let short_value_len = u64::from(value_len).min(LONG_VALUE);
     let slot = entry.slot;
     debug_assert!(slot < 1 << 31, "slots fit in 31 bits");
-    // SAFETY: `block` is a fresh slab block of at least `bytes`, 8-aligned (enough for the
-    // header, whose alignment is 8), followed by the long value's length (if any), the
-    // key and the value, in the same block; nothing else can see it yet.
+    // SAFETY: `block` is a fresh slab block of at least `bytes`, aligned to the slab's
+    // grain (at least the header's alignment, 4), followed by the key, the value's length and the value, in
+    // the same block; nothing else can see it yet.
     unsafe {
         node.as_ptr().write(Node {
-            next: AtomicPtr::new(
-                ptr::null_mut::<Node>().with_addr(usize::from(key_len) << KEY_LEN_SHIFT),
-            ),
-            packed: own | cached_at_ms << 16 | short_value_len,
+            next: AtomicU32::new(0),
+            key_len,
+            own_and_cached_at_high: own | (cached_at_ms >> 32) as u16,
+            cached_at_low: cached_at_ms as u32,
             slot_and_hit: AtomicU32::new(slot << 1 | u32::from(entry.hit)),
             lifetime: Lifetime::new(cached_at_ms, entry.expires_at_ms),
             payload_access: SharedCell::new(()),
         });
         let mut at = (node.as_ptr() as *mut u8).add(HEADER_BYTES);
-        if short_value_len == LONG_VALUE {
-            at.cast::<[u8; 4]>().write(value_len.to_le_bytes());
-            at = at.add(4);
-        }
         ptr::copy_nonoverlapping(entry.key.as_ptr(), at, entry.key.len());
-        ptr::copy_nonoverlapping(
-            entry.value.as_ptr(),
-            at.add(entry.key.len()),
-            entry.value.len(),
-        );
+        at = at.add(entry.key.len());
+        let mut rest = value_len;
+        while rest >= 0x80 {
+            at.write(rest as u8 | 0x80);
+            at = at.add(1);
+            rest >>= 7;
+        }
+        at.write(rest as u8);
+        ptr::copy_nonoverlapping(entry.value.as_ptr(), at.add(1), entry.value.len());
     }
     (node, block.handle)
-}
-
-/// The node `handle` names in `directory`, which must still be linked.
-pub(crate) fn node_of(directory: &Directory, handle: Handle) -> NonNull<Node> {
-    directory.resolve(handle).cast()
 }
 
 impl Retirable for Node {
@@ -251,14 +208,14 @@ impl Retirable for Node {
     /// # Safety
     /// As [`Retirable::free`] requires: `node` came from `allocate` and is freed once.
     unsafe fn free(node: *mut Node) {
-        // SAFETY: forwarded contract; the header says how long the payload is, so the
-        // size given back is the size allocated. The table keeps its slab alive until
-        // every node was freed (see `Table`'s fields).
+        // SAFETY: forwarded contract; the header and the payload say how long the node
+        // is, so the size given back is the size allocated. The table keeps its slab alive
+        // until every node was freed (see `Table`'s fields).
         unsafe {
             let node = NonNull::new_unchecked(node);
             let (key, value) = payload(node);
             let bytes = node_bytes(key.len(), value.len());
-            let own = node.as_ref().packed & OWN_ALLOCATION != 0;
+            let own = node.as_ref().own_and_cached_at_high & OWN_ALLOCATION != 0;
             ptr::drop_in_place(node.as_ptr());
             Slab::free(node.cast(), bytes, own);
         }
@@ -270,30 +227,48 @@ impl Retirable for Node {
     }
 }
 
-/// The key and value bytes of `node`.
+/// The key of `node`.
 ///
 /// # Safety
 /// `node` is live (linked, or protected by the caller's guard) for `'a`.
 #[inline(always)]
-unsafe fn payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8]) {
+unsafe fn key<'a>(node: NonNull<Node>) -> &'a [u8] {
     // SAFETY: the caller keeps the node alive for 'a; the header and the payload were
     // written before the node was published and never change (bar the atomics). The
     // payload is reached through `node`, the block's own pointer, whose provenance covers
-    // the whole block: it starts right after the header (bytes have alignment 1), with
-    // the long value's length first if there is one, as `allocate` wrote it.
+    // the whole block: the key starts right after the header (bytes have alignment 1), as
+    // `allocate` wrote it.
     unsafe {
         let header = node.as_ref();
         header.payload_access.get();
-        let key_len = Link::key_len(header.next.load(Relaxed));
-        let mut start = (node.as_ptr() as *const u8).add(HEADER_BYTES);
-        let mut value_len = (header.packed & LONG_VALUE) as usize;
-        if value_len as u64 == LONG_VALUE {
-            value_len = u32::from_le_bytes(start.cast::<[u8; 4]>().read()) as usize;
-            start = start.add(4);
+        let start = (node.as_ptr() as *const u8).add(HEADER_BYTES);
+        std::slice::from_raw_parts(start, usize::from(header.key_len))
+    }
+}
+
+/// The key and value bytes of `node`.
+///
+/// # Safety
+/// As for [`key`].
+#[inline(always)]
+unsafe fn payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8]) {
+    // SAFETY: as in `key`; the value's length follows the key, LEB128 as `allocate`
+    // wrote it (at most 5 bytes, its last without the top bit), then the value.
+    unsafe {
+        let key = key(node);
+        let mut at = key.as_ptr().add(key.len());
+        let mut value_len = 0usize;
+        let mut shift = 0;
+        loop {
+            let byte = at.read();
+            at = at.add(1);
+            value_len |= usize::from(byte & 0x7F) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
         }
-        let key = std::slice::from_raw_parts(start, key_len);
-        let value = std::slice::from_raw_parts(start.add(key_len), value_len);
-        (key, value)
+        (key, std::slice::from_raw_parts(at, value_len))
     }
 }
 
@@ -303,7 +278,8 @@ impl Node {
     }
 
     pub(crate) fn cached_at_ms(&self) -> u64 {
-        (self.packed & !OWN_ALLOCATION) >> 16
+        u64::from(self.own_and_cached_at_high & !OWN_ALLOCATION) << 32
+            | u64::from(self.cached_at_low)
     }
 
     /// When the entry expires; [`NEVER`] if it does not.
@@ -353,7 +329,7 @@ impl Node {
 /// As for [`payload`].
 pub(crate) unsafe fn node_key<'a>(node: NonNull<Node>) -> &'a [u8] {
     // SAFETY: forwarded contract.
-    unsafe { payload(node).0 }
+    unsafe { key(node) }
 }
 
 /// The key and value of a node the caller keeps alive.
@@ -367,9 +343,10 @@ pub(crate) unsafe fn node_payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8
 
 /// The fields drop in order after `Table::drop` has freed the linked nodes: the
 /// reclaimer frees the retired ones, pushing their blocks on `returns`, and only then
-/// does the slab give its chunks back.
+/// does the slab give its chunks back, and the directory its segments.
 struct Table {
-    buckets: Box<[AtomicPtr<Node>]>,
+    /// Each bucket's first node: its handle's bits, or 0.
+    buckets: Box<[AtomicU32]>,
     /// How long past its expiry an entry stays servable as stale.
     stale_window_ms: u64,
     reclaimer: Reclaimer,
@@ -378,6 +355,8 @@ struct Table {
     returns: Returns,
     /// Only the table's one [`TableWriter`] touches it (see `TableWriter::slab`).
     slab: UnsafeCell<Slab>,
+    /// Where the handles in links point; the slab keeps it up to date.
+    directory: Directory,
 }
 
 // SAFETY: the slab is only reached through the table's single `TableWriter`, which is
@@ -416,14 +395,15 @@ impl LookupCounts {
 impl Drop for Table {
     fn drop(&mut self) {
         for bucket in self.buckets.iter() {
-            let mut ptr = bucket.load(Relaxed);
-            while !ptr.is_null() {
+            let mut link = bucket.load(Relaxed);
+            while let Some(handle) = Handle::from_bits(link) {
+                let node = self.directory.resolve(handle).cast::<Node>();
                 // SAFETY: dropping the table means no reader or writer remains; every
-                // linked node came from `allocate` and is linked exactly once.
-                let next = Link::target(unsafe { (*ptr).next.load(Relaxed) });
-                // SAFETY: as above.
-                unsafe { Node::free(ptr) };
-                ptr = next;
+                // linked node came from `allocate`, is live, and is linked exactly once.
+                unsafe {
+                    link = node.as_ref().next.load(Relaxed);
+                    Node::free(node.as_ptr());
+                }
             }
         }
         // Retired nodes are freed by the reclaimer's own drop.
@@ -434,7 +414,7 @@ impl Drop for Table {
 /// `Arc` to find them.
 struct TableRef {
     table: Arc<Table>,
-    buckets: NonNull<AtomicPtr<Node>>,
+    buckets: NonNull<AtomicU32>,
     mask: usize,
 }
 
@@ -448,7 +428,7 @@ impl TableRef {
     fn new(table: Arc<Table>) -> Self {
         let mask = table.buckets.len() - 1;
         // The slice's own pointer: its provenance covers every bucket.
-        let buckets = NonNull::new(table.buckets.as_ptr() as *mut AtomicPtr<Node>)
+        let buckets = NonNull::new(table.buckets.as_ptr() as *mut AtomicU32)
             .expect("a boxed slice's pointer is never null");
         Self {
             table,
@@ -458,9 +438,15 @@ impl TableRef {
     }
 
     #[inline(always)]
-    fn bucket(&self, hash: u64) -> &AtomicPtr<Node> {
+    fn bucket(&self, hash: u64) -> &AtomicU32 {
         // SAFETY: the index is masked to the bucket count, a power of two.
         unsafe { self.buckets.add(hash as usize & self.mask).as_ref() }
+    }
+
+    /// The node `handle` names, which must be live (see `slab::Directory::resolve`).
+    #[inline(always)]
+    fn node(&self, handle: Handle) -> NonNull<Node> {
+        self.table.directory.resolve(handle).cast()
     }
 }
 
@@ -508,14 +494,13 @@ pub(crate) fn table(
 ) -> (TableReader, TableWriter) {
     let buckets = capacity.clamp(16, 1 << 26).next_power_of_two();
     let table = Arc::new(Table {
-        buckets: (0..buckets)
-            .map(|_| AtomicPtr::new(ptr::null_mut()))
-            .collect(),
+        buckets: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
         stale_window_ms,
         reclaimer: Reclaimer::new(),
         readers: Mutex::new(Vec::new()),
         returns: Returns::new(),
         slab: UnsafeCell::new(Slab::new(capacity, huge_pages)),
+        directory: Directory::default(),
     });
     (
         TableReader::new(TableRef::new(table.clone())),
@@ -544,7 +529,7 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Bytes of the bucket array per entry, for memory accounting.
-pub(crate) const BUCKET_BYTES: usize = std::mem::size_of::<AtomicPtr<Node>>();
+pub(crate) const BUCKET_BYTES: usize = std::mem::size_of::<AtomicU32>();
 
 impl TableReader {
     /// Finds `key` and, if it is present and servable at `now` (not expired, or expired
@@ -560,18 +545,18 @@ impl TableReader {
     ) -> Option<R> {
         let guard = self.table.table.reclaimer.enter();
         self.counts.count_lookup();
-        let mut ptr = guard.protect(self.table.bucket(hash));
-        while let Some(node) = NonNull::new(ptr) {
-            // SAFETY: `ptr` was loaded through `guard`, so the node stays allocated until
-            // the guard drops even if the writer unlinks and retires it meanwhile. It was
-            // fully built before the release store that published it, which this acquire
-            // load synchronizes with, and it is never mutated afterwards (bar atomics).
+        let mut link = guard.protect_link(self.table.bucket(hash));
+        while let Some(handle) = Handle::from_bits(link) {
+            let node = self.table.node(handle);
+            // SAFETY: `link` was loaded through `guard`, so the node it names stays
+            // allocated (and its name resolvable) until the guard drops even if the writer
+            // unlinks and retires it meanwhile. It was fully built before the release store
+            // that published it, which this acquire load synchronizes with, and it is never
+            // mutated afterwards (bar atomics).
             let header = unsafe { node.as_ref() };
-            let next = guard.protect(&header.next);
-            if Link::key_len(next) == key.len() {
-                // SAFETY: as above; the guard outlives every use of the payload.
-                let (k, value) = unsafe { payload(node) };
-                if same_key(k, key) {
+            if usize::from(header.key_len) == key.len() {
+                // SAFETY: as above; the guard outlives every use of the key.
+                if same_key(unsafe { node_key(node) }, key) {
                     let expires_at_ms = header.expires_at_ms();
                     let servable =
                         expires_at_ms.saturating_add(self.table.table.stale_window_ms) > now_ms;
@@ -580,6 +565,8 @@ impl TableReader {
                         return None;
                     }
                     header.record_hit();
+                    // SAFETY: as above; the guard outlives every use of the payload.
+                    let (k, value) = unsafe { payload(node) };
                     return Some(read(EntryRef {
                         key: k,
                         value,
@@ -589,7 +576,7 @@ impl TableReader {
                     }));
                 }
             }
-            ptr = Link::target(next);
+            link = guard.protect_link(&header.next);
         }
         self.counts.count_miss();
         None
@@ -611,16 +598,18 @@ impl TableWriter {
 
     /// The node holding `key`, expired or not.
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<NonNull<Node>> {
-        let mut ptr = self.0.bucket(hash).load(Acquire);
-        while let Some(node) = NonNull::new(ptr) {
+        let mut link = self.0.bucket(hash).load(Relaxed);
+        while let Some(handle) = Handle::from_bits(link) {
+            let node = self.0.node(handle);
             // SAFETY: only this writer unlinks and retires nodes, so every node it can
             // reach from a bucket is live.
-            let next = unsafe { node.as_ref() }.next.load(Acquire);
+            let header = unsafe { node.as_ref() };
             // SAFETY: as above.
-            if Link::key_len(next) == key.len() && same_key(unsafe { node_key(node) }, key) {
+            if usize::from(header.key_len) == key.len() && same_key(unsafe { node_key(node) }, key)
+            {
                 return Some(node);
             }
-            ptr = Link::target(next);
+            link = header.next.load(Relaxed);
         }
         None
     }
@@ -636,58 +625,54 @@ impl TableWriter {
         crate::prefetch::prefetch(self.0.bucket(hash));
     }
 
-    /// Allocates a node from the table's slab, named in `directory` (the same one on
-    /// every call: the slab keeps it up to date).
-    fn allocate(
-        &mut self,
-        entry: NewEntry<'_>,
-        directory: &mut Directory,
-    ) -> (NonNull<Node>, Handle) {
+    /// The names of the table's nodes, for the writer's own records of them.
+    pub(crate) fn names(&self) -> Names {
+        Names(self.0.table.clone())
+    }
+
+    /// Allocates a node from the table's slab, named in its directory.
+    fn allocate(&mut self, entry: NewEntry<'_>) -> (NonNull<Node>, Handle) {
         let table = &*self.0.table;
         // SAFETY: only the table's one writer reaches the slab, and `&mut self` makes
         // this the only use of it now (see `Table`'s `Sync`).
         let slab = unsafe { &mut *table.slab.get() };
-        allocate(slab, &table.returns, directory, entry)
+        allocate(slab, &table.returns, &table.directory, entry)
     }
 
     /// Links a new node for a key whose hash is `hash` and that is not in the table;
     /// returns its name.
-    pub(crate) fn insert(&mut self, entry: NewEntry<'_>, directory: &mut Directory) -> Handle {
+    pub(crate) fn insert(&mut self, entry: NewEntry<'_>) -> Handle {
         let hash = entry.hash;
-        let (node, handle) = self.allocate(entry, directory);
+        let (node, handle) = self.allocate(entry);
         let bucket = self.0.bucket(hash);
         // SAFETY: `node` is fresh and not yet shared.
-        Link::point(
-            unsafe { &node.as_ref().next },
-            bucket.load(Relaxed),
-            Relaxed,
-        );
-        bucket.store(node.as_ptr(), Release);
+        unsafe { node.as_ref() }
+            .next
+            .store(bucket.load(Relaxed), Relaxed);
+        bucket.store(handle.bits(), Release);
         handle
     }
 
     /// Builds the node for `entry` without linking it, so that the caller can overlap
     /// its cache misses (a recycled block, the key and value copied in) with others
     /// before [`TableWriter::replace`] links it.
-    pub(crate) fn build(&mut self, entry: NewEntry<'_>, directory: &mut Directory) -> Unlinked {
-        let (node, handle) = self.allocate(entry, directory);
+    pub(crate) fn build(&mut self, entry: NewEntry<'_>) -> Unlinked {
+        let (node, handle) = self.allocate(entry);
         Unlinked(node, handle)
     }
 
     /// Puts a new node in place of `old` (same key, whose hash is `hash`) and retires
-    /// `old`; returns the new node's name. (The caller forgets `old`'s.)
+    /// `old`; returns the new node's name.
     pub(crate) fn replace(&mut self, old: NonNull<Node>, new: Unlinked, hash: u64) -> Handle {
         let Unlinked(node, handle) = new;
         let link = self.link_to(old, hash);
         // SAFETY: `old` is linked, hence live (see `find`); `node` is not yet shared.
         unsafe {
-            Link::point(
-                &node.as_ref().next,
-                old.as_ref().next.load(Relaxed),
-                Relaxed,
-            );
+            node.as_ref()
+                .next
+                .store(old.as_ref().next.load(Relaxed), Relaxed);
         }
-        Link::point(link, node.as_ptr(), Release);
+        link.store(handle.bits(), Release);
         // SAFETY: `old` is now unreachable from the table, it came from `allocate`, and
         // the writer drops its handle to it here.
         unsafe { self.0.table.reclaimer.retire(old.as_ptr()) };
@@ -698,24 +683,37 @@ impl TableWriter {
     pub(crate) fn remove(&mut self, node: NonNull<Node>, hash: u64) {
         let link = self.link_to(node, hash);
         // SAFETY: `node` is linked, hence live (see `find`).
-        Link::point(link, unsafe { node.as_ref() }.next.load(Relaxed), Release);
+        link.store(unsafe { node.as_ref() }.next.load(Relaxed), Release);
         // SAFETY: `node` is now unreachable from the table, it came from `allocate`, and
         // the caller gives up its handle to it.
         unsafe { self.0.table.reclaimer.retire(node.as_ptr()) };
     }
 
-    /// The link that currently points at `target`, whose key's hash is `hash`.
-    fn link_to(&self, target: NonNull<Node>, hash: u64) -> &AtomicPtr<Node> {
+    /// The link that currently names `target`, whose key's hash is `hash`.
+    fn link_to(&self, target: NonNull<Node>, hash: u64) -> &AtomicU32 {
         let mut link = self.0.bucket(hash);
         loop {
-            let ptr = Link::target(link.load(Relaxed));
-            assert!(!ptr.is_null(), "node to unlink is not in its bucket");
-            if ptr == target.as_ptr() {
+            let handle =
+                Handle::from_bits(link.load(Relaxed)).expect("node to unlink is in its bucket");
+            let node = self.0.node(handle);
+            if node == target {
                 return link;
             }
             // SAFETY: reachable from a bucket, hence live (see `find`).
-            link = unsafe { &(*ptr).next };
+            link = unsafe { &(*node.as_ptr()).next };
         }
+    }
+}
+
+/// The names of a table's nodes, resolved for the writer's own records (the eviction
+/// policy's slots) as the table's links are.
+pub(crate) struct Names(Arc<Table>);
+
+impl Names {
+    /// The node `handle` names, which must be linked (or the writer's, just built).
+    #[inline(always)]
+    pub(crate) fn node(&self, handle: Handle) -> NonNull<Node> {
+        self.0.directory.resolve(handle).cast()
     }
 }
 

@@ -103,11 +103,11 @@ pub struct Standing {
 pub const MAX_FREQUENCY: u8 = 15;
 
 /// What the policy needs to know of a resident. A resident may be only a name for the
-/// entry (so that a slot stays small); its [`Resident::Home`], which the policy keeps and
-/// hands to every call, is what the name is looked up in.
+/// entry (so that a slot stays small); its [`Resident::Home`], which the policy is given,
+/// keeps and hands to every call, is what the name is looked up in.
 pub trait Resident {
     /// What a resident is read through: the directory its name is resolved in.
-    type Home: Default;
+    type Home;
     /// What the frequency sketch counts the key by: a hash of it, seeded per process, of
     /// at least 32 bits.
     fn hash(&self, home: &Self::Home) -> u64;
@@ -229,6 +229,7 @@ impl<T: Resident> Policy<T> {
         max_bytes: u64,
         most_entries: usize,
         metrics: Arc<ShardMetrics>,
+        home: T::Home,
     ) -> Self {
         let most_entries = most_entries.clamp(1, MAX_SKETCHED_ENTRIES);
         let bounds = Bounds {
@@ -255,7 +256,7 @@ impl<T: Resident> Policy<T> {
         };
         let mut policy = Self {
             ring: Ring::new(),
-            home: T::Home::default(),
+            home,
             bytes: [0; 3],
             bounds,
             window_share,
@@ -279,12 +280,6 @@ impl<T: Resident> Policy<T> {
     /// Where the residents are read.
     pub fn home(&self) -> &T::Home {
         &self.home
-    }
-
-    /// Where the residents are read, for a caller that changes it (alongside a resident
-    /// it adds or removes).
-    pub fn home_mut(&mut self) -> &mut T::Home {
-        &mut self.home
     }
 
     pub fn get(&self, slot: u32) -> Option<&T> {
@@ -410,11 +405,8 @@ impl<T: Resident> Policy<T> {
 
     /// Stores a new resident as the newest of the window, its request to be counted
     /// later; returns its slot. Call once [`Policy::next_victim`] has made room.
-    pub fn insert_with(&mut self, make: impl FnOnce(u32, &mut T::Home) -> T) -> u32 {
-        let home = &mut self.home;
-        let slot = self
-            .ring
-            .insert_with(Region::Window, |slot| make(slot, home));
+    pub fn insert_with(&mut self, make: impl FnOnce(u32) -> T) -> u32 {
+        let slot = self.ring.insert_with(Region::Window, make);
         let charge = self
             .ring
             .get(slot)
@@ -437,11 +429,11 @@ impl<T: Resident> Policy<T> {
 
     /// Changes the resident of `slot` in place (an overwrite), counting a request for its
     /// key (later) and the change of its charge.
-    pub fn update(&mut self, slot: u32, change: impl FnOnce(&mut T, &mut T::Home)) {
+    pub fn update(&mut self, slot: u32, change: impl FnOnce(&mut T)) {
         let region = self.ring.region_of(slot) as usize;
         let resident = self.ring.get_mut(slot).expect("an occupied slot");
         self.bytes[region] -= resident.charge(&self.home);
-        change(resident, &mut self.home);
+        change(resident);
         let charge = resident.charge(&self.home);
         self.bytes[region] += charge;
         self.count_write(slot);

@@ -56,6 +56,7 @@ impl Shard {
                 max_bytes,
                 max_entries,
                 Arc::default(),
+                (),
             ),
             slots: HashMap::new(),
             max_entries,
@@ -100,9 +101,9 @@ impl Shard {
             evicted.push(item.key);
         }
         match existing {
-            Some(slot) => self.policy.update(slot, |item, _| item.charge = charge),
+            Some(slot) => self.policy.update(slot, |item| item.charge = charge),
             None => {
-                let slot = self.policy.insert_with(|_, _| Item {
+                let slot = self.policy.insert_with(|_| Item {
                     key,
                     charge,
                     hits: Cell::new(0),
@@ -460,12 +461,12 @@ fn bounds_hold_while_the_window_moves() {
 fn a_byte_bounded_sketch_grows_with_the_residents() {
     let most = 3 * FIRST_SKETCHED_ENTRIES;
     let mut policy: Policy<Item> =
-        Policy::new(Eviction::Adaptive, most, 1 << 40, most, Arc::default());
+        Policy::new(Eviction::Adaptive, most, 1 << 40, most, Arc::default(), ());
     let capacity = |policy: &Policy<Item>| policy.admission.as_ref().unwrap().sketch.capacity();
     assert_eq!(capacity(&policy), FIRST_SKETCHED_ENTRIES);
     let mut seen = vec![capacity(&policy)];
     for key in 0..most as u64 {
-        policy.insert_with(|_, _| Item {
+        policy.insert_with(|_| Item {
             key,
             charge: 1,
             hits: Cell::new(0),
@@ -487,7 +488,7 @@ fn a_byte_bounded_sketch_grows_with_the_residents() {
     );
 
     let entry_bounded: Policy<Item> =
-        Policy::new(Eviction::Adaptive, most, u64::MAX, most, Arc::default());
+        Policy::new(Eviction::Adaptive, most, u64::MAX, most, Arc::default(), ());
     assert_eq!(capacity(&entry_bounded), most);
 }
 

@@ -8,12 +8,12 @@ fn classes_round_up_by_at_most_an_eighth() {
     let mut last = (0, 0);
     for bytes in 1..=LARGEST_BLOCK {
         let (class, block) = class_of(bytes);
-        assert!(block >= bytes && block % 8 == 0, "{bytes} → {block}");
+        assert!(block >= bytes && block % GRAIN == 0, "{bytes} → {block}");
         assert!(class < CLASSES, "{bytes} → class {class}");
         if bytes > FINE_LIMIT {
             assert!((block - bytes) * 8 < bytes, "{bytes} → {block}");
         } else {
-            assert!(block - bytes < 8, "{bytes} → {block}");
+            assert!(block - bytes < GRAIN, "{bytes} → {block}");
         }
         assert!(class == last.0 && block == last.1 || class == last.0 + 1 || bytes == 1);
         last = (class, block);
@@ -25,26 +25,27 @@ fn classes_round_up_by_at_most_an_eighth() {
 fn freed_blocks_are_reused_and_empty_chunks_returned() {
     let returns = Returns::new();
     let mut slab = Slab::new(0, false);
-    let mut directory = Directory::default();
+    let directory = Directory::default();
     let blocks: Vec<_> = (0..2_000)
-        .map(|_| slab.allocate(100, &returns, &mut directory).at)
+        .map(|_| slab.allocate(100, &returns, &directory).at)
         .collect();
     let mut addresses: Vec<_> = blocks.iter().map(|b| b.as_ptr() as usize).collect();
     addresses.sort_unstable();
     addresses.dedup();
     assert_eq!(addresses.len(), blocks.len(), "distinct blocks");
-    assert!(addresses.windows(2).all(|w| w[1] - w[0] >= 104));
+    let block_bytes = class_of(100).1;
+    assert!(addresses.windows(2).all(|w| w[1] - w[0] >= block_bytes));
     let held = slab.chunk_bytes();
     assert_eq!(
         held,
-        2_000usize.div_ceil((CHUNK_BYTES - FIRST_BLOCK) / 104) * CHUNK_BYTES
+        2_000usize.div_ceil((CHUNK_BYTES - FIRST_BLOCK) / block_bytes) * CHUNK_BYTES
     );
     for block in &blocks[..1_000] {
         // SAFETY: allocated above with this size, freed once.
         unsafe { Slab::free(*block, 100, false) };
     }
     let again: Vec<_> = (0..1_000)
-        .map(|_| slab.allocate(100, &returns, &mut directory).at)
+        .map(|_| slab.allocate(100, &returns, &directory).at)
         .collect();
     assert_eq!(slab.chunk_bytes(), held, "reused, not grown");
     for block in blocks[1_000..].iter().chain(&again) {
@@ -52,7 +53,7 @@ fn freed_blocks_are_reused_and_empty_chunks_returned() {
         unsafe { Slab::free(*block, 100, false) };
     }
     // A chunk is given back once its blocks come home; the current one stays.
-    slab.allocate(8, &returns, &mut directory);
+    slab.allocate(8, &returns, &directory);
     assert_eq!(
         slab.chunk_bytes(),
         2 * CHUNK_BYTES,
@@ -65,17 +66,17 @@ fn freed_blocks_are_reused_and_empty_chunks_returned() {
 fn a_region_whose_chunks_are_all_free_is_given_back() {
     let returns = Returns::new();
     let mut slab = Slab::new(0, false);
-    let mut directory = Directory::default();
+    let directory = Directory::default();
     let per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / 512;
     let blocks: Vec<_> = (0..per_chunk * (REGION_CHUNKS + 2))
-        .map(|_| slab.allocate(512, &returns, &mut directory).at)
+        .map(|_| slab.allocate(512, &returns, &directory).at)
         .collect();
     assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
     for block in &blocks[..per_chunk * REGION_CHUNKS] {
         // SAFETY: allocated above with this size, freed once.
         unsafe { Slab::free(*block, 512, false) };
     }
-    slab.allocate(512, &returns, &mut directory);
+    slab.allocate(512, &returns, &directory);
     assert_eq!(
         slab.region_bytes(),
         REGION_CHUNKS * CHUNK_BYTES,
@@ -84,7 +85,7 @@ fn a_region_whose_chunks_are_all_free_is_given_back() {
     // Its chunks are gone from the spare list too: new chunks come from the second
     // region and then a new one.
     let more: Vec<_> = (0..per_chunk * REGION_CHUNKS)
-        .map(|_| slab.allocate(512, &returns, &mut directory).at)
+        .map(|_| slab.allocate(512, &returns, &directory).at)
         .collect();
     assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
     for block in blocks[per_chunk * REGION_CHUNKS..].iter().chain(&more) {
@@ -97,25 +98,24 @@ fn a_region_whose_chunks_are_all_free_is_given_back() {
 fn large_nodes_get_their_own_allocation() {
     let returns = Returns::new();
     let mut slab = Slab::new(0, false);
-    let mut directory = Directory::default();
-    let block = slab.allocate(LARGEST_BLOCK + 1, &returns, &mut directory);
+    let directory = Directory::default();
+    let block = slab.allocate(LARGEST_BLOCK + 1, &returns, &directory);
     assert!(block.own);
     assert_eq!(directory.resolve(block.handle), block.at);
     assert_eq!(slab.chunk_bytes(), 0);
-    directory.forget(block.handle);
     // SAFETY: allocated above with this size, freed once.
     unsafe { Slab::free(block.at, LARGEST_BLOCK + 1, true) };
-    assert_eq!(footprint(LARGEST_BLOCK + 1), LARGEST_BLOCK + 32);
-    assert_eq!(footprint(100), 104);
+    assert_eq!(footprint(LARGEST_BLOCK + 1), LARGEST_BLOCK + 48);
+    assert_eq!(footprint(100), 100usize.next_multiple_of(GRAIN));
 }
 
 #[test]
 fn frees_from_other_threads_come_back() {
     let returns = Returns::new();
     let mut slab = Slab::new(0, false);
-    let mut directory = Directory::default();
+    let directory = Directory::default();
     let blocks: Vec<usize> = (0..4_000)
-        .map(|_| slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize)
+        .map(|_| slab.allocate(64, &returns, &directory).at.as_ptr() as usize)
         .collect();
     std::thread::scope(|s| {
         for part in blocks.chunks(1_000) {
@@ -127,7 +127,7 @@ fn frees_from_other_threads_come_back() {
             });
         }
     });
-    slab.allocate(64, &returns, &mut directory);
+    slab.allocate(64, &returns, &directory);
     assert_eq!(slab.chunk_bytes(), CHUNK_BYTES, "every other chunk emptied");
 }
 
@@ -135,12 +135,12 @@ fn frees_from_other_threads_come_back() {
 fn handles_name_every_block_until_it_is_freed() {
     let returns = Returns::new();
     let mut slab = Slab::new(0, false);
-    let mut directory = Directory::default();
+    let directory = Directory::default();
     let sizes = [24, 100, 512, 513, 4096, LARGEST_BLOCK + 1, 40_000];
     let blocks: Vec<(Block, usize)> = (0..3 * REGION_CHUNKS * CHUNK_BYTES / 600)
         .map(|i| {
             let bytes = sizes[i % sizes.len()];
-            (slab.allocate(bytes, &returns, &mut directory), bytes)
+            (slab.allocate(bytes, &returns, &directory), bytes)
         })
         .collect();
     let handles: std::collections::HashSet<_> = blocks.iter().map(|(b, _)| b.handle).collect();
@@ -155,12 +155,11 @@ fn handles_name_every_block_until_it_is_freed() {
     }
     // Freed, the regions go back; the blocks of new ones are named afresh.
     for (block, bytes) in &blocks {
-        directory.forget(block.handle);
         // SAFETY: allocated above with this size, freed once.
         unsafe { Slab::free(block.at, *bytes, block.own) };
     }
     let again: Vec<_> = (0..1_000)
-        .map(|_| slab.allocate(100, &returns, &mut directory))
+        .map(|_| slab.allocate(100, &returns, &directory))
         .collect();
     for block in &again {
         assert_eq!(directory.resolve(block.handle), block.at);
@@ -174,20 +173,42 @@ fn past_the_regions_handles_name_nodes_get_their_own_allocation() {
     let returns = Returns::new();
     let mut slab = Slab::new(0, false);
     slab.most_regions = 1;
-    let mut directory = Directory::default();
+    let directory = Directory::default();
     let per_region = REGION_CHUNKS * ((CHUNK_BYTES - FIRST_BLOCK) / 512);
     let blocks: Vec<_> = (0..per_region + 10)
-        .map(|_| slab.allocate(512, &returns, &mut directory))
+        .map(|_| slab.allocate(512, &returns, &directory))
         .collect();
     assert_eq!(slab.region_bytes(), REGION_CHUNKS * CHUNK_BYTES);
     assert!(blocks[..per_region].iter().all(|b| !b.own));
     assert!(blocks[per_region..].iter().all(|b| b.own));
     for block in &blocks {
         assert_eq!(directory.resolve(block.handle), block.at);
-        directory.forget(block.handle);
         // SAFETY: allocated above with this size, freed once.
         unsafe { Slab::free(block.at, 512, block.own) };
     }
     // Once the region's blocks are back, new nodes go to it again.
-    assert!(!slab.allocate(512, &returns, &mut directory).own);
+    assert!(!slab.allocate(512, &returns, &directory).own);
+}
+
+#[test]
+fn an_own_nodes_index_names_another_only_once_it_was_freed() {
+    let returns = Returns::new();
+    let mut slab = Slab::new(0, false);
+    let directory = Directory::default();
+    let bytes = LARGEST_BLOCK + 1;
+    let first = slab.allocate(bytes, &returns, &directory);
+    let second = slab.allocate(bytes, &returns, &directory);
+    assert_ne!(first.handle, second.handle);
+    // SAFETY: allocated above with this size, freed once.
+    unsafe { Slab::free(first.at, bytes, true) };
+    // Freed (as the reclaimer does once no reader holds it), its index comes back.
+    let third = slab.allocate(bytes, &returns, &directory);
+    assert_eq!(third.handle, first.handle);
+    assert_eq!(directory.resolve(third.handle), third.at);
+    assert_eq!(directory.resolve(second.handle), second.at);
+    // SAFETY: as above.
+    unsafe {
+        Slab::free(second.at, bytes, true);
+        Slab::free(third.at, bytes, true);
+    }
 }
