@@ -133,7 +133,8 @@ impl Directory {
         unsafe { self.arena.unmap(index) }
     }
 
-    /// The name of the slab block at `block`, in the arena.
+    /// The name of the slab block at `block`, in the arena. Never 0 ("no node"): a chunk
+    /// starts with its header, so no block is at the arena's base.
     pub(super) fn name_block(&self, block: NonNull<u8>) -> Handle {
         let offset = (block.as_ptr() as usize - self.arena.base().as_ptr() as usize) / GRAIN;
         debug_assert!(offset < OWN as usize);
