@@ -57,6 +57,12 @@ pub struct TimerWheel {
     links: Vec<Links>,
     elapsed: u64,
     scheduled: usize,
+    /// No list comes due before this time: [`advance`](Self::advance) to an earlier `now`
+    /// has nothing to do. A lower bound, lowered as timers are filed and made exact
+    /// after each advance that does work (a cancel may leave it early, which only costs
+    /// that advance a look). The shard advances the wheel before every write, so the look
+    /// over the levels it saves is on every write's path.
+    due_at: u64,
 }
 
 /// Bytes the wheel keeps per key, for honest memory accounting.
@@ -83,6 +89,7 @@ impl TimerWheel {
                 .collect(),
             elapsed: now,
             scheduled: 0,
+            due_at: u64::MAX,
         }
     }
 
@@ -130,6 +137,10 @@ impl TimerWheel {
         deadline_of: impl Fn(u32) -> u64,
         mut fire: impl FnMut(u32),
     ) {
+        if now < self.due_at {
+            self.elapsed = self.elapsed.max(now);
+            return;
+        }
         let mut at = self.take(OVERDUE);
         while at != OVERDUE {
             let next = self.links[at as usize].next;
@@ -159,6 +170,7 @@ impl TimerWheel {
             }
         }
         self.elapsed = self.elapsed.max(now);
+        self.due_at = self.next_due().map_or(u64::MAX, |due| due.deadline);
     }
 
     /// Empties `list` and returns its first node; the nodes stay chained by their `next`
@@ -190,36 +202,44 @@ impl TimerWheel {
                 if occupied == 0 {
                     return None;
                 }
-                let slot_span = slot_span(level);
-                let level_span = slot_span * SLOTS as u64;
-                let now_slot = ((self.elapsed / slot_span) % SLOTS as u64) as u32;
+                let now_slot = ((self.elapsed / slot_span(level)) % SLOTS as u64) as u32;
                 let slot =
                     (occupied.rotate_right(now_slot).trailing_zeros() + now_slot) as usize % SLOTS;
-                let level_start = self.elapsed & !(level_span - 1);
-                let mut deadline = level_start + slot as u64 * slot_span;
-                if deadline <= self.elapsed {
-                    // Only the top level wraps: its slots form a ring that clamped far-future
-                    // timers keep circling until they are close enough to drop a level.
-                    deadline += level_span;
-                }
                 Some(Due {
                     level,
                     slot,
-                    deadline,
+                    deadline: self.due_time(level, slot),
                 })
             })
+    }
+
+    /// When the list of `level`, `slot` comes due, as time stands.
+    fn due_time(&self, level: usize, slot: usize) -> u64 {
+        let slot_span = slot_span(level);
+        let level_span = slot_span * SLOTS as u64;
+        let level_start = self.elapsed & !(level_span - 1);
+        let deadline = level_start + slot as u64 * slot_span;
+        if deadline <= self.elapsed {
+            // Only the top level wraps: its slots form a ring that clamped far-future
+            // timers keep circling until they are close enough to drop a level.
+            deadline + level_span
+        } else {
+            deadline
+        }
     }
 
     /// Puts the unlinked node `at` on the list where `deadline` belongs.
     fn file(&mut self, at: u32, deadline: u64) {
         if deadline <= self.elapsed {
             self.push_front(OVERDUE, at);
+            self.due_at = 0;
             return;
         }
         let level = level_for(self.elapsed, deadline);
         let slot = ((deadline >> (level as u32 * SLOT_BITS)) % SLOTS as u64) as usize;
         self.occupied[level] |= 1 << slot;
         self.push_front((level * SLOTS + slot) as u32, at);
+        self.due_at = self.due_at.min(self.due_time(level, slot));
     }
 
     fn push_front(&mut self, list: u32, at: u32) {
@@ -318,6 +338,21 @@ mod tests {
         assert_eq!(t.fired(70_999), Vec::<u32>::new());
         assert_eq!(t.fired(71_000), vec![3]);
         assert!(t.wheel.is_empty());
+    }
+
+    #[test]
+    fn a_timer_nearer_than_every_other_is_not_skipped() {
+        let mut t = Timers::new(0);
+        t.schedule(1, 5_000_000);
+        // Nothing is due for a long while, so these advances do no work.
+        assert_eq!(t.fired(10), Vec::<u32>::new());
+        assert_eq!(t.fired(20), Vec::<u32>::new());
+        t.schedule(2, 25);
+        assert_eq!(t.fired(24), Vec::<u32>::new());
+        assert_eq!(t.fired(25), vec![2]);
+        t.schedule(3, 20);
+        assert_eq!(t.fired(26), vec![3], "already due when filed");
+        assert_eq!(t.fired(5_000_000), vec![1]);
     }
 
     #[test]
