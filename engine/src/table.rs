@@ -359,6 +359,14 @@ struct Table {
     directory: Directory,
 }
 
+impl Table {
+    /// The node `handle` names, which must be live (see `slab::Directory::resolve`).
+    #[inline(always)]
+    fn node(&self, handle: Handle) -> NonNull<Node> {
+        self.directory.resolve(handle).cast()
+    }
+}
+
 // SAFETY: the slab is only reached through the table's single `TableWriter`, which is
 // `Send` but not `Clone`, so no two threads use it at once; everything else in the table
 // is atomics, a mutex, and published nodes that are immutable bar atomics.
@@ -397,7 +405,7 @@ impl Drop for Table {
         for bucket in self.buckets.iter() {
             let mut link = bucket.load(Relaxed);
             while let Some(handle) = Handle::from_bits(link) {
-                let node = self.directory.resolve(handle).cast::<Node>();
+                let node = self.node(handle);
                 // SAFETY: dropping the table means no reader or writer remains; every
                 // linked node came from `allocate`, is live, and is linked exactly once.
                 unsafe {
@@ -443,10 +451,9 @@ impl TableRef {
         unsafe { self.buckets.add(hash as usize & self.mask).as_ref() }
     }
 
-    /// The node `handle` names, which must be live (see `slab::Directory::resolve`).
     #[inline(always)]
     fn node(&self, handle: Handle) -> NonNull<Node> {
-        self.table.directory.resolve(handle).cast()
+        self.table.node(handle)
     }
 }
 
@@ -713,7 +720,7 @@ impl Names {
     /// The node `handle` names, which must be linked (or the writer's, just built).
     #[inline(always)]
     pub(crate) fn node(&self, handle: Handle) -> NonNull<Node> {
-        self.0.directory.resolve(handle).cast()
+        self.0.node(handle)
     }
 }
 
