@@ -1,7 +1,7 @@
 //! The cache core of cache-manager, with no I/O: pure data structures driven by their
 //! caller, testable in microseconds.
 //!
-//! - [`table`]: the per-shard hash table — one writer, lock-free readers (seize); its
+//! - [`table`]: the per-shard hash table — one writer, lock-free readers (`reclaim`); its
 //!   nodes live in a per-shard slab of size classes (`slab`).
 //! - [`eviction`]: which entry a full shard gives up: W-TinyLFU admission with an
 //!   adaptive window, each region swept by a CLOCK hand (or plain CLOCK).
@@ -23,6 +23,7 @@ pub mod hashing;
 pub mod metrics;
 mod prefetch;
 pub mod readthrough;
+mod reclaim;
 pub mod router;
 pub mod shard;
 pub mod singleflight;

@@ -158,9 +158,9 @@ fn blocks_freed_on_other_threads_return_to_the_writer_once() {
     loom::model(|| {
         let returns = Arc::new(Returns::new());
         let mut slab = Slab::new(0, false);
-        let mut directory = Directory::default();
+        let directory = Directory::default();
         let blocks: Vec<usize> = (0..2)
-            .map(|_| slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize)
+            .map(|_| slab.allocate(64, &returns, &directory).at.as_ptr() as usize)
             .collect();
         let freers: Vec<_> = blocks
             .iter()
@@ -171,13 +171,13 @@ fn blocks_freed_on_other_threads_return_to_the_writer_once() {
                 })
             })
             .collect();
-        let fresh = slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize;
+        let fresh = slab.allocate(64, &returns, &directory).at.as_ptr() as usize;
         for freer in freers {
             freer.join().unwrap();
         }
         let again = [
-            slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize,
-            slab.allocate(64, &returns, &mut directory).at.as_ptr() as usize,
+            slab.allocate(64, &returns, &directory).at.as_ptr() as usize,
+            slab.allocate(64, &returns, &directory).at.as_ptr() as usize,
         ];
         let mut all = vec![fresh, again[0], again[1]];
         all.sort_unstable();

@@ -26,8 +26,9 @@ use std::sync::atomic::Ordering::{Relaxed, Release};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
+use crate::reclaim::{Reclaimer, Retirable};
 use crate::slab::{Directory, Handle, Returns, Slab};
-use crate::sync::{Arc, AtomicU32, Reclaimer, Retirable, SharedCell};
+use crate::sync::{Arc, AtomicU32, SharedCell};
 
 /// An entry as a reader sees it, borrowed for the duration of a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,7 +350,7 @@ struct Table {
     buckets: Box<[AtomicU32]>,
     /// How long past its expiry an entry stays servable as stale.
     stale_window_ms: u64,
-    reclaimer: Reclaimer,
+    reclaimer: Reclaimer<Node>,
     /// Every reader handle's lookup counts, for the writer to sum.
     readers: Mutex<Vec<std::sync::Arc<CachePadded<LookupCounts>>>>,
     returns: Returns,
