@@ -7,7 +7,8 @@
 //! light barrier, leaving a plain release store. A writer retires the nodes it unlinks
 //! into a batch; a full batch is sealed by a heavy barrier and a snapshot of the records
 //! that were inside a read, and freed once each of those has left that read (its word
-//! changed). Only the writer frees, so a read never does reclamation work.
+//! changed). Only the writer frees, on its own thread (so a freed block goes straight back
+//! to the writer's slab), and a read never does reclamation work.
 //!
 //! The barriers are asymmetric, as in userspace RCU's `membarrier` flavour and seize:
 //! the light one is a compiler fence, the heavy one is `membarrier(PRIVATE_EXPEDITED)`,
@@ -29,7 +30,7 @@
 //! and statics, the barriers as `SeqCst` fences (loom cannot model `membarrier`; the
 //! fences order the same way), and every retire sealing its batch, so that each model
 //! races the reclamation itself. A freed node is poisoned (a write loom sees racing any
-//! read) rather than freed, and freed when the reclaimer drops.
+//! read) rather than freed, and freed when the table drains the reclaimer.
 
 use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
@@ -45,14 +46,9 @@ use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, Mutex};
 /// models race each reclamation.
 const BATCH: usize = if cfg!(engine_loom) { 1 } else { 128 };
 
-/// A node the writer unlinks and hands to the reclaimer.
+/// A node the writer unlinks and hands to the reclaimer. The writer frees it: the
+/// reclaimer says when, through the function given to [`Reclaimer::retire`].
 pub(crate) trait Retirable {
-    /// Drops and deallocates the node.
-    ///
-    /// # Safety
-    /// `ptr` is unreachable by every reader and is freed only once.
-    unsafe fn free(ptr: *mut Self);
-
     /// Models, under loom, the write that freeing the node's data would be.
     #[cfg(engine_loom)]
     fn poison(&self);
@@ -172,7 +168,7 @@ struct Retired<T> {
     sealed: VecDeque<Sealed<T>>,
     /// Emptied node lists, kept for the next batches.
     spare: Vec<Vec<*mut T>>,
-    /// Under loom, nodes poisoned instead of freed, freed when the reclaimer drops.
+    /// Under loom, nodes poisoned instead of freed, freed by the drain.
     #[cfg(engine_loom)]
     graveyard: Vec<*mut T>,
 }
@@ -238,20 +234,33 @@ impl<T: Retirable> Reclaimer<T> {
         }
     }
 
-    /// Takes a node no reader entering from now on can reach, and frees it once no
-    /// reader that could have reached it remains.
+    /// Takes a node no reader entering from now on can reach, to be freed once no reader
+    /// that could have reached it remains: now or at a later call, `free` is called on
+    /// each node retired earlier that none can reach any more.
     ///
     /// # Safety
     /// The caller is the table's one writer (no two calls run at once); `ptr` is
-    /// unlinked, valid for `T::free`, and never used again by the caller.
-    pub(crate) unsafe fn retire(&self, ptr: *mut T) {
+    /// unlinked and never used again by the caller; `free` frees a node whole.
+    pub(crate) unsafe fn retire(&self, ptr: *mut T, free: impl FnMut(*mut T)) {
         // SAFETY: the writer is the only caller, one call at a time (the contract), and
         // `enter` never touches this field: the reference is unique while it lives.
         let retired = unsafe { &mut *self.retired.get() };
         retired.open.push(ptr);
         if retired.open.len() >= BATCH {
             retired.seal();
-            retired.free_passed();
+            retired.free_passed(free);
+        }
+    }
+
+    /// Hands every node it still holds to `free`, whether or not readers remain: for
+    /// the table's drop, when none can. A reclaimer dropped without a drain leaks them.
+    pub(crate) fn drain(&mut self, mut free: impl FnMut(*mut T)) {
+        let retired = self.retired.get_mut();
+        let sealed = retired.sealed.drain(..).flat_map(|batch| batch.nodes);
+        #[cfg(engine_loom)]
+        let sealed = sealed.chain(retired.graveyard.drain(..));
+        for ptr in sealed.chain(retired.open.drain(..)) {
+            free(ptr);
         }
     }
 }
@@ -272,8 +281,10 @@ impl<T: Retirable> Retired<T> {
         self.sealed.push_back(Sealed { nodes, readers });
     }
 
-    /// Frees the sealed batches no read can reach any more.
-    fn free_passed(&mut self) {
+    /// Frees (with `free`) the sealed batches no read can reach any more.
+    // Under loom the nodes are poisoned here and only freed by the drain.
+    #[cfg_attr(engine_loom, allow(unused_mut, unused_variables))]
+    fn free_passed(&mut self, mut free: impl FnMut(*mut T)) {
         while let Some(oldest) = self.sealed.front_mut() {
             // Acquire: a changed word was stored by the leave that ended the read, so
             // the read's loads happen before the frees below.
@@ -285,41 +296,24 @@ impl<T: Retirable> Retired<T> {
             }
             let mut nodes = self.sealed.pop_front().expect("a batch is first").nodes;
             for &ptr in &nodes {
-                // SAFETY: every read that was going on when the batch was sealed has
-                // ended, and reads that began after the seal's heavy barrier load links
-                // that no longer lead to the batch (see the module doc); each node was
-                // retired once, so it is freed once.
+                // Every read that was going on when the batch was sealed has ended, and
+                // reads that began after the seal's heavy barrier load links that no
+                // longer lead to the batch (see the module doc); each node was retired
+                // once, so it is freed once.
                 #[cfg(not(engine_loom))]
-                unsafe {
-                    T::free(ptr)
-                };
+                free(ptr);
                 // Under loom the free is a poisoning, a write loom sees racing any read;
-                // the node stays allocated until the reclaimer drops, so that a wrong
-                // free is a race loom reports, not a use of freed memory.
-                // SAFETY: as above; the node is still allocated.
+                // the node stays allocated until the drain, so that a wrong free is a
+                // race loom reports, not a use of freed memory.
                 #[cfg(engine_loom)]
-                unsafe {
-                    (*ptr).poison();
+                {
+                    // SAFETY: as above; the node is still allocated.
+                    unsafe { (*ptr).poison() };
                     self.graveyard.push(ptr);
                 }
             }
             nodes.clear();
             self.spare.push(nodes);
-        }
-    }
-}
-
-impl<T: Retirable> Drop for Reclaimer<T> {
-    fn drop(&mut self) {
-        // The table drops with its reclaimer, so no reader remains: everything held goes.
-        let retired = self.retired.get_mut();
-        let sealed = retired.sealed.drain(..).flat_map(|batch| batch.nodes);
-        #[cfg(engine_loom)]
-        let sealed = sealed.chain(retired.graveyard.drain(..));
-        for ptr in sealed.chain(retired.open.drain(..)) {
-            // SAFETY: no reader remains; each node was retired once and not freed yet
-            // (under loom, the graveyard's were only poisoned).
-            unsafe { T::free(ptr) }
         }
     }
 }

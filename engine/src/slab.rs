@@ -18,11 +18,10 @@
 //! as handles can name (16 GiB of them), charged as if it had a block: past that point an
 //! entry costs the allocator's header and rounding more than it is charged.
 //!
-//! Blocks are handed out by the table's one writer, but freed by whichever thread the
-//! reclaimer runs on, once no reader can still hold them. So a freed block does not go
-//! straight back to its chunk: it is put in a list ([`Returns`]) that the writer takes
-//! whole before it next allocates. Each chunk starts with an immutable header naming
-//! that list, which is how a free finds it from the block's address alone.
+//! Blocks are handed out and freed by the table's one writer: the reclaimer frees on the
+//! writer's thread, once no reader can still hold a block (`reclaim.rs`), so a freed block
+//! goes straight back to its chunk, which a free finds from the block's address alone
+//! (each chunk starts with a header naming it).
 //!
 //! Every block the slab gives out also gets a 32-bit name (`handles`), which the table's
 //! links and the writer's own records keep instead of its 8-byte address.
@@ -37,10 +36,6 @@
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
-
-use std::sync::atomic::Ordering::Relaxed;
-
-use crate::sync::{AtomicUsize, Mutex};
 
 mod arena;
 mod handles;
@@ -95,73 +90,18 @@ pub(crate) fn footprint(bytes: usize) -> usize {
     }
 }
 
-/// What goes back to the writer when a node is freed.
-enum Freed {
-    /// A slab block, for its chunk's free list.
-    Block(NonNull<u8>),
-    /// The index of a node with an allocation of its own, which is already deallocated:
-    /// the index may name another node now.
-    Own(u32),
-}
-
-// SAFETY: a freed block is owned by whoever holds it: no reader or writer reaches it any
-// more, so handing it to another thread hands over the only access. (An index is plain
-// data.)
-unsafe impl Send for Freed {}
-
-/// Freed blocks on their way back to the writer. Frees come from any thread (one short
-/// lock each, almost always uncontended: the reclaimer mostly runs on the writer's own
-/// thread); the writer takes the whole list at once, by swapping in an empty one.
-pub(crate) struct Returns {
-    blocks: Mutex<Vec<Freed>>,
-    /// How many blocks are listed, as last seen: lets the writer skip the lock when
-    /// there are none. Only a hint; the list under the lock is the truth.
-    listed: AtomicUsize,
-}
-
-impl Returns {
-    pub(crate) fn new() -> Self {
-        Self {
-            blocks: Mutex::new(Vec::new()),
-            listed: AtomicUsize::new(0),
-        }
-    }
-
-    /// Lists a block (or an own node's index) that no reader or writer will use again.
-    /// The lock's release and the writer's acquire order every use of it before it is
-    /// reused.
-    fn push(&self, freed: Freed) {
-        let mut blocks = crate::sync::lock(&self.blocks);
-        blocks.push(freed);
-        self.listed.store(blocks.len(), Relaxed);
-    }
-
-    /// Takes every block listed so far into `into` (left empty by the caller), giving
-    /// the list `into`'s allocation.
-    fn take_all(&self, into: &mut Vec<Freed>) {
-        if self.listed.load(Relaxed) == 0 {
-            return;
-        }
-        let mut blocks = crate::sync::lock(&self.blocks);
-        std::mem::swap(&mut *blocks, into);
-        self.listed.store(0, Relaxed);
-    }
-}
-
-/// The start of every chunk. Written once when the chunk is made and only read after, so
-/// a freeing thread may read it while the writer allocates from the chunk.
+/// The start of every chunk, so that a free finds the chunk's record from a block's
+/// address.
 #[repr(C)]
 struct ChunkHeader {
-    returns: *const Returns,
     /// The chunk's index in the slab's `chunks`.
     index: u32,
 }
 
-/// What an allocation of its own keeps ahead of its node, so that a free from any thread
-/// can give the node's index back to its writer.
+/// What an allocation of its own keeps ahead of its node, so that its free can give the
+/// node's index back.
 #[repr(C)]
 struct OwnPrefix {
-    returns: *const Returns,
     index: u32,
 }
 
@@ -218,8 +158,6 @@ pub(crate) struct Slab {
     /// leaves its first region in small pages: a small shard costs the chunks it uses,
     /// not 2 MiB.
     huge_from_first: bool,
-    /// Blocks taken from `Returns`, being put back (kept for its allocation).
-    taken: Vec<Freed>,
     /// The most regions the slab holds at once: as many as handles can name, or its
     /// directory's arena has room for if that is fewer.
     most_regions: usize,
@@ -261,7 +199,6 @@ impl Slab {
         Self {
             huge_pages,
             huge_from_first: entries.saturating_mul(TYPICAL_NODE_BYTES) >= REGION_BYTES,
-            taken: Vec::new(),
             classes: (0..CLASSES).map(|_| Class::default()).collect(),
             chunks: Vec::new(),
             vacant: Vec::new(),
@@ -273,21 +210,14 @@ impl Slab {
         }
     }
 
-    /// A block of at least `bytes` bytes (uninitialized), aligned to [`GRAIN`], for `returns`' table,
-    /// and its name in `directory` (which the slab keeps up to date as its regions come
-    /// and go, so every call passes the same one).
-    pub(crate) fn allocate(
-        &mut self,
-        bytes: usize,
-        returns: &Returns,
-        directory: &Directory,
-    ) -> Block {
+    /// A block of at least `bytes` bytes (uninitialized), aligned to [`GRAIN`], and its
+    /// name in `directory` (which the slab keeps up to date as its regions come and go,
+    /// so every call passes the same one).
+    pub(crate) fn allocate(&mut self, bytes: usize, directory: &Directory) -> Block {
         if bytes <= LARGEST_BLOCK {
-            if let Some(block) = self.allocate_in_chunk(bytes, returns, directory) {
+            if let Some(block) = self.allocate_in_chunk(bytes, directory) {
                 return block;
             }
-        } else {
-            self.take_returns(returns, directory);
         }
         // Larger than any block, or past the regions the directory can name.
         let layout = own_layout(bytes);
@@ -304,7 +234,7 @@ impl Slab {
             start
                 .cast::<OwnPrefix>()
                 .as_ptr()
-                .write(OwnPrefix { returns, index });
+                .write(OwnPrefix { index });
             start.add(OWN_PREFIX)
         };
         Block {
@@ -316,13 +246,7 @@ impl Slab {
 
     /// A block of a chunk of `bytes`' class; `None` if that needs a region and the slab
     /// has as many as handles can name.
-    fn allocate_in_chunk(
-        &mut self,
-        bytes: usize,
-        returns: &Returns,
-        directory: &Directory,
-    ) -> Option<Block> {
-        self.take_returns(returns, directory);
+    fn allocate_in_chunk(&mut self, bytes: usize, directory: &Directory) -> Option<Block> {
         let (class, block) = class_of(bytes);
         loop {
             let index = match self.classes[class].current {
@@ -333,7 +257,7 @@ impl Slab {
                             self.chunk_mut(index).partial = NOT_PARTIAL;
                             index
                         }
-                        None => self.new_chunk(class, returns, directory)?,
+                        None => self.new_chunk(class, directory)?,
                     };
                     self.classes[class].current = Some(index);
                     index
@@ -363,66 +287,46 @@ impl Slab {
         }
     }
 
-    /// Gives back a block from [`Slab::allocate`] of a node of `bytes` bytes, from any
-    /// thread; `own` is the block's [`Block::own`].
+    /// Gives back a block from [`Slab::allocate`] of a node of `bytes` bytes; `own` is the
+    /// block's [`Block::own`].
     ///
     /// # Safety
-    /// `block` came from `allocate(bytes, returns, _)` of a slab that is still alive, with
-    /// the same `bytes`, and is unreachable by anyone else; it is freed once.
-    pub(crate) unsafe fn free(block: NonNull<u8>, bytes: usize, own: bool) {
+    /// `block` came from this slab's `allocate(bytes, directory)`, with the same `bytes`,
+    /// and nobody reaches it any more; it is freed once.
+    pub(crate) unsafe fn free(
+        &mut self,
+        block: NonNull<u8>,
+        bytes: usize,
+        own: bool,
+        directory: &Directory,
+    ) {
         if own {
             // SAFETY: such blocks start OWN_PREFIX into an allocation of their own with
-            // this layout, which starts with the prefix `allocate` wrote; its `returns`
-            // belongs to the live slab's table.
-            unsafe {
+            // this layout, which starts with the prefix `allocate` wrote.
+            let index = unsafe {
                 let start = block.as_ptr().sub(OWN_PREFIX);
-                let OwnPrefix { returns, index } = start.cast::<OwnPrefix>().read();
+                let OwnPrefix { index } = start.cast::<OwnPrefix>().read();
                 alloc::dealloc(start, own_layout(bytes));
-                (*returns).push(Freed::Own(index));
-            }
+                index
+            };
+            // The node is gone: its index may name another one now.
+            directory.forget_own(index);
+            self.own_vacant.push(index);
             return;
         }
-        let chunk = (block.as_ptr() as usize & !(CHUNK_BYTES - 1)) as *const ChunkHeader;
+        let base = block.as_ptr() as usize & !(CHUNK_BYTES - 1);
         // SAFETY: a slab block lies in a chunk aligned to CHUNK_BYTES, which starts with
         // its header; the chunk lives while it has a live block, and this one is live
-        // until it is returned. The address is derived from `block`, whose provenance
-        // covers the whole chunk (it was carved from the chunk's allocation).
-        let returns = unsafe {
-            let chunk = block
+        // until it is released below. The address is derived from `block`, whose
+        // provenance covers the whole chunk (it was carved from the chunk's region).
+        let index = unsafe {
+            (*block
                 .as_ptr()
-                .sub(block.as_ptr() as usize - chunk as usize)
-                .cast::<ChunkHeader>();
-            &*(*chunk).returns
+                .sub(block.as_ptr() as usize - base)
+                .cast::<ChunkHeader>())
+            .index
         };
-        returns.push(Freed::Block(block));
-    }
-
-    /// Puts every block freed since the last call back on its chunk's free list, and
-    /// gives chunks that became empty back to the allocator.
-    fn take_returns(&mut self, returns: &Returns, directory: &Directory) {
-        let mut taken = std::mem::take(&mut self.taken);
-        returns.take_all(&mut taken);
-        for freed in taken.drain(..) {
-            let block = match freed {
-                Freed::Block(block) => block,
-                Freed::Own(index) => {
-                    directory.forget_own(index);
-                    self.own_vacant.push(index);
-                    continue;
-                }
-            };
-            let base = block.as_ptr() as usize & !(CHUNK_BYTES - 1);
-            // SAFETY: as in `free`: the block's chunk starts with its header and is alive.
-            let index = unsafe {
-                (*block
-                    .as_ptr()
-                    .sub(block.as_ptr() as usize - base)
-                    .cast::<ChunkHeader>())
-                .index
-            };
-            self.release(index, block, directory);
-        }
-        self.taken = taken;
+        self.release(index, block, directory);
     }
 
     fn release(&mut self, index: u32, block: NonNull<u8>, directory: &Directory) {
@@ -456,7 +360,7 @@ impl Slab {
         }
     }
 
-    fn new_chunk(&mut self, class: usize, returns: &Returns, directory: &Directory) -> Option<u32> {
+    fn new_chunk(&mut self, class: usize, directory: &Directory) -> Option<u32> {
         let (region, position) = self.spare_chunk(directory)?;
         let region_base = self.regions[region as usize]
             .as_ref()
@@ -476,7 +380,7 @@ impl Slab {
         unsafe {
             base.cast::<ChunkHeader>()
                 .as_ptr()
-                .write(ChunkHeader { returns, index })
+                .write(ChunkHeader { index })
         };
         self.chunks[index as usize] = Some(Chunk {
             base,

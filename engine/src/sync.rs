@@ -6,16 +6,12 @@
 //! that the reclaimer frees none too early.
 
 #[cfg(not(engine_loom))]
-pub(crate) use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
-};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 #[cfg(not(engine_loom))]
 pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
 #[cfg(engine_loom)]
-pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
-};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 #[cfg(engine_loom)]
 pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
 

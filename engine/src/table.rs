@@ -27,7 +27,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::reclaim::{Reclaimer, Retirable};
-use crate::slab::{Directory, Handle, Returns, Slab};
+use crate::slab::{Directory, Handle, Slab};
 use crate::sync::{Arc, AtomicU32, SharedCell};
 
 /// An entry as a reader sees it, borrowed for the duration of a read.
@@ -162,14 +162,13 @@ pub(crate) fn expiry(expires_at_ms: u64) -> Option<u64> {
 /// links it.
 fn allocate(
     slab: &mut Slab,
-    returns: &Returns,
     directory: &Directory,
     entry: NewEntry<'_>,
 ) -> (NonNull<Node>, Handle) {
     let key_len = u16::try_from(entry.key.len()).expect("the shard checks key lengths");
     let value_len = u32::try_from(entry.value.len()).expect("values are far below 4 GiB");
     let bytes = node_bytes(entry.key.len(), entry.value.len());
-    let block = slab.allocate(bytes, returns, directory);
+    let block = slab.allocate(bytes, directory);
     let node = block.at.cast::<Node>();
     let own = if block.own { OWN_ALLOCATION } else { 0 };
     let cached_at_ms = entry.cached_at_ms.min(LATEST_CACHED_AT_MS);
@@ -203,25 +202,25 @@ fn allocate(
     (node, block.handle)
 }
 
-impl Retirable for Node {
-    /// Drops a node made by [`allocate`] and gives its block back to its slab.
-    ///
-    /// # Safety
-    /// As [`Retirable::free`] requires: `node` came from `allocate` and is freed once.
-    unsafe fn free(node: *mut Node) {
-        // SAFETY: forwarded contract; the header and the payload say how long the node
-        // is, so the size given back is the size allocated. The table keeps its slab alive
-        // until every node was freed (see `Table`'s fields).
-        unsafe {
-            let node = NonNull::new_unchecked(node);
-            let (key, value) = payload(node);
-            let bytes = node_bytes(key.len(), value.len());
-            let own = node.as_ref().own_and_cached_at_high & OWN_ALLOCATION != 0;
-            ptr::drop_in_place(node.as_ptr());
-            Slab::free(node.cast(), bytes, own);
-        }
+/// Drops a node made by [`allocate`] and gives its block back to the slab.
+///
+/// # Safety
+/// `node` came from `allocate` with this slab and directory, nobody reaches it any more,
+/// and it is freed once.
+unsafe fn free(node: *mut Node, slab: &mut Slab, directory: &Directory) {
+    // SAFETY: forwarded contract; the header and the payload say how long the node is,
+    // so the size given back is the size allocated.
+    unsafe {
+        let node = NonNull::new_unchecked(node);
+        let (key, value) = payload(node);
+        let bytes = node_bytes(key.len(), value.len());
+        let own = node.as_ref().own_and_cached_at_high & OWN_ALLOCATION != 0;
+        ptr::drop_in_place(node.as_ptr());
+        slab.free(node.cast(), bytes, own, directory);
     }
+}
 
+impl Retirable for Node {
     #[cfg(engine_loom)]
     fn poison(&self) {
         self.payload_access.poison();
@@ -342,9 +341,9 @@ pub(crate) unsafe fn node_payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8
     unsafe { payload(node) }
 }
 
-/// The fields drop in order after `Table::drop` has freed the linked nodes: the
-/// reclaimer frees the retired ones, pushing their blocks on `returns`, and only then
-/// does the slab give its chunks back, and the directory its segments.
+/// The fields drop in order after `Table::drop` has freed the linked nodes and the
+/// retired ones the reclaimer held: the slab gives its chunks back, and only then the
+/// directory its segments.
 struct Table {
     /// Each bucket's first node: its handle's bits, or 0.
     buckets: Box<[AtomicU32]>,
@@ -353,8 +352,8 @@ struct Table {
     reclaimer: Reclaimer<Node>,
     /// Every reader handle's lookup counts, for the writer to sum.
     readers: Mutex<Vec<std::sync::Arc<CachePadded<LookupCounts>>>>,
-    returns: Returns,
-    /// Only the table's one [`TableWriter`] touches it (see `TableWriter::slab`).
+    /// Only the table's one [`TableWriter`] touches it (see `TableWriter::allocate`), and
+    /// the table's drop.
     slab: UnsafeCell<Slab>,
     /// Where the handles in links point; the slab keeps it up to date.
     directory: Directory,
@@ -403,19 +402,23 @@ impl LookupCounts {
 
 impl Drop for Table {
     fn drop(&mut self) {
+        let slab = self.slab.get_mut();
         for bucket in self.buckets.iter() {
             let mut link = bucket.load(Relaxed);
             while let Some(handle) = Handle::from_bits(link) {
-                let node = self.node(handle);
+                let node = self.directory.resolve(handle).cast::<Node>();
                 // SAFETY: dropping the table means no reader or writer remains; every
-                // linked node came from `allocate`, is live, and is linked exactly once.
+                // linked node came from `allocate` with this slab, is live, and is
+                // linked exactly once.
                 unsafe {
                     link = node.as_ref().next.load(Relaxed);
-                    Node::free(node.as_ptr());
+                    free(node.as_ptr(), slab, &self.directory);
                 }
             }
         }
-        // Retired nodes are freed by the reclaimer's own drop.
+        // SAFETY: as above; retired nodes are unlinked, and the reclaimer holds each once.
+        self.reclaimer
+            .drain(|node| unsafe { free(node, slab, &self.directory) });
     }
 }
 
@@ -506,7 +509,6 @@ pub(crate) fn table(
         stale_window_ms,
         reclaimer: Reclaimer::new(),
         readers: Mutex::new(Vec::new()),
-        returns: Returns::new(),
         slab: UnsafeCell::new(Slab::new(capacity, huge_pages)),
         directory: Directory::default(),
     });
@@ -644,7 +646,7 @@ impl TableWriter {
         // SAFETY: only the table's one writer reaches the slab, and `&mut self` makes
         // this the only use of it now (see `Table`'s `Sync`).
         let slab = unsafe { &mut *table.slab.get() };
-        allocate(slab, &table.returns, &table.directory, entry)
+        allocate(slab, &table.directory, entry)
     }
 
     /// Links a new node for a key whose hash is `hash` and that is not in the table;
@@ -683,7 +685,7 @@ impl TableWriter {
         link.store(handle.bits(), Release);
         // SAFETY: `old` is now unreachable from the table, it came from `allocate`, and
         // the writer drops its handle to it here.
-        unsafe { self.0.table.reclaimer.retire(old.as_ptr()) };
+        unsafe { self.retire(old) };
         handle
     }
 
@@ -694,7 +696,27 @@ impl TableWriter {
         link.store(unsafe { node.as_ref() }.next.load(Relaxed), Release);
         // SAFETY: `node` is now unreachable from the table, it came from `allocate`, and
         // the caller gives up its handle to it.
-        unsafe { self.0.table.reclaimer.retire(node.as_ptr()) };
+        unsafe { self.retire(node) };
+    }
+
+    /// Hands an unlinked node to the reclaimer, and frees the retired nodes no reader can
+    /// reach any more.
+    ///
+    /// # Safety
+    /// `node` came from `allocate`, is unlinked, and is never used again by the caller.
+    unsafe fn retire(&mut self, node: NonNull<Node>) {
+        let table = &*self.0.table;
+        // SAFETY: only the table's one writer reaches the slab, and `&mut self` makes this
+        // the only use of it now (see `Table`'s `Sync`).
+        let slab = unsafe { &mut *table.slab.get() };
+        // SAFETY: the writer is the reclaimer's only caller (`&mut self`); the node is
+        // unlinked (the contract), and what the reclaimer hands back was retired here,
+        // from `allocate` with this slab, and is reached by nobody.
+        unsafe {
+            table
+                .reclaimer
+                .retire(node.as_ptr(), |node| free(node, slab, &table.directory))
+        };
     }
 
     /// The link that currently names `target`, whose key's hash is `hash`.

@@ -18,13 +18,15 @@ struct Counted {
 
 const ALIVE: u64 = 0x5eed_5eed_5eed_5eed;
 
-impl Retirable for Counted {
-    unsafe fn free(ptr: *mut Self) {
-        // SAFETY: the reclaimer frees each node once, and they were made by `Box::new`.
-        let node = unsafe { Box::from_raw(ptr) };
-        node.canary.store(0, SeqCst);
-        node.freed.fetch_add(1, SeqCst);
-    }
+impl Retirable for Counted {}
+
+/// What the tests' writer frees with: the reclaimer hands each node back once, and
+/// they were made by `Box::new`.
+fn free(ptr: *mut Counted) {
+    // SAFETY: as above.
+    let node = unsafe { Box::from_raw(ptr) };
+    node.canary.store(0, SeqCst);
+    node.freed.fetch_add(1, SeqCst);
 }
 
 fn node(freed: &Arc<AtomicUsize>) -> *mut Counted {
@@ -38,7 +40,7 @@ fn node(freed: &Arc<AtomicUsize>) -> *mut Counted {
 fn retire_batch(reclaimer: &Reclaimer<Counted>, freed: &Arc<AtomicUsize>) {
     for _ in 0..BATCH {
         // SAFETY: this test is the reclaimer's only writer; the node is nobody's.
-        unsafe { reclaimer.retire(node(freed)) };
+        unsafe { reclaimer.retire(node(freed), free) };
     }
 }
 
@@ -80,6 +82,9 @@ fn a_batch_sealed_during_a_read_waits_for_that_read_to_end() {
     leave.send(()).unwrap();
     reader.join().unwrap();
     let _ = seal_until_freed(&reclaimer, &freed, 2 * BATCH);
+    Arc::into_inner(reclaimer)
+        .expect("the reader is gone")
+        .drain(free);
 }
 
 #[test]
@@ -97,17 +102,19 @@ fn a_nested_guard_leaving_does_not_end_the_read() {
     retire_batch(&reclaimer, &freed);
     assert_eq!(freed.load(SeqCst), 0, "the outer guard still reads");
     drop(outer);
+    let mut reclaimer = reclaimer;
     let _ = seal_until_freed(&reclaimer, &freed, 2 * BATCH);
+    reclaimer.drain(free);
 }
 
 #[test]
 fn reads_that_began_after_a_seal_do_not_hold_it() {
-    let reclaimer = Reclaimer::<Counted>::new();
+    let mut reclaimer = Reclaimer::<Counted>::new();
     let freed = Arc::new(AtomicUsize::new(0));
     retire_batch(&reclaimer, &freed);
     // A read that starts and ends after the seal, and one still going.
     drop(reclaimer.enter());
-    let _still_reading = reclaimer.enter();
+    let still_reading = reclaimer.enter();
     // This thread's read began after the first seal: it holds the second batch only.
     retire_batch(&reclaimer, &freed);
     let _ = seal_until_freed(&reclaimer, &freed, BATCH);
@@ -116,23 +123,25 @@ fn reads_that_began_after_a_seal_do_not_hold_it() {
         BATCH,
         "batches sealed during the read stay"
     );
+    drop(still_reading);
+    reclaimer.drain(free);
 }
 
 #[test]
-fn dropping_the_reclaimer_frees_what_it_holds() {
+fn a_drain_hands_back_everything_held() {
     let freed = Arc::new(AtomicUsize::new(0));
-    let reclaimer = Reclaimer::<Counted>::new();
+    let mut reclaimer = Reclaimer::<Counted>::new();
     let guard = reclaimer.enter();
     retire_batch(&reclaimer, &freed);
     // SAFETY: as in `retire_batch`.
-    unsafe { reclaimer.retire(node(&freed)) };
+    unsafe { reclaimer.retire(node(&freed), free) };
     assert_eq!(
         freed.load(SeqCst),
         0,
         "one batch sealed during the read, one open"
     );
     drop(guard);
-    drop(reclaimer);
+    reclaimer.drain(free);
     assert_eq!(freed.load(SeqCst), BATCH + 1);
 }
 
@@ -181,19 +190,19 @@ fn readers_never_see_a_node_freed_while_writers_swap_them() {
         link.store(at as u32, std::sync::atomic::Ordering::Release);
         nodes.push(fresh);
         // SAFETY: the old node is unlinked and retired once.
-        unsafe { reclaimer.retire(nodes[at - 1]) };
+        unsafe { reclaimer.retire(nodes[at - 1], free) };
     }
     done.store(true, SeqCst);
     for reader in readers {
         assert!(reader.join().unwrap() > 0);
     }
-    eprintln!("freed {} of {SWAPS}", freed.load(SeqCst));
+    // A reader preempted inside a read holds every batch sealed meanwhile; with the
+    // readers gone, the next seals free them all.
+    let batches = seal_until_freed(&reclaimer, &freed, SWAPS);
     // SAFETY: the last node is still linked; nothing reads it any more.
-    unsafe { reclaimer.retire(nodes[SWAPS]) };
-    drop(
-        Arc::try_unwrap(reclaimer)
-            .ok()
-            .expect("the readers are gone"),
-    );
-    assert_eq!(freed.load(SeqCst), SWAPS + 1);
+    unsafe { reclaimer.retire(nodes[SWAPS], free) };
+    Arc::into_inner(reclaimer)
+        .expect("the readers are gone")
+        .drain(free);
+    assert_eq!(freed.load(SeqCst), SWAPS + 1 + batches * BATCH);
 }

@@ -1,5 +1,5 @@
 //! The slab's own cases: size classes, reuse, regions given back, large and overflow
-//! nodes with allocations of their own, frees from other threads, and handles.
+//! nodes with allocations of their own, and handles.
 
 use super::*;
 
@@ -23,11 +23,10 @@ fn classes_round_up_by_at_most_an_eighth() {
 
 #[test]
 fn freed_blocks_are_reused_and_empty_chunks_returned() {
-    let returns = Returns::new();
     let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let blocks: Vec<_> = (0..2_000)
-        .map(|_| slab.allocate(100, &returns, &directory).at)
+        .map(|_| slab.allocate(100, &directory).at)
         .collect();
     let mut addresses: Vec<_> = blocks.iter().map(|b| b.as_ptr() as usize).collect();
     addresses.sort_unstable();
@@ -42,18 +41,18 @@ fn freed_blocks_are_reused_and_empty_chunks_returned() {
     );
     for block in &blocks[..1_000] {
         // SAFETY: allocated above with this size, freed once.
-        unsafe { Slab::free(*block, 100, false) };
+        unsafe { slab.free(*block, 100, false, &directory) };
     }
     let again: Vec<_> = (0..1_000)
-        .map(|_| slab.allocate(100, &returns, &directory).at)
+        .map(|_| slab.allocate(100, &directory).at)
         .collect();
     assert_eq!(slab.chunk_bytes(), held, "reused, not grown");
     for block in blocks[1_000..].iter().chain(&again) {
         // SAFETY: as above.
-        unsafe { Slab::free(*block, 100, false) };
+        unsafe { slab.free(*block, 100, false, &directory) };
     }
     // A chunk is given back once its blocks come home; the current one stays.
-    slab.allocate(8, &returns, &directory);
+    slab.allocate(8, &directory);
     assert_eq!(
         slab.chunk_bytes(),
         2 * CHUNK_BYTES,
@@ -64,19 +63,18 @@ fn freed_blocks_are_reused_and_empty_chunks_returned() {
 
 #[test]
 fn a_region_whose_chunks_are_all_free_is_given_back() {
-    let returns = Returns::new();
     let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / 512;
     let blocks: Vec<_> = (0..per_chunk * (REGION_CHUNKS + 2))
-        .map(|_| slab.allocate(512, &returns, &directory).at)
+        .map(|_| slab.allocate(512, &directory).at)
         .collect();
     assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
     for block in &blocks[..per_chunk * REGION_CHUNKS] {
         // SAFETY: allocated above with this size, freed once.
-        unsafe { Slab::free(*block, 512, false) };
+        unsafe { slab.free(*block, 512, false, &directory) };
     }
-    slab.allocate(512, &returns, &directory);
+    slab.allocate(512, &directory);
     assert_eq!(
         slab.region_bytes(),
         REGION_CHUNKS * CHUNK_BYTES,
@@ -85,62 +83,38 @@ fn a_region_whose_chunks_are_all_free_is_given_back() {
     // Its chunks are gone from the spare list too: new chunks come from the second
     // region and then a new one.
     let more: Vec<_> = (0..per_chunk * REGION_CHUNKS)
-        .map(|_| slab.allocate(512, &returns, &directory).at)
+        .map(|_| slab.allocate(512, &directory).at)
         .collect();
     assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
     for block in blocks[per_chunk * REGION_CHUNKS..].iter().chain(&more) {
         // SAFETY: as above.
-        unsafe { Slab::free(*block, 512, false) };
+        unsafe { slab.free(*block, 512, false, &directory) };
     }
 }
 
 #[test]
 fn large_nodes_get_their_own_allocation() {
-    let returns = Returns::new();
     let mut slab = Slab::new(0, false);
     let directory = Directory::default();
-    let block = slab.allocate(LARGEST_BLOCK + 1, &returns, &directory);
+    let block = slab.allocate(LARGEST_BLOCK + 1, &directory);
     assert!(block.own);
     assert_eq!(directory.resolve(block.handle), block.at);
     assert_eq!(slab.chunk_bytes(), 0);
     // SAFETY: allocated above with this size, freed once.
-    unsafe { Slab::free(block.at, LARGEST_BLOCK + 1, true) };
-    assert_eq!(footprint(LARGEST_BLOCK + 1), LARGEST_BLOCK + 48);
+    unsafe { slab.free(block.at, LARGEST_BLOCK + 1, true, &directory) };
+    assert_eq!(footprint(LARGEST_BLOCK + 1), LARGEST_BLOCK + 32);
     assert_eq!(footprint(100), 100usize.next_multiple_of(GRAIN));
 }
 
 #[test]
-fn frees_from_other_threads_come_back() {
-    let returns = Returns::new();
-    let mut slab = Slab::new(0, false);
-    let directory = Directory::default();
-    let blocks: Vec<usize> = (0..4_000)
-        .map(|_| slab.allocate(64, &returns, &directory).at.as_ptr() as usize)
-        .collect();
-    std::thread::scope(|s| {
-        for part in blocks.chunks(1_000) {
-            s.spawn(move || {
-                for &b in part {
-                    // SAFETY: each block was allocated above and is freed once, here.
-                    unsafe { Slab::free(NonNull::new(b as *mut u8).unwrap(), 64, false) };
-                }
-            });
-        }
-    });
-    slab.allocate(64, &returns, &directory);
-    assert_eq!(slab.chunk_bytes(), CHUNK_BYTES, "every other chunk emptied");
-}
-
-#[test]
 fn handles_name_every_block_until_it_is_freed() {
-    let returns = Returns::new();
     let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let sizes = [24, 100, 512, 513, 4096, LARGEST_BLOCK + 1, 40_000];
     let blocks: Vec<(Block, usize)> = (0..3 * REGION_CHUNKS * CHUNK_BYTES / 600)
         .map(|i| {
             let bytes = sizes[i % sizes.len()];
-            (slab.allocate(bytes, &returns, &directory), bytes)
+            (slab.allocate(bytes, &directory), bytes)
         })
         .collect();
     let handles: std::collections::HashSet<_> = blocks.iter().map(|(b, _)| b.handle).collect();
@@ -156,27 +130,24 @@ fn handles_name_every_block_until_it_is_freed() {
     // Freed, the regions go back; the blocks of new ones are named afresh.
     for (block, bytes) in &blocks {
         // SAFETY: allocated above with this size, freed once.
-        unsafe { Slab::free(block.at, *bytes, block.own) };
+        unsafe { slab.free(block.at, *bytes, block.own, &directory) };
     }
-    let again: Vec<_> = (0..1_000)
-        .map(|_| slab.allocate(100, &returns, &directory))
-        .collect();
+    let again: Vec<_> = (0..1_000).map(|_| slab.allocate(100, &directory)).collect();
     for block in &again {
         assert_eq!(directory.resolve(block.handle), block.at);
         // SAFETY: as above.
-        unsafe { Slab::free(block.at, 100, false) };
+        unsafe { slab.free(block.at, 100, false, &directory) };
     }
 }
 
 #[test]
 fn past_the_regions_handles_name_nodes_get_their_own_allocation() {
-    let returns = Returns::new();
     let mut slab = Slab::new(0, false);
     slab.most_regions = 1;
     let directory = Directory::default();
     let per_region = REGION_CHUNKS * ((CHUNK_BYTES - FIRST_BLOCK) / 512);
     let blocks: Vec<_> = (0..per_region + 10)
-        .map(|_| slab.allocate(512, &returns, &directory))
+        .map(|_| slab.allocate(512, &directory))
         .collect();
     assert_eq!(slab.region_bytes(), REGION_CHUNKS * CHUNK_BYTES);
     assert!(blocks[..per_region].iter().all(|b| !b.own));
@@ -184,31 +155,30 @@ fn past_the_regions_handles_name_nodes_get_their_own_allocation() {
     for block in &blocks {
         assert_eq!(directory.resolve(block.handle), block.at);
         // SAFETY: allocated above with this size, freed once.
-        unsafe { Slab::free(block.at, 512, block.own) };
+        unsafe { slab.free(block.at, 512, block.own, &directory) };
     }
     // Once the region's blocks are back, new nodes go to it again.
-    assert!(!slab.allocate(512, &returns, &directory).own);
+    assert!(!slab.allocate(512, &directory).own);
 }
 
 #[test]
 fn an_own_nodes_index_names_another_only_once_it_was_freed() {
-    let returns = Returns::new();
     let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let bytes = LARGEST_BLOCK + 1;
-    let first = slab.allocate(bytes, &returns, &directory);
-    let second = slab.allocate(bytes, &returns, &directory);
+    let first = slab.allocate(bytes, &directory);
+    let second = slab.allocate(bytes, &directory);
     assert_ne!(first.handle, second.handle);
     // SAFETY: allocated above with this size, freed once.
-    unsafe { Slab::free(first.at, bytes, true) };
+    unsafe { slab.free(first.at, bytes, true, &directory) };
     // Freed (as the reclaimer does once no reader holds it), its index comes back.
-    let third = slab.allocate(bytes, &returns, &directory);
+    let third = slab.allocate(bytes, &directory);
     assert_eq!(third.handle, first.handle);
     assert_eq!(directory.resolve(third.handle), third.at);
     assert_eq!(directory.resolve(second.handle), second.at);
     // SAFETY: as above.
     unsafe {
-        Slab::free(second.at, bytes, true);
-        Slab::free(third.at, bytes, true);
+        slab.free(second.at, bytes, true, &directory);
+        slab.free(third.at, bytes, true, &directory);
     }
 }
