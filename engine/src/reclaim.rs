@@ -188,15 +188,13 @@ unsafe impl<T: Retirable> Sync for Reclaimer<T> {}
 /// A thread inside a read. Neither `Send` nor `Sync`: it is left by the thread that
 /// entered, through that thread's seat.
 pub(crate) struct ReadGuard<'a> {
-    seat: Entered,
+    /// The thread's seat, or, on a thread whose thread-locals are already destroyed (a
+    /// read from another thread-local's destructor), a seat of the guard's own, boxed.
+    /// A pointer and a flag rather than an enum with the seat in it: the guard then
+    /// has no fields to drop, and its drop inlines into every read.
+    seat: *const Seat,
+    own_seat: bool,
     _reclaimer: PhantomData<&'a ()>,
-}
-
-/// Where a guard entered: the thread's seat, or, on a thread whose thread-locals are
-/// already destroyed (a read from another thread-local's destructor), a record of its own.
-enum Entered {
-    Thread(*const Seat),
-    Own(Seat),
 }
 
 impl<T: Retirable> Reclaimer<T> {
@@ -217,19 +215,16 @@ impl<T: Retirable> Reclaimer<T> {
     /// (with [`ReadGuard::protect_link`]) is freed.
     #[inline(always)]
     pub(crate) fn enter(&self) -> ReadGuard<'_> {
-        let seat = match SEAT.try_with(|seat| {
-            seat.enter();
-            seat as *const Seat
-        }) {
-            Ok(seat) => Entered::Thread(seat),
-            Err(_) => {
-                let seat = Seat::new();
-                seat.enter();
-                Entered::Own(seat)
-            }
+        let (seat, own_seat) = match SEAT.try_with(|seat| seat as *const Seat) {
+            Ok(seat) => (seat, false),
+            Err(_) => (own_seat(), true),
         };
+        // SAFETY: the thread's seat lives until the thread ends, after its guards (which
+        // live on its stack within a read); an own seat lives until the guard frees it.
+        unsafe { (*seat).enter() };
         ReadGuard {
             seat,
+            own_seat,
             _reclaimer: PhantomData,
         }
     }
@@ -331,14 +326,30 @@ impl ReadGuard<'_> {
 impl Drop for ReadGuard<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        match &self.seat {
-            // SAFETY: the seat is this thread's (the guard is neither `Send` nor
-            // `Sync`), and a thread's seat lives until the thread ends, after its guards,
-            // which live on its stack within a read.
-            Entered::Thread(seat) => unsafe { (**seat).leave() },
-            Entered::Own(seat) => seat.leave(),
+        // SAFETY: as in `enter`: the seat outlives the guard, and it is this thread's (the
+        // guard is neither `Send` nor `Sync`).
+        unsafe { (*self.seat).leave() };
+        if self.own_seat {
+            // SAFETY: made by `own_seat` for this guard alone, and freed once, here.
+            unsafe { free_own_seat(self.seat) };
         }
     }
+}
+
+/// A seat for one guard on a thread without its thread-locals.
+#[cold]
+fn own_seat() -> *const Seat {
+    Box::into_raw(Box::new(Seat::new()))
+}
+
+/// Frees a seat from [`own_seat`].
+///
+/// # Safety
+/// `seat` came from `own_seat` and is freed once.
+#[cold]
+unsafe fn free_own_seat(seat: *const Seat) {
+    // SAFETY: forwarded contract; the box gives the record back as it drops.
+    drop(unsafe { Box::from_raw(seat.cast_mut()) });
 }
 
 /// The two barriers, and which kind this process has.

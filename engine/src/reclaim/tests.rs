@@ -206,3 +206,37 @@ fn readers_never_see_a_node_freed_while_writers_swap_them() {
         .drain(free);
     assert_eq!(freed.load(SeqCst), SWAPS + 1 + batches * BATCH);
 }
+
+/// A read made from a thread-local's destructor, after the thread's seat may be gone
+/// (destructors run in the reverse order of first use on Linux, so the seat, first used
+/// after `LATE`, goes first), enters and leaves through a seat of its own.
+#[test]
+fn a_read_from_a_thread_local_destructor_enters_and_leaves() {
+    struct ReadsOnDrop(Arc<Reclaimer<Counted>>, Arc<AtomicUsize>);
+    impl Drop for ReadsOnDrop {
+        fn drop(&mut self) {
+            let guard = self.0.enter();
+            let _nested = self.0.enter();
+            drop(guard);
+            self.1.fetch_add(1, SeqCst);
+        }
+    }
+    thread_local! {
+        static LATE: std::cell::RefCell<Option<ReadsOnDrop>> = const { std::cell::RefCell::new(None) };
+    }
+    let reclaimer = Arc::new(Reclaimer::<Counted>::new());
+    let reads = Arc::new(AtomicUsize::new(0));
+    let (r, n) = (reclaimer.clone(), reads.clone());
+    std::thread::spawn(move || {
+        LATE.with(|late| *late.borrow_mut() = Some(ReadsOnDrop(r.clone(), n)));
+        drop(r.enter());
+    })
+    .join()
+    .unwrap();
+    assert_eq!(reads.load(SeqCst), 1);
+    let freed = Arc::new(AtomicUsize::new(0));
+    let _ = seal_until_freed(&reclaimer, &freed, BATCH);
+    Arc::into_inner(reclaimer)
+        .expect("the thread is gone")
+        .drain(free);
+}
