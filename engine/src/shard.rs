@@ -19,7 +19,7 @@ use crate::glob::Glob;
 use crate::metrics::ShardMetrics;
 use crate::slab::{footprint, Handle};
 use crate::table::{
-    expiry, node_bytes, node_key, node_payload, table, EntryRef, Names, NewEntry, Node,
+    expiry, node_bytes, node_key, node_len, node_payload, table, EntryRef, Names, NewEntry, Node,
     TableReader, TableWriter, BUCKET_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
 };
 use crate::wheel::{TimerWheel, TIMER_BYTES};
@@ -555,8 +555,7 @@ impl ShardWriter {
 /// `node` is linked, hence live (only the writer, which calls this, unlinks nodes).
 unsafe fn charge_of(node: NonNull<Node>) -> u64 {
     // SAFETY: forwarded contract.
-    let (key, value) = unsafe { node_payload(node) };
-    entry_charge(key.len(), value.len())
+    (footprint(unsafe { node_len(node) }) + STRUCTURE_BYTES) as u64
 }
 
 #[cfg(all(test, not(engine_loom)))]

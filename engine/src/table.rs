@@ -212,8 +212,7 @@ unsafe fn free(node: *mut Node, slab: &mut Slab, directory: &Directory) {
     // so the size given back is the size allocated.
     unsafe {
         let node = NonNull::new_unchecked(node);
-        let (key, value) = payload(node);
-        let bytes = node_bytes(key.len(), value.len());
+        let bytes = node_len(node);
         let own = node.as_ref().own_and_cached_at_high & OWN_ALLOCATION != 0;
         ptr::drop_in_place(node.as_ptr());
         slab.free(node.cast(), bytes, own, directory);
@@ -330,6 +329,21 @@ impl Node {
 pub(crate) unsafe fn node_key<'a>(node: NonNull<Node>) -> &'a [u8] {
     // SAFETY: forwarded contract.
     unsafe { key(node) }
+}
+
+/// The bytes a node the caller keeps alive takes, header to value's end: what
+/// [`allocate`] gave it ([`node_bytes`] of its key and value), read off where its value
+/// ends rather than worked out again from the lengths.
+///
+/// # Safety
+/// As for [`payload`].
+#[inline(always)]
+pub(crate) unsafe fn node_len(node: NonNull<Node>) -> usize {
+    // SAFETY: forwarded contract.
+    let (key, value) = unsafe { payload(node) };
+    let len = value.as_ptr() as usize + value.len() - node.as_ptr() as usize;
+    debug_assert_eq!(len, node_bytes(key.len(), value.len()));
+    len
 }
 
 /// The key and value of a node the caller keeps alive.
