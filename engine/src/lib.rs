@@ -38,6 +38,7 @@ pub use eviction::{Eviction, Region, Standing, UnknownEviction, MAX_FREQUENCY};
 pub use glob::Glob;
 pub use metrics::{LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics};
 pub use readthrough::Origin;
+pub use reclaim::fence_free_reads;
 pub use router::{mailboxes, Command, KeyFilter, Mailboxes, OwnedEntry, Router, ShardGone};
 pub use shard::{
     entry_charge, InsertError, Inserted, SavedEntry, ShardConfig, ShardWriter, ENTRY_OVERHEAD,

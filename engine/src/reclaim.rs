@@ -352,13 +352,22 @@ unsafe fn free_own_seat(seat: *const Seat) {
     drop(unsafe { Box::from_raw(seat.cast_mut()) });
 }
 
+/// Whether reads in this process enter without a memory fence: true once a table was
+/// made where `membarrier` is available. Where it is not (not Linux, or a seccomp filter
+/// forbids it), every read runs a full fence, which is correct and slower; the service
+/// logs that at start.
+pub fn fence_free_reads() -> bool {
+    barrier::detect();
+    barrier::light_is_free()
+}
+
 /// The two barriers, and which kind this process has.
 mod barrier {
     #[cfg(all(target_os = "linux", not(engine_loom)))]
-    pub(super) use linux::{detect, heavy, light};
+    pub(super) use linux::{detect, heavy, light, light_is_free};
 
     #[cfg(not(all(target_os = "linux", not(engine_loom))))]
-    pub(super) use fences::{detect, heavy, light};
+    pub(super) use fences::{detect, heavy, light, light_is_free};
 
     #[cfg(not(all(target_os = "linux", not(engine_loom))))]
     mod fences {
@@ -366,6 +375,10 @@ mod barrier {
         use std::sync::atomic::Ordering::SeqCst;
 
         pub(crate) fn detect() {}
+
+        pub(crate) fn light_is_free() -> bool {
+            false
+        }
 
         #[inline(always)]
         pub(crate) fn light() {
@@ -413,6 +426,10 @@ mod barrier {
                     KIND.store(MEMBARRIER, SeqCst);
                 }
             });
+        }
+
+        pub(crate) fn light_is_free() -> bool {
+            KIND.load(Relaxed) == MEMBARRIER
         }
 
         #[inline(always)]

@@ -150,6 +150,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         l1_max_entries = config.l1_max_entries, l1_max_bytes = config.l1_max_bytes,
         "cache-manager ready: {tier}"
     );
+    if !engine::fence_free_reads() {
+        tracing::warn!("membarrier unavailable: every lock-free read runs a full memory fence");
+    }
     for executor in executors {
         executor
             .join()
