@@ -178,8 +178,8 @@ pub(crate) struct Reclaimer<T: Retirable> {
     retired: UnsafeCell<Retired<T>>,
 }
 
-// SAFETY: the reclaimer owns the nodes it holds (they are unlinked, and only it frees
-// them), so it may move to another thread with them, as a `Box<T>` could.
+// SAFETY: the reclaimer owns the nodes it holds (they are unlinked, and freed only when
+// it hands them back), so it may move to another thread with them, as a `Box<T>` could.
 unsafe impl<T: Retirable> Send for Reclaimer<T> {}
 // SAFETY: shared, it is only ever reached through `retire`, whose contract makes the
 // table's one writer its only caller, and through `enter`, which touches no field.

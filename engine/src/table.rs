@@ -366,8 +366,8 @@ struct Table {
     reclaimer: Reclaimer<Node>,
     /// Every reader handle's lookup counts, for the writer to sum.
     readers: Mutex<Vec<std::sync::Arc<CachePadded<LookupCounts>>>>,
-    /// Only the table's one [`TableWriter`] touches it (see `TableWriter::allocate`), and
-    /// the table's drop.
+    /// Only the table's one [`TableWriter`] touches it (see `TableWriter::allocate` and
+    /// `TableWriter::retire`), and the table's drop.
     slab: UnsafeCell<Slab>,
     /// Where the handles in links point; the slab keeps it up to date.
     directory: Directory,
@@ -377,8 +377,15 @@ impl Table {
     /// The node `handle` names, which must be live (see `slab::Directory::resolve`).
     #[inline(always)]
     fn node(&self, handle: Handle) -> NonNull<Node> {
-        self.directory.resolve(handle).cast()
+        node_named(&self.directory, handle)
     }
+}
+
+/// The node `handle` names in `directory`, which must be live: [`Table::node`], for
+/// where the table is borrowed in parts.
+#[inline(always)]
+fn node_named(directory: &Directory, handle: Handle) -> NonNull<Node> {
+    directory.resolve(handle).cast()
 }
 
 // SAFETY: the slab is only reached through the table's single `TableWriter`, which is
@@ -420,7 +427,7 @@ impl Drop for Table {
         for bucket in self.buckets.iter() {
             let mut link = bucket.load(Relaxed);
             while let Some(handle) = Handle::from_bits(link) {
-                let node = self.directory.resolve(handle).cast::<Node>();
+                let node = node_named(&self.directory, handle);
                 // SAFETY: dropping the table means no reader or writer remains; every
                 // linked node came from `allocate` with this slab, is live, and is
                 // linked exactly once.
