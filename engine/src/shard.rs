@@ -56,7 +56,13 @@ const INSERTS_PER_LOOKUP_SAMPLE: u32 = 16;
 /// What an entry of this key and value length is charged against the byte bound: what it
 /// takes in memory.
 pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
-    (footprint(node_bytes(key_len, value_len)) + STRUCTURE_BYTES) as u64
+    charge_for(node_bytes(key_len, value_len))
+}
+
+/// What an entry whose node takes `node_bytes` is charged: its block and the structures
+/// outside it.
+fn charge_for(node_bytes: usize) -> u64 {
+    (footprint(node_bytes) + STRUCTURE_BYTES) as u64
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -555,7 +561,7 @@ impl ShardWriter {
 /// `node` is linked, hence live (only the writer, which calls this, unlinks nodes).
 unsafe fn charge_of(node: NonNull<Node>) -> u64 {
     // SAFETY: forwarded contract.
-    (footprint(unsafe { node_len(node) }) + STRUCTURE_BYTES) as u64
+    charge_for(unsafe { node_len(node) })
 }
 
 #[cfg(all(test, not(engine_loom)))]

@@ -58,7 +58,7 @@ const FINE_LIMIT: usize = 512;
 /// Block sizes step by 8 bytes up to 512, then by an eighth of the power of two below.
 const CLASSES: usize = FINE_LIMIT / GRAIN + 3 * 8;
 /// Where a chunk's first block starts: past its header, aligned for any node.
-const FIRST_BLOCK: usize = 16;
+const FIRST_BLOCK: usize = std::mem::size_of::<ChunkHeader>().next_multiple_of(GRAIN);
 /// Chunks per region.
 const REGION_CHUNKS: usize = 32;
 /// A chunk that is not on its class's partial list.
