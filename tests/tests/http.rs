@@ -2,7 +2,7 @@
 //! framing rules, every limit at its edge, slow clients, the connection limit, and the
 //! SIGTERM drain. A bad request closes its own connection and disturbs nothing else.
 
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -293,22 +293,46 @@ fn slow_clients_are_cut_off_at_the_header_timeout_without_starving_others() {
 
 /// The idle deadline moves with each request (the connection keeps one timer and moves
 /// it): a connection that keeps asking stays open for more than twice the idle timeout,
-/// and one that stops asking is closed once the timeout has passed since its last answer.
+/// and one that stops asking is closed once the timeout has passed since its last answer,
+/// not before.
 #[test]
 fn the_idle_timeout_counts_from_the_last_request() {
     let idle = Duration::from_millis(1500);
+    // Between the busy client's requests, well inside the idle timeout.
+    let pause = Duration::from_millis(200);
     let s = Server::start(&[("CACHE_IDLE_TIMEOUT_MS", "1500")]);
     let health = b"GET /healthz HTTP/1.1\r\n\r\n";
     let (mut busy, mut quiet) = (s.connect(), s.connect());
     assert_eq!(exchange(&mut quiet, health).status, 200);
-    let started = Instant::now();
-    while started.elapsed() < idle * 7 / 3 {
+    let quiet_answered = Instant::now();
+    // Each pause is a read that waits up to `pause` for something that must not come
+    // early: on the quiet connection until the server closes it (which times the close),
+    // then on the busy one, which must stay open and silent.
+    quiet.set_read_timeout(Some(pause)).unwrap();
+    busy.set_read_timeout(Some(pause)).unwrap();
+    let mut quiet_closed_after = None;
+    while quiet_answered.elapsed() < idle * 7 / 3 {
         assert_eq!(exchange(&mut busy, health).status, 200);
-        // The stimulus: a client asking every 200 ms, well inside the idle timeout (the
-        // test waits for nothing here, it paces the requests).
-        std::thread::sleep(Duration::from_millis(200));
+        let waited_on = if quiet_closed_after.is_none() {
+            &mut quiet
+        } else {
+            &mut busy
+        };
+        match waited_on.read(&mut [0u8; 1]) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Ok(0) | Err(_) if quiet_closed_after.is_none() => {
+                quiet_closed_after = Some(quiet_answered.elapsed());
+            }
+            other => panic!("a connection that waits for nothing got {other:?}"),
+        }
     }
-    assert!(closed_by_peer(&mut quiet), "the idle connection was closed");
+    let quiet_closed_after = quiet_closed_after.expect("the idle connection was closed");
+    assert!(
+        quiet_closed_after >= idle - Duration::from_millis(100),
+        "the idle connection was closed {quiet_closed_after:?} after its answer, before the idle timeout"
+    );
+    busy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     assert_eq!(exchange(&mut busy, health).status, 200);
     let idle_from = Instant::now();
     assert!(closed_by_peer(&mut busy));
