@@ -125,6 +125,10 @@ async fn route(core: &Rc<Core>, request: &Request, mut reply: Reply<'_>) -> (Opt
     let response = match matched.route {
         Route::Health => json(200, &serde_json::json!({ "status": "ok" })),
         Route::Ready if core.stopping() => Response::error(503, "shutting down"),
+        Route::Ready if !shared.started.is_triggered() => Response::error(
+            503,
+            "starting: not every core serves yet (each first checks its restored entries with L2)",
+        ),
         Route::Ready => json(200, &serde_json::json!({ "status": "ready" })),
         Route::Prometheus | Route::Metrics | Route::History | Route::Dashboard
             if !core.config.metrics_enabled =>

@@ -271,6 +271,18 @@ pub struct Config {
     )]
     pub fault_first_l2_write_delay_ms: u64,
 
+    /// A fault for tests: after a warm restart with L2, core 0's first round of checks of
+    /// restored entries waits this many milliseconds before it asks L2, with the keys'
+    /// fills already joined, so that reads reaching another core meanwhile find a check
+    /// in flight (0: none).
+    #[arg(
+        long,
+        env = "CACHE_FAULT_RESTORE_CHECK_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub fault_restore_check_delay_ms: u64,
+
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     #[serde(skip)]
@@ -534,6 +546,10 @@ impl Config {
                 "CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS",
                 self.fault_first_l2_write_delay_ms,
             ),
+            (
+                "CACHE_FAULT_RESTORE_CHECK_DELAY_MS",
+                self.fault_restore_check_delay_ms,
+            ),
         ] {
             at_most(name, MAX_TIMEOUT_MS, "milliseconds", value)?;
         }
@@ -589,6 +605,10 @@ impl Config {
 
     pub fn fault_first_l2_write_delay(&self) -> Duration {
         Duration::from_millis(self.fault_first_l2_write_delay_ms)
+    }
+
+    pub fn fault_restore_check_delay(&self) -> Duration {
+        Duration::from_millis(self.fault_restore_check_delay_ms)
     }
 
     /// How long an origin 404 is remembered.

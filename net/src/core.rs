@@ -103,6 +103,10 @@ pub struct Shared {
     pub snapshots: SnapshotStats,
     /// Set on SIGTERM/SIGINT.
     pub shutdown: Latch,
+    /// Set once every core accepts connections (after a warm restart with L2, a core
+    /// accepts once its restored entries are checked): until then the service is not
+    /// ready.
+    pub started: Latch,
     /// Set once the coherence events' first subscription is in place (never without L2):
     /// from then on no write of another instance goes unseen.
     pub subscribed: Latch,

@@ -47,6 +47,9 @@ pub enum OwnerMessage {
     /// for its key arrived meanwhile. Answers how many were kept.
     Restore {
         entries: Vec<Restored>,
+        /// How long the first round of checks waits before it asks L2, its keys' fills
+        /// already joined (`CACHE_FAULT_RESTORE_CHECK_DELAY_MS`, a fault for tests).
+        check_delay: Duration,
         reply: Reply<usize>,
     },
     /// Other instances wrote or deleted these keys (routed to this shard, each with its

@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use engine::router::Reply;
 use engine::singleflight::{Fill, FlightError, Join, SingleFlight};
@@ -35,6 +36,13 @@ type Flights = SingleFlight<Filled, FillError>;
 const SAVE_STEP: usize = 1024;
 /// Restored entries confirmed against L2 in one pipelined round.
 const CONFIRM_STEP: usize = 256;
+
+/// Whether a fill that waited on an abandoned flight may fill again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rejoin {
+    Once,
+    Never,
+}
 
 pub struct Owner {
     writer: RefCell<ShardWriter>,
@@ -106,8 +114,12 @@ impl Owner {
             OwnerMessage::Save { parts, reply } => {
                 monoio::spawn(self.clone().save(parts, reply));
             }
-            OwnerMessage::Restore { entries, reply } => {
-                monoio::spawn(self.clone().restore(entries, reply));
+            OwnerMessage::Restore {
+                entries,
+                check_delay,
+                reply,
+            } => {
+                monoio::spawn(self.clone().restore(entries, check_delay, reply));
             }
             OwnerMessage::Shard(command) => {
                 self.fence(&command);
@@ -121,62 +133,82 @@ impl Owner {
                 key,
                 mode,
                 reply,
-            } => {
-                if mode == FillMode::Refresh {
-                    self.flights.fence(&key);
+            } => self.fill(hash, key, mode, reply, now, Rejoin::Once),
+        }
+    }
+
+    /// Answers a fill from L1 if the entry is there (a miss may have raced a write), else
+    /// leads or joins the key's flight. A follower whose flight is abandoned (a restored
+    /// entry L2 did not confirm, or a leader that went away) fills again, once.
+    fn fill(
+        self: &Rc<Self>,
+        hash: u64,
+        key: Vec<u8>,
+        mode: FillMode,
+        reply: Reply<Result<Filled, FillError>>,
+        now: u64,
+        rejoin: Rejoin,
+    ) {
+        if mode == FillMode::Refresh {
+            self.flights.fence(&key);
+        }
+        let present = if mode != FillMode::Miss {
+            None
+        } else {
+            self.writer
+                .borrow()
+                .get_with(hash, &key, now, |e| OwnedEntry {
+                    value: e.value.to_vec(),
+                    cached_at_ms: e.cached_at_ms,
+                    expires_at_ms: e.expires_at_ms,
+                    stale: e.stale,
+                })
+        };
+        if let Some(entry) = present {
+            let filled = if stored::is_absent(&entry.value) {
+                Filled::Absent
+            } else {
+                Filled::Hit {
+                    entry,
+                    source: Source::L1,
                 }
-                let present = if mode != FillMode::Miss {
-                    None
-                } else {
-                    self.writer
-                        .borrow()
-                        .get_with(hash, &key, now, |e| OwnedEntry {
-                            value: e.value.to_vec(),
-                            cached_at_ms: e.cached_at_ms,
-                            expires_at_ms: e.expires_at_ms,
-                            stale: e.stale,
-                        })
-                };
-                if let Some(entry) = present {
-                    let filled = if stored::is_absent(&entry.value) {
-                        Filled::Absent
-                    } else {
-                        Filled::Hit {
-                            entry,
-                            source: Source::L1,
+            };
+            let _ = reply.send(Ok(filled));
+            return;
+        }
+        match self.flights.join(&key) {
+            Join::Leader(fill) => {
+                let owner = self.clone();
+                monoio::spawn(async move {
+                    let result = owner.fetch(&key, mode == FillMode::Refresh).await;
+                    let l2_agrees = owner
+                        .write_through(&key, &result, &fill, mode == FillMode::Refresh)
+                        .await;
+                    if fill.complete(result.clone()).storable && l2_agrees {
+                        owner.store(hash, &key, &result);
+                    }
+                    let _ = reply.send(result);
+                });
+            }
+            Join::Follower(waiter) => {
+                self.metrics.coalesced.incr();
+                let owner = self.clone();
+                monoio::spawn(async move {
+                    let result = match waiter.wait().await {
+                        Ok(filled) => Ok(filled),
+                        Err(FlightError::Failed(e)) => Err(e),
+                        Err(FlightError::Abandoned) if rejoin == Rejoin::Once => {
+                            let now = owner.now();
+                            owner.fill(hash, key, mode, reply, now, Rejoin::Never);
+                            return;
                         }
+                        Err(FlightError::Abandoned) => Err(FillError {
+                            status: 503,
+                            message: "the fills this request waited on were abandoned twice".into(),
+                        }),
                     };
-                    let _ = reply.send(Ok(filled));
-                    return;
-                }
-                match self.flights.join(&key) {
-                    Join::Leader(fill) => {
-                        let owner = self.clone();
-                        monoio::spawn(async move {
-                            let result = owner.fetch(&key, mode == FillMode::Refresh).await;
-                            let l2_agrees = owner
-                                .write_through(&key, &result, &fill, mode == FillMode::Refresh)
-                                .await;
-                            if fill.complete(result.clone()).storable && l2_agrees {
-                                owner.store(hash, &key, &result);
-                            }
-                            let _ = reply.send(result);
-                        });
-                    }
-                    Join::Follower(waiter) => {
-                        self.metrics.coalesced.incr();
-                        monoio::spawn(async move {
-                            let result = waiter.wait().await.map_err(|e| match e {
-                                FlightError::Failed(e) => e,
-                                FlightError::Abandoned => FillError {
-                                    status: 503,
-                                    message: "the fill this request waited on was abandoned".into(),
-                                },
-                            });
-                            let _ = reply.send(result);
-                        });
-                    }
-                }
+                    let _ = reply.send(result);
+                });
             }
         }
     }
@@ -378,13 +410,18 @@ impl Owner {
     /// Keeps the restored entries whose write L2 still holds (see
     /// [`OwnerMessage::Restore`]). Each key's check is a fill: an event or flush for the
     /// key while L2 is asked fences it, and a fenced check stores nothing.
-    async fn restore(self: Rc<Self>, entries: Vec<Restored>, reply: Reply<usize>) {
+    async fn restore(
+        self: Rc<Self>,
+        entries: Vec<Restored>,
+        check_delay: Duration,
+        reply: Reply<usize>,
+    ) {
         let Some(tier) = &self.shared.tiers.l2 else {
             let _ = reply.send(0);
             return;
         };
         let mut kept = 0;
-        for step in entries.chunks(CONFIRM_STEP) {
+        for (round, step) in entries.chunks(CONFIRM_STEP).enumerate() {
             let checks: Vec<_> = step
                 .iter()
                 .filter_map(|e| match self.flights.join(&e.key) {
@@ -393,6 +430,14 @@ impl Owner {
                 })
                 .collect();
             let keys: Vec<Vec<u8>> = checks.iter().map(|(e, _)| e.key.clone()).collect();
+            if round == 0 && !check_delay.is_zero() {
+                tracing::info!(
+                    keys = keys.len(),
+                    delay_ms = check_delay.as_millis() as u64,
+                    "fault: the first check of restored entries waits"
+                );
+                monoio::time::sleep(check_delay).await;
+            }
             let held = match tier.client.versions(&keys).await {
                 Ok(held) => held,
                 Err(e) => {
@@ -406,23 +451,24 @@ impl Owner {
                         &entry.value,
                         self.origin(entry.cached_at_ms),
                     ));
-                let result = if confirmed {
-                    Ok(Filled::Hit {
-                        entry: OwnedEntry {
-                            value: entry.value.clone(),
-                            cached_at_ms: entry.cached_at_ms,
-                            expires_at_ms: entry.expires_at_ms,
-                            stale: false,
-                        },
-                        source: Source::L2,
-                    })
-                } else {
-                    Err(FillError {
-                        status: 503,
-                        message: "a restored entry was being checked against L2; retry".into(),
-                    })
+                if !confirmed {
+                    // Abandoned: a read that waited on the check fills the key again, from
+                    // L2, as any read of a dropped entry would.
+                    drop(fill);
+                    continue;
+                }
+                // This instance's own copy, confirmed: a read that waited on the check is
+                // served it as from L1, where it is about to be.
+                let restored = Filled::Hit {
+                    entry: OwnedEntry {
+                        value: entry.value.clone(),
+                        cached_at_ms: entry.cached_at_ms,
+                        expires_at_ms: entry.expires_at_ms,
+                        stale: false,
+                    },
+                    source: Source::L1,
                 };
-                if fill.complete(result).storable && confirmed {
+                if fill.complete(Ok(restored)).storable {
                     let mut writer = self.writer.borrow_mut();
                     if writer.restore(entry.hash, entry.saved()).is_ok() {
                         kept += 1;

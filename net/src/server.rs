@@ -101,6 +101,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         history: History::default(),
         snapshots: SnapshotStats::default(),
         shutdown: Latch::default(),
+        started: Latch::default(),
         subscribed: Latch::default(),
         saved: Latch::default(),
     });
@@ -138,6 +139,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Err(_) => bail!("a core stopped before it was ready"),
         }
     }
+    shared.started.trigger();
     let tier = match &shared.tiers.l2 {
         Some(t) => format!(
             "L1 + L2 (prefix {:?}, events on {:?} as {})",

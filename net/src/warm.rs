@@ -278,9 +278,18 @@ pub async fn confirm(shared: &Shared, shard: usize, entries: Vec<Restored>) {
         );
         return;
     }
+    // The fault delays core 0 only, so that another core serves meanwhile.
+    let check_delay = match shard {
+        0 => shared.config.fault_restore_check_delay(),
+        _ => Duration::ZERO,
+    };
     let kept = shared
         .mail
-        .call(shard, |reply| OwnerMessage::Restore { entries, reply })
+        .call(shard, |reply| OwnerMessage::Restore {
+            entries,
+            check_delay,
+            reply,
+        })
         .await
         .unwrap_or(0);
     shared.snapshots.restored.add(kept as u64);

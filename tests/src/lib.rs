@@ -124,6 +124,21 @@ impl Server {
 
     /// Starts the service as `start` does, its log (stderr) going to `log`.
     pub fn start_logging(env: &[(&str, &str)], log: impl Into<Stdio>) -> Server {
+        let mut server = Self::spawn(env, log);
+        server.wait_until_answers("/readyz", Duration::from_secs(5));
+        server
+    }
+
+    /// Starts the service as `start_logging` does, but waits only until a core answers
+    /// (`/healthz`) at once, not until every core serves (`/readyz`): a connection a core
+    /// has not accepted yet is given up after 200 ms.
+    pub fn start_live(env: &[(&str, &str)], log: impl Into<Stdio>) -> Server {
+        let mut server = Self::spawn(env, log);
+        server.wait_until_answers("/healthz", Duration::from_millis(200));
+        server
+    }
+
+    fn spawn(env: &[(&str, &str)], log: impl Into<Stdio>) -> Server {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut command = Command::new(binary());
@@ -137,23 +152,25 @@ impl Server {
             command.env(k, v);
         }
         let child = command.spawn().expect("start cache-manager");
-        let mut server = Server { child, addr };
-        server.wait_ready();
-        server
+        Server { child, addr }
     }
 
-    fn wait_ready(&mut self) {
+    /// Polls `path` until it answers 200, each try given up after `patience`.
+    fn wait_until_answers(&mut self, path: &str, patience: Duration) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("cache-manager exited before it was ready: {status}");
             }
-            if self.get_once("/readyz").is_some_and(|r| r.status == 200) {
+            if self
+                .get_within(path, patience)
+                .is_some_and(|r| r.status == 200)
+            {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "cache-manager not ready after 20 s"
+                "cache-manager's {path} not 200 after 20 s"
             );
             std::thread::park_timeout(Duration::from_millis(5));
         }
@@ -241,8 +258,13 @@ impl Server {
     /// One GET on its own connection, closed afterwards (so the harness never holds a
     /// connection the test is counting); `None` if the server cannot be reached.
     pub fn get_once(&self, path: &str) -> Option<RawResponse> {
+        self.get_within(path, Duration::from_secs(5))
+    }
+
+    /// `get_once`, given up after `patience` without an answer.
+    pub fn get_within(&self, path: &str, patience: Duration) -> Option<RawResponse> {
         let mut stream = TcpStream::connect(self.addr).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.set_read_timeout(Some(patience)).ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).ok()?;
         try_read_response(&mut stream, false)
@@ -304,7 +326,8 @@ fn read_response_to(stream: &mut TcpStream, head_only: bool) -> RawResponse {
     try_read_response(stream, head_only).expect("a whole response before the connection closed")
 }
 
-fn try_read_response(stream: &mut TcpStream, head_only: bool) -> Option<RawResponse> {
+/// One response, or `None` if the connection closed or a read timed out first.
+pub fn try_read_response(stream: &mut TcpStream, head_only: bool) -> Option<RawResponse> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {

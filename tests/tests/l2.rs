@@ -339,7 +339,7 @@ fn a_least_privilege_acl_user_is_enough() {
     });
     assert!(b.terminate(Duration::from_secs(30)).success());
     let b = Server::start(&b_env);
-    assert_eq!(b.metrics()["snapshot_restored"], 1);
+    assert_eq!(b.metrics()["snapshot_restored"], 1, "checked before ready");
     assert_eq!(b.get_key("user:2").1["source"], "l1");
     assert_eq!(b.metrics()["l2_errors"], 0);
     std::fs::remove_dir_all(&dir).unwrap();

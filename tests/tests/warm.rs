@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,16 +22,20 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// An instance saving to and loading from `snapshot`, logging JSON lines to `log`.
-fn start(snapshot: &Path, log: &Path, extra: &[(&str, &str)]) -> Server {
-    let path = snapshot.to_str().unwrap();
-    let mut env = vec![
-        ("CACHE_SNAPSHOT_PATH", path),
+/// The settings of an instance saving to and loading from `snapshot`, logging JSON
+/// lines.
+fn settings(snapshot: &Path) -> [(&str, &str); 4] {
+    [
+        ("CACHE_SNAPSHOT_PATH", snapshot.to_str().unwrap()),
         ("CACHE_L1_MAX_ENTRIES", "200000"),
         ("CACHE_LOG_FORMAT", "json"),
         ("RUST_LOG", "info"),
-    ];
-    env.extend_from_slice(extra);
+    ]
+}
+
+/// An instance saving to and loading from `snapshot`, logging JSON lines to `log`.
+fn start(snapshot: &Path, log: &Path, extra: &[(&str, &str)]) -> Server {
+    let env = [&settings(snapshot)[..], extra].concat();
     Server::start_logging(&env, fs::File::create(log).unwrap())
 }
 
@@ -267,60 +272,189 @@ fn a_damaged_snapshot_loses_only_its_bad_blocks_and_a_foreign_one_is_refused() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The warm-restart issue's coherence case: B holds keys in L1 and stops; A overwrites
-/// one, deletes another, and a third disappears from Redis; B restarts warm and serves
-/// none of the old values, yet keeps (from its snapshot, confirmed by L2) the key nobody
-/// touched.
-#[test]
-fn a_restarted_instance_serves_nothing_another_overwrote_or_deleted_while_it_was_down() {
-    let dir = scratch("coherent");
+/// What [`restart_after_others_wrote`] leaves running.
+struct WhileDown {
+    dir: PathBuf,
+    _redis: RedisServer,
+    _a: Server,
+    b: Server,
+    /// B's log since its warm restart.
+    log: PathBuf,
+}
+
+/// The kinds of key [`restart_after_others_wrote`] writes, by what became of them in L2.
+const FATES: [&str; 4] = ["overwritten", "deleted", "vanished", "untouched"];
+
+/// The warm-restart issue's coherence case: B holds keys in L1 (`copies` of each of
+/// [`FATES`], named `{fate}{i}`) and stops; A overwrites some, deletes others, and others
+/// disappear from Redis; B restarts warm with `restart_env` besides its usual settings,
+/// returned once it is ready or, if not `ready`, once any core answers.
+fn restart_after_others_wrote(
+    name: &str,
+    copies: usize,
+    restart_env: &[(&str, &str)],
+    ready: bool,
+) -> WhileDown {
+    let dir = scratch(name);
     let redis = RedisServer::start();
     let snapshot = dir.join("b.snap");
-    let b_env = |log: &str| {
-        let redis_url = redis.url();
-        let snapshot = snapshot.clone();
-        let log = dir.join(log);
-        move || {
-            start(
-                &snapshot,
-                &log,
-                &[("REDIS_URL", &redis_url), ("REDIS_TIMEOUT_MS", "500")],
-            )
-        }
-    };
+    let redis_url = redis.url();
+    let b_env = [
+        ("REDIS_URL", redis_url.as_str()),
+        ("REDIS_TIMEOUT_MS", "500"),
+    ];
     let a = redis.instance(&[("REDIS_TIMEOUT_MS", "500")]);
-    let mut b = b_env("b1.log")();
-    for key in ["overwritten", "deleted", "vanished", "untouched"] {
-        a.put_key(key, json!(format!("old {key}")));
+    let mut b = start(&snapshot, &dir.join("b1.log"), &b_env);
+    let keys = |fate: &'static str| (0..copies).map(move |i| format!("{fate}{i}"));
+    for key in FATES.into_iter().flat_map(keys) {
+        a.put_key(&key, json!(format!("old {key}")));
         // A's event for the write may fence B's first fill; B's L1 holds it once a fill
         // lands after the event.
         e2e::wait_for("B holds the key in L1", Duration::from_secs(10), || {
-            b.get_key(key).1["source"] == "l1"
+            b.get_key(&key).1["source"] == "l1"
         });
     }
     assert!(b.terminate(Duration::from_secs(30)).success());
 
-    a.put_key("overwritten", json!("new overwritten"));
-    let deleted = ureq::delete(&a.url("/api/cache/deleted")).call().unwrap();
-    assert_eq!(deleted.status(), 200);
-    redis.cli(&["DEL", "cm:vanished"]);
+    for key in keys("overwritten") {
+        a.put_key(&key, json!(format!("new {key}")));
+    }
+    for key in keys("deleted") {
+        let deleted = ureq::delete(&a.url(&format!("/api/cache/{key}"))).call();
+        assert_eq!(deleted.unwrap().status(), 200);
+    }
+    for key in keys("vanished") {
+        redis.cli(&["DEL", &format!("cm:{key}")]);
+    }
 
-    let b = b_env("b2.log")();
-    let loaded = logged(&dir.join("b2.log"), "snapshot loaded").expect("a load logged");
-    assert_eq!(loaded["fields"]["to_confirm_with_l2"], 4, "{loaded}");
-    let (status, overwritten) = b.get_key("overwritten");
+    let log = dir.join("b2.log");
+    let env = [&settings(&snapshot)[..], &b_env, restart_env].concat();
+    let log_file = fs::File::create(&log).unwrap();
+    let b = match ready {
+        true => Server::start_logging(&env, log_file),
+        false => Server::start_live(&env, log_file),
+    };
+    let loaded = logged(&log, "snapshot loaded").expect("a load logged");
+    assert_eq!(
+        loaded["fields"]["to_confirm_with_l2"],
+        4 * copies,
+        "{loaded}"
+    );
+    WhileDown {
+        dir,
+        _redis: redis,
+        _a: a,
+        b,
+        log,
+    }
+}
+
+/// Once ready, B serves none of the old values, yet keeps (from its snapshot, confirmed
+/// by L2) the key nobody touched.
+#[test]
+fn a_restarted_instance_serves_nothing_another_overwrote_or_deleted_while_it_was_down() {
+    let restarted = restart_after_others_wrote("coherent", 1, &[], true);
+    let b = &restarted.b;
+    assert_eq!(b.metrics()["snapshot_restored"], 1, "checked before ready");
+    let (status, overwritten) = b.get_key("overwritten0");
     assert_eq!(status, 200);
-    assert_eq!(overwritten["value"], "new overwritten", "{overwritten}");
+    assert_eq!(overwritten["value"], "new overwritten0", "{overwritten}");
     assert_eq!(overwritten["source"], "l2", "refetched, not restored");
-    assert_eq!(b.get_key("deleted").0, 404);
-    assert_eq!(b.get_key("vanished").0, 404, "unconfirmed: not served");
-    let (status, untouched) = b.get_key("untouched");
+    assert_eq!(b.get_key("deleted0").0, 404);
+    assert_eq!(b.get_key("vanished0").0, 404, "unconfirmed: not served");
+    let (status, untouched) = b.get_key("untouched0");
     assert_eq!(status, 200);
-    assert_eq!(untouched["value"], "old untouched");
+    assert_eq!(untouched["value"], "old untouched0");
     assert_eq!(untouched["source"], "l1", "restored from the snapshot");
-    assert_eq!(b.metrics()["snapshot_restored"], 1);
-    drop(b);
-    fs::remove_dir_all(&dir).unwrap();
+    drop(restarted.b);
+    fs::remove_dir_all(&restarted.dir).unwrap();
+}
+
+/// A connection to a core that serves while core 0 still checks its restored entries
+/// (a connection to core 0 waits in its backlog until then): one whose `/readyz`
+/// answers, which must be 503.
+fn connect_to_a_serving_core(server: &Server) -> TcpStream {
+    loop {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+        if let Some(ready) = e2e::try_read_response(&mut stream, false) {
+            assert_eq!(ready.status, 503, "not ready while a core checks");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            return stream;
+        }
+    }
+}
+
+/// Reads that reach a serving core while core 0's check with L2 is held up (a fault
+/// point) wait for the check when they are for core 0's keys: a key L2 confirms is
+/// served from the snapshot, every other is filled again from L2 (before: answered 503
+/// "retry"). The service is not ready until every core serves.
+#[test]
+fn reads_during_the_check_of_restored_entries_get_the_current_values() {
+    const COPIES: usize = 8;
+    let restarted = restart_after_others_wrote(
+        "checking",
+        COPIES,
+        &[("CACHE_FAULT_RESTORE_CHECK_DELAY_MS", "3000")],
+        false,
+    );
+    let b = &restarted.b;
+    e2e::wait_for("core 0's check in flight", Duration::from_secs(10), || {
+        logged(
+            &restarted.log,
+            "fault: the first check of restored entries waits",
+        )
+        .is_some()
+    });
+    let answers: Vec<(String, u16, Value)> = std::thread::scope(|scope| {
+        let reads: Vec<_> = FATES
+            .iter()
+            .flat_map(|fate| (0..COPIES).map(move |i| format!("{fate}{i}")))
+            .map(|key| {
+                scope.spawn(move || {
+                    let mut stream = connect_to_a_serving_core(b);
+                    let request = format!("GET /api/cache/{key} HTTP/1.1\r\nHost: test\r\n\r\n");
+                    let answer = e2e::exchange(&mut stream, request.as_bytes());
+                    (key, answer.status, answer.json())
+                })
+            })
+            .collect();
+        reads.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (key, status, body) in &answers {
+        let fate = key.trim_end_matches(|c: char| c.is_ascii_digit());
+        match fate {
+            "overwritten" => {
+                assert_eq!(*status, 200, "{key}: {body}");
+                assert_eq!(body["value"], format!("new {key}"), "{key}: {body}");
+                assert_eq!(body["source"], "l2", "{key}: refetched, not restored");
+            }
+            "deleted" | "vanished" => assert_eq!(*status, 404, "{key}: {body}"),
+            _ => {
+                assert_eq!(*status, 200, "{key}: {body}");
+                assert_eq!(body["value"], format!("old {key}"), "{key}: {body}");
+                assert_eq!(body["source"], "l1", "{key}: restored from the snapshot");
+            }
+        }
+    }
+    let metrics = b.metrics();
+    assert!(
+        metrics["coalesced"].as_u64().unwrap() >= 1,
+        "some read waited on core 0's check: {metrics}"
+    );
+    e2e::wait_for("ready", Duration::from_secs(10), || {
+        b.get_once("/readyz").is_some_and(|r| r.status == 200)
+    });
+    assert_eq!(b.metrics()["snapshot_restored"], COPIES);
+    drop(restarted.b);
+    fs::remove_dir_all(&restarted.dir).unwrap();
 }
 
 /// Snapshots on a timer, written while serving: after a crash (SIGKILL: no shutdown
