@@ -95,19 +95,9 @@ impl Owner {
             } => self.put(hash, key, value, ttl, reply, now),
             OwnerMessage::Delete { hash, key, reply } => self.delete(hash, key, reply, now),
             OwnerMessage::DropOlder { keys, reply } => {
-                let mut writer = self.writer.borrow_mut();
                 let mut dropped = 0;
                 for (hash, key, version) in keys {
-                    self.flights.fence(&key);
-                    let held = writer.get_with(hash, &key, now, |e| {
-                        stored::version(e.value, self.origin(e.cached_at_ms))
-                    });
-                    // An event from before versions (0) drops whatever is there.
-                    if held.is_some_and(|held| held < version || version == Version::ZERO)
-                        && writer.remove(hash, &key, now)
-                    {
-                        dropped += 1;
-                    }
+                    dropped += usize::from(self.drop_older(hash, &key, version, now));
                 }
                 let _ = reply.send(dropped);
             }
@@ -357,6 +347,10 @@ impl Owner {
                 // Another instance's newer write is in L2: this one must not outlive it
                 // here either.
                 owner.drop_version(hash, &key, version);
+            } else {
+                // What the others do on this write's event (an evicted entry refilled
+                // from L2 before the write landed must not outlive it).
+                owner.drop_older(hash, &key, version, owner.now());
             }
             let _ = reply.send(PutOutcome { l1, l2 });
         });
@@ -370,6 +364,9 @@ impl Owner {
         let owner = self.clone();
         monoio::spawn(async move {
             let l2 = owner.shared.tiers.delete_behind_l1(&[&key], version).await;
+            // What the others do on this deletion's event: a read that missed L1 after the
+            // removal may have filled the old value from L2 before the tombstone landed.
+            owner.drop_older(hash, &key, version, owner.now());
             let _ = reply.send(DeleteOutcome { l1, l2 });
         });
     }
@@ -477,6 +474,20 @@ impl Owner {
             }
         }
         let _ = reply.send(kept);
+    }
+
+    /// Removes `key` if L1 holds a write older than `version` (any write, for the version
+    /// of an instance from before versions, 0), and fences its fills in flight: a write or
+    /// deletion with `version` is in L2 now, whether another instance's (its event) or this
+    /// one's (its L2 part done). Says whether an entry was removed.
+    fn drop_older(&self, hash: u64, key: &[u8], version: Version, now: u64) -> bool {
+        self.flights.fence(key);
+        let mut writer = self.writer.borrow_mut();
+        let held = writer.get_with(hash, key, now, |e| {
+            stored::version(e.value, self.origin(e.cached_at_ms))
+        });
+        held.is_some_and(|held| held < version || version == Version::ZERO)
+            && writer.remove(hash, key, now)
     }
 
     /// Removes `key` if L1 still holds the write with `version`.

@@ -1,7 +1,8 @@
 //! Where every write enters the tiers: a PUT or DELETE goes to its key's owner, which
 //! orders it in L1 and then sends it on to L2 and the other instances (`owner.rs`,
 //! `tiers.rs`); an invalidation removes from L1 on every owner, then from L2, then tells
-//! the other instances; another instance's event drops older L1 entries. The HTTP API
+//! the other instances, and drops from L1 again what a read refilled meanwhile; another
+//! instance's event drops older L1 entries. The HTTP API
 //! calls these and renders what they answer; it orchestrates no tier itself.
 
 use std::sync::Arc;
@@ -95,20 +96,30 @@ pub async fn invalidate_keys(shared: &Shared, keys: &[String]) -> Result<Invalid
     let version = shared.tiers.versions.next(shared.clock.now_ms());
     let l1 = shared.mail.invalidate_keys(keys).await?;
     let l2 = shared.tiers.delete_behind_l1(keys, version).await;
+    if l2.is_some() {
+        // What the others do on the event: a read that missed L1 after the removal may
+        // have filled an old value from L2 before the tombstones landed.
+        let written = keys.iter().map(|k| (k.as_bytes().to_vec(), version));
+        drop_older(shared, written.collect()).await?;
+    }
     Ok(Invalidated { l1, l2 })
 }
 
 /// Invalidates every key matching a glob pattern, in L1, then L2, then elsewhere.
 pub async fn invalidate_pattern(shared: &Shared, pattern: &str) -> Result<Invalidated, ShardGone> {
     let version = shared.tiers.versions.next(shared.clock.now_ms());
-    let l1 = shared
-        .mail
-        .invalidate_pattern(Arc::new(Glob::new(pattern.as_bytes())))
-        .await?;
+    let glob = Arc::new(Glob::new(pattern.as_bytes()));
+    let l1 = shared.mail.invalidate_pattern(glob.clone()).await?;
     let l2 = shared
         .tiers
         .invalidate_pattern_behind_l1(pattern.as_bytes(), version)
         .await;
+    if l2.is_some() {
+        // A read that missed L1 after the first pass may have filled from L2 a value the
+        // tombstones then replaced; this instance does not apply its own event, so it
+        // drops what matches again (a newer write is read back from L2).
+        shared.mail.invalidate_pattern(glob).await?;
+    }
     Ok(Invalidated { l1, l2 })
 }
 

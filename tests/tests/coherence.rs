@@ -117,6 +117,46 @@ fn an_instance_restarted_with_a_fixed_id_is_heard_again() {
     );
 }
 
+/// A read on the deleting instance between a DELETE's L1 and L2 parts (the L2 part held
+/// back by a fault) misses L1 and fills the old value from L2; once the tombstone is in
+/// L2, that value must not outlive it in L1. Before, the instance served it until its TTL
+/// while every other instance answered 404 (what made the three-instance test below fail
+/// about one run in 25).
+#[test]
+fn a_read_during_a_delete_does_not_outlive_it() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "1500")]);
+    let b = instance(&redis, &[]);
+    subscribed(&redis, 2);
+    assert_eq!(b.put_key("k", json!("old"))["l2"], "stored");
+    wait_for("A holds the key in L1", Duration::from_secs(10), || {
+        a.get_key("k").1["source"] == "l1"
+    });
+
+    let url = a.url("/api/cache/k");
+    let deletion = std::thread::spawn(move || ureq::delete(&url).call().unwrap().status());
+    // A's L1 loses the key at once; the L2 part is held back, so A refills from L2.
+    wait_for(
+        "A refilled the key from L2",
+        Duration::from_secs(10),
+        || a.get_key("k").1["source"] == "l2",
+    );
+    assert_eq!(
+        a.get_key("k").1["source"],
+        "l1",
+        "the refill was kept in L1"
+    );
+    assert_eq!(deletion.join().unwrap(), 200);
+    assert_eq!(
+        a.get_key("k").0,
+        404,
+        "A's L1 dropped what the deletion replaced"
+    );
+    wait_for("B reads the deletion", Duration::from_secs(10), || {
+        b.get_key("k").0 == 404
+    });
+}
+
 /// A small xorshift generator: each client thread has its own, seeded by its number.
 struct Rng(u64);
 
