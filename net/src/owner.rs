@@ -361,6 +361,10 @@ impl Owner {
         self.flights.fence(&key);
         let version = self.shared.tiers.versions.next(now);
         let l1 = self.writer.borrow_mut().remove(hash, &key, now);
+        if self.shared.tiers.l2.is_none() {
+            let _ = reply.send(DeleteOutcome { l1, l2: None });
+            return;
+        }
         let owner = self.clone();
         monoio::spawn(async move {
             let l2 = owner.shared.tiers.delete_behind_l1(&[&key], version).await;
