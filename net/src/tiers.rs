@@ -106,6 +106,7 @@ impl Tiers {
         version: Version,
     ) -> Option<Result<usize, L2Error>> {
         let tier = self.l2.as_ref()?;
+        self.injected_delay().await;
         let outcome = tier.client.delete_matching(pattern, version).await;
         tier.publisher.send(
             version,

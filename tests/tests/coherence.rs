@@ -157,6 +157,90 @@ fn a_read_during_a_delete_does_not_outlive_it() {
     });
 }
 
+/// The same for a pattern invalidation: a read between its L1 pass and its L2 part (held
+/// back) refills the old value from L2, and the tombstones must not leave it in L1.
+#[test]
+fn a_read_during_a_pattern_invalidation_does_not_outlive_it() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "1500")]);
+    let b = instance(&redis, &[]);
+    subscribed(&redis, 2);
+    assert_eq!(b.put_key("user:1", json!("old"))["l2"], "stored");
+    assert_eq!(b.put_key("other", json!("kept"))["l2"], "stored");
+    wait_for("A holds the key in L1", Duration::from_secs(10), || {
+        a.get_key("user:1").1["source"] == "l1"
+    });
+
+    let url = a.url("/api/cache/invalidate");
+    let invalidation = std::thread::spawn(move || {
+        ureq::post(&url)
+            .send_json(json!({"pattern": "user:*"}))
+            .unwrap()
+            .into_json::<Value>()
+            .unwrap()
+    });
+    wait_for(
+        "A refilled the key from L2",
+        Duration::from_secs(10),
+        || a.get_key("user:1").1["source"] == "l2",
+    );
+    assert_eq!(
+        a.get_key("user:1").1["source"],
+        "l1",
+        "the refill was kept in L1"
+    );
+    let invalidated = invalidation.join().unwrap();
+    assert_eq!(invalidated["success"], true, "{invalidated}");
+    assert_eq!(
+        a.get_key("user:1").0,
+        404,
+        "A's L1 dropped what the invalidation replaced"
+    );
+    assert_eq!(a.get_key("other").1["value"], "kept", "outside the pattern");
+    wait_for("B reads the invalidation", Duration::from_secs(10), || {
+        b.get_key("user:1").0 == 404
+    });
+}
+
+/// And for a PUT whose entry leaves L1 (here it expires) before its L2 part lands: a read
+/// meanwhile refills the older value from L2, which must not outlive the PUT in L1.
+#[test]
+fn a_value_a_put_replaced_does_not_come_back_when_its_entry_leaves_l1_early() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "3000")]);
+    let b = instance(&redis, &[]);
+    subscribed(&redis, 2);
+    assert_eq!(b.put_key("k", json!("old"))["l2"], "stored");
+
+    let url = a.url("/api/cache/k");
+    let put = std::thread::spawn(move || {
+        ureq::put(&url)
+            .send_json(json!({"value": "new", "ttl": 1}))
+            .unwrap()
+            .into_json::<Value>()
+            .unwrap()
+    });
+    wait_for("A's L1 holds the PUT", Duration::from_secs(10), || {
+        a.get_key("k").1["value"] == "new"
+    });
+    // The entry expires after a second; the PUT's L2 part waits three.
+    wait_for(
+        "A refilled the older value from L2",
+        Duration::from_secs(10),
+        || a.get_key("k").1["value"] == "old",
+    );
+    let put = put.join().unwrap();
+    assert_eq!(put["l2"], "stored", "{put}");
+    assert_ne!(
+        a.get_key("k").1["value"],
+        "old",
+        "A's L1 dropped what the PUT replaced"
+    );
+    wait_for("B follows the PUT's event", Duration::from_secs(10), || {
+        b.get_key("k").1["value"] != "old"
+    });
+}
+
 /// A small xorshift generator: each client thread has its own, seeded by its number.
 struct Rng(u64);
 
