@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 use std::net::TcpStream;
 
-use crate::client::response_head;
+use crate::client::{bulk_length, resp_line, response_head};
 
 /// Received bytes live in `buffer[start..end]`.
 #[derive(Debug)]
@@ -103,17 +103,13 @@ impl Input {
     /// error reply or any other is an error.
     fn resp_head(&mut self, stream: &mut TcpStream) -> io::Result<i64> {
         loop {
-            if let Some(line_end) = self.unread().windows(2).position(|w| w == b"\r\n") {
-                let line = &self.unread()[..line_end];
-                if line.first() != Some(&b'$') {
-                    let text = String::from_utf8_lossy(line).into_owned();
+            if let Some((kind, text, line)) = resp_line(self.unread()) {
+                if kind != b'$' {
+                    let text = String::from_utf8_lossy(&self.unread()[..line - 2]).into_owned();
                     return Err(io::Error::other(format!("not a bulk string: {text}")));
                 }
-                let length: i64 = std::str::from_utf8(&line[1..])
-                    .ok()
-                    .and_then(|t| t.parse().ok())
-                    .ok_or_else(|| io::Error::other("a bad bulk length"))?;
-                self.start += line_end + 2;
+                let length = bulk_length(text)?;
+                self.start += line;
                 return Ok(length);
             }
             self.fill(stream)?;

@@ -1,6 +1,7 @@
-//! One HTTP/1.1 keep-alive connection for the load generator: writes a request from a
-//! reused buffer and reads exactly one response (head parsed by httparse, body skipped by
-//! its Content-Length). Nothing is allocated per request.
+//! One keep-alive connection for the load generator, HTTP/1.1 or RESP: writes a request
+//! from a reused buffer and reads exactly one reply (an HTTP head parsed by httparse, its
+//! body skipped by its Content-Length; a RESP reply framed by its first line). Nothing is
+//! allocated per request.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,36 +9,52 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// What a server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// cache-manager's API over HTTP/1.1 (nginx serves the same paths as files).
+    Http,
+    /// Redis's protocol: `GET` and `SET` of the same keys.
+    Resp,
+}
+
 pub struct Connection {
     stream: TcpStream,
+    protocol: Protocol,
     input: Vec<u8>,
     filled: usize,
 }
 
 impl Connection {
-    pub async fn open(addr: SocketAddr) -> io::Result<Self> {
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,
+            protocol,
             input: vec![0; 64 << 10],
             filled: 0,
         })
     }
 
-    /// Sends `request` and returns the status of the response.
+    /// Sends `request` and returns the status of the reply (for RESP, see [`resp_reply`]).
     pub async fn exchange(&mut self, request: &[u8]) -> io::Result<u16> {
         self.stream.write_all(request).await?;
-        self.read_response().await
+        self.read_reply().await
     }
 
-    async fn read_response(&mut self) -> io::Result<u16> {
+    async fn read_reply(&mut self) -> io::Result<u16> {
         loop {
-            match response_head(&self.input[..self.filled])? {
-                Some(head) => {
-                    self.consume(head.length + head.content_length.unwrap_or(0))
-                        .await?;
-                    return Ok(head.status);
+            let input = &self.input[..self.filled];
+            let framed = match self.protocol {
+                Protocol::Http => response_head(input)?
+                    .map(|head| (head.status, head.length + head.content_length.unwrap_or(0))),
+                Protocol::Resp => resp_reply(input)?,
+            };
+            match framed {
+                Some((status, length)) => {
+                    self.consume(length).await?;
+                    return Ok(status);
                 }
                 None => self.fill().await?,
             }
@@ -93,5 +110,69 @@ pub fn response_head(input: &[u8]) -> io::Result<Option<ResponseHead>> {
         })),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+}
+
+/// A RESP reply's first line at the start of `input`: its type byte, the text after it,
+/// and the line's length with its CRLF. `None` while the line is incomplete.
+pub fn resp_line(input: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let end = input.windows(2).position(|w| w == b"\r\n")?;
+    let (&kind, text) = input[..end].split_first()?;
+    Some((kind, text, end + 2))
+}
+
+/// The length a bulk string's first line announces (-1 for nil).
+pub fn bulk_length(text: &[u8]) -> io::Result<i64> {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .filter(|&n: &i64| n >= -1)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a bad bulk length"))
+}
+
+/// The reply at the start of `input` as an HTTP status would say it, and its length;
+/// `None` while its first line is incomplete. A bulk string is 200 and nil 404 (a GET's
+/// hit and miss), a simple string or integer 200 (`SET`'s `+OK`), an error reply 500.
+pub fn resp_reply(input: &[u8]) -> io::Result<Option<(u16, usize)>> {
+    let Some((kind, text, line)) = resp_line(input) else {
+        return Ok(None);
+    };
+    let framed = match kind {
+        b'$' => match usize::try_from(bulk_length(text)?) {
+            Ok(length) => (200, line + length + 2),
+            Err(_) => (404, line),
+        },
+        b'+' | b':' => (200, line),
+        b'-' => (500, line),
+        _ => {
+            let text = String::from_utf8_lossy(&input[..line - 2]).into_owned();
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("an unexpected RESP reply: {text}"),
+            ));
+        }
+    };
+    Ok(Some(framed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_replies_are_framed_by_their_first_line() {
+        assert_eq!(resp_reply(b"$5\r\nhel").unwrap(), Some((200, 11)));
+        assert_eq!(resp_reply(b"$-1\r\n+OK").unwrap(), Some((404, 5)));
+        assert_eq!(resp_reply(b"+OK\r\n").unwrap(), Some((200, 5)));
+        assert_eq!(resp_reply(b":3\r\n").unwrap(), Some((200, 4)));
+        assert_eq!(resp_reply(b"-ERR no\r\n").unwrap(), Some((500, 9)));
+        assert_eq!(resp_reply(b"$5\r").unwrap(), None);
+        assert!(resp_reply(b"$x\r\n").is_err());
+        assert!(resp_reply(b"$-2\r\n").is_err());
+        let error = resp_reply(b"*1\r\n$1\r\na\r\n").unwrap_err();
+        assert!(
+            error.to_string().contains("unexpected RESP reply: *1"),
+            "{error}"
+        );
     }
 }

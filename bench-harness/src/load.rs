@@ -6,7 +6,9 @@
 //! Requests target the cache-manager API: `GET /api/cache/{prefix}{i}` (asking for raw
 //! bytes) and `PUT /api/cache/{prefix}{i}?ttl=S` with a raw body. A GET answered 200 is a
 //! hit, 404 a miss; any other status, a timeout or a broken connection is an error,
-//! counted by kind. Results from the warm-up are discarded.
+//! counted by kind. Results from the warm-up are discarded. A `redis://` target gets the
+//! same keys as Redis `GET` and `SET … EX S` (see `client::resp_reply` for how replies
+//! count), so that one client can load cache-manager, nginx and Redis alike.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -20,7 +22,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::client::Connection;
+use crate::client::{Connection, Protocol};
 use crate::pacing::{charged_start, corrected_latency, Schedule};
 use crate::workload::{KeyDistribution, Op, ValueSize, Workload};
 
@@ -179,22 +181,110 @@ struct ThreadState {
     window_errors: u64,
 }
 
-pub fn resolve(target: &str) -> anyhow::Result<(SocketAddr, String)> {
-    let rest = target
-        .strip_prefix("http://")
-        .with_context(|| format!("--target must start with http://, got {target:?}"))?;
+/// Where the load goes: `http://host:port` (cache-manager's API) or `redis://host:port`
+/// (the same GETs and PUTs as Redis `GET` and `SET`), resolved.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `host:port` as given, for HTTP's `Host` header.
+    host: String,
+    pub protocol: Protocol,
+}
+
+pub fn resolve(target: &str) -> anyhow::Result<Target> {
+    let (protocol, rest) = if let Some(rest) = target.strip_prefix("http://") {
+        (Protocol::Http, rest)
+    } else if let Some(rest) = target.strip_prefix("redis://") {
+        (Protocol::Resp, rest)
+    } else {
+        bail!("--target must start with http:// or redis://, got {target:?}");
+    };
     let authority = rest.split('/').next().unwrap_or(rest);
     let addr = authority
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve {authority:?}"))?
         .next()
         .with_context(|| format!("{authority:?} has no address"))?;
-    Ok((addr, authority.to_owned()))
+    Ok(Target {
+        addr,
+        host: authority.to_owned(),
+        protocol,
+    })
+}
+
+impl Target {
+    pub async fn connect(&self) -> std::io::Result<Connection> {
+        Connection::open(self.addr, self.protocol).await
+    }
+
+    /// A GET of `{prefix}{key}` into `buf`.
+    pub fn get_request(&self, buf: &mut Vec<u8>, prefix: &str, key: u64) {
+        buf.clear();
+        match self.protocol {
+            Protocol::Http => {
+                let _ = write!(buf, "GET /api/cache/{prefix}{key} HTTP/1.1\r\nHost: {}\r\nAccept: application/octet-stream\r\n\r\n", self.host);
+            }
+            Protocol::Resp => {
+                let _ = write!(buf, "*2\r\n$3\r\nGET\r\n");
+                resp_key(buf, prefix, key);
+            }
+        }
+    }
+
+    /// A PUT of `{prefix}{key}` into `buf`: `body` for `ttl` seconds (the server's default
+    /// TTL when `None`; for Redis, no expiry).
+    pub fn put_request(
+        &self,
+        buf: &mut Vec<u8>,
+        prefix: &str,
+        key: u64,
+        ttl: Option<u64>,
+        body: &[u8],
+    ) {
+        buf.clear();
+        match self.protocol {
+            Protocol::Http => {
+                let _ = write!(buf, "PUT /api/cache/{prefix}{key}");
+                if let Some(ttl) = ttl {
+                    let _ = write!(buf, "?ttl={ttl}");
+                }
+                let _ = write!(
+                    buf,
+                    " HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                    self.host,
+                    body.len()
+                );
+                buf.extend_from_slice(body);
+            }
+            Protocol::Resp => {
+                let ttl = ttl.filter(|&t| t > 0);
+                let _ = write!(
+                    buf,
+                    "*{}\r\n$3\r\nSET\r\n",
+                    if ttl.is_some() { 5 } else { 3 }
+                );
+                resp_key(buf, prefix, key);
+                let _ = write!(buf, "${}\r\n", body.len());
+                buf.extend_from_slice(body);
+                buf.extend_from_slice(b"\r\n");
+                if let Some(ttl) = ttl {
+                    let digits = ttl.checked_ilog10().map_or(1, |d| d + 1);
+                    let _ = write!(buf, "$2\r\nEX\r\n${digits}\r\n{ttl}\r\n");
+                }
+            }
+        }
+    }
+}
+
+/// `{prefix}{key}` as a RESP bulk string, without building it first.
+fn resp_key(buf: &mut Vec<u8>, prefix: &str, key: u64) {
+    let digits = key.checked_ilog10().map_or(1, |d| d + 1) as usize;
+    let _ = write!(buf, "${}\r\n{prefix}{key}\r\n", prefix.len() + digits);
 }
 
 /// PUTs every key once, over up to 64 connections, before the measured run.
 pub fn prefill(config: &LoadConfig) -> anyhow::Result<()> {
-    let (addr, host) = resolve(&config.target)?;
+    let target = resolve(&config.target)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -202,20 +292,20 @@ pub fn prefill(config: &LoadConfig) -> anyhow::Result<()> {
         let connections = config.connections.clamp(1, 64) as u64;
         let mut tasks = Vec::new();
         for c in 0..connections {
-            let (config, host) = (config.clone(), host.clone());
+            let (config, target) = (config.clone(), target.clone());
             tasks.push(tokio::spawn(async move {
-                let mut conn = Connection::open(addr)
+                let mut conn = target
+                    .connect()
                     .await
-                    .with_context(|| format!("connecting to {addr}"))?;
+                    .with_context(|| format!("connecting to {}", target.addr))?;
                 let mut rng = SmallRng::seed_from_u64(c);
                 let mut request = Vec::new();
                 let body = random_bytes(config.value_size.max, c);
                 let mut key = c;
                 while key < config.keys {
                     let len = rng.gen_range(config.value_size.min..=config.value_size.max);
-                    put_request(
+                    target.put_request(
                         &mut request,
-                        &host,
                         &config.key_prefix,
                         key,
                         config.ttl,
@@ -245,37 +335,10 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-pub fn get_request(buf: &mut Vec<u8>, host: &str, prefix: &str, key: u64) {
-    buf.clear();
-    let _ = write!(buf, "GET /api/cache/{prefix}{key} HTTP/1.1\r\nHost: {host}\r\nAccept: application/octet-stream\r\n\r\n");
-}
-
-pub fn put_request(
-    buf: &mut Vec<u8>,
-    host: &str,
-    prefix: &str,
-    key: u64,
-    ttl: Option<u64>,
-    body: &[u8],
-) {
-    buf.clear();
-    let _ = write!(buf, "PUT /api/cache/{prefix}{key}");
-    if let Some(ttl) = ttl {
-        let _ = write!(buf, "?ttl={ttl}");
-    }
-    let _ = write!(
-        buf,
-        " HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    buf.extend_from_slice(body);
-}
-
 /// Shared, read-only for a run.
 struct Plan {
     config: LoadConfig,
-    addr: SocketAddr,
-    host: String,
+    target: Target,
     start: Instant,
     measure_from: Instant,
     end: Instant,
@@ -283,7 +346,7 @@ struct Plan {
 
 /// Runs the load and returns what it measured.
 pub fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
-    let (addr, host) = resolve(&config.target)?;
+    let target = resolve(&config.target)?;
     if config.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -299,8 +362,7 @@ pub fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         measure_from: start + config.warmup,
         end: start + config.warmup + config.duration,
         config,
-        addr,
-        host,
+        target,
         start,
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -441,10 +503,11 @@ async fn drive_connection(
         };
         let op = workload.next(&mut rng);
         match op {
-            Op::Get { key } => get_request(&mut request, &plan.host, &config.key_prefix, key),
-            Op::Put { key, len } => put_request(
+            Op::Get { key } => plan
+                .target
+                .get_request(&mut request, &config.key_prefix, key),
+            Op::Put { key, len } => plan.target.put_request(
                 &mut request,
-                &plan.host,
                 &config.key_prefix,
                 key,
                 config.ttl,
@@ -453,7 +516,7 @@ async fn drive_connection(
         }
         let measured = intended >= plan.measure_from;
         if conn.is_none() {
-            match tokio::time::timeout(config.request_timeout, Connection::open(plan.addr)).await {
+            match tokio::time::timeout(config.request_timeout, plan.target.connect()).await {
                 Ok(Ok(c)) => conn = Some(c),
                 _ => {
                     {
@@ -600,18 +663,42 @@ mod tests {
     #[test]
     fn requests_are_what_the_api_expects() {
         let mut buf = Vec::new();
-        get_request(&mut buf, "h:1", "key:", 7);
+        let http = Target {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            host: "h:1".into(),
+            protocol: Protocol::Http,
+        };
+        http.get_request(&mut buf, "key:", 7);
         assert_eq!(buf, b"GET /api/cache/key:7 HTTP/1.1\r\nHost: h:1\r\nAccept: application/octet-stream\r\n\r\n");
-        put_request(&mut buf, "h:1", "p", 3, Some(60), b"abc");
+        http.put_request(&mut buf, "p", 3, Some(60), b"abc");
         assert_eq!(
             buf,
             &b"PUT /api/cache/p3?ttl=60 HTTP/1.1\r\nHost: h:1\r\nContent-Type: application/octet-stream\r\nContent-Length: 3\r\n\r\nabc"[..]
         );
         assert!(random_bytes(64, 1).iter().all(u8::is_ascii_alphanumeric));
         assert!(resolve("https://x").is_err());
+        let local = resolve("http://127.0.0.1:4000/").unwrap();
         assert_eq!(
-            resolve("http://127.0.0.1:4000/").unwrap().1,
-            "127.0.0.1:4000"
+            (local.host.as_str(), local.protocol),
+            ("127.0.0.1:4000", Protocol::Http)
+        );
+    }
+
+    #[test]
+    fn redis_targets_get_and_set_the_same_keys() {
+        let redis = resolve("redis://127.0.0.1:6379").unwrap();
+        assert_eq!(redis.protocol, Protocol::Resp);
+        let mut buf = Vec::new();
+        redis.get_request(&mut buf, "key:", 0);
+        assert_eq!(buf, b"*2\r\n$3\r\nGET\r\n$5\r\nkey:0\r\n");
+        redis.get_request(&mut buf, "key:", 12345);
+        assert_eq!(buf, b"*2\r\n$3\r\nGET\r\n$9\r\nkey:12345\r\n");
+        redis.put_request(&mut buf, "p", 10, None, b"abc");
+        assert_eq!(buf, b"*3\r\n$3\r\nSET\r\n$3\r\np10\r\n$3\r\nabc\r\n");
+        redis.put_request(&mut buf, "p", 9, Some(300), b"");
+        assert_eq!(
+            buf,
+            b"*5\r\n$3\r\nSET\r\n$2\r\np9\r\n$0\r\n\r\n$2\r\nEX\r\n$3\r\n300\r\n"
         );
     }
 }

@@ -132,7 +132,7 @@ struct PingArgs {
     #[arg(long)]
     addr: std::net::SocketAddr,
     #[arg(long, value_enum, default_value = "http")]
-    protocol: ping::Protocol,
+    protocol: client::Protocol,
     /// HTTP only: the path before the key.
     #[arg(long, default_value = "/api/cache/")]
     path_prefix: String,
@@ -154,7 +154,8 @@ struct PingArgs {
 
 #[derive(Args, Clone)]
 struct Workload {
-    /// Server base URL.
+    /// The server: `http://host:port` (cache-manager's API) or `redis://host:port`
+    /// (Redis `GET` and `SET` of the same keys).
     #[arg(long, default_value = "http://127.0.0.1:4000")]
     target: String,
     #[arg(long, default_value_t = 64)]

@@ -14,14 +14,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::blocking::Input;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Protocol {
-    /// `GET {path-prefix}{key} HTTP/1.1`, answered with a Content-Length body.
-    Http,
-    /// Redis's `GET {key-prefix}{key}`, answered with a bulk string.
-    Resp,
-}
+use crate::client::Protocol;
 
 pub struct PingConfig {
     pub addr: SocketAddr,

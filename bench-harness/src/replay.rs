@@ -167,20 +167,24 @@ pub fn simulate(
 /// Replays `keys` against a running service: GET each; on 404, PUT it. Returns the hit
 /// ratio the service gave.
 pub fn over_http(target: &str, prefix: &str, keys: &[u64]) -> anyhow::Result<f64> {
-    let (addr, host) = crate::load::resolve(target)?;
+    let target = crate::load::resolve(target)?;
+    anyhow::ensure!(
+        target.protocol == crate::client::Protocol::Http,
+        "a replay's --target must be an http:// URL of the service"
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut conn = crate::client::Connection::open(addr).await?;
+        let mut conn = target.connect().await?;
         let mut request = Vec::new();
         let mut hits = 0usize;
         for &key in keys {
-            crate::load::get_request(&mut request, &host, prefix, key);
+            target.get_request(&mut request, prefix, key);
             match conn.exchange(&request).await? {
                 200 => hits += 1,
                 404 => {
-                    crate::load::put_request(&mut request, &host, prefix, key, None, b"1");
+                    target.put_request(&mut request, prefix, key, None, b"1");
                     let status = conn.exchange(&request).await?;
                     anyhow::ensure!(status == 200, "PUT of key {key} answered {status}");
                 }

@@ -1,5 +1,6 @@
 //! `cache-bench` against the real service: a one-second load in each loop mode, with
-//! every output file, and a replay over HTTP.
+//! every output file, and a replay over HTTP; and a load against a real redis-server over
+//! RESP.
 
 use std::process::Command;
 
@@ -151,5 +152,45 @@ fn open_loop_holds_the_offered_rate_and_replay_runs_over_http() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("6 requests, 3 distinct keys"), "{text}");
     assert!(text.contains("50.00% hits over HTTP"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The same load against a real redis-server, over RESP: the prefill's `SET`s are
+/// stored (with their TTL) and every `GET` of them is a hit.
+#[test]
+fn a_load_speaks_resp_to_redis() {
+    let redis = e2e::redis::RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-resp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("resp.json");
+    cache_bench(&[
+        "load",
+        "--target",
+        &redis.url(),
+        "--connections",
+        "4",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--prefill",
+        "--keys",
+        "200",
+        "--key-prefix",
+        "resp:",
+        "--ttl",
+        "600",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["hit_ratio"], 1.0, "every key was prefilled");
+    assert!(report["outcomes"]["get_hit"]["count"].as_u64().unwrap() > 0);
+    assert_eq!(redis.cli(&["DBSIZE"]), "200");
+    let ttl: u64 = redis.cli(&["TTL", "resp:7"]).parse().unwrap();
+    assert!((1..=600).contains(&ttl), "SET … EX 600 gave a TTL of {ttl}");
+    assert_eq!(redis.cli(&["STRLEN", "resp:7"]), "100");
     std::fs::remove_dir_all(&dir).unwrap();
 }
