@@ -11,7 +11,8 @@
 #     which changes what an executor that watches before sleeping does;
 #   - server CPU per request at 64 connections: utime + stime of all the server's
 #     threads (/proc/PID/stat) over the requests, with nothing attached, in short rounds of
-#     their own (see below);
+#     their own (see below), with one client for all three (`cache-bench load`: HTTP, or
+#     RESP GETs of the same keys for Redis) and again with each server's own load tool;
 #   - the single-connection round trip (p50, p99), timed by one client for all three
 #     (`cache-bench ping`: HTTP for cache-manager and nginx, RESP for Redis), so that the
 #     load tools' own costs do not enter the comparison. It is measured apart from the
@@ -27,7 +28,12 @@
 #     (default 9) of DURATION, each rate's two servers in a new random order each round,
 #     and the same percentiles of all the rounds' requests together (`cache-bench merge`).
 #
-# Syscall counts and throughput use wrk (-t1) for HTTP and redis-benchmark for Redis.
+# Syscall counts use wrk (-t1) for HTTP and redis-benchmark for Redis, and so do the
+# "own tool" CPU and throughput figures. Both tools saturate the load core before
+# cache-manager saturates its own (wrk) or Redis does (redis-benchmark), so those
+# figures are partly the tools' limits; cache-bench load costs less per request, and being
+# one client for all three it compares servers rather than tools (as ping does for the
+# round trip).
 # Syscalls: medians of ROUNDS rounds (default 3, DURATION default 5s), the servers
 # interleaved in each round. CPU and throughput: medians of CPU_ROUNDS short
 # rounds (default 9, CPU_SECONDS default 3) that visit the servers in a new random order
@@ -98,6 +104,9 @@ pids+=($!)
 pid[redis]=$!
 wait_port "$redis_port"
 redis-benchmark -p "$redis_port" -t set -n $((keys * 5)) -r "$keys" -d 100 -q > /dev/null
+# The same keys as the HTTP servers', for cache-bench (redis-benchmark's are zero-padded).
+target/release/cache-bench load --target "redis://127.0.0.1:$redis_port" --keys "$keys" \
+    --value-size 100 --prefill --duration 1ms --warmup 0s --quiet > /dev/null
 
 # load SERVER CONNECTIONS [SECONDS] -> "requests p50_us" of one run (DURATION by default),
 # the load on core 1.
@@ -112,6 +121,22 @@ load() {
         taskset -c 1 wrk -t1 -c"$connections" -d"${secs}s" --latency -s "$work/get.lua" "${url[$server]}" \
             | awk '/requests in/ {n = $1} /^ +50%/ {v = $2; if (v ~ /us$/) {sub(/us/, "", v); p = v} else if (v ~ /ms$/) {sub(/ms/, "", v); p = v * 1000} else {sub(/s$/, "", v); p = v * 1e6}} END {print n, p}'
     fi
+}
+
+# one_client SERVER SECONDS -> the requests of a closed-loop run of cache-bench load over
+# 64 connections, the load on core 1; says on stderr if any request missed or failed.
+one_client() {
+    local server=$1 secs=$2 target json="$work/one-client.json"
+    if [ "$server" = redis ]; then target="redis://127.0.0.1:$redis_port"; else target=${url[$server]}; fi
+    taskset -c 1 target/release/cache-bench load --target "$target" --connections 64 --threads 1 \
+        --duration "${secs}s" --warmup 0s --keys "$keys" --quiet --json "$json" > /dev/null
+    python3 - "$json" "$server" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+if r["errors"] or r["hit_ratio"] < 1:
+    print(f"{sys.argv[2]}: {r['errors']} errors, hit ratio {r['hit_ratio']}", file=sys.stderr)
+print(r["requests"])
+PY
 }
 
 # round_trip SERVER -> "p50_us p99_us" of one connection, timed by cache-bench ping on core 1.
@@ -210,31 +235,41 @@ echo "open-loop rounds done"
 # CPU per request and throughput at 64 connections, in short rounds apart from the rest,
 # the servers in a new random order each round, for the same reason as the round trips
 # below: this VM's speed drifts over minutes, and a server measured in a slow phase
-# against one in a fast phase is not a comparison. Each round also gives cache-manager's
-# figure over each peer's in that round; the medians of those ratios are reported.
+# against one in a fast phase is not a comparison. Each round measures every server with
+# both loads, `one` (cache-bench for all three) and `own` (wrk or redis-benchmark), and
+# gives cache-manager's figure over each peer's for each; the medians of those ratios are
+# reported.
 cpu_rounds="${CPU_ROUNDS:-9}"
 cpu_seconds="${CPU_SECONDS:-3}"
+tools=(one own)
 declare -A ratios
 for round in $(seq 1 "$cpu_rounds"); do
     declare -A cpu_now=() rps_now=()
-    for server in $(shuf -e "${servers[@]}"); do
+    for run in $(shuf -e {one,own}:{cache-manager,nginx,redis}); do
+        tool=${run%%:*} server=${run#*:}
         before=$(cpu_ticks "${pid[$server]}")
         server_core=$(core_ticks 0) load_core=$(core_ticks 1)
         started=$(date +%s.%N)
-        many=$(load "$server" 64 "$cpu_seconds")
+        if [ "$tool" = one ]; then
+            requests=$(one_client "$server" "$cpu_seconds")
+        else
+            many=$(load "$server" 64 "$cpu_seconds")
+            requests=${many%% *}
+        fi
         elapsed=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {print e - s}')
         after=$(cpu_ticks "${pid[$server]}")
-        results[$server-busy0]+="$(busy_share "$server_core" "$(core_ticks 0)") "
-        results[$server-busy1]+="$(busy_share "$load_core" "$(core_ticks 1)") "
-        requests=${many%% *}
-        cpu_now[$server]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
-        rps_now[$server]=$(awk -v n="$requests" -v s="$elapsed" 'BEGIN {printf "%.0f", n / s}')
-        results[$server-cpu]+="${cpu_now[$server]} "
-        results[$server-rps]+="${rps_now[$server]} "
+        results[$tool-$server-busy0]+="$(busy_share "$server_core" "$(core_ticks 0)") "
+        results[$tool-$server-busy1]+="$(busy_share "$load_core" "$(core_ticks 1)") "
+        cpu_now[$run]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+        rps_now[$run]=$(awk -v n="$requests" -v s="$elapsed" 'BEGIN {printf "%.0f", n / s}')
+        results[$tool-$server-cpu]+="${cpu_now[$run]} "
+        results[$tool-$server-rps]+="${rps_now[$run]} "
     done
-    for peer in nginx redis; do
-        ratios[cpu-$peer]+="$(awk -v a="${cpu_now[cache-manager]}" -v b="${cpu_now[$peer]}" 'BEGIN {printf "%.3f", a / b}') "
-        ratios[rps-$peer]+="$(awk -v a="${rps_now[cache-manager]}" -v b="${rps_now[$peer]}" 'BEGIN {printf "%.3f", a / b}') "
+    for tool in "${tools[@]}"; do
+        for peer in nginx redis; do
+            ratios[$tool-cpu-$peer]+="$(awk -v a="${cpu_now[$tool:cache-manager]}" -v b="${cpu_now[$tool:$peer]}" 'BEGIN {printf "%.3f", a / b}') "
+            ratios[$tool-rps-$peer]+="$(awk -v a="${rps_now[$tool:cache-manager]}" -v b="${rps_now[$tool:$peer]}" 'BEGIN {printf "%.3f", a / b}') "
+        done
     done
 done
 echo "CPU rounds done"
@@ -261,18 +296,32 @@ printf '%-14s %14s %15s %17s %11s %11s %12s %18s\n' server "syscalls/req@1" "sys
 for server in "${servers[@]}"; do
     printf '%-14s %14s %15s %17s %11s %11s %12s %18s\n' "$server" \
         "$(echo "${results[$server-sys1]}" | median)" "$(echo "${results[$server-sys64]}" | median)" \
-        "$(echo "${results[$server-cpu]}" | median)" "$(echo "${results[$server-p50]}" | median)" \
-        "$(echo "${results[$server-p99]}" | median)" "$(echo "${results[$server-rps]}" | median)" \
-        "$(echo "${results[$server-busy0]}" | median) % / $(echo "${results[$server-busy1]}" | median) %"
+        "$(echo "${results[one-$server-cpu]}" | median)" "$(echo "${results[$server-p50]}" | median)" \
+        "$(echo "${results[$server-p99]}" | median)" "$(echo "${results[one-$server-rps]}" | median)" \
+        "$(echo "${results[one-$server-busy0]}" | median) % / $(echo "${results[one-$server-busy1]}" | median) %"
 done
+echo "(CPU, req/s and busy: one client for all three, cache-bench load; syscalls: wrk, redis-benchmark)"
 echo "(p50 and p99 at one connection: medians of $ping_rounds short rounds, the servers in a new"
 echo " random order each round; cache-manager's p50 less Redis's, by the median per round:"
 echo " $(echo "$lead" | median) µs, lower in $(echo "$lead" | tr ' ' '\n' | grep -c '^-') of $ping_rounds rounds)"
 # below_in RATIOS -> in how many of them cache-manager's figure was under the peer's
 below_in() { tr ' ' '\n' | grep -v '^$' | awk '$1 < 1 {n++} END {print n + 0}'; }
-echo "(per round, cache-manager's figure over the peer's, the median over rounds:"
-echo " CPU/req over Redis's $(echo "${ratios[cpu-redis]}" | median) (under it in $(echo "${ratios[cpu-redis]}" | below_in) of $cpu_rounds rounds), over nginx's $(echo "${ratios[cpu-nginx]}" | median) (bar: 0.667);"
-echo " req/s over Redis's $(echo "${ratios[rps-redis]}" | median) (bar: 1.2), over nginx's $(echo "${ratios[rps-nginx]}" | median) (bar: 1.6))"
+# ratios_of TOOL -> the per-round ratios' medians, against the bars
+ratios_of() {
+    echo "(per round, cache-manager's figure over the peer's, the median over rounds:"
+    echo " CPU/req over Redis's $(echo "${ratios[$1-cpu-redis]}" | median) (under it in $(echo "${ratios[$1-cpu-redis]}" | below_in) of $cpu_rounds rounds), over nginx's $(echo "${ratios[$1-cpu-nginx]}" | median) (bar: 0.667);"
+    echo " req/s over Redis's $(echo "${ratios[$1-rps-redis]}" | median) (bar: 1.2), over nginx's $(echo "${ratios[$1-rps-nginx]}" | median) (bar: 1.6))"
+}
+ratios_of one
+echo
+echo "the same rounds through each server's own load tool (wrk -t1 for HTTP, redis-benchmark for Redis):"
+printf '%-14s %17s %12s %18s\n' server "CPU/req@64 (µs)" "req/s@64" "busy server/load"
+for server in "${servers[@]}"; do
+    printf '%-14s %17s %12s %18s\n' "$server" "$(echo "${results[own-$server-cpu]}" | median)" \
+        "$(echo "${results[own-$server-rps]}" | median)" \
+        "$(echo "${results[own-$server-busy0]}" | median) % / $(echo "${results[own-$server-busy1]}" | median) %"
+done
+ratios_of own
 echo "(busy: each core's share of the 64-connection run spent running anything; a load core"
 echo " near 100 % means the load tool, not the server, set the throughput)"
 echo
