@@ -1,32 +1,31 @@
 #!/usr/bin/env bash
 # cache-manager against its peers on this machine, in one run, at the same concurrency:
 # nginx (static files with the same bytes), Varnish (cached hits, in front of that nginx)
-# and Redis (GET through redis-benchmark). Prints each rate and cache-manager's ratio to
+# and Redis (GET of the same keys over RESP). Prints each rate and cache-manager's ratio to
 # each, and checks the load generator itself against wrk (cache-bench must reach at
 # least 0.9x wrk's rate on the same server and keys).
 #
 #   scripts/compare-peers.sh [DURATION] [CONNECTIONS] [ROUNDS]    (defaults: 10s, 64, 3)
 #
-# HTTP servers are driven by `cache-bench load` (closed loop, 1 thread, CONNECTIONS
-# connections, 10,000 keys, 100-byte values, random keys); Redis by redis-benchmark with
-# the same connections, keys and value size. Each round measures every server once; the
+# Every server is driven by the same client, `cache-bench load` (closed loop, 1 thread,
+# CONNECTIONS connections, 10,000 keys, 100-byte values, random keys), over HTTP or, for
+# Redis, RESP: redis-benchmark saturates its core before Redis does, so its figure would
+# compare load tools (BENCHMARKS.md, "Runs 11 and 12"). Each round measures every server once; the
 # table shows medians. SERVER_CORES=N gives cache-manager N cores (CACHE_CORES) and nginx
 # N workers (default: all cores); cache-bench pins itself from the last core down, so
 # SERVER_CORES=1 on a 2-core machine puts the server and the load on separate cores.
-# Installs nginx, varnish, redis-server/redis-tools and wrk from the OS packages if
-# missing.
+# Installs nginx, varnish, redis-server and wrk from the OS packages if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 bench_args "$@"
 server_cores="${SERVER_CORES:-$(nproc)}"
-seconds=$(awk -v d="$duration" 'BEGIN {sub(/s$/, "", d); print d + 0}')
 
-install_missing nginx:nginx varnishd:varnish redis-server:redis-server redis-benchmark:redis-tools wrk:wrk
+install_missing nginx:nginx varnishd:varnish redis-server:redis-server wrk:wrk
 cargo build --release -q -p net -p bench-harness
 make_files "$keys" 100
 
-bench() { # url -> requests/s (cache-bench, closed loop)
+bench() { # url (http:// or redis://) -> requests/s (cache-bench, closed loop)
     target/release/cache-bench load --target "$1" --connections "$connections" --threads 1 \
         --duration "$duration" --warmup 2s --keys "$keys" --quiet --json "$work/run.json" > /dev/null
     awk -F: '/"throughput_rps"/ {gsub(/[ ,]/, "", $2); print $2}' "$work/run.json"
@@ -64,27 +63,22 @@ redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no > "$work/redis.log" 2>&1 &
 pids+=($!)
 wait_port "$redis_port"
-redis-benchmark -p "$redis_port" -t set -n $((keys * 5)) -r "$keys" -d 100 -q > /dev/null
+url[redis]="redis://127.0.0.1:$redis_port"
+target/release/cache-bench load --target "${url[redis]}" --keys "$keys" --value-size 100 \
+    --prefill --duration 1ms --warmup 0s --quiet > /dev/null
 
-redis_get() {
-    local n; n=$(awk -v s="$seconds" 'BEGIN {print int(s * 60000)}')
-    redis-benchmark -p "$redis_port" -t get -n "$n" -r "$keys" -d 100 -c "$connections" -q 2>/dev/null \
-        | tr '\r' '\n' | awk '/^GET:/ {print $2}' | tail -1
-}
-
-servers=(cache-manager nginx varnish)
+servers=(cache-manager nginx varnish redis)
 for round in $(seq 1 "$rounds"); do
     for server in "${servers[@]}"; do
         results[$server]+="$(bench "${url[$server]}") "
     done
-    results[redis]+="$(redis_get) "
     results[wrk]+="$(wrk -t1 -c"$connections" -d"$duration" -s "$work/get.lua" "${url[cache-manager]}" | awk '/Requests\/sec/ {print $2}') "
     results[tool]+="$(bench "${url[cache-manager]}") "
     show_round "$round" cache-manager nginx varnish redis wrk tool
 done
 
 median_table "cache-manager vs it" cache-manager under "cache-manager:cache-manager (GET hit, raw bytes)" \
-    "nginx:nginx 1.22 (static files)" "varnish:Varnish 7.1 (cached hits)" "redis:Redis 7.0 (redis-benchmark GET)"
+    "nginx:nginx 1.22 (static files)" "varnish:Varnish 7.1 (cached hits)" "redis:Redis 7.0 (GET over RESP)"
 wrk_rps=$(echo "${results[wrk]}" | median)
 tool_rps=$(echo "${results[tool]}" | median)
 printf '\nload generator check against cache-manager, 1 thread, %s connections:\n' "$connections"
