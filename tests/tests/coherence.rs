@@ -207,7 +207,7 @@ fn a_read_during_a_pattern_invalidation_does_not_outlive_it() {
 #[test]
 fn a_value_a_put_replaced_does_not_come_back_when_its_entry_leaves_l1_early() {
     let redis = RedisServer::start();
-    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "3000")]);
+    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "4000")]);
     let b = instance(&redis, &[]);
     subscribed(&redis, 2);
     assert_eq!(b.put_key("k", json!("old"))["l2"], "stored");
@@ -215,7 +215,7 @@ fn a_value_a_put_replaced_does_not_come_back_when_its_entry_leaves_l1_early() {
     let url = a.url("/api/cache/k");
     let put = std::thread::spawn(move || {
         ureq::put(&url)
-            .send_json(json!({"value": "new", "ttl": 1}))
+            .send_json(json!({"value": "new", "ttl": 2}))
             .unwrap()
             .into_json::<Value>()
             .unwrap()
@@ -223,7 +223,7 @@ fn a_value_a_put_replaced_does_not_come_back_when_its_entry_leaves_l1_early() {
     wait_for("A's L1 holds the PUT", Duration::from_secs(10), || {
         a.get_key("k").1["value"] == "new"
     });
-    // The entry expires after a second; the PUT's L2 part waits three.
+    // The entry expires after two seconds; the PUT's L2 part waits four.
     wait_for(
         "A refilled the older value from L2",
         Duration::from_secs(10),
