@@ -30,9 +30,7 @@ fn subscribed(redis: &RedisServer, n: usize) {
 #[test]
 fn a_delayed_l2_write_cannot_replace_a_newer_one() {
     let redis = RedisServer::start();
-    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "1500")]);
-    let b = instance(&redis, &[]);
-    subscribed(&redis, 2);
+    let (a, b) = held_back_and_plain(&redis, "1500");
 
     let url = a.url("/api/cache/k");
     let first = std::thread::spawn(move || {
@@ -117,6 +115,43 @@ fn an_instance_restarted_with_a_fixed_id_is_heard_again() {
     );
 }
 
+/// Instance A, whose first L2 write waits `delay_ms` after its L1 part (a fault), and
+/// instance B, on `redis`, both following the events.
+fn held_back_and_plain(redis: &RedisServer, delay_ms: &str) -> (Server, Server) {
+    let a = instance(redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", delay_ms)]);
+    let b = instance(redis, &[]);
+    subscribed(redis, 2);
+    (a, b)
+}
+
+/// B stores `key` and A holds it in L1; then `removal` (A's first L2 write, held back)
+/// runs on A in a thread, and a read on A between its L1 and L2 parts misses, refills the
+/// old value from L2 and keeps it. Returns what the removal answered, once it did.
+fn a_refill_during<T: Send + 'static>(
+    a: &Server,
+    b: &Server,
+    key: &str,
+    removal: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    assert_eq!(b.put_key(key, json!("old"))["l2"], "stored");
+    wait_for("A holds the key in L1", Duration::from_secs(10), || {
+        a.get_key(key).1["source"] == "l1"
+    });
+    let removal = std::thread::spawn(removal);
+    // A's L1 loses the key at once; the L2 part is held back, so A refills from L2.
+    wait_for(
+        "A refilled the key from L2",
+        Duration::from_secs(10),
+        || a.get_key(key).1["source"] == "l2",
+    );
+    assert_eq!(
+        a.get_key(key).1["source"],
+        "l1",
+        "the refill was kept in L1"
+    );
+    removal.join().unwrap()
+}
+
 /// A read on the deleting instance between a DELETE's L1 and L2 parts (the L2 part held
 /// back by a fault) misses L1 and fills the old value from L2; once the tombstone is in
 /// L2, that value must not outlive it in L1. Before, the instance served it until its TTL
@@ -125,28 +160,12 @@ fn an_instance_restarted_with_a_fixed_id_is_heard_again() {
 #[test]
 fn a_read_during_a_delete_does_not_outlive_it() {
     let redis = RedisServer::start();
-    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "1500")]);
-    let b = instance(&redis, &[]);
-    subscribed(&redis, 2);
-    assert_eq!(b.put_key("k", json!("old"))["l2"], "stored");
-    wait_for("A holds the key in L1", Duration::from_secs(10), || {
-        a.get_key("k").1["source"] == "l1"
-    });
-
+    let (a, b) = held_back_and_plain(&redis, "1500");
     let url = a.url("/api/cache/k");
-    let deletion = std::thread::spawn(move || ureq::delete(&url).call().unwrap().status());
-    // A's L1 loses the key at once; the L2 part is held back, so A refills from L2.
-    wait_for(
-        "A refilled the key from L2",
-        Duration::from_secs(10),
-        || a.get_key("k").1["source"] == "l2",
-    );
-    assert_eq!(
-        a.get_key("k").1["source"],
-        "l1",
-        "the refill was kept in L1"
-    );
-    assert_eq!(deletion.join().unwrap(), 200);
+    let status = a_refill_during(&a, &b, "k", move || {
+        ureq::delete(&url).call().unwrap().status()
+    });
+    assert_eq!(status, 200);
     assert_eq!(
         a.get_key("k").0,
         404,
@@ -162,34 +181,16 @@ fn a_read_during_a_delete_does_not_outlive_it() {
 #[test]
 fn a_read_during_a_pattern_invalidation_does_not_outlive_it() {
     let redis = RedisServer::start();
-    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "1500")]);
-    let b = instance(&redis, &[]);
-    subscribed(&redis, 2);
-    assert_eq!(b.put_key("user:1", json!("old"))["l2"], "stored");
+    let (a, b) = held_back_and_plain(&redis, "1500");
     assert_eq!(b.put_key("other", json!("kept"))["l2"], "stored");
-    wait_for("A holds the key in L1", Duration::from_secs(10), || {
-        a.get_key("user:1").1["source"] == "l1"
-    });
-
     let url = a.url("/api/cache/invalidate");
-    let invalidation = std::thread::spawn(move || {
+    let invalidated = a_refill_during(&a, &b, "user:1", move || {
         ureq::post(&url)
             .send_json(json!({"pattern": "user:*"}))
             .unwrap()
             .into_json::<Value>()
             .unwrap()
     });
-    wait_for(
-        "A refilled the key from L2",
-        Duration::from_secs(10),
-        || a.get_key("user:1").1["source"] == "l2",
-    );
-    assert_eq!(
-        a.get_key("user:1").1["source"],
-        "l1",
-        "the refill was kept in L1"
-    );
-    let invalidated = invalidation.join().unwrap();
     assert_eq!(invalidated["success"], true, "{invalidated}");
     assert_eq!(
         a.get_key("user:1").0,
@@ -207,9 +208,7 @@ fn a_read_during_a_pattern_invalidation_does_not_outlive_it() {
 #[test]
 fn a_value_a_put_replaced_does_not_come_back_when_its_entry_leaves_l1_early() {
     let redis = RedisServer::start();
-    let a = instance(&redis, &[("CACHE_FAULT_FIRST_L2_WRITE_DELAY_MS", "4000")]);
-    let b = instance(&redis, &[]);
-    subscribed(&redis, 2);
+    let (a, b) = held_back_and_plain(&redis, "4000");
     assert_eq!(b.put_key("k", json!("old"))["l2"], "stored");
 
     let url = a.url("/api/cache/k");
