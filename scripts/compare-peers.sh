@@ -10,7 +10,7 @@
 # Every server is driven by the same client, `cache-bench load` (closed loop, 1 thread,
 # CONNECTIONS connections, 10,000 keys, 100-byte values, random keys), over HTTP or, for
 # Redis, RESP: redis-benchmark saturates its core before Redis does, so its figure would
-# compare load tools (BENCHMARKS.md, "Runs 11 and 12"). Each round measures every server once; the
+# compare load tools (BENCHMARKS.md, "Runs 11 to 13"). Each round measures every server once; the
 # table shows medians. SERVER_CORES=N gives cache-manager N cores (CACHE_CORES) and nginx
 # N workers (default: all cores); cache-bench pins itself from the last core down, so
 # SERVER_CORES=1 on a 2-core machine puts the server and the load on separate cores.
