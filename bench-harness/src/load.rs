@@ -268,8 +268,7 @@ impl Target {
                 buf.extend_from_slice(body);
                 buf.extend_from_slice(b"\r\n");
                 if let Some(ttl) = ttl {
-                    let digits = ttl.checked_ilog10().map_or(1, |d| d + 1);
-                    let _ = write!(buf, "$2\r\nEX\r\n${digits}\r\n{ttl}\r\n");
+                    let _ = write!(buf, "$2\r\nEX\r\n${}\r\n{ttl}\r\n", decimal_len(ttl));
                 }
             }
         }
@@ -278,8 +277,16 @@ impl Target {
 
 /// `{prefix}{key}` as a RESP bulk string, without building it first.
 fn resp_key(buf: &mut Vec<u8>, prefix: &str, key: u64) {
-    let digits = key.checked_ilog10().map_or(1, |d| d + 1) as usize;
-    let _ = write!(buf, "${}\r\n{prefix}{key}\r\n", prefix.len() + digits);
+    let _ = write!(
+        buf,
+        "${}\r\n{prefix}{key}\r\n",
+        prefix.len() + decimal_len(key)
+    );
+}
+
+/// How many digits `n` takes in decimal.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// PUTs every key once, over up to 64 connections, before the measured run.
