@@ -19,13 +19,16 @@ if [ "${1:-}" = list ]; then
     cargo fuzz list
     exit 0
 fi
+# Listed once, whole: `cargo fuzz list | grep -q` let grep close the pipe early, and
+# cargo-fuzz panics on the broken pipe, which pipefail took for "no such target".
+targets=$(cargo fuzz list | tr '\n' ' ')
 if [ $# -ne 2 ] || ! [[ $2 =~ ^[0-9]+$ ]]; then
-    echo "usage: scripts/fuzz.sh TARGET SECONDS   (targets: $(cargo fuzz list | tr '\n' ' '))" >&2
+    echo "usage: scripts/fuzz.sh TARGET SECONDS   (targets: $targets)" >&2
     exit 2
 fi
 target=$1 seconds=$2
-if ! cargo fuzz list | grep -qx "$target"; then
-    echo "scripts/fuzz.sh: no target $target; there are: $(cargo fuzz list | tr '\n' ' ')" >&2
+if ! [[ " $targets" == *" $target "* ]]; then
+    echo "scripts/fuzz.sh: no target $target; there are: $targets" >&2
     exit 2
 fi
 
