@@ -13,12 +13,16 @@
 //!
 //! It lives on one core (the owner), so it uses `Rc`/`RefCell`, not locks; waiters may
 //! be anywhere, since they wait on flume channels.
+//!
+//! A flight is on every miss's path, so it costs one hash of its key (hashbrown's
+//! `HashTable`, which takes the hash the caller computed) and, for keys up to
+//! [`INLINE_KEY`] bytes, one allocation (smallvec keeps the key inside the flight).
 
-use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+
+use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 /// Why a waiter got no value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -31,45 +35,33 @@ pub enum FlightError<E> {
 
 type Outcome<V, E> = Result<V, FlightError<E>>;
 
+/// Keys up to this long are kept inside the flight, so that a flight for one is a single
+/// allocation (most cache keys are short; the service allows 250 bytes).
+const INLINE_KEY: usize = 32;
+
 struct Flight<V, E> {
-    key: Box<[u8]>,
+    key: SmallVec<[u8; INLINE_KEY]>,
+    /// The key's hash, so that ending the flight finds it again without hashing the key.
+    hash: u64,
     waiters: RefCell<Vec<flume::Sender<Outcome<V, E>>>>,
     fenced: Cell<bool>,
 }
 
-/// A flight in the set, found by its key: one allocation for the key, one for the flight.
-struct InFlight<V, E>(Rc<Flight<V, E>>);
-
-impl<V, E> Borrow<[u8]> for InFlight<V, E> {
-    fn borrow(&self) -> &[u8] {
-        &self.0.key
-    }
-}
-
-impl<V, E> Hash for InFlight<V, E> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.key.hash(state);
-    }
-}
-
-impl<V, E> PartialEq for InFlight<V, E> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
-    }
-}
-
-impl<V, E> Eq for InFlight<V, E> {}
-
-type Flights<V, E> = Rc<RefCell<HashSet<InFlight<V, E>, ahash::RandomState>>>;
+/// The flights in the air, by their keys' hashes. A `HashTable` rather than a `HashSet`
+/// so that a flight costs one hash of its key: a set hashed it on the lookup, the insert,
+/// and twice more to take the flight out again.
+type Flights<V, E> = Rc<RefCell<HashTable<Rc<Flight<V, E>>>>>;
 
 pub struct SingleFlight<V, E> {
     flights: Flights<V, E>,
+    hasher: ahash::RandomState,
 }
 
 impl<V, E> Default for SingleFlight<V, E> {
     fn default() -> Self {
         Self {
             flights: Rc::default(),
+            hasher: ahash::RandomState::new(),
         }
     }
 }
@@ -104,33 +96,44 @@ impl<V: Clone, E: Clone> SingleFlight<V, E> {
     }
 
     pub fn join(&self, key: &[u8]) -> Join<V, E> {
+        let hash = self.hasher.hash_one(key);
         let mut flights = self.flights.borrow_mut();
-        if let Some(InFlight(flight)) = flights.get(key) {
-            let (tx, rx) = flume::bounded(1);
-            flight.waiters.borrow_mut().push(tx);
-            return Join::Follower(Waiter(rx));
+        match flights.entry(hash, |flight| *flight.key == *key, |flight| flight.hash) {
+            hashbrown::hash_table::Entry::Occupied(entry) => {
+                let (tx, rx) = flume::bounded(1);
+                entry.get().waiters.borrow_mut().push(tx);
+                Join::Follower(Waiter(rx))
+            }
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                let flight = Rc::new(Flight {
+                    key: SmallVec::from_slice(key),
+                    hash,
+                    waiters: RefCell::new(Vec::new()),
+                    fenced: Cell::new(false),
+                });
+                entry.insert(flight.clone());
+                Join::Leader(Fill {
+                    flight,
+                    flights: self.flights.clone(),
+                    completed: false,
+                })
+            }
         }
-        let flight = Rc::new(Flight {
-            key: key.into(),
-            waiters: RefCell::new(Vec::new()),
-            fenced: Cell::new(false),
-        });
-        flights.insert(InFlight(flight.clone()));
-        Join::Leader(Fill {
-            flight,
-            flights: self.flights.clone(),
-            completed: false,
-        })
     }
 
     /// Fences the fill in flight for `key`, if any; says whether there was one.
     pub fn fence(&self, key: &[u8]) -> bool {
-        match self.flights.borrow_mut().take(key) {
-            Some(InFlight(flight)) => {
-                flight.fenced.set(true);
+        let hash = self.hasher.hash_one(key);
+        match self
+            .flights
+            .borrow_mut()
+            .find_entry(hash, |flight| *flight.key == *key)
+        {
+            Ok(entry) => {
+                entry.remove().0.fenced.set(true);
                 true
             }
-            None => false,
+            Err(_) => false,
         }
     }
 
@@ -138,7 +141,7 @@ impl<V: Clone, E: Clone> SingleFlight<V, E> {
     /// them on a flush); returns how many.
     pub fn fence_where(&self, mut doomed: impl FnMut(&[u8]) -> bool) -> usize {
         let mut fenced = 0;
-        self.flights.borrow_mut().retain(|InFlight(flight)| {
+        self.flights.borrow_mut().retain(|flight| {
             if doomed(&flight.key) {
                 flight.fenced.set(true);
                 fenced += 1;
@@ -191,18 +194,10 @@ impl<V: Clone, E: Clone> Fill<V, E> {
 }
 
 /// Removes `flight` from the set unless a fence already did (and a newer flight for the
-/// same key may have taken its place).
-// An `InFlight` hashes and compares only its immutable key; the cells inside take no part.
-#[allow(clippy::mutable_key_type)]
-fn detach<V, E>(
-    flights: &mut HashSet<InFlight<V, E>, ahash::RandomState>,
-    flight: &Rc<Flight<V, E>>,
-) {
-    if flights
-        .get(&flight.key[..])
-        .is_some_and(|InFlight(current)| Rc::ptr_eq(current, flight))
-    {
-        flights.remove(&flight.key[..]);
+/// same key may have taken its place, which is why it is found by identity).
+fn detach<V, E>(flights: &mut HashTable<Rc<Flight<V, E>>>, flight: &Rc<Flight<V, E>>) {
+    if let Ok(entry) = flights.find_entry(flight.hash, |current| Rc::ptr_eq(current, flight)) {
+        entry.remove();
     }
 }
 
@@ -350,5 +345,89 @@ mod tests {
         assert_eq!(sf.fence_where(|k| k.starts_with(b"user:")), 2);
         assert!(a.is_fenced() && b.is_fenced() && !c.is_fenced());
         assert_eq!(sf.in_flight(), 1);
+    }
+
+    /// A fill the test led: the fill until it is completed or dropped, its key, its
+    /// followers, and whether the model says it was fenced.
+    struct Held {
+        fill: Option<Fill<String, String>>,
+        key: u8,
+        followers: Vec<Waiter<String, String>>,
+        fenced: bool,
+    }
+
+    proptest::proptest! {
+        /// Joins, completions, abandonments and fences in any order, against a model:
+        /// the flight in the air for each key (the test's index of its fill), which fills
+        /// were fenced, and how many followers each has.
+        #[test]
+        fn flights_follow_a_reference_model(
+            ops in proptest::collection::vec((0u8..5, 0u8..6, 0usize..8), 1..200)
+        ) {
+            let sf = Sf::new();
+            let mut held: Vec<Held> = Vec::new();
+            // Key → index in `held` of the fill that followers of that key join.
+            let mut in_air: std::collections::HashMap<u8, usize> = Default::default();
+            for (op, key, pick) in ops {
+                let k = [b'k', key];
+                match op {
+                    0 => match sf.join(&k) {
+                        Join::Leader(fill) => {
+                            proptest::prop_assert!(!in_air.contains_key(&key), "led a key in the air");
+                            in_air.insert(key, held.len());
+                            held.push(Held { fill: Some(fill), key, followers: Vec::new(), fenced: false });
+                        }
+                        Join::Follower(waiter) => {
+                            let leader = *in_air.get(&key).expect("followed a key not in the air");
+                            held[leader].followers.push(waiter);
+                        }
+                    },
+                    1 | 2 => {
+                        let live: Vec<usize> = (0..held.len()).filter(|&i| held[i].fill.is_some()).collect();
+                        if live.is_empty() {
+                            continue;
+                        }
+                        let i = live[pick % live.len()];
+                        let key = held[i].key;
+                        if in_air.get(&key) == Some(&i) {
+                            in_air.remove(&key);
+                        }
+                        let fill = held[i].fill.take().expect("live");
+                        let followers = std::mem::take(&mut held[i].followers);
+                        if op == 1 {
+                            let done = fill.complete(Ok(format!("v{i}")));
+                            proptest::prop_assert_eq!(done.storable, !held[i].fenced);
+                            proptest::prop_assert_eq!(done.waiters, followers.len());
+                            for w in followers {
+                                proptest::prop_assert_eq!(w.wait_blocking(), Ok(format!("v{i}")));
+                            }
+                        } else {
+                            drop(fill);
+                            for w in followers {
+                                proptest::prop_assert_eq!(w.wait_blocking(), Err(FlightError::Abandoned));
+                            }
+                        }
+                    }
+                    3 => {
+                        let expected = in_air.remove(&key);
+                        proptest::prop_assert_eq!(sf.fence(&k), expected.is_some());
+                        if let Some(i) = expected {
+                            held[i].fenced = true;
+                            let fill = held[i].fill.as_ref().expect("in the air, so live");
+                            proptest::prop_assert!(fill.is_fenced());
+                        }
+                    }
+                    _ => {
+                        let doomed: Vec<u8> = in_air.keys().copied().filter(|k| k % 2 == 0).collect();
+                        let count = sf.fence_where(|k| k[1] % 2 == 0);
+                        proptest::prop_assert_eq!(count, doomed.len());
+                        for key in doomed {
+                            held[in_air.remove(&key).expect("listed")].fenced = true;
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(sf.in_flight(), in_air.len());
+            }
+        }
     }
 }
