@@ -16,7 +16,7 @@
 //!
 //! A flight is on every miss's path, so it costs one hash of its key (hashbrown's
 //! `HashTable`, which takes the hash the caller computed) and, for keys up to
-//! [`INLINE_KEY`] bytes, one allocation (smallvec keeps the key inside the flight).
+//! `INLINE_KEY` (32) bytes, one allocation (smallvec keeps the key inside the flight).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

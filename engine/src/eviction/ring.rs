@@ -44,7 +44,7 @@ const INDEX: u32 = (1 << 30) - 1;
 const NIL: u32 = INDEX;
 
 /// The most slots a ring has: a link keeps a slot number in its low 30 bits, and one
-/// number is [`NIL`].
+/// number means "no slot".
 pub const MAX_SLOTS: usize = NIL as usize;
 
 /// Where the region sits in `prev`.
