@@ -1,7 +1,7 @@
 //! The shard table: a chained hash table with exactly one writer and lock-free readers on
 //! any thread.
 //!
-//! Only the [`TableWriter`] (one per table, owned by the shard's core) links and unlinks
+//! Only the `TableWriter` (one per table, owned by the shard's core) links and unlinks
 //! nodes, so it needs no CAS and never waits. Readers pin a reclamation guard, walk a
 //! bucket chain with acquire loads, and never write anything but a node's reference bit
 //! (which the eviction policy reads and clears; set only when it is unset, so hot entries

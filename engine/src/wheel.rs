@@ -68,7 +68,7 @@ pub struct TimerWheel {
 /// Bytes the wheel keeps per key, for honest memory accounting.
 pub const TIMER_BYTES: usize = std::mem::size_of::<Links>();
 
-/// The largest key a wheel takes: its links' index must stay below [`NIL`].
+/// The largest key a wheel takes: its links' index must stay below `NIL`, which means "no link".
 pub const MAX_KEY: u32 = NIL - 1 - LISTS;
 
 /// Where `key`'s links are.
