@@ -21,6 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
@@ -99,12 +100,12 @@ impl<V: Clone, E: Clone> SingleFlight<V, E> {
         let hash = self.hasher.hash_one(key);
         let mut flights = self.flights.borrow_mut();
         match flights.entry(hash, |flight| *flight.key == *key, |flight| flight.hash) {
-            hashbrown::hash_table::Entry::Occupied(entry) => {
+            Entry::Occupied(entry) => {
                 let (tx, rx) = flume::bounded(1);
                 entry.get().waiters.borrow_mut().push(tx);
                 Join::Follower(Waiter(rx))
             }
-            hashbrown::hash_table::Entry::Vacant(entry) => {
+            Entry::Vacant(entry) => {
                 let flight = Rc::new(Flight {
                     key: SmallVec::from_slice(key),
                     hash,
