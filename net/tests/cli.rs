@@ -89,10 +89,15 @@ fn effective(args: &[&str], env: &[(&str, &str)]) -> Result<serde_json::Value, S
     }
 }
 
-fn config_file(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("cm-{}-{name}.toml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    path
+/// A config file holding `text`, named after `name`, removed when dropped.
+fn config_file(name: &str, text: &str) -> tempfile::TempPath {
+    let mut file = tempfile::Builder::new()
+        .prefix("cm-")
+        .suffix(&format!("-{name}.toml"))
+        .tempfile()
+        .unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    file.into_temp_path()
 }
 
 #[test]
