@@ -47,6 +47,8 @@ pub struct LoadConfig {
     #[serde(with = "seconds")]
     pub request_timeout: Duration,
     pub quiet: bool,
+    /// The load threads never sleep (see `Workload::busy_poll` in main.rs).
+    pub busy_poll: bool,
 }
 
 mod seconds {
@@ -96,6 +98,8 @@ pub struct Recorded {
     /// Latency of the requests that failed with a status.
     pub error: Histogram<u64>,
     pub errors: Errors,
+    /// When the last measured request completed.
+    pub last_completed: Option<Instant>,
 }
 
 impl Default for Recorded {
@@ -106,6 +110,7 @@ impl Default for Recorded {
             put: histogram(),
             error: histogram(),
             errors: Errors::default(),
+            last_completed: None,
         }
     }
 }
@@ -117,6 +122,7 @@ impl Recorded {
         self.put.add(&other.put).expect("same bounds");
         self.error.add(&other.error).expect("same bounds");
         self.errors.merge(&other.errors);
+        self.last_completed = self.last_completed.max(other.last_completed);
     }
 
     /// Every successful request.
@@ -409,11 +415,20 @@ pub fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
     }
     let config = plan.config.clone();
     Ok(LoadReport {
-        elapsed: config.duration,
+        elapsed: measured_time(plan.measure_from, plan.end, recorded.last_completed),
         config,
         recorded,
         windows,
     })
+}
+
+/// The wall time the measured requests took: from the end of the warm-up to the end of
+/// the run or, if later, the last measured completion. In open loop every request meant
+/// for the measured time is sent, late if the server fell behind, so a server that cannot
+/// keep up takes longer than the run's duration to serve them, and its throughput is
+/// what it served over that longer time, not the rate offered.
+fn measured_time(measure_from: Instant, end: Instant, last_completed: Option<Instant>) -> Duration {
+    last_completed.map_or(end, |last| last.max(end)) - measure_from
 }
 
 async fn drive_thread(
@@ -428,6 +443,9 @@ async fn drive_thread(
         window_errors: 0,
     }));
     let reporter = tokio::task::spawn_local(report_windows(plan.clone(), state.clone(), tx));
+    if plan.config.busy_poll {
+        tokio::task::spawn_local(keep_polling(plan.end));
+    }
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|i| tokio::task::spawn_local(drive_connection(plan.clone(), state.clone(), i)))
@@ -469,6 +487,26 @@ async fn report_windows(
     }
 }
 
+/// With `--busy-poll`: yields until `until`, so that the thread's loop keeps turning (each
+/// turn polls the sockets without waiting) rather than sleeping whenever every connection
+/// waits for the server.
+async fn keep_polling(until: Instant) {
+    while Instant::now() < until {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Waits for a connection's next intended send: on tokio's timer (1 ms resolution, so
+/// the connections whose times fall within a millisecond go out together), or with
+/// `--busy-poll` to the microsecond by yielding until the time comes.
+async fn wait_until(plan: &Plan, at: Instant) {
+    if plan.config.busy_poll {
+        keep_polling(at).await;
+    } else {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
 async fn drive_connection(
     plan: std::sync::Arc<Plan>,
     state: Rc<RefCell<ThreadState>>,
@@ -497,7 +535,7 @@ async fn drive_connection(
                 if at >= plan.end {
                     break;
                 }
-                tokio::time::sleep_until(at.into()).await;
+                wait_until(&plan, at).await;
                 at
             }
             None => {
@@ -556,6 +594,9 @@ async fn drive_connection(
         let latency = latency.clamp(1, 60_000_000);
         free_at = completed;
         let mut s = state.borrow_mut();
+        if measured {
+            s.recorded.last_completed = Some(completed);
+        }
         s.window_requests += 1;
         let success = matches!(
             (outcome, op),
@@ -688,6 +729,32 @@ mod tests {
         assert_eq!(
             (local.host.as_str(), local.protocol),
             ("127.0.0.1:4000", Protocol::Http)
+        );
+    }
+
+    #[test]
+    fn a_run_that_overran_its_end_is_measured_to_its_last_completion() {
+        let from = Instant::now();
+        let end = from + Duration::from_secs(3);
+        let secs = Duration::from_secs_f64;
+        assert_eq!(measured_time(from, end, None), secs(3.0));
+        // Closed loop, or an open loop the server kept up with: the run's own length.
+        assert_eq!(measured_time(from, end, Some(end - secs(0.001))), secs(3.0));
+        // An open loop the server fell behind: its last requests, sent late, completed
+        // a second after the end, and the throughput is over four seconds.
+        assert_eq!(measured_time(from, end, Some(end + secs(1.0))), secs(4.0));
+        let mut threads = Recorded::default();
+        let mut other = Recorded {
+            last_completed: Some(end + secs(1.0)),
+            ..Recorded::default()
+        };
+        threads.merge(&other);
+        other.last_completed = Some(end);
+        threads.merge(&other);
+        assert_eq!(
+            threads.last_completed,
+            Some(end + secs(1.0)),
+            "the latest of the threads"
         );
     }
 

@@ -193,6 +193,13 @@ struct Workload {
     /// No progress output.
     #[arg(long)]
     quiet: bool,
+    /// The load threads never sleep: they poll their sockets and the clock in a loop, so
+    /// that neither their own wake-ups nor their timer's 1 ms resolution enter the
+    /// latencies, and an open loop's requests go out when meant, not in a burst per
+    /// millisecond. Each load thread then uses its core fully: give the load cores of
+    /// its own (`taskset`), apart from the server's.
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 impl Workload {
@@ -218,6 +225,7 @@ impl Workload {
             prefill: self.prefill,
             request_timeout: self.request_timeout,
             quiet: self.quiet,
+            busy_poll: self.busy_poll,
         })
     }
 }

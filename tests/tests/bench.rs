@@ -112,32 +112,40 @@ fn open_loop_holds_the_offered_rate_and_replay_runs_over_http() {
     let dir = std::env::temp_dir().join(format!("cache-bench-e2e-open-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("open.json");
-    cache_bench(&[
-        "load",
-        "--target",
-        &target,
-        "--connections",
-        "4",
-        "--duration",
-        "1s",
-        "--warmup",
-        "200ms",
-        "--rate",
-        "2000",
-        "--prefill",
-        "--keys",
-        "200",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let rate = report["throughput_rps"].as_f64().unwrap();
-    assert!(
-        (rate - 2000.0).abs() / 2000.0 < 0.02,
-        "achieved {rate} req/s for 2000 offered"
-    );
-    assert_eq!(report["hit_ratio"], 1.0, "every key was prefilled");
+    // Paced by tokio's timer, then by yielding until each request's time (--busy-poll).
+    for busy_poll in [false, true] {
+        let mut args = vec![
+            "load",
+            "--target",
+            &target,
+            "--connections",
+            "4",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--rate",
+            "2000",
+            "--prefill",
+            "--keys",
+            "200",
+            "--json",
+            json.to_str().unwrap(),
+            "--quiet",
+        ];
+        if busy_poll {
+            args.push("--busy-poll");
+        }
+        cache_bench(&args);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let rate = report["throughput_rps"].as_f64().unwrap();
+        assert!(
+            (rate - 2000.0).abs() / 2000.0 < 0.02,
+            "achieved {rate} req/s for 2000 offered (busy poll: {busy_poll})"
+        );
+        assert_eq!(report["hit_ratio"], 1.0, "every key was prefilled");
+    }
 
     let trace = dir.join("keys.txt");
     std::fs::write(&trace, "a\nb\na\nc\na\nb\n").unwrap();
