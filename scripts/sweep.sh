@@ -11,7 +11,9 @@
 # does; ISOLATE=0 leaves them be): at these rates the core is idle between requests, and
 # a kernel thread that wakes there (kdamond runs for milliseconds at a time on this VM)
 # stalls the requests behind it, so without this the tail measures those threads. A
-# dedicated host gets the same from isolcpus. The table goes to stdout, the plot and the
+# dedicated host gets the same from isolcpus. The load busy-polls (`--busy-poll`; BUSY_POLL=0
+# paces on tokio's 1 ms timer instead), so that neither its own wake-ups nor bursts of a
+# millisecond's requests enter the figures. The table goes to stdout, the plot and the
 # JSON report to target/sweep/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +28,13 @@ if [ "${ISOLATE:-1}" = 1 ]; then
     echo -n "kernel threads kept off core 0 while measuring: "
     keep_kthreads_off 0
 fi
-start_cache_manager CACHE_CORES=1
-taskset -pc 0 "${pids[-1]}" > /dev/null
+busy_poll=(--busy-poll)
+[ "${BUSY_POLL:-1}" = 1 ] || busy_poll=()
+port=$(free_port)
+taskset -c 0 env CACHE_LISTEN="127.0.0.1:$port" CACHE_CORES=1 CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn \
+    target/release/cache-manager > "$work/cache-manager.log" 2>&1 &
+pids+=($!)
+wait_port "$port"
 taskset -c 1 target/release/cache-bench sweep --target "http://127.0.0.1:$port" \
-    --connections 64 --duration 3s --warmup 1s --prefill --slo "$slo" --from 5000 --bisect 3 --busy-poll \
+    --connections 64 --duration 3s --warmup 1s --prefill --slo "$slo" --from 5000 --bisect 3 "${busy_poll[@]}" \
     --quiet --json "$out/sweep.json" --plot "$out/sweep.svg"
