@@ -27,6 +27,9 @@
 #     nginx (`cache-bench load --rate`, 64 connections), medians of OPEN_ROUNDS rounds
 #     (default 9) of DURATION, each rate's two servers in a new random order each round,
 #     and the same percentiles of all the rounds' requests together (`cache-bench merge`).
+#     The load busy-polls (`--busy-poll`), so that requests leave when meant rather than
+#     in a burst per millisecond of tokio's timer; BUSY_POLL=0 paces on that timer, as
+#     runs before 2026-12-05 (run 14) did;
 #
 # Syscall counts use wrk (-t1) for HTTP and redis-benchmark for Redis, and so do the
 # "own tool" CPU and throughput figures. Both tools saturate the load core before
@@ -159,10 +162,11 @@ tail_of() {
 # open_loop SERVER RATE ROUND -> "p99 p99.9" in µs at RATE requests/s over 64
 # connections; every request's latency is kept in $work/open-SERVER-RATE-ROUND.json.
 open_loop() {
-    local server=$1 rate=$2 histogram="$work/open-$1-$2-$3.json"
+    local server=$1 rate=$2 histogram="$work/open-$1-$2-$3.json" busy_poll=(--busy-poll)
+    [ "${BUSY_POLL:-1}" = 1 ] || busy_poll=()
     taskset -c 1 target/release/cache-bench load --target "${url[$server]}" --connections 64 \
         --rate "$rate" --duration "$duration" --warmup 1s --keys "$keys" --quiet \
-        --histogram "$histogram" > /dev/null
+        "${busy_poll[@]}" --histogram "$histogram" > /dev/null
     tail_of "$histogram"
 }
 
