@@ -444,7 +444,15 @@ async fn drive_thread(
     }));
     let reporter = tokio::task::spawn_local(report_windows(plan.clone(), state.clone(), tx));
     if plan.config.busy_poll {
-        tokio::task::spawn_local(keep_polling(plan.end));
+        // Keeps the thread's loop turning (each turn polls the sockets without waiting)
+        // rather than sleeping whenever every connection waits for the server, for as
+        // long as the thread runs, late requests of an overrun open loop included: the
+        // task is dropped with the thread's `LocalSet`.
+        tokio::task::spawn_local(async {
+            loop {
+                tokio::task::yield_now().await;
+            }
+        });
     }
     let tasks: Vec<_> = connections
         .into_iter()
@@ -487,21 +495,14 @@ async fn report_windows(
     }
 }
 
-/// With `--busy-poll`: yields until `until`, so that the thread's loop keeps turning (each
-/// turn polls the sockets without waiting) rather than sleeping whenever every connection
-/// waits for the server.
-async fn keep_polling(until: Instant) {
-    while Instant::now() < until {
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Waits for a connection's next intended send: on tokio's timer (1 ms resolution, so
 /// the connections whose times fall within a millisecond go out together), or with
 /// `--busy-poll` to the microsecond by yielding until the time comes.
 async fn wait_until(plan: &Plan, at: Instant) {
     if plan.config.busy_poll {
-        keep_polling(at).await;
+        while Instant::now() < at {
+            tokio::task::yield_now().await;
+        }
     } else {
         tokio::time::sleep_until(at.into()).await;
     }
