@@ -111,10 +111,13 @@ NGINX
     wait_port "$port"
 }
 
-# start_cache_manager [VAR=VALUE ...] — the release binary on a free port; sets $port.
+# start_cache_manager [--core N] [VAR=VALUE ...] — the release binary on a free port,
+# started under `taskset -c N` if given; sets $port (its PID is the last of $pids).
 start_cache_manager() {
+    local pin=()
+    if [ "${1:-}" = --core ]; then pin=(taskset -c "$2"); shift 2; fi
     port=$(free_port)
-    env CACHE_LISTEN="127.0.0.1:$port" CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn "$@" \
+    "${pin[@]}" env CACHE_LISTEN="127.0.0.1:$port" CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn "$@" \
         target/release/cache-manager > "$work/cache-manager-$port.log" 2>&1 &
     pids+=($!)
     wait_port "$port" || { head -5 "$work/cache-manager-$port.log" >&2; return 1; }
@@ -156,4 +159,11 @@ median_table() {
             printf '%-46s %12.0f %22s\n' "${row#*:}" "$value" "$(ratio "$base" "$value")"
         fi
     done
+}
+
+# load_pacing — sets the array $pacing to cache-bench's open-loop pacing: `--busy-poll`,
+# or tokio's timer (nothing) with BUSY_POLL=0.
+load_pacing() {
+    pacing=(--busy-poll)
+    [ "${BUSY_POLL:-1}" = 1 ] || pacing=()
 }

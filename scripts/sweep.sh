@@ -28,13 +28,8 @@ if [ "${ISOLATE:-1}" = 1 ]; then
     echo -n "kernel threads kept off core 0 while measuring: "
     keep_kthreads_off 0
 fi
-busy_poll=(--busy-poll)
-[ "${BUSY_POLL:-1}" = 1 ] || busy_poll=()
-port=$(free_port)
-taskset -c 0 env CACHE_LISTEN="127.0.0.1:$port" CACHE_CORES=1 CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn \
-    target/release/cache-manager > "$work/cache-manager.log" 2>&1 &
-pids+=($!)
-wait_port "$port"
+load_pacing
+start_cache_manager --core 0 CACHE_CORES=1
 taskset -c 1 target/release/cache-bench sweep --target "http://127.0.0.1:$port" \
-    --connections 64 --duration 3s --warmup 1s --prefill --slo "$slo" --from 5000 --bisect 3 "${busy_poll[@]}" \
+    --connections 64 --duration 3s --warmup 1s --prefill --slo "$slo" --from 5000 --bisect 3 "${pacing[@]}" \
     --quiet --json "$out/sweep.json" --plot "$out/sweep.svg"

@@ -84,13 +84,9 @@ end
 LUA
 
 # The servers, each on core 0.
-port=$(free_port)
-taskset -c 0 env CACHE_LISTEN="127.0.0.1:$port" CACHE_CORES=1 CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn \
-    target/release/cache-manager > "$work/cache-manager.log" 2>&1 &
-pids+=($!)
+start_cache_manager --core 0 CACHE_CORES=1
 declare -A pid url
-pid[cache-manager]=$!
-wait_port "$port"
+pid[cache-manager]=${pids[-1]}
 prefill "$port" "$keys" 100
 url[cache-manager]="http://127.0.0.1:$port"
 
@@ -162,11 +158,11 @@ tail_of() {
 # open_loop SERVER RATE ROUND -> "p99 p99.9" in µs at RATE requests/s over 64
 # connections; every request's latency is kept in $work/open-SERVER-RATE-ROUND.json.
 open_loop() {
-    local server=$1 rate=$2 histogram="$work/open-$1-$2-$3.json" busy_poll=(--busy-poll)
-    [ "${BUSY_POLL:-1}" = 1 ] || busy_poll=()
+    local server=$1 rate=$2 histogram="$work/open-$1-$2-$3.json" pacing
+    load_pacing
     taskset -c 1 target/release/cache-bench load --target "${url[$server]}" --connections 64 \
         --rate "$rate" --duration "$duration" --warmup 1s --keys "$keys" --quiet \
-        "${busy_poll[@]}" --histogram "$histogram" > /dev/null
+        "${pacing[@]}" --histogram "$histogram" > /dev/null
     tail_of "$histogram"
 }
 
