@@ -42,7 +42,7 @@ const STRUCTURE_BYTES: usize =
     BUCKET_BYTES + slot_bytes::<Resident>() + TIMER_BYTES + SKETCH_BYTES_PER_ENTRY;
 
 /// Bytes charged per entry on top of its key and value, before its block is rounded up
-/// to its size class (by less than 8 bytes for blocks up to 512 bytes, by at most an
+/// to its size class (by less than 4 bytes for blocks up to 512 bytes, by at most an
 /// eighth above; see [`entry_charge`]): the node's header, the value's length (1 byte
 /// below 128 bytes, one more per 7 bits above) and the structures outside the node.
 pub const ENTRY_OVERHEAD: usize = node_bytes(0, 0) + STRUCTURE_BYTES;

@@ -4,7 +4,7 @@
 //! One `malloc` per entry cost the service about 75 bytes an entry beyond what it asked
 //! for (BENCHMARKS.md, "Memory per entry"): the allocator's header and 16-byte rounding,
 //! and fragmentation where nodes that live for hours were interleaved with a request's
-//! short-lived buffers in the same arena. Here a node's block is its size rounded up to 8
+//! short-lived buffers in the same arena. Here a node's block is its size rounded up to 4
 //! bytes (up to 512; above that, eight classes per doubling, at most 12.5 % over), with no
 //! header, in chunks that only nodes of one class share. A chunk whose blocks are all free
 //! again can serve any class, and a region whose chunks are all free goes back to the
@@ -15,7 +15,7 @@
 //! (`arena.rs`), which is what lets a block's 32-bit name be its offset. Nodes larger
 //! than [`LARGEST_BLOCK`] are rare and big enough that a `malloc`'s header does not
 //! matter; they get one of their own. So does any node once a shard holds as many regions
-//! as handles can name (16 GiB of them), charged as if it had a block: past that point an
+//! as handles can name (12 GiB of them), charged as if it had a block: past that point an
 //! entry costs the allocator's header and rounding more than it is charged.
 //!
 //! Blocks are handed out and freed by the table's one writer: the reclaimer frees on the
@@ -48,11 +48,12 @@ pub(crate) use handles::{Directory, Handle};
 const CHUNK_BYTES: usize = 64 * 1024;
 /// The largest block the slab serves; bigger nodes get an allocation of their own.
 pub(crate) const LARGEST_BLOCK: usize = 4096;
-/// What every block's size and offset is a multiple of. A node needs 4 (its header's
-/// widest fields are 32 bits), and 4 would halve what rounding wastes (about 2 bytes an
-/// entry), but a handle names blocks in these units: 8 lets handles name 16 GiB of slab
-/// memory in a shard, 4 only 8 GiB, and a dedicated host's shard can be that large.
-pub(crate) const GRAIN: usize = 8;
+/// What every block's size and offset is a multiple of: a node needs 4 (its header's
+/// widest fields are 32 bits). Steps of 4 rather than 8 halve what rounding wastes
+/// (about 2 bytes an entry). A handle names blocks in these units, so three quarters of
+/// the 32-bit names (the rest name nodes of their own, `handles.rs`) name 12 GiB of slab
+/// memory in a shard.
+pub(crate) const GRAIN: usize = 4;
 /// Blocks up to this size step by [`GRAIN`].
 const FINE_LIMIT: usize = 512;
 /// Block sizes step by 8 bytes up to 512, then by an eighth of the power of two below.

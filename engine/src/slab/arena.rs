@@ -4,7 +4,7 @@
 //!
 //! The reservation is inaccessible address space (`PROT_NONE`, and on Linux
 //! `MAP_NORESERVE`): it costs no memory and no commit charge, only a range of virtual
-//! addresses (16 GiB a shard at most, against the 128 TiB of a 47-bit user space). A
+//! addresses (12 GiB a shard at most, against the 128 TiB of a 47-bit user space). A
 //! region is mapped over its place when the slab needs it, advised for a transparent huge
 //! page unless `small` (see `Slab::huge_from_first`): a lookup's random access into the
 //! nodes then needs one TLB entry per 2 MiB rather than per 4 KiB. A fresh mapping

@@ -25,10 +25,17 @@ use super::arena::Arena;
 use super::{GRAIN, REGION_BYTES};
 use crate::sync::AtomicPtr;
 
-/// Set in the handles of nodes with an allocation of their own.
-const OWN: u32 = 1 << 31;
+/// The first handle of a node with an allocation of its own: a quarter of the names go to
+/// such nodes (`OWN + index`), three quarters to slab blocks.
+const OWN: u32 = 3 << 30;
 
-/// The most regions whose blocks handles can name (16 GiB of slab memory in one shard):
+/// How many nodes of their own can be named at once: 2^30. Live entries are fewer (a
+/// shard holds at most `MAX_SLOTS`, below 2^30), and the slab places every node of up to
+/// 4 KiB until it holds 12 GiB, that is at least three million nodes, which leaves as
+/// many names for own nodes that were retired and wait for their free.
+const OWN_NAMES: u32 = u32::MAX - OWN + 1;
+
+/// The most regions whose blocks handles can name (12 GiB of slab memory in one shard):
 /// a slab node's handle is below [`OWN`].
 pub(crate) const MAX_REGIONS: usize = (OWN as usize * GRAIN) / REGION_BYTES;
 
@@ -37,8 +44,9 @@ pub(crate) const MAX_REGIONS: usize = (OWN as usize * GRAIN) / REGION_BYTES;
 const ARENA_REGIONS: usize = if cfg!(engine_loom) { 2 } else { MAX_REGIONS };
 
 /// Segments of the table of nodes with an allocation of their own: segment `s` holds
-/// indices `2^s - 1` to `2^(s+1) - 2`, so 32 of them hold every index below 2^31.
-const OWN_SEGMENTS: usize = 32;
+/// indices `2^s - 1` to `2^(s+1) - 2`, so 31 of them hold every index below 2^30
+/// ([`OWN_NAMES`]).
+const OWN_SEGMENTS: usize = 31;
 
 /// A node's name, valid while the node is live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,8 +102,8 @@ impl Directory {
     #[inline(always)]
     pub(crate) fn resolve(&self, handle: Handle) -> NonNull<u8> {
         let bits = handle.bits();
-        if bits & OWN != 0 {
-            return self.own_node(bits & !OWN);
+        if bits >= OWN {
+            return self.own_node(bits - OWN);
         }
         // SAFETY: the handle was made by `name_block` for a live block at this offset in
         // the arena, below OWN * GRAIN, which is within the reservation (MAX_REGIONS);
@@ -144,9 +152,12 @@ impl Directory {
     /// Lists `node`, an allocation of its own, at `index` (one the slab does not use for
     /// another live node), and names it. Only the writer calls it.
     pub(super) fn name_own(&self, index: u32, node: NonNull<u8>) -> Handle {
-        assert!(index & OWN == 0, "fewer than 2^31 nodes (MAX_ENTRIES)");
+        assert!(
+            index < OWN_NAMES,
+            "fewer than 2^30 nodes of their own (OWN_NAMES)"
+        );
         self.own_entry(index).store(node.as_ptr(), Release);
-        Handle::new(OWN | index)
+        Handle::new(OWN + index)
     }
 
     /// Unlists the node of its own at `index`, which was freed. Only the writer calls it.
@@ -198,8 +209,9 @@ mod tests {
         assert_eq!(own_place(3), (2, 0));
         assert_eq!(own_place(6), (2, 3));
         assert_eq!(own_place(7), (3, 0));
-        let last = (1u32 << 31) - 1;
-        assert_eq!(own_place(last - 1), (30, (1 << 30) - 1));
-        assert_eq!(own_place(last), (31, 0));
+        let last = super::OWN_NAMES - 1;
+        assert_eq!(own_place(last - 1), (29, (1 << 29) - 1));
+        assert_eq!(own_place(last), (30, 0));
+        assert!(own_place(last).0 < super::OWN_SEGMENTS);
     }
 }
