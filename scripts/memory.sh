@@ -28,14 +28,17 @@ overhead() { awk -v d="$1" -v p="$payload" -v n="$entries" 'BEGIN {printf "%.1f"
 echo "$entries entries, keys key:0 … key:$((entries - 1)) (average $(awk -v k="$key_bytes" -v n="$entries" 'BEGIN {printf "%.1f", k / n}') bytes), $value_bytes-byte values"
 printf '%-26s %16s %22s\n' "" "RSS growth/entry" "overhead/entry (RSS)"
 
-# start_measured ENV... — starts a service with ENV and answers its first request; sets
-# `cm_pid` and `started_kib`, its RSS then. (Not a function whose output is captured: a
-# subshell would lose the pid that cleanup stops.)
+# start_measured ENV... — starts a service with ENV and serves the prefill's connections
+# a second of reads of keys it never holds (misses, which store nothing); sets `cm_pid`
+# and `started_kib`, its RSS then. (Not a function whose output is captured: a subshell
+# would lose the pid that cleanup stops.)
 start_measured() {
     start_cache_manager CACHE_CORES=1 "$@"
     cm_pid=${pids[-1]}
-    # The service's own buffers and the first connection's allocations come before the count.
-    curl -sf "http://127.0.0.1:$port/api/cache/metrics" > /dev/null
+    # What the service holds per connection (its buffers) comes before the count, as its
+    # own start does: it does not grow with the entries, so it is not theirs.
+    target/release/cache-bench load --target "http://127.0.0.1:$port" --keys "$entries" \
+        --key-prefix absent: --duration 1s --warmup 0s --quiet > /dev/null
     started_kib=$(rss_kib "$cm_pid")
 }
 # What a structure sized from the bound (a bucket array, a sketch) makes resident before
