@@ -5,7 +5,8 @@
 # protocol: HTTP PUTs (`cache-bench load --prefill`, raw bytes) for cache-manager
 # (CACHE_CORES=1), `redis-cli --pipe` of SETs for Redis. Reports the RSS growth per entry
 # (cache-manager's counted from a service bounded at one entry, so that what its bound
-# makes resident at start counts too),
+# makes resident at start counts too, and from after the load's connections were served,
+# so that their buffers do not),
 # what of it is overhead beyond the key and value bytes, and Redis's own `used_memory`
 # growth; for cache-manager also what it charges itself (`l1_bytes`, from ENTRY_OVERHEAD),
 # which must stay within 10 % of what RSS shows.
