@@ -52,8 +52,9 @@ pub(crate) const LARGEST_BLOCK: usize = 4096;
 /// widest fields are 32 bits). Steps of 4 rather than 8 halve what rounding wastes
 /// (about 2 bytes an entry). A handle names blocks in these units, so three quarters of
 /// the 32-bit names (the rest name nodes of their own, `handles.rs`) name 12 GiB of slab
-/// memory in a shard.
-pub(crate) const GRAIN: usize = 4;
+/// memory in a shard. Under loom a node's header carries loom's access tracking, which
+/// is aligned to 8, so blocks step by 8 there.
+pub(crate) const GRAIN: usize = if cfg!(engine_loom) { 8 } else { 4 };
 /// Blocks up to this size step by [`GRAIN`].
 const FINE_LIMIT: usize = 512;
 /// Block sizes step by 8 bytes up to 512, then by an eighth of the power of two below.
