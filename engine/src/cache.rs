@@ -129,7 +129,12 @@ impl<C: Clock> CacheBuilder<C> {
                     eviction: self.eviction,
                     huge_pages: self.huge_pages,
                 };
-                Mutex::new(ShardWriter::new(config, metrics[i].clone(), now))
+                Mutex::new(ShardWriter::new(
+                    config,
+                    metrics[i].clone(),
+                    now,
+                    router.hasher().clone(),
+                ))
             })
             .collect();
         // A power of two, so that picking a thread's stripe is a mask, not a division.

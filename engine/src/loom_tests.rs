@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::hashing::KeyHasher;
 use crate::shard::{ShardConfig, ShardWriter};
 use crate::table::TableReader;
 
@@ -21,7 +22,18 @@ fn shard(max_entries: usize) -> ShardWriter {
         eviction: crate::Eviction::Adaptive,
         huge_pages: false,
     };
-    ShardWriter::new(config, Arc::default(), NOW)
+    ShardWriter::new(config, Arc::default(), NOW, KeyHasher::chosen(h))
+}
+
+/// The hashes the models use: most keys share one, and `k2`'s differs from `k1`'s only
+/// above the bucket bits (a small table has 16 buckets), so all of those share a chain.
+fn h(key: &[u8]) -> u64 {
+    match key {
+        b"k2" => 3 + 16,
+        b"k3" => 7,
+        b"k4" => 9,
+        _ => 3,
+    }
 }
 
 /// Reads `key` once on another thread; returns the value seen, checked to be whole.
@@ -50,8 +62,8 @@ fn assert_one_of(seen: &Option<Vec<u8>>, allowed: &[Option<&[u8]>]) {
 fn reader_racing_insert_sees_nothing_or_the_whole_value() {
     loom::model(|| {
         let mut w = shard(4);
-        let r = spawn_reader(w.reader(), 3, b"k", NOW);
-        w.insert(3, b"k", b"value-1", None, NOW).unwrap();
+        let r = spawn_reader(w.reader(), h(b"k"), b"k", NOW);
+        w.insert(h(b"k"), b"k", b"value-1", None, NOW).unwrap();
         assert_one_of(&r.join().unwrap(), &[None, Some(b"value-1")]);
     });
 }
@@ -60,12 +72,12 @@ fn reader_racing_insert_sees_nothing_or_the_whole_value() {
 fn reader_racing_overwrite_sees_old_or_new_never_torn_or_freed() {
     loom::model(|| {
         let mut w = shard(4);
-        w.insert(3, b"k", b"old-value", None, NOW).unwrap();
-        let r = spawn_reader(w.reader(), 3, b"k", NOW);
-        w.insert(3, b"k", b"new", None, NOW).unwrap();
+        w.insert(h(b"k"), b"k", b"old-value", None, NOW).unwrap();
+        let r = spawn_reader(w.reader(), h(b"k"), b"k", NOW);
+        w.insert(h(b"k"), b"k", b"new", None, NOW).unwrap();
         // A second overwrite retires the first replacement too, while the reader may
         // still be on either node.
-        w.insert(3, b"k", b"newest-value", None, NOW).unwrap();
+        w.insert(h(b"k"), b"k", b"newest-value", None, NOW).unwrap();
         assert_one_of(
             &r.join().unwrap(),
             &[Some(b"old-value"), Some(b"new"), Some(b"newest-value")],
@@ -81,10 +93,10 @@ fn reader_racing_overwrite_of_large_values_sees_one_whole() {
     static NEW: [u8; 6_000] = [b'n'; 6_000];
     loom::model(|| {
         let mut w = shard(4);
-        w.insert(3, b"k", &OLD, None, NOW).unwrap();
-        let r = spawn_reader(w.reader(), 3, b"k", NOW);
-        w.insert(3, b"k", &NEW, None, NOW).unwrap();
-        w.insert(3, b"k", b"small", None, NOW).unwrap();
+        w.insert(h(b"k"), b"k", &OLD, None, NOW).unwrap();
+        let r = spawn_reader(w.reader(), h(b"k"), b"k", NOW);
+        w.insert(h(b"k"), b"k", &NEW, None, NOW).unwrap();
+        w.insert(h(b"k"), b"k", b"small", None, NOW).unwrap();
         assert_one_of(
             &r.join().unwrap(),
             &[Some(&OLD), Some(&NEW), Some(b"small")],
@@ -97,9 +109,9 @@ fn reader_racing_eviction_sees_the_value_or_nothing() {
     loom::model(|| {
         let mut w = shard(1);
         // Same bucket: the reader walks past the evicted node's successor link.
-        w.insert(3, b"k1", b"v1", None, NOW).unwrap();
-        let r = spawn_reader(w.reader(), 3, b"k1", NOW);
-        let inserted = w.insert(3, b"k2", b"v2", None, NOW).unwrap();
+        w.insert(h(b"k1"), b"k1", b"v1", None, NOW).unwrap();
+        let r = spawn_reader(w.reader(), h(b"k1"), b"k1", NOW);
+        let inserted = w.insert(h(b"k2"), b"k2", b"v2", None, NOW).unwrap();
         assert_eq!(inserted.evicted, 1);
         assert_one_of(&r.join().unwrap(), &[None, Some(b"v1")]);
     });
@@ -109,9 +121,9 @@ fn reader_racing_eviction_sees_the_value_or_nothing() {
 fn reader_racing_expiry_sees_the_value_or_nothing() {
     loom::model(|| {
         let mut w = shard(4);
-        w.insert(3, b"k", b"ttl-value", Some(NOW + 10), NOW)
+        w.insert(h(b"k"), b"k", b"ttl-value", Some(NOW + 10), NOW)
             .unwrap();
-        let r = spawn_reader(w.reader(), 3, b"k", NOW + 5);
+        let r = spawn_reader(w.reader(), h(b"k"), b"k", NOW + 5);
         assert_eq!(w.expire(NOW + 10), 1);
         assert_one_of(&r.join().unwrap(), &[None, Some(b"ttl-value")]);
     });
@@ -121,11 +133,11 @@ fn reader_racing_expiry_sees_the_value_or_nothing() {
 fn reader_racing_delete_and_reinsert_sees_a_stored_value_or_nothing() {
     loom::model(|| {
         let mut w = shard(4);
-        w.insert(3, b"other", b"o", None, NOW).unwrap();
-        w.insert(3, b"k", b"first", None, NOW).unwrap();
-        let r = spawn_reader(w.reader(), 3, b"k", NOW);
-        assert!(w.remove(3, b"k", NOW));
-        w.insert(3, b"k", b"second", None, NOW).unwrap();
+        w.insert(h(b"other"), b"other", b"o", None, NOW).unwrap();
+        w.insert(h(b"k"), b"k", b"first", None, NOW).unwrap();
+        let r = spawn_reader(w.reader(), h(b"k"), b"k", NOW);
+        assert!(w.remove(h(b"k"), b"k", NOW));
+        w.insert(h(b"k"), b"k", b"second", None, NOW).unwrap();
         assert_one_of(&r.join().unwrap(), &[None, Some(b"first"), Some(b"second")]);
     });
 }
@@ -135,14 +147,14 @@ fn reader_hits_racing_the_policys_sweeps_and_admission_see_the_value_or_nothing(
     loom::model(|| {
         // Two entries: the window holds the newest, the other sits on probation.
         let mut w = shard(2);
-        w.insert(3, b"k1", b"v1", None, NOW).unwrap();
-        w.insert(5, b"k2", b"v2", None, NOW).unwrap();
+        w.insert(h(b"k1"), b"k1", b"v1", None, NOW).unwrap();
+        w.insert(h(b"k2"), b"k2", b"v2", None, NOW).unwrap();
         // The reader's hit on k1 (a counter bump) races the owner taking that count as
         // its hands pass, promoting k1 or contesting k2 against it, and evicting one.
-        let r = spawn_reader(w.reader(), 3, b"k1", NOW);
-        let inserted = w.insert(7, b"k3", b"v3", None, NOW).unwrap();
+        let r = spawn_reader(w.reader(), h(b"k1"), b"k1", NOW);
+        let inserted = w.insert(h(b"k3"), b"k3", b"v3", None, NOW).unwrap();
         assert_eq!(inserted.evicted, 1);
-        w.insert(9, b"k4", b"v4", None, NOW).unwrap();
+        w.insert(h(b"k4"), b"k4", b"v4", None, NOW).unwrap();
         assert_one_of(&r.join().unwrap(), &[None, Some(b"v1")]);
         assert_eq!(w.len(), 2, "the bound holds whoever won");
     });

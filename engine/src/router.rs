@@ -44,6 +44,12 @@ impl Router {
         self.hasher.hash(key)
     }
 
+    /// The hasher keys are routed by, which each shard is given to hash its own entries'
+    /// keys alike (`ShardWriter::new`).
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.hasher
+    }
+
     /// The shard that owns keys with this hash.
     #[inline(always)]
     pub fn shard_of(&self, hash: u64) -> usize {
@@ -376,10 +382,12 @@ mod tests {
     #[test]
     fn commands_reach_owners_and_pattern_invalidation_sums_over_shards() {
         let router = Router::with_seeds(3, [9, 8, 7, 6]);
+        let hasher = router.hasher().clone();
         let (mail, receivers) = mailboxes::<Command>(router, 64);
         let owners: Vec<_> = receivers
             .into_iter()
             .map(|rx| {
+                let hasher = hasher.clone();
                 std::thread::spawn(move || {
                     let config = ShardConfig {
                         max_entries: 1_000,
@@ -388,7 +396,7 @@ mod tests {
                         eviction: crate::Eviction::default(),
                         huge_pages: false,
                     };
-                    let mut shard = ShardWriter::new(config, Default::default(), NOW);
+                    let mut shard = ShardWriter::new(config, Default::default(), NOW, hasher);
                     for command in rx.iter() {
                         command.apply(&mut shard, NOW);
                     }

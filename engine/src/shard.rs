@@ -16,6 +16,7 @@ use crate::eviction::{
     self, slot_bytes, Eviction, Policy, Standing, MAX_SLOTS, SKETCH_BYTES_PER_ENTRY,
 };
 use crate::glob::Glob;
+use crate::hashing::KeyHasher;
 use crate::metrics::ShardMetrics;
 use crate::slab::{footprint, Handle};
 use crate::table::{
@@ -101,13 +102,19 @@ pub struct SavedEntry<'a> {
 }
 
 /// A policy slot's occupant: the name of the entry's node (4 bytes, where a pointer
-/// took 8), resolved in the policy's home, the table's [`Names`], and the low half of
-/// its key's hash, which the sketch counts by and the writer unlinks the node with (the
-/// node does not keep it: see `table::Node`). (Its expiry timer is the wheel's timer
-/// keyed by the same slot.)
+/// took 8), resolved in the policy's [`Home`]. The slot keeps nothing else: the key's
+/// hash, which the sketch counts by and the writer unlinks the node with, is the key's
+/// bytes hashed again (see `hashing`), and the expiry timer is the wheel's timer keyed by
+/// the same slot.
 struct Resident {
     handle: Handle,
-    hash: u32,
+}
+
+/// What the policy reads its residents through: the table's names for their nodes, and
+/// the hasher their keys were routed by, for their hashes.
+struct Home {
+    names: Names,
+    hasher: KeyHasher,
 }
 
 impl Resident {
@@ -125,28 +132,28 @@ impl Resident {
 }
 
 impl eviction::Resident for Resident {
-    type Home = Names;
+    type Home = Home;
 
-    /// The low half of the key's hash, which the slot keeps (see `hashing`).
-    fn hash(&self, _: &Names) -> u64 {
-        u64::from(self.hash)
+    /// The low half of the key's hash: the half the table's buckets and the sketch use.
+    fn hash(&self, home: &Home) -> u64 {
+        u64::from(home.hasher.hash(self.key(&home.names)) as u32)
     }
 
-    fn charge(&self, names: &Names) -> u64 {
+    fn charge(&self, home: &Home) -> u64 {
         // SAFETY: as in `node`.
-        unsafe { charge_of(names.node(self.handle)) }
+        unsafe { charge_of(home.names.node(self.handle)) }
     }
 
-    fn take_hits(&self, names: &Names) -> u8 {
-        self.node(names).take_hits()
+    fn take_hits(&self, home: &Home) -> u8 {
+        self.node(&home.names).take_hits()
     }
 
-    fn pending_hits(&self, names: &Names) -> u8 {
-        self.node(names).pending_hits()
+    fn pending_hits(&self, home: &Home) -> u8 {
+        self.node(&home.names).pending_hits()
     }
 
-    fn prefetch(&self, names: &Names) {
-        crate::prefetch::prefetch(names.node(self.handle).as_ptr());
+    fn prefetch(&self, home: &Home) {
+        crate::prefetch::prefetch(home.names.node(self.handle).as_ptr());
     }
 }
 
@@ -165,8 +172,15 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// A new, empty shard whose timer wheel starts at `now_ms`.
-    pub fn new(config: ShardConfig, metrics: Arc<ShardMetrics>, now_ms: u64) -> Self {
+    /// A new, empty shard whose timer wheel starts at `now_ms`, for keys hashed by
+    /// `hasher`: every hash the shard is handed must be `hasher`'s hash of the key
+    /// (callers route by it), since the shard hashes its entries' keys again with it.
+    pub fn new(
+        config: ShardConfig,
+        metrics: Arc<ShardMetrics>,
+        now_ms: u64,
+        hasher: KeyHasher,
+    ) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
         // A bound above what a node and the policy's links can address is no bound:
         // about 85 GB of the smallest entries in one shard.
@@ -192,7 +206,7 @@ impl ShardWriter {
                 config.max_bytes,
                 most_entries,
                 metrics.clone(),
-                names,
+                Home { names, hasher },
             ),
             wheel: TimerWheel::new(now_ms),
             bytes: 0,
@@ -279,6 +293,11 @@ impl ShardWriter {
                 max_bytes: self.config.max_bytes,
             });
         }
+        debug_assert_eq!(
+            hash as u32,
+            self.policy.home().hasher.hash(key) as u32,
+            "the caller hashed the key with the shard's hasher"
+        );
         let deadline = expires_at_ms.unwrap_or(NEVER);
         // An insert into a full shard evicts: the lines eviction reads start loading
         // before the lookup's own misses (nodes), and right after them (what the nodes
@@ -338,7 +357,6 @@ impl ShardWriter {
                 entry.slot = slot;
                 Resident {
                     handle: table.insert(entry),
-                    hash: hash as u32,
                 }
             }),
         };
@@ -346,7 +364,7 @@ impl ShardWriter {
         // second).
         let (cached_at_ms, expires_at, stale_until) = {
             let node = self.policy.get(slot).expect("resident slot");
-            let node = node.node(self.policy.home());
+            let node = node.node(&self.policy.home().names);
             let window = self.config.stale_window_ms;
             (
                 node.cached_at_ms(),
@@ -385,7 +403,7 @@ impl ShardWriter {
         now_ms: u64,
         mut visit: impl FnMut(SavedEntry<'_>),
     ) -> Option<u32> {
-        let names = self.policy.home();
+        let names = &self.policy.home().names;
         for (visited, (slot, resident)) in self.policy.iter_from(from).enumerate() {
             if visited == limit {
                 return Some(slot);
@@ -454,7 +472,7 @@ impl ShardWriter {
     /// Deletes every live key `pattern` matches and returns how many.
     pub fn remove_matching(&mut self, pattern: &Glob, now_ms: u64) -> usize {
         let window = self.config.stale_window_ms;
-        let names = self.policy.home();
+        let names = &self.policy.home().names;
         let doomed: Vec<(u32, bool)> = self
             .policy
             .iter()
@@ -479,7 +497,7 @@ impl ShardWriter {
     /// Deletes every entry whose key `doomed` picks (a flush of the keys whose coherence
     /// was lost); returns how many entries were dropped.
     pub fn clear_where(&mut self, doomed: impl Fn(&[u8]) -> bool) -> usize {
-        let names = self.policy.home();
+        let names = &self.policy.home().names;
         let slots: Vec<u32> = self
             .policy
             .iter()
@@ -499,7 +517,7 @@ impl ShardWriter {
         let (policy, window) = (&self.policy, self.config.stale_window_ms);
         let deadline_of = |slot| {
             let resident = policy.get(slot).expect("a live timer has a resident");
-            resident.node(policy.home()).stale_until_ms(window)
+            resident.node(&policy.home().names).stale_until_ms(window)
         };
         self.wheel
             .advance(now_ms, deadline_of, |slot| fired.push(slot));
@@ -543,10 +561,12 @@ impl ShardWriter {
     fn remove_slot(&mut self, slot: u32) {
         let resident = self.policy.remove(slot).expect("slot is occupied");
         self.wheel.cancel(slot);
-        let node = self.policy.home().node(resident.handle);
+        let home = self.policy.home();
+        let node = home.names.node(resident.handle);
         // SAFETY: the node is still linked: the table unlinks it just below.
         self.bytes -= unsafe { charge_of(node) };
-        self.table.remove(node, u64::from(resident.hash));
+        self.table
+            .remove(node, eviction::Resident::hash(&resident, home));
     }
 
     fn publish_levels(&self) {

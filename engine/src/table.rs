@@ -59,8 +59,8 @@ pub(crate) const MAX_ENTRIES: usize = (1 << 31) - 1;
 /// through a `&Node`, whose provenance covers the header alone.
 ///
 /// What it leaves out: the key's hash (its high half picks the shard; the low half picks
-/// the bucket, which the writer knows whenever it unlinks a node, and is what the
-/// eviction policy's sketch counts by, which the policy's slot keeps; readers tell keys
+/// the bucket, which the writer knows whenever it unlinks a node, hashing the key again,
+/// and is what the eviction policy's sketch counts by; readers tell keys
 /// apart by their length and bytes, on the line they load anyway), the stale deadline (the
 /// expiry plus the table's one stale window), the upper bits of times (47 bits of
 /// milliseconds reach the year 6429; an expiry is kept relative to `cached_at`, see

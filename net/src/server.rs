@@ -80,7 +80,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 eviction: config.eviction,
                 huge_pages: config.l1_huge_pages,
             };
-            ShardWriter::new(config, shards[i].clone(), clock.now_ms())
+            ShardWriter::new(
+                config,
+                shards[i].clone(),
+                clock.now_ms(),
+                router.hasher().clone(),
+            )
         })
         .collect();
     // Made before the snapshot is loaded: L1 keeps versions relative to it (`stored`).

@@ -23,8 +23,7 @@
 //! from 1,000 entries up were unchanged within 0.1 point (BENCHMARKS.md).
 //!
 //! The key hash it is given is already seeded per process (the low half of the router's
-//! ahash, which the shard's policy slot keeps), so which keys share counters cannot be predicted
-//! from outside; `mix` spreads its 32 bits over the block and cell choices.
+//! ahash), so which keys share counters cannot be predicted from outside; `mix` spreads its 32 bits over the block and cell choices.
 
 /// Counters per key.
 const DEPTH: usize = 4;

@@ -2,6 +2,7 @@
 //! saving and restoring with the policy's standing.
 
 use super::*;
+use crate::hashing::KeyHasher;
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -16,6 +17,7 @@ fn shard(max_entries: usize, max_bytes: u64) -> ShardWriter {
         },
         Arc::default(),
         NOW,
+        KeyHasher::chosen(h),
     )
 }
 
@@ -81,7 +83,13 @@ fn byte_bound_counts_key_value_and_overhead() {
     assert_eq!(s.len(), 3);
     assert_eq!(s.bytes(), per_entry * 3);
     let err = s
-        .insert(1, b"big", &vec![0; (per_entry * 3) as usize], None, NOW)
+        .insert(
+            h(b"big"),
+            b"big",
+            &vec![0; (per_entry * 3) as usize],
+            None,
+            NOW,
+        )
         .unwrap_err();
     assert!(matches!(err, InsertError::TooLarge { .. }), "{err}");
     assert_eq!(s.len(), 3, "a refused insert leaves the shard as it was");
@@ -165,6 +173,7 @@ fn a_stale_window_keeps_expired_entries_servable_as_stale() {
         },
         Arc::default(),
         NOW,
+        KeyHasher::chosen(h),
     );
     put(&mut s, "k", "v", Some(100), NOW);
     let read = |s: &ShardWriter, at| s.get_with(h(b"k"), b"k", at, |e| (e.stale, e.expires_at_ms));
@@ -248,6 +257,7 @@ fn adaptive(max_entries: usize) -> ShardWriter {
         },
         Arc::default(),
         NOW,
+        KeyHasher::chosen(h),
     )
 }
 
@@ -319,7 +329,7 @@ fn saved_entries_restore_with_their_values_times_and_standing() {
 #[test]
 fn standings_restored_into_a_byte_bounded_shard_survive_its_sketch_growing() {
     let entries = 12_000;
-    let hasher = crate::hashing::KeyHasher::with_seeds([1, 2, 3, 4]);
+    let hasher = KeyHasher::with_seeds([1, 2, 3, 4]);
     let mut s = ShardWriter::new(
         ShardConfig {
             max_entries: entries,
@@ -330,6 +340,7 @@ fn standings_restored_into_a_byte_bounded_shard_survive_its_sketch_growing() {
         },
         Arc::default(),
         NOW,
+        hasher.clone(),
     );
     let standing = Standing {
         frequency: 9,
