@@ -25,8 +25,9 @@ fn shard(max_entries: usize) -> ShardWriter {
     ShardWriter::new(config, Arc::default(), NOW, KeyHasher::chosen(h))
 }
 
-/// The hashes the models use: most keys share one, and `k2`'s differs from `k1`'s only
-/// above the bucket bits (a small table has 16 buckets), so all of those share a chain.
+/// The hashes the models use: most keys share one, and the others differ from it only
+/// by a few units, which a table's bucket index (the hash's low half scaled to the
+/// bucket count) does not tell apart, so every key shares one chain.
 fn h(key: &[u8]) -> u64 {
     match key {
         b"k2" => 3 + 16,

@@ -448,7 +448,8 @@ impl Drop for Table {
 struct TableRef {
     table: Arc<Table>,
     buckets: NonNull<AtomicU32>,
-    mask: usize,
+    /// How many buckets there are (below 2^32).
+    count: u64,
 }
 
 // SAFETY: `buckets` points into `table.buckets`, which the `Arc` keeps alive and never
@@ -459,21 +460,25 @@ unsafe impl Sync for TableRef {}
 
 impl TableRef {
     fn new(table: Arc<Table>) -> Self {
-        let mask = table.buckets.len() - 1;
+        let count = table.buckets.len() as u64;
         // The slice's own pointer: its provenance covers every bucket.
         let buckets = NonNull::new(table.buckets.as_ptr() as *mut AtomicU32)
             .expect("a boxed slice's pointer is never null");
         Self {
             table,
             buckets,
-            mask,
+            count,
         }
     }
 
     #[inline(always)]
     fn bucket(&self, hash: u64) -> &AtomicU32 {
-        // SAFETY: the index is masked to the bucket count, a power of two.
-        unsafe { self.buckets.add(hash as usize & self.mask).as_ref() }
+        // The hash's low half scaled to the bucket count (multiply-shift), so that the
+        // count need not be a power of two.
+        let index = (u64::from(hash as u32) * self.count) >> 32;
+        // SAFETY: `index` is below `count`, the length of the slice `buckets` points at,
+        // since the low half is below 2^32.
+        unsafe { self.buckets.add(index as usize).as_ref() }
     }
 
     #[inline(always)]
@@ -524,7 +529,7 @@ pub(crate) fn table(
     stale_window_ms: u64,
     huge_pages: bool,
 ) -> (TableReader, TableWriter) {
-    let buckets = capacity.clamp(16, 1 << 26).next_power_of_two();
+    let buckets = capacity.clamp(16, 1 << 26);
     let table = Arc::new(Table {
         buckets: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
         stale_window_ms,
