@@ -57,7 +57,7 @@ pub(crate) const LARGEST_BLOCK: usize = 4096;
 pub(crate) const GRAIN: usize = if cfg!(engine_loom) { 8 } else { 4 };
 /// Blocks up to this size step by [`GRAIN`].
 const FINE_LIMIT: usize = 512;
-/// Block sizes step by 8 bytes up to 512, then by an eighth of the power of two below.
+/// Block sizes step by [`GRAIN`] up to 512, then by an eighth of the power of two below.
 const CLASSES: usize = FINE_LIMIT / GRAIN + 3 * 8;
 /// Where a chunk's first block starts: past its header, aligned for any node.
 const FIRST_BLOCK: usize = std::mem::size_of::<ChunkHeader>().next_multiple_of(GRAIN);
