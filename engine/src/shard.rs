@@ -336,11 +336,14 @@ impl ShardWriter {
             hit: false,
         };
         let table = &mut self.table;
-        let slot = match existing {
+        let window = self.config.stale_window_ms;
+        // The slot, and the deadline its timer had (NEVER: none).
+        let (slot, replaced_until) = match existing {
             Some(old) => {
                 // SAFETY: eviction spared `old`'s slot, so it is still linked and live.
                 let old_node = unsafe { old.as_ref() };
                 let slot = old_node.slot();
+                let replaced_until = old_node.stale_until_ms(window);
                 entry.slot = slot;
                 entry.hit = old_node.pending_hits() != 0;
                 // The slot's line loads while the new node is built.
@@ -350,30 +353,34 @@ impl ShardWriter {
                 self.policy.update(slot, |resident| {
                     resident.handle = table.replace(old, new, hash);
                 });
-                self.wheel.cancel(slot);
-                slot
+                (slot, replaced_until)
             }
-            None => self.policy.insert_with(|slot| {
-                entry.slot = slot;
-                Resident {
-                    handle: table.insert(entry),
-                }
-            }),
+            None => {
+                let slot = self.policy.insert_with(|slot| {
+                    entry.slot = slot;
+                    Resident {
+                        handle: table.insert(entry),
+                    }
+                });
+                (slot, NEVER)
+            }
         };
         // The node's own times, as it keeps them (an expiry past 24.8 days rounds up to a
         // second).
         let (cached_at_ms, expires_at, stale_until) = {
             let node = self.policy.get(slot).expect("resident slot");
             let node = node.node(&self.policy.home().names);
-            let window = self.config.stale_window_ms;
             (
                 node.cached_at_ms(),
                 node.expires_at_ms(),
                 node.stale_until_ms(window),
             )
         };
-        if stale_until != NEVER {
-            self.wheel.schedule(slot, stale_until);
+        match (replaced_until, stale_until) {
+            (NEVER, NEVER) => {}
+            (NEVER, until) => self.wheel.schedule(slot, until),
+            (replaced, NEVER) => self.wheel.cancel(slot, replaced),
+            (replaced, until) => self.wheel.reschedule(slot, replaced, until),
         }
         self.bytes = self.bytes - freed + charge;
         self.metrics.sets.incr();
@@ -515,16 +522,22 @@ impl ShardWriter {
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let mut fired = std::mem::take(&mut self.fired);
         let (policy, window) = (&self.policy, self.config.stale_window_ms);
+        // A vacant slot has no deadline; nor has a resident that never expires.
         let deadline_of = |slot| {
-            let resident = policy.get(slot).expect("a live timer has a resident");
-            resident.node(&policy.home().names).stale_until_ms(window)
+            let resident = policy.get(slot)?;
+            let until = resident.node(&policy.home().names).stale_until_ms(window);
+            (until != NEVER).then_some(until)
         };
         self.wheel
             .advance(now_ms, deadline_of, |slot| fired.push(slot));
+        let mut expired = 0;
         for &slot in &fired {
-            self.remove_slot(slot);
+            // The wheel may fire a slot twice (wheel.rs): the first removes it.
+            if self.policy.get(slot).is_some() {
+                self.remove_slot(slot);
+                expired += 1;
+            }
         }
-        let expired = fired.len();
         fired.clear();
         self.fired = fired;
         if expired > 0 {
@@ -560,11 +573,15 @@ impl ShardWriter {
 
     fn remove_slot(&mut self, slot: u32) {
         let resident = self.policy.remove(slot).expect("slot is occupied");
-        self.wheel.cancel(slot);
         let home = self.policy.home();
         let node = home.names.node(resident.handle);
-        // SAFETY: the node is still linked: the table unlinks it just below.
-        self.bytes -= unsafe { charge_of(node) };
+        let window = self.config.stale_window_ms;
+        // SAFETY: the node is still linked (the table unlinks it just below), hence live.
+        let (until, charge) = unsafe { (node.as_ref().stale_until_ms(window), charge_of(node)) };
+        if until != NEVER {
+            self.wheel.cancel(slot, until);
+        }
+        self.bytes -= charge;
         self.table
             .remove(node, eviction::Resident::hash(&resident, home));
     }

@@ -7,16 +7,43 @@
 //! the top level's span (about 2.2 years) wait in the top level and are re-filed.
 //!
 //! A timer is named by its key, a small integer the caller chooses (the shard uses the
-//! entry's policy slot), and lives at that index of one array: each wheel slot is an
-//! intrusive, circular, doubly-linked list through it, so schedule and cancel are O(1) and
-//! need no handle. Each list's head is a sentinel in the same array, ahead of the keys,
-//! so a timer is only its two 32-bit links: unlinking one never needs to know which list
-//! it is on (a list is left empty exactly when the timer's two neighbours are one node,
-//! which can only be the list's sentinel). A timer costs 8 bytes with no allocation of
-//! its own. The wheel does not keep deadlines either: the caller already keeps each
-//! entry's, and says it when asked (`advance`'s `deadline_of`). It is written here rather
-//! than taken from a crate because it is the product: it must cost a few bytes an entry,
-//! and be driven by the caller's `now` so tests hold the clock.
+//! entry's policy slot). Each wheel slot's list is a chain of 64-byte chunks of keys, so
+//! a timer is one 32-bit record (a little over 4 bytes with its chunk's link), and filing
+//! one appends to the list's newest chunk, which is usually in cache.
+//!
+//! **Records are not taken out when a timer is cancelled or moved.** Finding one would
+//! take links (8 bytes a timer, as this wheel kept until 2026-12-05) and cost a cache miss
+//! at each of its two neighbours on every delete, eviction and overwrite. Instead the wheel
+//! keeps no deadlines and trusts no record: when a list comes due it asks the caller each
+//! key's deadline as it is now, and drops the record if the key has none, or if that
+//! deadline belongs on another list. It can tell, because a live timer's record always
+//! sits on the list `list_for` gives its deadline at the wheel's time: filing puts it
+//! there, and a list's place for a deadline does not change until the list comes due
+//! (elapsed and the deadline keep agreeing above the list's level until elapsed reaches
+//! the list's start). A stale record that names a key whose current deadline belongs on
+//! the same list is a duplicate: it fires the same key, or moves down with it. So a key
+//! may be fired more than once, and the caller must ignore a key it no longer holds (the
+//! shard does, by its slot being vacant) and count each timer's end once ([`cancel`]).
+//!
+//! **Stale records are bounded.** When they outnumber half the live timers (and
+//! `MIN_STALE`), the wheel starts filing every live timer again in a fresh set of lists:
+//! a few keys per [`advance`] (the shard advances before every write), asking each key's
+//! deadline, while the old set keeps firing as it comes due. Once every key below the
+//! highest ever scheduled has been visited, each live timer has a record in the new set
+//! (visited, or scheduled since), and the old set is dropped whole. A rebuild therefore
+//! visits at most as many keys as the shard has had slots, `KEYS_PER_ADVANCE` at a time;
+//! until it ends, records can reach the old set's (at most one and a half times the live
+//! timers, plus the floor) and the new set's. Freed chunks are kept for reuse, so the
+//! wheel's memory stays at its high-water mark. Most stale records are never made: an
+//! entry written again with its TTL moves to the list it is on, and an evicting write,
+//! whose entry takes the victim's slot, takes over the victim's record when the deadlines
+//! share a list (see `vacated`).
+//!
+//! It is written here rather than taken from a crate because it is the product: it must
+//! cost a few bytes an entry, and be driven by the caller's `now` so tests hold the clock.
+//!
+//! [`cancel`]: TimerWheel::cancel
+//! [`advance`]: TimerWheel::advance
 
 const LEVELS: usize = 6;
 const SLOTS: usize = 64;
@@ -25,74 +52,166 @@ const SLOT_BITS: u32 = 6;
 const MAX_SPAN: u64 = 1 << (SLOT_BITS * LEVELS as u32);
 /// The list of timers whose deadline had already passed when they were filed; the lists
 /// of level `l`, slot `s` are numbered `l * SLOTS + s`, below it.
-const OVERDUE: u32 = (LEVELS * SLOTS) as u32;
-/// Lists, hence sentinels ahead of the first key's links.
-const LISTS: u32 = OVERDUE + 1;
-/// No link: the links of a key with no timer.
+const OVERDUE: usize = LEVELS * SLOTS;
+const LISTS: usize = OVERDUE + 1;
+/// No chunk.
 const NIL: u32 = u32::MAX;
+/// Keys a chunk holds: with its link, one cache line.
+const CHUNK_KEYS: usize = 15;
+/// Stale records the wheel tolerates beyond half its live timers before it rebuilds.
+const MIN_STALE: usize = 4096;
+/// Keys a rebuild visits per advance: each visit may read the key's entry (a cache miss).
+const KEYS_PER_ADVANCE: u32 = 4;
+
+/// Bytes the wheel keeps per timer, for honest memory accounting: a record and its share
+/// of its chunk's link, rounded up (stale records come on top, bounded as the module
+/// says).
+pub const TIMER_BYTES: usize = std::mem::size_of::<Chunk>().div_ceil(CHUNK_KEYS);
+
+/// The largest key a wheel takes.
+const MAX_KEY: u32 = u32::MAX - 1;
 
 #[derive(Clone, Copy, Debug)]
-struct Links {
-    prev: u32,
+#[repr(C, align(64))]
+struct Chunk {
+    keys: [u32; CHUNK_KEYS],
+    /// The next older chunk of the list, or the next free chunk.
     next: u32,
 }
 
-const UNSCHEDULED: Links = Links {
-    prev: NIL,
-    next: NIL,
+/// One wheel slot's records: its newest chunk, partly filled, and older, full ones.
+#[derive(Clone, Copy, Debug)]
+struct List {
+    newest: u32,
+    /// Keys in the newest chunk.
+    fill: u32,
+}
+
+const EMPTY: List = List {
+    newest: NIL,
+    fill: 0,
 };
+
+impl List {
+    fn is_empty(self) -> bool {
+        self.newest == NIL
+    }
+}
+
+/// A full set of lists: the wheel's own, and during a rebuild the set it replaces.
+#[derive(Clone, Debug)]
+struct Lists {
+    /// Each level's slots whose list holds a record, a bit per slot.
+    occupied: [u64; LEVELS],
+    lists: Box<[List; LISTS]>,
+}
+
+impl Lists {
+    fn new() -> Self {
+        Self {
+            occupied: [0; LEVELS],
+            lists: Box::new([EMPTY; LISTS]),
+        }
+    }
+
+    /// Empties `list` and returns what it held.
+    fn take(&mut self, list: usize) -> List {
+        if list != OVERDUE {
+            self.occupied[list / SLOTS] &= !(1 << (list % SLOTS));
+        }
+        std::mem::replace(&mut self.lists[list], EMPTY)
+    }
+
+    /// The list that comes due first, as time stands at `elapsed`.
+    fn next_due(&self, elapsed: u64) -> Option<Due> {
+        self.occupied
+            .iter()
+            .enumerate()
+            .find_map(|(level, &occupied)| {
+                if occupied == 0 {
+                    return None;
+                }
+                let now_slot = ((elapsed / slot_span(level)) % SLOTS as u64) as u32;
+                let slot =
+                    (occupied.rotate_right(now_slot).trailing_zeros() + now_slot) as usize % SLOTS;
+                Some(Due {
+                    list: level * SLOTS + slot,
+                    deadline: due_time(elapsed, level, slot),
+                })
+            })
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Due {
-    level: usize,
-    slot: usize,
+    list: usize,
     deadline: u64,
+}
+
+/// Which set of lists a due list is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Set {
+    Current,
+    Replaced,
+}
+
+/// A rebuild under way: the set being replaced, and the next key to visit.
+#[derive(Clone, Debug)]
+struct Rebuild {
+    replaced: Lists,
+    next_key: u32,
 }
 
 #[derive(Clone, Debug)]
 pub struct TimerWheel {
-    /// Each level's slots that hold a timer, a bit per slot.
-    occupied: [u64; LEVELS],
-    /// The lists' sentinels, then each key's links (see [`node`]).
-    links: Vec<Links>,
-    elapsed: u64,
+    lists: Lists,
+    rebuild: Option<Box<Rebuild>>,
+    chunks: Vec<Chunk>,
+    /// The first free chunk; free chunks are chained by their `next`.
+    free: u32,
+    /// Records on all lists, live and stale.
+    records: usize,
+    /// Live timers.
     scheduled: usize,
+    /// One past the largest key ever scheduled: the keys a rebuild visits.
+    key_bound: u32,
+    /// Stale records tolerated beyond half the live timers ([`MIN_STALE`]; tests lower
+    /// it to make rebuilds frequent).
+    min_stale: usize,
+    /// The key of the timer cancelled last and the list its record is on, while that
+    /// record is where it was (until the next advance): a timer scheduled for the same
+    /// key onto the same list takes the record over instead of filing one. This is an
+    /// evicting write's case (the new entry takes the victim's slot, and under one TTL
+    /// its deadline falls on the victim's list), which would otherwise leave a stale
+    /// record per eviction.
+    vacated: Option<(u32, usize)>,
+    elapsed: u64,
     /// No list comes due before this time: [`advance`](Self::advance) to an earlier `now`
-    /// has nothing to do. A lower bound, lowered as timers are filed and made exact
-    /// after each advance that does work (a cancel may leave it early, which only costs
-    /// that advance a look). The shard advances the wheel before every write, so the look
-    /// over the levels it saves is on every write's path.
+    /// has nothing to fire. A lower bound, lowered as timers are filed and made exact
+    /// after each advance that does work. The shard advances the wheel before every
+    /// write, so the look over the levels it saves is on every write's path.
     due_at: u64,
-}
-
-/// Bytes the wheel keeps per key, for honest memory accounting.
-pub const TIMER_BYTES: usize = std::mem::size_of::<Links>();
-
-/// The largest key a wheel takes: its links' index must stay below `NIL`, which means "no link".
-pub const MAX_KEY: u32 = NIL - 1 - LISTS;
-
-/// Where `key`'s links are.
-fn node(key: u32) -> u32 {
-    key + LISTS
 }
 
 impl TimerWheel {
     /// A wheel whose time starts at `now` (ms).
     pub fn new(now: u64) -> Self {
         Self {
-            occupied: [0; LEVELS],
-            links: (0..LISTS)
-                .map(|list| Links {
-                    prev: list,
-                    next: list,
-                })
-                .collect(),
-            elapsed: now,
+            lists: Lists::new(),
+            rebuild: None,
+            chunks: Vec::new(),
+            free: NIL,
+            records: 0,
             scheduled: 0,
+            key_bound: 0,
+            min_stale: MIN_STALE,
+            vacated: None,
+            elapsed: now,
             due_at: u64::MAX,
         }
     }
 
+    /// Live timers.
     pub fn len(&self) -> usize {
         self.scheduled
     }
@@ -105,172 +224,275 @@ impl TimerWheel {
     /// deadline already reached fires on the next [`advance`](Self::advance).
     pub fn schedule(&mut self, key: u32, deadline: u64) {
         assert!(key <= MAX_KEY, "key {key} is over the largest, {MAX_KEY}");
-        let index = node(key) as usize;
-        if index >= self.links.len() {
-            self.links.resize(index + 1, UNSCHEDULED);
-        }
-        debug_assert_eq!(self.links[index].prev, NIL, "key {key} already has a timer");
-        self.file(node(key), deadline);
+        self.key_bound = self.key_bound.max(key + 1);
         self.scheduled += 1;
+        if self.vacated == Some((key, list_for(self.elapsed, deadline))) {
+            self.vacated = None;
+            return;
+        }
+        self.file(key, deadline);
     }
 
-    /// Cancels `key`'s timer; says whether it had one.
-    pub fn cancel(&mut self, key: u32) -> bool {
-        if key > MAX_KEY {
-            return false;
+    /// Moves `key`'s timer from `from` to `to`. Nothing is filed if the new deadline
+    /// belongs on the list the timer's record is on, the common case of an entry
+    /// written again with the same TTL.
+    pub fn reschedule(&mut self, key: u32, from: u64, to: u64) {
+        // During a rebuild the record may be on the set being replaced, which is dropped.
+        if self.rebuild.is_none() && list_for(self.elapsed, from) == list_for(self.elapsed, to) {
+            return;
         }
-        match self.links.get(node(key) as usize) {
-            Some(links) if links.prev != NIL => {
-                self.unlink(node(key));
-                self.release(node(key));
-                true
-            }
-            _ => false,
+        self.schedule(key, to);
+        self.scheduled -= 1;
+    }
+
+    /// Ends `key`'s timer, due at `deadline`: its key no longer has a deadline (removed,
+    /// or written again without one). Its record is dropped when its list comes due.
+    pub fn cancel(&mut self, key: u32, deadline: u64) {
+        debug_assert!(self.scheduled > 0, "a timer to cancel");
+        self.scheduled -= 1;
+        // During a rebuild the record may be on the set being replaced, which is dropped.
+        // A timer due already may have been fired, its record gone with it.
+        let list = list_for(self.elapsed, deadline);
+        if self.rebuild.is_none() && list != OVERDUE {
+            self.vacated = Some((key, list));
         }
     }
 
-    /// Moves time forward to `now` and calls `fire` with the key of every timer whose
-    /// deadline, as `deadline_of` tells it, is at or before `now`.
+    /// Moves time forward to `now`, calling `fire` with each key whose deadline, as
+    /// `deadline_of` tells it (`None`: the key has none), is at or before `now`. A key
+    /// may be fired more than once (see the module doc); one that has no deadline, or a
+    /// later one, never is.
     pub fn advance(
         &mut self,
         now: u64,
-        deadline_of: impl Fn(u32) -> u64,
+        deadline_of: impl Fn(u32) -> Option<u64>,
         mut fire: impl FnMut(u32),
     ) {
-        if now < self.due_at {
-            self.elapsed = self.elapsed.max(now);
-            return;
+        self.vacated = None;
+        if now >= self.due_at {
+            self.fire_due(now, &deadline_of, &mut fire);
         }
-        let mut at = self.take(OVERDUE);
-        while at != OVERDUE {
-            let next = self.links[at as usize].next;
-            self.release(at);
-            fire(at - LISTS);
-            at = next;
+        self.elapsed = self.elapsed.max(now);
+        self.rebuild_step(&deadline_of);
+    }
+
+    fn fire_due(
+        &mut self,
+        now: u64,
+        deadline_of: &impl Fn(u32) -> Option<u64>,
+        fire: &mut impl FnMut(u32),
+    ) {
+        for set in [Set::Current, Set::Replaced] {
+            let Some(overdue) = self.set_mut(set).map(|lists| lists.take(OVERDUE)) else {
+                continue;
+            };
+            // Records here were filed already due, so one whose key's deadline is
+            // later is stale.
+            self.drain(overdue, |_, key| match deadline_of(key) {
+                Some(deadline) if deadline <= now => fire(key),
+                _ => {}
+            });
         }
-        while let Some(due) = self.next_due() {
+        while let Some((set, due)) = self.next_due() {
             if due.deadline > now {
                 break;
             }
-            let list = (due.level * SLOTS + due.slot) as u32;
-            self.occupied[due.level] &= !(1 << due.slot);
+            let before = self.elapsed;
+            let first = self.set_mut(set).expect("a due set").take(due.list);
+            // The other set may have a list due at the same time (never on one set): it
+            // must be taken now, since once time is at that list's start, the list looks
+            // a whole turn of its level away.
+            let other = match set {
+                Set::Current => Set::Replaced,
+                Set::Replaced => Set::Current,
+            };
+            let second = self.set_mut(other).and_then(|lists| {
+                let also = lists.next_due(before)?;
+                (also.deadline == due.deadline).then(|| (also.list, lists.take(also.list)))
+            });
             self.elapsed = due.deadline;
-            let mut at = self.take(list);
-            while at != list {
-                let next = self.links[at as usize].next;
-                let key = at - LISTS;
-                let deadline = deadline_of(key);
-                if deadline <= due.deadline {
-                    self.release(at);
-                    fire(key);
-                } else {
-                    self.file(at, deadline);
-                }
-                at = next;
+            for (list, taken) in std::iter::once((due.list, first)).chain(second) {
+                self.drain(taken, |wheel, key| match deadline_of(key) {
+                    Some(deadline) if deadline <= due.deadline => fire(key),
+                    // Where this record would be if it were the timer's own.
+                    Some(deadline) if list_for(before, deadline) == list => {
+                        wheel.file(key, deadline)
+                    }
+                    _ => {}
+                });
             }
         }
-        self.elapsed = self.elapsed.max(now);
-        self.due_at = self.next_due().map_or(u64::MAX, |due| due.deadline);
+        self.due_at = self.next_due().map_or(u64::MAX, |(_, due)| due.deadline);
     }
 
-    /// Empties `list` and returns its first node; the nodes stay chained by their `next`
-    /// links, the last one's pointing at the sentinel, which is `list` itself if it was
-    /// empty. Each must be filed again or released before the chain is followed past it.
-    fn take(&mut self, list: u32) -> u32 {
-        let first = self.links[list as usize].next;
-        self.links[list as usize] = Links {
-            prev: list,
-            next: list,
+    /// A rebuild's next keys, or the start of one if stale records are too many.
+    fn rebuild_step(&mut self, deadline_of: &impl Fn(u32) -> Option<u64>) {
+        let Some(rebuild) = &self.rebuild else {
+            let stale = self.records.saturating_sub(self.scheduled);
+            if stale > self.scheduled / 2 + self.min_stale {
+                self.rebuild = Some(Box::new(Rebuild {
+                    replaced: std::mem::replace(&mut self.lists, Lists::new()),
+                    next_key: 0,
+                }));
+            }
+            return;
         };
-        first
+        let first = rebuild.next_key;
+        let end = first.saturating_add(KEYS_PER_ADVANCE).min(self.key_bound);
+        for key in first..end {
+            if let Some(deadline) = deadline_of(key) {
+                self.file(key, deadline);
+            }
+        }
+        if end < self.key_bound {
+            self.rebuild.as_mut().expect("a rebuild").next_key = end;
+            return;
+        }
+        let replaced = self.rebuild.take().expect("a rebuild").replaced;
+        for list in replaced.lists.iter() {
+            self.drain(*list, |_, _| {});
+        }
     }
 
     /// The earliest time at which [`advance`](Self::advance) would fire something, if any
-    /// timer is scheduled (a lower bound: a slot comes due before its last timer).
+    /// timer is scheduled (a lower bound: a list comes due before its last timer, and
+    /// may hold only stale records).
     pub fn next_deadline(&self) -> Option<u64> {
-        if self.links[OVERDUE as usize].next != OVERDUE {
+        if self.scheduled == 0 {
+            return None;
+        }
+        let overdue = self.sets().any(|lists| !lists.lists[OVERDUE].is_empty());
+        if overdue {
             return Some(self.elapsed);
         }
-        self.next_due().map(|d| d.deadline)
+        self.next_due().map(|(_, due)| due.deadline)
     }
 
-    fn next_due(&self) -> Option<Due> {
-        self.occupied
-            .iter()
-            .enumerate()
-            .find_map(|(level, &occupied)| {
-                if occupied == 0 {
-                    return None;
-                }
-                let now_slot = ((self.elapsed / slot_span(level)) % SLOTS as u64) as u32;
-                let slot =
-                    (occupied.rotate_right(now_slot).trailing_zeros() + now_slot) as usize % SLOTS;
-                Some(Due {
-                    level,
-                    slot,
-                    deadline: self.due_time(level, slot),
-                })
-            })
+    /// Records on all lists, live and stale.
+    #[cfg(test)]
+    fn records(&self) -> usize {
+        self.records
     }
 
-    /// When the list of `level`, `slot` comes due, as time stands.
-    fn due_time(&self, level: usize, slot: usize) -> u64 {
-        let slot_span = slot_span(level);
-        let level_span = slot_span * SLOTS as u64;
-        let level_start = self.elapsed & !(level_span - 1);
-        let deadline = level_start + slot as u64 * slot_span;
-        if deadline <= self.elapsed {
-            // Only the top level wraps: its slots form a ring that clamped far-future
-            // timers keep circling until they are close enough to drop a level.
-            deadline + level_span
-        } else {
-            deadline
+    /// Lowers the stale records tolerated, so that a test's few writes rebuild.
+    #[cfg(test)]
+    pub(crate) fn set_min_stale(&mut self, min_stale: usize) {
+        self.min_stale = min_stale;
+    }
+
+    fn sets(&self) -> impl Iterator<Item = &Lists> {
+        std::iter::once(&self.lists).chain(self.rebuild.as_ref().map(|r| &r.replaced))
+    }
+
+    fn set_mut(&mut self, set: Set) -> Option<&mut Lists> {
+        match set {
+            Set::Current => Some(&mut self.lists),
+            Set::Replaced => self.rebuild.as_mut().map(|r| &mut r.replaced),
         }
     }
 
-    /// Puts the unlinked node `at` on the list where `deadline` belongs.
-    fn file(&mut self, at: u32, deadline: u64) {
-        if deadline <= self.elapsed {
-            self.push_front(OVERDUE, at);
+    /// The list that comes due first on either set, and its set.
+    fn next_due(&self) -> Option<(Set, Due)> {
+        let current = self.lists.next_due(self.elapsed).map(|d| (Set::Current, d));
+        let replaced = self
+            .rebuild
+            .as_ref()
+            .and_then(|r| r.replaced.next_due(self.elapsed))
+            .map(|d| (Set::Replaced, d));
+        match (current, replaced) {
+            (Some(c), Some(r)) => Some(if r.1.deadline < c.1.deadline { r } else { c }),
+            (c, r) => c.or(r),
+        }
+    }
+
+    /// Appends a record of `key` to the list where `deadline` belongs.
+    fn file(&mut self, key: u32, deadline: u64) {
+        let list = list_for(self.elapsed, deadline);
+        if list == OVERDUE {
             self.due_at = 0;
-            return;
+        } else {
+            let (level, slot) = (list / SLOTS, list % SLOTS);
+            self.lists.occupied[level] |= 1 << slot;
+            self.due_at = self.due_at.min(due_time(self.elapsed, level, slot));
         }
-        let level = level_for(self.elapsed, deadline);
-        let slot = ((deadline >> (level as u32 * SLOT_BITS)) % SLOTS as u64) as usize;
-        self.occupied[level] |= 1 << slot;
-        self.push_front((level * SLOTS + slot) as u32, at);
-        self.due_at = self.due_at.min(self.due_time(level, slot));
-    }
-
-    fn push_front(&mut self, list: u32, at: u32) {
-        let first = self.links[list as usize].next;
-        self.links[at as usize] = Links {
-            prev: list,
-            next: first,
+        let List { newest, fill } = self.lists.lists[list];
+        let (newest, fill) = if newest == NIL || fill as usize == CHUNK_KEYS {
+            (self.new_chunk(newest), 0)
+        } else {
+            (newest, fill)
         };
-        self.links[first as usize].prev = at;
-        self.links[list as usize].next = at;
+        self.chunks[newest as usize].keys[fill as usize] = key;
+        self.lists.lists[list] = List {
+            newest,
+            fill: fill + 1,
+        };
+        self.records += 1;
     }
 
-    fn unlink(&mut self, at: u32) {
-        let Links { prev, next } = self.links[at as usize];
-        self.links[prev as usize].next = next;
-        self.links[next as usize].prev = prev;
-        // Both neighbours are one node only if it is the sentinel and `at` was the last.
-        if prev == next && prev != OVERDUE {
-            let (level, slot) = (prev as usize / SLOTS, prev as usize % SLOTS);
-            self.occupied[level] &= !(1 << slot);
+    /// A chunk whose next is `next`, from the free chain if it has one.
+    fn new_chunk(&mut self, next: u32) -> u32 {
+        if self.free != NIL {
+            let chunk = self.free;
+            self.free = self.chunks[chunk as usize].next;
+            self.chunks[chunk as usize].next = next;
+            return chunk;
         }
+        let chunk = u32::try_from(self.chunks.len())
+            .ok()
+            .filter(|&c| c < NIL)
+            .expect("fewer than 2^32 - 1 chunks of timers");
+        self.chunks.push(Chunk {
+            keys: [0; CHUNK_KEYS],
+            next,
+        });
+        chunk
     }
 
-    fn release(&mut self, at: u32) {
-        self.links[at as usize] = UNSCHEDULED;
-        self.scheduled -= 1;
+    /// Frees the chunks of the detached `list`, handing each of its keys to `each`, which
+    /// may file records (on chunks freed before it is called).
+    fn drain(&mut self, list: List, mut each: impl FnMut(&mut Self, u32)) {
+        let (mut chunk, mut fill) = (list.newest, list.fill as usize);
+        while chunk != NIL {
+            let Chunk { keys, next } = self.chunks[chunk as usize];
+            self.chunks[chunk as usize].next = self.free;
+            self.free = chunk;
+            self.records -= fill;
+            for &key in &keys[..fill] {
+                each(self, key);
+            }
+            chunk = next;
+            fill = CHUNK_KEYS;
+        }
     }
 }
 
 fn slot_span(level: usize) -> u64 {
     1 << (level as u32 * SLOT_BITS)
+}
+
+/// When the list of `level`, `slot` comes due, as time stands at `elapsed`.
+fn due_time(elapsed: u64, level: usize, slot: usize) -> u64 {
+    let slot_span = slot_span(level);
+    let level_span = slot_span * SLOTS as u64;
+    let level_start = elapsed & !(level_span - 1);
+    let deadline = level_start + slot as u64 * slot_span;
+    if deadline <= elapsed {
+        // Only the top level wraps: its slots form a ring that clamped far-future
+        // timers keep circling until they are close enough to drop a level.
+        deadline + level_span
+    } else {
+        deadline
+    }
+}
+
+/// The list where a timer due at `deadline` belongs when the wheel's time is `elapsed`.
+fn list_for(elapsed: u64, deadline: u64) -> usize {
+    if deadline <= elapsed {
+        return OVERDUE;
+    }
+    let level = level_for(elapsed, deadline);
+    let slot = ((deadline >> (level as u32 * SLOT_BITS)) % SLOTS as u64) as usize;
+    level * SLOTS + slot
 }
 
 /// The lowest level on which `deadline` and `elapsed` differ only within one slot span.
@@ -287,7 +509,7 @@ fn level_for(elapsed: u64, deadline: u64) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
 
     /// A wheel and the deadlines its caller keeps.
     struct Timers {
@@ -297,31 +519,56 @@ mod tests {
 
     impl Timers {
         fn new(now: u64) -> Self {
+            Self::with_min_stale(now, MIN_STALE)
+        }
+
+        fn with_min_stale(now: u64, min_stale: usize) -> Self {
+            let mut wheel = TimerWheel::new(now);
+            wheel.min_stale = min_stale;
             Self {
-                wheel: TimerWheel::new(now),
+                wheel,
                 deadlines: HashMap::new(),
             }
         }
 
         fn schedule(&mut self, key: u32, deadline: u64) {
-            self.deadlines.insert(key, deadline);
+            assert!(self.deadlines.insert(key, deadline).is_none());
             self.wheel.schedule(key, deadline);
         }
 
-        fn cancel(&mut self, key: u32) -> bool {
-            self.deadlines.remove(&key);
-            self.wheel.cancel(key)
+        fn reschedule(&mut self, key: u32, deadline: u64) {
+            let from = self.deadlines.insert(key, deadline).expect("a live timer");
+            self.wheel.reschedule(key, from, deadline);
         }
 
-        fn fired(&mut self, now: u64) -> Vec<u32> {
-            let mut out = Vec::new();
-            let deadlines = &self.deadlines;
-            self.wheel.advance(now, |k| deadlines[&k], |k| out.push(k));
-            for k in &out {
-                self.deadlines.remove(k);
+        fn cancel(&mut self, key: u32) -> bool {
+            let deadline = self.deadlines.remove(&key);
+            if let Some(deadline) = deadline {
+                self.wheel.cancel(key, deadline);
             }
-            out.sort_unstable();
-            out
+            deadline.is_some()
+        }
+
+        /// The keys fired, once each, as the shard takes them: a key fired twice is
+        /// removed once.
+        fn fired(&mut self, now: u64) -> Vec<u32> {
+            let mut out = BTreeSet::new();
+            let deadlines = &self.deadlines;
+            self.wheel.advance(
+                now,
+                |k| deadlines.get(&k).copied(),
+                |k| {
+                    out.insert(k);
+                },
+            );
+            for k in &out {
+                assert!(
+                    self.deadlines[k] <= now,
+                    "key {k} fired before its deadline"
+                );
+                self.cancel(*k);
+            }
+            out.into_iter().collect()
         }
     }
 
@@ -338,6 +585,7 @@ mod tests {
         assert_eq!(t.fired(70_999), Vec::<u32>::new());
         assert_eq!(t.fired(71_000), vec![3]);
         assert!(t.wheel.is_empty());
+        assert_eq!(t.wheel.records(), 0);
     }
 
     #[test]
@@ -356,20 +604,104 @@ mod tests {
     }
 
     #[test]
-    fn cancel_is_honoured_and_keys_can_be_scheduled_again() {
+    fn cancelled_timers_do_not_fire_and_keys_can_be_scheduled_again() {
         let mut t = Timers::new(0);
         t.schedule(1, 10);
         t.schedule(2, 10);
         t.schedule(3, 10);
         assert!(t.cancel(2));
         assert!(t.cancel(1));
-        assert!(!t.cancel(1), "no timer left to cancel");
-        assert!(!t.cancel(40), "a key never seen has none");
         assert_eq!(t.wheel.len(), 1);
+        assert_eq!(
+            t.wheel.records(),
+            3,
+            "cancelled records wait for their list"
+        );
         assert_eq!(t.fired(10), vec![3]);
+        assert_eq!(
+            t.wheel.records(),
+            0,
+            "the list came due: stale records dropped"
+        );
         t.schedule(2, 20);
         assert_eq!(t.fired(20), vec![2]);
-        assert_eq!(TIMER_BYTES, 8);
+        assert_eq!(TIMER_BYTES, 5);
+    }
+
+    #[test]
+    fn a_reused_key_fires_at_its_new_deadline_only() {
+        let mut t = Timers::new(0);
+        t.schedule(4, 100);
+        t.cancel(4);
+        // The same key, for another entry due later: the old record must not fire it.
+        t.schedule(4, 5_000);
+        assert_eq!(t.fired(100), Vec::<u32>::new());
+        assert_eq!(t.fired(4_999), Vec::<u32>::new());
+        assert_eq!(t.fired(5_000), vec![4]);
+        // And due earlier than the old record's list.
+        t.schedule(5, 9_000);
+        t.cancel(5);
+        t.schedule(5, 6_000);
+        assert_eq!(t.fired(6_000), vec![5]);
+        assert_eq!(t.fired(9_000), Vec::<u32>::new());
+        assert_eq!(t.wheel.records(), 0);
+    }
+
+    #[test]
+    fn rescheduling_onto_the_same_list_files_nothing() {
+        let mut t = Timers::new(0);
+        t.schedule(1, 3_600_000);
+        for _ in 0..100 {
+            // Written again with the same TTL a moment later: the same top-level slot.
+            t.reschedule(1, 3_600_001);
+        }
+        assert_eq!(t.wheel.records(), 1);
+        t.reschedule(1, 60_000);
+        assert_eq!(
+            t.wheel.records(),
+            2,
+            "another list: a new record, the old one stale"
+        );
+        assert_eq!(t.fired(3_600_001), vec![1]);
+        assert_eq!(t.wheel.records(), 0);
+        assert!(t.wheel.is_empty());
+    }
+
+    #[test]
+    fn a_key_scheduled_right_after_its_cancel_takes_over_the_record() {
+        let start = 1_700_000_000_000u64;
+        let mut t = Timers::new(start);
+        t.schedule(1, start + 3_600_000);
+        // An eviction, and the write that takes the victim's slot, under the same TTL.
+        t.cancel(1);
+        t.schedule(1, start + 3_600_005);
+        assert_eq!(t.wheel.records(), 1);
+        // Onto another list: a record of its own.
+        t.cancel(1);
+        t.schedule(1, start + 60_000);
+        assert_eq!(t.wheel.records(), 2);
+        // After an advance the cancelled record may have moved: no take-over.
+        t.cancel(1);
+        assert!(t.fired(start + 1).is_empty());
+        t.schedule(1, start + 60_000);
+        assert_eq!(t.wheel.records(), 3);
+        assert_eq!(t.fired(start + 60_000), vec![1]);
+        assert_eq!(t.fired(start + 3_600_005), Vec::<u32>::new());
+        assert_eq!(t.wheel.records(), 0);
+    }
+
+    #[test]
+    fn rescheduled_timers_fire_at_their_latest_deadline() {
+        let mut t = Timers::new(0);
+        t.schedule(1, 500);
+        t.reschedule(1, 70_000);
+        t.schedule(2, 70_000);
+        t.reschedule(2, 300);
+        assert_eq!(t.fired(299), Vec::<u32>::new());
+        assert_eq!(t.fired(300), vec![2]);
+        assert_eq!(t.fired(500), Vec::<u32>::new(), "1 was moved from 500");
+        assert_eq!(t.fired(69_999), Vec::<u32>::new());
+        assert_eq!(t.fired(70_000), vec![1]);
     }
 
     #[test]
@@ -393,53 +725,116 @@ mod tests {
         assert_eq!(t.fired(far), vec![9]);
     }
 
+    /// Entries written again and again, each time onto another list, with a TTL far
+    /// longer than the test: no list comes due, so only rebuilds can drop the stale
+    /// records. They stay within a few times the live timers plus the floor, and every
+    /// timer still fires at its deadline.
+    #[test]
+    fn stale_records_stay_bounded_by_rebuilds() {
+        let start = 1_700_000_000_000u64;
+        let mut t = Timers::new(start);
+        let live = 1_000u32;
+        for key in 0..live {
+            t.schedule(key, start + 10_000_000);
+        }
+        let mut most = 0;
+        for round in 0..40_000u64 {
+            let key = (round * 7_919 % u64::from(live)) as u32;
+            // Deadlines a level-3 slot (262 s) apart: always another list.
+            t.reschedule(key, start + 10_000_000 + (round % 20) * 262_144);
+            assert!(t.fired(start + round).is_empty());
+            most = most.max(t.wheel.records());
+        }
+        assert!(
+            most <= 4 * live as usize + 2 * MIN_STALE,
+            "{most} records for {live} timers"
+        );
+        let end = start + 10_000_000 + 20 * 262_144;
+        let fired = t.fired(end);
+        assert_eq!(fired.len(), live as usize);
+        assert!(t.wheel.is_empty());
+    }
+
+    /// During a rebuild both sets can hold the same list, due at the same time; both
+    /// must fire then (once time stands at a list's start, it looks a turn away).
+    #[test]
+    fn a_list_due_on_both_sets_at_once_fires_from_both() {
+        let start = 1_700_000_000_000u64;
+        let due = start + 100_000;
+        let mut t = Timers::with_min_stale(start, 0);
+        t.schedule(0, due);
+        t.schedule(1, start + 10);
+        t.cancel(1);
+        // One stale record, over the floor: this advance starts a rebuild.
+        assert!(t.fired(start + 1).is_empty());
+        assert!(t.wheel.rebuild.is_some());
+        // Key 0's record is on the replaced set; key 2's goes on the same list of the new.
+        t.schedule(2, due);
+        assert_eq!(t.fired(due), vec![0, 2]);
+    }
+
     proptest! {
-        /// Against a reference (a plain list of deadlines): with random schedules, cancels
-        /// and advances, exactly the live timers with deadline <= now fire, each once.
+        /// Against a reference (a plain map of deadlines): with random schedules,
+        /// reschedules, cancels, key reuse and advances, exactly the live timers with
+        /// deadline <= now fire, and no other key; rebuilds (made frequent here) lose no
+        /// timer.
         #[test]
         fn matches_a_reference_model(
-            ops in proptest::collection::vec((0u8..3, 0u64..300_000, any::<bool>()), 1..200)
+            min_stale in 0usize..8,
+            ops in proptest::collection::vec((0u8..4, 0u64..300_000, any::<bool>()), 1..300)
         ) {
             let start = 1_700_000_000_000u64;
-            let mut t = Timers::new(start);
+            let mut t = Timers::with_min_stale(start, min_stale);
             let mut now = start;
             // Keys are reused once free, as the shard reuses its slots.
             let mut free_keys: Vec<u32> = Vec::new();
             let mut next_key = 0u32;
             for (op, amount, flag) in ops {
+                let live: Vec<u32> = {
+                    let mut keys: Vec<u32> = t.deadlines.keys().copied().collect();
+                    keys.sort_unstable();
+                    keys
+                };
+                let deadline = if flag { now + amount } else { now + amount % 100 };
                 match op {
                     0 => {
-                        let deadline = if flag { now + amount } else { now + amount % 100 };
                         let key = free_keys.pop().unwrap_or_else(|| {
                             next_key += 1;
                             next_key - 1
                         });
                         t.schedule(key, deadline);
                     }
-                    1 if !t.deadlines.is_empty() => {
-                        let mut keys: Vec<u32> = t.deadlines.keys().copied().collect();
-                        keys.sort_unstable();
-                        let key = keys[amount as usize % keys.len()];
+                    1 if !live.is_empty() => {
+                        let key = live[amount as usize % live.len()];
                         prop_assert!(t.cancel(key));
                         free_keys.push(key);
                     }
+                    2 if !live.is_empty() => {
+                        let key = live[amount as usize % live.len()];
+                        t.reschedule(key, deadline.saturating_sub(50));
+                    }
                     _ => {
                         now += if flag { amount } else { amount % 200 };
-                        let mut expected: Vec<u32> = t
+                        let expected: Vec<u32> = t
                             .deadlines
                             .iter()
                             .filter(|(_, &d)| d <= now)
                             .map(|(&k, _)| k)
+                            .collect::<BTreeSet<u32>>()
+                            .into_iter()
                             .collect();
-                        expected.sort_unstable();
                         let got = t.fired(now);
                         free_keys.extend(&got);
                         prop_assert_eq!(got, expected);
                     }
                 }
                 prop_assert_eq!(t.wheel.len(), t.deadlines.len());
-                // A list left empty by a cancel is no longer marked as holding timers.
+                prop_assert!(t.wheel.records() >= t.wheel.len());
                 prop_assert_eq!(t.wheel.next_deadline().is_none(), t.deadlines.is_empty());
+                if let Some(next) = t.wheel.next_deadline() {
+                    let earliest = t.deadlines.values().min().copied().unwrap_or(u64::MAX);
+                    prop_assert!(next <= earliest.max(now), "{} after {}", next, earliest);
+                }
             }
         }
     }

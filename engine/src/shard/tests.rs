@@ -406,3 +406,63 @@ fn every_key_and_value_length_reads_back_through_chains() {
     }
     assert_eq!((s.len(), s.bytes()), (0, 0));
 }
+
+/// Every slot's deadline, as the wheel must see it (NEVER: none).
+fn deadlines(s: &ShardWriter) -> Vec<(u32, u64)> {
+    let window = s.config.stale_window_ms;
+    let names = &s.policy.home().names;
+    s.policy
+        .iter()
+        .map(|(slot, r)| (slot, r.node(names).stale_until_ms(window)))
+        .collect()
+}
+
+proptest::proptest! {
+    /// With writes with and without TTLs, overwrites, removals and evictions (a dozen
+    /// slots for two dozen keys, reused as they free), and the wheel rebuilding often:
+    /// an expiry removes exactly the entries whose deadline has passed, and the wheel
+    /// counts exactly the entries that have one.
+    #[test]
+    fn expiry_removes_exactly_the_entries_past_their_deadline(
+        min_stale in 0usize..6,
+        window in proptest::prop_oneof![proptest::strategy::Just(0u64), 1u64..300],
+        ops in proptest::collection::vec((0u8..4, 0u8..24, 0u64..3_000), 1..400),
+    ) {
+        let mut s = ShardWriter::new(
+            ShardConfig {
+                max_entries: 12,
+                max_bytes: u64::MAX,
+                stale_window_ms: window,
+                eviction: Eviction::Adaptive,
+                huge_pages: false,
+            },
+            Arc::default(),
+            NOW,
+            KeyHasher::chosen(h),
+        );
+        s.wheel.set_min_stale(min_stale);
+        let mut now = NOW;
+        for (op, k, amount) in ops {
+            let key = format!("k{k}");
+            match op {
+                0 => {
+                    put(&mut s, &key, "v", Some(amount + 1), now);
+                }
+                1 => {
+                    put(&mut s, &key, "v", None, now);
+                }
+                2 => {
+                    s.remove(h(key.as_bytes()), key.as_bytes(), now);
+                }
+                _ => {
+                    now += amount;
+                    let due = deadlines(&s).iter().filter(|(_, d)| *d <= now).count();
+                    proptest::prop_assert_eq!(s.expire(now), due);
+                    proptest::prop_assert!(deadlines(&s).iter().all(|(_, d)| *d > now));
+                }
+            }
+            let timed = deadlines(&s).iter().filter(|(_, d)| *d != NEVER).count();
+            proptest::prop_assert_eq!(s.wheel.len(), timed);
+        }
+    }
+}
