@@ -572,9 +572,8 @@ impl ShardWriter {
     }
 
     fn remove_slot(&mut self, slot: u32) {
-        let resident = self.policy.remove(slot).expect("slot is occupied");
-        let home = self.policy.home();
-        let node = home.names.node(resident.handle);
+        let (resident, hash) = self.policy.remove(slot).expect("slot is occupied");
+        let node = self.policy.home().names.node(resident.handle);
         let window = self.config.stale_window_ms;
         // SAFETY: the node is still linked (the table unlinks it just below), hence live.
         let (until, charge) = unsafe { (node.as_ref().stale_until_ms(window), charge_of(node)) };
@@ -582,8 +581,7 @@ impl ShardWriter {
             self.wheel.cancel(slot, until);
         }
         self.bytes -= charge;
-        self.table
-            .remove(node, eviction::Resident::hash(&resident, home));
+        self.table.remove(node, hash);
     }
 
     fn publish_levels(&self) {

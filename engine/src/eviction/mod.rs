@@ -217,7 +217,16 @@ pub struct Policy<T: Resident> {
     protected: Bounds,
     admission: Option<Admission>,
     metrics: Arc<ShardMetrics>,
+    /// The key hashes [`Policy::prefetch_admission`] computed, with their slots
+    /// ([`NO_SLOT`]: none): those residents are the likeliest candidate and victim of the
+    /// eviction that follows, which needs their hashes again for admission and for the
+    /// caller's unlinking. A hash is forgotten when its slot's resident is removed; an
+    /// overwrite keeps the key, hence the hash.
+    hashed: [(u32, u64); 2],
 }
+
+/// No slot, in [`Policy::hashed`].
+const NO_SLOT: u32 = u32::MAX;
 
 impl<T: Resident> Policy<T> {
     /// A policy for a shard bounded by `max_entries` and `max_bytes`, which can hold at
@@ -264,6 +273,7 @@ impl<T: Resident> Policy<T> {
             protected: bounds,
             admission,
             metrics,
+            hashed: [(NO_SLOT, 0); 2],
         };
         policy.resize_window(window_share);
         policy
@@ -366,9 +376,14 @@ impl<T: Resident> Policy<T> {
     /// candidate and victim, and hands their hashes to `also` (the caller's own lines of
     /// them, such as their buckets); once their residents are loaded
     /// ([`Policy::prefetch_next_victims`]), this costs no wait.
-    pub fn prefetch_admission(&self, also: impl Fn(u64)) {
-        for resident in self.next_victims() {
-            let hash = resident.hash(&self.home);
+    pub fn prefetch_admission(&mut self, also: impl Fn(u64)) {
+        for (known, region) in [Region::Window, Region::Probation].into_iter().enumerate() {
+            let Some(slot) = self.ring.hand(region) else {
+                self.hashed[known] = (NO_SLOT, 0);
+                continue;
+            };
+            let hash = self.resident(slot).hash(&self.home);
+            self.hashed[known] = (slot, hash);
             if let Some(admission) = &self.admission {
                 admission.sketch.prefetch(hash);
             }
@@ -439,17 +454,25 @@ impl<T: Resident> Policy<T> {
         self.count_write(slot);
     }
 
-    /// Removes the resident of `slot` (evicted, expired or deleted).
-    pub fn remove(&mut self, slot: u32) -> Option<T> {
+    /// Removes the resident of `slot` (evicted, expired or deleted); returns it with its
+    /// key's hash.
+    pub fn remove(&mut self, slot: u32) -> Option<(T, u64)> {
+        self.ring.get(slot)?;
+        let hash = self.hash_of(slot);
+        for known in &mut self.hashed {
+            if known.0 == slot {
+                *known = (NO_SLOT, 0);
+            }
+        }
         let vacated = self.ring.remove(slot)?;
         let resident = vacated.item;
         self.bytes[vacated.region as usize] -= resident.charge(&self.home);
         // A key deleted or evicted and set again keeps every request it earned.
         let uncounted = u8::from(vacated.marked) + resident.pending_hits(&self.home);
         if uncounted > 0 {
-            self.record(resident.hash(&self.home), uncounted);
+            self.record(hash, uncounted);
         }
-        Some(resident)
+        Some((resident, hash))
     }
 
     /// Feeds the window's climber the readers' lookups since the last call.
@@ -513,7 +536,7 @@ impl<T: Resident> Policy<T> {
             if hits == 0 {
                 return Some(slot);
             }
-            let hash = resident.hash(&self.home);
+            let hash = self.hash_of(slot);
             let uncounted_write = u8::from(self.ring.unmark(slot));
             self.record(hash, hits + uncounted_write);
             if budget == 0 {
@@ -601,7 +624,13 @@ impl<T: Resident> Policy<T> {
 
     /// The key hash of the resident of `slot`.
     fn hash_of(&self, slot: u32) -> u64 {
-        self.resident(slot).hash(&self.home)
+        match self.hashed.iter().find(|known| known.0 == slot) {
+            Some(&(_, hash)) => {
+                debug_assert_eq!(hash, self.resident(slot).hash(&self.home), "slot {slot}");
+                hash
+            }
+            None => self.resident(slot).hash(&self.home),
+        }
     }
 
     /// The charge of the resident of `slot`.

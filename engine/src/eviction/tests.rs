@@ -88,6 +88,12 @@ impl Shard {
         let existing = self.slots.get(&key).copied();
         let freed = existing.map_or(0, |s| self.policy.get(s).unwrap().charge);
         let incoming = existing.is_none().then_some(charge);
+        let evicts = existing.is_none() && self.policy.len() >= self.max_entries
+            || self.bytes - freed + charge > self.max_bytes;
+        if evicts && existing.is_none() {
+            // As the shard does, so that admission and removal take these hashes.
+            self.policy.prefetch_admission(|_| {});
+        }
         let mut evicted = Vec::new();
         while (existing.is_none() && self.policy.len() >= self.max_entries)
             || self.bytes - freed + charge > self.max_bytes
@@ -95,7 +101,7 @@ impl Shard {
             let Some(victim) = self.policy.next_victim(existing, incoming) else {
                 break;
             };
-            let item = self.policy.remove(victim).unwrap();
+            let (item, _) = self.policy.remove(victim).unwrap();
             self.bytes -= item.charge;
             self.slots.remove(&item.key);
             evicted.push(item.key);
@@ -122,7 +128,7 @@ impl Shard {
         let Some(slot) = self.slots.remove(&key) else {
             return false;
         };
-        self.bytes -= self.policy.remove(slot).unwrap().charge;
+        self.bytes -= self.policy.remove(slot).unwrap().0.charge;
         true
     }
 
