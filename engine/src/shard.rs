@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::eviction::{
-    self, slot_bytes, Eviction, Policy, Standing, MAX_SLOTS, SKETCH_BYTES_PER_ENTRY,
+    self, slot_bytes, Eviction, Policy, Region, Standing, MAX_SLOTS, SKETCH_BYTES_PER_ENTRY,
 };
 use crate::glob::Glob;
 use crate::hashing::KeyHasher;
@@ -265,11 +265,20 @@ impl ShardWriter {
         expires_at_ms: Option<u64>,
         cached_at_ms: u64,
     ) -> Result<Inserted, InsertError> {
-        self.insert_into_slot(hash, key, value, expires_at_ms, cached_at_ms)
-            .map(|(inserted, _)| inserted)
+        self.insert_into_slot(
+            hash,
+            key,
+            value,
+            expires_at_ms,
+            cached_at_ms,
+            Region::Window,
+        )
+        .map(|(inserted, _)| inserted)
     }
 
-    /// [`ShardWriter::insert`], also saying which policy slot the entry is in.
+    /// [`ShardWriter::insert`], also saying which policy slot the entry is in; a new
+    /// entry joins `region` (the window, or for a restored entry the region it was
+    /// saved from).
     fn insert_into_slot(
         &mut self,
         hash: u64,
@@ -277,6 +286,7 @@ impl ShardWriter {
         value: &[u8],
         expires_at_ms: Option<u64>,
         cached_at_ms: u64,
+        region: Region,
     ) -> Result<(Inserted, u32), InsertError> {
         if key.len() > MAX_KEY_LEN {
             return Err(InsertError::KeyTooLong {
@@ -356,7 +366,7 @@ impl ShardWriter {
                 (slot, replaced_until)
             }
             None => {
-                let slot = self.policy.insert_with(|slot| {
+                let slot = self.policy.insert_with(region, |slot| {
                     entry.slot = slot;
                     Resident {
                         handle: table.insert(entry),
@@ -444,12 +454,12 @@ impl ShardWriter {
             entry.value,
             entry.expires_at_ms,
             entry.cached_at_ms,
+            entry.standing.region,
         )?;
         // After the insert, whose own count just brought the key's sketch line into
-        // the cache. (The entry joins the window unopposed, so its count does not
+        // the cache. (The entry joins its region unopposed, so its count does not
         // matter to the insert itself.)
         self.policy.prime(slot, entry.standing);
-        self.policy.place(slot, entry.standing.region);
         Ok(inserted)
     }
 

@@ -334,22 +334,6 @@ impl<T: Resident> Policy<T> {
         self.record(hash, standing.frequency.saturating_sub(1));
     }
 
-    /// Puts a restored resident, inserted into the window, back in the region it was
-    /// saved from, as far as this policy's regions and bounds allow.
-    pub fn place(&mut self, slot: u32, region: Region) {
-        if self.admission.is_none() || self.ring.region_of(slot) != Region::Window {
-            return;
-        }
-        match region {
-            Region::Window => {}
-            Region::Probation => self.move_to(slot, Region::Probation),
-            Region::Protected => {
-                self.move_to(slot, Region::Probation);
-                self.promote(slot);
-            }
-        }
-    }
-
     /// Starts loading the residents the hands of the window and of probation point at,
     /// the likeliest candidate and victim of the next eviction, so that their cache
     /// misses overlap the caller's own lookup rather than follow it.
@@ -411,6 +395,8 @@ impl<T: Resident> Policy<T> {
                     return Some(victim);
                 }
                 self.metrics.admissions_refused.incr();
+                // The victim stays, passed over as if read (it was the likelier to go).
+                self.ring.advance(self.ring.region_of(victim));
                 return Some(candidate);
             }
         }
@@ -418,26 +404,39 @@ impl<T: Resident> Policy<T> {
             .or_else(|| self.sweep(Region::Window, spare))
     }
 
-    /// Stores a new resident as the newest of the window, its request to be counted
-    /// later; returns its slot. Call once [`Policy::next_victim`] has made room.
-    pub fn insert_with(&mut self, make: impl FnOnce(u32) -> T) -> u32 {
-        let slot = self.ring.insert_with(Region::Window, make);
+    /// Stores a new resident as the newest of `region`, its request to be counted later;
+    /// returns its slot. Call once [`Policy::next_victim`] has made room. New entries
+    /// join the window; a restored one rejoins the region it was saved from, as far as
+    /// this policy has it (plain CLOCK has only the window).
+    pub fn insert_with(&mut self, region: Region, make: impl FnOnce(u32) -> T) -> u32 {
+        let region = if self.admission.is_some() {
+            region
+        } else {
+            Region::Window
+        };
+        let slot = self.ring.insert_with(region, make);
         let charge = self
             .ring
             .get(slot)
             .expect("just inserted")
             .charge(&self.home);
-        self.bytes[Region::Window as usize] += charge;
+        self.bytes[region as usize] += charge;
         if let Some(admission) = &mut self.admission {
             admission.grow(self.ring.len());
         }
         self.count_write(slot);
-        // The shard has room now, so the window's overflow joins probation unopposed.
-        while self.window_over(None) {
-            let Some(candidate) = self.sweep(Region::Window, Some(slot)) else {
-                break;
-            };
-            self.move_to(candidate, Region::Probation);
+        match region {
+            // The shard has room now, so the window's overflow joins probation unopposed.
+            Region::Window => {
+                while self.window_over(None) {
+                    let Some(candidate) = self.sweep(Region::Window, Some(slot)) else {
+                        break;
+                    };
+                    self.move_to(candidate, Region::Probation);
+                }
+            }
+            Region::Probation => {}
+            Region::Protected => self.demote_overflow(slot),
         }
         slot
     }
@@ -516,18 +515,19 @@ impl<T: Resident> Policy<T> {
     }
 
     /// Sweeps `region` with its hand to the first resident read by nobody since the hand
-    /// last passed, and leaves the hand past it. A resident that was read gets its hits
-    /// (and any pending write) counted and its second chance: it stays (window,
-    /// protected) or is promoted (probation). Bounded: after two turns, the oldest
-    /// resident other than `spare` is taken even if readers keep touching it.
+    /// last passed, and leaves the hand on it: the caller removes it, moves it
+    /// ([`Policy::move_to`]) or passes it ([`Ring::advance`]). A resident that was read gets
+    /// its hits (and any pending write) counted and its second chance: the hand passes it
+    /// (window, protected) or it is promoted (probation). Bounded: after two turns, the
+    /// oldest resident other than `spare` is taken even if readers keep touching it.
     fn sweep(&mut self, region: Region, spare: Option<u32>) -> Option<u32> {
         let mut budget = 2 * self.ring.region_len(region) + 1;
         while let Some(slot) = self.ring.hand(region) {
-            self.ring.advance(region);
             if Some(slot) == spare {
                 if self.ring.region_len(region) == 1 {
                     return None;
                 }
+                self.ring.advance(region);
                 continue;
             }
             budget = budget.saturating_sub(1);
@@ -544,29 +544,39 @@ impl<T: Resident> Policy<T> {
             }
             if region == Region::Probation && self.admission.is_some() {
                 self.promote(slot);
+            } else {
+                self.ring.advance(region);
             }
         }
         None
     }
 
-    /// Moves a probation resident that was read into protected, demoting protected's
-    /// oldest unread residents while it is over its share.
+    /// Moves the probation resident at its hand, which was read, into protected.
     fn promote(&mut self, slot: u32) {
         self.move_to(slot, Region::Protected);
+        self.demote_overflow(slot);
+    }
+
+    /// Demotes protected's oldest unread residents to probation while protected is over
+    /// its share, sparing `spare` (the resident that just joined it).
+    fn demote_overflow(&mut self, spare: u32) {
         while self.protected_over() {
-            let Some(demoted) = self.sweep(Region::Protected, Some(slot)) else {
+            let Some(demoted) = self.sweep(Region::Protected, Some(spare)) else {
                 break;
             };
             self.move_to(demoted, Region::Probation);
         }
     }
 
+    /// Moves the resident of `slot`, which is at its region's hand (where sweeps leave
+    /// what they find), to be the newest of `to`.
     fn move_to(&mut self, slot: u32, to: Region) {
         let from = self.ring.region_of(slot);
+        debug_assert_eq!(self.ring.hand(from), Some(slot), "moves are made at a hand");
         let charge = self.charge_of(slot);
         self.bytes[from as usize] -= charge;
         self.bytes[to as usize] += charge;
-        self.ring.move_to(slot, to);
+        self.ring.move_hand(from, to);
     }
 
     /// TinyLFU: does the window's candidate deserve the victim's place?

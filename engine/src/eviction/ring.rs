@@ -4,14 +4,24 @@
 //! A list's hand points at its oldest resident, the next one the hand inspects; a
 //! resident joins a list just behind the hand, so it is the last one the hand reaches.
 //! Advancing the hand past a resident (a second chance) therefore makes it the newest
-//! without moving it, which is CLOCK's whole trick. Moving a resident to another region
-//! is an O(1) unlink and link. Slots never move, so a slot number is a stable handle
-//! (the timer wheel files expiries by it); vacant slots are kept on a stack of their
-//! numbers, and the slot array grows to the shard's high-water mark of residents.
+//! without moving it, which is CLOCK's whole trick. Slots never move, so a slot number is
+//! a stable handle (the timer wheel files expiries by it); vacant slots are kept on a
+//! stack of their numbers, and the slot array grows to the shard's high-water mark of
+//! residents.
+//!
+//! **Lists are linked one way.** Each list keeps its hand and the slot behind it (its
+//! newest), so a resident joins behind the hand, and leaves from the hand, in O(1) with
+//! a single link per slot. The policy only moves residents between regions from a hand
+//! ([`Ring::move_hand`]), where its sweeps find them. A resident removed anywhere else
+//! (deleted, expired) leaves a tombstone: its slot stays linked, empty, and the hands
+//! unlink it as they pass, so the order of the live residents is exactly what unlinking
+//! it at once would have left. Where hands do not pass (a shard that is not full evicts
+//! nothing), a cleaning cursor walks the list a few slots per removal, once tombstones
+//! outnumber half the live residents and [`CLEAN_FLOOR`]: a list holds at most about
+//! as many tombstones as residents, and a slot costs its resident and one 32-bit word.
 //!
 //! Each slot also carries its region and one mark for the policy's own use, in the top
-//! bits of its two links (slot numbers take 30 bits), so that neither costs memory or a
-//! cache line of its own: a slot is its resident and two 32-bit words.
+//! bits of its link (slot numbers take 29 bits), so that neither costs memory of its own.
 
 /// The regions of a W-TinyLFU cache, each a CLOCK list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,50 +48,51 @@ impl Region {
 }
 
 /// The bits of a link that name a slot.
-const INDEX: u32 = (1 << 30) - 1;
+const INDEX: u32 = (1 << 29) - 1;
 
 /// No slot.
 const NIL: u32 = INDEX;
 
-/// The most slots a ring has: a link keeps a slot number in its low 30 bits, and one
+/// The most slots a ring has: a link keeps a slot number in its low 29 bits, and one
 /// number means "no slot".
 pub const MAX_SLOTS: usize = NIL as usize;
 
-/// Where the region sits in `prev`.
-const REGION_SHIFT: u32 = 30;
+/// Where the region sits in the link.
+const REGION_SHIFT: u32 = 29;
 
-/// The mark's bit in `next`.
+/// The region's bits in the link.
+const REGION: u32 = 3 << REGION_SHIFT;
+
+/// The mark's bit in the link.
 const MARK: u32 = 1 << 31;
+
+/// Tombstones a list keeps beyond half its residents before its cursor cleans.
+pub const CLEAN_FLOOR: usize = 64;
+
+/// Slots the cleaning cursor walks per tombstone made while cleaning is due.
+const CLEAN_STEPS: usize = 8;
 
 #[derive(Debug)]
 struct Slot<T> {
+    /// The resident; `None` in a vacant slot and in a tombstone (a removed resident's
+    /// slot still on its list).
     item: Option<T>,
-    /// The previous slot of the list in bits 0 to 29; the slot's region (its `as u8`)
-    /// in bits 30 and 31.
-    prev: u32,
-    /// The next slot of the list in bits 0 to 29; the slot's mark in bit 31.
-    next: u32,
+    /// The next slot of the list in bits 0 to 28, the slot's region (its `as u8`) in
+    /// bits 29 and 30, its mark in bit 31.
+    link: u32,
 }
 
 impl<T> Slot<T> {
-    fn prev(&self) -> u32 {
-        self.prev & INDEX
-    }
-
     fn next(&self) -> u32 {
-        self.next & INDEX
-    }
-
-    fn set_prev(&mut self, slot: u32) {
-        self.prev = (self.prev & !INDEX) | slot;
+        self.link & INDEX
     }
 
     fn set_next(&mut self, slot: u32) {
-        self.next = (self.next & !INDEX) | slot;
+        self.link = (self.link & !INDEX) | slot;
     }
 
     fn region(&self) -> Region {
-        match self.prev >> REGION_SHIFT {
+        match (self.link & REGION) >> REGION_SHIFT {
             0 => Region::Window,
             1 => Region::Probation,
             _ => Region::Protected,
@@ -89,11 +100,11 @@ impl<T> Slot<T> {
     }
 
     fn set_region(&mut self, region: Region) {
-        self.prev = self.prev() | (region as u32) << REGION_SHIFT;
+        self.link = (self.link & !REGION) | (region as u32) << REGION_SHIFT;
     }
 
     fn is_marked(&self) -> bool {
-        self.next & MARK != 0
+        self.link & MARK != 0
     }
 }
 
@@ -107,9 +118,25 @@ pub struct Vacated<T> {
 
 #[derive(Clone, Copy, Debug)]
 struct List {
+    /// The oldest resident (never a tombstone), or NIL if the list is empty.
     hand: u32,
+    /// The slot behind the hand: the newest, resident or tombstone.
+    tail: u32,
+    /// Residents.
     len: usize,
+    /// Tombstones.
+    dead: usize,
+    /// The slot after which the cleaning cursor looks next, or NIL: start at the hand.
+    cursor: u32,
 }
+
+const EMPTY: List = List {
+    hand: NIL,
+    tail: NIL,
+    len: 0,
+    dead: 0,
+    cursor: NIL,
+};
 
 #[derive(Debug)]
 pub struct Ring<T> {
@@ -128,7 +155,7 @@ impl<T> Ring<T> {
     pub fn new() -> Self {
         Self {
             slots: Vec::new(),
-            lists: [List { hand: NIL, len: 0 }; 3],
+            lists: [EMPTY; 3],
             vacant: Vec::new(),
             len: 0,
         }
@@ -150,11 +177,10 @@ impl<T> Ring<T> {
                 let slot = u32::try_from(self.slots.len())
                     .ok()
                     .filter(|&s| s < NIL)
-                    .expect("fewer than 2^30 - 1 residents per shard");
+                    .expect("fewer than 2^29 - 1 slots per shard");
                 self.slots.push(Slot {
                     item: None,
-                    prev: NIL,
-                    next: NIL,
+                    link: NIL,
                 });
                 slot
             }
@@ -162,9 +188,10 @@ impl<T> Ring<T> {
         };
         let s = &mut self.slots[slot as usize];
         // Not the mark of the slot's last resident.
-        s.next &= !MARK;
+        s.link &= !MARK;
         s.item = Some(make(slot));
         self.link(slot, region);
+        self.lists[region as usize].len += 1;
         self.len += 1;
         slot
     }
@@ -190,14 +217,23 @@ impl<T> Ring<T> {
         self.slots[slot as usize].region()
     }
 
-    /// Removes the resident of `slot`, freeing the slot.
+    /// Removes the resident of `slot`, freeing the slot: at once if it is at its hand,
+    /// else when a hand or the cleaning cursor passes its tombstone.
     pub fn remove(&mut self, slot: u32) -> Option<Vacated<T>> {
         let s = self.slots.get_mut(slot as usize)?;
         let item = s.item.take()?;
         let (region, marked) = (s.region(), s.is_marked());
-        self.unlink(slot);
-        self.vacant.push(slot);
+        let list = &mut self.lists[region as usize];
+        list.len -= 1;
         self.len -= 1;
+        if list.hand == slot {
+            self.unlink_hand(region);
+            self.vacant.push(slot);
+            self.settle(region);
+        } else {
+            list.dead += 1;
+            self.clean(region);
+        }
         Some(Vacated {
             item,
             region,
@@ -208,7 +244,7 @@ impl<T> Ring<T> {
     /// Marks an occupied slot (a new resident starts unmarked).
     pub fn mark(&mut self, slot: u32) {
         debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
-        self.slots[slot as usize].next |= MARK;
+        self.slots[slot as usize].link |= MARK;
     }
 
     /// Whether an occupied slot is marked.
@@ -220,15 +256,20 @@ impl<T> Ring<T> {
     pub fn unmark(&mut self, slot: u32) -> bool {
         let s = &mut self.slots[slot as usize];
         let marked = s.is_marked();
-        s.next &= !MARK;
+        s.link &= !MARK;
         marked
     }
 
-    /// Moves an occupied slot, with its mark, to be the newest of `region`.
-    pub fn move_to(&mut self, slot: u32, region: Region) {
-        debug_assert!(self.get(slot).is_some(), "slot {slot} is vacant");
-        self.unlink(slot);
-        self.link(slot, region);
+    /// Moves the resident at `from`'s hand, with its mark, to be the newest of `to`;
+    /// returns its slot, or `None` if `from` is empty.
+    pub fn move_hand(&mut self, from: Region, to: Region) -> Option<u32> {
+        let slot = self.hand(from)?;
+        self.unlink_hand(from);
+        self.lists[from as usize].len -= 1;
+        self.settle(from);
+        self.link(slot, to);
+        self.lists[to as usize].len += 1;
+        Some(slot)
     }
 
     /// The oldest resident of `region`, where its hand points.
@@ -240,7 +281,9 @@ impl<T> Ring<T> {
     pub fn advance(&mut self, region: Region) {
         let list = &mut self.lists[region as usize];
         if list.hand != NIL {
+            list.tail = list.hand;
             list.hand = self.slots[list.hand as usize].next();
+            self.settle(region);
         }
     }
 
@@ -258,40 +301,84 @@ impl<T> Ring<T> {
             .filter_map(|(slot, s)| s.item.as_ref().map(|r| (slot as u32, r)))
     }
 
-    /// Links `slot` just behind `region`'s hand.
+    /// Links `slot` just behind `region`'s hand (its count is the caller's).
     fn link(&mut self, slot: u32, region: Region) {
         let list = &mut self.lists[region as usize];
-        list.len += 1;
-        let (prev, next) = if list.hand == NIL {
+        let next = if list.hand == NIL {
             list.hand = slot;
-            (slot, slot)
+            slot
         } else {
-            let next = list.hand;
-            let prev = self.slots[next as usize].prev();
-            self.slots[prev as usize].set_next(slot);
-            self.slots[next as usize].set_prev(slot);
-            (prev, next)
+            self.slots[list.tail as usize].set_next(slot);
+            list.hand
         };
+        list.tail = slot;
         let s = &mut self.slots[slot as usize];
-        s.set_prev(prev);
         s.set_next(next);
         s.set_region(region);
     }
 
-    fn unlink(&mut self, slot: u32) {
-        let s = &self.slots[slot as usize];
-        let (prev, next) = (s.prev(), s.next());
-        let list = &mut self.lists[s.region() as usize];
-        list.len -= 1;
-        if list.len == 0 {
+    /// Unlinks the slot at `region`'s hand (its count is the caller's); the hand moves to
+    /// the next slot, which may be a tombstone.
+    fn unlink_hand(&mut self, region: Region) {
+        let list = &mut self.lists[region as usize];
+        let at = list.hand;
+        let next = self.slots[at as usize].next();
+        if next == at {
             list.hand = NIL;
-            return;
-        }
-        if list.hand == slot {
+            list.tail = NIL;
+        } else {
+            self.slots[list.tail as usize].set_next(next);
             list.hand = next;
         }
-        self.slots[prev as usize].set_next(next);
-        self.slots[next as usize].set_prev(prev);
+        if list.cursor == at {
+            list.cursor = NIL;
+        }
+    }
+
+    /// Frees the tombstones at `region`'s hand, so that it points at a resident again.
+    /// A list without tombstones needs no look at its new hand's slot, which a sweep
+    /// would otherwise load a step early.
+    fn settle(&mut self, region: Region) {
+        loop {
+            let list = &self.lists[region as usize];
+            if list.dead == 0 || self.slots[list.hand as usize].item.is_some() {
+                return;
+            }
+            let hand = list.hand;
+            self.unlink_hand(region);
+            self.lists[region as usize].dead -= 1;
+            self.vacant.push(hand);
+        }
+    }
+
+    /// Walks `region`'s cleaning cursor a few slots, freeing the tombstones it finds, if
+    /// they are over their share.
+    fn clean(&mut self, region: Region) {
+        for _ in 0..CLEAN_STEPS {
+            let list = &mut self.lists[region as usize];
+            if list.dead <= list.len / 2 + CLEAN_FLOOR || list.hand == NIL {
+                return;
+            }
+            let at = if list.cursor == NIL {
+                list.hand
+            } else {
+                list.cursor
+            };
+            let next = self.slots[at as usize].next();
+            // The hand is never a tombstone, so `next` is not the hand here.
+            if self.slots[next as usize].item.is_none() {
+                let after = self.slots[next as usize].next();
+                self.slots[at as usize].set_next(after);
+                if list.tail == next {
+                    list.tail = at;
+                }
+                list.dead -= 1;
+                list.cursor = at;
+                self.vacant.push(next);
+            } else {
+                list.cursor = next;
+            }
+        }
     }
 }
 
@@ -306,15 +393,23 @@ mod tests {
     use super::*;
     use Region::*;
 
-    /// The residents of `region` from its hand on.
+    /// The residents of `region` from its hand on (tombstones left out).
     fn order(ring: &Ring<&'static str>, region: Region) -> Vec<&'static str> {
+        slots_in(ring, region)
+            .into_iter()
+            .filter_map(|slot| ring.get(slot).copied())
+            .collect()
+    }
+
+    /// Every slot on `region`'s list from its hand on, tombstones included.
+    fn slots_in<T>(ring: &Ring<T>, region: Region) -> Vec<u32> {
         let mut out = Vec::new();
         let Some(start) = ring.hand(region) else {
             return out;
         };
         let mut slot = start;
         loop {
-            out.push(*ring.get(slot).unwrap());
+            out.push(slot);
             slot = ring.slots[slot as usize].next();
             if slot == start {
                 return out;
@@ -345,11 +440,11 @@ mod tests {
         let a = ring.insert_with(Window, |_| "a");
         let b = ring.insert_with(Window, |_| "b");
         let c = ring.insert_with(Window, |_| "c");
-        ring.move_to(a, Probation);
-        ring.move_to(b, Probation);
+        assert_eq!(ring.move_hand(Window, Probation), Some(a));
+        assert_eq!(ring.move_hand(Window, Probation), Some(b));
         assert_eq!(order(&ring, Window), ["c"]);
         assert_eq!(order(&ring, Probation), ["a", "b"]);
-        ring.move_to(a, Protected);
+        assert_eq!(ring.move_hand(Probation, Protected), Some(a));
         assert_eq!(ring.region_of(a), Protected);
         assert_eq!(order(&ring, Probation), ["b"]);
         assert_eq!(
@@ -362,6 +457,52 @@ mod tests {
         assert_eq!(ring.remove(c).map(|v| v.item), Some("c"));
         assert_eq!(ring.len(), 1);
         assert_eq!(order(&ring, Protected), ["a"]);
+        assert_eq!(ring.move_hand(Window, Protected), None, "nothing to move");
+    }
+
+    #[test]
+    fn a_resident_removed_behind_the_hand_leaves_a_tombstone_the_hand_frees() {
+        let mut ring = Ring::new();
+        let a = ring.insert_with(Window, |_| "a");
+        let b = ring.insert_with(Window, |_| "b");
+        ring.insert_with(Window, |_| "c");
+        assert_eq!(ring.remove(b).map(|v| v.item), Some("b"));
+        assert_eq!(order(&ring, Window), ["a", "c"]);
+        assert_eq!(slots_in(&ring, Window).len(), 3, "b's slot is still linked");
+        assert_eq!(ring.insert_with(Window, |_| "d"), 3, "and not reused yet");
+        // The hand passes a and lands on b's tombstone, which it frees.
+        ring.advance(Window);
+        assert_eq!(order(&ring, Window), ["c", "d", "a"]);
+        assert_eq!(slots_in(&ring, Window).len(), 3);
+        assert_eq!(ring.insert_with(Window, |_| "e"), b, "now reused");
+        assert_eq!(order(&ring, Window), ["c", "d", "a", "e"]);
+        assert_eq!(ring.hand(Window), Some(2));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn where_no_hand_moves_the_cursor_frees_tombstones() {
+        let mut ring = Ring::new();
+        let slots: Vec<u32> = (0..1_000)
+            .map(|_| ring.insert_with(Probation, |_| "x"))
+            .collect();
+        // Remove all but the hand's resident, never moving the hand.
+        for &slot in &slots[1..] {
+            ring.remove(slot);
+            let list = ring.lists[Probation as usize];
+            assert!(
+                list.dead <= list.len / 2 + CLEAN_FLOOR + CLEAN_STEPS,
+                "{} tombstones for {} residents",
+                list.dead,
+                list.len
+            );
+        }
+        assert_eq!(order(&ring, Probation), ["x"]);
+        // And inserts reuse freed slots rather than growing the array.
+        for _ in 0..900 {
+            ring.insert_with(Probation, |_| "y");
+        }
+        assert_eq!(ring.slots.len(), 1_000);
     }
 
     #[test]
@@ -370,6 +511,7 @@ mod tests {
         let a = ring.insert_with(Window, |_| "a");
         let b = ring.insert_with(Window, |_| "b");
         ring.insert_with(Window, |_| "c");
+        // Each at the hand when removed: freed at once.
         ring.remove(a);
         ring.remove(b);
         assert_eq!(ring.insert_with(Probation, |_| "d"), b);
@@ -383,7 +525,7 @@ mod tests {
         let mut ring = Ring::new();
         let a = ring.insert_with(Window, |_| "a");
         ring.mark(a);
-        ring.move_to(a, Protected);
+        ring.move_hand(Window, Protected);
         assert!(ring.is_marked(a));
         assert_eq!(ring.region_of(a), Protected);
         let vacated = ring.remove(a).unwrap();
@@ -399,20 +541,30 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_its_resident_and_two_words() {
-        assert_eq!(slot_bytes::<std::ptr::NonNull<u8>>(), 16);
+    fn a_slot_is_its_resident_and_one_word() {
+        assert_eq!(slot_bytes::<std::num::NonZeroU32>(), 8);
+    }
+
+    #[test]
+    fn removing_the_hand_moves_it_on() {
+        let mut ring = Ring::new();
+        let a = ring.insert_with(Window, |_| "a");
+        ring.insert_with(Window, |_| "b");
+        ring.remove(a);
+        assert_eq!(order(&ring, Window), ["b"]);
     }
 
     proptest::proptest! {
         /// Against a reference (each region a queue from its hand on, and a mark per
-        /// resident): random inserts, moves, marks, hand advances and removals leave every
-        /// list in the same order, and every resident with its region and its mark, however
-        /// its neighbours' links were rewritten around it.
+        /// resident): random inserts, moves from a hand, marks, hand advances and
+        /// removals anywhere leave every list's residents in the same order, and every
+        /// resident with its region and its mark; tombstones are the removed slots still
+        /// linked, and no slot is both free and linked.
         #[test]
         fn matches_a_reference_model(
-            ops in proptest::collection::vec((0u8..6, 0usize..64, 0u8..3), 1..300)
+            ops in proptest::collection::vec((0u8..6, 0usize..64, 0u8..3), 1..400)
         ) {
-            use std::collections::{HashMap, VecDeque};
+            use std::collections::{HashMap, HashSet, VecDeque};
             let regions = [Window, Probation, Protected];
             let mut ring: Ring<u32> = Ring::new();
             let mut lists: [VecDeque<u32>; 3] = Default::default();
@@ -437,11 +589,14 @@ mod tests {
                         lists[region as usize].push_back(slot);
                         marks.insert(slot, false);
                     }
-                    (1, Some(slot)) => {
-                        let (l, i) = find(&lists, slot).unwrap();
-                        lists[l].remove(i);
-                        lists[region as usize].push_back(slot);
-                        ring.move_to(slot, region);
+                    (1, Some(_)) => {
+                        let to = regions[(r as usize + 1 + pick % 2) % 3];
+                        let moved = ring.move_hand(region, to);
+                        let expected = lists[region as usize].pop_front();
+                        proptest::prop_assert_eq!(moved, expected);
+                        if let Some(slot) = expected {
+                            lists[to as usize].push_back(slot);
+                        }
                     }
                     (2, Some(slot)) => {
                         ring.mark(slot);
@@ -465,36 +620,33 @@ mod tests {
                         proptest::prop_assert_eq!((vacated.region, vacated.marked), (regions[l], marked));
                     }
                 }
+                let mut linked = HashSet::new();
                 for (l, region) in regions.into_iter().enumerate() {
-                    let mut got = Vec::new();
-                    if let Some(start) = ring.hand(region) {
-                        let mut slot = start;
-                        loop {
-                            got.push(slot);
-                            slot = ring.slots[slot as usize].next();
-                            if slot == start {
-                                break;
-                            }
-                        }
-                    }
+                    let on_list = slots_in(&ring, region);
+                    let got: Vec<u32> = on_list
+                        .iter()
+                        .copied()
+                        .filter(|&s| ring.get(s).is_some())
+                        .collect();
                     proptest::prop_assert_eq!(&got, &lists[l].iter().copied().collect::<Vec<_>>());
-                    proptest::prop_assert_eq!(ring.region_len(region), lists[l].len());
+                    let list = ring.lists[l];
+                    proptest::prop_assert_eq!(list.len, lists[l].len());
+                    proptest::prop_assert_eq!(list.dead, on_list.len() - got.len());
+                    if let Some(&last) = on_list.last() {
+                        proptest::prop_assert_eq!(list.tail, last);
+                    }
                     for &slot in &lists[l] {
                         proptest::prop_assert_eq!(ring.region_of(slot), region);
                         proptest::prop_assert_eq!(ring.is_marked(slot), marks[&slot]);
                     }
+                    linked.extend(on_list);
                 }
                 proptest::prop_assert_eq!(ring.len(), marks.len());
+                for &free in &ring.vacant {
+                    proptest::prop_assert!(!linked.contains(&free), "slot {} free and linked", free);
+                }
+                proptest::prop_assert_eq!(linked.len() + ring.vacant.len(), ring.slots.len());
             }
         }
-    }
-
-    #[test]
-    fn removing_the_hand_moves_it_on() {
-        let mut ring = Ring::new();
-        let a = ring.insert_with(Window, |_| "a");
-        ring.insert_with(Window, |_| "b");
-        ring.remove(a);
-        assert_eq!(order(&ring, Window), ["b"]);
     }
 }

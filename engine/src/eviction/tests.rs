@@ -109,7 +109,7 @@ impl Shard {
         match existing {
             Some(slot) => self.policy.update(slot, |item| item.charge = charge),
             None => {
-                let slot = self.policy.insert_with(|_| Item {
+                let slot = self.policy.insert_with(Region::Window, |_| Item {
                     key,
                     charge,
                     hits: Cell::new(0),
@@ -472,7 +472,7 @@ fn a_byte_bounded_sketch_grows_with_the_residents() {
     assert_eq!(capacity(&policy), FIRST_SKETCHED_ENTRIES);
     let mut seen = vec![capacity(&policy)];
     for key in 0..most as u64 {
-        policy.insert_with(|_| Item {
+        policy.insert_with(Region::Window, |_| Item {
             key,
             charge: 1,
             hits: Cell::new(0),
