@@ -395,7 +395,8 @@ impl<T: Resident> Policy<T> {
                     return Some(victim);
                 }
                 self.metrics.admissions_refused.incr();
-                // The victim stays, passed over as if read (it was the likelier to go).
+                // The victim stays, and the hand passes it, as the sweep that found it
+                // used to before returning it.
                 self.ring.advance(self.ring.region_of(victim));
                 return Some(candidate);
             }
