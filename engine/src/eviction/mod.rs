@@ -228,6 +228,10 @@ pub struct Policy<T: Resident> {
 /// No slot, in [`Policy::hashed`].
 const NO_SLOT: u32 = u32::MAX;
 
+/// The regions whose hands hold the next eviction's likeliest candidate (the window's)
+/// and victim (probation's), in [`Policy::hashed`]'s order.
+const NEXT_VICTIM_REGIONS: [Region; 2] = [Region::Window, Region::Probation];
+
 impl<T: Resident> Policy<T> {
     /// A policy for a shard bounded by `max_entries` and `max_bytes`, which can hold at
     /// most `most_entries` entries under both bounds (the sketch and the climber's sample
@@ -345,7 +349,7 @@ impl<T: Resident> Policy<T> {
 
     /// The residents the window's and probation's hands point at.
     fn next_victims(&self) -> impl Iterator<Item = &T> {
-        [Region::Window, Region::Probation]
+        NEXT_VICTIM_REGIONS
             .into_iter()
             .filter_map(|region| self.ring.hand(region).and_then(|slot| self.ring.get(slot)))
     }
@@ -361,7 +365,7 @@ impl<T: Resident> Policy<T> {
     /// them, such as their buckets); once their residents are loaded
     /// ([`Policy::prefetch_next_victims`]), this costs no wait.
     pub fn prefetch_admission(&mut self, also: impl Fn(u64)) {
-        for (known, region) in [Region::Window, Region::Probation].into_iter().enumerate() {
+        for (known, region) in NEXT_VICTIM_REGIONS.into_iter().enumerate() {
             let Some(slot) = self.ring.hand(region) else {
                 self.hashed[known] = (NO_SLOT, 0);
                 continue;
