@@ -363,14 +363,17 @@ fn standings_restored_into_a_byte_bounded_shard_survive_its_sketch_growing() {
     assert_eq!(forgotten, 0, "entries whose restored standing was lost");
 }
 
-/// Values either side of 64 KiB (which keep their length in the payload from there on),
-/// keys from empty to the longest, all in chains (5 buckets' worth of hashes), read back,
-/// overwritten across the boundary, charged and removed exactly.
+/// Keys and values of every length a node keeps in one, two and three bytes (either side
+/// of 128 and 16 KiB), and either side of 64 KiB, keys from empty to the longest, all in
+/// chains (5 buckets' worth of hashes), read back, overwritten across the boundaries,
+/// charged and removed exactly.
 #[test]
 fn every_key_and_value_length_reads_back_through_chains() {
     let mut s = shard(1_000, u64::MAX);
-    let lengths = [0, 1, 4_000, 65_534, 65_535, 65_536, 70_000];
-    let keys: Vec<Vec<u8>> = [0, 1, 7, 16, 300, MAX_KEY_LEN]
+    let lengths = [
+        0, 1, 127, 128, 4_000, 16_383, 16_384, 65_534, 65_535, 65_536, 70_000,
+    ];
+    let keys: Vec<Vec<u8>> = [0, 1, 7, 16, 127, 128, 300, 16_383, 16_384, MAX_KEY_LEN]
         .iter()
         .map(|&n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
         .collect();
