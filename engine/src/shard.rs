@@ -208,7 +208,7 @@ impl ShardWriter {
                 metrics.clone(),
                 Home { names, hasher },
             ),
-            wheel: TimerWheel::new(now_ms),
+            wheel: TimerWheel::new(now_ms, most_entries),
             bytes: 0,
             config,
             metrics,

@@ -7,9 +7,9 @@
 //! the top level's span (about 2.2 years) wait in the top level and are re-filed.
 //!
 //! A timer is named by its key, a small integer the caller chooses (the shard uses the
-//! entry's policy slot). Each wheel slot's list is a chain of 64-byte chunks of keys, so
-//! a timer is one 32-bit record (a little over 4 bytes with its chunk's link), and filing
-//! one appends to the list's newest chunk, which is usually in cache.
+//! entry's policy slot, below 2^29). Each wheel slot's list is a chain of 64-byte chunks
+//! of keys, sixteen 30-bit records and a link, so a timer takes 4 bytes, and filing one
+//! appends to the list's newest chunk, which is usually in cache.
 //!
 //! **Records are not taken out when a timer is cancelled or moved.** Finding one would
 //! take links (8 bytes a timer, as this wheel kept until 2026-12-05) and cost a cache miss
@@ -56,27 +56,64 @@ const OVERDUE: usize = LEVELS * SLOTS;
 const LISTS: usize = OVERDUE + 1;
 /// No chunk.
 const NIL: u32 = u32::MAX;
-/// Keys a chunk holds: with its link, one cache line.
-const CHUNK_KEYS: usize = 15;
+/// Bits of a record: keys are below 2^30 (the shard's slots, below 2^29).
+const KEY_BITS: u32 = 30;
+/// Keys a chunk holds, packed in [`KEY_BITS`] each: with its link, one cache line.
+const CHUNK_KEYS: usize = 16;
+/// 32-bit words a chunk's keys take.
+const KEY_WORDS: usize = (CHUNK_KEYS * KEY_BITS as usize).div_ceil(32);
 /// Stale records the wheel tolerates beyond half its live timers before it rebuilds.
 const MIN_STALE: usize = 4096;
 /// Keys a rebuild visits per advance: each visit may read the key's entry (a cache miss).
 const KEYS_PER_ADVANCE: u32 = 4;
 
 /// Bytes the wheel keeps per timer, for honest memory accounting: a record and its share
-/// of its chunk's link, rounded up (stale records come on top, bounded as the module
+/// of its chunk's link (stale records come on top, bounded as the module
 /// says).
 pub const TIMER_BYTES: usize = std::mem::size_of::<Chunk>().div_ceil(CHUNK_KEYS);
 
 /// The largest key a wheel takes.
-const MAX_KEY: u32 = u32::MAX - 1;
+const MAX_KEY: u32 = (1 << KEY_BITS) - 1;
 
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 struct Chunk {
-    keys: [u32; CHUNK_KEYS],
+    /// [`CHUNK_KEYS`] keys of [`KEY_BITS`] each, key `i` at bit `i * KEY_BITS` (a key
+    /// may straddle two words).
+    keys: [u32; KEY_WORDS],
     /// The next older chunk of the list, or the next free chunk.
     next: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Chunk>() == 64);
+
+impl Chunk {
+    /// The two words key `i` lies in, as one (the second 0 past the last), and the key's
+    /// shift in it.
+    fn window(&self, i: usize) -> (usize, u64, u32) {
+        let bit = i * KEY_BITS as usize;
+        let word = bit / 32;
+        let high = self.keys.get(word + 1).map_or(0, |&w| u64::from(w));
+        (
+            word,
+            u64::from(self.keys[word]) | high << 32,
+            (bit % 32) as u32,
+        )
+    }
+
+    fn key(&self, i: usize) -> u32 {
+        let (_, window, shift) = self.window(i);
+        (window >> shift) as u32 & MAX_KEY
+    }
+
+    fn set_key(&mut self, i: usize, key: u32) {
+        let (word, window, shift) = self.window(i);
+        let window = window & !(u64::from(MAX_KEY) << shift) | u64::from(key) << shift;
+        self.keys[word] = window as u32;
+        if let Some(high) = self.keys.get_mut(word + 1) {
+            *high = (window >> 32) as u32;
+        }
+    }
 }
 
 /// One wheel slot's records: its newest chunk, partly filled, and older, full ones.
@@ -194,12 +231,16 @@ pub struct TimerWheel {
 }
 
 impl TimerWheel {
-    /// A wheel whose time starts at `now` (ms).
-    pub fn new(now: u64) -> Self {
+    /// A wheel whose time starts at `now` (ms), with room reserved for `timers` live
+    /// timers. The room is address space until used (the pages are untouched), and
+    /// reserving it means the chunks are not copied to a larger allocation as timers
+    /// come (a pause on the writer's thread, and a freed old allocation the process may
+    /// keep resident).
+    pub fn new(now: u64, timers: usize) -> Self {
         Self {
             lists: Lists::new(),
             rebuild: None,
-            chunks: Vec::new(),
+            chunks: Vec::with_capacity(timers.div_ceil(CHUNK_KEYS) + LISTS),
             free: NIL,
             records: 0,
             scheduled: 0,
@@ -444,7 +485,7 @@ impl TimerWheel {
         } else {
             (newest, fill)
         };
-        self.chunks[newest as usize].keys[fill as usize] = key;
+        self.chunks[newest as usize].set_key(fill as usize, key);
         self.lists.lists[list] = List {
             newest,
             fill: fill + 1,
@@ -465,7 +506,7 @@ impl TimerWheel {
             .filter(|&c| c < NIL)
             .expect("fewer than 2^32 - 1 chunks of timers");
         self.chunks.push(Chunk {
-            keys: [0; CHUNK_KEYS],
+            keys: [0; KEY_WORDS],
             next,
         });
         chunk
@@ -476,13 +517,14 @@ impl TimerWheel {
     fn drain(&mut self, list: List, mut each: impl FnMut(&mut Self, u32)) {
         let (mut chunk, mut fill) = (list.newest, list.fill as usize);
         while chunk != NIL {
-            let Chunk { keys, next } = self.chunks[chunk as usize];
+            let taken = self.chunks[chunk as usize];
             self.chunks[chunk as usize].next = self.free;
             self.free = chunk;
             self.records -= fill;
-            for &key in &keys[..fill] {
-                each(self, key);
+            for i in 0..fill {
+                each(self, taken.key(i));
             }
+            let next = taken.next;
             chunk = next;
             fill = CHUNK_KEYS;
         }

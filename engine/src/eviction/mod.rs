@@ -268,7 +268,7 @@ impl<T: Resident> Policy<T> {
             ),
         };
         let mut policy = Self {
-            ring: Ring::new(),
+            ring: Ring::new(most_entries),
             home,
             bytes: [0; 3],
             bounds,

@@ -152,9 +152,12 @@ pub const fn slot_bytes<T>() -> usize {
 }
 
 impl<T> Ring<T> {
-    pub fn new() -> Self {
+    /// A ring with room reserved for `slots` slots: address space until used, so that
+    /// the slots are not copied to a larger allocation as residents come (as
+    /// `TimerWheel::new` reserves its chunks).
+    pub fn new(slots: usize) -> Self {
         Self {
-            slots: Vec::new(),
+            slots: Vec::with_capacity(slots),
             lists: [EMPTY; 3],
             vacant: Vec::new(),
             len: 0,
@@ -382,12 +385,6 @@ impl<T> Ring<T> {
     }
 }
 
-impl<T> Default for Ring<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,7 +416,7 @@ mod tests {
 
     #[test]
     fn newcomers_join_just_behind_the_hand() {
-        let mut ring = Ring::new();
+        let mut ring = Ring::new(0);
         for name in ["a", "b", "c"] {
             ring.insert_with(Window, |_| name);
         }
@@ -436,7 +433,7 @@ mod tests {
 
     #[test]
     fn moving_and_removing_keep_every_list_whole() {
-        let mut ring = Ring::new();
+        let mut ring = Ring::new(0);
         let a = ring.insert_with(Window, |_| "a");
         let b = ring.insert_with(Window, |_| "b");
         let c = ring.insert_with(Window, |_| "c");
@@ -462,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_resident_removed_behind_the_hand_leaves_a_tombstone_the_hand_frees() {
-        let mut ring = Ring::new();
+        let mut ring = Ring::new(0);
         let a = ring.insert_with(Window, |_| "a");
         let b = ring.insert_with(Window, |_| "b");
         ring.insert_with(Window, |_| "c");
@@ -482,7 +479,7 @@ mod tests {
 
     #[test]
     fn where_no_hand_moves_the_cursor_frees_tombstones() {
-        let mut ring = Ring::new();
+        let mut ring = Ring::new(0);
         let slots: Vec<u32> = (0..1_000)
             .map(|_| ring.insert_with(Probation, |_| "x"))
             .collect();
@@ -507,7 +504,7 @@ mod tests {
 
     #[test]
     fn vacant_slots_are_reused_last_freed_first() {
-        let mut ring = Ring::new();
+        let mut ring = Ring::new(0);
         let a = ring.insert_with(Window, |_| "a");
         let b = ring.insert_with(Window, |_| "b");
         ring.insert_with(Window, |_| "c");
@@ -522,7 +519,7 @@ mod tests {
 
     #[test]
     fn a_mark_moves_with_its_resident_and_a_new_resident_starts_without_one() {
-        let mut ring = Ring::new();
+        let mut ring = Ring::new(0);
         let a = ring.insert_with(Window, |_| "a");
         ring.mark(a);
         ring.move_hand(Window, Protected);
@@ -547,7 +544,7 @@ mod tests {
 
     #[test]
     fn removing_the_hand_moves_it_on() {
-        let mut ring = Ring::new();
+        let mut ring = Ring::new(0);
         let a = ring.insert_with(Window, |_| "a");
         ring.insert_with(Window, |_| "b");
         ring.remove(a);
@@ -566,7 +563,7 @@ mod tests {
         ) {
             use std::collections::{HashMap, HashSet, VecDeque};
             let regions = [Window, Probation, Protected];
-            let mut ring: Ring<u32> = Ring::new();
+            let mut ring: Ring<u32> = Ring::new(0);
             let mut lists: [VecDeque<u32>; 3] = Default::default();
             let mut marks: HashMap<u32, bool> = HashMap::new();
             let mut next_name = 0u32;

@@ -17,7 +17,7 @@ impl Timers {
     }
 
     fn with_min_stale(now: u64, min_stale: usize) -> Self {
-        let mut wheel = TimerWheel::new(now);
+        let mut wheel = TimerWheel::new(now, 0);
         wheel.min_stale = min_stale;
         Self {
             wheel,
@@ -119,7 +119,7 @@ fn cancelled_timers_do_not_fire_and_keys_can_be_scheduled_again() {
     );
     t.schedule(2, 20);
     assert_eq!(t.fired(20), vec![2]);
-    assert_eq!(TIMER_BYTES, 5);
+    assert_eq!(TIMER_BYTES, 4);
 }
 
 #[test]
@@ -337,4 +337,34 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_chunk_keeps_its_sixteen_keys_apart() {
+    let mut chunk = Chunk {
+        keys: [0; KEY_WORDS],
+        next: 7,
+    };
+    let key = |i: usize, round: u32| match (i + round as usize) % 3 {
+        0 => MAX_KEY - i as u32,
+        1 => (i as u32) << 24 | round,
+        _ => 0,
+    };
+    for round in 0..3 {
+        for i in 0..CHUNK_KEYS {
+            chunk.set_key(i, key(i, round));
+        }
+        for i in 0..CHUNK_KEYS {
+            assert_eq!(chunk.key(i), key(i, round), "key {i}, round {round}");
+        }
+    }
+    // Writing one key leaves its neighbours, which share its words, as they were.
+    for i in 0..CHUNK_KEYS {
+        chunk.set_key(i, MAX_KEY);
+        for j in 0..CHUNK_KEYS {
+            let expected = if j <= i { MAX_KEY } else { key(j, 2) };
+            assert_eq!(chunk.key(j), expected, "key {j} after writing {i}");
+        }
+    }
+    assert_eq!(chunk.next, 7);
 }
