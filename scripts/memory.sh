@@ -9,7 +9,8 @@
 # so that their buffers do not),
 # what of it is overhead beyond the key and value bytes, and Redis's own `used_memory`
 # growth; for cache-manager also what it charges itself (`l1_bytes`, from ENTRY_OVERHEAD),
-# which must stay within 10 % of what RSS shows.
+# which must stay within 10 % of what RSS shows. MEMORY_ENV adds settings to both
+# services, e.g. MEMORY_ENV=CACHE_L1_HUGE_PAGES=false to measure in small pages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -45,12 +46,12 @@ start_measured() {
 # What a structure sized from the bound (a bucket array, a sketch) makes resident before
 # any entry arrives is part of what the entries cost: it is the difference from the same
 # service bounded at one entry.
-start_measured CACHE_L1_MAX_ENTRIES=1 CACHE_L1_MAX_BYTES=1024
+start_measured CACHE_L1_MAX_ENTRIES=1 CACHE_L1_MAX_BYTES=1024 ${MEMORY_ENV:-}
 one_entry_kib=$started_kib
 kill "$cm_pid"
 # Bounded at exactly ENTRIES, as a cache sized for its data would be: the bucket array and
 # the sketch are sized from the bound.
-start_measured CACHE_L1_MAX_ENTRIES="$entries" CACHE_L1_MAX_BYTES=$((entries * 1024))
+start_measured CACHE_L1_MAX_ENTRIES="$entries" CACHE_L1_MAX_BYTES=$((entries * 1024)) ${MEMORY_ENV:-}
 before=$started_kib
 prefill "$port" "$entries" "$value_bytes"
 after=$(rss_kib "$cm_pid")
