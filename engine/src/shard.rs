@@ -183,7 +183,7 @@ impl ShardWriter {
     ) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
         // A bound above what a node and the policy's links can address is no bound:
-        // 2^29 - 1 entries, about 25 GB of the smallest entries in one shard.
+        // 2^29 - 1 entries, about 22 GB of the smallest entries in one shard.
         let config = ShardConfig {
             max_entries: config.max_entries.min(MAX_ENTRIES).min(MAX_SLOTS),
             ..config
