@@ -321,20 +321,32 @@ impl Retirable for Node {
     }
 }
 
+/// Where `node`'s payload starts: the key's length, right after the header (bytes have
+/// alignment 1), as `allocate` wrote it.
+///
+/// # Safety
+/// `node` is live (linked, or protected by the caller's guard) while the payload is read.
+#[inline(always)]
+unsafe fn payload_start(node: NonNull<Node>) -> *const u8 {
+    // SAFETY: the caller keeps the node alive; the header and the payload were written
+    // before the node was published and never change (bar the atomics). The payload is
+    // reached through `node`, the block's own pointer, whose provenance covers the whole
+    // block.
+    unsafe {
+        node.as_ref().payload_access.get();
+        (node.as_ptr() as *const u8).add(HEADER_BYTES)
+    }
+}
+
 /// The key of `node`.
 ///
 /// # Safety
 /// `node` is live (linked, or protected by the caller's guard) for `'a`.
 #[inline(always)]
 unsafe fn key<'a>(node: NonNull<Node>) -> &'a [u8] {
-    // SAFETY: the caller keeps the node alive for 'a; the header and the payload were
-    // written before the node was published and never change (bar the atomics). The
-    // payload is reached through `node`, the block's own pointer, whose provenance covers
-    // the whole block: the key's length starts right after the header (bytes have
-    // alignment 1), then the key, as `allocate` wrote them.
+    // SAFETY: forwarded contract; the key's length starts the payload, then the key.
     unsafe {
-        node.as_ref().payload_access.get();
-        let (len, start) = read_length((node.as_ptr() as *const u8).add(HEADER_BYTES));
+        let (len, start) = read_length(payload_start(node));
         std::slice::from_raw_parts(start, len)
     }
 }
@@ -365,11 +377,10 @@ unsafe fn key_if_same<'a>(node: NonNull<Node>, key: &[u8]) -> Option<&'a [u8]> {
         let found = unsafe { self::key(node) };
         return same_key(found, key).then_some(found);
     }
-    // SAFETY: as in `key`: the key's length is the payload's first byte, then the key,
-    // which is `key.len()` bytes long when that byte is `key.len()`.
+    // SAFETY: forwarded contract; the key's length starts the payload, then the key,
+    // which is `key.len()` bytes long when that length's one byte is `key.len()`.
     unsafe {
-        node.as_ref().payload_access.get();
-        let at = (node.as_ptr() as *const u8).add(HEADER_BYTES);
+        let at = payload_start(node);
         if usize::from(at.read()) != key.len() {
             return None;
         }
