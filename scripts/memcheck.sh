@@ -38,7 +38,9 @@ if ((${#binaries[@]} == 0)); then
 fi
 for binary in "${binaries[@]}"; do
     echo "memcheck: $(basename "$binary")"
-    PROPTEST_CASES=$cases valgrind --quiet --error-exitcode=99 --leak-check=full \
+    # Fair scheduling: valgrind runs one thread at a time, and by default a thread that
+    # spins (the stress tests' readers) can keep the turn from the thread it waits for.
+    PROPTEST_CASES=$cases valgrind --quiet --error-exitcode=99 --fair-sched=try --leak-check=full \
         --errors-for-leak-kinds=definite --show-leak-kinds=definite \
         "$binary" --test-threads=2 "${skip[@]}" "$@"
 done

@@ -30,23 +30,31 @@ if ((${#missing[@]})); then
         exit 1
     fi
     echo "scripts/test.sh: installing ${missing[*]}"
+    installing=$SECONDS
     if ! "${as_root[@]}" "$install"; then
         echo "scripts/test.sh: could not install ${missing[*]}; run this and try again:" >&2
         echo "    sudo sh -c '$install'" >&2
         exit 1
     fi
+    echo "scripts/test.sh: installing took $((SECONDS - installing)) s"
 fi
 
-cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
+# Each step says how long it took: the whole must stay well inside CI's 30 minutes.
+step() {
+    local started=$SECONDS
+    "$@"
+    echo "scripts/test.sh: $* took $((SECONDS - started)) s"
+}
+step cargo fmt --all --check
+step cargo clippy --workspace --all-targets -- -D warnings
 # The fuzz targets live in their own workspace (cargo-fuzz builds them with its flags,
 # in scripts/fuzz.sh); checking them here keeps them in step with the code they call.
-cargo fmt --manifest-path fuzz/Cargo.toml --check
-cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check --all-targets -- -D warnings
-cargo test --workspace
-scripts/loom.sh
+step cargo fmt --manifest-path fuzz/Cargo.toml --check
+step cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check --all-targets -- -D warnings
+step cargo test --workspace
+step scripts/loom.sh
 # The engine's unsafe code under memcheck: a bounded run (scripts/memcheck.sh alone runs
 # every case).
-scripts/memcheck.sh --quick
-scripts/check-deploy.sh
-scripts/package-test.sh
+step scripts/memcheck.sh --quick
+step scripts/check-deploy.sh
+step scripts/package-test.sh

@@ -392,6 +392,15 @@ mod tests {
         }
     }
 
+    /// Waits for `done` to hold, checking it every millisecond: a loop of yields would
+    /// starve the threads it waits for where threads take turns on one lock (valgrind
+    /// runs one thread at a time, `scripts/memcheck.sh`).
+    fn poll_until(done: impl Fn() -> bool) {
+        while !done() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Starts `waiters + 1` concurrent `get_or_fetch` calls for `key`, lets the fetch go
     /// once every waiter has joined it (and after `meanwhile`), and returns every result.
     fn stampede(
@@ -402,16 +411,12 @@ mod tests {
     ) -> Vec<std::thread::Result<Result<Option<Vec<u8>>, String>>> {
         std::thread::scope(|scope| {
             let leader = scope.spawn(|| cache.get_or_fetch(b"k", None, origin));
-            while origin.calls.load(Ordering::SeqCst) == 0 {
-                std::thread::yield_now();
-            }
+            poll_until(|| origin.calls.load(Ordering::SeqCst) > 0);
             let others: Vec<_> = (0..waiters)
                 .map(|_| scope.spawn(|| cache.get_or_fetch(b"k", None, origin)))
                 .collect();
             let shard = cache.router.owner(b"k");
-            while cache.flights[shard].waiters(b"k") < waiters {
-                std::thread::yield_now();
-            }
+            poll_until(|| cache.flights[shard].waiters(b"k") >= waiters);
             meanwhile();
             origin.open();
             std::iter::once(leader)

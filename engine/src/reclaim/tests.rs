@@ -55,7 +55,7 @@ fn seal_until_freed(
             return batches;
         }
         retire_batch(reclaimer, freed);
-        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     panic!("only {} of {want} nodes freed", freed.load(SeqCst));
 }
