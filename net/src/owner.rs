@@ -248,7 +248,7 @@ impl Owner {
                 };
                 let now = self.now();
                 let ttl = self.shared.config.default_ttl();
-                let version = self.shared.tiers.versions.next(now);
+                let version = self.shared.tiers.next_version(now);
                 let entry = OwnedEntry {
                     value: stored::in_l1(&stored::tagged(tag, &body), version, self.origin(now)),
                     cached_at_ms: now,
@@ -305,7 +305,7 @@ impl Owner {
             // An invalidation overtook this fill while its copy was on the way to L2 (a
             // write or deletion would have superseded it there): take the copy back out,
             // as a deletion newer than anything this instance has seen, and say so.
-            let version = tiers.versions.next(self.now());
+            let version = tiers.next_version(self.now());
             let _ = tiers.delete_behind_l1(&[key], version).await;
         }
         l2_agrees
@@ -322,7 +322,7 @@ impl Owner {
         now: u64,
     ) {
         self.flights.fence(&key);
-        let version = self.shared.tiers.versions.next(now);
+        let version = self.shared.tiers.next_version(now);
         let expires_at_ms = ttl.map(|t| engine::deadline_ms(now, t));
         let l1 = {
             let mut writer = self.writer.borrow_mut();
@@ -359,7 +359,7 @@ impl Owner {
     /// A client's DELETE: removed from L1, then from L2 with a new version.
     fn delete(self: &Rc<Self>, hash: u64, key: Vec<u8>, reply: Reply<DeleteOutcome>, now: u64) {
         self.flights.fence(&key);
-        let version = self.shared.tiers.versions.next(now);
+        let version = self.shared.tiers.next_version(now);
         let l1 = self.writer.borrow_mut().remove(hash, &key, now);
         if self.shared.tiers.l2.is_none() {
             let _ = reply.send(DeleteOutcome { l1, l2: None });

@@ -11,10 +11,12 @@
 //! another instance's write, the difference of the two instances' tags). The head takes
 //! one byte for this instance's writes at up to 8 a millisecond, two at up to 1,024,
 //! and three or four for other instances' writes (their tag differs), where the tag and
-//! the version whole took 9; the tag is the first byte's low two bits, so reading it and
-//! finding the bytes decodes nothing; any version still round-trips, in up to 10. In L2 the tag leads the value and the
-//! version is in the envelope's header, and a snapshot keeps the tag and the version
-//! whole ([`portable`]), so neither depends on this instance's clock.
+//! the version whole took 9. Without L2 no version is made (`Tiers::next_version`) and
+//! the head is always one byte. The tag is the first byte's low two bits, so reading it
+//! and finding the bytes decodes nothing; any version still round-trips, in up to 10. In
+//! L2 the tag leads the value and the version is in the envelope's header, and a snapshot
+//! keeps the tag and the version whole ([`portable`]), so neither depends on this
+//! instance's clock.
 
 use l2::{Version, VersionClock};
 

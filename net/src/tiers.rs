@@ -59,6 +59,20 @@ impl Tiers {
         }
     }
 
+    /// The version of a write or deletion made at `now_ms`: this instance's next one
+    /// where L2 is configured, [`Version::ZERO`] where it is not. Versions order writes
+    /// in L2 and against the coherence events L2 carries; without L2 nothing compares
+    /// them, so none is made: a write then touches no counter shared between cores, and
+    /// its L1 head is one byte (`stored`). A snapshot of such entries is refused by an
+    /// instance that has L2, which could not confirm them anyway (they were never there).
+    pub fn next_version(&self, now_ms: u64) -> Version {
+        if self.l2.is_some() {
+            self.versions.next(now_ms)
+        } else {
+            Version::ZERO
+        }
+    }
+
     async fn injected_delay(&self) {
         let delay = self.first_write_delay_ms.swap(0, Ordering::Relaxed);
         if delay > 0 {
@@ -160,4 +174,29 @@ fn publish_keys<K: AsRef<[u8]>>(
 ) {
     let keys = keys.into_iter().map(|k| Key::new(k.as_ref())).collect();
     tier.publisher.send(version, action(keys));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stored;
+
+    #[test]
+    fn without_l2_writes_make_no_version_and_keep_a_one_byte_head() {
+        const NOW: u64 = 1_780_000_000_000;
+        let tiers = Tiers::new(None, VersionClock::new(7), Duration::ZERO);
+        let origin = stored::Origin::of(&tiers.versions, NOW);
+        // Many writes in one millisecond: with versions, the ninth on would take two bytes.
+        for write in 0..100 {
+            let version = tiers.next_version(NOW);
+            assert_eq!(version, Version::ZERO, "write {write}");
+            let in_l1 = stored::in_l1(&stored::tagged(stored::BYTES, b"v"), version, origin);
+            assert_eq!(
+                in_l1.len(),
+                2,
+                "write {write}: a one-byte head and the value"
+            );
+            assert_eq!(stored::parts(&in_l1), (stored::BYTES, &b"v"[..]));
+        }
+    }
 }

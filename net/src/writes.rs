@@ -93,7 +93,7 @@ pub struct Invalidated {
 /// this runs from the accepting core; the deletion in L2 carries a version, so it cannot
 /// remove a newer write there either.
 pub async fn invalidate_keys(shared: &Shared, keys: &[String]) -> Result<Invalidated, ShardGone> {
-    let version = shared.tiers.versions.next(shared.clock.now_ms());
+    let version = shared.tiers.next_version(shared.clock.now_ms());
     let l1 = shared.mail.invalidate_keys(keys).await?;
     let l2 = shared.tiers.delete_behind_l1(keys, version).await;
     if l2.is_some() {
@@ -107,7 +107,7 @@ pub async fn invalidate_keys(shared: &Shared, keys: &[String]) -> Result<Invalid
 
 /// Invalidates every key matching a glob pattern, in L1, then L2, then elsewhere.
 pub async fn invalidate_pattern(shared: &Shared, pattern: &str) -> Result<Invalidated, ShardGone> {
-    let version = shared.tiers.versions.next(shared.clock.now_ms());
+    let version = shared.tiers.next_version(shared.clock.now_ms());
     let glob = Arc::new(Glob::new(pattern.as_bytes()));
     let l1 = shared.mail.invalidate_pattern(glob.clone()).await?;
     let l2 = shared
