@@ -2,7 +2,8 @@
 //! and a restart with the same values and times, entries that expired meanwhile are not
 //! served, a damaged or foreign snapshot is refused (the bad blocks, or the whole file)
 //! with a log line and the service starts, and with L2 a restarted instance serves none
-//! of the values another instance overwrote or deleted while it was down.
+//! of the values another instance overwrote or deleted while it was down, and restores
+//! nothing an instance without L2 saved.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -368,6 +369,39 @@ fn a_restarted_instance_serves_nothing_another_overwrote_or_deleted_while_it_was
     assert_eq!(untouched["source"], "l1", "restored from the snapshot");
     drop(restarted.b);
     fs::remove_dir_all(&restarted.dir).unwrap();
+}
+
+/// Without L2 a write makes no version, so what an instance without L2 saved cannot be
+/// confirmed with L2: an instance with L2 refuses it at load (it was never in Redis) and
+/// serves the key from Redis, or not at all.
+#[test]
+fn an_instance_with_l2_restores_nothing_saved_without_it() {
+    let dir = scratch("unversioned");
+    let snapshot = dir.join("alone.snap");
+    let mut alone = start(&snapshot, &dir.join("alone.log"), &[]);
+    for key in ["kept", "elsewhere"] {
+        alone.put_key(key, json!(format!("alone {key}")));
+        assert_eq!(alone.get_key(key).1["source"], "l1");
+    }
+    assert!(alone.terminate(Duration::from_secs(30)).success());
+
+    let redis = RedisServer::start();
+    let other = redis.instance(&[]);
+    other.put_key("elsewhere", json!("in redis"));
+    let redis_url = redis.url();
+    let log = dir.join("with-l2.log");
+    let with_l2 = start(&snapshot, &log, &[("REDIS_URL", redis_url.as_str())]);
+    let loaded = logged(&log, "snapshot loaded").expect("a load logged");
+    assert_eq!(loaded["fields"]["entries"], 2, "{loaded}");
+    assert_eq!(loaded["fields"]["refused"], 2, "{loaded}");
+    assert_eq!(loaded["fields"]["to_confirm_with_l2"], 0, "{loaded}");
+    assert_eq!(with_l2.get_key("kept").0, 404, "not restored, not in Redis");
+    let (status, elsewhere) = with_l2.get_key("elsewhere");
+    assert_eq!(status, 200);
+    assert_eq!(elsewhere["value"], "in redis", "{elsewhere}");
+    assert_eq!(elsewhere["source"], "l2", "{elsewhere}");
+    drop(with_l2);
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A connection to a core that serves (a connection to core 0 waits in its backlog while
