@@ -69,7 +69,7 @@ impl Owner {
 
     /// What L1 keeps the version of an entry cached at `cached_at_ms` relative to.
     fn origin(&self, cached_at_ms: u64) -> stored::Origin {
-        stored::Origin::of(&self.shared.tiers.versions, cached_at_ms)
+        self.shared.tiers.origin(cached_at_ms)
     }
 
     /// Serves the mailbox until every sender is gone, draining what is queued before it
@@ -211,7 +211,7 @@ impl Owner {
             match tier.client.get(key).await {
                 Ok(Some(e)) if e.expires_at_ms.is_none_or(|deadline| deadline > self.now()) => {
                     // A later write here must be newer than the one just read.
-                    self.shared.tiers.versions.observe(e.version);
+                    self.shared.tiers.observe(e.version);
                     let entry = OwnedEntry {
                         value: stored::in_l1(&e.value, e.version, self.origin(e.cached_at_ms)),
                         cached_at_ms: e.cached_at_ms,

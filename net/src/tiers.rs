@@ -18,6 +18,8 @@ use std::time::Duration;
 use engine::metrics::Counter;
 use l2::{Action, Envelope, Key, L2Error, Version, VersionClock, Written};
 
+use crate::stored;
+
 /// The Redis tier, when configured.
 pub struct L2Tier {
     pub client: l2::L2,
@@ -34,7 +36,8 @@ pub struct L2Tier {
 
 pub struct Tiers {
     pub l2: Option<L2Tier>,
-    pub versions: VersionClock,
+    /// Versions are made only by [`Tiers::next_version`], which decides whether to make one.
+    versions: VersionClock,
     /// A fault for tests (`--fault-first-l2-write-delay-ms`): the instance's first L2
     /// write waits this many milliseconds before it is sent, as if its core stalled
     /// between L1 and L2. Zero once used.
@@ -71,6 +74,17 @@ impl Tiers {
         } else {
             Version::ZERO
         }
+    }
+
+    /// Moves this instance's clock past `seen`, a version another instance wrote with,
+    /// so that this instance's next write is newer.
+    pub fn observe(&self, seen: Version) {
+        self.versions.observe(seen);
+    }
+
+    /// What L1 keeps the versions of entries cached at `cached_at_ms` relative to.
+    pub fn origin(&self, cached_at_ms: u64) -> stored::Origin {
+        stored::Origin::of(&self.versions, cached_at_ms)
     }
 
     async fn injected_delay(&self) {
@@ -179,13 +193,12 @@ fn publish_keys<K: AsRef<[u8]>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stored;
 
     #[test]
     fn without_l2_writes_make_no_version_and_keep_a_one_byte_head() {
         const NOW: u64 = 1_780_000_000_000;
         let tiers = Tiers::new(None, VersionClock::new(7), Duration::ZERO);
-        let origin = stored::Origin::of(&tiers.versions, NOW);
+        let origin = tiers.origin(NOW);
         // Many writes in one millisecond: with versions, the ninth on would take two bytes.
         for write in 0..100 {
             let version = tiers.next_version(NOW);

@@ -145,7 +145,7 @@ pub async fn drop_older(
 ) -> Result<usize, ShardGone> {
     let mut per_shard: Vec<Vec<(u64, Vec<u8>, Version)>> = vec![Vec::new(); shared.router.shards()];
     for (key, version) in keys {
-        shared.tiers.versions.observe(version);
+        shared.tiers.observe(version);
         let hash = shared.router.hash(&key);
         per_shard[shared.router.shard_of(hash)].push((hash, key, version));
     }
