@@ -86,10 +86,9 @@ impl<C: Clock> CacheBuilder<C> {
         self
     }
 
-    /// Whether each full 2 MiB region of the entries' memory is made a transparent huge
-    /// page (default: yes), by a thread the first full region starts (`slab/collapse.rs`).
-    /// Off keeps every shard in small pages, for hosts where the copy's brief pause of
-    /// reads in that region is not wanted.
+    /// Whether to ask Linux for transparent huge pages for the entries' memory (default:
+    /// yes; see `slab.rs`). Off keeps every shard in small pages, for hosts where THP's
+    /// compaction on page faults is not wanted.
     pub fn huge_pages(mut self, huge_pages: bool) -> Self {
         self.huge_pages = huge_pages;
         self

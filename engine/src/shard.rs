@@ -33,8 +33,7 @@ pub struct ShardConfig {
     /// How long past its TTL an entry is kept and served as stale (0: not at all).
     pub stale_window_ms: u64,
     pub eviction: Eviction,
-    /// Make each full region of the shard's node memory a transparent huge page
-    /// (`slab/collapse.rs`).
+    /// Ask Linux to back the shard's node memory with transparent huge pages (`slab.rs`).
     pub huge_pages: bool,
 }
 

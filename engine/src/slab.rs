@@ -12,10 +12,7 @@
 //! (Chunks come from regions because the allocator serves each 64 KiB-aligned request
 //! with a remainder it cannot use: 26 bytes an entry at a million entries.) Regions are
 //! mapped at fixed places in address space the slab reserves when it is made
-//! (`arena.rs`), which is what lets a block's 32-bit name be its offset. A region is
-//! filled in small pages and, once its every chunk is taken, made one transparent huge
-//! page by another thread (`collapse.rs`): lookups then miss the TLB less, and the region
-//! still being filled costs only the pages it touched. Nodes larger
+//! (`arena.rs`), which is what lets a block's 32-bit name be its offset. Nodes larger
 //! than [`LARGEST_BLOCK`] are rare and big enough that a `malloc`'s header does not
 //! matter; they get one of their own. So does any node once a shard holds as many regions
 //! as handles can name (12 GiB of them), charged as if it had a block: past that point an
@@ -41,8 +38,6 @@ use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
 mod arena;
-#[cfg(all(target_os = "linux", not(engine_loom)))]
-mod collapse;
 mod handles;
 
 use handles::MAX_REGIONS;
@@ -145,8 +140,6 @@ struct Region {
     base: NonNull<u8>,
     /// Chunks not in use, one bit each.
     spare: u32,
-    /// Whether it was handed over to be made a huge page (once full, once mapped).
-    huge_requested: bool,
 }
 
 /// The writer's side of a slab: every chunk and which have room.
@@ -160,10 +153,13 @@ pub(crate) struct Slab {
     regions: Vec<Option<Region>>,
     /// Regions that may have a spare chunk (checked when taken).
     with_spare: Vec<u32>,
-    /// Whether full regions are made huge pages. Regions are filled in small pages
-    /// either way: a huge page is resident whole once touched, so the region being
-    /// filled costs the chunks it holds, not 2 MiB.
+    /// Whether regions are advised for huge pages at all.
     huge_pages: bool,
+    /// Whether the first region gets huge pages too. A huge page is resident whole once
+    /// touched, so a slab whose table is too small to fill a region with typical entries
+    /// leaves its first region in small pages: a small shard costs the chunks it uses,
+    /// not 2 MiB.
+    huge_from_first: bool,
     /// The most regions the slab holds at once: as many as handles can name, or its
     /// directory's arena has room for if that is fewer.
     most_regions: usize,
@@ -172,6 +168,10 @@ pub(crate) struct Slab {
     /// The first own-node index never used.
     own_fresh: u32,
 }
+
+/// What a node is taken to need when guessing whether a table fills a region: a short
+/// key and a value of about 100 bytes.
+const TYPICAL_NODE_BYTES: usize = 128;
 
 // SAFETY: the chunks' memory is owned by the slab; the raw pointers in it are into that
 // memory, which moves with the slab between threads as a `Vec<u8>` would.
@@ -195,10 +195,12 @@ fn own_layout(bytes: usize) -> Layout {
 }
 
 impl Slab {
-    /// A slab whose full regions are made huge pages if `huge_pages`.
-    pub(crate) fn new(huge_pages: bool) -> Self {
+    /// A slab for a table of up to about `entries` entries, in huge pages if
+    /// `huge_pages`.
+    pub(crate) fn new(entries: usize, huge_pages: bool) -> Self {
         Self {
             huge_pages,
+            huge_from_first: entries.saturating_mul(TYPICAL_NODE_BYTES) >= REGION_BYTES,
             classes: (0..CLASSES).map(|_| Class::default()).collect(),
             chunks: Vec::new(),
             vacant: Vec::new(),
@@ -398,18 +400,13 @@ impl Slab {
     /// A chunk no class uses, as (region, position in it): from a region that has one, or
     /// from a new region; `None` if that would be one more than handles can name.
     fn spare_chunk(&mut self, directory: &Directory) -> Option<(u32, usize)> {
-        loop {
-            let Some(&region) = self.with_spare.last() else {
-                self.map_region(directory)?;
-                continue;
-            };
+        while let Some(&region) = self.with_spare.last() {
             match &mut self.regions[region as usize] {
                 Some(r) if r.spare != 0 => {
                     let position = r.spare.trailing_zeros() as usize;
                     r.spare &= !(1 << position);
                     if r.spare == 0 {
                         self.with_spare.pop();
-                        self.filled(region, directory);
                     }
                     return Some((region, position));
                 }
@@ -418,15 +415,12 @@ impl Slab {
                 }
             }
         }
-    }
-
-    /// Maps a region, every chunk of it spare, and lists it as having spare chunks; `None`
-    /// if that would be one more region than handles can name.
-    fn map_region(&mut self, directory: &Directory) -> Option<u32> {
         let vacant = self.regions.iter().position(Option::is_none);
         if vacant.is_none() && self.regions.len() >= self.most_regions.min(directory.regions()) {
             return None;
         }
+        let first = self.regions.iter().all(Option::is_none);
+        let small = !self.huge_pages || (first && !self.huge_from_first);
         let region = match vacant {
             Some(vacant) => vacant,
             None => {
@@ -434,36 +428,13 @@ impl Slab {
                 self.regions.len() - 1
             }
         };
-        let base = directory.map_region(region);
-        self.regions[region] = Some(Region {
-            base,
-            spare: u32::MAX >> (32 - REGION_CHUNKS),
-            huge_requested: false,
-        });
+        let base = directory.map_region(region, small);
+        // Every chunk but the first, which is taken now.
+        let spare = (u32::MAX >> (32 - REGION_CHUNKS)) & !1;
+        self.regions[region] = Some(Region { base, spare });
         let region = u32::try_from(region).expect("fewer than 2^32 regions");
         self.with_spare.push(region);
-        Some(region)
-    }
-
-    /// Region `region` has just had its last spare chunk taken: with huge pages, it is
-    /// handed over to be made one (once while it is mapped). The next region is mapped
-    /// first, so that the writer's own mapping, which waits for a collapse under way
-    /// (both change the process's mappings), comes before it rather than during it.
-    fn filled(&mut self, region: u32, directory: &Directory) {
-        let r = self.regions[region as usize]
-            .as_mut()
-            .expect("a full region exists");
-        if !self.huge_pages || r.huge_requested {
-            return;
-        }
-        r.huge_requested = true;
-        let regions = &self.regions;
-        let has_spare = |&index: &u32| matches!(&regions[index as usize], Some(r) if r.spare != 0);
-        if !self.with_spare.iter().any(has_spare) {
-            // At the most regions there is none to map: the collapse is requested anyway.
-            let _ = self.map_region(directory);
-        }
-        directory.request_huge_page(region as usize);
+        Some((region, 0))
     }
 
     fn drop_chunk(&mut self, index: u32, directory: &Directory) {

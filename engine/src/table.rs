@@ -232,7 +232,7 @@ pub(crate) fn table(
         stale_window_ms,
         reclaimer: Reclaimer::new(),
         readers: Mutex::new(Vec::new()),
-        slab: UnsafeCell::new(Slab::new(huge_pages)),
+        slab: UnsafeCell::new(Slab::new(capacity, huge_pages)),
         directory: Directory::default(),
     });
     (

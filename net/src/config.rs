@@ -75,9 +75,8 @@ pub struct Config {
     #[serde(serialize_with = "display")]
     pub eviction: engine::Eviction,
 
-    /// Make each full 2 MiB region of L1's entries one transparent huge page (fewer TLB
-    /// misses per lookup), copied by a background thread; off keeps them in small pages,
-    /// where the copy's brief pause of reads in that region is not wanted.
+    /// Ask Linux to back L1's entries with transparent huge pages (fewer TLB misses per
+    /// lookup); off where THP's compaction on page faults is not wanted.
     #[arg(long, env = "CACHE_L1_HUGE_PAGES", default_value_t = true, action = clap::ArgAction::Set)]
     pub l1_huge_pages: bool,
 

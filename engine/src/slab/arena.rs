@@ -5,17 +5,13 @@
 //! The reservation is inaccessible address space (`PROT_NONE`, and on Linux
 //! `MAP_NORESERVE`): it costs no memory and no commit charge, only a range of virtual
 //! addresses (12 GiB a shard at most, against the 128 TiB of a 47-bit user space). A
-//! region is mapped over its place when the slab needs it, in small pages
-//! (`MADV_NOHUGEPAGE`, even where THP is `always`): a region being filled costs the pages
-//! its chunks touched. A full region can then be made one transparent huge page
-//! ([`Arena::request_huge_page`], off the writer's thread: `collapse.rs`), so that a
-//! lookup's random access into the nodes needs one TLB entry per 2 MiB rather than per
-//! 4 KiB. A region given back is mapped inaccessible again, which frees its memory and
-//! keeps its place.
-//!
-//! The reservation itself is shared ([`Reservation`]) only so that a request to collapse a
-//! region can hold it weakly: it is unmapped when the slab's arena is dropped, and never
-//! advised after.
+//! region is mapped over its place when the slab needs it, advised for a transparent huge
+//! page unless `small` (see `Slab::huge_from_first`): a lookup's random access into the
+//! nodes then needs one TLB entry per 2 MiB rather than per 4 KiB. A fresh mapping
+//! matters: memory the allocator hands back out has usually been faulted in as small pages
+//! already, which advice does not change. The advice is only a hint: with THP off, or no
+//! huge page free, the region is small pages and nothing else changes. A region given
+//! back is mapped inaccessible again, which frees its memory and keeps its place.
 //!
 //! Unix only (the service runs on Linux): reserving address space without memory is what
 //! the design rests on, and the global allocator cannot do it.
@@ -24,7 +20,6 @@
 compile_error!("the engine's slab reserves its address space with mmap: Unix only");
 
 use std::ptr::{self, NonNull};
-use std::sync::Arc;
 
 use super::REGION_BYTES;
 
@@ -37,9 +32,6 @@ const NO_RESERVE: libc::c_int = 0;
 pub(super) struct Arena {
     base: NonNull<u8>,
     regions: usize,
-    /// Held for the reservation's lifetime; read only to make collapse requests.
-    #[cfg_attr(any(engine_loom, not(target_os = "linux")), allow(dead_code))]
-    reservation: Arc<Reservation>,
 }
 
 // SAFETY: the arena is address space the owning slab's writer maps and unmaps; the base
@@ -49,13 +41,6 @@ unsafe impl Send for Arena {}
 // SAFETY: as for `Send`; `&Arena` only reads the base or asks the kernel to change
 // mappings, which only the slab's one writer does.
 unsafe impl Sync for Arena {}
-
-/// The reserved range, unmapped when the last holder drops it: the arena, or a request
-/// to collapse one of its regions that is being served (`collapse.rs`).
-pub(super) struct Reservation {
-    start: usize,
-    bytes: usize,
-}
 
 fn out_of_address_space(bytes: usize) -> ! {
     std::alloc::handle_alloc_error(
@@ -122,10 +107,6 @@ impl Arena {
         Some(Arena {
             base: NonNull::new(base).expect("a mapping is never at address 0"),
             regions,
-            reservation: Arc::new(Reservation {
-                start: base as usize,
-                bytes,
-            }),
         })
     }
 
@@ -143,9 +124,8 @@ impl Arena {
         unsafe { self.base.as_ptr().add(index * REGION_BYTES).cast() }
     }
 
-    /// Maps region `index` (zeroed, readable and writable), in small pages; returns its
-    /// base.
-    pub(super) fn map(&self, index: usize) -> NonNull<u8> {
+    /// Maps region `index` (zeroed, readable and writable); returns its base.
+    pub(super) fn map(&self, index: usize, small: bool) -> NonNull<u8> {
         let place = self.place(index);
         // SAFETY: MAP_FIXED over the arena's own reservation, at a place no live block
         // uses (the region is not mapped, or was given back with no live block): it
@@ -166,26 +146,15 @@ impl Arena {
                     .expect("a valid region layout"),
             );
         }
-        // Small pages even where THP is `always`: a huge page would be resident whole
-        // from the region's first touch.
         #[cfg(target_os = "linux")]
-        // SAFETY: madvise only changes how the kernel backs the region's pages, never
-        // their contents; a failure leaves them as they were.
-        unsafe {
-            libc::madvise(place, REGION_BYTES, libc::MADV_NOHUGEPAGE)
-        };
+        if !small {
+            // SAFETY: madvise only changes how the kernel backs the region's pages, never
+            // their contents; a failure leaves them as they were.
+            unsafe { libc::madvise(place, REGION_BYTES, libc::MADV_HUGEPAGE) };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = small;
         NonNull::new(place.cast()).expect("inside the arena")
-    }
-
-    /// Asks for region `index`, mapped and full, to be made one huge page, off this
-    /// thread (`collapse.rs`); where that is not built (loom, other systems), nothing.
-    pub(super) fn request_huge_page(&self, index: usize) {
-        assert!(index < self.regions, "a region inside the arena");
-        #[cfg(all(target_os = "linux", not(engine_loom)))]
-        super::collapse::request(super::collapse::Request {
-            reservation: Arc::downgrade(&self.reservation),
-            offset: index * REGION_BYTES,
-        });
     }
 
     /// Gives region `index`'s memory back, keeping its place reserved.
@@ -217,56 +186,10 @@ impl Arena {
     }
 }
 
-/// Attempts at a collapse that meets contention (`EAGAIN`), a millisecond apart.
-#[cfg(all(target_os = "linux", not(engine_loom)))]
-const COLLAPSE_TRIES: usize = 5;
-
-impl Reservation {
-    /// The region at `offset`, as a pointer for the kernel's calls.
-    #[cfg(all(target_os = "linux", not(engine_loom)))]
-    fn region(&self, offset: usize) -> *mut libc::c_void {
-        debug_assert!(offset + REGION_BYTES <= self.bytes);
-        (self.start + offset) as *mut libc::c_void
-    }
-
-    /// Makes the region at `offset` one huge page if the kernel can (`MADV_COLLAPSE`), and
-    /// in any case lets khugepaged collapse it later (`MADV_HUGEPAGE`).
-    #[cfg(all(target_os = "linux", not(engine_loom)))]
-    pub(super) fn collapse(&self, offset: usize) {
-        self.advise_huge(offset);
-        let collapse = || {
-            // SAFETY: the region lies inside the reservation, which `self` keeps mapped (or
-            // reserved); collapsing copies its pages into a huge page and never changes
-            // what they hold; where the region is not mapped or not eligible the call
-            // fails and nothing changes.
-            unsafe { libc::madvise(self.region(offset), REGION_BYTES, libc::MADV_COLLAPSE) }
-        };
-        // EAGAIN is contention on a page (the writer filling the region's last chunk):
-        // worth a few retries; any other failure stays in small pages, for khugepaged.
-        for _ in 0..COLLAPSE_TRIES {
-            if collapse() == 0
-                || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
-            {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
-    /// Lets khugepaged make the region at `offset` one huge page.
-    #[cfg(all(target_os = "linux", not(engine_loom)))]
-    pub(super) fn advise_huge(&self, offset: usize) {
-        // SAFETY: as in `collapse`: advice about memory inside the reservation, which
-        // changes how it is backed, never what it holds.
-        unsafe { libc::madvise(self.region(offset), REGION_BYTES, libc::MADV_HUGEPAGE) };
-    }
-}
-
-impl Drop for Reservation {
+impl Drop for Arena {
     fn drop(&mut self) {
-        // SAFETY: the reservation made in `reserve`, with every region in it; its arena
-        // (and so the slab and its table) is gone, and so is every request that held it,
-        // so none of it is used again.
-        unsafe { libc::munmap(self.start as *mut libc::c_void, self.bytes) };
+        // SAFETY: the reservation made in `reserve`, with every region in it; the slab
+        // and its table are gone, so none of it is used again.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.regions * REGION_BYTES) };
     }
 }

@@ -128,14 +128,8 @@ impl Directory {
     }
 
     /// Maps region `index` of the arena (see `Arena::map`); returns its base.
-    pub(super) fn map_region(&self, index: usize) -> NonNull<u8> {
-        self.arena.map(index)
-    }
-
-    /// Asks for region `index`, mapped and full, to become a huge page (see
-    /// `Arena::request_huge_page`).
-    pub(super) fn request_huge_page(&self, index: usize) {
-        self.arena.request_huge_page(index);
+    pub(super) fn map_region(&self, index: usize, small: bool) -> NonNull<u8> {
+        self.arena.map(index, small)
     }
 
     /// Gives region `index`'s memory back.

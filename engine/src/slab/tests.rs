@@ -23,7 +23,7 @@ fn classes_round_up_by_at_most_an_eighth() {
 
 #[test]
 fn freed_blocks_are_reused_and_empty_chunks_returned() {
-    let mut slab = Slab::new(false);
+    let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let blocks: Vec<_> = (0..2_000)
         .map(|_| slab.allocate(100, &directory).at)
@@ -63,7 +63,7 @@ fn freed_blocks_are_reused_and_empty_chunks_returned() {
 
 #[test]
 fn a_region_whose_chunks_are_all_free_is_given_back() {
-    let mut slab = Slab::new(false);
+    let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / 512;
     let blocks: Vec<_> = (0..per_chunk * (REGION_CHUNKS + 2))
@@ -94,7 +94,7 @@ fn a_region_whose_chunks_are_all_free_is_given_back() {
 
 #[test]
 fn large_nodes_get_their_own_allocation() {
-    let mut slab = Slab::new(false);
+    let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let block = slab.allocate(LARGEST_BLOCK + 1, &directory);
     assert!(block.own);
@@ -108,7 +108,7 @@ fn large_nodes_get_their_own_allocation() {
 
 #[test]
 fn handles_name_every_block_until_it_is_freed() {
-    let mut slab = Slab::new(false);
+    let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let sizes = [24, 100, 512, 513, 4096, LARGEST_BLOCK + 1, 40_000];
     let blocks: Vec<(Block, usize)> = (0..3 * REGION_CHUNKS * CHUNK_BYTES / 600)
@@ -142,7 +142,7 @@ fn handles_name_every_block_until_it_is_freed() {
 
 #[test]
 fn past_the_regions_handles_name_nodes_get_their_own_allocation() {
-    let mut slab = Slab::new(false);
+    let mut slab = Slab::new(0, false);
     slab.most_regions = 1;
     let directory = Directory::default();
     let per_region = REGION_CHUNKS * ((CHUNK_BYTES - FIRST_BLOCK) / 512);
@@ -163,7 +163,7 @@ fn past_the_regions_handles_name_nodes_get_their_own_allocation() {
 
 #[test]
 fn an_own_nodes_index_names_another_only_once_it_was_freed() {
-    let mut slab = Slab::new(false);
+    let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let bytes = LARGEST_BLOCK + 1;
     let first = slab.allocate(bytes, &directory);
@@ -181,106 +181,4 @@ fn an_own_nodes_index_names_another_only_once_it_was_freed() {
         slab.free(second.at, bytes, true, &directory);
         slab.free(third.at, bytes, true, &directory);
     }
-}
-
-/// `Rss` and `AnonHugePages` (KiB) of the mapping that holds `address`, from
-/// `/proc/self/smaps` (a mapping may hold several regions that share their advice).
-#[cfg(target_os = "linux")]
-fn resident_kib(address: usize) -> (u64, u64) {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps is readable");
-    let mut inside = false;
-    let (mut rss, mut huge) = (0, 0);
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            ) {
-                inside = (start..end).contains(&address);
-                continue;
-            }
-        }
-        let kib = || {
-            line.split_whitespace()
-                .nth(1)
-                .and_then(|n| n.parse::<u64>().ok())
-                .expect("a size in kB")
-        };
-        if inside && line.starts_with("Rss:") {
-            rss = kib();
-        } else if inside && line.starts_with("AnonHugePages:") {
-            huge = kib();
-        }
-    }
-    (rss, huge)
-}
-
-/// A full region becomes one huge page, made by another thread, while the region being
-/// filled stays in small pages, resident only where its chunks were touched.
-#[cfg(target_os = "linux")]
-#[test]
-fn full_regions_become_huge_pages_and_the_one_being_filled_stays_small() {
-    let thp =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    let mut slab = Slab::new(true);
-    let directory = Directory::default();
-    // Blocks of the largest class: every chunk of the first region, written whole, then
-    // one block in the second.
-    let per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / LARGEST_BLOCK;
-    let blocks: Vec<_> = (0..per_chunk * REGION_CHUNKS + 1)
-        .map(|_| {
-            let at = slab.allocate(LARGEST_BLOCK, &directory).at;
-            // SAFETY: a fresh block of LARGEST_BLOCK bytes.
-            unsafe { at.as_ptr().write_bytes(1, LARGEST_BLOCK) };
-            at
-        })
-        .collect();
-    let region_of = |at: NonNull<u8>| at.as_ptr() as usize & !(REGION_BYTES - 1);
-    let (full, filling) = (region_of(blocks[0]), region_of(*blocks.last().unwrap()));
-    assert_ne!(full, filling, "the last block is in the next region");
-    // A huge page would be resident whole.
-    let page = 4096;
-    let mut resident = vec![0u8; REGION_BYTES / page];
-    // SAFETY: the region is mapped (it holds the last block), and the vector has a byte
-    // for each of its pages.
-    let status = unsafe {
-        libc::mincore(
-            filling as *mut libc::c_void,
-            REGION_BYTES,
-            resident.as_mut_ptr().cast(),
-        )
-    };
-    assert_eq!(status, 0, "mincore");
-    let touched = resident.iter().filter(|&&r| r & 1 != 0).count();
-    assert!(
-        touched <= (FIRST_BLOCK + LARGEST_BLOCK).div_ceil(page) + 1,
-        "only the touched pages of the region being filled are resident: {touched}"
-    );
-    if thp.contains("[never]") {
-        eprintln!("transparent huge pages are off here: no collapse to wait for");
-        return;
-    }
-    let started = std::time::Instant::now();
-    loop {
-        let (rss, huge) = resident_kib(full);
-        if huge >= REGION_BYTES as u64 / 1024 {
-            assert!(rss >= huge);
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "the full region is still in small pages after 30 s ({huge} KiB huge)"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    for at in blocks {
-        // SAFETY: allocated above with this size, freed once.
-        unsafe { slab.free(at, LARGEST_BLOCK, false, &directory) };
-    }
-    assert_eq!(
-        slab.region_bytes(),
-        REGION_BYTES,
-        "the premapped region stays"
-    );
 }
