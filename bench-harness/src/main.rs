@@ -73,9 +73,18 @@ struct MemoryArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     ttl: Option<Duration>,
     /// Measure only this cache, in this process, and print `grown payload entries`
-    /// (what the command runs itself with for each cache).
+    /// (what the command runs itself with for each cache; with `--shift`, one
+    /// `value_size entries grown` line a phase).
     #[arg(long)]
     cache: Option<String>,
+    /// Instead of bytes per entry: a cache bounded at `--max-bytes` written new keys in
+    /// one phase per value size given (e.g. `100,300,40`), each turning the bound over
+    /// three times; reports the resident memory after each phase against the bound.
+    #[arg(long, value_delimiter = ',')]
+    shift: Vec<usize>,
+    /// The byte bound for `--shift`.
+    #[arg(long, default_value_t = 100 << 20)]
+    max_bytes: u64,
 }
 
 #[derive(Args)]
@@ -551,6 +560,9 @@ fn sweep_command(args: SweepArgs) -> anyhow::Result<()> {
 
 fn memory_command(args: MemoryArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.entries > 0, "--entries must be at least 1");
+    if !args.shift.is_empty() {
+        return shift_command(&args);
+    }
     if let Some(cache) = &args.cache {
         let f = memory::measure(cache, args.entries, args.value_size, args.ttl)?;
         println!("{} {} {}", f.grown_bytes, f.payload_bytes, f.entries);
@@ -603,6 +615,62 @@ fn memory_command(args: MemoryArgs) -> anyhow::Result<()> {
             f.per_entry(),
             f.overhead_per_entry()
         );
+    }
+    Ok(())
+}
+
+/// `memory --shift`: each cache in a process of its own, as for bytes per entry.
+fn shift_command(args: &MemoryArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.shift.iter().all(|&v| v > 0) && args.max_bytes > 0,
+        "--shift sizes and --max-bytes must be above 0"
+    );
+    if let Some(cache) = &args.cache {
+        for phase in memory::shift(cache, args.max_bytes, &args.shift)? {
+            println!(
+                "{} {} {}",
+                phase.value_bytes, phase.entries, phase.grown_bytes
+            );
+        }
+        return Ok(());
+    }
+    let sizes: Vec<String> = args.shift.iter().map(ToString::to_string).collect();
+    println!(
+        "bound {:.1} MB, values of {} bytes in turn (new keys, each phase writing 3 times the bound, one read of a recent key per write), one process per cache",
+        args.max_bytes as f64 / 1e6,
+        sizes.join(", then ")
+    );
+    println!(
+        "{:<14} {:>8} {:>10} {:>14} {:>14}",
+        "", "values", "entries", "RSS growth", "÷ bound"
+    );
+    let this = std::env::current_exe().context("finding this binary")?;
+    for cache in memory::CACHES {
+        let out = std::process::Command::new(&this)
+            .args(["memory", "--cache", cache, "--shift", &sizes.join(",")])
+            .args(["--max-bytes", &args.max_bytes.to_string()])
+            .output()
+            .with_context(|| format!("measuring {cache}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "measuring {cache} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8(out.stdout)?.lines() {
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("reading {cache}'s figures from {line:?}"))?;
+            let [value_bytes, entries, grown_bytes] = fields[..] else {
+                anyhow::bail!("{cache} printed {line:?}, not three figures");
+            };
+            println!(
+                "{cache:<14} {value_bytes:>8} {entries:>10} {:>11.1} MB {:>14.2}",
+                grown_bytes as f64 / 1e6,
+                grown_bytes as f64 / args.max_bytes as f64
+            );
+        }
     }
     Ok(())
 }

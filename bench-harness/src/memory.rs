@@ -104,3 +104,112 @@ pub fn measure(
         entries,
     })
 }
+
+/// What a byte-bounded cache held after one phase of [`shift`].
+pub struct Phase {
+    pub value_bytes: usize,
+    pub entries: u64,
+    pub grown_bytes: u64,
+}
+
+/// Passes over the bound each phase writes: enough that the phase's values replace the
+/// last phase's, as far as the cache's policy lets them in.
+const TURNOVERS: u64 = 3;
+
+/// The newest keys the reads between writes pick from, so that what is evicted is not in
+/// the order it was written (a slab then frees blocks scattered over its chunks).
+const READ_WINDOW: u64 = 500_000;
+
+/// A shift in value sizes under a byte bound: `cache`, bounded at `max_bytes`, is written
+/// new keys in one phase per size in `values` (each phase [`TURNOVERS`] times the bound in
+/// key and value bytes), one read of a recent key after each write. After each phase,
+/// the process's resident growth since before the cache was built. The engine's bound
+/// counts its overhead; moka's and quick_cache's weigh keys and values only, so their
+/// entries are more for the same bound. A cache that keeps its memory near its bound
+/// through the shift reuses what the evicted sizes freed.
+pub fn shift(cache: &str, max_bytes: u64, values: &[usize]) -> anyhow::Result<Vec<Phase>> {
+    let before = resident_bytes()?;
+    let grown = || resident_bytes().map(|now| now.saturating_sub(before));
+    let mut phases = Vec::new();
+    let mut written = 0u64;
+    let mut random = 0x9E37_79B9_7F4A_7C15u64;
+    let mut run = |insert: &mut dyn FnMut(&[u8], &[u8]),
+                   read: &mut dyn FnMut(&[u8]),
+                   count: &mut dyn FnMut() -> u64|
+     -> anyhow::Result<()> {
+        for &value_bytes in values {
+            let value = vec![b'v'; value_bytes];
+            let writes = TURNOVERS * max_bytes / (value_bytes as u64 + 10);
+            for _ in 0..writes {
+                insert(format!("key:{written}").as_bytes(), &value);
+                written += 1;
+                random ^= random << 13;
+                random ^= random >> 7;
+                random ^= random << 17;
+                let back = random % written.min(READ_WINDOW);
+                read(format!("key:{}", written - 1 - back).as_bytes());
+            }
+            phases.push(Phase {
+                value_bytes,
+                entries: count(),
+                grown_bytes: grown()?,
+            });
+        }
+        Ok(())
+    };
+    match cache {
+        "engine" => {
+            let engine = engine::Cache::builder(usize::MAX)
+                .max_bytes(max_bytes)
+                .shards(1)
+                .build();
+            run(
+                &mut |k, v| {
+                    let _ = engine.insert(k, v, None);
+                },
+                &mut |k| {
+                    std::hint::black_box(engine.get_with(k, |e| e.value.len()));
+                },
+                &mut || engine.len() as u64,
+            )?;
+        }
+        "moka" => {
+            let moka: moka::sync::Cache<Vec<u8>, Arc<[u8]>> = moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|k: &Vec<u8>, v: &Arc<[u8]>| {
+                    u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX)
+                })
+                .build();
+            run(
+                &mut |k, v| moka.insert(k.to_vec(), Arc::from(v)),
+                &mut |k| {
+                    std::hint::black_box(moka.get(k));
+                },
+                &mut || {
+                    moka.run_pending_tasks();
+                    moka.entry_count()
+                },
+            )?;
+        }
+        "quick_cache" => {
+            #[derive(Clone)]
+            struct Bytes;
+            impl quick_cache::Weighter<Vec<u8>, Arc<[u8]>> for Bytes {
+                fn weight(&self, key: &Vec<u8>, value: &Arc<[u8]>) -> u64 {
+                    (key.len() + value.len()) as u64
+                }
+            }
+            let estimated = usize::try_from(max_bytes / 64).unwrap_or(usize::MAX);
+            let quick = quick_cache::sync::Cache::with_weighter(estimated, max_bytes, Bytes);
+            run(
+                &mut |k, v| quick.insert(k.to_vec(), Arc::from(v)),
+                &mut |k| {
+                    std::hint::black_box(quick.get(k));
+                },
+                &mut || quick.len() as u64,
+            )?;
+        }
+        other => bail!("unknown cache {other:?}: expected one of {CACHES:?}"),
+    }
+    Ok(phases)
+}

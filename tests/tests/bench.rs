@@ -210,3 +210,27 @@ fn a_load_speaks_resp_to_redis() {
     assert_eq!(redis.cli(&["STRLEN", "resp:7"]), "100");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `memory --shift`: every cache, in a process of its own, reports each phase; under the
+/// same byte bound the engine holds more entries of smaller values.
+#[test]
+fn a_shift_in_value_sizes_reports_each_phase_of_each_cache() {
+    let out = cache_bench(&["memory", "--shift", "100,40", "--max-bytes", "1000000"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 6, "two phases of three caches: {text}");
+    let engine: Vec<u64> = rows
+        .iter()
+        .filter(|r| r[0] == "engine")
+        .map(|r| r[2].parse().unwrap())
+        .collect();
+    assert_eq!(engine.len(), 2, "{text}");
+    assert!(
+        engine[0] > 1_000_000 / (100 + 60) && engine[1] > engine[0],
+        "entries under a 1 MB bound, 100-byte then 40-byte values: {engine:?}"
+    );
+}
