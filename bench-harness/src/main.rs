@@ -579,31 +579,21 @@ fn memory_command(args: MemoryArgs) -> anyhow::Result<()> {
         "{:<14} {:>18} {:>22}",
         "", "RSS growth/entry", "overhead/entry (RSS)"
     );
-    let this = std::env::current_exe().context("finding this binary")?;
     for cache in memory::CACHES {
-        let mut command = std::process::Command::new(&this);
-        command.args(["memory", "--cache", cache]);
-        command.args(["--entries", &args.entries.to_string()]);
-        command.args(["--value-size", &args.value_size.to_string()]);
+        let mut options = vec![
+            "--entries".to_owned(),
+            args.entries.to_string(),
+            "--value-size".to_owned(),
+            args.value_size.to_string(),
+        ];
         if let Some(ttl) = args.ttl {
-            command.args(["--ttl", &humantime::format_duration(ttl).to_string()]);
+            options.extend([
+                "--ttl".to_owned(),
+                humantime::format_duration(ttl).to_string(),
+            ]);
         }
-        let out = command
-            .output()
-            .with_context(|| format!("measuring {cache}"))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "measuring {cache} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout)?;
-        let fields: Vec<u64> = text
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("reading {cache}'s figures from {text:?}"))?;
-        let [grown_bytes, payload_bytes, entries] = fields[..] else {
-            anyhow::bail!("{cache} printed {text:?}, not three figures");
+        let [[grown_bytes, payload_bytes, entries]] = measure_in_child(cache, &options)?[..] else {
+            anyhow::bail!("{cache} printed more or less than one line of figures");
         };
         let f = memory::Footprint {
             grown_bytes,
@@ -617,6 +607,35 @@ fn memory_command(args: MemoryArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `memory --cache CACHE OPTIONS...` in a process of its own (so that what one
+/// cache freed cannot be reused by the next), and reads the three figures of each line
+/// it prints.
+fn measure_in_child(cache: &str, options: &[String]) -> anyhow::Result<Vec<[u64; 3]>> {
+    let this = std::env::current_exe().context("finding this binary")?;
+    let out = std::process::Command::new(this)
+        .args(["memory", "--cache", cache])
+        .args(options)
+        .output()
+        .with_context(|| format!("measuring {cache}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "measuring {cache} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|line| {
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("reading {cache}'s figures from {line:?}"))?;
+            <[u64; 3]>::try_from(fields)
+                .map_err(|_| anyhow::anyhow!("{cache} printed {line:?}, not three figures"))
+        })
+        .collect()
 }
 
 /// `memory --shift`: each cache in a process of its own, as for bytes per entry.
@@ -644,27 +663,14 @@ fn shift_command(args: &MemoryArgs) -> anyhow::Result<()> {
         "{:<14} {:>8} {:>10} {:>14} {:>14}",
         "", "values", "entries", "RSS growth", "÷ bound"
     );
-    let this = std::env::current_exe().context("finding this binary")?;
     for cache in memory::CACHES {
-        let out = std::process::Command::new(&this)
-            .args(["memory", "--cache", cache, "--shift", &sizes.join(",")])
-            .args(["--max-bytes", &args.max_bytes.to_string()])
-            .output()
-            .with_context(|| format!("measuring {cache}"))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "measuring {cache} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8(out.stdout)?.lines() {
-            let fields: Vec<u64> = line
-                .split_whitespace()
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("reading {cache}'s figures from {line:?}"))?;
-            let [value_bytes, entries, grown_bytes] = fields[..] else {
-                anyhow::bail!("{cache} printed {line:?}, not three figures");
-            };
+        let options = [
+            "--shift".to_owned(),
+            sizes.join(","),
+            "--max-bytes".to_owned(),
+            args.max_bytes.to_string(),
+        ];
+        for [value_bytes, entries, grown_bytes] in measure_in_child(cache, &options)? {
             println!(
                 "{cache:<14} {value_bytes:>8} {entries:>10} {:>11.1} MB {:>14.2}",
                 grown_bytes as f64 / 1e6,
