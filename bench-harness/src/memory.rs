@@ -139,7 +139,7 @@ pub fn shift(cache: &str, max_bytes: u64, values: &[usize]) -> anyhow::Result<Ve
      -> anyhow::Result<()> {
         for &value_bytes in values {
             let value = vec![b'v'; value_bytes];
-            let writes = TURNOVERS * max_bytes / (value_bytes as u64 + 10);
+            let writes = TURNOVERS.saturating_mul(max_bytes) / (value_bytes as u64 + 10);
             for _ in 0..writes {
                 insert(format!("key:{written}").as_bytes(), &value);
                 written += 1;
