@@ -65,6 +65,8 @@ pub struct ShardMetrics {
     pub admissions_refused: Counter,
     /// Times the frequency sketch halved its counters.
     pub sketch_resets: Counter,
+    /// Nodes moved out of sparse slab chunks so that their memory serves other sizes.
+    pub slab_moves: Counter,
     pub entries: Gauge,
     pub bytes: Gauge,
     /// The admission window's share of the shard, in millionths.
@@ -83,6 +85,7 @@ pub struct MetricsSnapshot {
     pub coalesced: u64,
     pub admissions_refused: u64,
     pub sketch_resets: u64,
+    pub slab_moves: u64,
     pub entries: u64,
     pub bytes: u64,
     /// Summed over shards; [`MetricsSnapshot::window_share`] divides by `shards`.
@@ -102,6 +105,7 @@ impl ShardMetrics {
             coalesced: self.coalesced.get(),
             admissions_refused: self.admissions_refused.get(),
             sketch_resets: self.sketch_resets.get(),
+            slab_moves: self.slab_moves.get(),
             entries: self.entries.get(),
             bytes: self.bytes.get(),
             window_share_ppm: self.window_share_ppm.get(),
@@ -152,6 +156,7 @@ impl std::ops::Add for MetricsSnapshot {
             coalesced: self.coalesced + o.coalesced,
             admissions_refused: self.admissions_refused + o.admissions_refused,
             sketch_resets: self.sketch_resets + o.sketch_resets,
+            slab_moves: self.slab_moves + o.slab_moves,
             entries: self.entries + o.entries,
             bytes: self.bytes + o.bytes,
             window_share_ppm: self.window_share_ppm + o.window_share_ppm,

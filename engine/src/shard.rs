@@ -48,6 +48,16 @@ const STRUCTURE_BYTES: usize =
 /// below 128 bytes, one more per 7 bits above) and the structures outside the node.
 pub const ENTRY_OVERHEAD: usize = node_bytes(0, 0) + STRUCTURE_BYTES;
 
+/// Live nodes an insert moves out of a sparse slab chunk while the slab is fragmented
+/// ([`ShardWriter::move_some`]): each is about the work of an overwrite, and two keep
+/// ahead of the fragmentation a write can cause (one block freed in an old size's chunk
+/// for one taken in a new size's).
+const MOVES_PER_INSERT: usize = 2;
+
+/// Inserts between looks for a chunk to empty while none is sparse enough (a look scans
+/// every part-used chunk).
+const EVACUATION_PAUSE: u32 = 4096;
+
 /// Inserts between two looks at the readers' lookup counts (a look takes a lock and
 /// reads one counter per reader handle). Only inserts look: the window's share matters
 /// only when an insert evicts, so lookups made while nothing is inserted are handed to
@@ -169,6 +179,12 @@ pub struct ShardWriter {
     /// Lookups and misses summed at the last sample, and inserts since.
     lookups_seen: (u64, u64),
     inserts_since_sample: u32,
+    /// The slab chunk being emptied and the offsets of its blocks still to look at
+    /// ([`ShardWriter::move_some`]).
+    evacuating: Option<(u32, Vec<u16>)>,
+    /// Inserts to wait before looking for a chunk to empty again, after a look found
+    /// none sparse enough.
+    evacuation_pause: u32,
 }
 
 impl ShardWriter {
@@ -215,6 +231,8 @@ impl ShardWriter {
             fired: Vec::new(),
             lookups_seen: (0, 0),
             inserts_since_sample: 0,
+            evacuating: None,
+            evacuation_pause: 0,
         }
     }
 
@@ -400,6 +418,7 @@ impl ShardWriter {
         if self.inserts_since_sample >= INSERTS_PER_LOOKUP_SAMPLE {
             self.sample_lookups();
         }
+        self.move_some();
         let inserted = Inserted {
             cached_at_ms,
             expires_at_ms: expiry(expires_at),
@@ -407,6 +426,72 @@ impl ShardWriter {
             evicted,
         };
         Ok((inserted, slot))
+    }
+
+    /// Moves up to [`MOVES_PER_INSERT`] live nodes out of a sparse slab chunk, so that it
+    /// empties and its memory serves blocks of other sizes.
+    ///
+    /// A chunk serves one block size, and goes back to the slab only once all its blocks
+    /// are free. When the sizes written change, evictions free blocks scattered over the
+    /// old sizes' chunks, few of which empty, and the new sizes take fresh memory: the
+    /// byte bound stops bounding memory (BENCHMARKS.md, "Memory under a byte bound when
+    /// value sizes shift"). So while the slab is fragmented (`Slab::fragmented`), each
+    /// insert moves a few nodes of its emptiest chunk, as memcached's slab mover and
+    /// Segcache's merges do. A move is an overwrite with the same key, value, times and
+    /// policy slot: a new node linked where the old one was, the old one retired, so
+    /// readers see one or the other, as with any overwrite. It is not a request: the
+    /// policy counts nothing.
+    fn move_some(&mut self) {
+        let mut moves = 0;
+        while moves < MOVES_PER_INSERT {
+            let next = self
+                .evacuating
+                .as_mut()
+                .and_then(|(chunk, offsets)| Some((*chunk, offsets.pop()?)));
+            let Some((chunk, offset)) = next else {
+                self.evacuating = None;
+                if self.evacuation_pause > 0 {
+                    self.evacuation_pause -= 1;
+                    return;
+                }
+                if !self.table.fragmented() {
+                    return;
+                }
+                match self.table.evacuate() {
+                    Some(evacuation) => self.evacuating = Some(evacuation),
+                    None => {
+                        self.evacuation_pause = EVACUATION_PAUSE;
+                        return;
+                    }
+                }
+                continue;
+            };
+            let hasher = &self.policy.home().hasher;
+            let Some((node, hash)) = self.table.evacuee(chunk, offset, |key| hasher.hash(key))
+            else {
+                continue;
+            };
+            // SAFETY: `evacuee` found it linked, hence live (only this writer unlinks).
+            let (header, (key, value)) = unsafe { (node.as_ref(), node_payload(node)) };
+            let slot = header.slot();
+            let moved = NewEntry {
+                hash,
+                key,
+                value,
+                slot,
+                cached_at_ms: header.cached_at_ms(),
+                expires_at_ms: header.expires_at_ms(),
+                hit: header.pending_hits() != 0,
+            };
+            // The copy is made before `replace` retires the node its key and value are in.
+            let table = &mut self.table;
+            let copy = table.build(moved);
+            self.policy.relocate(slot, |resident| {
+                resident.handle = table.replace(node, copy, hash);
+            });
+            self.metrics.slab_moves.incr();
+            moves += 1;
+        }
     }
 
     /// Visits up to `limit` entries still servable at `now_ms`, in slot order from slot

@@ -18,6 +18,14 @@
 //! as handles can name (12 GiB of them), charged as if it had a block: past that point an
 //! entry costs the allocator's header and rounding more than it is charged.
 //!
+//! A chunk serves one size class until all its blocks are free again. When the sizes
+//! written change, evictions free blocks scattered over the old sizes' chunks, and the
+//! new sizes would take fresh memory while those chunks stay part-used. So once the
+//! chunks held exceed what their blocks in use need by a quarter ([`Slab::fragmented`]),
+//! the slab names its emptiest chunk ([`Slab::evacuate`]): nothing is allocated in it
+//! again, and the shard's writer moves its live nodes elsewhere a few per insert
+//! (`ShardWriter::move_some`), so that it empties and serves any class.
+//!
 //! Blocks are handed out and freed by the table's one writer: the reclaimer frees on the
 //! writer's thread, once no reader can still hold a block (`reclaim.rs`), so a freed block
 //! goes straight back to its chunk, which a free finds from the block's address alone
@@ -65,6 +73,16 @@ const FIRST_BLOCK: usize = std::mem::size_of::<ChunkHeader>().next_multiple_of(G
 const REGION_CHUNKS: usize = 32;
 /// A chunk that is not on its class's partial list.
 const NOT_PARTIAL: u32 = u32::MAX;
+/// A chunk whose blocks in use are being moved out ([`Slab::evacuate`]): off its class's
+/// partial list for good, so that nothing is allocated in it again and it is given back
+/// once its last block is freed.
+const EVACUATING: u32 = u32::MAX - 1;
+/// Chunks held beyond what the live blocks fill before the slab counts as fragmented:
+/// each class has a chunk being filled, and a few part-used chunks are normal.
+const SLACK_CHUNKS: usize = 16;
+/// The most a chunk chosen to be emptied may hold: a half-full chunk costs as many moves
+/// as it frees blocks' worth of room, and emptier ones less.
+const EVACUATE_BELOW: f64 = 0.5;
 
 /// The block size class for `bytes` (at most [`LARGEST_BLOCK`]), and its block size.
 fn class_of(bytes: usize) -> (usize, usize) {
@@ -80,6 +98,16 @@ fn class_of(bytes: usize) -> (usize, usize) {
     let doublings = (power - FINE_LIMIT.trailing_zeros()) as usize;
     let index = FINE_LIMIT / GRAIN + doublings * 8 + (block - (1 << power)) / step - 1;
     (index, block)
+}
+
+/// The block size of class `class` (the inverse of [`class_of`]).
+fn class_block(class: usize) -> usize {
+    if class < FINE_LIMIT / GRAIN {
+        return (class + 1) * GRAIN;
+    }
+    let above = class - FINE_LIMIT / GRAIN;
+    let power = FINE_LIMIT << (above / 8);
+    power + (above % 8 + 1) * (power / 8)
 }
 
 /// The bytes a node of `bytes` takes: its slab block, or its own allocation with its
@@ -118,12 +146,15 @@ struct Chunk {
     region: u32,
     position: u8,
     class: u8,
+    /// The size of its blocks.
+    block: u32,
     /// Free blocks of this chunk, by offset in units of [`GRAIN`].
     free: Vec<u16>,
     /// Offset of the first block never handed out.
     bump: u32,
     live: u32,
-    /// The chunk's position in its class's partial list, or [`NOT_PARTIAL`].
+    /// The chunk's position in its class's partial list, or [`NOT_PARTIAL`], or
+    /// [`EVACUATING`].
     partial: u32,
 }
 
@@ -163,6 +194,8 @@ pub(crate) struct Slab {
     /// The most regions the slab holds at once: as many as handles can name, or its
     /// directory's arena has room for if that is fewer.
     most_regions: usize,
+    /// Bytes of the blocks in use in chunks (live nodes, and retired ones not yet freed).
+    used_bytes: usize,
     /// Indices of nodes of their own that were freed, to name new ones with.
     own_vacant: Vec<u32>,
     /// The first own-node index never used.
@@ -207,6 +240,7 @@ impl Slab {
             regions: Vec::new(),
             with_spare: Vec::new(),
             most_regions: MAX_REGIONS,
+            used_bytes: 0,
             own_vacant: Vec::new(),
             own_fresh: 0,
         }
@@ -281,6 +315,7 @@ impl Slab {
                 continue;
             };
             chunk.live += 1;
+            self.used_bytes += block;
             return Some(Block {
                 at,
                 handle: directory.name_block(at),
@@ -337,11 +372,16 @@ impl Slab {
         chunk.free.push(offset as u16);
         chunk.live -= 1;
         let class = chunk.class as usize;
-        let (live, partial) = (chunk.live, chunk.partial);
+        let (live, partial, size) = (chunk.live, chunk.partial, chunk.block);
+        self.used_bytes -= size as usize;
         if self.classes[class].current == Some(index) {
             return;
         }
-        if live == 0 {
+        if partial == EVACUATING {
+            if live == 0 {
+                self.drop_chunk(index, directory);
+            }
+        } else if live == 0 {
             if partial != NOT_PARTIAL {
                 self.unlist_partial(class, partial);
             }
@@ -389,6 +429,7 @@ impl Slab {
             region,
             position: position as u8,
             class: class as u8,
+            block: class_block(class) as u32,
             free: Vec::new(),
             bump: FIRST_BLOCK as u32,
             live: 0,
@@ -458,10 +499,84 @@ impl Slab {
         }
     }
 
+    /// Whether the chunks held take more than the blocks in use need by a quarter and
+    /// [`SLACK_CHUNKS`]: blocks of sizes no longer written hold part-used chunks that
+    /// other sizes cannot use, which [`Slab::evacuate`] is for.
+    pub(crate) fn fragmented(&self) -> bool {
+        let held = (self.chunks.len() - self.vacant.len()) * (CHUNK_BYTES - FIRST_BLOCK);
+        held > (self.used_bytes + self.used_bytes / 4) + SLACK_CHUNKS * CHUNK_BYTES
+    }
+
+    /// Chooses the emptiest chunk on any class's partial list, if one is at most
+    /// [`EVACUATE_BELOW`] used, and takes it off its list for good, so that no block is
+    /// allocated in it again; returns its index and the offsets (in units of [`GRAIN`])
+    /// of the blocks in use in it. The caller moves the live nodes among them elsewhere
+    /// ([`Slab::evacuee`]), and the chunk is given back once the last is freed. Blocks in
+    /// use may also be nodes retired and not yet freed.
+    pub(crate) fn evacuate(&mut self) -> Option<(u32, Vec<u16>)> {
+        let (class, position, index) = self
+            .classes
+            .iter()
+            .enumerate()
+            .flat_map(|(class, c)| {
+                c.partial
+                    .iter()
+                    .enumerate()
+                    .map(move |(position, &index)| (class, position, index))
+            })
+            .min_by_key(|&(_, _, index)| {
+                let chunk = self.chunk(index);
+                chunk.live as usize * chunk.block as usize
+            })?;
+        let chunk = self.chunk(index);
+        let capacity = (CHUNK_BYTES - FIRST_BLOCK) / chunk.block as usize;
+        if chunk.live as f64 > capacity as f64 * EVACUATE_BELOW {
+            return None;
+        }
+        self.unlist_partial(class, position as u32);
+        let chunk = self.chunk_mut(index);
+        chunk.partial = EVACUATING;
+        let mut free = chunk.free.clone();
+        free.sort_unstable();
+        let in_use = (FIRST_BLOCK..chunk.bump as usize)
+            .step_by(chunk.block as usize)
+            .map(|at| (at / GRAIN) as u16)
+            .filter(|offset| free.binary_search(offset).is_err())
+            .collect();
+        Some((index, in_use))
+    }
+
+    /// The block at `offset` of chunk `index`, as [`Slab::evacuate`] listed it, if it is
+    /// still in use (not freed since): its memory is then a node's, live or retired.
+    pub(crate) fn evacuee(&self, index: u32, offset: u16) -> Option<NonNull<u8>> {
+        match self.chunks.get(index as usize) {
+            // A chunk given back and its index reused is not evacuating: one evacuation
+            // runs at a time.
+            Some(Some(chunk)) if chunk.partial == EVACUATING && !chunk.free.contains(&offset) => {
+                // SAFETY: `evacuate` listed the offset below the chunk's bump, inside its
+                // allocation, whose provenance `base` carries.
+                Some(unsafe { chunk.base.add(usize::from(offset) * GRAIN) })
+            }
+            _ => None,
+        }
+    }
+
+    fn chunk(&self, index: u32) -> &Chunk {
+        self.chunks[index as usize]
+            .as_ref()
+            .expect("a listed chunk exists")
+    }
+
     fn chunk_mut(&mut self, index: u32) -> &mut Chunk {
         self.chunks[index as usize]
             .as_mut()
             .expect("a listed chunk exists")
+    }
+
+    /// Bytes of chunks held and bytes of the blocks in use in them, for tests.
+    #[cfg(all(test, not(engine_loom)))]
+    pub(crate) fn chunks_and_used_bytes(&self) -> (usize, usize) {
+        (self.chunk_bytes(), self.used_bytes)
     }
 
     /// Bytes of chunks in use, for tests.

@@ -323,6 +323,12 @@ impl TableWriter {
         None
     }
 
+    /// Bytes of slab chunks held and of the blocks in use in them, for tests.
+    #[cfg(all(test, not(engine_loom)))]
+    pub(crate) fn slab_chunks_and_used_bytes(&self) -> (usize, usize) {
+        self.slab().chunks_and_used_bytes()
+    }
+
     /// How many buckets the table has.
     #[cfg(all(test, not(engine_loom)))]
     pub(crate) fn bucket_count(&self) -> usize {
@@ -337,6 +343,52 @@ impl TableWriter {
     /// The names of the table's nodes, for the writer's own records of them.
     pub(crate) fn names(&self) -> Names {
         Names(self.0.table.clone())
+    }
+
+    /// The table's slab, for its one writer.
+    fn slab(&self) -> &Slab {
+        // SAFETY: only the table's one writer reaches the slab, and it holds `&self`
+        // here, so no `&mut` to the slab is alive (see `Table`'s `Sync`).
+        unsafe { &*self.0.table.slab.get() }
+    }
+
+    /// Whether the slab holds part-used chunks enough to be worth emptying some
+    /// (`Slab::fragmented`).
+    pub(crate) fn fragmented(&self) -> bool {
+        self.slab().fragmented()
+    }
+
+    /// Starts emptying the slab's emptiest chunk, if one is sparse enough; returns its
+    /// index and the offsets of the blocks in use in it, for [`TableWriter::evacuee`]
+    /// (`Slab::evacuate`).
+    pub(crate) fn evacuate(&mut self) -> Option<(u32, Vec<u16>)> {
+        // SAFETY: as in `allocate`: the writer's only use of the slab now.
+        unsafe { &mut *self.0.table.slab.get() }.evacuate()
+    }
+
+    /// The node at `offset` of chunk `chunk`, as [`TableWriter::evacuate`] listed it, and
+    /// its key's hash (`hash_of` its key), if it is still linked: a node to move. A block
+    /// freed since, or a node retired and not yet freed, is not.
+    pub(crate) fn evacuee(
+        &self,
+        chunk: u32,
+        offset: u16,
+        hash_of: impl FnOnce(&[u8]) -> u64,
+    ) -> Option<(NonNull<Node>, u64)> {
+        let node = self.slab().evacuee(chunk, offset)?.cast::<Node>();
+        // SAFETY: a slab block in use holds a node `allocate` wrote, linked or retired;
+        // only this writer frees retired nodes, so it is not freed while read here.
+        let hash = hash_of(unsafe { node_key(node) });
+        let mut link = self.0.bucket(hash).load(Relaxed);
+        while let Some(handle) = Handle::from_bits(link) {
+            let linked = self.0.node(handle);
+            if linked == node {
+                return Some((node, hash));
+            }
+            // SAFETY: reachable from a bucket, hence live (see `find`).
+            link = unsafe { linked.as_ref() }.next.load(Relaxed);
+        }
+        None
     }
 
     /// Allocates a node from the table's slab, named in its directory.

@@ -223,6 +223,13 @@ pub const METRICS: &[Metric] = &[
         "Times a shard's frequency sketch halved its counters.",
         |r| Value::Count(r.total.sketch_resets),
     ),
+    metric(
+        "slab_moves",
+        "slab_moves_total",
+        Counter,
+        "Entries moved out of sparse L1 slab chunks, so that their memory serves other value sizes.",
+        |r| Value::Count(r.total.slab_moves),
+    ),
     sampled(metric(
         "l2_skipped",
         "l2_skipped_total",

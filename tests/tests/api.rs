@@ -518,6 +518,7 @@ fn prometheus_text_is_served() {
         "cache_admissions_refused_total 0",
         "cache_window_share 0.01",
         "cache_sketch_resets_total 0",
+        "cache_slab_moves_total 0",
     ] {
         assert!(text.contains(metric), "{metric} in {text}");
     }

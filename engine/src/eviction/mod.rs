@@ -446,6 +446,19 @@ impl<T: Resident> Policy<T> {
         slot
     }
 
+    /// Changes where the resident of `slot` is (its node was moved: same key, value and
+    /// charge), counting nothing: a move is not a request.
+    pub fn relocate(&mut self, slot: u32, change: impl FnOnce(&mut T)) {
+        let resident = self.ring.get_mut(slot).expect("an occupied slot");
+        let charge = resident.charge(&self.home);
+        change(resident);
+        debug_assert_eq!(
+            charge,
+            resident.charge(&self.home),
+            "a move keeps the charge"
+        );
+    }
+
     /// Changes the resident of `slot` in place (an overwrite), counting a request for its
     /// key (later) and the change of its charge.
     pub fn update(&mut self, slot: u32, change: impl FnOnce(&mut T)) {

@@ -22,6 +22,14 @@ fn classes_round_up_by_at_most_an_eighth() {
 }
 
 #[test]
+fn a_class_block_is_the_block_class_of_gives() {
+    for bytes in 1..=LARGEST_BLOCK {
+        let (class, block) = class_of(bytes);
+        assert_eq!(class_block(class), block, "{bytes} bytes");
+    }
+}
+
+#[test]
 fn freed_blocks_are_reused_and_empty_chunks_returned() {
     let mut slab = Slab::new(0, false);
     let directory = Directory::default();
