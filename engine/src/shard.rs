@@ -436,7 +436,7 @@ impl ShardWriter {
     /// old sizes' chunks, few of which empty, and the new sizes take fresh memory: the
     /// byte bound stops bounding memory (BENCHMARKS.md, "Memory under a byte bound when
     /// value sizes shift"). So while the slab is fragmented (`Slab::fragmented`), each
-    /// insert moves a few nodes of its emptiest chunk, as memcached's slab mover and
+    /// insert moves a few nodes of a sparse chunk, as memcached's slab mover and
     /// Segcache's merges do. A move is an overwrite with the same key, value, times and
     /// policy slot: a new node linked where the old one was, the old one retired, so
     /// readers see one or the other, as with any overwrite. It is not a request: the

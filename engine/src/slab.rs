@@ -22,7 +22,7 @@
 //! written change, evictions free blocks scattered over the old sizes' chunks, and the
 //! new sizes would take fresh memory while those chunks stay part-used. So once the
 //! chunks held exceed what their blocks in use need by a quarter ([`Slab::fragmented`]),
-//! the slab names its emptiest chunk ([`Slab::evacuate`]): nothing is allocated in it
+//! the slab names a sparse chunk ([`Slab::evacuate`]): nothing is allocated in it
 //! again, and the shard's writer moves its live nodes elsewhere a few per insert
 //! (`ShardWriter::move_some`), so that it empties and serves any class.
 //!
@@ -80,9 +80,11 @@ const EVACUATING: u32 = u32::MAX - 1;
 /// Chunks held beyond what the live blocks fill before the slab counts as fragmented:
 /// each class has a chunk being filled, and a few part-used chunks are normal.
 const SLACK_CHUNKS: usize = 16;
-/// The most a chunk chosen to be emptied may hold: a half-full chunk costs as many moves
-/// as it frees blocks' worth of room, and emptier ones less.
+/// The most of its room a chunk chosen to be emptied may have in use: a half-used chunk
+/// costs as many moves as it frees blocks' worth of room, and emptier ones less.
 const EVACUATE_BELOW: f64 = 0.5;
+/// A chunk this little used is chosen as soon as a look finds it.
+const EVACUATE_AT_ONCE: f64 = 0.25;
 
 /// The block size class for `bytes` (at most [`LARGEST_BLOCK`]), and its block size.
 fn class_of(bytes: usize) -> (usize, usize) {
@@ -507,30 +509,32 @@ impl Slab {
         held > (self.used_bytes + self.used_bytes / 4) + SLACK_CHUNKS * CHUNK_BYTES
     }
 
-    /// Chooses the emptiest chunk on any class's partial list, if one is at most
-    /// [`EVACUATE_BELOW`] used, and takes it off its list for good, so that no block is
-    /// allocated in it again; returns its index and the offsets (in units of [`GRAIN`])
-    /// of the blocks in use in it. The caller moves the live nodes among them elsewhere
-    /// ([`Slab::evacuee`]), and the chunk is given back once the last is freed. Blocks in
-    /// use may also be nodes retired and not yet freed.
+    /// Chooses a sparse chunk on any class's partial list: the first at most
+    /// [`EVACUATE_AT_ONCE`] used, or else the emptiest if it is at most
+    /// [`EVACUATE_BELOW`] used. Takes it off its list for good, so that no block is
+    /// allocated in it again, and returns its index and the offsets (in units of
+    /// [`GRAIN`]) of the blocks in use in it. The caller moves the live nodes among them
+    /// elsewhere ([`Slab::evacuee`]), and the chunk is given back once the last is freed.
+    /// Blocks in use may also be nodes retired and not yet freed. (Stopping at the first
+    /// very sparse chunk keeps a look short where a shift in sizes left many.)
     pub(crate) fn evacuate(&mut self) -> Option<(u32, Vec<u16>)> {
-        let (class, position, index) = self
-            .classes
-            .iter()
-            .enumerate()
-            .flat_map(|(class, c)| {
-                c.partial
-                    .iter()
-                    .enumerate()
-                    .map(move |(position, &index)| (class, position, index))
-            })
-            .min_by_key(|&(_, _, index)| {
-                let chunk = self.chunk(index);
-                chunk.live as usize * chunk.block as usize
-            })?;
-        let chunk = self.chunk(index);
-        let capacity = (CHUNK_BYTES - FIRST_BLOCK) / chunk.block as usize;
-        if chunk.live as f64 > capacity as f64 * EVACUATE_BELOW {
+        let usage = |chunk: &Chunk| {
+            chunk.live as f64 * chunk.block as f64 / (CHUNK_BYTES - FIRST_BLOCK) as f64
+        };
+        let mut emptiest: Option<(usize, usize, u32, f64)> = None;
+        'classes: for (class, c) in self.classes.iter().enumerate() {
+            for (position, &index) in c.partial.iter().enumerate() {
+                let used = usage(self.chunk(index));
+                if emptiest.is_none_or(|(_, _, _, least)| used < least) {
+                    emptiest = Some((class, position, index, used));
+                    if used <= EVACUATE_AT_ONCE {
+                        break 'classes;
+                    }
+                }
+            }
+        }
+        let (class, position, index, used) = emptiest?;
+        if used > EVACUATE_BELOW {
             return None;
         }
         self.unlist_partial(class, position as u32);
