@@ -148,8 +148,6 @@ struct Chunk {
     region: u32,
     position: u8,
     class: u8,
-    /// The size of its blocks.
-    block: u32,
     /// Free blocks of this chunk, by offset in units of [`GRAIN`].
     free: Vec<u16>,
     /// Offset of the first block never handed out.
@@ -374,8 +372,8 @@ impl Slab {
         chunk.free.push(offset as u16);
         chunk.live -= 1;
         let class = chunk.class as usize;
-        let (live, partial, size) = (chunk.live, chunk.partial, chunk.block);
-        self.used_bytes -= size as usize;
+        let (live, partial) = (chunk.live, chunk.partial);
+        self.used_bytes -= class_block(class);
         if self.classes[class].current == Some(index) {
             return;
         }
@@ -431,7 +429,6 @@ impl Slab {
             region,
             position: position as u8,
             class: class as u8,
-            block: class_block(class) as u32,
             free: Vec::new(),
             bump: FIRST_BLOCK as u32,
             live: 0,
@@ -519,7 +516,8 @@ impl Slab {
     /// very sparse chunk keeps a look short where a shift in sizes left many.)
     pub(crate) fn evacuate(&mut self) -> Option<(u32, Vec<u16>)> {
         let usage = |chunk: &Chunk| {
-            chunk.live as f64 * chunk.block as f64 / (CHUNK_BYTES - FIRST_BLOCK) as f64
+            (chunk.live as usize * class_block(chunk.class as usize)) as f64
+                / (CHUNK_BYTES - FIRST_BLOCK) as f64
         };
         let mut emptiest: Option<(usize, usize, u32, f64)> = None;
         'classes: for (class, c) in self.classes.iter().enumerate() {
@@ -543,7 +541,7 @@ impl Slab {
         let mut free = chunk.free.clone();
         free.sort_unstable();
         let in_use = (FIRST_BLOCK..chunk.bump as usize)
-            .step_by(chunk.block as usize)
+            .step_by(class_block(chunk.class as usize))
             .map(|at| (at / GRAIN) as u16)
             .filter(|offset| free.binary_search(offset).is_err())
             .collect();

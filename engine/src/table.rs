@@ -358,7 +358,7 @@ impl TableWriter {
         self.slab().fragmented()
     }
 
-    /// Starts emptying the slab's emptiest chunk, if one is sparse enough; returns its
+    /// Starts emptying a sparse slab chunk, if one is sparse enough; returns its
     /// index and the offsets of the blocks in use in it, for [`TableWriter::evacuee`]
     /// (`Slab::evacuate`).
     pub(crate) fn evacuate(&mut self) -> Option<(u32, Vec<u16>)> {
@@ -379,16 +379,7 @@ impl TableWriter {
         // SAFETY: a slab block in use holds a node `allocate` wrote, linked or retired;
         // only this writer frees retired nodes, so it is not freed while read here.
         let hash = hash_of(unsafe { node_key(node) });
-        let mut link = self.0.bucket(hash).load(Relaxed);
-        while let Some(handle) = Handle::from_bits(link) {
-            let linked = self.0.node(handle);
-            if linked == node {
-                return Some((node, hash));
-            }
-            // SAFETY: reachable from a bucket, hence live (see `find`).
-            link = unsafe { linked.as_ref() }.next.load(Relaxed);
-        }
-        None
+        self.find_link(node, hash).map(|_| (node, hash))
     }
 
     /// Allocates a node from the table's slab, named in its directory.
@@ -472,13 +463,18 @@ impl TableWriter {
 
     /// The link that currently names `target`, whose key's hash is `hash`.
     fn link_to(&self, target: NonNull<Node>, hash: u64) -> &AtomicU32 {
+        self.find_link(target, hash)
+            .expect("node to unlink is in its bucket")
+    }
+
+    /// The link that currently names `target`, whose key's hash is `hash`, if it is
+    /// linked.
+    fn find_link(&self, target: NonNull<Node>, hash: u64) -> Option<&AtomicU32> {
         let mut link = self.0.bucket(hash);
         loop {
-            let handle =
-                Handle::from_bits(link.load(Relaxed)).expect("node to unlink is in its bucket");
-            let node = self.0.node(handle);
+            let node = self.0.node(Handle::from_bits(link.load(Relaxed))?);
             if node == target {
-                return link;
+                return Some(link);
             }
             // SAFETY: reachable from a bucket, hence live (see `find`).
             link = unsafe { &(*node.as_ptr()).next };
