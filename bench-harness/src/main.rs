@@ -79,7 +79,8 @@ struct MemoryArgs {
     cache: Option<String>,
     /// Instead of bytes per entry: a cache bounded at `--max-bytes` written new keys in
     /// one phase per value size given (e.g. `100,300,40`), each turning the bound over
-    /// three times; reports the resident memory after each phase against the bound.
+    /// (`memory::TURNOVERS` times); reports the resident memory after each phase against
+    /// the bound.
     #[arg(long, value_delimiter = ',')]
     shift: Vec<usize>,
     /// The byte bound for `--shift`.
@@ -655,9 +656,10 @@ fn shift_command(args: &MemoryArgs) -> anyhow::Result<()> {
     }
     let sizes: Vec<String> = args.shift.iter().map(ToString::to_string).collect();
     println!(
-        "bound {:.1} MB, values of {} bytes in turn (new keys, each phase writing 3 times the bound, one read of a recent key per write), one process per cache",
+        "bound {:.1} MB, values of {} bytes in turn (new keys, each phase writing {} times the bound, one read of a recent key per write), one process per cache",
         args.max_bytes as f64 / 1e6,
-        sizes.join(", then ")
+        sizes.join(", then "),
+        memory::TURNOVERS
     );
     println!(
         "{:<14} {:>8} {:>10} {:>14} {:>14}",

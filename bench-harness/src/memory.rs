@@ -114,7 +114,7 @@ pub struct Phase {
 
 /// Passes over the bound each phase writes: enough that the phase's values replace the
 /// last phase's, as far as the cache's policy lets them in.
-const TURNOVERS: u64 = 3;
+pub const TURNOVERS: u64 = 3;
 
 /// The newest keys the reads between writes pick from, so that what is evicted is not in
 /// the order it was written (a slab then frees blocks scattered over its chunks).
