@@ -55,8 +55,9 @@ pub const ENTRY_OVERHEAD: usize = node_bytes(0, 0) + STRUCTURE_BYTES;
 const MOVES_PER_INSERT: usize = 2;
 
 /// Inserts between looks for a chunk to empty while none is sparse enough (a look scans
-/// every part-used chunk).
-const EVACUATION_PAUSE: u32 = 4096;
+/// every part-used chunk). The engine's own tests look every 64, so that shards of a few
+/// hundred KiB (see `slab::SLACK_CHUNKS`) run the mover as a large one would.
+const EVACUATION_PAUSE: u32 = if cfg!(test) { 64 } else { 4096 };
 
 /// Inserts between two looks at the readers' lookup counts (a look takes a lock and
 /// reads one counter per reader handle). Only inserts look: the window's share matters

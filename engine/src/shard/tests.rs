@@ -529,3 +529,100 @@ fn a_shift_in_value_sizes_moves_entries_out_of_sparse_chunks_and_keeps_them() {
     }
     assert_eq!(resident, s.len(), "every resident entry reads back");
 }
+
+/// A hash that spreads keys over the buckets (FNV-1a), for the mover's cases, whose
+/// chains must not all be one.
+fn spread(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |a, &b| {
+        (a ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A value for `key`'s `serial`th write, `len` bytes long, that says which write it was.
+fn written(key: &[u8], serial: u32, len: usize) -> Vec<u8> {
+    let mut value = serial.to_le_bytes().to_vec();
+    value.extend(key.iter().cycle().take(len.saturating_sub(4)));
+    value.truncate(len);
+    value
+}
+
+/// Value sizes the mover's cases write: each its own block class, small and large.
+const MOVER_SIZES: [usize; 6] = [4, 40, 100, 180, 420, 900];
+
+proptest::proptest! {
+    /// While the slab is fragmented, inserts also move live entries out of sparse chunks.
+    /// Each case fragments it as the test above does (large values under a byte bound,
+    /// then small ones), and runs its operations among the small writes, on keys of the
+    /// large values (the ones being moved) and keys of its own. Against a model (the last
+    /// value written to each key, none once removed): a read finds the key's latest value
+    /// or nothing (the byte bound evicts), never an older one or a removed key; and at the
+    /// end every entry the shard counts reads back whole.
+    #[test]
+    fn while_entries_move_reads_are_the_latest_write_or_nothing(
+        ops in proptest::collection::vec((0u8..4, 0u16..300, 0usize..MOVER_SIZES.len()), 1..400),
+        eviction in proptest::prop_oneof![
+            proptest::strategy::Just(Eviction::Clock),
+            proptest::strategy::Just(Eviction::Adaptive),
+        ],
+    ) {
+        let max_bytes = 256 << 10;
+        let mut s = ShardWriter::new(
+            ShardConfig {
+                max_entries: usize::MAX,
+                max_bytes,
+                stale_window_ms: 0,
+                eviction,
+                huge_pages: false,
+            },
+            Arc::default(),
+            NOW,
+            KeyHasher::chosen(spread),
+        );
+        let mut model = std::collections::HashMap::<Vec<u8>, Vec<u8>>::new();
+        let mut serial = 0u32;
+        let mut write = |s: &mut ShardWriter, model: &mut std::collections::HashMap<_, _>, key: Vec<u8>, len: usize| {
+            serial += 1;
+            let value = written(&key, serial, len);
+            let ttl = (serial % 3 == 0).then_some(NOW + 60_000);
+            s.insert(spread(&key), &key, &value, ttl, NOW).unwrap();
+            model.insert(key, value);
+        };
+        let large = 2 * max_bytes as usize / 470;
+        let small = max_bytes as usize / 90;
+        let mut ops = ops.into_iter();
+        for i in 0..large + small {
+            let (key, len) = if i < large { (format!("a{i}"), 420) } else { (format!("b{i}"), 40) };
+            write(&mut s, &mut model, key.into_bytes(), len);
+            // A read of a recent key, so that evictions scatter.
+            let back = format!("{}{}", if i < large { "a" } else { "b" }, i.saturating_sub(i * 7 % 50));
+            s.get_with(spread(back.as_bytes()), back.as_bytes(), NOW, |_| ());
+            if i < large || i % 4 != 0 {
+                continue;
+            }
+            let Some((op, k, size)) = ops.next() else { continue };
+            let key = if k < 200 { format!("a{}", k * 3) } else { format!("c{k}") }.into_bytes();
+            match op {
+                0 | 1 => write(&mut s, &mut model, key, MOVER_SIZES[size]),
+                2 => {
+                    s.remove(spread(&key), &key, NOW);
+                    model.remove(&key);
+                }
+                _ => {
+                    let found = s.get_with(spread(&key), &key, NOW, |e| e.value.to_vec());
+                    if let Some(found) = found {
+                        proptest::prop_assert_eq!(Some(&found), model.get(&key));
+                    }
+                }
+            }
+        }
+        proptest::prop_assert!(s.metrics().slab_moves.get() > 0, "entries were moved");
+        let mut readable = 0;
+        for (key, value) in &model {
+            if let Some(found) = s.get_with(spread(key), key, NOW, |e| e.value.to_vec()) {
+                proptest::prop_assert_eq!(&found, value);
+                readable += 1;
+            }
+        }
+        proptest::prop_assert_eq!(readable, s.len(), "every entry counted reads back");
+    }
+}
