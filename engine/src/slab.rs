@@ -21,10 +21,11 @@
 //! A chunk serves one size class until all its blocks are free again. When the sizes
 //! written change, evictions free blocks scattered over the old sizes' chunks, and the
 //! new sizes would take fresh memory while those chunks stay part-used. So once the
-//! chunks held exceed what their blocks in use need by a quarter ([`Slab::fragmented`]),
-//! the slab names a sparse chunk ([`Slab::evacuate`]): nothing is allocated in it
-//! again, and the shard's writer moves its live nodes elsewhere a few per insert
-//! (`ShardWriter::move_some`), so that it empties and serves any class.
+//! chunks held exceed what their blocks in use need by a sixteenth ([`Slab::fragmented`]),
+//! the slab names a part-used chunk whose class has room for its live blocks elsewhere
+//! ([`Slab::evacuate`]): nothing is allocated in it again, and the shard's writer moves
+//! its live nodes into that room a few per insert (`ShardWriter::move_some`), so that it
+//! empties and serves any class.
 //!
 //! Blocks are handed out and freed by the table's one writer: the reclaimer frees on the
 //! writer's thread, once no reader can still hold a block (`reclaim.rs`), so a freed block
@@ -82,10 +83,9 @@ const EVACUATING: u32 = u32::MAX - 1;
 /// engine's own tests allow 2, so that shards of a few hundred KiB, which a property
 /// test can fill hundreds of times, fragment and run the mover.)
 const SLACK_CHUNKS: usize = if cfg!(test) { 2 } else { 16 };
-/// The most of its room a chunk chosen to be emptied may have in use: a half-used chunk
-/// costs as many moves as it frees blocks' worth of room, and emptier ones less.
-const EVACUATE_BELOW: f64 = 0.5;
-/// A chunk this little used is chosen as soon as a look finds it.
+/// A chunk whose blocks in use are at most this share of its room is chosen as soon as a
+/// look finds it (with room for them elsewhere in its class), which keeps a look short
+/// where a shift in sizes left many sparse chunks.
 const EVACUATE_AT_ONCE: f64 = 0.25;
 
 /// The block size class for `bytes` (at most [`LARGEST_BLOCK`]), and its block size.
@@ -500,43 +500,61 @@ impl Slab {
         }
     }
 
-    /// Whether the chunks held take more than the blocks in use need by a quarter and
+    /// Whether the chunks held take more than the blocks in use need by a sixteenth and
     /// [`SLACK_CHUNKS`]: blocks of sizes no longer written hold part-used chunks that
-    /// other sizes cannot use, which [`Slab::evacuate`] is for.
+    /// other sizes cannot use, which [`Slab::evacuate`] is for. (A quarter, before the
+    /// mover emptied only chunks its class had room for: memory under a 100 MiB bound
+    /// went from 1.34 to 1.19 times the bound after a shift in value sizes, for 2 %
+    /// more time writing; BENCHMARKS.md.)
     pub(crate) fn fragmented(&self) -> bool {
         let held = (self.chunks.len() - self.vacant.len()) * (CHUNK_BYTES - FIRST_BLOCK);
-        held > (self.used_bytes + self.used_bytes / 4) + SLACK_CHUNKS * CHUNK_BYTES
+        held > (self.used_bytes + self.used_bytes / 16) + SLACK_CHUNKS * CHUNK_BYTES
     }
 
-    /// Chooses a sparse chunk on any class's partial list: the first at most
-    /// [`EVACUATE_AT_ONCE`] used, or else the emptiest if it is at most
-    /// [`EVACUATE_BELOW`] used. Takes it off its list for good, so that no block is
-    /// allocated in it again, and returns its index and the offsets (in units of
-    /// [`GRAIN`]) of the blocks in use in it. The caller moves the live nodes among them
-    /// elsewhere ([`Slab::evacuee`]), and the chunk is given back once the last is freed.
-    /// Blocks in use may also be nodes retired and not yet freed. (Stopping at the first
-    /// very sparse chunk keeps a look short where a shift in sizes left many.)
+    /// Chooses a chunk to empty: of the classes whose other chunks have room for all the
+    /// blocks in use in their emptiest part-used chunk, the one whose emptiest chunk has
+    /// the fewest (or the first found at most [`EVACUATE_AT_ONCE`] used). Emptying it
+    /// then frees a chunk for any size without taking one: its nodes move into blocks
+    /// their class already holds free. (Evictions scattered over a class's chunks, as
+    /// when its size is no longer written, leave every chunk part-used, none empty;
+    /// while a class has no such room, moving its nodes would only take a fresh chunk.)
+    /// Takes the chunk off its list for good, so that no block is allocated in it again,
+    /// and returns its index and the offsets (in units of [`GRAIN`]) of the blocks in
+    /// use in it. The caller moves the live nodes among them elsewhere
+    /// ([`Slab::evacuee`]), and the chunk is given back once the last is freed. Blocks in
+    /// use may also be nodes retired and not yet freed.
     pub(crate) fn evacuate(&mut self) -> Option<(u32, Vec<u16>)> {
-        let usage = |chunk: &Chunk| {
-            (chunk.live as usize * class_block(chunk.class as usize)) as f64
-                / (CHUNK_BYTES - FIRST_BLOCK) as f64
-        };
-        let mut emptiest: Option<(usize, usize, u32, f64)> = None;
-        'classes: for (class, c) in self.classes.iter().enumerate() {
+        // (class, position in its partial list, chunk index, blocks in use)
+        let mut chosen: Option<(usize, usize, u32, usize)> = None;
+        for (class, c) in self.classes.iter().enumerate() {
+            let room_per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / class_block(class);
+            let mut room = 0;
+            let mut emptiest: Option<(usize, u32, usize)> = None;
             for (position, &index) in c.partial.iter().enumerate() {
-                let used = usage(self.chunk(index));
-                if emptiest.is_none_or(|(_, _, _, least)| used < least) {
-                    emptiest = Some((class, position, index, used));
-                    if used <= EVACUATE_AT_ONCE {
-                        break 'classes;
-                    }
+                let live = self.chunk(index).live as usize;
+                room += room_per_chunk - live;
+                if emptiest.is_none_or(|(_, _, least)| live < least) {
+                    emptiest = Some((position, index, live));
+                }
+            }
+            let Some((position, index, live)) = emptiest else {
+                continue;
+            };
+            if let Some(current) = c.current {
+                room += room_per_chunk - self.chunk(current).live as usize;
+            }
+            // The room outside the chunk itself has to take its blocks in use.
+            if live > room - (room_per_chunk - live) {
+                continue;
+            }
+            if chosen.is_none_or(|(_, _, _, fewest)| live < fewest) {
+                chosen = Some((class, position, index, live));
+                if live as f64 <= EVACUATE_AT_ONCE * room_per_chunk as f64 {
+                    break;
                 }
             }
         }
-        let (class, position, index, used) = emptiest?;
-        if used > EVACUATE_BELOW {
-            return None;
-        }
+        let (class, position, index, _) = chosen?;
         self.unlist_partial(class, position as u32);
         let chunk = self.chunk_mut(index);
         chunk.partial = EVACUATING;

@@ -514,8 +514,11 @@ fn a_shift_in_value_sizes_moves_entries_out_of_sparse_chunks_and_keeps_them() {
     }
     assert!(s.metrics().slab_moves.get() > 0, "entries were moved");
     let (held, used) = s.table.slab_chunks_and_used_bytes();
+    // The slab's allowance (a sixteenth and, in tests, 2 chunks) and 2 chunks more: the
+    // one being emptied and a class's chunk being filled. (6.68 MB held for 3.53 MB in
+    // use without moves; 3.80 MB with them.)
     assert!(
-        held <= used + used / 4 + (16 + 4) * 64 * 1024,
+        held <= used + used / 16 + 4 * 64 * 1024,
         "{held} bytes of chunks held for {used} in use"
     );
     let mut resident = 0;

@@ -100,6 +100,50 @@ fn a_region_whose_chunks_are_all_free_is_given_back() {
     }
 }
 
+/// A part-used chunk is chosen to be emptied only where its class holds room for its
+/// blocks in use elsewhere (else moving them would take a fresh chunk), and then the
+/// emptiest such chunk, with the offsets of exactly its blocks in use.
+#[test]
+fn a_chunk_is_emptied_only_into_room_its_class_holds() {
+    let mut slab = Slab::new(0, false);
+    let directory = Directory::default();
+    let per_chunk = (CHUNK_BYTES - FIRST_BLOCK) / 512;
+    // Three chunks, filled in order; the third stays the one being filled, and is full.
+    let blocks: Vec<_> = (0..3 * per_chunk)
+        .map(|_| slab.allocate(512, &directory).at)
+        .collect();
+    let chunk_of = |block: NonNull<u8>| block.as_ptr() as usize & !(CHUNK_BYTES - 1);
+    let free = |slab: &mut Slab, blocks: &[NonNull<u8>]| {
+        for block in blocks {
+            // SAFETY: allocated above with this size, freed once.
+            unsafe { slab.free(*block, 512, false, &directory) };
+        }
+    };
+    // The first chunk 40 % used: sparse, but no other chunk of its class has room.
+    free(&mut slab, &blocks[..per_chunk * 3 / 5]);
+    assert!(
+        slab.evacuate().is_none(),
+        "no room for its blocks elsewhere"
+    );
+    // The second 30 % used: the first has room for its blocks, so it goes.
+    let second = &blocks[per_chunk..2 * per_chunk];
+    free(&mut slab, &second[..per_chunk * 7 / 10]);
+    let (index, offsets) = slab.evacuate().expect("the second chunk fits in the first");
+    let kept: Vec<_> = second[per_chunk * 7 / 10..].to_vec();
+    assert_eq!(offsets.len(), kept.len());
+    for offset in offsets {
+        let block = slab.evacuee(index, offset).expect("a block in use");
+        assert_eq!(chunk_of(block), chunk_of(second[0]));
+        assert!(kept.contains(&block));
+    }
+    // Once its blocks are freed (moved), the chunk goes back.
+    let held = slab.chunk_bytes();
+    free(&mut slab, &kept);
+    assert_eq!(slab.chunk_bytes(), held - CHUNK_BYTES);
+    free(&mut slab, &blocks[per_chunk * 3 / 5..per_chunk]);
+    free(&mut slab, &blocks[2 * per_chunk..]);
+}
+
 #[test]
 fn large_nodes_get_their_own_allocation() {
     let mut slab = Slab::new(0, false);
