@@ -5,8 +5,10 @@
 # protocol: HTTP PUTs (`cache-bench load --prefill`, raw bytes) for cache-manager
 # (CACHE_CORES=1), `redis-cli --pipe` of SETs for Redis. Reports the RSS growth per entry
 # (cache-manager's counted from a service bounded at one entry, so that what its bound
-# makes resident at start counts too, and from after the load's connections were served,
-# so that their buffers do not),
+# makes resident at start counts too, and from after a second of the same kind of load
+# on a few keys of their own, so that what the service holds once whatever the load does
+# first has been done (connections' buffers, the write path's latency histogram) does
+# not count: it is there at any count of entries),
 # what of it is overhead beyond the key and value bytes, and Redis's own `used_memory`
 # growth; for cache-manager also what it charges itself (`l1_bytes`, from ENTRY_OVERHEAD),
 # which must stay within 10 % of what RSS shows. MEMORY_ENV adds settings to both
@@ -30,17 +32,24 @@ overhead() { awk -v d="$1" -v p="$payload" -v n="$entries" 'BEGIN {printf "%.1f"
 echo "$entries entries, keys key:0 … key:$((entries - 1)) (average $(awk -v k="$key_bytes" -v n="$entries" 'BEGIN {printf "%.1f", k / n}') bytes), $value_bytes-byte values"
 printf '%-26s %16s %22s\n' "" "RSS growth/entry" "overhead/entry (RSS)"
 
+# Keys the warm-up writes and reads before the count (`warm:0` …); they stay stored, and
+# count in `before`.
+warm_keys=64
 # start_measured ENV... — starts a service with ENV and serves the prefill's connections
-# a second of reads of keys it never holds (misses, which store nothing); sets `cm_pid`
-# and `started_kib`, its RSS then. (Not a function whose output is captured: a subshell
-# would lose the pid that cleanup stops.)
+# a second of half reads, half writes of the prefill's value size to `warm_keys` keys of
+# their own; sets `cm_pid` and `started_kib`, its RSS then. (Not a function whose output
+# is captured: a subshell would lose the pid that cleanup stops.)
 start_measured() {
     start_cache_manager CACHE_CORES=1 "$@"
     cm_pid=${pids[-1]}
-    # What the service holds per connection (its buffers) comes before the count, as its
-    # own start does: it does not grow with the entries, so it is not theirs.
-    target/release/cache-bench load --target "http://127.0.0.1:$port" --keys "$entries" \
-        --key-prefix absent: --duration 1s --warmup 0s --quiet > /dev/null
+    # What the service holds once it has served the load (its connections' buffers, the
+    # pages of each operation's latency histogram that the load's latencies touch) comes
+    # before the count, as its own start does: it does not grow with the entries, so it
+    # is not theirs. Only reads had warmed it before 2026-12-05; the write path's share,
+    # about 1 MB at any count, then counted as the entries' (1 byte an entry at 1 M).
+    target/release/cache-bench load --target "http://127.0.0.1:$port" --keys "$warm_keys" \
+        --key-prefix warm: --read-ratio 0.5 --value-size "$value_bytes" \
+        --duration 1s --warmup 0s --quiet > /dev/null
     started_kib=$(rss_kib "$cm_pid")
 }
 # What a structure sized from the bound (a bucket array, a sketch) makes resident before
@@ -49,9 +58,10 @@ start_measured() {
 start_measured CACHE_L1_MAX_ENTRIES=1 CACHE_L1_MAX_BYTES=1024 ${MEMORY_ENV:-}
 one_entry_kib=$started_kib
 kill "$cm_pid"
-# Bounded at exactly ENTRIES, as a cache sized for its data would be: the bucket array and
-# the sketch are sized from the bound.
-start_measured CACHE_L1_MAX_ENTRIES="$entries" CACHE_L1_MAX_BYTES=$((entries * 1024)) ${MEMORY_ENV:-}
+# Bounded at exactly ENTRIES and the warm-up's keys, as a cache sized for its data would
+# be: the bucket array and the sketch are sized from the bound.
+start_measured CACHE_L1_MAX_ENTRIES=$((entries + warm_keys)) \
+    CACHE_L1_MAX_BYTES=$(((entries + warm_keys) * 1024)) ${MEMORY_ENV:-}
 before=$started_kib
 prefill "$port" "$entries" "$value_bytes"
 after=$(rss_kib "$cm_pid")
