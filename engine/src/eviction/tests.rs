@@ -487,11 +487,17 @@ fn a_byte_bounded_sketch_grows_with_the_residents() {
             seen.push(now);
         }
     }
+    // Each step a quarter more than the last, until the most entries.
+    let mut expected = vec![FIRST_SKETCHED_ENTRIES];
+    while *expected.last().unwrap() < most {
+        let last = *expected.last().unwrap();
+        expected.push((last + last / 4).min(most));
+    }
     assert_eq!(
-        seen,
-        [FIRST_SKETCHED_ENTRIES, 2 * FIRST_SKETCHED_ENTRIES, most],
-        "doubles, then stops at the most entries"
+        seen, expected,
+        "grows by a quarter, then stops at the most entries"
     );
+    assert_eq!(seen.len(), 6, "4096 to 12,288 in quarters: {seen:?}");
 
     let entry_bounded: Policy<Item> =
         Policy::new(Eviction::Adaptive, most, u64::MAX, most, Arc::default(), ());
