@@ -48,6 +48,10 @@ const STRUCTURE_BYTES: usize =
 /// below 128 bytes, one more per 7 bits above) and the structures outside the node.
 pub const ENTRY_OVERHEAD: usize = node_bytes(0, 0) + STRUCTURE_BYTES;
 
+/// Bytes of byte bound per bucket: twice the charge of the smallest entry (see
+/// [`ShardWriter::new`]).
+const BYTES_PER_BUCKET: usize = 2 * ENTRY_OVERHEAD;
+
 /// Live nodes an insert moves out of a sparse slab chunk while the slab is fragmented
 /// ([`ShardWriter::move_some`]): each is about the work of an overwrite, and two keep
 /// ahead of the fragmentation a write can cause (one block freed in an old size's chunk
@@ -212,7 +216,21 @@ impl ShardWriter {
         let most_entries = config
             .max_entries
             .min(usize::try_from(config.max_bytes / ENTRY_OVERHEAD as u64).unwrap_or(usize::MAX));
-        let (reader, table) = table(most_entries, config.stale_window_ms, config.huge_pages);
+        // One bucket an entry under the entry bound, but under the byte bound one for
+        // every two of the smallest entries: a byte bound says how many of the smallest
+        // entries fit, and entries are rarely that small (an empty key and value), so one
+        // bucket for each would leave most of the array empty, resident and uncharged.
+        // Chains then average up to two nodes only where entries average under
+        // BYTES_PER_BUCKET.
+        let buckets = config
+            .max_entries
+            .min(usize::try_from(config.max_bytes / BYTES_PER_BUCKET as u64).unwrap_or(usize::MAX));
+        let (reader, table) = table(
+            most_entries,
+            buckets,
+            config.stale_window_ms,
+            config.huge_pages,
+        );
         let names = table.names();
         Self {
             table,

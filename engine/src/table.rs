@@ -219,14 +219,16 @@ impl Clone for TableReader {
 /// The single writer of a table.
 pub(crate) struct TableWriter(TableRef);
 
-/// A table for about `capacity` entries whose entries stay servable as stale for
-/// `stale_window_ms` past their expiry, its nodes in huge pages if `huge_pages`.
+/// A table for up to about `capacity` entries in `buckets` buckets, whose entries stay
+/// servable as stale for `stale_window_ms` past their expiry, its nodes in huge pages if
+/// `huge_pages`.
 pub(crate) fn table(
     capacity: usize,
+    buckets: usize,
     stale_window_ms: u64,
     huge_pages: bool,
 ) -> (TableReader, TableWriter) {
-    let buckets = capacity.clamp(16, 1 << 26);
+    let buckets = buckets.clamp(16, 1 << 26);
     let table = Arc::new(Table {
         buckets: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
         stale_window_ms,

@@ -44,14 +44,27 @@ fn put(s: &mut ShardWriter, key: &str, value: &str, ttl: Option<u64>, now: u64) 
 }
 
 /// A byte bound that admits fewer entries than the entry bound sizes the bucket array:
-/// at one bucket per entry that fits, as `ENTRY_OVERHEAD` charges, never for the entry
-/// bound.
+/// one bucket per two of the smallest entries that fit (`BYTES_PER_BUCKET`), never for
+/// the entry bound; and the smallest entries, two to a bucket, all read back.
 #[test]
 fn the_byte_bound_sizes_the_bucket_array_when_it_admits_fewer_entries() {
     let max_bytes = 64 << 10;
-    let fit = max_bytes as usize / ENTRY_OVERHEAD;
-    let s = shard(1 << 24, max_bytes);
-    assert_eq!(s.table.bucket_count(), fit);
+    let mut s = shard(1 << 24, max_bytes);
+    assert_eq!(s.table.bucket_count(), max_bytes as usize / BYTES_PER_BUCKET);
+    let keys: Vec<String> = (0..max_bytes as usize / ENTRY_OVERHEAD)
+        .map(|i| i.to_string())
+        .collect();
+    for key in &keys {
+        put(&mut s, key, "", None, NOW);
+    }
+    let resident = keys.iter().filter(|k| get(&s, k, NOW).is_some()).count();
+    assert_eq!(resident, s.len());
+    assert!(
+        s.len() > s.table.bucket_count(),
+        "{} entries in {} buckets",
+        s.len(),
+        s.table.bucket_count()
+    );
     let s = shard(100, max_bytes);
     assert_eq!(s.table.bucket_count(), 100);
 }
