@@ -50,7 +50,10 @@ fn put(s: &mut ShardWriter, key: &str, value: &str, ttl: Option<u64>, now: u64) 
 fn the_byte_bound_sizes_the_bucket_array_when_it_admits_fewer_entries() {
     let max_bytes = 64 << 10;
     let mut s = shard(1 << 24, max_bytes);
-    assert_eq!(s.table.bucket_count(), max_bytes as usize / BYTES_PER_BUCKET);
+    assert_eq!(
+        s.table.bucket_count(),
+        max_bytes as usize / BYTES_PER_BUCKET
+    );
     let keys: Vec<String> = (0..max_bytes as usize / ENTRY_OVERHEAD)
         .map(|i| i.to_string())
         .collect();
