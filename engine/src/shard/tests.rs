@@ -486,29 +486,37 @@ proptest::proptest! {
     }
 }
 
+/// A hash that spreads keys over the buckets (FNV-1a), for the mover's cases, whose
+/// chains must not all be one.
+fn spread(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |a, &b| {
+        (a ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A shard bounded by bytes alone, its keys hashed by [`spread`], for the mover's cases.
+fn byte_bounded(max_bytes: u64, eviction: Eviction) -> ShardWriter {
+    ShardWriter::new(
+        ShardConfig {
+            max_entries: usize::MAX,
+            max_bytes,
+            stale_window_ms: 0,
+            eviction,
+            huge_pages: false,
+        },
+        Arc::default(),
+        NOW,
+        KeyHasher::chosen(spread),
+    )
+}
+
 /// When the value sizes written change under a byte bound, the entries of sparse chunks
 /// are moved out (`move_some`), so the chunks held stay near what the live blocks need,
 /// and every entry still reads back whole.
 #[test]
 fn a_shift_in_value_sizes_moves_entries_out_of_sparse_chunks_and_keeps_them() {
-    fn mixed(key: &[u8]) -> u64 {
-        key.iter().fold(0xcbf2_9ce4_8422_2325u64, |a, &b| {
-            (a ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-    }
     let max_bytes = 4 << 20;
-    let mut s = ShardWriter::new(
-        ShardConfig {
-            max_entries: usize::MAX,
-            max_bytes,
-            stale_window_ms: 0,
-            eviction: Eviction::Clock,
-            huge_pages: false,
-        },
-        Arc::default(),
-        NOW,
-        KeyHasher::chosen(mixed),
-    );
+    let mut s = byte_bounded(max_bytes, Eviction::Clock);
     let value_of = |key: &str, size: usize| key.bytes().cycle().take(size).collect::<Vec<u8>>();
     let mut keys: Vec<(String, usize)> = Vec::new();
     let mut random = 0x9E37_79B9_7F4A_7C15u64;
@@ -516,7 +524,7 @@ fn a_shift_in_value_sizes_moves_entries_out_of_sparse_chunks_and_keeps_them() {
         for i in 0..2 * max_bytes as usize / (size + 50) {
             let key = format!("{prefix}{i}");
             let value = value_of(&key, size);
-            s.insert(mixed(key.as_bytes()), key.as_bytes(), &value, None, NOW)
+            s.insert(spread(key.as_bytes()), key.as_bytes(), &value, None, NOW)
                 .unwrap();
             keys.push((key, size));
             // A read of a recent key, so that CLOCK spares it and evictions scatter.
@@ -525,7 +533,7 @@ fn a_shift_in_value_sizes_moves_entries_out_of_sparse_chunks_and_keeps_them() {
             random ^= random << 17;
             let (back, _) =
                 &keys[keys.len() - 1 - (random % keys.len().min(40_000) as u64) as usize];
-            s.get_with(mixed(back.as_bytes()), back.as_bytes(), NOW, |_| ());
+            s.get_with(spread(back.as_bytes()), back.as_bytes(), NOW, |_| ());
         }
     }
     assert!(s.metrics().slab_moves.get() > 0, "entries were moved");
@@ -539,7 +547,7 @@ fn a_shift_in_value_sizes_moves_entries_out_of_sparse_chunks_and_keeps_them() {
     );
     let mut resident = 0;
     for (key, size) in &keys {
-        if let Some(value) = s.get_with(mixed(key.as_bytes()), key.as_bytes(), NOW, |e| {
+        if let Some(value) = s.get_with(spread(key.as_bytes()), key.as_bytes(), NOW, |e| {
             e.value.to_vec()
         }) {
             assert_eq!(value, value_of(key, *size), "{key}");
@@ -547,14 +555,6 @@ fn a_shift_in_value_sizes_moves_entries_out_of_sparse_chunks_and_keeps_them() {
         }
     }
     assert_eq!(resident, s.len(), "every resident entry reads back");
-}
-
-/// A hash that spreads keys over the buckets (FNV-1a), for the mover's cases, whose
-/// chains must not all be one.
-fn spread(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |a, &b| {
-        (a ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// A value for `key`'s `serial`th write, `len` bytes long, that says which write it was.
@@ -585,18 +585,7 @@ proptest::proptest! {
         ],
     ) {
         let max_bytes = 256 << 10;
-        let mut s = ShardWriter::new(
-            ShardConfig {
-                max_entries: usize::MAX,
-                max_bytes,
-                stale_window_ms: 0,
-                eviction,
-                huge_pages: false,
-            },
-            Arc::default(),
-            NOW,
-            KeyHasher::chosen(spread),
-        );
+        let mut s = byte_bounded(max_bytes, eviction);
         let mut model = std::collections::HashMap::<Vec<u8>, Vec<u8>>::new();
         let mut serial = 0u32;
         let mut write = |s: &mut ShardWriter, model: &mut std::collections::HashMap<_, _>, key: Vec<u8>, len: usize| {
