@@ -572,13 +572,15 @@ proptest::proptest! {
     /// While the slab is fragmented, inserts also move live entries out of sparse chunks.
     /// Each case fragments it as the test above does (large values under a byte bound,
     /// then small ones), and runs its operations among the small writes, on keys of the
-    /// large values (the ones being moved) and keys of its own. Against a model (the last
-    /// value written to each key, none once removed): a read finds the key's latest value
-    /// or nothing (the byte bound evicts), never an older one or a removed key; and at the
-    /// end every entry the shard counts reads back whole.
+    /// large values (the ones being moved) and keys of its own: writes (a third of them
+    /// with a TTL), removals, reads, and time passing with the due expiries run. Against
+    /// a model (each key's last value and deadline, none once removed): a read finds the
+    /// key's latest value before its deadline or nothing (the byte bound evicts), never
+    /// an older one, an expired one or a removed key; and at the end every entry the
+    /// shard counts reads back whole.
     #[test]
     fn while_entries_move_reads_are_the_latest_write_or_nothing(
-        ops in proptest::collection::vec((0u8..4, 0u16..300, 0usize..MOVER_SIZES.len()), 1..400),
+        ops in proptest::collection::vec((0u8..5, 0u16..300, 0usize..MOVER_SIZES.len()), 1..400),
         eviction in proptest::prop_oneof![
             proptest::strategy::Just(Eviction::Clock),
             proptest::strategy::Just(Eviction::Adaptive),
@@ -586,48 +588,57 @@ proptest::proptest! {
     ) {
         let max_bytes = 256 << 10;
         let mut s = byte_bounded(max_bytes, eviction);
-        let mut model = std::collections::HashMap::<Vec<u8>, Vec<u8>>::new();
+        let mut model = std::collections::HashMap::<Vec<u8>, (Vec<u8>, u64)>::new();
+        let mut now = NOW;
         let mut serial = 0u32;
-        let mut write = |s: &mut ShardWriter, model: &mut std::collections::HashMap<_, _>, key: Vec<u8>, len: usize| {
+        let mut write = |s: &mut ShardWriter, model: &mut std::collections::HashMap<_, _>, key: Vec<u8>, len: usize, now: u64| {
             serial += 1;
             let value = written(&key, serial, len);
-            let ttl = (serial % 3 == 0).then_some(NOW + 60_000);
-            s.insert(spread(&key), &key, &value, ttl, NOW).unwrap();
-            model.insert(key, value);
+            let ttl = (serial % 3 == 0).then_some(now + 1_000 * u64::from(serial % 60 + 1));
+            s.insert(spread(&key), &key, &value, ttl, now).unwrap();
+            model.insert(key, (value, ttl.unwrap_or(NEVER)));
         };
         let large = 2 * max_bytes as usize / 470;
         let small = max_bytes as usize / 90;
         let mut ops = ops.into_iter();
         for i in 0..large + small {
             let (key, len) = if i < large { (format!("a{i}"), 420) } else { (format!("b{i}"), 40) };
-            write(&mut s, &mut model, key.into_bytes(), len);
+            write(&mut s, &mut model, key.into_bytes(), len, now);
             // A read of a recent key, so that evictions scatter.
             let back = format!("{}{}", if i < large { "a" } else { "b" }, i.saturating_sub(i * 7 % 50));
-            s.get_with(spread(back.as_bytes()), back.as_bytes(), NOW, |_| ());
+            s.get_with(spread(back.as_bytes()), back.as_bytes(), now, |_| ());
             if i < large || i % 4 != 0 {
                 continue;
             }
             let Some((op, k, size)) = ops.next() else { continue };
             let key = if k < 200 { format!("a{}", k * 3) } else { format!("c{k}") }.into_bytes();
             match op {
-                0 | 1 => write(&mut s, &mut model, key, MOVER_SIZES[size]),
+                0 | 1 => write(&mut s, &mut model, key, MOVER_SIZES[size], now),
                 2 => {
-                    s.remove(spread(&key), &key, NOW);
+                    s.remove(spread(&key), &key, now);
                     model.remove(&key);
                 }
-                _ => {
-                    let found = s.get_with(spread(&key), &key, NOW, |e| e.value.to_vec());
+                3 => {
+                    let found = s.get_with(spread(&key), &key, now, |e| e.value.to_vec());
                     if let Some(found) = found {
-                        proptest::prop_assert_eq!(Some(&found), model.get(&key));
+                        let (value, deadline) = &model[&key];
+                        proptest::prop_assert_eq!(&found, value);
+                        proptest::prop_assert!(*deadline > now, "served past its deadline");
                     }
+                }
+                _ => {
+                    now += 1_000 * (size as u64 + 1);
+                    s.expire(now);
                 }
             }
         }
         proptest::prop_assert!(s.metrics().slab_moves.get() > 0, "entries were moved");
+        s.expire(now);
         let mut readable = 0;
-        for (key, value) in &model {
-            if let Some(found) = s.get_with(spread(key), key, NOW, |e| e.value.to_vec()) {
+        for (key, (value, deadline)) in &model {
+            if let Some(found) = s.get_with(spread(key), key, now, |e| e.value.to_vec()) {
                 proptest::prop_assert_eq!(&found, value);
+                proptest::prop_assert!(*deadline > now, "served past its deadline");
                 readable += 1;
             }
         }
