@@ -65,7 +65,8 @@ pub struct ShardMetrics {
     pub admissions_refused: Counter,
     /// Times the frequency sketch halved its counters.
     pub sketch_resets: Counter,
-    /// Nodes moved out of sparse slab chunks so that their memory serves other sizes.
+    /// Nodes moved out of part-used slab chunks being emptied, so that their memory serves
+    /// other sizes.
     pub slab_moves: Counter,
     pub entries: Gauge,
     pub bytes: Gauge,

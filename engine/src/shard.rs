@@ -52,14 +52,14 @@ pub const ENTRY_OVERHEAD: usize = node_bytes(0, 0) + STRUCTURE_BYTES;
 /// [`ShardWriter::new`]).
 const BYTES_PER_BUCKET: usize = 2 * ENTRY_OVERHEAD;
 
-/// Live nodes an insert moves out of a sparse slab chunk while the slab is fragmented
+/// Live nodes an insert moves out of a slab chunk being emptied while the slab is fragmented
 /// ([`ShardWriter::move_some`]): each is about the work of an overwrite, and two keep
 /// ahead of the fragmentation a write can cause (one block freed in an old size's chunk
 /// for one taken in a new size's).
 const MOVES_PER_INSERT: usize = 2;
 
-/// Inserts between looks for a chunk to empty while none is sparse enough (a look scans
-/// every part-used chunk). The engine's own tests look every 64, so that shards of a few
+/// Inserts between looks for a chunk to empty while none can be (no class has room
+/// elsewhere for its emptiest chunk's blocks; a look scans every part-used chunk). The engine's own tests look every 64, so that shards of a few
 /// hundred KiB (see `slab::SLACK_CHUNKS`) run the mover as a large one would.
 const EVACUATION_PAUSE: u32 = if cfg!(test) { 64 } else { 4096 };
 
@@ -188,7 +188,7 @@ pub struct ShardWriter {
     /// ([`ShardWriter::move_some`]).
     evacuating: Option<(u32, Vec<u16>)>,
     /// Inserts to wait before looking for a chunk to empty again, after a look found
-    /// none sparse enough.
+    /// none that could be.
     evacuation_pause: u32,
 }
 
@@ -447,15 +447,16 @@ impl ShardWriter {
         Ok((inserted, slot))
     }
 
-    /// Moves up to [`MOVES_PER_INSERT`] live nodes out of a sparse slab chunk, so that it
-    /// empties and its memory serves blocks of other sizes.
+    /// Moves up to [`MOVES_PER_INSERT`] live nodes out of a part-used slab chunk, into
+    /// room its class holds elsewhere, so that it empties and its memory serves blocks
+    /// of other sizes.
     ///
     /// A chunk serves one block size, and goes back to the slab only once all its blocks
     /// are free. When the sizes written change, evictions free blocks scattered over the
     /// old sizes' chunks, few of which empty, and the new sizes take fresh memory: the
     /// byte bound stops bounding memory (BENCHMARKS.md, "Memory under a byte bound when
     /// value sizes shift"). So while the slab is fragmented (`Slab::fragmented`), each
-    /// insert moves a few nodes of a sparse chunk, as memcached's slab mover and
+    /// insert moves a few nodes of a chunk being emptied, as memcached's slab mover and
     /// Segcache's merges do. A move is an overwrite with the same key, value, times and
     /// policy slot: a new node linked where the old one was, the old one retired, so
     /// readers see one or the other, as with any overwrite. It is not a request: the

@@ -360,9 +360,9 @@ impl TableWriter {
         self.slab().fragmented()
     }
 
-    /// Starts emptying a sparse slab chunk, if one is sparse enough; returns its
-    /// index and the offsets of the blocks in use in it, for [`TableWriter::evacuee`]
-    /// (`Slab::evacuate`).
+    /// Starts emptying a part-used slab chunk, if its class has room elsewhere for its
+    /// blocks in use; returns its index and the offsets of those blocks, for
+    /// [`TableWriter::evacuee`] (`Slab::evacuate`).
     pub(crate) fn evacuate(&mut self) -> Option<(u32, Vec<u16>)> {
         // SAFETY: as in `allocate`: the writer's only use of the slab now.
         unsafe { &mut *self.0.table.slab.get() }.evacuate()

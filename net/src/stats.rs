@@ -227,7 +227,7 @@ pub const METRICS: &[Metric] = &[
         "slab_moves",
         "slab_moves_total",
         Counter,
-        "Entries moved out of sparse L1 slab chunks, so that their memory serves other value sizes.",
+        "Entries moved out of part-used L1 slab chunks being emptied, so that their memory serves other value sizes.",
         |r| Value::Count(r.total.slab_moves),
     ),
     sampled(metric(
