@@ -43,7 +43,7 @@ pub use router::{mailboxes, Command, KeyFilter, Mailboxes, OwnedEntry, Router, S
 pub use shard::{
     entry_charge, InsertError, Inserted, SavedEntry, ShardConfig, ShardWriter, ENTRY_OVERHEAD,
 };
-pub use table::{EntryRef, TableReader, LATEST_CACHED_AT_MS};
+pub use table::{EntryRef, TableReader, LATEST_CACHED_AT_MS, MAX_FLAGS};
 pub use time::{deadline_ms, Clock, CoarseClock, ManualClock, SystemClock};
 
 #[cfg(all(test, engine_loom))]

@@ -91,6 +91,7 @@ impl std::fmt::Debug for KeyFilter {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedEntry {
     pub value: Vec<u8>,
+    pub flags: u8,
     pub cached_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     /// Expired, but inside the shard's stale window.
@@ -146,6 +147,7 @@ impl Command {
             Command::Lookup { hash, key, reply } => {
                 let entry = shard.get_with(hash, &key, now_ms, |e| OwnedEntry {
                     value: e.value.to_vec(),
+                    flags: e.flags,
                     cached_at_ms: e.cached_at_ms,
                     expires_at_ms: e.expires_at_ms,
                     stale: e.stale,

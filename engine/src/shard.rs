@@ -21,7 +21,7 @@ use crate::metrics::ShardMetrics;
 use crate::slab::{footprint, Handle};
 use crate::table::{
     expiry, node_bytes, node_key, node_len, node_payload, table, EntryRef, Names, NewEntry, Node,
-    TableReader, TableWriter, BUCKET_BYTES, MAX_ENTRIES, MAX_KEY_LEN, NEVER,
+    TableReader, TableWriter, BUCKET_BYTES, MAX_ENTRIES, MAX_FLAGS, MAX_KEY_LEN, NEVER,
 };
 use crate::wheel::{TimerWheel, TIMER_BYTES};
 
@@ -92,6 +92,8 @@ pub enum InsertError {
     },
     #[error("key of {key_len} bytes is longer than the engine's limit of {limit}")]
     KeyTooLong { key_len: usize, limit: usize },
+    #[error("flags {flags} are more than the engine keeps (at most {limit})")]
+    FlagsTooLarge { flags: u8, limit: u8 },
 }
 
 /// What an insert did.
@@ -111,6 +113,8 @@ pub struct Inserted {
 pub struct SavedEntry<'a> {
     pub key: &'a [u8],
     pub value: &'a [u8],
+    /// The flags the value was stored with.
+    pub flags: u8,
     pub cached_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     pub standing: Standing,
@@ -302,10 +306,25 @@ impl ShardWriter {
         expires_at_ms: Option<u64>,
         cached_at_ms: u64,
     ) -> Result<Inserted, InsertError> {
+        self.insert_flagged(hash, key, 0, value, expires_at_ms, cached_at_ms)
+    }
+
+    /// [`ShardWriter::insert`] of a value with `flags` (at most [`MAX_FLAGS`]), which
+    /// reads give back (`EntryRef::flags`) and which cost no bytes: they are kept in the
+    /// node header's spare bits.
+    pub fn insert_flagged(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        flags: u8,
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        cached_at_ms: u64,
+    ) -> Result<Inserted, InsertError> {
         self.insert_into_slot(
             hash,
             key,
-            value,
+            (flags, value),
             expires_at_ms,
             cached_at_ms,
             Region::Window,
@@ -320,7 +339,7 @@ impl ShardWriter {
         &mut self,
         hash: u64,
         key: &[u8],
-        value: &[u8],
+        (flags, value): (u8, &[u8]),
         expires_at_ms: Option<u64>,
         cached_at_ms: u64,
         region: Region,
@@ -329,6 +348,12 @@ impl ShardWriter {
             return Err(InsertError::KeyTooLong {
                 key_len: key.len(),
                 limit: MAX_KEY_LEN,
+            });
+        }
+        if flags > MAX_FLAGS {
+            return Err(InsertError::FlagsTooLarge {
+                flags,
+                limit: MAX_FLAGS,
             });
         }
         let charge = entry_charge(key.len(), value.len());
@@ -377,6 +402,7 @@ impl ShardWriter {
             hash,
             key,
             value,
+            flags,
             slot: 0,
             cached_at_ms,
             expires_at_ms: deadline,
@@ -498,6 +524,7 @@ impl ShardWriter {
                 hash,
                 key,
                 value,
+                flags: header.flags(),
                 slot,
                 cached_at_ms: header.cached_at_ms(),
                 expires_at_ms: header.expires_at_ms(),
@@ -540,6 +567,7 @@ impl ShardWriter {
             visit(SavedEntry {
                 key,
                 value,
+                flags: node.flags(),
                 cached_at_ms: node.cached_at_ms(),
                 expires_at_ms: expiry(node.expires_at_ms()),
                 standing: self.policy.standing(slot),
@@ -556,7 +584,7 @@ impl ShardWriter {
         let (inserted, slot) = self.insert_into_slot(
             hash,
             entry.key,
-            entry.value,
+            (entry.flags, entry.value),
             entry.expires_at_ms,
             entry.cached_at_ms,
             entry.standing.region,

@@ -32,18 +32,20 @@ use crate::sync::{Arc, AtomicU32};
 
 mod node;
 
-pub use node::LATEST_CACHED_AT_MS;
 use node::{allocate, free, key_if_same, value_after};
 pub(crate) use node::{
     expiry, node_bytes, node_key, node_len, node_payload, NewEntry, Node, MAX_ENTRIES, MAX_KEY_LEN,
     NEVER,
 };
+pub use node::{LATEST_CACHED_AT_MS, MAX_FLAGS};
 
 /// An entry as a reader sees it, borrowed for the duration of a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryRef<'a> {
     pub key: &'a [u8],
     pub value: &'a [u8],
+    /// The flags the value was stored with (`ShardWriter::insert_flagged`).
+    pub flags: u8,
     /// When the value was stored, in ms since the UNIX epoch.
     pub cached_at_ms: u64,
     /// When it expires, in ms since the UNIX epoch; `None` if never.
@@ -283,6 +285,7 @@ impl TableReader {
                     key: found,
                     // SAFETY: as above; the guard outlives every use of the value.
                     value: unsafe { value_after(found) },
+                    flags: header.flags(),
                     cached_at_ms: header.cached_at_ms(),
                     expires_at_ms: expiry(expires_at_ms),
                     stale: expires_at_ms <= now_ms,

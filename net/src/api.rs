@@ -29,7 +29,7 @@ use crate::messages::{FillError, FillMode, Filled, OwnerMessage, Source};
 use crate::render::{render_hit, rfc3339, Hit};
 use crate::routes::{self, Route};
 use crate::stats;
-use crate::stored;
+use crate::stored::Kept;
 use crate::writes::{self, Invalidated, PutRefused};
 
 /// What an answer is timed as: each operation has its latency histogram.
@@ -214,7 +214,7 @@ fn render(
     now: u64,
     source: Source,
 ) -> Option<Answered> {
-    (!stored::is_absent(hit.value)).then(|| render_hit(reply, hit, wants_bytes, now, source))
+    (!hit.value.is_absent()).then(|| render_hit(reply, hit, wants_bytes, now, source))
 }
 
 /// Answers a read: a hit is written from the entry straight into `reply`; a miss is
@@ -228,7 +228,7 @@ async fn get(core: &Rc<Core>, key: &[u8], wants_bytes: bool, reply: &mut Reply<'
     let found = match core.config.read_path {
         ReadPath::Direct => core.readers[owner].get_with(hash, key, now, |e| {
             let hit = Hit {
-                value: e.value,
+                value: Kept::from(&e),
                 cached_at_ms: e.cached_at_ms,
                 expires_at_ms: e.expires_at_ms,
                 stale: e.stale,

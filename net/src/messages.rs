@@ -134,8 +134,9 @@ pub struct DeleteOutcome {
 pub struct Restored {
     pub hash: u64,
     pub key: Vec<u8>,
-    /// L1's stored form (tag, version, bytes).
+    /// L1's stored form (`stored::InL1`: the flags, and the bytes).
     pub value: Vec<u8>,
+    pub flags: u8,
     pub cached_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     pub standing: Standing,
@@ -147,9 +148,17 @@ impl Restored {
             hash,
             key: entry.key.to_vec(),
             value: entry.value.to_vec(),
+            flags: entry.flags,
             cached_at_ms: entry.cached_at_ms,
             expires_at_ms: entry.expires_at_ms,
             standing: entry.standing,
+        }
+    }
+
+    pub fn kept(&self) -> crate::stored::Kept<'_> {
+        crate::stored::Kept {
+            flags: self.flags,
+            bytes: &self.value,
         }
     }
 
@@ -157,6 +166,7 @@ impl Restored {
         SavedEntry {
             key: &self.key,
             value: &self.value,
+            flags: self.flags,
             cached_at_ms: self.cached_at_ms,
             expires_at_ms: self.expires_at_ms,
             standing: self.standing,

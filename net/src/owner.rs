@@ -28,7 +28,7 @@ use crate::messages::{
 };
 use crate::origin::Fetched;
 use crate::snapshot::{BlockBuilder, Part};
-use crate::stored;
+use crate::stored::{self, Kept};
 
 type Flights = SingleFlight<Filled, FillError>;
 
@@ -149,13 +149,14 @@ impl Owner {
                 .borrow()
                 .get_with(hash, &key, now, |e| OwnedEntry {
                     value: e.value.to_vec(),
+                    flags: e.flags,
                     cached_at_ms: e.cached_at_ms,
                     expires_at_ms: e.expires_at_ms,
                     stale: e.stale,
                 })
         };
         if let Some(entry) = present {
-            let filled = if stored::is_absent(&entry.value) {
+            let filled = if Kept::from(&entry).is_absent() {
                 Filled::Absent
             } else {
                 Filled::Hit {
@@ -212,8 +213,10 @@ impl Owner {
                 Ok(Some(e)) if e.expires_at_ms.is_none_or(|deadline| deadline > self.now()) => {
                     // A later write here must be newer than the one just read.
                     self.shared.tiers.observe(e.version);
+                    let l1 = stored::in_l1(&e.value, e.version, self.origin(e.cached_at_ms));
                     let entry = OwnedEntry {
-                        value: stored::in_l1(&e.value, e.version, self.origin(e.cached_at_ms)),
+                        value: l1.bytes,
+                        flags: l1.flags,
                         cached_at_ms: e.cached_at_ms,
                         expires_at_ms: e.expires_at_ms,
                         stale: false,
@@ -249,8 +252,10 @@ impl Owner {
                 let now = self.now();
                 let ttl = self.shared.config.default_ttl();
                 let version = self.shared.tiers.next_version(now);
+                let l1 = stored::in_l1(&stored::tagged(tag, &body), version, self.origin(now));
                 let entry = OwnedEntry {
-                    value: stored::in_l1(&stored::tagged(tag, &body), version, self.origin(now)),
+                    value: l1.bytes,
+                    flags: l1.flags,
                     cached_at_ms: now,
                     expires_at_ms: ttl.map(|t| engine::deadline_ms(now, t)),
                     stale: false,
@@ -291,9 +296,9 @@ impl Owner {
         if fill.is_fenced() {
             return true;
         }
-        let version = stored::version(&entry.value, self.origin(entry.cached_at_ms));
+        let version = Kept::from(entry).version(self.origin(entry.cached_at_ms));
         let envelope = Envelope {
-            value: stored::tagged_of(&entry.value),
+            value: Kept::from(entry).tagged(),
             cached_at_ms: entry.cached_at_ms,
             expires_at_ms: entry.expires_at_ms,
             version,
@@ -327,8 +332,8 @@ impl Owner {
         let l1 = {
             let mut writer = self.writer.borrow_mut();
             writer.expire(now);
-            let in_l1 = stored::in_l1(&value, version, self.origin(now));
-            writer.insert(hash, &key, &in_l1, expires_at_ms, now)
+            let l1 = stored::in_l1(&value, version, self.origin(now));
+            writer.insert_flagged(hash, &key, l1.flags, &l1.bytes, expires_at_ms, now)
         };
         if l1.is_err() || self.shared.tiers.l2.is_none() {
             let _ = reply.send(PutOutcome { l1, l2: None });
@@ -383,8 +388,12 @@ impl Owner {
             let mut block = BlockBuilder::default();
             from = self.writer.borrow().save(slot, SAVE_STEP, self.now(), |e| {
                 // A snapshot keeps versions whole (`stored::portable`).
-                let kept = stored::portable(e.value, self.origin(e.cached_at_ms));
-                block.push(&SavedEntry { value: &kept, ..e })
+                let kept = Kept::from(&e).portable(self.origin(e.cached_at_ms));
+                block.push(&SavedEntry {
+                    value: &kept,
+                    flags: 0,
+                    ..e
+                })
             });
             let entries = block.entries();
             if entries > 0 {
@@ -447,11 +456,7 @@ impl Owner {
                 }
             };
             for ((entry, fill), held) in checks.into_iter().zip(held) {
-                let confirmed = held
-                    == Some(stored::version(
-                        &entry.value,
-                        self.origin(entry.cached_at_ms),
-                    ));
+                let confirmed = held == Some(entry.kept().version(self.origin(entry.cached_at_ms)));
                 if !confirmed {
                     // Abandoned: a read that waited on the check fills the key again, from
                     // L2, as any read of a dropped entry would.
@@ -463,6 +468,7 @@ impl Owner {
                 let restored = Filled::Hit {
                     entry: OwnedEntry {
                         value: entry.value.clone(),
+                        flags: entry.flags,
                         cached_at_ms: entry.cached_at_ms,
                         expires_at_ms: entry.expires_at_ms,
                         stale: false,
@@ -488,7 +494,7 @@ impl Owner {
         self.flights.fence(key);
         let mut writer = self.writer.borrow_mut();
         let held = writer.get_with(hash, key, now, |e| {
-            stored::version(e.value, self.origin(e.cached_at_ms))
+            Kept::from(&e).version(self.origin(e.cached_at_ms))
         });
         held.is_some_and(|held| held < version || version == Version::ZERO)
             && writer.remove(hash, key, now)
@@ -499,7 +505,7 @@ impl Owner {
         let now = self.now();
         let mut writer = self.writer.borrow_mut();
         if writer.get_with(hash, key, now, |e| {
-            stored::version(e.value, self.origin(e.cached_at_ms))
+            Kept::from(&e).version(self.origin(e.cached_at_ms))
         }) == Some(version)
         {
             writer.remove(hash, key, now);
@@ -511,9 +517,10 @@ impl Owner {
         let mut writer = self.writer.borrow_mut();
         match result {
             Ok(Filled::Hit { entry, source }) if *source != Source::L1 => {
-                let _ = writer.insert(
+                let _ = writer.insert_flagged(
                     hash,
                     key,
+                    entry.flags,
                     &entry.value,
                     entry.expires_at_ms,
                     entry.cached_at_ms,
@@ -525,7 +532,8 @@ impl Owner {
                 let now = self.now();
                 let until = engine::deadline_ms(now, self.shared.config.negative_ttl());
                 let absent = stored::in_l1(&[stored::ABSENT], Version::ZERO, self.origin(now));
-                let _ = writer.insert(hash, key, &absent, Some(until), now);
+                let _ =
+                    writer.insert_flagged(hash, key, absent.flags, &absent.bytes, Some(until), now);
             }
             _ => {}
         }

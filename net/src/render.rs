@@ -9,7 +9,7 @@ use engine::OwnedEntry;
 
 use crate::exchange::{Answered, Reply};
 use crate::messages::Source;
-use crate::stored;
+use crate::stored::{self, Kept};
 
 /// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
 const LAST_RFC3339_MS: u64 = 253_402_300_799_000;
@@ -97,7 +97,7 @@ fn civil_date_text(days: u64) -> [u8; 10] {
 
 /// What a hit is rendered from: borrowed from L1 under its read guard, or from a fill.
 pub struct Hit<'a> {
-    pub value: &'a [u8],
+    pub value: Kept<'a>,
     pub cached_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     pub stale: bool,
@@ -106,7 +106,7 @@ pub struct Hit<'a> {
 impl<'a> Hit<'a> {
     pub fn of(entry: &'a OwnedEntry) -> Self {
         Hit {
-            value: &entry.value,
+            value: Kept::from(entry),
             cached_at_ms: entry.cached_at_ms,
             expires_at_ms: entry.expires_at_ms,
             stale: entry.stale,
@@ -129,7 +129,7 @@ pub fn render_hit(
         expires_at_ms,
         stale,
     } = *hit;
-    let (tag, data) = stored::parts(stored);
+    let (tag, data) = stored.parts();
     if wants_bytes {
         let content_type = if tag == stored::BYTES {
             "application/octet-stream"
@@ -224,16 +224,22 @@ mod tests {
         stale: bool,
     ) -> Written {
         let origin = stored::Origin::of(&l2::VersionClock::new(0), 0);
-        let value = stored::in_l1(tagged, l2::Version(3), origin);
-        let hit = Hit {
-            value: &value,
-            cached_at_ms: 1_705_314_600_000,
-            expires_at_ms: expires,
-            stale,
-        };
-        let (text, _) = crate::exchange::tests::written(false, true, false, |reply| {
-            render_hit(reply, &hit, bytes, now, source)
+        // With a version the head leads the bytes; without, it is the flags. Both render
+        // the same.
+        let [text, unversioned] = [l2::Version(3), l2::Version::ZERO].map(|version| {
+            let value = stored::in_l1(tagged, version, origin);
+            let hit = Hit {
+                value: value.kept(),
+                cached_at_ms: 1_705_314_600_000,
+                expires_at_ms: expires,
+                stale,
+            };
+            crate::exchange::tests::written(false, true, false, |reply| {
+                render_hit(reply, &hit, bytes, now, source)
+            })
+            .0
         });
+        assert_eq!(text, unversioned);
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let written = Written {
             head: head.to_owned(),

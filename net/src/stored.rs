@@ -12,12 +12,14 @@
 //! one byte for this instance's writes at up to 8 a millisecond, two at up to 1,024,
 //! and three or four for other instances' writes (their tag differs), where the tag and
 //! the version whole took 9. Without L2 no version is made (`Tiers::next_version`) and
-//! the head is always one byte. The tag is the first byte's low two bits, so reading it
-//! and finding the bytes decodes nothing; any version still round-trips, in up to 10. In
-//! L2 the tag leads the value and the version is in the envelope's header, and a snapshot
-//! keeps the tag and the version whole ([`portable`]), so neither depends on this
-//! instance's clock.
+//! the head is one byte, which the engine keeps in the entry's flags rather than in the
+//! value ([`InL1`]): no byte at all. The tag is the first byte's low two bits, so reading
+//! it and finding the bytes decodes nothing; any version still round-trips, in up to 10.
+//! In L2 the tag leads the value and the version is in the envelope's header, and a
+//! snapshot keeps the tag and the version whole ([`Kept::portable`]), so neither depends
+//! on this instance's clock.
 
+use engine::{EntryRef, OwnedEntry, SavedEntry};
 use l2::{Version, VersionClock};
 
 pub const JSON: u8 = b'j';
@@ -109,29 +111,6 @@ fn head(tag: u8, code: u128) -> u128 {
     code << 2 | kind
 }
 
-/// The length of the head at the start of an L1 value and its tag (which the head's
-/// first byte holds); `None` if the value does not start with a head.
-#[inline]
-fn head_length_and_tag(in_l1: &[u8]) -> Option<(usize, u8)> {
-    let last = in_l1
-        .iter()
-        .take(MOST_HEAD_BYTES)
-        .position(|b| b & 0x80 == 0)?;
-    let tag = *TAGS.get(usize::from(in_l1[0] & 3))?;
-    Some((last + 1, tag))
-}
-
-/// The version code in the head at the start of an L1 value; `None` if the value does
-/// not start with a head.
-fn read_code(in_l1: &[u8]) -> Option<u128> {
-    let (length, _) = head_length_and_tag(in_l1)?;
-    let head = in_l1[..length]
-        .iter()
-        .rev()
-        .fold(0u128, |head, &byte| head << 7 | u128::from(byte & 0x7f));
-    Some(head >> 2)
-}
-
 /// Appends `head` as an LEB128 varint.
 fn write_head(mut head: u128, into: &mut Vec<u8>) {
     while head >= 0x80 {
@@ -141,57 +120,152 @@ fn write_head(mut head: u128, into: &mut Vec<u8>) {
     into.push(head as u8);
 }
 
-/// L1's form of a tagged value written with `version`, for an entry whose origin is
-/// `origin`. A tag other than the three known ones is kept as [`BYTES`].
-pub fn in_l1(tagged: &[u8], version: Version, origin: Origin) -> Vec<u8> {
-    let (tag, bytes) = tagged.split_first().unwrap_or((&ABSENT, &[]));
-    let mut stored = Vec::with_capacity(bytes.len() + MOST_HEAD_BYTES);
-    write_head(head(*tag, code(version, origin)), &mut stored);
-    stored.extend_from_slice(bytes);
-    stored
+/// An L1 value as the engine keeps it, borrowed: the entry's flags and its bytes. Flags 0
+/// say the head leads the bytes; flags 1 to 3 say the head is one byte, the tag of that
+/// kind + 1 with no version, and the bytes are the value's own. (The engine keeps an
+/// entry's flags in its node header's spare bits, so a value without a version costs
+/// no byte for its head: 4 bytes an entry with the slab's rounding, at 10-byte keys and
+/// 100-byte values.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kept<'a> {
+    pub flags: u8,
+    pub bytes: &'a [u8],
 }
 
-/// The tag and the bytes of an L1 value.
-pub fn parts(in_l1: &[u8]) -> (u8, &[u8]) {
-    match head_length_and_tag(in_l1) {
-        Some((length, tag)) => (tag, &in_l1[length..]),
-        None => (ABSENT, &[]),
+/// An L1 value as the engine keeps it, owned ([`Kept`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InL1 {
+    pub flags: u8,
+    pub bytes: Vec<u8>,
+}
+
+impl InL1 {
+    #[cfg(test)]
+    pub fn kept(&self) -> Kept<'_> {
+        Kept {
+            flags: self.flags,
+            bytes: &self.bytes,
+        }
     }
 }
 
-/// The tagged form (L2's) of an L1 value.
-pub fn tagged_of(in_l1: &[u8]) -> Vec<u8> {
-    let (tag, bytes) = parts(in_l1);
-    tagged(tag, bytes)
+impl<'a> From<&EntryRef<'a>> for Kept<'a> {
+    fn from(e: &EntryRef<'a>) -> Self {
+        Kept {
+            flags: e.flags,
+            bytes: e.value,
+        }
+    }
 }
 
-/// The version of the write that stored an L1 value of an entry whose origin is
-/// `origin` ([`Version::ZERO`] if the value has none).
-pub fn version(in_l1: &[u8], origin: Origin) -> Version {
-    read_code(in_l1)
-        .and_then(|code| version_of(code, origin))
-        .unwrap_or(Version::ZERO)
+impl<'a> From<&SavedEntry<'a>> for Kept<'a> {
+    fn from(e: &SavedEntry<'a>) -> Self {
+        Kept {
+            flags: e.flags,
+            bytes: e.value,
+        }
+    }
 }
 
-pub fn is_absent(in_l1: &[u8]) -> bool {
-    parts(in_l1).0 == ABSENT
+impl<'a> From<&'a OwnedEntry> for Kept<'a> {
+    fn from(e: &'a OwnedEntry) -> Self {
+        Kept {
+            flags: e.flags,
+            bytes: &e.value,
+        }
+    }
 }
 
-/// A snapshot's form of an L1 value of an entry whose origin is `origin`: the tag, the
-/// version whole (8 bytes, little-endian), then the bytes. (What L1 kept before versions
-/// were kept short, so snapshots of either build are read by both.)
-pub fn portable(in_l1: &[u8], origin: Origin) -> Vec<u8> {
-    let (tag, bytes) = parts(in_l1);
-    let mut kept = Vec::with_capacity(1 + VERSION_BYTES + bytes.len());
-    kept.push(tag);
-    kept.extend_from_slice(&version(in_l1, origin).0.to_le_bytes());
-    kept.extend_from_slice(bytes);
-    kept
+impl<'a> Kept<'a> {
+    /// The length of the head at the start of the bytes (0 if the flags hold it) and the
+    /// tag; `None` if the value has no head.
+    #[inline]
+    fn head_length_and_tag(self) -> Option<(usize, u8)> {
+        if self.flags != 0 {
+            return Some((0, *TAGS.get(usize::from(self.flags - 1))?));
+        }
+        let last = self
+            .bytes
+            .iter()
+            .take(MOST_HEAD_BYTES)
+            .position(|b| b & 0x80 == 0)?;
+        let tag = *TAGS.get(usize::from(self.bytes[0] & 3))?;
+        Some((last + 1, tag))
+    }
+
+    /// The version code in the value's head; `None` if it has no head.
+    fn code(self) -> Option<u128> {
+        let (length, _) = self.head_length_and_tag()?;
+        let head = self.bytes[..length]
+            .iter()
+            .rev()
+            .fold(0u128, |head, &byte| head << 7 | u128::from(byte & 0x7f));
+        Some(head >> 2)
+    }
+
+    /// The tag and the bytes.
+    pub fn parts(self) -> (u8, &'a [u8]) {
+        match self.head_length_and_tag() {
+            Some((length, tag)) => (tag, &self.bytes[length..]),
+            None => (ABSENT, &[]),
+        }
+    }
+
+    /// The tagged form (L2's).
+    pub fn tagged(self) -> Vec<u8> {
+        let (tag, bytes) = self.parts();
+        tagged(tag, bytes)
+    }
+
+    /// The version of the write that stored the value of an entry whose origin is
+    /// `origin` ([`Version::ZERO`] if the value has none).
+    pub fn version(self, origin: Origin) -> Version {
+        self.code()
+            .and_then(|code| version_of(code, origin))
+            .unwrap_or(Version::ZERO)
+    }
+
+    pub fn is_absent(self) -> bool {
+        self.parts().0 == ABSENT
+    }
+
+    /// A snapshot's form of the value of an entry whose origin is `origin`: the tag, the
+    /// version whole (8 bytes, little-endian), then the bytes. (What L1 kept before
+    /// versions were kept short, so snapshots of either build are read by both.)
+    pub fn portable(self, origin: Origin) -> Vec<u8> {
+        let (tag, bytes) = self.parts();
+        let mut kept = Vec::with_capacity(1 + VERSION_BYTES + bytes.len());
+        kept.push(tag);
+        kept.extend_from_slice(&self.version(origin).0.to_le_bytes());
+        kept.extend_from_slice(bytes);
+        kept
+    }
 }
 
-/// L1's form of a snapshot's value ([`portable`]) of an entry whose origin is `origin`;
-/// `None` if the value does not have that form.
-pub fn from_portable(kept: &[u8], origin: Origin) -> Option<Vec<u8>> {
+/// L1's form of a tagged value written with `version`, for an entry whose origin is
+/// `origin`. A tag other than the three known ones is kept as [`BYTES`].
+pub fn in_l1(tagged: &[u8], version: Version, origin: Origin) -> InL1 {
+    let (tag, bytes) = tagged.split_first().unwrap_or((&ABSENT, &[]));
+    let head = head(*tag, code(version, origin));
+    if head < 3 {
+        // No version, and one of the tags: the flags hold the head whole.
+        return InL1 {
+            flags: head as u8 + 1,
+            bytes: bytes.to_vec(),
+        };
+    }
+    let mut stored = Vec::with_capacity(bytes.len() + MOST_HEAD_BYTES);
+    write_head(head, &mut stored);
+    stored.extend_from_slice(bytes);
+    InL1 {
+        flags: 0,
+        bytes: stored,
+    }
+}
+
+/// L1's form of a snapshot's value ([`Kept::portable`]) of an entry whose origin is
+/// `origin`; `None` if the value does not have that form.
+pub fn from_portable(kept: &[u8], origin: Origin) -> Option<InL1> {
     let (&tag, rest) = kept.split_first()?;
     if !matches!(tag, JSON | BYTES | ABSENT) || rest.len() < VERSION_BYTES {
         return None;
@@ -211,29 +285,62 @@ mod tests {
         Origin::of(versions, cached_at_ms)
     }
 
+    /// A value whose head leads its bytes (flags 0).
+    fn inline(bytes: &[u8]) -> Kept<'_> {
+        Kept { flags: 0, bytes }
+    }
+
     #[test]
     fn l1_values_carry_their_version_and_convert_both_ways() {
         let here = origin(&VersionClock::new(7), CACHED_AT);
         let value = in_l1(&tagged(JSON, b"[1]"), Version(0x0102), here);
-        assert_eq!(parts(&value), (JSON, &b"[1]"[..]));
-        assert_eq!(version(&value, here), Version(0x0102));
-        assert_eq!(tagged_of(&value), b"j[1]");
+        assert_eq!(value.flags, 0, "a version: the head leads the bytes");
+        assert_eq!(value.kept().parts(), (JSON, &b"[1]"[..]));
+        assert_eq!(value.kept().version(here), Version(0x0102));
+        assert_eq!(value.kept().tagged(), b"j[1]");
         let absent = in_l1(&[ABSENT], Version::ZERO, here);
-        assert_eq!(absent, [2], "a negative entry's head is one byte");
-        assert_eq!(parts(&[3, b'x']), (ABSENT, &b""[..]), "kind 3 is no tag");
-        assert!(is_absent(&absent));
-        assert_eq!(parts(&absent), (ABSENT, &b""[..]));
-        assert_eq!(parts(b""), (ABSENT, &b""[..]));
-        assert_eq!(version(b"", here), Version::ZERO);
-        let endless = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff[]";
-        assert_eq!(version(endless, here), Version::ZERO, "no head: no version");
-        assert_eq!(parts(endless), (ABSENT, &b""[..]), "no head: nothing");
+        assert_eq!(
+            absent,
+            InL1 {
+                flags: 3,
+                bytes: vec![]
+            },
+            "a negative entry's head is its flags"
+        );
+        assert_eq!(
+            inline(&[3, b'x']).parts(),
+            (ABSENT, &b""[..]),
+            "kind 3 is no tag"
+        );
+        assert!(absent.kept().is_absent());
+        assert_eq!(absent.kept().parts(), (ABSENT, &b""[..]));
+        assert_eq!(absent.kept().version(here), Version::ZERO);
+        assert_eq!(inline(b"").parts(), (ABSENT, &b""[..]));
+        assert_eq!(inline(b"").version(here), Version::ZERO);
+        let endless = inline(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff[]");
+        assert_eq!(endless.version(here), Version::ZERO, "no head: no version");
+        assert_eq!(endless.parts(), (ABSENT, &b""[..]), "no head: nothing");
         let odd = in_l1(b"x[1]", Version(0x0102), here);
         assert_eq!(
-            parts(&odd),
+            odd.kept().parts(),
             (BYTES, &b"[1]"[..]),
             "an unknown tag is kept as bytes"
         );
+        let unversioned = in_l1(b"x[1]", Version::ZERO, here);
+        assert_eq!(
+            unversioned.bytes, b"[1]",
+            "no version: no head in the bytes"
+        );
+        assert_eq!(unversioned.kept().tagged(), b"b[1]");
+        for (tag, flags) in [(JSON, 1), (BYTES, 2), (ABSENT, 3)] {
+            let value = in_l1(&tagged(tag, b"v"), Version::ZERO, here);
+            assert_eq!((value.flags, &value.bytes[..]), (flags, &b"v"[..]));
+            assert_eq!(value.kept().parts(), (tag, &b"v"[..]));
+            assert_eq!(
+                from_portable(&value.kept().portable(here), here),
+                Some(value)
+            );
+        }
     }
 
     #[test]
@@ -244,13 +351,13 @@ mod tests {
             let mine = here.next(CACHED_AT);
             let value = in_l1(&tagged(BYTES, b"v"), mine, origin(&here, CACHED_AT));
             let head = if made < 8 { 1 } else { 2 };
-            assert_eq!(value.len(), head + 1, "write {made}: {mine:?}");
-            assert_eq!(version(&value, origin(&here, CACHED_AT)), mine);
+            assert_eq!(value.bytes.len(), head + 1, "write {made}: {mine:?}");
+            assert_eq!(value.kept().version(origin(&here, CACHED_AT)), mine);
             let theirs = there.next(CACHED_AT);
             let value = in_l1(&tagged(BYTES, b"v"), theirs, origin(&here, CACHED_AT));
             let head = if made < 16 { 3 } else { 4 };
-            assert!(value.len() <= head + 1, "write {made}: {theirs:?}");
-            assert_eq!(version(&value, origin(&here, CACHED_AT)), theirs);
+            assert!(value.bytes.len() <= head + 1, "write {made}: {theirs:?}");
+            assert_eq!(value.kept().version(origin(&here, CACHED_AT)), theirs);
         }
     }
 
@@ -273,10 +380,11 @@ mod tests {
                 let at = origin(&clock, cached_at);
                 for &v in versions.iter().chain(&[at.0 .0, at.0 .0 ^ 0xfff]) {
                     let value = in_l1(&tagged(JSON, b"{}"), Version(v), at);
-                    assert!(value.len() <= MOST_HEAD_BYTES + 2);
-                    assert_eq!(version(&value, at), Version(v), "{v:#x} at {cached_at}");
-                    assert_eq!(parts(&value), (JSON, &b"{}"[..]));
-                    let kept = portable(&value, at);
+                    assert!(value.bytes.len() <= MOST_HEAD_BYTES + 2);
+                    let version = value.kept().version(at);
+                    assert_eq!(version, Version(v), "{v:#x} at {cached_at}");
+                    assert_eq!(value.kept().parts(), (JSON, &b"{}"[..]));
+                    let kept = value.kept().portable(at);
                     assert_eq!(kept[1..9], v.to_le_bytes());
                     assert_eq!(from_portable(&kept, at), Some(value));
                 }
@@ -297,8 +405,8 @@ mod tests {
             let mut value = vec![];
             write_head(head(JSON, code), &mut value);
             value.extend_from_slice(b"[]");
-            assert_eq!(version(&value, at), Version::ZERO, "code {code}");
-            assert_eq!(parts(&value), (JSON, &b"[]"[..]));
+            assert_eq!(inline(&value).version(at), Version::ZERO, "code {code}");
+            assert_eq!(inline(&value).parts(), (JSON, &b"[]"[..]));
         }
     }
 }

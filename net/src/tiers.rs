@@ -195,7 +195,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn without_l2_writes_make_no_version_and_keep_a_one_byte_head() {
+    fn without_l2_writes_make_no_version_and_keep_their_head_in_the_flags() {
         const NOW: u64 = 1_780_000_000_000;
         let tiers = Tiers::new(None, VersionClock::new(7), Duration::ZERO);
         let origin = tiers.origin(NOW);
@@ -204,12 +204,8 @@ mod tests {
             let version = tiers.next_version(NOW);
             assert_eq!(version, Version::ZERO, "write {write}");
             let in_l1 = stored::in_l1(&stored::tagged(stored::BYTES, b"v"), version, origin);
-            assert_eq!(
-                in_l1.len(),
-                2,
-                "write {write}: a one-byte head and the value"
-            );
-            assert_eq!(stored::parts(&in_l1), (stored::BYTES, &b"v"[..]));
+            assert_eq!(in_l1.bytes, b"v", "write {write}: the value alone");
+            assert_eq!(in_l1.kept().parts(), (stored::BYTES, &b"v"[..]));
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::core::Shared;
 use crate::messages::{OwnerMessage, Restored};
 use crate::snapshot::{self, Header, RawBlock, SnapshotError, Written};
-use crate::stored::{self, Origin};
+use crate::stored::{self, Kept, Origin};
 
 /// How long the cores wait for the events subscription before they give up confirming
 /// restored entries (and drop them).
@@ -209,7 +209,8 @@ impl ShardRestore<'_> {
                     continue;
                 };
                 let entry = SavedEntry {
-                    value: &value,
+                    value: &value.bytes,
+                    flags: value.flags,
                     ..entry
                 };
                 if !fits(self.config, &entry) || (with_l2 && !confirmable(&entry, origin)) {
@@ -236,7 +237,7 @@ impl ShardRestore<'_> {
 
 /// Whether an entry (its value in L1's form) is within this run's limits.
 fn fits(config: &Config, entry: &SavedEntry<'_>) -> bool {
-    let (tag, bytes) = stored::parts(entry.value);
+    let (tag, bytes) = Kept::from(entry).parts();
     !entry.key.is_empty()
         && entry.key.len() <= config.max_key_bytes
         && (tag != stored::JSON
@@ -246,7 +247,8 @@ fn fits(config: &Config, entry: &SavedEntry<'_>) -> bool {
 
 /// Whether L2 can confirm an entry: it came from a versioned write L2 holds.
 fn confirmable(entry: &SavedEntry<'_>, origin: Origin) -> bool {
-    !stored::is_absent(entry.value) && stored::version(entry.value, origin) != Version::ZERO
+    let kept = Kept::from(entry);
+    !kept.is_absent() && kept.version(origin) != Version::ZERO
 }
 
 fn mib_per_s(bytes: u64, elapsed: Duration) -> u64 {

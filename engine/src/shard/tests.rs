@@ -129,6 +129,47 @@ fn overwrite_keeps_one_entry_and_updates_bytes_and_ttl() {
     assert_eq!(s.bytes(), 0);
 }
 
+/// Flags come back with the value, an overwrite's replace the old ones, the slot's other
+/// bits (a reader's hit, the policy slot) do not disturb them, and flags past
+/// [`MAX_FLAGS`] are refused with the entry left as it was.
+#[test]
+fn flags_come_back_with_their_value_and_too_large_ones_are_refused() {
+    let mut s = shard(1_000, u64::MAX);
+    let read =
+        |s: &ShardWriter, key: &[u8]| s.get_with(h(key), key, NOW, |e| flagged(e.flags, e.value));
+    for i in 0..300u32 {
+        let key = format!("k{i}");
+        let flags = (i % 4) as u8;
+        s.insert_flagged(h(key.as_bytes()), key.as_bytes(), flags, b"v", None, NOW)
+            .unwrap();
+    }
+    for i in 0..300u32 {
+        let key = format!("k{i}");
+        // Twice: the second read finds the hit bit set.
+        for _ in 0..2 {
+            assert_eq!(read(&s, key.as_bytes()), Some(flagged((i % 4) as u8, b"v")));
+        }
+    }
+    s.insert_flagged(h(b"k3"), b"k3", 1, b"w", None, NOW)
+        .unwrap();
+    assert_eq!(read(&s, b"k3"), Some(flagged(1, b"w")));
+    put(&mut s, "k3", "x", None, NOW);
+    assert_eq!(
+        read(&s, b"k3"),
+        Some(flagged(0, b"x")),
+        "insert's flags are 0"
+    );
+    let err = s
+        .insert_flagged(h(b"k3"), b"k3", MAX_FLAGS + 1, b"y", None, NOW)
+        .unwrap_err();
+    assert!(
+        matches!(err, InsertError::FlagsTooLarge { flags: 4, limit: 3 }),
+        "{err}"
+    );
+    assert_eq!(read(&s, b"k3"), Some(flagged(0, b"x")));
+    assert_eq!(s.len(), 300);
+}
+
 #[test]
 fn overwrite_at_the_byte_bound_evicts_others_not_itself() {
     let small = entry_charge(2, 1);
@@ -229,7 +270,7 @@ fn metadata_is_kept_with_the_entry() {
 use crate::Region;
 
 /// A saved entry, owned: key, value, cached at, expires at, standing.
-type Owned = (Vec<u8>, Vec<u8>, u64, Option<u64>, Standing);
+type Owned = (Vec<u8>, Vec<u8>, u64, Option<u64>, Standing, u8);
 
 fn saved(s: &ShardWriter, now: u64) -> Vec<Owned> {
     let mut all = Vec::new();
@@ -243,6 +284,7 @@ fn saved(s: &ShardWriter, now: u64) -> Vec<Owned> {
                 e.cached_at_ms,
                 e.expires_at_ms,
                 e.standing,
+                e.flags,
             ))
         });
     }
@@ -254,6 +296,7 @@ fn restore_all(s: &mut ShardWriter, entries: &[Owned]) {
         let entry = SavedEntry {
             key: &e.0,
             value: &e.1,
+            flags: e.5,
             cached_at_ms: e.2,
             expires_at_ms: e.3,
             standing: e.4,
@@ -278,16 +321,22 @@ fn adaptive(max_entries: usize) -> ShardWriter {
 }
 
 #[test]
-fn saved_entries_restore_with_their_values_times_and_standing() {
+fn saved_entries_restore_with_their_values_flags_times_and_standing() {
     let mut s = adaptive(100);
     for i in 0..100 {
-        put(
-            &mut s,
-            &format!("k{i}"),
-            &format!("v{i}"),
-            Some(1_000 + i),
-            NOW - i,
-        );
+        let key = format!("k{i}");
+        let flags = (i % 4) as u8;
+        let value = format!("v{i}");
+        let at = NOW - i;
+        s.insert_flagged(
+            h(key.as_bytes()),
+            key.as_bytes(),
+            flags,
+            value.as_bytes(),
+            Some(at + 1_000 + i),
+            at,
+        )
+        .unwrap();
     }
     put(&mut s, "gone", "v", Some(10), NOW);
     // Keys read again and again, their hits taken into the sketch by the hands.
@@ -317,10 +366,11 @@ fn saved_entries_restore_with_their_values_times_and_standing() {
     expected.sort_by(|a, b| a.0.cmp(&b.0));
     let data = |v: &[Owned]| {
         v.iter()
-            .map(|e| (e.0.clone(), e.1.clone(), e.2, e.3))
+            .map(|e| (e.0.clone(), e.1.clone(), e.2, e.3, e.5))
             .collect::<Vec<_>>()
     };
     assert_eq!(data(&after), data(&expected));
+    assert!(after.iter().any(|e| e.5 == MAX_FLAGS), "{after:?}");
     for (a, e) in after.iter().zip(&expected) {
         assert!(a.4.frequency >= e.4.frequency, "{a:?} / {e:?}");
         if e.4.region == Region::Protected {
@@ -367,6 +417,7 @@ fn standings_restored_into_a_byte_bounded_shard_survive_its_sketch_growing() {
         let entry = SavedEntry {
             key: key.as_bytes(),
             value: b"v",
+            flags: 0,
             cached_at_ms: NOW,
             expires_at_ms: None,
             standing,
@@ -565,6 +616,11 @@ fn written(key: &[u8], serial: u32, len: usize) -> Vec<u8> {
     value
 }
 
+/// An entry's flags and value as one, to compare with a model's.
+fn flagged(flags: u8, value: &[u8]) -> Vec<u8> {
+    [&[flags][..], value].concat()
+}
+
 /// Value sizes the mover's cases write: each its own block class, small and large.
 const MOVER_SIZES: [usize; 6] = [4, 40, 100, 180, 420, 900];
 
@@ -595,8 +651,9 @@ proptest::proptest! {
             serial += 1;
             let value = written(&key, serial, len);
             let ttl = (serial % 3 == 0).then_some(now + 1_000 * u64::from(serial % 60 + 1));
-            s.insert(spread(&key), &key, &value, ttl, now).unwrap();
-            model.insert(key, (value, ttl.unwrap_or(NEVER)));
+            let flags = (serial % 4) as u8;
+            s.insert_flagged(spread(&key), &key, flags, &value, ttl, now).unwrap();
+            model.insert(key, (flagged(flags, &value), ttl.unwrap_or(NEVER)));
         };
         let large = 2 * max_bytes as usize / 470;
         let small = max_bytes as usize / 90;
@@ -619,7 +676,7 @@ proptest::proptest! {
                     model.remove(&key);
                 }
                 3 => {
-                    let found = s.get_with(spread(&key), &key, now, |e| e.value.to_vec());
+                    let found = s.get_with(spread(&key), &key, now, |e| flagged(e.flags, e.value));
                     if let Some(found) = found {
                         let (value, deadline) = &model[&key];
                         proptest::prop_assert_eq!(&found, value);
@@ -636,7 +693,7 @@ proptest::proptest! {
         s.expire(now);
         let mut readable = 0;
         for (key, (value, deadline)) in &model {
-            if let Some(found) = s.get_with(spread(key), key, now, |e| e.value.to_vec()) {
+            if let Some(found) = s.get_with(spread(key), key, now, |e| flagged(e.flags, e.value)) {
                 proptest::prop_assert_eq!(&found, value);
                 proptest::prop_assert!(*deadline > now, "served past its deadline");
                 readable += 1;

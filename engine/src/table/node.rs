@@ -19,7 +19,7 @@ pub(crate) const NEVER: u64 = u64::MAX;
 pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
 
 /// Bits of a node's slot word that hold its policy slot.
-const SLOT_BITS: u32 = 29;
+const SLOT_BITS: u32 = 28;
 
 /// The most entries a table holds: a node keeps its policy slot in [`SLOT_BITS`] bits
 /// (the policy names no more slots either, `eviction::MAX_SLOTS`).
@@ -32,6 +32,19 @@ const HIT: u32 = 1;
 /// The bit of a node's slot word that says the node has an allocation of its own rather
 /// than a slab block (`slab::Block::own`).
 const OWN_ALLOCATION: u32 = 1 << (SLOT_BITS + 1);
+
+/// Bits of a node's slot word, above [`OWN_ALLOCATION`], that keep the entry's flags.
+pub const FLAG_BITS: u32 = 2;
+
+/// The largest flags an entry keeps: two bits its user gives it meaning (as memcached's
+/// client flags), kept in the header's spare bits rather than in the value, where the
+/// service's one-byte tag took a byte of every entry (4 with the block's rounding).
+pub const MAX_FLAGS: u8 = (1 << FLAG_BITS) - 1;
+
+/// Where the flags start in the slot word.
+const FLAGS_SHIFT: u32 = SLOT_BITS + 2;
+
+const _: () = assert!(FLAGS_SHIFT + FLAG_BITS == u32::BITS);
 
 /// A node's header: 16 bytes. The key's length and bytes, the value's length and the
 /// value's bytes follow it in the same slab block (`slab.rs`), so a lookup that reaches
@@ -53,8 +66,9 @@ pub(crate) struct Node {
     /// The next node of the chain: its handle's bits, or 0 at the chain's end.
     pub(super) next: AtomicU32,
     /// The entry's policy slot (an overwrite keeps it) in bits 1 to [`SLOT_BITS`], above
-    /// [`HIT`], and [`OWN_ALLOCATION`] above it. Readers only ever set [`HIT`], storing
-    /// the other bits back as they found them, which never change.
+    /// [`HIT`], [`OWN_ALLOCATION`] above it and the entry's flags ([`FLAG_BITS`]) at the
+    /// top. Readers only ever set [`HIT`], storing the other bits back as they found
+    /// them, which never change.
     slot_and_hit: AtomicU32,
     /// `cached_at_ms << LIFETIME_BITS | lifetime`, low word first (two words, so that
     /// the header needs 4-byte alignment only).
@@ -133,6 +147,8 @@ pub(crate) struct NewEntry<'a> {
     pub hash: u64,
     pub key: &'a [u8],
     pub value: &'a [u8],
+    /// At most [`MAX_FLAGS`].
+    pub flags: u8,
     pub slot: u32,
     pub cached_at_ms: u64,
     pub expires_at_ms: u64,
@@ -244,6 +260,8 @@ pub(super) fn allocate(
         slot as usize <= MAX_ENTRIES,
         "slots fit in {SLOT_BITS} bits"
     );
+    debug_assert!(entry.flags <= MAX_FLAGS, "the shard checks flags");
+    let flags = u32::from(entry.flags & MAX_FLAGS) << FLAGS_SHIFT;
     let times = cached_at_ms << LIFETIME_BITS
         | u64::from(Lifetime::new(cached_at_ms, entry.expires_at_ms).0);
     // SAFETY: `block` is a fresh slab block of at least `bytes` (`node_bytes`: the header,
@@ -253,7 +271,7 @@ pub(super) fn allocate(
     unsafe {
         node.as_ptr().write(Node {
             next: AtomicU32::new(0),
-            slot_and_hit: AtomicU32::new(own | slot << 1 | if entry.hit { HIT } else { 0 }),
+            slot_and_hit: AtomicU32::new(flags | own | slot << 1 | if entry.hit { HIT } else { 0 }),
             times: [times as u32, (times >> 32) as u32],
             payload_access: SharedCell::new(()),
         });
@@ -375,6 +393,12 @@ pub(super) unsafe fn value_after(key: &[u8]) -> &[u8] {
 impl Node {
     pub(crate) fn slot(&self) -> u32 {
         self.slot_and_hit.load(Relaxed) >> 1 & MAX_ENTRIES as u32
+    }
+
+    /// The flags the entry was stored with.
+    #[inline(always)]
+    pub(crate) fn flags(&self) -> u8 {
+        (self.slot_and_hit.load(Relaxed) >> FLAGS_SHIFT) as u8
     }
 
     #[inline(always)]

@@ -362,6 +362,7 @@ mod tests {
         SavedEntry {
             key,
             value: b"jvalue",
+            flags: 0,
             cached_at_ms: 1,
             expires_at_ms: None,
             standing: Standing {

@@ -81,6 +81,10 @@ impl Default for BlockBuilder {
 
 impl BlockBuilder {
     pub fn push(&mut self, entry: &SavedEntry<'_>) {
+        debug_assert_eq!(
+            entry.flags, 0,
+            "a snapshot keeps values in their portable form, whose tag is in the bytes"
+        );
         let b = &mut self.bytes;
         b.extend_from_slice(&(entry.key.len() as u32).to_le_bytes());
         b.extend_from_slice(&(entry.value.len() as u32).to_le_bytes());
@@ -241,6 +245,8 @@ pub fn decode_block(
         out.push(SavedEntry {
             key: &payload[start..start + key_len],
             value: &payload[start + key_len..end],
+            // The portable form: its tag is in its bytes.
+            flags: 0,
             cached_at_ms: u64_at(head, 8),
             expires_at_ms: (expires != 0).then_some(expires),
             standing: Standing { frequency, region },
@@ -272,6 +278,7 @@ mod tests {
         SavedEntry {
             key,
             value,
+            flags: 0,
             cached_at_ms: 1_700_000_000_000,
             expires_at_ms: expires,
             standing: Standing {
