@@ -42,10 +42,19 @@ pub struct ShardConfig {
 const STRUCTURE_BYTES: usize =
     BUCKET_BYTES + slot_bytes::<Resident>() + TIMER_BYTES + SKETCH_BYTES_PER_ENTRY;
 
+/// The most entries a shard holds: as many as a node's slot bits name (2^27 - 1, about
+/// 5.6 GB of the smallest entries), where the policy's links name more. A larger
+/// `max_entries` is taken as this.
+pub const MAX_SHARD_ENTRIES: usize = if MAX_ENTRIES < MAX_SLOTS {
+    MAX_ENTRIES
+} else {
+    MAX_SLOTS
+};
+
 /// Bytes charged per entry on top of its key and value, before its block is rounded up
 /// to its size class (by less than 4 bytes for blocks up to 512 bytes, by at most an
 /// eighth above; see [`entry_charge`]): the node's header, the value's length (1 byte
-/// below 128 bytes, one more per 7 bits above) and the structures outside the node.
+/// below 512 bytes, one more per 7 bits above) and the structures outside the node.
 pub const ENTRY_OVERHEAD: usize = node_bytes(0, 0) + STRUCTURE_BYTES;
 
 /// Bytes of byte bound per bucket: twice the charge of the smallest entry (see
@@ -207,10 +216,9 @@ impl ShardWriter {
         hasher: KeyHasher,
     ) -> Self {
         assert!(config.max_entries > 0, "a shard holds at least one entry");
-        // A bound above what a node and the policy's links can address is no bound:
-        // 2^29 - 1 entries, about 22 GB of the smallest entries in one shard.
+        // A bound above what a node and the policy's links can address is no bound.
         let config = ShardConfig {
-            max_entries: config.max_entries.min(MAX_ENTRIES).min(MAX_SLOTS),
+            max_entries: config.max_entries.min(MAX_SHARD_ENTRIES),
             ..config
         };
         // Every entry is charged at least ENTRY_OVERHEAD, so this many fit under both

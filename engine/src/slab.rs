@@ -215,13 +215,12 @@ unsafe impl Send for Slab {}
 /// Bytes per region: one huge page.
 const REGION_BYTES: usize = CHUNK_BYTES * REGION_CHUNKS;
 
-/// A block the slab gave out: where it is, its name, and whether it is an allocation of
-/// its own (which [`Slab::free`] must be told).
+/// A block the slab gave out: where it is and its name. (It is an allocation of its own,
+/// rather than a slab block, when it is outside the arena: `Directory::in_arena`.)
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Block {
     pub at: NonNull<u8>,
     pub handle: Handle,
-    pub own: bool,
 }
 
 /// The allocation of a node of its own of `bytes`: its prefix and the node.
@@ -278,7 +277,6 @@ impl Slab {
         Block {
             at,
             handle: directory.name_own(index, at),
-            own: true,
         }
     }
 
@@ -321,25 +319,18 @@ impl Slab {
             return Some(Block {
                 at,
                 handle: directory.name_block(at),
-                own: false,
             });
         }
     }
 
-    /// Gives back a block from [`Slab::allocate`] of a node of `bytes` bytes; `own` is the
-    /// block's [`Block::own`].
+    /// Gives back a block from [`Slab::allocate`] of a node of `bytes` bytes. (Whether it
+    /// is an allocation of its own is where it is: in the arena or not.)
     ///
     /// # Safety
     /// `block` came from this slab's `allocate(bytes, directory)`, with the same `bytes`,
     /// and nobody reaches it any more; it is freed once.
-    pub(crate) unsafe fn free(
-        &mut self,
-        block: NonNull<u8>,
-        bytes: usize,
-        own: bool,
-        directory: &Directory,
-    ) {
-        if own {
+    pub(crate) unsafe fn free(&mut self, block: NonNull<u8>, bytes: usize, directory: &Directory) {
+        if !directory.in_arena(block) {
             // SAFETY: such blocks start OWN_PREFIX into an allocation of their own with
             // this layout, which starts with the prefix `allocate` wrote.
             let index = unsafe {

@@ -284,7 +284,7 @@ impl TableReader {
                 return Some(read(EntryRef {
                     key: found,
                     // SAFETY: as above; the guard outlives every use of the value.
-                    value: unsafe { value_after(found) },
+                    value: unsafe { value_after(header, found) },
                     flags: header.flags(),
                     cached_at_ms: header.cached_at_ms(),
                     expires_at_ms: expiry(expires_at_ms),

@@ -554,6 +554,12 @@ impl Config {
             at_most(name, MAX_TIMEOUT_MS, "milliseconds", value)?;
         }
         at_most(
+            "CACHE_L1_MAX_ENTRIES",
+            (self.cores() * engine::MAX_SHARD_ENTRIES) as u64,
+            "entries (the engine's most per core, times the cores)",
+            self.l1_max_entries as u64,
+        )?;
+        at_most(
             "CACHE_IDLE_SPIN_US",
             MAX_IDLE_SPIN_US,
             "microseconds",

@@ -431,14 +431,16 @@ fn standings_restored_into_a_byte_bounded_shard_survive_its_sketch_growing() {
 }
 
 /// Keys and values of every length a node keeps in one, two and three bytes (either side
-/// of 128 and 16 KiB), and either side of 64 KiB, keys from empty to the longest, all in
+/// of 128 and 16 KiB for a key, 512 and 64 KiB for a value, whose low two bits are in the
+/// header, with each of those bits' four values), keys from empty to the longest, all in
 /// chains (5 buckets' worth of hashes), read back, overwritten across the boundaries,
 /// charged and removed exactly.
 #[test]
 fn every_key_and_value_length_reads_back_through_chains() {
     let mut s = shard(1_000, u64::MAX);
     let lengths = [
-        0, 1, 127, 128, 4_000, 16_383, 16_384, 65_534, 65_535, 65_536, 70_000,
+        0, 1, 2, 3, 127, 128, 510, 511, 512, 513, 4_000, 16_383, 16_384, 65_534, 65_535, 65_536,
+        65_537, 70_000,
     ];
     let keys: Vec<Vec<u8>> = [0, 1, 7, 16, 127, 128, 300, 16_383, 16_384, MAX_KEY_LEN]
         .iter()

@@ -63,6 +63,13 @@ impl Arena {
         }
     }
 
+    /// Whether `at` lies in the reservation: a slab block's address, not an allocation of
+    /// its own.
+    pub(super) fn contains(&self, at: NonNull<u8>) -> bool {
+        (at.as_ptr() as usize).wrapping_sub(self.base.as_ptr() as usize)
+            < self.regions * REGION_BYTES
+    }
+
     /// How many regions it has room for.
     pub(super) fn regions(&self) -> usize {
         self.regions

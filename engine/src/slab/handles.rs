@@ -122,6 +122,12 @@ impl Directory {
         NonNull::new(entry.load(Acquire)).expect("a named node is listed")
     }
 
+    /// Whether the block at `at` is a slab block (in the arena) rather than an allocation
+    /// of its own.
+    pub(super) fn in_arena(&self, at: NonNull<u8>) -> bool {
+        self.arena.contains(at)
+    }
+
     /// How many regions the arena has room for.
     pub(super) fn regions(&self) -> usize {
         self.arena.regions()

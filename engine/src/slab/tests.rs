@@ -49,7 +49,7 @@ fn freed_blocks_are_reused_and_empty_chunks_returned() {
     );
     for block in &blocks[..1_000] {
         // SAFETY: allocated above with this size, freed once.
-        unsafe { slab.free(*block, 100, false, &directory) };
+        unsafe { slab.free(*block, 100, &directory) };
     }
     let again: Vec<_> = (0..1_000)
         .map(|_| slab.allocate(100, &directory).at)
@@ -57,7 +57,7 @@ fn freed_blocks_are_reused_and_empty_chunks_returned() {
     assert_eq!(slab.chunk_bytes(), held, "reused, not grown");
     for block in blocks[1_000..].iter().chain(&again) {
         // SAFETY: as above.
-        unsafe { slab.free(*block, 100, false, &directory) };
+        unsafe { slab.free(*block, 100, &directory) };
     }
     // A chunk is given back once its blocks come home; the current one stays.
     slab.allocate(8, &directory);
@@ -80,7 +80,7 @@ fn a_region_whose_chunks_are_all_free_is_given_back() {
     assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
     for block in &blocks[..per_chunk * REGION_CHUNKS] {
         // SAFETY: allocated above with this size, freed once.
-        unsafe { slab.free(*block, 512, false, &directory) };
+        unsafe { slab.free(*block, 512, &directory) };
     }
     slab.allocate(512, &directory);
     assert_eq!(
@@ -96,7 +96,7 @@ fn a_region_whose_chunks_are_all_free_is_given_back() {
     assert_eq!(slab.region_bytes(), 2 * REGION_CHUNKS * CHUNK_BYTES);
     for block in blocks[per_chunk * REGION_CHUNKS..].iter().chain(&more) {
         // SAFETY: as above.
-        unsafe { slab.free(*block, 512, false, &directory) };
+        unsafe { slab.free(*block, 512, &directory) };
     }
 }
 
@@ -116,7 +116,7 @@ fn a_chunk_is_emptied_only_into_room_its_class_holds() {
     let free = |slab: &mut Slab, blocks: &[NonNull<u8>]| {
         for block in blocks {
             // SAFETY: allocated above with this size, freed once.
-            unsafe { slab.free(*block, 512, false, &directory) };
+            unsafe { slab.free(*block, 512, &directory) };
         }
     };
     // The first chunk 40 % used: sparse, but no other chunk of its class has room.
@@ -149,11 +149,11 @@ fn large_nodes_get_their_own_allocation() {
     let mut slab = Slab::new(0, false);
     let directory = Directory::default();
     let block = slab.allocate(LARGEST_BLOCK + 1, &directory);
-    assert!(block.own);
+    assert!(!directory.in_arena(block.at));
     assert_eq!(directory.resolve(block.handle), block.at);
     assert_eq!(slab.chunk_bytes(), 0);
     // SAFETY: allocated above with this size, freed once.
-    unsafe { slab.free(block.at, LARGEST_BLOCK + 1, true, &directory) };
+    unsafe { slab.free(block.at, LARGEST_BLOCK + 1, &directory) };
     assert_eq!(footprint(LARGEST_BLOCK + 1), LARGEST_BLOCK + 32);
     assert_eq!(footprint(100), 100usize.next_multiple_of(GRAIN));
 }
@@ -177,18 +177,18 @@ fn handles_name_every_block_until_it_is_freed() {
     );
     for (block, bytes) in &blocks {
         assert_eq!(directory.resolve(block.handle), block.at);
-        assert_eq!(block.own, *bytes > LARGEST_BLOCK);
+        assert_eq!(!directory.in_arena(block.at), *bytes > LARGEST_BLOCK);
     }
     // Freed, the regions go back; the blocks of new ones are named afresh.
     for (block, bytes) in &blocks {
         // SAFETY: allocated above with this size, freed once.
-        unsafe { slab.free(block.at, *bytes, block.own, &directory) };
+        unsafe { slab.free(block.at, *bytes, &directory) };
     }
     let again: Vec<_> = (0..1_000).map(|_| slab.allocate(100, &directory)).collect();
     for block in &again {
         assert_eq!(directory.resolve(block.handle), block.at);
         // SAFETY: as above.
-        unsafe { slab.free(block.at, 100, false, &directory) };
+        unsafe { slab.free(block.at, 100, &directory) };
     }
 }
 
@@ -202,15 +202,19 @@ fn past_the_regions_handles_name_nodes_get_their_own_allocation() {
         .map(|_| slab.allocate(512, &directory))
         .collect();
     assert_eq!(slab.region_bytes(), REGION_CHUNKS * CHUNK_BYTES);
-    assert!(blocks[..per_region].iter().all(|b| !b.own));
-    assert!(blocks[per_region..].iter().all(|b| b.own));
+    assert!(blocks[..per_region]
+        .iter()
+        .all(|b| directory.in_arena(b.at)));
+    assert!(blocks[per_region..]
+        .iter()
+        .all(|b| !directory.in_arena(b.at)));
     for block in &blocks {
         assert_eq!(directory.resolve(block.handle), block.at);
         // SAFETY: allocated above with this size, freed once.
-        unsafe { slab.free(block.at, 512, block.own, &directory) };
+        unsafe { slab.free(block.at, 512, &directory) };
     }
     // Once the region's blocks are back, new nodes go to it again.
-    assert!(!slab.allocate(512, &directory).own);
+    assert!(directory.in_arena(slab.allocate(512, &directory).at));
 }
 
 #[test]
@@ -222,7 +226,7 @@ fn an_own_nodes_index_names_another_only_once_it_was_freed() {
     let second = slab.allocate(bytes, &directory);
     assert_ne!(first.handle, second.handle);
     // SAFETY: allocated above with this size, freed once.
-    unsafe { slab.free(first.at, bytes, true, &directory) };
+    unsafe { slab.free(first.at, bytes, &directory) };
     // Freed (as the reclaimer does once no reader holds it), its index comes back.
     let third = slab.allocate(bytes, &directory);
     assert_eq!(third.handle, first.handle);
@@ -230,7 +234,7 @@ fn an_own_nodes_index_names_another_only_once_it_was_freed() {
     assert_eq!(directory.resolve(second.handle), second.at);
     // SAFETY: as above.
     unsafe {
-        slab.free(second.at, bytes, true, &directory);
-        slab.free(third.at, bytes, true, &directory);
+        slab.free(second.at, bytes, &directory);
+        slab.free(third.at, bytes, &directory);
     }
 }

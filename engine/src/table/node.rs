@@ -1,5 +1,5 @@
 //! A node: one entry in one slab block, a 16-byte header followed by the key's length,
-//! the key, the value's length and the value. What the header keeps and what it leaves
+//! the key, the value's length (its low two bits in the header) and the value. What the header keeps and what it leaves
 //! out (and why) is on [`Node`]; how an entry's times fit in 8 bytes is on [`Lifetime`].
 //! Building and freeing nodes, reading their keys and values, and telling keys apart
 //! live here; linking them into chains and reading them safely from other threads is
@@ -19,7 +19,7 @@ pub(crate) const NEVER: u64 = u64::MAX;
 pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
 
 /// Bits of a node's slot word that hold its policy slot.
-const SLOT_BITS: u32 = 28;
+const SLOT_BITS: u32 = 27;
 
 /// The most entries a table holds: a node keeps its policy slot in [`SLOT_BITS`] bits
 /// (the policy names no more slots either, `eviction::MAX_SLOTS`).
@@ -29,11 +29,17 @@ pub(crate) const MAX_ENTRIES: usize = (1 << SLOT_BITS) - 1;
 /// last looked.
 const HIT: u32 = 1;
 
-/// The bit of a node's slot word that says the node has an allocation of its own rather
-/// than a slab block (`slab::Block::own`).
-const OWN_ALLOCATION: u32 = 1 << (SLOT_BITS + 1);
+/// Where the value length's low two bits start in the slot word, above the slot. The
+/// payload keeps the rest (LEB128), so a length below 512 bytes takes one byte there,
+/// not two above 127. (Whether the node is a slab block or an allocation of its own,
+/// which these bits kept before, is where it is: `Slab::free`.)
+const LENGTH_LOW_SHIFT: u32 = SLOT_BITS + 1;
 
-/// Bits of a node's slot word, above [`OWN_ALLOCATION`], that keep the entry's flags.
+/// The value length's bits the slot word keeps.
+const LENGTH_LOW: usize = 3;
+
+/// Bits of a node's slot word, above the value length's low bits, that keep the entry's
+/// flags.
 pub const FLAG_BITS: u32 = 2;
 
 /// The largest flags an entry keeps: two bits its user gives it meaning (as memcached's
@@ -42,7 +48,7 @@ pub const FLAG_BITS: u32 = 2;
 pub const MAX_FLAGS: u8 = (1 << FLAG_BITS) - 1;
 
 /// Where the flags start in the slot word.
-const FLAGS_SHIFT: u32 = SLOT_BITS + 2;
+const FLAGS_SHIFT: u32 = LENGTH_LOW_SHIFT + 2;
 
 const _: () = assert!(FLAGS_SHIFT + FLAG_BITS == u32::BITS);
 
@@ -59,16 +65,17 @@ const _: () = assert!(FLAGS_SHIFT + FLAG_BITS == u32::BITS);
 /// the table's one stale window), the upper bits of times (42 bits of milliseconds reach
 /// the year 2109; an expiry is kept relative to `cached_at` in 22 bits, see
 /// [`Lifetime`]), the next node's address (its 32-bit [`Handle`] instead), and the
-/// lengths of the key and the value: LEB128 in the payload, 1 byte each below 128 bytes
-/// and 2 below 16 KiB, where a fixed field would take 2 and 4.
+/// lengths of the key and the value: LEB128 in the payload, 1 byte below 128 bytes (512
+/// for a value, whose low two bits are in the header) and 2 below 16 KiB (64 KiB), where
+/// a fixed field would take 2 and 4.
 #[repr(C)]
 pub(crate) struct Node {
     /// The next node of the chain: its handle's bits, or 0 at the chain's end.
     pub(super) next: AtomicU32,
     /// The entry's policy slot (an overwrite keeps it) in bits 1 to [`SLOT_BITS`], above
-    /// [`HIT`], [`OWN_ALLOCATION`] above it and the entry's flags ([`FLAG_BITS`]) at the
-    /// top. Readers only ever set [`HIT`], storing the other bits back as they found
-    /// them, which never change.
+    /// [`HIT`]; the value length's low two bits above it ([`LENGTH_LOW_SHIFT`]) and the
+    /// entry's flags ([`FLAG_BITS`]) at the top. Readers only ever set [`HIT`], storing
+    /// the other bits back as they found them, which never change.
     slot_and_hit: AtomicU32,
     /// `cached_at_ms << LIFETIME_BITS | lifetime`, low word first (two words, so that
     /// the header needs 4-byte alignment only).
@@ -157,7 +164,7 @@ pub(crate) struct NewEntry<'a> {
 
 /// The bytes of a node with this key and value length.
 pub(crate) const fn node_bytes(key_len: usize, value_len: usize) -> usize {
-    HEADER_BYTES + length_bytes(key_len) + key_len + length_bytes(value_len) + value_len
+    HEADER_BYTES + length_bytes(key_len) + key_len + length_bytes(value_len >> 2) + value_len
 }
 
 /// Bytes of a key's or a value's length in the payload: LEB128, 7 bits a byte.
@@ -253,7 +260,6 @@ pub(super) fn allocate(
     let bytes = node_bytes(entry.key.len(), entry.value.len());
     let block = slab.allocate(bytes, directory);
     let node = block.at.cast::<Node>();
-    let own = if block.own { OWN_ALLOCATION } else { 0 };
     let cached_at_ms = entry.cached_at_ms.min(LATEST_CACHED_AT_MS);
     let slot = entry.slot;
     debug_assert!(
@@ -262,6 +268,7 @@ pub(super) fn allocate(
     );
     debug_assert!(entry.flags <= MAX_FLAGS, "the shard checks flags");
     let flags = u32::from(entry.flags & MAX_FLAGS) << FLAGS_SHIFT;
+    let length_low = ((entry.value.len() & LENGTH_LOW) as u32) << LENGTH_LOW_SHIFT;
     let times = cached_at_ms << LIFETIME_BITS
         | u64::from(Lifetime::new(cached_at_ms, entry.expires_at_ms).0);
     // SAFETY: `block` is a fresh slab block of at least `bytes` (`node_bytes`: the header,
@@ -271,14 +278,16 @@ pub(super) fn allocate(
     unsafe {
         node.as_ptr().write(Node {
             next: AtomicU32::new(0),
-            slot_and_hit: AtomicU32::new(flags | own | slot << 1 | if entry.hit { HIT } else { 0 }),
+            slot_and_hit: AtomicU32::new(
+                flags | length_low | slot << 1 | if entry.hit { HIT } else { 0 },
+            ),
             times: [times as u32, (times >> 32) as u32],
             payload_access: SharedCell::new(()),
         });
         let mut at = (node.as_ptr() as *mut u8).add(HEADER_BYTES);
         at = write_length(at, entry.key.len());
         ptr::copy_nonoverlapping(entry.key.as_ptr(), at, entry.key.len());
-        at = write_length(at.add(entry.key.len()), entry.value.len());
+        at = write_length(at.add(entry.key.len()), entry.value.len() >> 2);
         ptr::copy_nonoverlapping(entry.value.as_ptr(), at, entry.value.len());
     }
     (node, block.handle)
@@ -295,9 +304,8 @@ pub(super) unsafe fn free(node: *mut Node, slab: &mut Slab, directory: &Director
     unsafe {
         let node = NonNull::new_unchecked(node);
         let bytes = node_len(node);
-        let own = node.as_ref().slot_and_hit.load(Relaxed) & OWN_ALLOCATION != 0;
         ptr::drop_in_place(node.as_ptr());
-        slab.free(node.cast(), bytes, own, directory);
+        slab.free(node.cast(), bytes, directory);
     }
 }
 
@@ -347,7 +355,7 @@ unsafe fn payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8]) {
     // SAFETY: forwarded contract.
     unsafe {
         let key = key(node);
-        (key, value_after(key))
+        (key, value_after(node.as_ref(), key))
     }
 }
 
@@ -376,17 +384,19 @@ pub(super) unsafe fn key_if_same<'a>(node: NonNull<Node>, key: &[u8]) -> Option<
     }
 }
 
-/// The value of the node whose key [`key`] gave as `key`.
+/// The value of `header`'s node, whose key [`key`] gave as `key`.
 ///
 /// # Safety
-/// As for [`key`], for the node `key` is the key of.
+/// As for [`key`], for the node `header` heads and `key` is the key of.
 #[inline(always)]
-pub(super) unsafe fn value_after(key: &[u8]) -> &[u8] {
+pub(super) unsafe fn value_after<'a>(header: &Node, key: &'a [u8]) -> &'a [u8] {
+    let low = (header.slot_and_hit.load(Relaxed) >> LENGTH_LOW_SHIFT) as usize & LENGTH_LOW;
     // SAFETY: `key` lies in its node's block and came from the block's own pointer (see
-    // `key`); the value's length follows it, as `allocate` wrote it, then the value.
+    // `key`); the value's length follows it, as `allocate` wrote it (bar its low bits,
+    // which are `header`'s), then the value.
     unsafe {
-        let (value_len, start) = read_length(key.as_ptr().add(key.len()));
-        std::slice::from_raw_parts(start, value_len)
+        let (high, start) = read_length(key.as_ptr().add(key.len()));
+        std::slice::from_raw_parts(start, high << 2 | low)
     }
 }
 

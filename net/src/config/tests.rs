@@ -24,6 +24,21 @@ fn flags_override_and_bad_values_are_named() {
         err.contains("CACHE_L1_MAX_ENTRIES must be at least 1, got 0"),
         "{err}"
     );
+    // Past what the engine's shards hold: refused, not taken as less.
+    let most = engine::MAX_SHARD_ENTRIES;
+    let c = Config::try_parse_from([
+        "cache-manager",
+        "--cores",
+        "1",
+        "--l1-max-entries",
+        &(most + 1).to_string(),
+    ])
+    .unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("CACHE_L1_MAX_ENTRIES must be at most {most} entries")),
+        "{err}"
+    );
     let c = Config::try_parse_from(["cache-manager", "--metrics-enabled", "false"]).unwrap();
     assert!(!c.metrics_enabled);
     assert!(Config::try_parse_from(["cache-manager", "--read-path", "sideways"]).is_err());
