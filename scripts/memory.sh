@@ -89,4 +89,4 @@ printf '%-26s %16s %22s\n' "Redis (used_memory)" "$(per_entry $((used_after - us
 
 read -r l1_bytes l1_size <<< "$charged"
 echo
-echo "cache-manager charges itself $(awk -v b="$l1_bytes" -v n="$l1_size" 'BEGIN {printf "%.1f", b / n}') bytes an entry (l1_bytes over $l1_size entries: key, value with its head (tag and version in one varint: 1 byte without L2, 1 or 2 with it, for a value written through the service), ENTRY_OVERHEAD)"
+echo "cache-manager charges itself $(awk -v b="$l1_bytes" -v n="$l1_size" 'BEGIN {printf "%.1f", b / n}') bytes an entry (l1_bytes over $l1_size entries: key, value (its head, the tag and version of a write through the service, is in the entry's flags without L2, 1 or 2 bytes before the value with it), ENTRY_OVERHEAD)"

@@ -280,12 +280,12 @@ impl TableReader {
                     self.counts.count_miss();
                     return None;
                 }
-                header.record_hit();
+                let word = header.record_hit();
                 return Some(read(EntryRef {
                     key: found,
                     // SAFETY: as above; the guard outlives every use of the value.
-                    value: unsafe { value_after(header, found) },
-                    flags: header.flags(),
+                    value: unsafe { value_after(word, found) },
+                    flags: word.flags(),
                     cached_at_ms: header.cached_at_ms(),
                     expires_at_ms: expiry(expires_at_ms),
                     stale: expires_at_ms <= now_ms,

@@ -355,7 +355,7 @@ unsafe fn payload<'a>(node: NonNull<Node>) -> (&'a [u8], &'a [u8]) {
     // SAFETY: forwarded contract.
     unsafe {
         let key = key(node);
-        (key, value_after(node.as_ref(), key))
+        (key, value_after(node.as_ref().word(), key))
     }
 }
 
@@ -384,16 +384,16 @@ pub(super) unsafe fn key_if_same<'a>(node: NonNull<Node>, key: &[u8]) -> Option<
     }
 }
 
-/// The value of `header`'s node, whose key [`key`] gave as `key`.
+/// The value of the node whose slot word is `word` and whose key [`key`] gave as `key`.
 ///
 /// # Safety
-/// As for [`key`], for the node `header` heads and `key` is the key of.
+/// As for [`key`], for the node `word` was read from and `key` is the key of.
 #[inline(always)]
-pub(super) unsafe fn value_after<'a>(header: &Node, key: &'a [u8]) -> &'a [u8] {
-    let low = (header.slot_and_hit.load(Relaxed) >> LENGTH_LOW_SHIFT) as usize & LENGTH_LOW;
+pub(super) unsafe fn value_after(word: SlotWord, key: &[u8]) -> &[u8] {
+    let low = (word.0 >> LENGTH_LOW_SHIFT) as usize & LENGTH_LOW;
     // SAFETY: `key` lies in its node's block and came from the block's own pointer (see
     // `key`); the value's length follows it, as `allocate` wrote it (bar its low bits,
-    // which are `header`'s), then the value.
+    // which are the slot word's), then the value.
     unsafe {
         let (high, start) = read_length(key.as_ptr().add(key.len()));
         std::slice::from_raw_parts(start, high << 2 | low)
@@ -405,10 +405,17 @@ impl Node {
         self.slot_and_hit.load(Relaxed) >> 1 & MAX_ENTRIES as u32
     }
 
+    /// The slot word as it is now: its flags and value length bits are as they were
+    /// built.
+    #[inline(always)]
+    pub(super) fn word(&self) -> SlotWord {
+        SlotWord(self.slot_and_hit.load(Relaxed))
+    }
+
     /// The flags the entry was stored with.
     #[inline(always)]
     pub(crate) fn flags(&self) -> u8 {
-        (self.slot_and_hit.load(Relaxed) >> FLAGS_SHIFT) as u8
+        self.word().flags()
     }
 
     #[inline(always)]
@@ -454,12 +461,28 @@ impl Node {
     /// already hit writes nothing, so a hot entry's cache line stays clean. (Counting up
     /// to 15 hits gave the same hit ratios on the ARC traces, and cost reads 6 % in an
     /// A/B of the read loop: every hit dirtied the line until the count saturated.)
+    ///
+    /// Returns the slot word it read, so that a read takes the flags and the value's
+    /// length from that one load.
     #[inline(always)]
-    pub(super) fn record_hit(&self) {
+    pub(super) fn record_hit(&self) -> SlotWord {
         let word = self.slot_and_hit.load(Relaxed);
         if word & HIT == 0 {
             self.slot_and_hit.store(word | HIT, Relaxed);
         }
+        SlotWord(word)
+    }
+}
+
+/// A node's slot word as one load read it.
+#[derive(Clone, Copy)]
+pub(super) struct SlotWord(u32);
+
+impl SlotWord {
+    /// The entry's flags.
+    #[inline(always)]
+    pub(super) fn flags(self) -> u8 {
+        (self.0 >> FLAGS_SHIFT) as u8
     }
 }
 
