@@ -36,7 +36,9 @@ fn flags_override_and_bad_values_are_named() {
     .unwrap();
     let err = c.validate().unwrap_err().to_string();
     assert!(
-        err.contains(&format!("CACHE_L1_MAX_ENTRIES must be at most {most} entries")),
+        err.contains(&format!(
+            "CACHE_L1_MAX_ENTRIES must be at most {most} entries"
+        )),
         "{err}"
     );
     let c = Config::try_parse_from(["cache-manager", "--metrics-enabled", "false"]).unwrap();
