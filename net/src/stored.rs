@@ -121,11 +121,11 @@ fn write_head(mut head: u128, into: &mut Vec<u8>) {
 }
 
 /// An L1 value as the engine keeps it, borrowed: the entry's flags and its bytes. Flags 0
-/// say the head leads the bytes; flags 1 to 3 say the head is one byte, the tag of that
-/// kind + 1 with no version, and the bytes are the value's own. (The engine keeps an
-/// entry's flags in its node header's spare bits, so a value without a version costs
-/// no byte for its head: 4 bytes an entry with the slab's rounding, at 10-byte keys and
-/// 100-byte values.)
+/// say the head leads the bytes. Flags `k + 1` say the head is the one byte of kind `k`
+/// (the tag [`TAGS`]`[k]`, no version) and the bytes are the value's own. (The engine
+/// keeps an entry's flags in its node header's spare bits, so a value without a version
+/// costs no byte for its head: 4 bytes an entry with the slab's rounding, at 10-byte keys
+/// and 100-byte values.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kept<'a> {
     pub flags: u8,
