@@ -331,8 +331,11 @@ impl Slab {
     /// and nobody reaches it any more; it is freed once.
     pub(crate) unsafe fn free(&mut self, block: NonNull<u8>, bytes: usize, directory: &Directory) {
         if !directory.in_arena(block) {
-            // SAFETY: such blocks start OWN_PREFIX into an allocation of their own with
-            // this layout, which starts with the prefix `allocate` wrote.
+            // SAFETY: slab blocks are carved from regions inside the arena's reservation,
+            // which the global allocator never hands out (the arena holds that address
+            // space mapped), so a block outside it is an allocation of its own: it starts
+            // OWN_PREFIX into an allocation with this layout, which starts with the prefix
+            // `allocate` wrote.
             let index = unsafe {
                 let start = block.as_ptr().sub(OWN_PREFIX);
                 let OwnPrefix { index } = start.cast::<OwnPrefix>().read();

@@ -134,9 +134,8 @@ pub struct DeleteOutcome {
 pub struct Restored {
     pub hash: u64,
     pub key: Vec<u8>,
-    /// L1's stored form (`stored::InL1`: the flags, and the bytes).
-    pub value: Vec<u8>,
-    pub flags: u8,
+    /// L1's stored form.
+    pub value: crate::stored::InL1,
     pub cached_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     pub standing: Standing,
@@ -147,26 +146,21 @@ impl Restored {
         Self {
             hash,
             key: entry.key.to_vec(),
-            value: entry.value.to_vec(),
-            flags: entry.flags,
+            value: crate::stored::InL1 {
+                flags: entry.flags,
+                bytes: entry.value.to_vec(),
+            },
             cached_at_ms: entry.cached_at_ms,
             expires_at_ms: entry.expires_at_ms,
             standing: entry.standing,
         }
     }
 
-    pub fn kept(&self) -> crate::stored::Kept<'_> {
-        crate::stored::Kept {
-            flags: self.flags,
-            bytes: &self.value,
-        }
-    }
-
     pub fn saved(&self) -> SavedEntry<'_> {
         SavedEntry {
             key: &self.key,
-            value: &self.value,
-            flags: self.flags,
+            value: &self.value.bytes,
+            flags: self.value.flags,
             cached_at_ms: self.cached_at_ms,
             expires_at_ms: self.expires_at_ms,
             standing: self.standing,

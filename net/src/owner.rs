@@ -456,7 +456,8 @@ impl Owner {
                 }
             };
             for ((entry, fill), held) in checks.into_iter().zip(held) {
-                let confirmed = held == Some(entry.kept().version(self.origin(entry.cached_at_ms)));
+                let confirmed =
+                    held == Some(entry.value.kept().version(self.origin(entry.cached_at_ms)));
                 if !confirmed {
                     // Abandoned: a read that waited on the check fills the key again, from
                     // L2, as any read of a dropped entry would.
@@ -467,8 +468,8 @@ impl Owner {
                 // served it as from L1, where it is about to be.
                 let restored = Filled::Hit {
                     entry: OwnedEntry {
-                        value: entry.value.clone(),
-                        flags: entry.flags,
+                        value: entry.value.bytes.clone(),
+                        flags: entry.value.flags,
                         cached_at_ms: entry.cached_at_ms,
                         expires_at_ms: entry.expires_at_ms,
                         stale: false,

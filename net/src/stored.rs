@@ -140,7 +140,6 @@ pub struct InL1 {
 }
 
 impl InL1 {
-    #[cfg(test)]
     pub fn kept(&self) -> Kept<'_> {
         Kept {
             flags: self.flags,

@@ -1,6 +1,7 @@
 //! A node: one entry in one slab block, a 16-byte header followed by the key's length,
-//! the key, the value's length (its low two bits in the header) and the value. What the header keeps and what it leaves
-//! out (and why) is on [`Node`]; how an entry's times fit in 8 bytes is on [`Lifetime`].
+//! the key, the value's length (its low two bits in the header) and the value. What the
+//! header keeps and what it leaves out (and why) is on [`Node`]; how an entry's times fit
+//! in 8 bytes is on [`Lifetime`].
 //! Building and freeing nodes, reading their keys and values, and telling keys apart
 //! live here; linking them into chains and reading them safely from other threads is
 //! the table's (`table.rs`).
@@ -31,8 +32,8 @@ const HIT: u32 = 1;
 
 /// Where the value length's low two bits start in the slot word, above the slot. The
 /// payload keeps the rest (LEB128), so a length below 512 bytes takes one byte there,
-/// not two above 127. (Whether the node is a slab block or an allocation of its own,
-/// which these bits kept before, is where it is: `Slab::free`.)
+/// not two above 127. (One of these bits said whether the node is an allocation of its
+/// own rather than a slab block; where the node is says that now: `Slab::free`.)
 const LENGTH_LOW_SHIFT: u32 = SLOT_BITS + 1;
 
 /// The value length's bits the slot word keeps.
@@ -390,13 +391,12 @@ pub(super) unsafe fn key_if_same<'a>(node: NonNull<Node>, key: &[u8]) -> Option<
 /// As for [`key`], for the node `word` was read from and `key` is the key of.
 #[inline(always)]
 pub(super) unsafe fn value_after(word: SlotWord, key: &[u8]) -> &[u8] {
-    let low = (word.0 >> LENGTH_LOW_SHIFT) as usize & LENGTH_LOW;
     // SAFETY: `key` lies in its node's block and came from the block's own pointer (see
     // `key`); the value's length follows it, as `allocate` wrote it (bar its low bits,
     // which are the slot word's), then the value.
     unsafe {
         let (high, start) = read_length(key.as_ptr().add(key.len()));
-        std::slice::from_raw_parts(start, high << 2 | low)
+        std::slice::from_raw_parts(start, high << 2 | word.value_length_low())
     }
 }
 
@@ -483,6 +483,12 @@ impl SlotWord {
     #[inline(always)]
     pub(super) fn flags(self) -> u8 {
         (self.0 >> FLAGS_SHIFT) as u8
+    }
+
+    /// The value length's low two bits.
+    #[inline(always)]
+    fn value_length_low(self) -> usize {
+        (self.0 >> LENGTH_LOW_SHIFT) as usize & LENGTH_LOW
     }
 }
 
