@@ -7,13 +7,12 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use engine::metrics::{Counter, Gauge};
 use engine::{Clock, CoarseClock, LatencyRecorder, Mailboxes, Router, ShardMetrics, TableReader};
 use event_listener::Event;
 
-use crate::burst::Bursts;
 use crate::config::Config;
 use crate::exchange::{Conditions, HttpDate};
 use crate::messages::OwnerMessage;
@@ -131,8 +130,6 @@ pub struct Core {
     free_slots: RefCell<Vec<usize>>,
     /// The `Date` header for the current second.
     date: Cell<(u64, HttpDate)>,
-    /// Whether input comes in bursts, which decides how responses leave.
-    pub bursts: Bursts,
 }
 
 impl Core {
@@ -146,7 +143,6 @@ impl Core {
             idle: RefCell::default(),
             free_slots: RefCell::default(),
             date: Cell::new((u64::MAX, [0; 29])),
-            bursts: Bursts::new(Instant::now()),
         }
     }
 

@@ -11,14 +11,15 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 use monoio::time::Sleep;
 
@@ -66,7 +67,9 @@ pub trait Handler {
 }
 
 struct Connection<H: Handler> {
-    stream: TcpStream,
+    /// The socket's two halves: a read is armed while the answers before it are sent.
+    reader: OwnedReadHalf<TcpStream>,
+    writer: OwnedWriteHalf<TcpStream>,
     core: Rc<Core>,
     handler: Rc<H>,
     /// This connection's slot for waiting on shutdown between requests.
@@ -78,9 +81,6 @@ struct Connection<H: Handler> {
     /// When the last input arrived: one clock reading serves the coarse clock, the
     /// request's deadlines and its latency.
     arrived: Instant,
-    /// Whether that input came in a burst on this core (`burst.rs`): if so, responses go
-    /// through the ring, to leave with the burst's others.
-    in_burst: bool,
     output: Vec<u8>,
     /// The last request's path buffer, for the next request's (see `framing::parse_head`).
     spare_path: String,
@@ -108,15 +108,16 @@ pub async fn serve<H: Handler>(
     idle_slot: usize,
 ) {
     let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
     let mut conn = Connection {
-        stream,
+        reader,
+        writer,
         core,
         handler,
         idle_slot,
         input: Vec::with_capacity(READ_CHUNK),
         pos: 0,
         arrived: Instant::now(),
-        in_burst: false,
         output: Vec::with_capacity(READ_CHUNK),
         spare_path: String::new(),
         timed: Vec::new(),
@@ -160,6 +161,12 @@ pub async fn serve<H: Handler>(
         }
     }
     let _ = conn.flush().await;
+    // Whole again, the socket closes without the half-close a write half's drop makes
+    // (a `shutdown` syscall per connection).
+    let Connection { reader, writer, .. } = conn;
+    if let Ok(stream) = reader.reunite(writer) {
+        drop(stream);
+    }
 }
 
 /// How long, how long without input, and how much a refused request's remaining input
@@ -175,7 +182,7 @@ impl<H: Handler> Connection<H> {
     /// connection, and a client that writes its whole request before reading (many do)
     /// would see "connection reset" or "broken pipe" instead of the answer.
     async fn linger(&mut self) {
-        if self.flush().await.is_err() || self.stream.shutdown().await.is_err() {
+        if self.flush().await.is_err() || self.writer.shutdown().await.is_err() {
             return;
         }
         let deadline = Instant::now() + LINGER_TIME;
@@ -187,7 +194,7 @@ impl<H: Handler> Connection<H> {
                 return;
             }
             scratch.clear();
-            let reading = self.stream.read(scratch);
+            let reading = self.reader.read(scratch);
             match monoio::time::timeout(left.min(LINGER_IDLE), reading).await {
                 Ok((Ok(n), buffer)) if n > 0 => {
                     discarded += n;
@@ -203,52 +210,15 @@ impl<H: Handler> Connection<H> {
         let _ = Reply::new(&mut self.output, &*self.core, false, false).send(response);
     }
 
-    /// Writes the pending responses. In a burst they go through the ring, where one
-    /// submission carries the sends of every connection served in the executor's pass.
-    /// Otherwise they are first sent straight from this task, with one `send` that does
-    /// not wait, and only what the socket did not take goes through the ring.
-    ///
-    /// Why both: a lone response sent through the ring is an operation to submit, complete
-    /// and reap, and the task parks and wakes for its completion before it arms its next
-    /// receive. The direct `send` puts it on its way before the task yields, a microsecond
-    /// sooner on one connection. Under load the ring is cheaper: with every response sent
-    /// directly, a syscall each, 64 connections cost about 5 % more CPU per request
-    /// (BENCHMARKS.md, "A lone response sent from its task").
-    ///
-    /// Returns when the output was handed over whole without waiting, if it was: the
-    /// clock reading that timed the answers, which the idle deadline reuses.
+    /// Writes the pending responses (see [`send_output`]).
     async fn flush(&mut self) -> io::Result<Option<Instant>> {
-        if self.output.is_empty() {
-            return Ok(None);
-        }
-        let sent = if self.in_burst {
-            0
-        } else {
-            send_now(&self.stream, &self.output)?
-        };
-        // One reading times the answers and, after a direct send, tells the bursts this
-        // core just worked. The answers are timed when their bytes are handed over, to
-        // the socket or to the ring, not when the ring's write completes.
-        let handed_over = Instant::now();
-        if !self.in_burst {
-            self.core.bursts.sent_directly(handed_over);
-        }
-        for (timed, arrived) in self.timed.drain(..) {
-            self.handler
-                .sent(timed, handed_over.saturating_duration_since(arrived));
-        }
-        if sent == self.output.len() {
-            self.output.clear();
-            return Ok(Some(handed_over));
-        }
-        let (written, rest) = self
-            .stream
-            .write_all(std::mem::take(&mut self.output).slice(sent..))
-            .await;
-        let mut output = rest.into_inner();
-        output.clear();
-        self.output = output;
-        written.map(|_| None)
+        send_output(
+            &mut self.writer,
+            &mut self.output,
+            &mut self.timed,
+            &*self.handler,
+        )
+        .await
     }
 
     fn unread(&self) -> &[u8] {
@@ -278,7 +248,24 @@ impl<H: Handler> Connection<H> {
     /// request, until shutdown). Pending responses are written first: the client may be
     /// waiting for them before it sends anything else.
     async fn fill(&mut self, wait: Wait) -> Result<(), ReadError> {
-        let flushed_at = self.flush().await?;
+        self.make_room();
+        let midway = self.pos < self.input.len();
+        // The buffer goes to the kernel with the read and comes back with its result; a
+        // read abandoned for its deadline or shutdown keeps it, and the connection closes.
+        let input = std::mem::take(&mut self.input);
+        let (start, capacity) = (input.len(), input.capacity());
+        // The read is armed (queued for the ring) before the pending answers are handed
+        // over, so that one submission carries both: the answer and the receive of what
+        // the client sends after reading it. Armed after the send's completion, the
+        // receive would cost an `io_uring_enter` of its own per request.
+        let mut reading = pin!(self.reader.read(input.slice_mut(start..capacity)));
+        let flushed_at = send_output(
+            &mut self.writer,
+            &mut self.output,
+            &mut self.timed,
+            &*self.handler,
+        )
+        .await?;
         let (deadline, idle) = match wait {
             Wait::Idle => {
                 let from = flushed_at.unwrap_or_else(Instant::now);
@@ -286,12 +273,6 @@ impl<H: Handler> Connection<H> {
             }
             Wait::Until(deadline) => (deadline, false),
         };
-        self.make_room();
-        let midway = self.pos < self.input.len();
-        // The buffer goes to the kernel with the read and comes back with its result; a
-        // read abandoned for its deadline or shutdown keeps it, and the connection closes.
-        let input = std::mem::take(&mut self.input);
-        let (start, capacity) = (input.len(), input.capacity());
         // The timer is moved only to an earlier deadline. A later one (every request's idle
         // deadline is later than the last) is left to the check when the timer fires, which
         // moves it on if the deadline has not come: a keep-alive connection does not touch
@@ -299,7 +280,6 @@ impl<H: Handler> Connection<H> {
         if deadline < self.timer_at {
             set_timer(&mut self.timer, &mut self.timer_at, deadline);
         }
-        let mut reading = pin!(self.stream.read(input.slice_mut(start..capacity)));
         let (core, slot) = (&self.core, self.idle_slot);
         let (timer, timer_at) = (&mut self.timer, &mut self.timer_at);
         let read = poll_fn(|cx| {
@@ -332,7 +312,6 @@ impl<H: Handler> Connection<H> {
             return Err(ReadError::Closed);
         }
         self.arrived = Instant::now();
-        self.in_burst = self.core.bursts.input_arrived(self.arrived);
         self.core.shared.clock.tick_at(self.arrived);
         Ok(())
     }
@@ -445,30 +424,41 @@ fn set_timer(timer: &mut Pin<Box<Sleep>>, timer_at: &mut Instant, deadline: Inst
     *timer_at = deadline;
 }
 
-/// Sends what the socket takes of `bytes` now (none when its buffer is full), without
-/// waiting and without `SIGPIPE`.
-fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: `send` reads `bytes.len()` bytes from `bytes.as_ptr()`, which points into a
-    // slice borrowed for the whole call, so the range is live, initialised and not written
-    // meanwhile. The descriptor is `stream`'s own, and `stream` is borrowed for the call,
-    // so it is open and still this connection's socket (its number cannot have been
-    // closed and reused). `send` keeps neither pointer after it returns.
-    let sent = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
+/// Writes the pending responses through the ring, and times the answers among them.
+/// Under load, one submission carries the sends of every connection served in the
+/// executor's pass; at one connection, the send leaves with the connection's next
+/// receive (see `fill`). The answers are timed when their bytes are handed to the ring,
+/// not when the write completes.
+///
+/// Returns when the output was handed over, if the first send took it whole: the clock
+/// reading that timed the answers, which the idle deadline reuses.
+async fn send_output<H: Handler>(
+    writer: &mut OwnedWriteHalf<TcpStream>,
+    output: &mut Vec<u8>,
+    timed: &mut Vec<(H::Timed, Instant)>,
+    handler: &H,
+) -> io::Result<Option<Instant>> {
+    if output.is_empty() {
+        return Ok(None);
+    }
+    let sending = writer.write(std::mem::take(output));
+    let handed_over = Instant::now();
+    for (timed, arrived) in timed.drain(..) {
+        handler.sent(timed, handed_over.saturating_duration_since(arrived));
+    }
+    let (sent, bytes) = sending.await;
+    let sent = sent?;
+    let whole = sent == bytes.len();
+    let bytes = if whole {
+        bytes
+    } else {
+        let (written, rest) = writer.write_all(bytes.slice(sent..)).await;
+        written?;
+        rest.into_inner()
     };
-    if let Ok(n) = usize::try_from(sent) {
-        return Ok(n);
-    }
-    let error = io::Error::last_os_error();
-    match error.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-        _ => Err(error),
-    }
+    *output = bytes;
+    output.clear();
+    Ok(whole.then_some(handed_over))
 }
 
 /// Answers a connection refused for being over the per-core limit, then closes it.

@@ -5,7 +5,6 @@
 mod api;
 pub mod body;
 mod build_info;
-mod burst;
 mod coherence;
 pub mod config;
 mod core;

@@ -2,11 +2,13 @@
 //! one of the CPUs this process may run on, driving its own io_uring.
 //!
 //! Why monoio and these settings (issue 16, measured in BENCHMARKS.md "The latency
-//! floor"): a request's receive is a ring operation, and so is its send under load (a lone
-//! response is sent directly, see `http.rs`), and an executor with nothing to run submits
-//! what is queued and waits in one `io_uring_enter`, so one connection costs two syscalls a
-//! request (three while the executor watches, below) and many connections share each
-//! enter. Completions are run with
+//! floor"): a request's receive and its answer's send are ring operations, the next
+//! receive armed before the answer is handed over so that one submission carries both
+//! (`http.rs`, `fill`), and an executor with nothing to run submits what is queued and
+//! waits in one `io_uring_enter`. One connection costs two syscalls a request (the
+//! submission, whose send completes at once, and the wait for the next request), whether
+//! the executor sleeps or watches (below), and many connections share each enter.
+//! Completions are run with
 //! `IORING_SETUP_COOP_TASKRUN` (the kernel runs them when the thread next enters it instead
 //! of interrupting it), which cut the CPU per request by nearly 30 % against the default ring.
 //!
@@ -14,9 +16,9 @@
 //! it sleeps ([`IdleWatch`], through a patch carried in `vendor/monoio`, since monoio has no
 //! such setting): a thread asleep in the kernel is woken by an interrupt, which on a
 //! virtual machine whose CPU has halted costs several microseconds; one that is watching
-//! sees the request as soon as the kernel has it. The watch costs a syscall: the next
-//! receive is submitted before watching, and the completion it brings is run by one more
-//! enter.
+//! sees the request as soon as the kernel has it. Watching costs no syscall of its own:
+//! the submission it starts with is the one a sleep would make, and the completion it sees
+//! is run by one enter without waiting, in place of the sleep's.
 //!
 //! glommio, which this replaced, polls three rings and re-arms its timers on every pass
 //! and issues a heavy memory barrier before it sleeps: six syscalls a request for the same

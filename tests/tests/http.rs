@@ -473,7 +473,8 @@ fn a_near_limit_body_then_small_requests_on_the_same_connection() {
 fn large_answers_to_a_client_that_reads_late_arrive_whole_and_in_order() {
     // Eight answers of about 1 MiB to pipelined GETs, read only after all were asked: the
     // socket takes part of the gathered answers at once and the rest only as the client
-    // reads, so they leave partly by a direct send and partly through the ring.
+    // reads, so the first send is short and the rest follows it, while the connection's
+    // next read is already armed.
     let s = Server::start(&[]);
     let mut c = s.connect();
     let values = ["a", "b"].map(|fill| fill.repeat((1 << 20) - 10));
