@@ -254,18 +254,31 @@ impl<H: Handler> Connection<H> {
         // read abandoned for its deadline or shutdown keeps it, and the connection closes.
         let input = std::mem::take(&mut self.input);
         let (start, capacity) = (input.len(), input.capacity());
-        // The read is armed (queued for the ring) before the pending answers are handed
-        // over, so that one submission carries both: the answer and the receive of what
-        // the client sends after reading it. Armed after the send's completion, the
-        // receive would cost an `io_uring_enter` of its own per request.
-        let mut reading = pin!(self.reader.read(input.slice_mut(start..capacity)));
-        let flushed_at = send_output(
-            &mut self.writer,
-            &mut self.output,
-            &mut self.timed,
-            &*self.handler,
-        )
-        .await?;
+        // When the core has nothing else in hand (one connection's requests, or one at a
+        // time), the read is armed (queued for the ring) before the pending answers are
+        // handed over, so that one submission carries both; armed after the send's
+        // completion, it would cost an `io_uring_enter` of its own per request. Under
+        // load, submissions are shared anyway, and the read is armed after the send: by
+        // then the client's next request has often arrived and the receive completes at
+        // once, where one armed earlier always finds nothing, and the kernel must arm a
+        // poll and come back to it (BENCHMARKS.md, "Run 15").
+        let reading;
+        let flushed_at;
+        let slice = input.slice_mut(start..capacity);
+        if monoio::other_work_pending() {
+            flushed_at = self.flush().await?;
+            reading = self.reader.read(slice);
+        } else {
+            reading = self.reader.read(slice);
+            flushed_at = send_output(
+                &mut self.writer,
+                &mut self.output,
+                &mut self.timed,
+                &*self.handler,
+            )
+            .await?;
+        }
+        let mut reading = pin!(reading);
         let (deadline, idle) = match wait {
             Wait::Idle => {
                 let from = flushed_at.unwrap_or_else(Instant::now);

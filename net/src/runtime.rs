@@ -2,12 +2,13 @@
 //! one of the CPUs this process may run on, driving its own io_uring.
 //!
 //! Why monoio and these settings (issue 16, measured in BENCHMARKS.md "The latency
-//! floor"): a request's receive and its answer's send are ring operations, the next
-//! receive armed before the answer is handed over so that one submission carries both
-//! (`http.rs`, `fill`), and an executor with nothing to run submits what is queued and
-//! waits in one `io_uring_enter`. One connection costs two syscalls a request (the
-//! submission, whose send completes at once, and the wait for the next request), whether
-//! the executor sleeps or watches (below), and many connections share each enter.
+//! floor"): a request's receive and its answer's send are ring operations (a lone
+//! connection arms its next receive before it hands its answer over, so that one
+//! submission carries both: `http.rs`, `fill`), and an executor with nothing to run
+//! submits what is queued and waits in one `io_uring_enter`. One connection costs two
+//! syscalls a request (the submission, whose send completes at once, and the wait for the
+//! next request), whether the executor sleeps or watches (below), and many connections
+//! share each enter.
 //! Completions are run with
 //! `IORING_SETUP_COOP_TASKRUN` (the kernel runs them when the thread next enters it instead
 //! of interrupting it), which cut the CPU per request by nearly 30 % against the default ring.
@@ -178,6 +179,42 @@ mod tests {
 
     fn us(n: u64) -> Duration {
         Duration::from_micros(n)
+    }
+
+    #[test]
+    fn a_core_knows_when_it_has_other_work_in_hand() {
+        use monoio::io::AsyncReadRent;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, told) = std::sync::mpsc::channel();
+        start_core(0, 1, Duration::ZERO, move || async move {
+            let alone = monoio::other_work_pending();
+            let other = monoio::spawn(async {});
+            let task_queued = monoio::other_work_pending();
+            other.await;
+            let mut stream = monoio::net::TcpStream::connect(addr).await.unwrap();
+            let after_connect = monoio::other_work_pending();
+            // A receive is queued for the ring when it is made, before it is polled.
+            let reading = stream.read(Vec::with_capacity(16));
+            let read_queued = monoio::other_work_pending();
+            drop(reading);
+            seen.send([alone, task_queued, after_connect, read_queued])
+                .unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+        let [alone, task_queued, after_connect, read_queued] = told.recv().unwrap();
+        assert!(!alone, "nothing else in hand at the start");
+        assert!(task_queued, "a spawned task waits to run");
+        assert!(!after_connect, "the connect was submitted and reaped");
+        // The epoll driver queues nothing ahead, so only a ring has a receive waiting.
+        assert_eq!(
+            read_queued,
+            monoio::utils::detect_uring(),
+            "a receive waits in the ring"
+        );
+        assert!(!monoio::other_work_pending(), "false outside a runtime");
     }
 
     #[test]

@@ -339,6 +339,14 @@ impl From<Runtime<TimeDriver<IoUringDriver>>> for FusionRuntime<TimeDriver<IoUri
     }
 }
 
+/// cache-manager patch (PATCHES.md): whether this thread's executor has other work in
+/// hand right now: a task waiting in its run queue behind the one running, or an
+/// operation queued for its ring and not yet submitted. False outside a runtime.
+pub fn other_work_pending() -> bool {
+    let tasks_waiting = CURRENT.is_set() && CURRENT.with(|ctx| !ctx.tasks.is_empty());
+    tasks_waiting || crate::driver::has_unsubmitted()
+}
+
 /// Spawns a new asynchronous task, returning a [`JoinHandle`] for it.
 ///
 /// Spawning a task enables the task to execute concurrently to other tasks.

@@ -254,6 +254,29 @@ impl From<self::legacy::UnparkHandle> for UnparkHandle {
     }
 }
 
+/// cache-manager patch (PATCHES.md): whether this thread's driver holds operations queued
+/// for submission and not yet submitted. False outside a runtime, and for the legacy
+/// driver, which queues nothing ahead.
+pub(crate) fn has_unsubmitted() -> bool {
+    if !CURRENT.is_set() {
+        return false;
+    }
+    CURRENT.with(|inner| match inner {
+        #[cfg(all(target_os = "linux", feature = "iouring"))]
+        Inner::Uring(this) => {
+            // SAFETY: `this` is the driver the runtime set as this thread's current one,
+            // alive for as long as it is set. The driver is thread-local, and no borrow of
+            // it outlives the calls that make one (`submit_with_data`, `poll_op`, ...),
+            // none of which is running while a task asks this: the same reasoning as
+            // theirs.
+            let inner = unsafe { &mut *this.get() };
+            inner.has_unsubmitted()
+        }
+        #[cfg(feature = "legacy")]
+        Inner::Legacy(_) => false,
+    })
+}
+
 #[cfg(feature = "sync")]
 impl UnparkHandle {
     #[allow(unused)]

@@ -455,6 +455,11 @@ impl Driver for IoUringDriver {
 }
 
 impl UringInner {
+    /// cache-manager patch (PATCHES.md): whether operations wait in the submission queue.
+    pub(crate) fn has_unsubmitted(&mut self) -> bool {
+        !self.uring.submission().is_empty()
+    }
+
     fn tick(&mut self) -> io::Result<()> {
         let cq = self.uring.completion();
 
