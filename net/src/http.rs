@@ -164,9 +164,7 @@ pub async fn serve<H: Handler>(
     // Whole again, the socket closes without the half-close a write half's drop makes
     // (a `shutdown` syscall per connection).
     let Connection { reader, writer, .. } = conn;
-    if let Ok(stream) = reader.reunite(writer) {
-        drop(stream);
-    }
+    drop(reader.reunite(writer));
 }
 
 /// How long, how long without input, and how much a refused request's remaining input
