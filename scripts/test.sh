@@ -52,6 +52,9 @@ step cargo clippy --workspace --all-targets -- -D warnings
 step cargo fmt --manifest-path fuzz/Cargo.toml --check
 step cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check --all-targets -- -D warnings
 step cargo test --workspace
+# The same service on epoll, which it falls back to where io_uring is forbidden (Docker's
+# default seccomp profile): the tests of everything that runs on the cores' executors.
+step env CACHE_IO_DRIVER=epoll cargo test -p e2e --test http --test api --test warm --test origin
 step scripts/loom.sh
 # The engine's unsafe code under memcheck: a bounded run (scripts/memcheck.sh alone runs
 # every case).

@@ -13,6 +13,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Serialize;
 
+use crate::runtime::IoDriver;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReadPath {
@@ -150,6 +152,11 @@ pub struct Config {
     /// watching before sleeping"). 0 sleeps at once.
     #[arg(long, env = "CACHE_IDLE_SPIN_US", default_value_t = 50)]
     pub idle_spin_us: u64,
+
+    /// What the cores wait on: `auto` (io_uring, or epoll where io_uring is missing or
+    /// forbidden), `io-uring` (refuse to start without it) or `epoll`.
+    #[arg(long, env = "CACHE_IO_DRIVER", value_enum, default_value_t = IoDriver::Auto)]
+    pub io_driver: IoDriver,
 
     /// How reads reach a key's shard; `direct` measured faster (see README).
     #[arg(long, env = "CACHE_READ_PATH", value_enum, default_value_t = ReadPath::Direct)]

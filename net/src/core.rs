@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -16,6 +16,7 @@ use event_listener::Event;
 use crate::config::Config;
 use crate::exchange::{Conditions, HttpDate};
 use crate::messages::OwnerMessage;
+use crate::runtime::ActiveDriver;
 use crate::tiers::Tiers;
 
 /// One core's request-side counters (the shard-side ones are in its `ShardMetrics`).
@@ -28,6 +29,8 @@ pub struct CoreStats {
     /// Connections turned away over CACHE_MAX_CONNECTIONS.
     pub refused: Counter,
     pub latency: OpLatency,
+    /// What the core's executor waits on, set once it is built.
+    pub io_driver: OnceLock<ActiveDriver>,
 }
 
 /// Latency per operation, on one core.

@@ -24,38 +24,86 @@
 //! glommio, which this replaced, polls three rings and re-arms its timers on every pass
 //! and issues a heavy memory barrier before it sleeps: six syscalls a request for the same
 //! trivial responder. Where io_uring is missing or forbidden (old kernels, seccomp
-//! profiles), the executor falls back to epoll (monoio's legacy driver) with a warning.
+//! profiles), the executor falls back to epoll (monoio's legacy driver) with a warning;
+//! `CACHE_IO_DRIVER` can rule out either ([`IoDriver`]), and each core reports the one it
+//! runs on in the JSON metrics.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use monoio::blocking::DefaultThreadPool;
-use monoio::{FusionDriver, RuntimeBuilder};
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use serde::Serialize;
 
 /// Submission-queue entries per core: enough for every connection's receive and send in
 /// flight at once before the executor must submit mid-pass.
 const RING_ENTRIES: u32 = 4096;
 
+/// Which kernel interface the executors may wait on (`CACHE_IO_DRIVER`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoDriver {
+    /// io_uring, or epoll where io_uring is missing or forbidden.
+    #[default]
+    Auto,
+    /// io_uring only: a core that cannot set up its ring stops the start.
+    IoUring,
+    /// epoll only, for hosts whose policy rules out io_uring or to compare the two.
+    Epoll,
+}
+
+/// The interface a core's executor was built on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActiveDriver {
+    IoUring,
+    Epoll,
+}
+
+impl fmt::Display for ActiveDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::IoUring => "io_uring",
+            Self::Epoll => "epoll",
+        })
+    }
+}
+
+/// How each core's executor is built.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutorSettings {
+    /// Unpinned threads for blocking calls (at least one).
+    pub blocking_threads: usize,
+    /// How long a core with nothing to run watches its ring before it sleeps.
+    pub idle_spin: Duration,
+    pub io_driver: IoDriver,
+}
+
+type Executor = monoio::FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
+
 /// Starts core `id`'s thread: pins it to the `id`-th CPU this process may run on, builds
-/// its executor (with a pool of `blocking_threads` unpinned threads for blocking calls, and
-/// watching for up to `idle_spin` before it sleeps) and runs `main` on it until it returns.
+/// its executor as `settings` say and runs `main` on it until it returns. Returns once the
+/// executor is built, with the driver it was built on, or with why it could not be.
 pub fn start_core<F, Fut>(
     id: usize,
-    blocking_threads: usize,
-    idle_spin: Duration,
+    settings: ExecutorSettings,
     main: F,
-) -> io::Result<std::thread::JoinHandle<()>>
+) -> io::Result<(std::thread::JoinHandle<()>, ActiveDriver)>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
     // Built here so that its threads inherit this thread's affinity, not the core's pin.
-    let pool = DefaultThreadPool::new(blocking_threads.max(1));
+    let pool = DefaultThreadPool::new(settings.blocking_threads.max(1));
     let cpu = core_affinity::get_core_ids()
         .filter(|cpus| !cpus.is_empty())
         .map(|cpus| cpus[id % cpus.len()]);
-    std::thread::Builder::new()
+    let (built_tx, built_rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
         .name(format!("core-{id}"))
         .spawn(move || {
             if let Some(cpu) = cpu {
@@ -63,39 +111,92 @@ where
                     tracing::warn!(core = id, cpu = cpu.id, "could not pin the core's thread");
                 }
             }
-            let build = |ring: Option<io_uring::Builder>| {
-                let mut builder = RuntimeBuilder::<FusionDriver>::new()
-                    .with_entries(RING_ENTRIES)
-                    .enable_timer()
-                    .attach_thread_pool(Box::new(pool.clone()));
-                if !idle_spin.is_zero() {
-                    builder = builder.with_park_spin(Box::new(IdleWatch::new(idle_spin)));
+            match build_executor(id, &settings, &pool) {
+                Ok((mut executor, driver)) => {
+                    // The starter waits for this; if it is gone there is no one to serve.
+                    if built_tx.send(Ok(driver)).is_ok() {
+                        executor.block_on(main());
+                    }
                 }
-                if let Some(ring) = ring {
-                    builder = builder.uring_builder(ring);
-                }
-                builder.build()
-            };
-            let mut cooperative = io_uring::IoUring::builder();
-            // The flag tells a watching executor that completions wait for it to enter.
-            cooperative.setup_coop_taskrun().setup_taskrun_flag();
-            let built = build(Some(cooperative)).or_else(|e| {
-                // Kernels before 5.19 refuse the flags; a plain ring still works.
-                tracing::warn!(core = id, error = %e, "io_uring with cooperative task running unavailable; trying a plain ring");
-                build(None)
-            });
-            let mut runtime = match built {
-                Ok(runtime) => runtime,
                 Err(e) => {
-                    tracing::error!(core = id, error = %e, "cannot build the core's executor");
-                    return;
+                    let _ = built_tx.send(Err(e));
                 }
-            };
-            if matches!(runtime, monoio::FusionRuntime::Legacy(_)) {
-                tracing::warn!(core = id, "io_uring unavailable: serving through epoll");
             }
-            runtime.block_on(main());
-        })
+        })?;
+    match built_rx.recv() {
+        Ok(Ok(driver)) => Ok((thread, driver)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other(
+                "the core's thread stopped while building its executor",
+            ))
+        }
+    }
+}
+
+/// Builds one core's executor: on io_uring with cooperative task running, else on a plain
+/// ring (kernels before 5.19 refuse the flag), else on epoll, as far as `io_driver` allows.
+fn build_executor(
+    id: usize,
+    settings: &ExecutorSettings,
+    pool: &DefaultThreadPool,
+) -> io::Result<(Executor, ActiveDriver)> {
+    let epoll = || {
+        let executor = RuntimeBuilder::<LegacyDriver>::new()
+            .attach_thread_pool(Box::new(pool.clone()))
+            .enable_timer()
+            .build()?;
+        Ok((executor.into(), ActiveDriver::Epoll))
+    };
+    let fallback = |why: &dyn fmt::Display| {
+        tracing::warn!(core = id, error = %why, "io_uring unavailable: serving through epoll");
+        epoll()
+    };
+    match settings.io_driver {
+        IoDriver::Epoll => return epoll(),
+        // The probe sets up and drops a small ring: a seccomp profile or sysctl that
+        // forbids io_uring fails it at once.
+        IoDriver::Auto if !monoio::utils::detect_uring() => {
+            return fallback(&"forbidden or missing")
+        }
+        IoDriver::Auto | IoDriver::IoUring => {}
+    }
+    let ring = |flags: Option<io_uring::Builder>| {
+        let mut builder = RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .attach_thread_pool(Box::new(pool.clone()));
+        if !settings.idle_spin.is_zero() {
+            builder = builder.with_park_spin(Box::new(IdleWatch::new(settings.idle_spin)));
+        }
+        if let Some(flags) = flags {
+            builder = builder.uring_builder(flags);
+        }
+        let executor = builder.enable_timer().build()?;
+        Ok::<_, io::Error>((executor.into(), ActiveDriver::IoUring))
+    };
+    let mut cooperative = io_uring::IoUring::builder();
+    // The flag tells a watching executor that completions wait for it to enter.
+    cooperative.setup_coop_taskrun().setup_taskrun_flag();
+    let refused = match ring(Some(cooperative)) {
+        Ok(built) => return Ok(built),
+        Err(e) => e,
+    };
+    tracing::warn!(core = id, error = %refused, "io_uring with cooperative task running unavailable; trying a plain ring");
+    let unavailable = match ring(None) {
+        Ok(built) => return Ok(built),
+        Err(e) => e,
+    };
+    if settings.io_driver == IoDriver::IoUring {
+        return Err(io::Error::new(
+            unavailable.kind(),
+            format!("io_uring unavailable and CACHE_IO_DRIVER is io-uring: {unavailable}"),
+        ));
+    }
+    fallback(&unavailable)
 }
 
 /// A long task's share of its core: it runs for about [`Budget::SLICE`] at a time, then
@@ -187,7 +288,12 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (seen, told) = std::sync::mpsc::channel();
-        start_core(0, 1, Duration::ZERO, move || async move {
+        let settings = ExecutorSettings {
+            blocking_threads: 1,
+            idle_spin: Duration::ZERO,
+            io_driver: IoDriver::Auto,
+        };
+        let (core, driver) = start_core(0, settings, move || async move {
             let alone = monoio::other_work_pending();
             let other = monoio::spawn(async {});
             let task_queued = monoio::other_work_pending();
@@ -201,9 +307,8 @@ mod tests {
             seen.send([alone, task_queued, after_connect, read_queued])
                 .unwrap();
         })
-        .unwrap()
-        .join()
         .unwrap();
+        core.join().unwrap();
         let [alone, task_queued, after_connect, read_queued] = told.recv().unwrap();
         assert!(!alone, "nothing else in hand at the start");
         assert!(task_queued, "a spawned task waits to run");
@@ -211,7 +316,7 @@ mod tests {
         // The epoll driver queues nothing ahead, so only a ring has a receive waiting.
         assert_eq!(
             read_queued,
-            monoio::utils::detect_uring(),
+            driver == ActiveDriver::IoUring,
             "a receive waits in the ring"
         );
         assert!(!monoio::other_work_pending(), "false outside a runtime");

@@ -125,12 +125,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Some(_) => config.origin_concurrency.max(1),
             None => 1,
         };
-        let idle_spin = config.idle_spin();
-        let executor = runtime::start_core(id, blocking_threads, idle_spin, move || async move {
+        let settings = runtime::ExecutorSettings {
+            blocking_threads,
+            idle_spin: config.idle_spin(),
+            io_driver: config.io_driver,
+        };
+        let stats = shared.clone();
+        let (executor, driver) = runtime::start_core(id, settings, move || async move {
             let core = Rc::new(Core::new(id, shared));
             core_main(core, writer, mailbox, restored, ready, draining).await
         })
-        .with_context(|| format!("starting the thread of core {id}"))?;
+        .with_context(|| format!("starting core {id}"))?;
+        // Set once: this is the only place that learns what the core was built on.
+        let _ = stats.cores[id].io_driver.set(driver);
         executors.push(executor);
     }
     drop(ready_tx);
@@ -152,8 +159,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => "L1 only".to_owned(),
     };
+    let drivers: Vec<String> = shared
+        .cores
+        .iter()
+        .filter_map(|c| c.io_driver.get().map(|d| d.to_string()))
+        .collect();
     tracing::info!(
-        listen = %config.listen, cores, read_path = ?config.read_path, eviction = %config.eviction,
+        listen = %config.listen, cores, io_driver = %drivers.join(","), read_path = ?config.read_path, eviction = %config.eviction,
         l1_max_entries = config.l1_max_entries, l1_max_bytes = config.l1_max_bytes,
         "cache-manager ready: {tier}"
     );

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::core::{OpLatency, Shared};
 use crate::exchange::Response;
 use crate::history::{self, Sample};
+use crate::runtime::ActiveDriver;
 
 /// How a metric moves: a counter only grows (the history shows it per second, Prometheus
 /// types it `counter`), a gauge is a level.
@@ -489,6 +490,8 @@ pub struct CoreSnapshot {
     pub bytes: u64,
     pub connections: u64,
     pub requests: u64,
+    /// `io_uring` or `epoll`; null only while the core is starting.
+    pub io_driver: Option<ActiveDriver>,
 }
 
 /// Each operation's latency histogram, merged over every core.
@@ -549,6 +552,7 @@ pub fn snapshot_with(shared: &Shared, latency: &OpHistograms) -> Snapshot {
                 bytes: m.bytes,
                 connections: stats.connections.get(),
                 requests: stats.requests.get(),
+                io_driver: stats.io_driver.get().copied(),
             }
         })
         .collect();

@@ -559,3 +559,61 @@ fn the_hop_read_path_serves_the_same_answers() {
         );
     }
 }
+
+/// Each core's `io_driver` in the JSON metrics.
+fn io_drivers(s: &Server) -> Vec<String> {
+    let cores = s.metrics()["cores"].as_array().unwrap().clone();
+    cores
+        .iter()
+        .map(|c| c["io_driver"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_cores_wait_on_the_io_driver_they_are_told_to() {
+    let epoll = Server::start(&[("CACHE_IO_DRIVER", "epoll")]);
+    for i in 0..20 {
+        put(&epoll, &format!("/api/cache/e{i}"), json!({"value": i}));
+    }
+    for i in 0..20 {
+        assert_eq!(get(&epoll, &format!("/api/cache/e{i}")).1["value"], i);
+    }
+    let drivers = io_drivers(&epoll);
+    assert!(!drivers.is_empty());
+    assert!(drivers.iter().all(|d| d == "epoll"), "{drivers:?}");
+    drop(epoll);
+
+    // What `auto` chose says whether this host allows io_uring; asked for it alone, the
+    // service then runs on it, or refuses to start and says why.
+    let auto = Server::start(&[("CACHE_IO_DRIVER", "auto")]);
+    let chosen = io_drivers(&auto);
+    drop(auto);
+    if chosen.iter().all(|d| d == "io_uring") {
+        let ring = Server::start(&[("CACHE_IO_DRIVER", "io-uring")]);
+        assert_eq!(get(&ring, "/api/cache/absent").0, 404);
+        let drivers = io_drivers(&ring);
+        assert!(drivers.iter().all(|d| d == "io_uring"), "{drivers:?}");
+    } else {
+        let out = Command::new(e2e::binary())
+            .env_clear()
+            .env("CACHE_LISTEN", "127.0.0.1:0")
+            .env("CACHE_IO_DRIVER", "io-uring")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(log.contains("CACHE_IO_DRIVER is io-uring"), "{log}");
+    }
+
+    let out = Command::new(e2e::binary())
+        .args(["--io-driver", "kqueue", "--print-config"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("kqueue") && log.contains("auto, io-uring, epoll"),
+        "{log}"
+    );
+}
