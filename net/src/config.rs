@@ -143,6 +143,11 @@ pub struct Config {
     #[arg(long, env = "CACHE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
+    /// Milliseconds a send to a client may make no progress (the client reads nothing)
+    /// before the connection is closed.
+    #[arg(long, env = "CACHE_SEND_TIMEOUT_MS", default_value_t = 60_000)]
+    pub send_timeout_ms: u64,
+
     /// Most open connections per core; past it a client gets a 503.
     #[arg(long, env = "CACHE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -511,6 +516,7 @@ impl Config {
         at_least("CACHE_HEADER_TIMEOUT_MS", 1, self.header_timeout_ms)?;
         at_least("CACHE_BODY_TIMEOUT_MS", 1, self.body_timeout_ms)?;
         at_least("CACHE_IDLE_TIMEOUT_MS", 1, self.idle_timeout_ms)?;
+        at_least("CACHE_SEND_TIMEOUT_MS", 1, self.send_timeout_ms)?;
         at_least("CACHE_EVENTS_QUEUE", 1, self.events_queue as u64)?;
         // Every duration has a ceiling, so that turning it into a deadline or into
         // milliseconds can never overflow, and a typo of a few digits is caught here.
@@ -545,6 +551,7 @@ impl Config {
             ("CACHE_HEADER_TIMEOUT_MS", self.header_timeout_ms),
             ("CACHE_BODY_TIMEOUT_MS", self.body_timeout_ms),
             ("CACHE_IDLE_TIMEOUT_MS", self.idle_timeout_ms),
+            ("CACHE_SEND_TIMEOUT_MS", self.send_timeout_ms),
             ("CACHE_SHUTDOWN_GRACE_MS", self.shutdown_grace_ms),
             ("REDIS_TIMEOUT_MS", self.redis_timeout_ms),
             ("CACHE_L2_BREAKER_COOLDOWN_MS", self.l2_breaker_cooldown_ms),
@@ -644,6 +651,10 @@ impl Config {
 
     pub fn idle_spin(&self) -> Duration {
         Duration::from_micros(self.idle_spin_us)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
     }
 
     pub fn idle_timeout(&self) -> Duration {

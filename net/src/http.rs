@@ -7,13 +7,16 @@
 //! (the rest of the request is read and dropped, for a bounded time and size). What a
 //! request means is the [`Handler`]'s business: this module knows no routes. Requests are handled in
 //! order; responses to pipelined requests are gathered and written with one `write` when
-//! the connection would otherwise wait for input.
+//! the connection would otherwise wait for input, or once they fill [`OUTPUT_HIGH_WATER`]:
+//! a client that pipelines requests for large values and reads nothing holds that much
+//! and one answer, not an answer per request it sent. A send that makes no progress for
+//! `CACHE_SEND_TIMEOUT_MS` closes the connection (nginx's `send_timeout`).
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -86,10 +89,7 @@ struct Connection<H: Handler> {
     spare_path: String,
     /// The answers in `output` to time once it is sent, with their requests' arrival.
     timed: Vec<(H::Timed, Instant)>,
-    /// One timer for the connection's life, set no later than the deadline of the read in
-    /// progress (idle, head or body): see `fill`.
-    timer: Pin<Box<Sleep>>,
-    timer_at: Instant,
+    timer: Timer,
 }
 
 const READ_CHUNK: usize = 16 << 10;
@@ -97,6 +97,11 @@ const READ_CHUNK: usize = 16 << 10;
 const SPARE_PATH_CAPACITY: usize = 1 << 10;
 /// Later than any read's deadline.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+/// Output past which the answers gathered are sent before the next pipelined request is
+/// handled.
+const OUTPUT_HIGH_WATER: usize = 32 << 10;
+/// An output buffer that grew past this for a large answer is given back once it is sent.
+const OUTPUT_KEEP: usize = 4 * READ_CHUNK;
 /// Free space below which the buffer is compacted (or grown) before a read.
 const MIN_READ: usize = 4 << 10;
 
@@ -121,10 +126,7 @@ pub async fn serve<H: Handler>(
         output: Vec::with_capacity(READ_CHUNK),
         spare_path: String::new(),
         timed: Vec::new(),
-        // Never polled before `fill` sets it to a read's deadline, which is always sooner
-        // (monoio caps a `Duration::MAX` sleep at its far future).
-        timer: Box::pin(monoio::time::sleep(Duration::MAX)),
-        timer_at: Instant::now() + FAR_FUTURE,
+        timer: Timer::new(),
     };
     loop {
         match conn.next_request().await {
@@ -144,6 +146,9 @@ pub async fn serve<H: Handler>(
                     conn.spare_path = request.head.path;
                 }
                 if answered.closes() {
+                    break;
+                }
+                if conn.output.len() >= OUTPUT_HIGH_WATER && conn.flush().await.is_err() {
                     break;
                 }
             }
@@ -215,6 +220,8 @@ impl<H: Handler> Connection<H> {
             &mut self.output,
             &mut self.timed,
             &*self.handler,
+            &mut self.timer,
+            self.core.config.send_timeout(),
         )
         .await
     }
@@ -273,6 +280,8 @@ impl<H: Handler> Connection<H> {
                 &mut self.output,
                 &mut self.timed,
                 &*self.handler,
+                &mut self.timer,
+                self.core.config.send_timeout(),
             )
             .await?;
         }
@@ -284,24 +293,14 @@ impl<H: Handler> Connection<H> {
             }
             Wait::Until(deadline) => (deadline, false),
         };
-        // The timer is moved only to an earlier deadline. A later one (every request's idle
-        // deadline is later than the last) is left to the check when the timer fires, which
-        // moves it on if the deadline has not come: a keep-alive connection does not touch
-        // the timer wheel for every request, only once per timeout.
-        if deadline < self.timer_at {
-            set_timer(&mut self.timer, &mut self.timer_at, deadline);
-        }
-        let (core, slot) = (&self.core, self.idle_slot);
-        let (timer, timer_at) = (&mut self.timer, &mut self.timer_at);
+        self.timer.aim(deadline);
+        let (core, slot, timer) = (&self.core, self.idle_slot, &mut self.timer);
         let read = poll_fn(|cx| {
             if let Poll::Ready(done) = reading.as_mut().poll(cx) {
                 return Poll::Ready(Ok(done));
             }
-            while timer.as_mut().poll(cx).is_ready() {
-                if Instant::now() >= deadline {
-                    return Poll::Ready(Err(ReadError::Idle { midway }));
-                }
-                set_timer(timer, timer_at, deadline);
+            if timer.poll_passed(cx, deadline).is_ready() {
+                return Poll::Ready(Err(ReadError::Idle { midway }));
             }
             if idle && core.poll_stopping(slot, cx).is_ready() {
                 Poll::Ready(Err(ReadError::Stopping))
@@ -427,12 +426,70 @@ enum Wait {
     Until(Instant),
 }
 
-/// Sets the connection's timer to fire at `deadline`.
-fn set_timer(timer: &mut Pin<Box<Sleep>>, timer_at: &mut Instant, deadline: Instant) {
-    timer
-        .as_mut()
-        .reset(monoio::time::Instant::from_std(deadline));
-    *timer_at = deadline;
+/// One timer for a connection's life, serving the deadline of whatever it waits on: a
+/// read (idle, head or body) or a send. It is moved only to an earlier deadline; a later
+/// one (every request's idle deadline is later than the last) is left to the check when
+/// the timer fires, which moves it on if the deadline has not come. So a keep-alive
+/// connection touches the timer wheel once per timeout, not once per request.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    at: Instant,
+}
+
+impl Timer {
+    fn new() -> Self {
+        Self {
+            // Never polled before `aim` sets it to a deadline, which is always sooner
+            // (monoio caps a `Duration::MAX` sleep at its far future).
+            sleep: Box::pin(monoio::time::sleep(Duration::MAX)),
+            at: Instant::now() + FAR_FUTURE,
+        }
+    }
+
+    /// Makes sure the timer fires no later than `deadline`.
+    fn aim(&mut self, deadline: Instant) {
+        if deadline < self.at {
+            self.set(deadline);
+        }
+    }
+
+    /// Ready once `deadline`, which the timer was aimed at, has passed.
+    fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.set(deadline);
+        }
+        Poll::Pending
+    }
+
+    fn set(&mut self, deadline: Instant) {
+        self.sleep
+            .as_mut()
+            .reset(monoio::time::Instant::from_std(deadline));
+        self.at = deadline;
+    }
+}
+
+/// Runs `op` until it completes or `timeout` passes without it, which closes the
+/// connection.
+async fn within<F: Future>(op: F, timer: &mut Timer, timeout: Duration) -> io::Result<F::Output> {
+    let deadline = Instant::now() + timeout;
+    timer.aim(deadline);
+    let mut op = pin!(op);
+    poll_fn(|cx| {
+        if let Poll::Ready(done) = op.as_mut().poll(cx) {
+            return Poll::Ready(Ok(done));
+        }
+        timer.poll_passed(cx, deadline).map(|()| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing within CACHE_SEND_TIMEOUT_MS",
+            ))
+        })
+    })
+    .await
 }
 
 /// Writes the pending responses through the ring, and times the answers among them.
@@ -441,6 +498,10 @@ fn set_timer(timer: &mut Pin<Box<Sleep>>, timer_at: &mut Instant, deadline: Inst
 /// receive (see `fill`). The answers are timed when their bytes are handed to the ring,
 /// not when the write completes.
 ///
+/// Each send (a partial one is followed by another for the rest) must complete within
+/// `timeout`, or the connection closes: a client that stops reading does not hold its
+/// connection and its answers for ever.
+///
 /// Returns when the output was handed over, if the first send took it whole: the clock
 /// reading that timed the answers, which the idle deadline reuses.
 async fn send_output<H: Handler>(
@@ -448,6 +509,8 @@ async fn send_output<H: Handler>(
     output: &mut Vec<u8>,
     timed: &mut Vec<(H::Timed, Instant)>,
     handler: &H,
+    timer: &mut Timer,
+    timeout: Duration,
 ) -> io::Result<Option<Instant>> {
     if output.is_empty() {
         return Ok(None);
@@ -457,18 +520,23 @@ async fn send_output<H: Handler>(
     for (timed, arrived) in timed.drain(..) {
         handler.sent(timed, handed_over.saturating_duration_since(arrived));
     }
-    let (sent, bytes) = sending.await;
-    let sent = sent?;
-    let whole = sent == bytes.len();
-    let bytes = if whole {
-        bytes
+    let (sent, mut bytes) = within(sending, timer, timeout).await?;
+    let mut done = sent?;
+    let whole = done == bytes.len();
+    while done < bytes.len() {
+        let (sent, rest) = within(writer.write(bytes.slice(done..)), timer, timeout).await?;
+        bytes = rest.into_inner();
+        done += match sent? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => n,
+        };
+    }
+    if bytes.capacity() <= OUTPUT_KEEP {
+        *output = bytes;
+        output.clear();
     } else {
-        let (written, rest) = writer.write_all(bytes.slice(sent..)).await;
-        written?;
-        rest.into_inner()
-    };
-    *output = bytes;
-    output.clear();
+        *output = Vec::with_capacity(READ_CHUNK);
+    }
     Ok(whole.then_some(handed_over))
 }
 

@@ -503,3 +503,87 @@ fn large_answers_to_a_client_that_reads_late_arrive_whole_and_in_order() {
         200
     );
 }
+
+#[test]
+fn pipelined_answers_past_the_high_water_mark_arrive_whole_and_in_order() {
+    // 300 answers of about 1 KB asked in one write: the server sends what it has gathered
+    // each time it passes its high-water mark, then goes on with the requests still
+    // unread, and the client gets every answer in the order it asked.
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let values: Vec<String> = (0..10)
+        .map(|i| char::from(b'a' + i).to_string().repeat(1000))
+        .collect();
+    for (i, value) in values.iter().enumerate() {
+        let body = format!("{{\"value\":\"{value}\"}}");
+        let put = put_request(&format!("hw{i}"), &body);
+        assert_eq!(exchange(&mut c, put.as_bytes()).status, 200);
+    }
+    let batch: String = (0..300)
+        .map(|i| get_request(&format!("hw{}", i * 7 % 10)))
+        .collect();
+    c.write_all(batch.as_bytes()).unwrap();
+    for i in 0..300 {
+        let r = read_response(&mut c);
+        assert_eq!(r.status, 200, "answer {i}");
+        assert_eq!(
+            r.json()["value"].as_str(),
+            Some(values[i * 7 % 10].as_str()),
+            "answer {i}"
+        );
+    }
+}
+
+/// The server's resident memory, in bytes.
+fn resident_bytes(s: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb << 10
+}
+
+#[test]
+fn a_client_that_asks_for_large_answers_and_reads_nothing_holds_little_and_is_cut_off() {
+    // Each connection asks for 1 MiB answers 1,500 times in one write of 60 KB and reads
+    // nothing. Answered request by request into one buffer, every read of its requests
+    // would cost the server hundreds of MiB; the answers past the high-water mark wait
+    // for the socket instead, and the send that makes no progress closes the connection.
+    let s = Server::start(&[("CACHE_SEND_TIMEOUT_MS", "500")]);
+    let mut c = s.connect();
+    let body = format!("{{\"value\":\"{}\"}}", "x".repeat((1 << 20) - 10));
+    assert_eq!(
+        exchange(&mut c, put_request("big", &body).as_bytes()).status,
+        200
+    );
+    drop(c);
+    let before = resident_bytes(&s);
+    let batch = get_request("big").repeat(1500);
+    let greedy: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = s.connect();
+            c.write_all(batch.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    let mut most = 0;
+    wait_for(
+        "the greedy connections closed",
+        Duration::from_secs(20),
+        || {
+            most = most.max(resident_bytes(&s));
+            s.metrics()["connections"] == 1
+        },
+    );
+    let grew = most.saturating_sub(before);
+    assert!(grew < 128 << 20, "the server grew by {grew} bytes");
+    // Each got answers up to what its socket took, then the close.
+    for mut c in greedy {
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert!(got.starts_with(b"HTTP/1.1 200 OK"));
+    }
+    assert_eq!(s.get_key("big").0, 200);
+}
