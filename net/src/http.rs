@@ -472,10 +472,9 @@ impl Timer {
     }
 }
 
-/// Runs `op` until it completes or `timeout` passes without it, which closes the
+/// Runs the send `op` until it completes or `deadline` passes, which closes the
 /// connection.
-async fn within<F: Future>(op: F, timer: &mut Timer, timeout: Duration) -> io::Result<F::Output> {
-    let deadline = Instant::now() + timeout;
+async fn send_by<F: Future>(op: F, timer: &mut Timer, deadline: Instant) -> io::Result<F::Output> {
     timer.aim(deadline);
     let mut op = pin!(op);
     poll_fn(|cx| {
@@ -520,11 +519,12 @@ async fn send_output<H: Handler>(
     for (timed, arrived) in timed.drain(..) {
         handler.sent(timed, handed_over.saturating_duration_since(arrived));
     }
-    let (sent, mut bytes) = within(sending, timer, timeout).await?;
+    let (sent, mut bytes) = send_by(sending, timer, handed_over + timeout).await?;
     let mut done = sent?;
     let whole = done == bytes.len();
     while done < bytes.len() {
-        let (sent, rest) = within(writer.write(bytes.slice(done..)), timer, timeout).await?;
+        let rest = writer.write(bytes.slice(done..));
+        let (sent, rest) = send_by(rest, timer, Instant::now() + timeout).await?;
         bytes = rest.into_inner();
         done += match sent? {
             0 => return Err(io::ErrorKind::WriteZero.into()),
