@@ -28,6 +28,8 @@ pub struct CoreStats {
     pub rejected: Counter,
     /// Connections turned away over CACHE_MAX_CONNECTIONS.
     pub refused: Counter,
+    /// Connections closed because a send made no progress for CACHE_SEND_TIMEOUT_MS.
+    pub send_timeouts: Counter,
     pub latency: OpLatency,
     /// What the core's executor waits on, set once it is built.
     pub io_driver: OnceLock<ActiveDriver>,

@@ -19,6 +19,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use engine::metrics::Counter;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -221,7 +222,7 @@ impl<H: Handler> Connection<H> {
             &mut self.timed,
             &*self.handler,
             &mut self.timer,
-            self.core.config.send_timeout(),
+            &self.core,
         )
         .await
     }
@@ -281,7 +282,7 @@ impl<H: Handler> Connection<H> {
                 &mut self.timed,
                 &*self.handler,
                 &mut self.timer,
-                self.core.config.send_timeout(),
+                &self.core,
             )
             .await?;
         }
@@ -472,9 +473,14 @@ impl Timer {
     }
 }
 
-/// Runs the send `op` until it completes or `deadline` passes, which closes the
-/// connection.
-async fn send_by<F: Future>(op: F, timer: &mut Timer, deadline: Instant) -> io::Result<F::Output> {
+/// Runs the send `op` until it completes or `deadline` passes, which is counted in
+/// `timeouts` and closes the connection.
+async fn send_by<F: Future>(
+    op: F,
+    timer: &mut Timer,
+    deadline: Instant,
+    timeouts: &Counter,
+) -> io::Result<F::Output> {
     timer.aim(deadline);
     let mut op = pin!(op);
     poll_fn(|cx| {
@@ -482,6 +488,7 @@ async fn send_by<F: Future>(op: F, timer: &mut Timer, deadline: Instant) -> io::
             return Poll::Ready(Ok(done));
         }
         timer.poll_passed(cx, deadline).map(|()| {
+            timeouts.incr();
             Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client took nothing within CACHE_SEND_TIMEOUT_MS",
@@ -498,8 +505,8 @@ async fn send_by<F: Future>(op: F, timer: &mut Timer, deadline: Instant) -> io::
 /// not when the write completes.
 ///
 /// Each send (a partial one is followed by another for the rest) must complete within
-/// `timeout`, or the connection closes: a client that stops reading does not hold its
-/// connection and its answers for ever.
+/// `CACHE_SEND_TIMEOUT_MS`, or the connection closes (and is counted): a client that
+/// stops reading does not hold its connection and its answers for ever.
 ///
 /// Returns when the output was handed over, if the first send took it whole: the clock
 /// reading that timed the answers, which the idle deadline reuses.
@@ -509,7 +516,7 @@ async fn send_output<H: Handler>(
     timed: &mut Vec<(H::Timed, Instant)>,
     handler: &H,
     timer: &mut Timer,
-    timeout: Duration,
+    core: &Core,
 ) -> io::Result<Option<Instant>> {
     if output.is_empty() {
         return Ok(None);
@@ -519,12 +526,13 @@ async fn send_output<H: Handler>(
     for (timed, arrived) in timed.drain(..) {
         handler.sent(timed, handed_over.saturating_duration_since(arrived));
     }
-    let (sent, mut bytes) = send_by(sending, timer, handed_over + timeout).await?;
+    let (timeout, timeouts) = (core.config.send_timeout(), &core.stats().send_timeouts);
+    let (sent, mut bytes) = send_by(sending, timer, handed_over + timeout, timeouts).await?;
     let mut done = sent?;
     let whole = done == bytes.len();
     while done < bytes.len() {
         let rest = writer.write(bytes.slice(done..));
-        let (sent, rest) = send_by(rest, timer, Instant::now() + timeout).await?;
+        let (sent, rest) = send_by(rest, timer, Instant::now() + timeout, timeouts).await?;
         bytes = rest.into_inner();
         done += match sent? {
             0 => return Err(io::ErrorKind::WriteZero.into()),

@@ -407,6 +407,13 @@ pub const METRICS: &[Metric] = &[
         "Connections refused over CACHE_MAX_CONNECTIONS.",
         |r| r.cores(|c| c.refused.get()),
     ),
+    metric(
+        "send_timeouts",
+        "send_timeouts_total",
+        Counter,
+        "Connections closed because the client took nothing of an answer for CACHE_SEND_TIMEOUT_MS.",
+        |r| r.cores(|c| c.send_timeouts.get()),
+    ),
 ];
 
 /// The metrics at one moment, with what is not a single number: the eviction policy's

@@ -579,6 +579,7 @@ fn a_client_that_asks_for_large_answers_and_reads_nothing_holds_little_and_is_cu
     );
     let grew = most.saturating_sub(before);
     assert!(grew < 128 << 20, "the server grew by {grew} bytes");
+    assert_eq!(s.metrics()["send_timeouts"], 4);
     // Each got answers up to what its socket took, then the close.
     for mut c in greedy {
         let mut got = Vec::new();
