@@ -96,7 +96,7 @@ struct Connection<H: Handler> {
 const READ_CHUNK: usize = 16 << 10;
 /// The largest path buffer a connection keeps for its next request.
 const SPARE_PATH_CAPACITY: usize = 1 << 10;
-/// Later than any read's deadline.
+/// Later than any read's or send's deadline.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 /// Output past which the answers gathered are sent before the next pipelined request is
 /// handled.
