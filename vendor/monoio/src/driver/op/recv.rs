@@ -49,11 +49,27 @@ pub(crate) struct Recv<T> {
 
     /// Reference to the in-flight buffer.
     pub(crate) buf: T,
+
+    /// A stream socket: a receive that fills less than the buffer took all there was.
+    stream: bool,
 }
 
 impl<T: IoBufMut> Op<Recv<T>> {
     pub(crate) fn recv(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Recv { fd, buf })
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            stream: false,
+        })
+    }
+
+    /// A receive from a stream socket (TCP, Unix stream).
+    pub(crate) fn recv_stream(fd: SharedFd, buf: T) -> io::Result<Self> {
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            stream: true,
+        })
     }
 
     #[allow(unused)]
@@ -61,6 +77,7 @@ impl<T: IoBufMut> Op<Recv<T>> {
         Recv {
             fd: fd.clone(),
             buf,
+            stream: false,
         }
     }
 
@@ -105,6 +122,16 @@ impl<T: IoBufMut> OpAble for Recv<T> {
             self.buf.bytes_total().min(u32::MAX as usize),
             0
         ))
+    }
+
+    /// A stream socket's receive copies all that is queued up to the buffer's size, so a
+    /// short one drained the socket, and epoll (edge-triggered, as mio registers) reports
+    /// the next data that arrives (as tokio does: tokio-rs/tokio#5866). A datagram's size
+    /// says nothing of the queue.
+    #[cfg(any(feature = "legacy", feature = "poll-io"))]
+    #[inline]
+    fn legacy_drained(&mut self, n: u32) -> bool {
+        self.stream && n > 0 && (n as usize) < self.buf.bytes_total()
     }
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), windows))]
