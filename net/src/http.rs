@@ -71,9 +71,10 @@ pub trait Handler {
 }
 
 struct Connection<H: Handler> {
-    /// The socket's two halves: a read is armed while the answers before it are sent.
+    /// The socket's read half; its write half is the outbox's. A read is armed while the
+    /// answers before it are sent.
     reader: OwnedReadHalf<TcpStream>,
-    writer: OwnedWriteHalf<TcpStream>,
+    outbox: Outbox<H::Timed>,
     core: Rc<Core>,
     handler: Rc<H>,
     /// This connection's slot for waiting on shutdown between requests.
@@ -85,12 +86,17 @@ struct Connection<H: Handler> {
     /// When the last input arrived: one clock reading serves the coarse clock, the
     /// request's deadlines and its latency.
     arrived: Instant,
-    output: Vec<u8>,
     /// The last request's path buffer, for the next request's (see `framing::parse_head`).
     spare_path: String,
-    /// The answers in `output` to time once it is sent, with their requests' arrival.
-    timed: Vec<(H::Timed, Instant)>,
     timer: Timer,
+}
+
+/// A connection's write side: its socket half and the answers gathered for it.
+struct Outbox<Timed> {
+    writer: OwnedWriteHalf<TcpStream>,
+    output: Vec<u8>,
+    /// The answers in `output` to time once it is sent, with their requests' arrival.
+    timed: Vec<(Timed, Instant)>,
 }
 
 const READ_CHUNK: usize = 16 << 10;
@@ -117,16 +123,18 @@ pub async fn serve<H: Handler>(
     let (reader, writer) = stream.into_split();
     let mut conn = Connection {
         reader,
-        writer,
+        outbox: Outbox {
+            writer,
+            output: Vec::with_capacity(READ_CHUNK),
+            timed: Vec::new(),
+        },
         core,
         handler,
         idle_slot,
         input: Vec::with_capacity(READ_CHUNK),
         pos: 0,
         arrived: Instant::now(),
-        output: Vec::with_capacity(READ_CHUNK),
         spare_path: String::new(),
-        timed: Vec::new(),
         timer: Timer::new(),
     };
     loop {
@@ -134,14 +142,14 @@ pub async fn serve<H: Handler>(
             Ok(request) => {
                 let head_only = request.head.method == Method::Head;
                 let reply = Reply::new(
-                    &mut conn.output,
+                    &mut conn.outbox.output,
                     &*conn.core,
                     head_only,
                     request.head.keep_alive,
                 );
                 let (answered, timed) = conn.handler.handle(&request, reply).await;
                 if let Some(timed) = timed {
-                    conn.timed.push((timed, request.arrived));
+                    conn.outbox.timed.push((timed, request.arrived));
                 }
                 if request.head.path.capacity() <= SPARE_PATH_CAPACITY {
                     conn.spare_path = request.head.path;
@@ -149,7 +157,7 @@ pub async fn serve<H: Handler>(
                 if answered.closes() {
                     break;
                 }
-                if conn.output.len() >= OUTPUT_HIGH_WATER && conn.flush().await.is_err() {
+                if conn.outbox.output.len() >= OUTPUT_HIGH_WATER && conn.flush().await.is_err() {
                     break;
                 }
             }
@@ -169,8 +177,8 @@ pub async fn serve<H: Handler>(
     let _ = conn.flush().await;
     // Whole again, the socket closes without the half-close a write half's drop makes
     // (a `shutdown` syscall per connection).
-    let Connection { reader, writer, .. } = conn;
-    drop(reader.reunite(writer));
+    let Connection { reader, outbox, .. } = conn;
+    drop(reader.reunite(outbox.writer));
 }
 
 /// How long, how long without input, and how much a refused request's remaining input
@@ -186,7 +194,7 @@ impl<H: Handler> Connection<H> {
     /// connection, and a client that writes its whole request before reading (many do)
     /// would see "connection reset" or "broken pipe" instead of the answer.
     async fn linger(&mut self) {
-        if self.flush().await.is_err() || self.writer.shutdown().await.is_err() {
+        if self.flush().await.is_err() || self.outbox.writer.shutdown().await.is_err() {
             return;
         }
         let deadline = Instant::now() + LINGER_TIME;
@@ -211,20 +219,13 @@ impl<H: Handler> Connection<H> {
 
     /// Answers a request that could not be read, closing the connection.
     fn refuse(&mut self, response: &Response) {
-        let _ = Reply::new(&mut self.output, &*self.core, false, false).send(response);
+        let _ = Reply::new(&mut self.outbox.output, &*self.core, false, false).send(response);
     }
 
-    /// Writes the pending responses (see [`send_output`]).
+    /// Writes the pending responses (see [`Outbox::send`]).
     async fn flush(&mut self) -> io::Result<Option<Instant>> {
-        send_output(
-            &mut self.writer,
-            &mut self.output,
-            &mut self.timed,
-            &*self.handler,
-            &mut self.timer,
-            &self.core,
-        )
-        .await
+        let (handler, core) = (&*self.handler, &*self.core);
+        self.outbox.send(handler, &mut self.timer, core).await
     }
 
     fn unread(&self) -> &[u8] {
@@ -276,15 +277,8 @@ impl<H: Handler> Connection<H> {
             reading = self.reader.read(slice);
         } else {
             reading = self.reader.read(slice);
-            flushed_at = send_output(
-                &mut self.writer,
-                &mut self.output,
-                &mut self.timed,
-                &*self.handler,
-                &mut self.timer,
-                &self.core,
-            )
-            .await?;
+            let (handler, core) = (&*self.handler, &*self.core);
+            flushed_at = self.outbox.send(handler, &mut self.timer, core).await?;
         }
         let mut reading = pin!(reading);
         let (deadline, idle) = match wait {
@@ -349,7 +343,8 @@ impl<H: Handler> Connection<H> {
             if let Some(refused) = self.handler.refuse_early(&head) {
                 return Err(ReadError::Reject(refused));
             }
-            self.output
+            self.outbox
+                .output
                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             self.flush().await?;
         }
@@ -498,54 +493,54 @@ async fn send_by<F: Future>(
     .await
 }
 
-/// Writes the pending responses through the ring, and times the answers among them.
-/// Under load, one submission carries the sends of every connection served in the
-/// executor's pass; at one connection, the send leaves with the connection's next
-/// receive (see `fill`). The answers are timed when their bytes are handed to the ring,
-/// not when the write completes.
-///
-/// Each send (a partial one is followed by another for the rest) must complete within
-/// `CACHE_SEND_TIMEOUT_MS`, or the connection closes (and is counted): a client that
-/// stops reading does not hold its connection and its answers for ever.
-///
-/// Returns when the output was handed over, if the first send took it whole: the clock
-/// reading that timed the answers, which the idle deadline reuses.
-async fn send_output<H: Handler>(
-    writer: &mut OwnedWriteHalf<TcpStream>,
-    output: &mut Vec<u8>,
-    timed: &mut Vec<(H::Timed, Instant)>,
-    handler: &H,
-    timer: &mut Timer,
-    core: &Core,
-) -> io::Result<Option<Instant>> {
-    if output.is_empty() {
-        return Ok(None);
+impl<Timed> Outbox<Timed> {
+    /// Writes the pending responses through the ring, and times the answers among them.
+    /// Under load, one submission carries the sends of every connection served in the
+    /// executor's pass; at one connection, the send leaves with the connection's next
+    /// receive (see `fill`). The answers are timed when their bytes are handed to the ring,
+    /// not when the write completes.
+    ///
+    /// Each send (a partial one is followed by another for the rest) must complete within
+    /// `CACHE_SEND_TIMEOUT_MS`, or the connection closes (and is counted): a client that
+    /// stops reading does not hold its connection and its answers for ever.
+    ///
+    /// Returns when the output was handed over, if the first send took it whole: the clock
+    /// reading that timed the answers, which the idle deadline reuses.
+    async fn send<H: Handler<Timed = Timed>>(
+        &mut self,
+        handler: &H,
+        timer: &mut Timer,
+        core: &Core,
+    ) -> io::Result<Option<Instant>> {
+        if self.output.is_empty() {
+            return Ok(None);
+        }
+        let sending = self.writer.write(std::mem::take(&mut self.output));
+        let handed_over = Instant::now();
+        for (timed, arrived) in self.timed.drain(..) {
+            handler.sent(timed, handed_over.saturating_duration_since(arrived));
+        }
+        let (timeout, timeouts) = (core.config.send_timeout(), &core.stats().send_timeouts);
+        let (sent, mut bytes) = send_by(sending, timer, handed_over + timeout, timeouts).await?;
+        let mut done = sent?;
+        let whole = done == bytes.len();
+        while done < bytes.len() {
+            let rest = self.writer.write(bytes.slice(done..));
+            let (sent, rest) = send_by(rest, timer, Instant::now() + timeout, timeouts).await?;
+            bytes = rest.into_inner();
+            done += match sent? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => n,
+            };
+        }
+        if bytes.capacity() <= OUTPUT_KEEP {
+            self.output = bytes;
+            self.output.clear();
+        } else {
+            self.output = Vec::with_capacity(READ_CHUNK);
+        }
+        Ok(whole.then_some(handed_over))
     }
-    let sending = writer.write(std::mem::take(output));
-    let handed_over = Instant::now();
-    for (timed, arrived) in timed.drain(..) {
-        handler.sent(timed, handed_over.saturating_duration_since(arrived));
-    }
-    let (timeout, timeouts) = (core.config.send_timeout(), &core.stats().send_timeouts);
-    let (sent, mut bytes) = send_by(sending, timer, handed_over + timeout, timeouts).await?;
-    let mut done = sent?;
-    let whole = done == bytes.len();
-    while done < bytes.len() {
-        let rest = writer.write(bytes.slice(done..));
-        let (sent, rest) = send_by(rest, timer, Instant::now() + timeout, timeouts).await?;
-        bytes = rest.into_inner();
-        done += match sent? {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            n => n,
-        };
-    }
-    if bytes.capacity() <= OUTPUT_KEEP {
-        *output = bytes;
-        output.clear();
-    } else {
-        *output = Vec::with_capacity(READ_CHUNK);
-    }
-    Ok(whole.then_some(handed_over))
 }
 
 /// Answers a connection refused for being over the per-core limit, then closes it.
