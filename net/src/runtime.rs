@@ -57,8 +57,7 @@ pub enum IoDriver {
 }
 
 /// The interface a core's executor was built on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActiveDriver {
     IoUring,
     Epoll,
@@ -70,6 +69,13 @@ impl fmt::Display for ActiveDriver {
             Self::IoUring => "io_uring",
             Self::Epoll => "epoll",
         })
+    }
+}
+
+/// As the log names it.
+impl Serialize for ActiveDriver {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -116,6 +116,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = flume::bounded::<Result<(), String>>(cores);
     let draining = Arc::new(AtomicUsize::new(cores));
     let mut executors = Vec::with_capacity(cores);
+    let mut drivers = Vec::with_capacity(cores);
     let restored = loaded.to_confirm.into_iter();
     for (id, ((writer, mailbox), restored)) in
         writers.into_iter().zip(receivers).zip(restored).enumerate()
@@ -138,6 +139,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("starting core {id}"))?;
         // Set once: this is the only place that learns what the core was built on.
         let _ = stats.cores[id].io_driver.set(driver);
+        drivers.push(driver.to_string());
         executors.push(executor);
     }
     drop(ready_tx);
@@ -159,11 +161,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => "L1 only".to_owned(),
     };
-    let drivers: Vec<String> = shared
-        .cores
-        .iter()
-        .filter_map(|c| c.io_driver.get().map(|d| d.to_string()))
-        .collect();
     tracing::info!(
         listen = %config.listen, cores, io_driver = %drivers.join(","), read_path = ?config.read_path, eviction = %config.eviction,
         l1_max_entries = config.l1_max_entries, l1_max_bytes = config.l1_max_bytes,

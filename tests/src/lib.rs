@@ -148,8 +148,8 @@ impl Server {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log);
-        // scripts/test.sh runs the HTTP and API tests a second time on epoll this way; a
-        // test's own setting wins.
+        // scripts/test.sh runs the HTTP, API, warm and origin tests a second time on epoll
+        // this way; a test's own setting wins.
         if let Ok(driver) = std::env::var("CACHE_IO_DRIVER") {
             command.env("CACHE_IO_DRIVER", driver);
         }
