@@ -588,3 +588,107 @@ fn a_client_that_asks_for_large_answers_and_reads_nothing_holds_little_and_is_cu
     }
     assert_eq!(s.get_key("big").0, 200);
 }
+
+/// The sockets the server's rings hold in their tables of registered files, one entry a
+/// registered socket: each io_uring file's `/proc/PID/fdinfo` lists its table's filled
+/// slots between `UserFiles:` and `UserBufs:`.
+fn registered_sockets(s: &Server) -> Vec<String> {
+    let mut sockets = Vec::new();
+    let dir = format!("/proc/{}/fdinfo", s.pid());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue; // a file closed since the listing
+        };
+        let Some(start) = info.find("UserFiles:") else {
+            continue;
+        };
+        let table = &info[start
+            ..info[start..]
+                .find("UserBufs:")
+                .map_or(info.len(), |end| start + end)];
+        sockets.extend(
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| line.split_once(": ").map(|(_, file)| file.to_owned())),
+        );
+    }
+    sockets
+}
+
+/// Asks for `keys` on `c`, one request at a time, and checks each answer is its own.
+fn read_back(c: &mut TcpStream, keys: std::ops::Range<usize>) {
+    for i in keys {
+        let r = exchange(c, get_request(&format!("fixed{i}")).as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["value"], format!("v{i}"));
+    }
+}
+
+#[test]
+fn a_busy_connection_is_registered_with_its_ring_and_leaves_it_when_closed() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    for i in 0..40 {
+        let body = format!("{{\"value\": \"v{i}\"}}");
+        assert_eq!(
+            exchange(&mut c, put_request(&format!("fixed{i}"), &body).as_bytes()).status,
+            200
+        );
+    }
+    drop(c);
+    let on_ring = s.metrics()["cores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|core| core["io_driver"] == "io_uring");
+    if !on_ring {
+        // The epoll driver has no ring, so nothing is registered.
+        let mut c = s.connect();
+        read_back(&mut c, 0..40);
+        assert!(registered_sockets(&s).is_empty());
+        return;
+    }
+    wait_for(
+        "the first connection to leave",
+        Duration::from_secs(5),
+        || registered_sockets(&s).is_empty(),
+    );
+
+    // A connection that has made a few receives is not registered; one past sixteen is.
+    let mut c = s.connect();
+    read_back(&mut c, 0..5);
+    assert!(registered_sockets(&s).is_empty());
+    read_back(&mut c, 5..40);
+    assert_eq!(registered_sockets(&s).len(), 1);
+
+    // Closed by the server, it really closes: the table's hold on the file is dropped
+    // before the number is, or the client would never see the end of the stream.
+    let r = exchange(
+        &mut c,
+        b"GET /api/cache/fixed0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.header("connection"), Some("close"));
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "the end of the stream");
+    wait_for(
+        "the closed connection to leave",
+        Duration::from_secs(5),
+        || registered_sockets(&s).is_empty(),
+    );
+
+    // New connections take the numbers (and so the slots) closed ones had; each hears
+    // only its own answers, side by side as well as one after another.
+    for _ in 0..3 {
+        let (mut a, mut b) = (s.connect(), s.connect());
+        for round in 0..4 {
+            read_back(&mut a, round * 10..round * 10 + 10);
+            read_back(&mut b, (3 - round) * 10..(3 - round) * 10 + 10);
+        }
+        assert_eq!(registered_sockets(&s).len(), 2);
+        drop((a, b));
+        wait_for("both connections to leave", Duration::from_secs(5), || {
+            registered_sockets(&s).is_empty()
+        });
+    }
+}

@@ -75,11 +75,11 @@ impl<T: IoBuf> OpAble for Send<T> {
         #[allow(deprecated)]
         let flags = libc::MSG_NOSIGNAL as libc::c_int;
 
-        opcode::Send::new(
-            types::Fd(self.fd.raw_fd()),
-            self.buf.read_ptr(),
-            self.buf.bytes_init() as _,
-        )
+        let (ptr, len) = (self.buf.read_ptr(), self.buf.bytes_init() as _);
+        match self.fd.fixed_slot() {
+            Some(slot) => opcode::Send::new(types::Fixed(slot), ptr, len),
+            None => opcode::Send::new(types::Fd(self.fd.raw_fd()), ptr, len),
+        }
         .flags(flags)
         .build()
     }

@@ -87,12 +87,66 @@ pub(crate) struct UringInner {
 
     // Uring support ext_arg
     ext_arg: bool,
+
+    // cache-manager patch (PATCHES.md): slots in the ring's table of registered files
+    fixed_files: u32,
 }
 
 // When dropping the driver, all in-flight operations must have completed. This
 // type wraps the slab and ensures that, on drop, the slab is empty.
 struct Ops {
     slab: Slab<Lifecycle>,
+}
+
+/// cache-manager patch (PATCHES.md): the most slots a ring's table of registered files
+/// has; fewer when the process may open fewer files (`RLIMIT_NOFILE`), since a slot is
+/// an open file's number.
+const MAX_FIXED_FILES: u64 = 65_536;
+
+/// Registers an empty table of files for the ring, as many slots as the process may have
+/// open files (at most `MAX_FIXED_FILES`), and returns its size: 0 where the kernel
+/// cannot (sparse tables need Linux 5.19), which leaves every operation on plain file
+/// descriptors.
+fn register_file_table(uring: &IoUring) -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes only the `rlimit` it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    let slots = limit.rlim_cur.min(MAX_FIXED_FILES) as u32;
+    match uring.submitter().register_files_sparse(slots) {
+        Ok(()) => slots,
+        Err(_) => 0,
+    }
+}
+
+/// cache-manager patch (PATCHES.md): puts `file` in slot `slot` of the file table of the
+/// thread's ring (-1 empties it). False when the thread has no ring, the slot is past
+/// the table, or the kernel refused; the slot is then as it was.
+pub(crate) fn set_fixed_file(slot: RawFd, file: RawFd) -> bool {
+    if !CURRENT.is_set() {
+        return false;
+    }
+    CURRENT.with(|inner| match inner {
+        Inner::Uring(inner) => {
+            // SAFETY: the driver's state is only used from its own thread, and no
+            // reference into it is held across this call (as in `Op::submit_with`).
+            let inner = unsafe { &mut *inner.get() };
+            match u32::try_from(slot) {
+                Ok(slot) if slot < inner.fixed_files => inner
+                    .uring
+                    .submitter()
+                    .register_files_update(slot, &[file])
+                    .is_ok(),
+                _ => false,
+            }
+        }
+        #[cfg(feature = "legacy")]
+        Inner::Legacy(_) => false,
+    })
 }
 
 impl IoUringDriver {
@@ -116,6 +170,7 @@ impl IoUringDriver {
             poller_installed: false,
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
+            fixed_files: register_file_table(&uring),
             uring,
         }));
 
@@ -151,6 +206,7 @@ impl IoUringDriver {
             poll: super::poll::Poll::with_capacity(entries as usize)?,
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
+            fixed_files: register_file_table(&uring),
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
