@@ -346,18 +346,21 @@ impl SharedFd {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     pub(crate) fn count_stream_receive(&self) {
         let fixed = &self.inner.fixed;
-        let made = fixed.receives.get();
-        if made >= REGISTER_AFTER_RECEIVES {
+        let made = fixed.receives.get() + 1;
+        if made > REGISTER_AFTER_RECEIVES {
             return;
         }
-        fixed.receives.set(made + 1);
+        fixed.receives.set(made);
+        if made < REGISTER_AFTER_RECEIVES {
+            return;
+        }
         // SAFETY: the state is only used from this thread, and no reference to it is
         // held across this read.
         let open = matches!(
             unsafe { &*self.inner.state.get() },
             State::Uring(UringState::Init)
         );
-        if made + 1 == REGISTER_AFTER_RECEIVES && open {
+        if open {
             let fd = self.inner.fd;
             fixed.registered.set(super::uring::set_fixed_file(fd, fd));
         }

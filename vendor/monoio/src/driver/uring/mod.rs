@@ -132,9 +132,13 @@ pub(crate) fn set_fixed_file(slot: RawFd, file: RawFd) -> bool {
     }
     CURRENT.with(|inner| match inner {
         Inner::Uring(inner) => {
-            // SAFETY: the driver's state is only used from its own thread, and no
-            // reference into it is held across this call (as in `Op::submit_with`).
-            let inner = unsafe { &mut *inner.get() };
+            // SAFETY: the pointer is the thread's live driver state (`CURRENT` holds an
+            // `Rc` of it), used only from this thread. This can run inside the driver's
+            // completion loop, when a finished operation's data held the last handle on a
+            // socket (the same place upstream's `Drop` submits the close); a shared
+            // reference is taken, and only the ring's file descriptor (for the register
+            // syscall) and the table's size are read, neither of which that loop changes.
+            let inner = unsafe { &*inner.get() };
             match u32::try_from(slot) {
                 Ok(slot) if slot < inner.fixed_files => inner
                     .uring
