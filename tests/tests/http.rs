@@ -616,6 +616,16 @@ fn registered_sockets(s: &Server) -> Vec<String> {
     sockets
 }
 
+/// Whether every core runs on io_uring (the e2e tests also run on epoll, which has no
+/// rings and registers nothing).
+fn on_ring(s: &Server) -> bool {
+    s.metrics()["cores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|core| core["io_driver"] == "io_uring")
+}
+
 /// Asks for `keys` on `c`, one request at a time, and checks each answer is its own.
 fn read_back(c: &mut TcpStream, keys: std::ops::Range<usize>) {
     for i in keys {
@@ -637,12 +647,7 @@ fn a_busy_connection_is_registered_with_its_ring_and_leaves_it_when_closed() {
         );
     }
     drop(c);
-    let on_ring = s.metrics()["cores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|core| core["io_driver"] == "io_uring");
-    if !on_ring {
+    if !on_ring(&s) {
         // The epoll driver has no ring, so nothing is registered.
         let mut c = s.connect();
         read_back(&mut c, 0..40);
@@ -691,4 +696,27 @@ fn a_busy_connection_is_registered_with_its_ring_and_leaves_it_when_closed() {
             registered_sockets(&s).is_empty()
         });
     }
+}
+
+#[test]
+fn a_busy_connection_closed_for_idling_leaves_its_ring_and_ends_its_stream() {
+    // The close here comes while the connection's next receive is in the ring: the
+    // socket's last handle goes with that receive's cancellation, inside the driver.
+    let s = Server::start(&[("CACHE_IDLE_TIMEOUT_MS", "300")]);
+    let mut c = s.connect();
+    for _ in 0..20 {
+        assert_eq!(
+            exchange(&mut c, b"GET /healthz HTTP/1.1\r\n\r\n").status,
+            200
+        );
+    }
+    let ring = on_ring(&s);
+    assert_eq!(registered_sockets(&s).len(), usize::from(ring));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "the end of the stream");
+    wait_for(
+        "the idle connection to leave",
+        Duration::from_secs(5),
+        || registered_sockets(&s).is_empty(),
+    );
 }
