@@ -635,6 +635,20 @@ fn read_back(c: &mut TcpStream, keys: std::ops::Range<usize>) {
     }
 }
 
+/// Waits until no socket is left in the server's rings' tables.
+fn wait_until_none_registered(s: &Server, what: &str) {
+    wait_for(what, Duration::from_secs(5), || {
+        registered_sockets(s).is_empty()
+    });
+}
+
+/// Reads the end of `c`'s stream, which the server is closing: a socket the table still
+/// held open would never send it.
+fn assert_closed_by_server(c: &mut TcpStream) {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "the end of the stream");
+}
+
 #[test]
 fn a_busy_connection_is_registered_with_its_ring_and_leaves_it_when_closed() {
     let s = Server::start(&[]);
@@ -654,11 +668,7 @@ fn a_busy_connection_is_registered_with_its_ring_and_leaves_it_when_closed() {
         assert!(registered_sockets(&s).is_empty());
         return;
     }
-    wait_for(
-        "the first connection to leave",
-        Duration::from_secs(5),
-        || registered_sockets(&s).is_empty(),
-    );
+    wait_until_none_registered(&s, "the first connection to leave");
 
     // A connection that has made a few receives is not registered; one past sixteen is.
     let mut c = s.connect();
@@ -674,13 +684,8 @@ fn a_busy_connection_is_registered_with_its_ring_and_leaves_it_when_closed() {
         b"GET /api/cache/fixed0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(r.header("connection"), Some("close"));
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "the end of the stream");
-    wait_for(
-        "the closed connection to leave",
-        Duration::from_secs(5),
-        || registered_sockets(&s).is_empty(),
-    );
+    assert_closed_by_server(&mut c);
+    wait_until_none_registered(&s, "the closed connection to leave");
 
     // New connections take the numbers (and so the slots) closed ones had; each hears
     // only its own answers, side by side as well as one after another.
@@ -692,9 +697,7 @@ fn a_busy_connection_is_registered_with_its_ring_and_leaves_it_when_closed() {
         }
         assert_eq!(registered_sockets(&s).len(), 2);
         drop((a, b));
-        wait_for("both connections to leave", Duration::from_secs(5), || {
-            registered_sockets(&s).is_empty()
-        });
+        wait_until_none_registered(&s, "both connections to leave");
     }
 }
 
@@ -712,11 +715,6 @@ fn a_busy_connection_closed_for_idling_leaves_its_ring_and_ends_its_stream() {
     }
     let ring = on_ring(&s);
     assert_eq!(registered_sockets(&s).len(), usize::from(ring));
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "the end of the stream");
-    wait_for(
-        "the idle connection to leave",
-        Duration::from_secs(5),
-        || registered_sockets(&s).is_empty(),
-    );
+    assert_closed_by_server(&mut c);
+    wait_until_none_registered(&s, "the idle connection to leave");
 }
