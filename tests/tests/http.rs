@@ -705,7 +705,10 @@ fn a_busy_connection_is_registered_with_its_ring_and_leaves_it_when_closed() {
 fn a_busy_connection_closed_for_idling_leaves_its_ring_and_ends_its_stream() {
     // The close here comes while the connection's next receive is in the ring: the
     // socket's last handle goes with that receive's cancellation, inside the driver.
-    let s = Server::start(&[("CACHE_IDLE_TIMEOUT_MS", "300")]);
+    // The timeout leaves room for the check below, which must come before the close,
+    // on a machine busy with the other tests.
+    let s = Server::start(&[("CACHE_IDLE_TIMEOUT_MS", "2000")]);
+    let ring = on_ring(&s);
     let mut c = s.connect();
     for _ in 0..20 {
         assert_eq!(
@@ -713,7 +716,6 @@ fn a_busy_connection_closed_for_idling_leaves_its_ring_and_ends_its_stream() {
             200
         );
     }
-    let ring = on_ring(&s);
     assert_eq!(registered_sockets(&s).len(), usize::from(ring));
     assert_closed_by_server(&mut c);
     wait_until_none_registered(&s, "the idle connection to leave");
