@@ -260,6 +260,21 @@ impl Server {
             .json()
     }
 
+    /// Each core's `io_driver` in the JSON metrics (`io_uring` or `epoll`).
+    pub fn io_drivers(&self) -> Vec<String> {
+        let metrics = self.metrics();
+        let cores = metrics["cores"].as_array().expect("cores in the metrics");
+        cores
+            .iter()
+            .map(|c| {
+                c["io_driver"]
+                    .as_str()
+                    .expect("a core's io_driver")
+                    .to_owned()
+            })
+            .collect()
+    }
+
     /// One GET on its own connection, closed afterwards (so the harness never holds a
     /// connection the test is counting); `None` if the server cannot be reached.
     pub fn get_once(&self, path: &str) -> Option<RawResponse> {

@@ -560,15 +560,6 @@ fn the_hop_read_path_serves_the_same_answers() {
     }
 }
 
-/// Each core's `io_driver` in the JSON metrics.
-fn io_drivers(s: &Server) -> Vec<String> {
-    let cores = s.metrics()["cores"].as_array().unwrap().clone();
-    cores
-        .iter()
-        .map(|c| c["io_driver"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn the_cores_wait_on_the_io_driver_they_are_told_to() {
     let epoll = Server::start(&[("CACHE_IO_DRIVER", "epoll")]);
@@ -578,7 +569,7 @@ fn the_cores_wait_on_the_io_driver_they_are_told_to() {
     for i in 0..20 {
         assert_eq!(get(&epoll, &format!("/api/cache/e{i}")).1["value"], i);
     }
-    let drivers = io_drivers(&epoll);
+    let drivers = epoll.io_drivers();
     assert!(!drivers.is_empty());
     assert!(drivers.iter().all(|d| d == "epoll"), "{drivers:?}");
     drop(epoll);
@@ -586,12 +577,12 @@ fn the_cores_wait_on_the_io_driver_they_are_told_to() {
     // What `auto` chose says whether this host allows io_uring; asked for it alone, the
     // service then runs on it, or refuses to start and says why.
     let auto = Server::start(&[("CACHE_IO_DRIVER", "auto")]);
-    let chosen = io_drivers(&auto);
+    let chosen = auto.io_drivers();
     drop(auto);
     if chosen.iter().all(|d| d == "io_uring") {
         let ring = Server::start(&[("CACHE_IO_DRIVER", "io-uring")]);
         assert_eq!(get(&ring, "/api/cache/absent").0, 404);
-        let drivers = io_drivers(&ring);
+        let drivers = ring.io_drivers();
         assert!(drivers.iter().all(|d| d == "io_uring"), "{drivers:?}");
     } else {
         let out = Command::new(e2e::binary())

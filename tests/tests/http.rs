@@ -619,11 +619,7 @@ fn registered_sockets(s: &Server) -> Vec<String> {
 /// Whether every core runs on io_uring (the e2e tests also run on epoll, which has no
 /// rings and registers nothing).
 fn on_ring(s: &Server) -> bool {
-    s.metrics()["cores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|core| core["io_driver"] == "io_uring")
+    s.io_drivers().iter().all(|driver| driver == "io_uring")
 }
 
 /// Asks for `keys` on `c`, one request at a time, and checks each answer is its own.
