@@ -22,7 +22,9 @@
 #     cache-manager's p50 less Redis's, the median over rounds, and in how many rounds it
 #     was lower;
 #   - the 64-connection throughput, with how busy each core was meanwhile (a load core
-#     near 100 % means the figure is the load tool's limit, not the server's);
+#     near 100 % means the figure is the load tool's limit, not the server's), and the
+#     one client's ceiling: the most requests/s its core could carry, as a multiple of
+#     Redis's, from how busy it was carrying Redis's load;
 #   - open-loop p99.9 (and p99) at 10k, 20k and 40k requests/s for cache-manager and
 #     nginx (`cache-bench load --rate`, 64 connections), medians of OPEN_ROUNDS rounds
 #     (default 9) of DURATION, each rate's two servers in a new random order each round,
@@ -243,6 +245,7 @@ cpu_rounds="${CPU_ROUNDS:-9}"
 cpu_seconds="${CPU_SECONDS:-3}"
 tools=(one own)
 declare -A ratios
+ceiling=""
 for round in $(seq 1 "$cpu_rounds"); do
     declare -A cpu_now=() rps_now=()
     for run in $(shuf -e {one,own}:{cache-manager,nginx,redis}); do
@@ -259,7 +262,14 @@ for round in $(seq 1 "$cpu_rounds"); do
         elapsed=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {print e - s}')
         after=$(cpu_ticks "${pid[$server]}")
         results[$tool-$server-busy0]+="$(busy_share "$server_core" "$(core_ticks 0)") "
-        results[$tool-$server-busy1]+="$(busy_share "$load_core" "$(core_ticks 1)") "
+        load_busy=$(busy_share "$load_core" "$(core_ticks 1)")
+        results[$tool-$server-busy1]+="$load_busy "
+        # The one client's core, busy for a share b of the time carrying Redis's load,
+        # could carry at most 1/b of Redis's requests/s: no server can be measured
+        # faster than that through it (BENCHMARKS.md, "The load generator's own cost").
+        if [ "$run" = one:redis ]; then
+            ceiling+="$(awk -v b="$load_busy" 'BEGIN {printf "%.3f", 100 / b}') "
+        fi
         cpu_now[$run]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
         rps_now[$run]=$(awk -v n="$requests" -v s="$elapsed" 'BEGIN {printf "%.0f", n / s}')
         results[$tool-$server-cpu]+="${cpu_now[$run]} "
@@ -313,6 +323,8 @@ ratios_of() {
     echo " req/s over Redis's $(echo "${ratios[$1-rps-redis]}" | median) (bar: 1.2), over nginx's $(echo "${ratios[$1-rps-nginx]}" | median) (bar: 1.6))"
 }
 ratios_of one
+echo "(the one client's ceiling: carrying Redis's load kept its core busy enough that it could"
+echo " have carried at most $(echo "$ceiling" | median)× Redis's requests/s, by the median per round)"
 echo
 echo "the same rounds through each server's own load tool (wrk -t1 for HTTP, redis-benchmark for Redis):"
 printf '%-14s %17s %12s %18s\n' server "CPU/req@64 (µs)" "req/s@64" "busy server/load"

@@ -7,6 +7,7 @@
 mod arc;
 mod blocking;
 mod client;
+mod deadline;
 mod fleet;
 mod load;
 mod memory;
