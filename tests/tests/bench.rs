@@ -1,16 +1,55 @@
 //! `cache-bench` against the real service: a one-second load in each loop mode, with
-//! every output file, and a replay over HTTP; and a load against a real redis-server over
-//! RESP.
+//! every output file, and a replay over HTTP; a load against a real redis-server over
+//! RESP; and loads against a server that never answers and a port nothing listens on.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use e2e::{bench_binary, Server};
 
+/// Runs cache-bench to completion, killing it (and failing) if it is still running after
+/// five minutes: a load that never ends fails its test instead of hanging the suite.
 fn cache_bench(args: &[&str]) -> std::process::Output {
-    let out = Command::new(bench_binary())
+    let mut child = Command::new(bench_binary())
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run cache-bench");
+    // Drained as it writes, so that a full pipe never stops it.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).map(|_| bytes)
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let patience = Duration::from_secs(300);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for cache-bench") {
+            break status;
+        }
+        if started.elapsed() > patience {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cache-bench {args:?} still running after {patience:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |drained: std::thread::JoinHandle<std::io::Result<Vec<u8>>>| {
+        drained
+            .join()
+            .expect("drain")
+            .expect("read cache-bench's output")
+    };
+    let out = std::process::Output {
+        status,
+        stdout: read(stdout),
+        stderr: read(stderr),
+    };
     assert!(
         out.status.success(),
         "cache-bench {args:?}: {}",
@@ -233,4 +272,75 @@ fn a_shift_in_value_sizes_reports_each_phase_of_each_cache() {
         engine[0] > 1_000_000 / (100 + 60) && engine[1] > engine[0],
         "entries under a 1 MB bound, 100-byte then 40-byte values: {engine:?}"
     );
+}
+
+/// A load whose server never answers: every request times out at its own deadline (not
+/// at once, nor never), the connection is opened afresh, and the run ends on time.
+#[test]
+fn requests_a_server_leaves_unanswered_time_out_at_their_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds every connection without reading or answering it.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-mute-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("mute.json");
+    cache_bench(&[
+        "load",
+        "--target",
+        &format!("http://127.0.0.1:{port}"),
+        "--connections",
+        "4",
+        "--duration",
+        "900ms",
+        "--warmup",
+        "0s",
+        "--request-timeout",
+        "250ms",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let timeouts = report["errors_by_kind"]["timeout"].as_u64().unwrap();
+    // Each connection's requests run back to back, a quarter-second apiece: four
+    // connections fit at most 4 × ⌈0.9 / 0.25⌉ of them into the run.
+    assert!((4..=16).contains(&timeouts), "{report}");
+    assert_eq!(report["errors"], report["requests"], "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A load against a port nothing listens on counts its connect errors and ends on time.
+#[test]
+fn a_load_against_a_closed_port_counts_connect_errors_and_ends() {
+    let port = e2e::free_port();
+    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-closed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("closed.json");
+    cache_bench(&[
+        "load",
+        "--target",
+        &format!("http://127.0.0.1:{port}"),
+        "--connections",
+        "2",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(
+        report["errors_by_kind"]["connect"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(report["errors"], report["requests"], "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
