@@ -16,6 +16,7 @@ mod ping;
 mod replay;
 mod report;
 mod sweep;
+mod target;
 mod trace;
 mod workload;
 

@@ -167,7 +167,7 @@ pub fn simulate(
 /// Replays `keys` against a running service: GET each; on 404, PUT it. Returns the hit
 /// ratio the service gave.
 pub fn over_http(target: &str, prefix: &str, keys: &[u64]) -> anyhow::Result<f64> {
-    let target = crate::load::resolve(target)?;
+    let target = crate::target::resolve(target)?;
     anyhow::ensure!(
         target.protocol == crate::client::Protocol::Http,
         "a replay's --target must be an http:// URL of the service"
