@@ -58,6 +58,21 @@ fn cache_bench(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// Runs `cache-bench load` with `args` and its `--json` report in a directory of its own
+/// (`name`), and returns the report.
+fn load_report(name: &str, args: &[&str]) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let mut all = vec!["load"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", json.to_str().unwrap(), "--quiet"]);
+    cache_bench(&all);
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    report
+}
+
 #[test]
 fn a_one_second_load_reports_hits_misses_puts_and_writes_its_files() {
     let s = Server::start(&[]);
@@ -215,31 +230,27 @@ fn open_loop_holds_the_offered_rate_and_replay_runs_over_http() {
 #[test]
 fn a_load_speaks_resp_to_redis() {
     let redis = e2e::redis::RedisServer::start();
-    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-resp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("resp.json");
-    cache_bench(&[
-        "load",
-        "--target",
-        &redis.url(),
-        "--connections",
-        "4",
-        "--duration",
-        "500ms",
-        "--warmup",
-        "100ms",
-        "--prefill",
-        "--keys",
-        "200",
-        "--key-prefix",
-        "resp:",
-        "--ttl",
-        "600",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let target = redis.url();
+    let report = load_report(
+        "resp",
+        &[
+            "--target",
+            &target,
+            "--connections",
+            "4",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "100ms",
+            "--prefill",
+            "--keys",
+            "200",
+            "--key-prefix",
+            "resp:",
+            "--ttl",
+            "600",
+        ],
+    );
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["hit_ratio"], 1.0, "every key was prefilled");
     assert!(report["outcomes"]["get_hit"]["count"].as_u64().unwrap() > 0);
@@ -247,7 +258,6 @@ fn a_load_speaks_resp_to_redis() {
     let ttl: u64 = redis.cli(&["TTL", "resp:7"]).parse().unwrap();
     assert!((1..=600).contains(&ttl), "SET … EX 600 gave a TTL of {ttl}");
     assert_eq!(redis.cli(&["STRLEN", "resp:7"]), "100");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `memory --shift`: every cache, in a process of its own, reports each phase; under the
@@ -287,60 +297,49 @@ fn requests_a_server_leaves_unanswered_time_out_at_their_deadline() {
             held.push(stream);
         }
     });
-    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-mute-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("mute.json");
-    cache_bench(&[
-        "load",
-        "--target",
-        &format!("http://127.0.0.1:{port}"),
-        "--connections",
-        "4",
-        "--duration",
-        "900ms",
-        "--warmup",
-        "0s",
-        "--request-timeout",
-        "250ms",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let target = format!("http://127.0.0.1:{port}");
+    let report = load_report(
+        "mute",
+        &[
+            "--target",
+            &target,
+            "--connections",
+            "4",
+            "--duration",
+            "900ms",
+            "--warmup",
+            "0s",
+            "--request-timeout",
+            "250ms",
+        ],
+    );
     let timeouts = report["errors_by_kind"]["timeout"].as_u64().unwrap();
     // Each connection's requests run back to back, a quarter-second apiece: four
     // connections fit at most 4 × ⌈0.9 / 0.25⌉ of them into the run.
     assert!((4..=16).contains(&timeouts), "{report}");
     assert_eq!(report["errors"], report["requests"], "{report}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A load against a port nothing listens on counts its connect errors and ends on time.
 #[test]
 fn a_load_against_a_closed_port_counts_connect_errors_and_ends() {
-    let port = e2e::free_port();
-    let dir = std::env::temp_dir().join(format!("cache-bench-e2e-closed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("closed.json");
-    cache_bench(&[
-        "load",
-        "--target",
-        &format!("http://127.0.0.1:{port}"),
-        "--connections",
-        "2",
-        "--duration",
-        "300ms",
-        "--warmup",
-        "0s",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let target = format!("http://127.0.0.1:{}", e2e::free_port());
+    let report = load_report(
+        "closed",
+        &[
+            "--target",
+            &target,
+            "--connections",
+            "2",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+        ],
+    );
     assert!(
         report["errors_by_kind"]["connect"].as_u64().unwrap() > 0,
         "{report}"
     );
     assert_eq!(report["errors"], report["requests"], "{report}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
