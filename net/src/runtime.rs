@@ -328,6 +328,49 @@ mod tests {
         assert!(!monoio::other_work_pending(), "false outside a runtime");
     }
 
+    /// A receive abandoned in flight keeps its socket open until its completion comes;
+    /// the socket is then closed by the driver, outside its completion loop (the vendored
+    /// monoio's `UringInner::orphans`; a close submitted from inside the loop fails a
+    /// debug assertion there).
+    #[test]
+    fn a_socket_whose_last_handle_is_an_abandoned_receive_closes_when_it_completes() {
+        use monoio::io::AsyncReadRent;
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dropped_tx, dropped) = std::sync::mpsc::channel();
+        let peer_done = std::sync::Arc::new(AtomicBool::new(false));
+        let done = peer_done.clone();
+        let settings = ExecutorSettings {
+            blocking_threads: 1,
+            idle_spin: Duration::ZERO,
+            io_driver: IoDriver::Auto,
+        };
+        let (core, _driver) = start_core(0, settings, move || async move {
+            let mut stream = monoio::net::TcpStream::connect(addr).await.unwrap();
+            let reading = stream.read(Vec::with_capacity(16));
+            drop(reading);
+            drop(stream);
+            dropped_tx.send(()).unwrap();
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while !done.load(Ordering::Acquire) && Instant::now() < give_up {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        dropped.recv().unwrap();
+        // Completes the receive if its cancel has not already.
+        let _ = peer.write_all(b"x");
+        let mut rest = Vec::new();
+        let closed = peer.read_to_end(&mut rest);
+        peer_done.store(true, Ordering::Release);
+        core.join().expect("the core's thread did not panic");
+        assert!(closed.is_ok(), "the socket was closed: {closed:?}");
+    }
+
     #[test]
     fn the_window_widens_to_cover_short_waits_and_closes_on_long_ones() {
         let mut watch = IdleWatch::new(MAX);

@@ -25,7 +25,14 @@ pub(crate) enum Lifecycle {
 }
 
 impl<'a> Ref<'a, Lifecycle> {
-    pub(crate) fn complete(mut self, result: io::Result<u32>, flags: u32) {
+    /// cache-manager patch (PATCHES.md): returns the data of an operation whose submitter
+    /// lost interest, for the driver to drop once it is out of its completion loop.
+    #[must_use]
+    pub(crate) fn complete(
+        mut self,
+        result: io::Result<u32>,
+        flags: u32,
+    ) -> Option<Box<dyn std::any::Any>> {
         let ref_mut = &mut *self;
         match ref_mut {
             Lifecycle::Submitted => {
@@ -40,11 +47,13 @@ impl<'a> Ref<'a, Lifecycle> {
                     _ => unsafe { std::hint::unreachable_unchecked() },
                 }
             }
-            Lifecycle::Ignored(..) => {
-                self.remove();
-            }
+            Lifecycle::Ignored(..) => match self.remove() {
+                Lifecycle::Ignored(data) => return Some(data),
+                _ => unsafe { std::hint::unreachable_unchecked() },
+            },
             Lifecycle::Completed(..) => unsafe { std::hint::unreachable_unchecked() },
         }
+        None
     }
 
     #[allow(clippy::needless_pass_by_ref_mut)]

@@ -90,6 +90,18 @@ pub(crate) struct UringInner {
 
     // cache-manager patch (PATCHES.md): slots in the ring's table of registered files
     fixed_files: u32,
+
+    // cache-manager patch (PATCHES.md): the data of operations abandoned in flight whose
+    // completion has come. Dropping it can close a socket (its data held the last
+    // handle), which submits an operation: that must not happen inside the completion
+    // loop, or while anything else holds this driver, so it is dropped by
+    // `IoUringDriver::drop_orphans` once the driver's borrow has ended.
+    orphans: Vec<Box<dyn std::any::Any>>,
+
+    // cache-manager patch (PATCHES.md): set while the completion loop runs, so that a
+    // submission from inside it fails a debug assertion.
+    #[cfg(debug_assertions)]
+    completing: bool,
 }
 
 // When dropping the driver, all in-flight operations must have completed. This
@@ -133,11 +145,12 @@ pub(crate) fn set_fixed_file(slot: RawFd, file: RawFd) -> bool {
     CURRENT.with(|inner| match inner {
         Inner::Uring(inner) => {
             // SAFETY: the pointer is the thread's live driver state (`CURRENT` holds an
-            // `Rc` of it), used only from this thread. This can run inside the driver's
-            // completion loop, when a finished operation's data held the last handle on a
-            // socket (the same place upstream's `Drop` submits the close); a shared
-            // reference is taken, and only the ring's file descriptor (for the register
-            // syscall) and the table's size are read, neither of which that loop changes.
+            // `Rc` of it), used only from this thread. It runs where a socket's last
+            // handle is dropped: in a task, or in `IoUringDriver::drop_orphans` (never
+            // inside the completion loop, see `UringInner::orphans`), when no other
+            // borrow of the driver is live. A shared reference is taken, and only the
+            // ring's file descriptor (for the register syscall) and the table's size
+            // are read.
             let inner = unsafe { &*inner.get() };
             match u32::try_from(slot) {
                 Ok(slot) if slot < inner.fixed_files => inner
@@ -175,6 +188,9 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             fixed_files: register_file_table(&uring),
+            orphans: Vec::new(),
+            #[cfg(debug_assertions)]
+            completing: false,
             uring,
         }));
 
@@ -211,6 +227,9 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             fixed_files: register_file_table(&uring),
+            orphans: Vec::new(),
+            #[cfg(debug_assertions)]
+            completing: false,
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
@@ -455,8 +474,32 @@ impl IoUringDriver {
 
         // Process CQ
         inner.tick()?;
+        Self::drop_orphans(&self.inner);
 
         Ok(())
+    }
+
+    /// cache-manager patch (PATCHES.md): drops the data of abandoned operations whose
+    /// completion has come (see `UringInner::orphans`), with no borrow of the driver
+    /// held: a socket closed by it submits its close as any task would. A close that
+    /// finds the submission ring full may reap completions, and with them more orphans,
+    /// so this runs until none is left.
+    fn drop_orphans(this: &Rc<UnsafeCell<UringInner>>) {
+        loop {
+            // SAFETY: the driver is this thread's, and this borrow ends at the statement's
+            // end: the orphans are dropped after it, when they may borrow it themselves.
+            let mut orphans = std::mem::take(unsafe { &mut (*this.get()).orphans });
+            if orphans.is_empty() {
+                return;
+            }
+            orphans.clear();
+            // SAFETY: as above; the emptied vector is put back for its capacity unless
+            // the drops left new orphans, which the next pass takes.
+            let inner = unsafe { &mut *this.get() };
+            if inner.orphans.is_empty() {
+                inner.orphans = orphans;
+            }
+        }
     }
 
     #[cfg(feature = "poll-io")]
@@ -494,6 +537,7 @@ impl Driver for IoUringDriver {
         let inner = unsafe { &mut *self.inner.get() };
         inner.submit()?;
         inner.tick()?;
+        Self::drop_orphans(&self.inner);
         Ok(())
     }
 
@@ -523,6 +567,10 @@ impl UringInner {
     fn tick(&mut self) -> io::Result<()> {
         let cq = self.uring.completion();
 
+        #[cfg(debug_assertions)]
+        {
+            self.completing = true;
+        }
         for cqe in cq {
             let index = cqe.user_data();
             match index {
@@ -534,8 +582,15 @@ impl UringInner {
                     self.poll.tick(Some(Duration::ZERO))?;
                 }
                 _ if index >= MIN_REVERSED_USERDATA => (),
-                _ => self.ops.complete(index as _, resultify(&cqe), cqe.flags()),
+                _ => {
+                    let orphan = self.ops.complete(index as _, resultify(&cqe), cqe.flags());
+                    self.orphans.extend(orphan);
+                }
             }
+        }
+        #[cfg(debug_assertions)]
+        {
+            self.completing = false;
         }
         Ok(())
     }
@@ -580,6 +635,12 @@ impl UringInner {
         T: OpAble,
     {
         let inner = unsafe { &mut *this.get() };
+        // cache-manager patch (PATCHES.md): see `UringInner::orphans`.
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            !inner.completing,
+            "an operation submitted from inside the completion loop"
+        );
         // If the submission queue is full, flush it to the kernel
         if inner.uring.submission().is_full() {
             inner.submit()?;
@@ -744,9 +805,16 @@ impl Ops {
         self.slab.insert(Lifecycle::Submitted)
     }
 
-    fn complete(&mut self, index: usize, result: io::Result<u32>, flags: u32) {
+    /// cache-manager patch (PATCHES.md): returns an abandoned operation's data (see
+    /// `UringInner::orphans`).
+    fn complete(
+        &mut self,
+        index: usize,
+        result: io::Result<u32>,
+        flags: u32,
+    ) -> Option<Box<dyn std::any::Any>> {
         let lifecycle = unsafe { self.slab.get(index).unwrap_unchecked() };
-        lifecycle.complete(result, flags);
+        lifecycle.complete(result, flags)
     }
 }
 
