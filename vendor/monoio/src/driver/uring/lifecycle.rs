@@ -47,10 +47,11 @@ impl<'a> Ref<'a, Lifecycle> {
                     _ => unsafe { std::hint::unreachable_unchecked() },
                 }
             }
-            Lifecycle::Ignored(..) => match self.remove() {
-                Lifecycle::Ignored(data) => return Some(data),
-                _ => unsafe { std::hint::unreachable_unchecked() },
-            },
+            Lifecycle::Ignored(..) => {
+                if let Lifecycle::Ignored(data) = self.remove() {
+                    return Some(data);
+                }
+            }
             Lifecycle::Completed(..) => unsafe { std::hint::unreachable_unchecked() },
         }
         None
