@@ -368,7 +368,13 @@ mod tests {
         let closed = peer.read_to_end(&mut rest);
         peer_done.store(true, Ordering::Release);
         core.join().expect("the core's thread did not panic");
-        assert!(closed.is_ok(), "the socket was closed: {closed:?}");
+        // A close with the byte unread resets the connection instead of ending it; either
+        // tells the peer it is closed, where a socket left open would time the read out.
+        let seen_closed = match &closed {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(seen_closed, "the socket was closed: {closed:?}");
     }
 
     #[test]
