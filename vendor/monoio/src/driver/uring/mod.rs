@@ -484,14 +484,16 @@ impl IoUringDriver {
     /// held: a socket closed by it submits its close as any task would. A close that
     /// finds the submission ring full may reap completions, and with them more orphans,
     /// so this runs until none is left.
+    #[inline]
     fn drop_orphans(this: &Rc<UnsafeCell<UringInner>>) {
         loop {
-            // SAFETY: the driver is this thread's, and this borrow ends at the statement's
-            // end: the orphans are dropped after it, when they may borrow it themselves.
-            let mut orphans = std::mem::take(unsafe { &mut (*this.get()).orphans });
-            if orphans.is_empty() {
+            // SAFETY: the driver is this thread's, and this borrow ends before the orphans
+            // are dropped, when they may borrow it themselves.
+            let inner = unsafe { &mut *this.get() };
+            if inner.orphans.is_empty() {
                 return;
             }
+            let mut orphans = std::mem::take(&mut inner.orphans);
             orphans.clear();
             // SAFETY: as above; the emptied vector is put back for its capacity unless
             // the drops left new orphans, which the next pass takes.
@@ -584,7 +586,9 @@ impl UringInner {
                 _ if index >= MIN_REVERSED_USERDATA => (),
                 _ => {
                     let orphan = self.ops.complete(index as _, resultify(&cqe), cqe.flags());
-                    self.orphans.extend(orphan);
+                    if let Some(orphan) = orphan {
+                        self.orphans.push(orphan);
+                    }
                 }
             }
         }
