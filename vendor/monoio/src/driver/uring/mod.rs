@@ -567,12 +567,23 @@ impl UringInner {
     }
 
     fn tick(&mut self) -> io::Result<()> {
-        let cq = self.uring.completion();
-
+        // cache-manager patch (PATCHES.md): the completion loop is marked for its whole
+        // run, an early return included (see `UringInner::orphans`).
         #[cfg(debug_assertions)]
         {
             self.completing = true;
         }
+        let reaped = self.reap();
+        #[cfg(debug_assertions)]
+        {
+            self.completing = false;
+        }
+        reaped
+    }
+
+    fn reap(&mut self) -> io::Result<()> {
+        let cq = self.uring.completion();
+
         for cqe in cq {
             let index = cqe.user_data();
             match index {
@@ -591,10 +602,6 @@ impl UringInner {
                     }
                 }
             }
-        }
-        #[cfg(debug_assertions)]
-        {
-            self.completing = false;
         }
         Ok(())
     }
