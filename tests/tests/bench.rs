@@ -3,20 +3,30 @@
 //! RESP; and loads against a server that never answers and a port nothing listens on.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use e2e::{bench_binary, Server};
+use e2e::{bench_binary, wait_for, Server};
 
 /// Runs cache-bench to completion, killing it (and failing) if it is still running after
 /// five minutes: a load that never ends fails its test instead of hanging the suite.
 fn cache_bench(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(bench_binary())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cache-bench");
+    /// Kills cache-bench if the test fails while it runs.
+    struct Running(Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Running(
+        Command::new(bench_binary())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cache-bench"),
+    );
     // Drained as it writes, so that a full pipe never stops it.
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
@@ -24,21 +34,18 @@ fn cache_bench(args: &[&str]) -> std::process::Output {
             pipe.read_to_end(&mut bytes).map(|_| bytes)
         })
     };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
-    let patience = Duration::from_secs(300);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for cache-bench") {
-            break status;
-        }
-        if started.elapsed() > patience {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cache-bench {args:?} still running after {patience:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let stdout = drain(Box::new(child.0.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.0.stderr.take().expect("piped")));
+    let mut exited = None;
+    wait_for(
+        &format!("cache-bench {args:?} to finish"),
+        Duration::from_secs(300),
+        || {
+            exited = child.0.try_wait().expect("wait for cache-bench");
+            exited.is_some()
+        },
+    );
+    let status = exited.expect("it exited");
     let read = |drained: std::thread::JoinHandle<std::io::Result<Vec<u8>>>| {
         drained
             .join()
