@@ -8,7 +8,8 @@
 //!
 //! Latency goes into HDR histograms (`hdrhistogram`, 1 µs to 1 h), one per operation per
 //! core behind an uncontended lock, merged on read. They keep 2 significant digits, as
-//! Redis's latency histograms do: every value within 1 % (0.8 %: 256 steps per doubling).
+//! Redis's latency histograms do (its `LATENCY_HISTOGRAM_PRECISION`): every value
+//! reads back within 1 % (0.8 %: 128 steps per doubling).
 //! A reader walks and copies every bucket, and the server reads them once a second for
 //! its history, on core 0 while it serves: at 3 digits a histogram is 23,552 buckets
 //! (184 KiB) and that read held core 0 for about 1.7 million instructions a second
