@@ -23,7 +23,7 @@ use crate::body::{self, Invalidation, Put};
 use crate::config::ReadPath;
 use crate::core::Core;
 use crate::exchange::{Answered, Reply, Request, Response};
-use crate::framing::{Head, Method, Reject};
+use crate::framing::{self, Head, Method, Reject};
 use crate::http::Handler;
 use crate::messages::{FillError, FillMode, Filled, OwnerMessage, Source};
 use crate::render::{render_hit, rfc3339, Hit};
@@ -137,7 +137,10 @@ async fn route(core: &Rc<Core>, request: &Request, mut reply: Reply<'_>) -> (Opt
         }
         Route::Prometheus => stats::prometheus(shared),
         Route::Metrics => json(200, &stats::snapshot(shared)),
-        Route::History => Response::json(200, stats::history_json(shared)),
+        Route::History => match history_since(request.head.query.as_deref()) {
+            Ok(since) => Response::json(200, stats::history_json(shared, since)),
+            Err(message) => Response::error(400, message),
+        },
         Route::Dashboard => static_text("text/html; charset=utf-8", DASHBOARD),
         Route::OpenApi => static_text("application/yaml", OPENAPI),
         Route::Refresh => {
@@ -154,6 +157,18 @@ async fn route(core: &Rc<Core>, request: &Request, mut reply: Reply<'_>) -> (Opt
         }
     };
     (None, reply.send(&response))
+}
+
+/// `since=T` of a history request: only the samples of the seconds that ended after
+/// `T`, a Unix time in milliseconds (a sample's `t`).
+fn history_since(query: Option<&str>) -> Result<Option<u64>, String> {
+    framing::query_param(query, "since")
+        .map(|v| {
+            v.parse().map_err(|_| {
+                format!("since must be a Unix time in milliseconds (a sample's t), got {v:?}")
+            })
+        })
+        .transpose()
 }
 
 fn static_text(content_type: &'static str, text: &str) -> Response {

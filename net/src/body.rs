@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::Config;
-use crate::framing::{reject, Reject};
+use crate::framing::{query_param, reject, Reject};
 use crate::stored;
 
 /// Keys are 1 to CACHE_MAX_KEY_BYTES bytes, without control characters. `too_long` is
@@ -178,19 +178,16 @@ fn json_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, serde_json::
 
 /// `ttl=N` from a query string, checked like any TTL.
 fn query_ttl(config: &Config, query: Option<&str>) -> Result<Option<u64>, Reject> {
-    let Some(query) = query else { return Ok(None) };
-    for pair in query.split('&') {
-        if let Some(v) = pair.strip_prefix("ttl=") {
-            let secs = v.parse::<u64>().map_err(|_| {
-                reject(
-                    400,
-                    format!("ttl must be a non-negative integer of seconds, got {v:?}"),
-                )
-            })?;
-            return check_ttl(config, secs).map(Some);
-        }
-    }
-    Ok(None)
+    let Some(v) = query_param(query, "ttl") else {
+        return Ok(None);
+    };
+    let secs = v.parse::<u64>().map_err(|_| {
+        reject(
+            400,
+            format!("ttl must be a non-negative integer of seconds, got {v:?}"),
+        )
+    })?;
+    check_ttl(config, secs).map(Some)
 }
 
 /// What `POST /api/cache/invalidate` asks for.

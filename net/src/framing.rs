@@ -83,6 +83,15 @@ pub struct Head {
     pub length_required: bool,
 }
 
+/// The value of the first `name=value` pair in a query string, as sent (not
+/// percent-decoded: the parameters the API reads are numbers).
+pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        pair.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+    })
+}
+
 /// The items of a comma-separated header value, trimmed, as bytes: most requests carry
 /// `Accept` and `Connection`, so they are read in place, without a copy or a UTF-8 check.
 fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -556,6 +565,15 @@ mod tests {
                 .status,
             414
         );
+    }
+
+    #[test]
+    fn a_query_parameter_is_its_first_exact_name() {
+        let query = Some("sincex=1&since=2&since=3&ttl=");
+        assert_eq!(query_param(query, "since"), Some("2"));
+        assert_eq!(query_param(query, "ttl"), Some(""));
+        assert_eq!(query_param(query, "sinc"), None);
+        assert_eq!(query_param(None, "since"), None);
     }
 
     #[test]

@@ -58,7 +58,27 @@ struct View<'a> {
     capacity: usize,
     #[serde(flatten)]
     shape: Shape,
+    samples: After<'a>,
+}
+
+/// The samples of a second that ended after `since` (Unix ms; every sample when `None`),
+/// oldest first. A dashboard asks for the whole ring once and then only for what is
+/// new: the whole ring is about 110 KB of JSON (one core), rendered on a serving core.
+struct After<'a> {
     samples: &'a VecDeque<Sample>,
+    since: Option<u64>,
+}
+
+impl Serialize for After<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Filtered rather than searched: the wall clock a sample's `t` comes from may
+        // step back, so the ring is in push order, not always in `t` order.
+        s.collect_seq(
+            self.samples
+                .iter()
+                .filter(|sample| self.since.is_none_or(|since| sample.t > since)),
+        )
+    }
 }
 
 impl History {
@@ -70,14 +90,80 @@ impl History {
         samples.push_back(sample);
     }
 
-    pub fn to_json(&self, shape: Shape) -> Vec<u8> {
+    /// The answer to `GET /api/cache/history`, with the samples after `since` (Unix ms).
+    pub fn to_json(&self, shape: Shape, since: Option<u64>) -> Vec<u8> {
         let samples = self.samples.lock().expect("history lock");
         serde_json::to_vec(&View {
             interval_ms: INTERVAL.as_millis() as u64,
             capacity: CAPACITY,
             shape,
-            samples: &samples,
+            samples: After {
+                samples: &samples,
+                since,
+            },
         })
         .expect("samples serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: u64) -> Sample {
+        Sample {
+            t,
+            gets: 0,
+            sets: 0,
+            deletes: 0,
+            invalidates: 0,
+            p50_us: 0,
+            p99_us: 0,
+            p999_us: 0,
+            core_requests: vec![0],
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    fn times(history: &History, since: Option<u64>) -> Vec<u64> {
+        let shape = Shape {
+            cores: 1,
+            l1_max_entries: 1,
+            l1_max_bytes: 0,
+            l2_enabled: false,
+        };
+        let view: serde_json::Value =
+            serde_json::from_slice(&history.to_json(shape, since)).unwrap();
+        assert_eq!(view["capacity"], CAPACITY);
+        view["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["t"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_five_minutes_and_answers_what_is_after_a_time() {
+        let history = History::default();
+        for t in 1..=CAPACITY as u64 + 10 {
+            history.push(sample(t * 1000));
+        }
+        let all = times(&history, None);
+        assert_eq!(all.len(), CAPACITY);
+        assert_eq!(all[0], 11_000);
+        assert_eq!(times(&history, Some(309_000)), [310_000]);
+        assert_eq!(times(&history, Some(308_500)), [309_000, 310_000]);
+        assert!(times(&history, Some(310_000)).is_empty());
+        assert_eq!(times(&history, Some(0)), all);
+    }
+
+    #[test]
+    fn samples_after_a_clock_step_back_are_still_found() {
+        let history = History::default();
+        for t in [5_000, 6_000, 2_000, 3_000] {
+            history.push(sample(t));
+        }
+        assert_eq!(times(&history, Some(2_500)), [5_000, 6_000, 3_000]);
     }
 }

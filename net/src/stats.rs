@@ -714,12 +714,13 @@ pub async fn sample_every_second(shared: Arc<Shared>) {
     }
 }
 
-/// The history endpoint's answer.
-pub fn history_json(shared: &Shared) -> Vec<u8> {
-    shared.history.to_json(history::Shape {
+/// The history endpoint's answer: the samples after `since` (Unix ms), or all of them.
+pub fn history_json(shared: &Shared, since: Option<u64>) -> Vec<u8> {
+    let shape = history::Shape {
         cores: shared.cores.len(),
         l1_max_entries: shared.config.l1_max_entries,
         l1_max_bytes: shared.config.l1_max_bytes,
         l2_enabled: shared.tiers.l2.is_some(),
-    })
+    };
+    shared.history.to_json(shape, since)
 }

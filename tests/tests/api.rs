@@ -530,6 +530,36 @@ fn prometheus_text_is_served() {
 }
 
 #[test]
+fn the_history_answers_only_the_seconds_after_since() {
+    let s = Server::start(&[]);
+    let times = |query: &str| -> Vec<u64> {
+        let (status, history) = get(&s, &format!("/api/cache/history{query}"));
+        assert_eq!(status, 200, "{history}");
+        let samples = history["samples"].as_array().expect("samples");
+        samples
+            .iter()
+            .map(|s| s["t"].as_u64().expect("t"))
+            .collect()
+    };
+    e2e::wait_for("two samples", Duration::from_secs(10), || {
+        times("").len() >= 2
+    });
+    let all = times("");
+    let last = *all.last().unwrap();
+    let newer = times(&format!("?since={last}"));
+    assert!(newer.iter().all(|&t| t > last), "{newer:?} after {last}");
+    let tail = times(&format!("?since={}", all[all.len() - 2]));
+    assert_eq!(tail.first(), Some(&last), "{tail:?} after {all:?}");
+    assert_eq!(times("?since=0")[..all.len()], all[..]);
+    let (status, error) = get(&s, "/api/cache/history?since=-1");
+    assert_eq!(status, 400);
+    assert!(
+        error["error"].as_str().unwrap().contains("since must be"),
+        "{error}"
+    );
+}
+
+#[test]
 fn the_hop_read_path_serves_the_same_answers() {
     // Hops wake the owner core from another thread: with the cores watching their rings
     // before they sleep (the default) and without.

@@ -6,7 +6,8 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::{wait_for, Server};
@@ -59,6 +60,79 @@ fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
     let len = tag[start..].find('"')?;
     Some(&tag[start..start + len])
+}
+
+/// A stand-in origin for the page, in front of `service` (its base URL): it forwards
+/// every GET, and holds a `?since=` request until the service has a second after it.
+/// Chromium's virtual time runs the page's one-second refreshes in a few real
+/// milliseconds, in which the service samples nothing new; held this way, each refresh
+/// after the first brings at least one new second, as it does in a browser a person
+/// watches. Returns the gateway's base URL and the count of `?since=` requests it
+/// answered.
+fn gateway(service: String) -> (String, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (service, count) = (service.clone(), count.clone());
+            std::thread::spawn(move || forward_each_request(stream, &service, &count));
+        }
+    });
+    (url, answered)
+}
+
+fn forward_each_request(stream: std::net::TcpStream, service: &str, answered: &AtomicUsize) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        // The page sends GETs only, without a body: the head ends at a blank line.
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 2 {
+            line.clear();
+        }
+        let path = request_line.split(' ').nth(1).unwrap_or("/").to_owned();
+        if let Some((_, since)) = path.split_once("since=") {
+            let newer = format!("{service}/api/cache/history?since={since}");
+            wait_for(
+                "a second after the page's newest",
+                Duration::from_secs(5),
+                || {
+                    let h: serde_json::Value =
+                        ureq::get(&newer).call().unwrap().into_json().unwrap();
+                    !h["samples"].as_array().unwrap().is_empty()
+                },
+            );
+            answered.fetch_add(1, Ordering::Relaxed);
+        }
+        // The browser also asks for /favicon.ico, which the service answers 404.
+        let response = match ureq::get(&format!("{service}{path}")).call() {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("the service did not answer {path}: {e}"),
+        };
+        let status = response.status();
+        let content_type = response.content_type().to_owned();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut body).unwrap();
+        let head = format!(
+            "HTTP/1.1 {} OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\r\n",
+            status,
+            body.len()
+        );
+        if writer
+            .write_all(head.as_bytes())
+            .and_then(|()| writer.write_all(&body))
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 fn artifacts() -> PathBuf {
@@ -120,7 +194,8 @@ fn the_dashboard_renders_live_data_in_a_real_browser() {
         );
 
         let url = server.url("/dashboard");
-        let dom = run_chromium(&url, &["--dump-dom"]);
+        let (gateway, incremental) = gateway(server.url(""));
+        let dom = run_chromium(&format!("{gateway}/dashboard"), &["--dump-dom"]);
         let status = dom
             .split("<span id=\"status\"")
             .nth(1)
@@ -134,6 +209,27 @@ fn the_dashboard_renders_live_data_in_a_real_browser() {
                 )
             });
         assert!(rendered >= 5, "{rendered} samples rendered");
+        // After its first request the page asks only for the seconds after its newest
+        // (`?since=`) and appends them (three times in the virtual time given): it holds
+        // each of the service's seconds once, none missing between its first and its last.
+        let times: Vec<u64> = attribute(status, "data-times")
+            .expect("the samples' times")
+            .split(' ')
+            .map(|t| t.parse().unwrap())
+            .collect();
+        assert_eq!(times.len(), rendered);
+        assert!(
+            incremental.load(Ordering::Relaxed) >= 1,
+            "no ?since= refresh"
+        );
+        let served: Vec<u64> = history()["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["t"].as_u64().unwrap())
+            .filter(|t| (times[0]..=times[times.len() - 1]).contains(t))
+            .collect();
+        assert_eq!(times, served, "the page's seconds against the service's");
         let page = dom.split("<script").next().unwrap();
         let charts: Vec<(String, usize, usize)> = page
             .split("<canvas")

@@ -342,6 +342,22 @@ fn real_responses_match_the_openapi_spec() {
             None,
             200,
         ),
+        (
+            "GET",
+            "/api/cache/history?since=0".into(),
+            "/api/cache/history",
+            &[],
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/cache/history?since=yesterday".into(),
+            "/api/cache/history",
+            &[],
+            None,
+            400,
+        ),
     ];
     // Let the dashboard's history gather a sample.
     e2e::wait_for(
