@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 /// Seconds of history kept.
 pub const CAPACITY: usize = 300;
@@ -17,7 +18,7 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 /// One second of the service: counts are per second, sizes are at its end. Besides the
 /// requests and their latency, it holds every metric the metrics table marks as sampled,
 /// under its JSON name (`stats::METRICS`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Sample {
     /// The second's end, in Unix milliseconds.
     pub t: u64,
@@ -39,7 +40,17 @@ pub struct Sample {
 /// history endpoint).
 #[derive(Debug, Default)]
 pub struct History {
-    samples: Mutex<VecDeque<Sample>>,
+    samples: Mutex<VecDeque<Rendered>>,
+}
+
+/// A sample as the history endpoint sends it, rendered to JSON once, when it is taken:
+/// an answer then copies bytes instead of rendering up to 300 samples on a serving core
+/// (BENCHMARKS.md, "The history sampler's stall"), and holds the ring's lock, which core
+/// 0's sampler also takes, only as long as that copy.
+#[derive(Debug)]
+struct Rendered {
+    t: u64,
+    json: Box<RawValue>,
 }
 
 /// The service's shape, which the dashboard draws the samples against.
@@ -63,9 +74,9 @@ struct View<'a> {
 
 /// The samples of a second that ended after `since` (Unix ms; every sample when `None`),
 /// oldest first. A dashboard asks for the whole ring once and then only for what is
-/// new: the whole ring is about 110 KB of JSON (one core), rendered on a serving core.
+/// new: the whole ring is about 110 KB of JSON (one core).
 struct After<'a> {
-    samples: &'a VecDeque<Sample>,
+    samples: &'a VecDeque<Rendered>,
     since: Option<u64>,
 }
 
@@ -76,18 +87,23 @@ impl Serialize for After<'_> {
         s.collect_seq(
             self.samples
                 .iter()
-                .filter(|sample| self.since.is_none_or(|since| sample.t > since)),
+                .filter(|sample| self.since.is_none_or(|since| sample.t > since))
+                .map(|sample| &*sample.json),
         )
     }
 }
 
 impl History {
     pub fn push(&self, sample: Sample) {
+        let rendered = Rendered {
+            t: sample.t,
+            json: serde_json::value::to_raw_value(&sample).expect("a sample serializes"),
+        };
         let mut samples = self.samples.lock().expect("history lock");
         if samples.len() == CAPACITY {
             samples.pop_front();
         }
-        samples.push_back(sample);
+        samples.push_back(rendered);
     }
 
     /// The answer to `GET /api/cache/history`, with the samples after `since` (Unix ms).
