@@ -36,7 +36,9 @@ pub mod wheel;
 pub use cache::{Cache, CacheBuilder};
 pub use eviction::{Eviction, Region, Standing, UnknownEviction, MAX_FREQUENCY};
 pub use glob::Glob;
-pub use metrics::{LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics};
+pub use metrics::{
+    empty_histogram, LatencyRecorder, LatencySummary, MetricsSnapshot, ShardMetrics,
+};
 pub use readthrough::Origin;
 pub use reclaim::fence_free_reads;
 pub use router::{mailboxes, Command, KeyFilter, Mailboxes, OwnedEntry, Router, ShardGone};

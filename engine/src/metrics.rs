@@ -13,7 +13,8 @@
 //! A reader walks and copies every bucket, and the server reads them once a second for
 //! its history, on core 0 while it serves: at 3 digits a histogram is 23,552 buckets
 //! (184 KiB) and that read held core 0 for about 1.7 million instructions a second
-//! (BENCHMARKS.md, "The history sampler's stall"); at 2 digits it is 3,328.
+//! (BENCHMARKS.md, "The history sampler's stall"); at 2 digits it is 3,328, and the
+//! server merges the cores' recorders in slices of a few cores (`add_to`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -191,8 +192,8 @@ pub struct LatencySummary {
 const HIGHEST_TRACKABLE_US: u64 = 3_600_000_000;
 const SIGNIFICANT_DIGITS: u8 = 2;
 
-/// An empty histogram with the recorders' bounds and precision.
-fn empty_histogram() -> Histogram<u64> {
+/// An empty histogram with the recorders' bounds and precision, to merge them into.
+pub fn empty_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_TRACKABLE_US, SIGNIFICANT_DIGITS).expect("valid bounds")
 }
 
@@ -212,9 +213,18 @@ impl LatencyRecorder {
     pub fn merged<'a>(recorders: impl IntoIterator<Item = &'a LatencyRecorder>) -> Histogram<u64> {
         let mut total = empty_histogram();
         for r in recorders {
-            total.add(&*r.0.lock()).expect("same bounds");
+            r.add_to(&mut total);
         }
         total
+    }
+
+    /// Adds what this recorder holds to `total` (made by [`empty_histogram`]), holding
+    /// the recorder's lock for the walk over its buckets; returns how many latencies
+    /// that was.
+    pub fn add_to(&self, total: &mut Histogram<u64>) -> u64 {
+        let held = self.0.lock();
+        total.add(&*held).expect("same bounds");
+        held.len()
     }
 
     pub fn summarize(h: &Histogram<u64>) -> LatencySummary {

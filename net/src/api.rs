@@ -135,8 +135,8 @@ async fn route(core: &Rc<Core>, request: &Request, mut reply: Reply<'_>) -> (Opt
         {
             Response::error(404, "metrics are disabled (METRICS_ENABLED=false)")
         }
-        Route::Prometheus => stats::prometheus(shared),
-        Route::Metrics => json(200, &stats::snapshot(shared)),
+        Route::Prometheus => stats::prometheus(shared).await,
+        Route::Metrics => json(200, &stats::snapshot(shared).await),
         Route::History => match history_since(request.head.query.as_deref()) {
             Ok(since) => Response::json(200, stats::history_json(shared, since)),
             Err(message) => Response::error(400, message),

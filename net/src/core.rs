@@ -44,6 +44,13 @@ pub struct OpLatency {
     pub invalidate: LatencyRecorder,
 }
 
+impl OpLatency {
+    /// The recorders in a fixed order: get, set, delete, invalidate.
+    pub fn each(&self) -> [&LatencyRecorder; 4] {
+        [&self.get, &self.set, &self.delete, &self.invalidate]
+    }
+}
+
 /// How snapshots went (`warm.rs`).
 #[derive(Debug, Default)]
 pub struct SnapshotStats {

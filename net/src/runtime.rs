@@ -205,8 +205,8 @@ fn build_executor(
     fallback(&unavailable)
 }
 
-/// A long task's share of its core: it runs for about [`Budget::SLICE`] at a time, then
-/// lets the executor reap completions and run other tasks.
+/// A long task's share of its core: it runs for about a slice at a time, then lets the
+/// executor reap completions and run other tasks.
 ///
 /// A plain yield is not enough: monoio reaps the ring only when its run queue is empty, so
 /// a task that keeps yielding would hold back every connection's I/O. A timer of the
@@ -214,21 +214,31 @@ fn build_executor(
 /// millisecond, the timer wheel's tick), so a task that spends its slice, then waits, runs
 /// at no less than half speed and delays others by no more than a slice.
 pub struct Budget {
+    slice: Duration,
     since: Instant,
 }
 
 impl Budget {
-    pub const SLICE: Duration = Duration::from_millis(1);
+    /// The slice of work that has no deadline of its own (saving a snapshot).
+    const SLICE: Duration = Duration::from_millis(1);
 
     pub fn new() -> Self {
+        Self::with_slice(Self::SLICE)
+    }
+
+    /// A budget for work that should hold the core for less than a millisecond at a time
+    /// and can take several milliseconds overall (the metrics' merge of every core's
+    /// histograms).
+    pub fn with_slice(slice: Duration) -> Self {
         Self {
+            slice,
             since: Instant::now(),
         }
     }
 
     /// Gives the core back if this task has run for a slice since it last did.
     pub async fn spend(&mut self) {
-        if self.since.elapsed() >= Self::SLICE {
+        if self.since.elapsed() >= self.slice {
             monoio::time::sleep(Duration::from_micros(1)).await;
             self.since = Instant::now();
         }

@@ -324,7 +324,8 @@ async fn housekeeping(core: Rc<Core>) {
         if let (Some(at), Some(interval)) = (next_summary, summary) {
             if now >= at {
                 next_summary = Some(now + interval);
-                tracing::info!(summary = %stats::snapshot(&shared).summary(), "metrics");
+                let summary = stats::snapshot(&shared).await.summary();
+                tracing::info!(summary = %summary, "metrics");
             }
         }
     }

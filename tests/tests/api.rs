@@ -559,6 +559,59 @@ fn the_history_answers_only_the_seconds_after_since() {
     );
 }
 
+/// The history's seconds add up to every request of each operation, across cores, and
+/// each second's percentiles are those of a second with requests in it.
+#[test]
+fn the_history_counts_every_request_once() {
+    let s = Server::start(&[("CACHE_CORES", "2")]);
+    let (puts, gets, deletes, invalidates) = (30, 50, 7, 3);
+    for i in 0..puts {
+        put(&s, &format!("/api/cache/k{i}"), json!({"value": i}));
+    }
+    for i in 0..gets {
+        get(&s, &format!("/api/cache/k{}", i % (puts + 5)));
+    }
+    for i in 0..deletes {
+        let _ = ureq::delete(&s.url(&format!("/api/cache/k{i}"))).call();
+    }
+    for i in 0..invalidates {
+        let body = json!({ "keys": [format!("k{}", 10 + i)] });
+        let (status, _) =
+            status_and_json(ureq::post(&s.url("/api/cache/invalidate")).send_json(body));
+        assert_eq!(status, 200);
+    }
+    let sum = |samples: &[Value], field: &str| -> u64 {
+        samples.iter().map(|s| s[field].as_u64().unwrap()).sum()
+    };
+    let mut samples = Vec::new();
+    e2e::wait_for(
+        "every request in the history",
+        Duration::from_secs(10),
+        || {
+            let (_, history) = get(&s, "/api/cache/history");
+            samples = history["samples"].as_array().unwrap().clone();
+            sum(&samples, "gets") >= gets
+        },
+    );
+    assert_eq!(sum(&samples, "gets"), gets);
+    assert_eq!(sum(&samples, "sets"), puts);
+    assert_eq!(sum(&samples, "deletes"), deletes);
+    assert_eq!(sum(&samples, "invalidates"), invalidates);
+    for sample in &samples {
+        let ops: u64 = ["gets", "sets", "deletes", "invalidates"]
+            .iter()
+            .map(|op| sample[op].as_u64().unwrap())
+            .sum();
+        let [p50, p99, p999] = ["p50_us", "p99_us", "p999_us"].map(|p| sample[p].as_u64().unwrap());
+        assert!(p50 <= p99 && p99 <= p999, "{sample}");
+        assert_eq!(
+            ops > 0,
+            p50 > 0,
+            "percentiles of a second with requests: {sample}"
+        );
+    }
+}
+
 #[test]
 fn the_hop_read_path_serves_the_same_answers() {
     // Hops wake the owner core from another thread: with the cores watching their rings
