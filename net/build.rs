@@ -27,19 +27,24 @@ fn main() {
     println!("cargo:rustc-env=CM_PROFILE={}", var("PROFILE"));
     println!("cargo:rustc-env=CM_TARGET={}", var("TARGET"));
     println!("cargo:rerun-if-changed=build.rs");
-    // Run again when the checkout moves to another commit.
-    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        let git_dir = Path::new(&git_dir);
-        println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
-        if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!(
-                "cargo:rerun-if-changed={}",
-                git_dir.join(head_ref).display()
-            );
+    // Run again when the checkout moves to another commit: HEAD, the folder of the branch's
+    // ref (a commit writes the ref there, even where it was only packed before) and
+    // packed-refs. A path that does not exist is not named: cargo takes a missing file as
+    // changed, so the service would be rebuilt on every build (a checkout whose refs were
+    // never packed has no packed-refs).
+    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        if let Some(folder) = Path::new(&head_ref).parent() {
+            watched.push(folder.display().to_string());
         }
-        println!(
-            "cargo:rerun-if-changed={}",
-            git_dir.join("packed-refs").display()
-        );
+    }
+    for name in watched {
+        // Relative to the package's folder, where cargo runs this script, or absolute.
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
     }
 }
