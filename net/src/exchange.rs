@@ -4,7 +4,7 @@
 //! other. A handler either builds a [`Response`] and sends it, or (a hit, the hot path)
 //! writes the head and the body straight into the connection's output.
 
-use crate::framing::{Head, Reject};
+use crate::framing::{Head, Persistence, Reject};
 
 /// A parsed request with its whole body.
 #[derive(Debug)]
@@ -99,8 +99,8 @@ pub struct Reply<'a> {
     conditions: &'a dyn Conditions,
     /// A HEAD: the same head as a GET, no body.
     head_only: bool,
-    /// Whether the request allows the connection to stay open.
-    keep_alive: bool,
+    /// Whether the request allows the connection to stay open, and how to say so.
+    persistence: Persistence,
 }
 
 /// Proof that a request was answered, and whether its answer closes the connection.
@@ -123,7 +123,7 @@ impl Answered {
 pub struct Outgoing<'a> {
     out: &'a mut Vec<u8>,
     head_only: bool,
-    closes: bool,
+    persistence: Persistence,
 }
 
 impl<'a> Reply<'a> {
@@ -131,13 +131,13 @@ impl<'a> Reply<'a> {
         out: &'a mut Vec<u8>,
         conditions: &'a dyn Conditions,
         head_only: bool,
-        keep_alive: bool,
+        persistence: Persistence,
     ) -> Self {
         Self {
             out,
             conditions,
             head_only,
-            keep_alive,
+            persistence,
         }
     }
 
@@ -177,10 +177,15 @@ impl<'a> Reply<'a> {
         out.extend_from_slice(b"\r\nContent-Length: ");
         out.extend_from_slice(number.format(content_length).as_bytes());
         out.extend_from_slice(b"\r\n");
+        let persistence = if self.conditions.stopping() {
+            Persistence::Close
+        } else {
+            self.persistence
+        };
         Outgoing {
             out,
             head_only: self.head_only,
-            closes: !self.keep_alive || self.conditions.stopping(),
+            persistence,
         }
     }
 }
@@ -194,15 +199,17 @@ impl Outgoing<'_> {
 
     /// Ends the head and writes `body` (not for a HEAD).
     pub fn body(self, body: &[u8]) -> Answered {
-        if self.closes {
-            self.out.extend_from_slice(b"Connection: close\r\n");
+        match self.persistence {
+            Persistence::Close => self.out.extend_from_slice(b"Connection: close\r\n"),
+            Persistence::KeepAlive => self.out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            Persistence::Persistent => {}
         }
         self.out.extend_from_slice(b"\r\n");
         if !self.head_only {
             self.out.extend_from_slice(body);
         }
         Answered {
-            closes: self.closes,
+            closes: self.persistence == Persistence::Close,
         }
     }
 }
@@ -243,7 +250,7 @@ pub mod tests {
 
     pub fn written(
         head_only: bool,
-        keep_alive: bool,
+        persistence: Persistence,
         stopping: bool,
         answer: impl FnOnce(&mut Reply<'_>) -> Answered,
     ) -> (String, Answered) {
@@ -255,7 +262,7 @@ pub mod tests {
             &mut out,
             &conditions,
             head_only,
-            keep_alive,
+            persistence,
         ));
         (String::from_utf8(out).unwrap(), answered)
     }
@@ -263,7 +270,9 @@ pub mod tests {
     #[test]
     fn responses_carry_length_type_and_date() {
         let r = Response::error(404, "no entry for key \"a\"").with_header("X-Test", "1");
-        let (text, answered) = written(false, true, false, |reply| reply.send(&r));
+        let (text, answered) = written(false, Persistence::Persistent, false, |reply| {
+            reply.send(&r)
+        });
         assert!(
             text.starts_with("HTTP/1.1 404 Not Found\r\nDate: Wed, 25 Nov 2026 00:00:00 GMT\r\n")
         );
@@ -272,10 +281,28 @@ pub mod tests {
         assert!(text.contains("X-Test: 1\r\n"));
         assert!(!text.contains("Connection: close") && !answered.closes);
         assert!(text.ends_with("{\"error\":\"no entry for key \\\"a\\\"\"}"));
-        let (head, answered) = written(true, false, false, |reply| reply.send(&r));
+        let (head, answered) = written(true, Persistence::Close, false, |reply| reply.send(&r));
         assert!(
             head.ends_with("Connection: close\r\n\r\n") && answered.closes,
             "HEAD has no body: {head}"
+        );
+    }
+
+    /// An HTTP/1.0 client that asked to keep the connection is told it is kept, unless the
+    /// service is stopping.
+    #[test]
+    fn a_kept_http_1_0_connection_is_announced() {
+        let r = Response::json(200, b"{}".to_vec());
+        let (text, answered) =
+            written(false, Persistence::KeepAlive, false, |reply| reply.send(&r));
+        assert!(
+            text.ends_with("Connection: keep-alive\r\n\r\n{}") && !answered.closes(),
+            "{text}"
+        );
+        let (text, answered) = written(false, Persistence::KeepAlive, true, |reply| reply.send(&r));
+        assert!(
+            text.ends_with("Connection: close\r\n\r\n{}") && answered.closes(),
+            "{text}"
         );
     }
 
@@ -283,7 +310,7 @@ pub mod tests {
     /// request was being answered still closes a keep-alive connection.
     #[test]
     fn a_head_written_while_stopping_closes_the_connection() {
-        let (text, answered) = written(false, true, true, |reply| {
+        let (text, answered) = written(false, Persistence::Persistent, true, |reply| {
             let mut outgoing = reply.start(200, "text/plain", 2);
             outgoing.header("X-A", &[b"1", b"2"]);
             outgoing.body(b"ok")

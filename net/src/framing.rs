@@ -68,6 +68,20 @@ pub enum Framing {
     Chunked,
 }
 
+/// Whether the connection stays open after a request's answer, and what the answer must
+/// say about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// The answer says `Connection: close` and the connection closes after it.
+    Close,
+    /// HTTP/1.1's default: the connection stays open, and the answer says nothing of it.
+    Persistent,
+    /// An HTTP/1.0 client asked for `Connection: keep-alive`: the answer says so too, or
+    /// the client reads until the close to find its end (ApacheBench's `ab -k` waits for
+    /// a close that never comes).
+    KeepAlive,
+}
+
 /// What the service needs of a request head.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Head {
@@ -79,7 +93,7 @@ pub struct Head {
     pub authorization: Option<Vec<u8>>,
     pub framing: Framing,
     pub expects_continue: bool,
-    pub keep_alive: bool,
+    pub persistence: Persistence,
     pub length_required: bool,
 }
 
@@ -271,10 +285,14 @@ fn interpret(
         (false, true) => Framing::Length(content_length(&lengths)?),
     };
     let length_required = matches!(method, Method::Put | Method::Post) && framing == Framing::None;
-    let keep_alive = if http11 {
-        !connection_close
+    let persistence = if connection_close {
+        Persistence::Close
+    } else if http11 {
+        Persistence::Persistent
+    } else if connection_keep_alive {
+        Persistence::KeepAlive
     } else {
-        connection_keep_alive && !connection_close
+        Persistence::Close
     };
     if path.len() > limits.max_header_bytes {
         return Err(reject(414, "request target too long"));
@@ -296,7 +314,7 @@ fn interpret(
             framing
         },
         expects_continue,
-        keep_alive,
+        persistence,
         length_required,
     })
 }
@@ -553,7 +571,7 @@ mod tests {
         assert_eq!(head.path, "/api/cache/a");
         assert_eq!(head.query.as_deref(), Some("x=1"));
         assert_eq!(head.framing, Framing::Length(3));
-        assert!(head.keep_alive);
+        assert_eq!(head.persistence, Persistence::Persistent);
         assert_eq!(
             parse_head(&wire[..10], &limits, String::new()).unwrap(),
             None
@@ -594,9 +612,23 @@ mod tests {
         assert!(accepts("text/html,  Application/Octet-Stream ;q=0.9"));
         assert!(!accepts("application/json"));
         assert!(!accepts("application/octet-streamx, */*"));
-        assert!(!head("1.1", "Connection: upgrade,close\r\n").keep_alive);
-        assert!(head("1.1", "Connection: upgrade\r\n").keep_alive);
-        assert!(head("1.0", "Connection: Upgrade, Keep-Alive\r\n").keep_alive);
-        assert!(!head("1.0", "").keep_alive);
+        let persistence = |version: &str, headers: &str| head(version, headers).persistence;
+        assert_eq!(
+            persistence("1.1", "Connection: upgrade,close\r\n"),
+            Persistence::Close
+        );
+        assert_eq!(
+            persistence("1.1", "Connection: upgrade\r\n"),
+            Persistence::Persistent
+        );
+        assert_eq!(
+            persistence("1.0", "Connection: Upgrade, Keep-Alive\r\n"),
+            Persistence::KeepAlive
+        );
+        assert_eq!(
+            persistence("1.0", "Connection: keep-alive, close\r\n"),
+            Persistence::Close
+        );
+        assert_eq!(persistence("1.0", ""), Persistence::Close);
     }
 }

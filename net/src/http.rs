@@ -29,7 +29,7 @@ use monoio::time::Sleep;
 
 use crate::core::Core;
 use crate::exchange::{Answered, Reply, Request, Response};
-use crate::framing::{self, ChunkedBody, Framing, Head, Method, Reject};
+use crate::framing::{self, ChunkedBody, Framing, Head, Method, Persistence, Reject};
 
 /// Why a request could not be read; each becomes a JSON error and closes the connection.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +145,7 @@ pub async fn serve<H: Handler>(
                     &mut conn.outbox.output,
                     &*conn.core,
                     head_only,
-                    request.head.keep_alive,
+                    request.head.persistence,
                 );
                 let (answered, timed) = conn.handler.handle(&request, reply).await;
                 if let Some(timed) = timed {
@@ -219,7 +219,13 @@ impl<H: Handler> Connection<H> {
 
     /// Answers a request that could not be read, closing the connection.
     fn refuse(&mut self, response: &Response) {
-        let _ = Reply::new(&mut self.outbox.output, &*self.core, false, false).send(response);
+        let _ = Reply::new(
+            &mut self.outbox.output,
+            &*self.core,
+            false,
+            Persistence::Close,
+        )
+        .send(response);
     }
 
     /// Writes the pending responses (see [`Outbox::send`]).
@@ -553,6 +559,6 @@ pub async fn refuse_connection(mut stream: TcpStream, core: Rc<Core>) {
             core.config.max_connections
         ),
     );
-    let _ = Reply::new(&mut out, &*core, false, false).send(&response);
+    let _ = Reply::new(&mut out, &*core, false, Persistence::Close).send(&response);
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
 }

@@ -234,9 +234,12 @@ mod tests {
                 expires_at_ms: expires,
                 stale,
             };
-            crate::exchange::tests::written(false, true, false, |reply| {
-                render_hit(reply, &hit, bytes, now, source)
-            })
+            crate::exchange::tests::written(
+                false,
+                crate::framing::Persistence::Persistent,
+                false,
+                |reply| render_hit(reply, &hit, bytes, now, source),
+            )
             .0
         });
         assert_eq!(text, unversioned);

@@ -230,7 +230,7 @@ fn a_client_that_writes_a_refused_body_whole_before_reading_gets_the_413() {
 }
 
 #[test]
-fn http_1_0_closes_unless_asked_to_keep_alive() {
+fn http_1_0_closes_unless_asked_to_keep_alive_and_then_is_told_it_is_kept() {
     let s = Server::start(&[]);
     let mut c = s.connect();
     let r = exchange(&mut c, b"GET /healthz HTTP/1.0\r\n\r\n");
@@ -242,6 +242,11 @@ fn http_1_0_closes_unless_asked_to_keep_alive() {
         b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
     );
     assert_eq!(r.status, 200);
+    // An HTTP/1.0 client keeps the connection only if the answer says so; otherwise it
+    // reads to the close (ApacheBench's `ab -k` waited out the idle timeout).
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    let r = exchange(&mut c, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert_eq!(r.header("connection"), None, "HTTP/1.1 keeps it by default");
     assert_eq!(
         exchange(
             &mut c,
