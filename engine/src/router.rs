@@ -135,8 +135,6 @@ pub enum Command {
         only: Option<KeyFilter>,
         reply: Reply<usize>,
     },
-    /// Frees expired entries now (the periodic sweep); answers how many.
-    Expire { reply: Reply<usize> },
 }
 
 impl Command {
@@ -182,9 +180,6 @@ impl Command {
                     None => shard.clear(),
                 };
                 let _ = reply.send(dropped);
-            }
-            Command::Expire { reply } => {
-                let _ = reply.send(shard.expire(now_ms));
             }
         }
     }

@@ -39,11 +39,21 @@
 //! whose entry takes the victim's slot, takes over the victim's record when the deadlines
 //! share a list (see `vacated`).
 //!
+//! **An advance can stop part way** ([`advance_some`]): a list that comes due may hold
+//! every timer filed in a span of minutes, each of which is read and fired or filed lower,
+//! and a caller on a serving core cannot spend tens of milliseconds on it at once. What
+//! is left of the lists taken is kept ([`Taken`]) and drained first by the next advance,
+//! before any list that comes due later is taken, and the wheel's time stays at the last
+//! list taken until they are empty, so timers filed meanwhile land on lists still to come.
+//!
 //! It is written here rather than taken from a crate because it is the product: it must
 //! cost a few bytes an entry, and be driven by the caller's `now` so tests hold the clock.
 //!
 //! [`cancel`]: TimerWheel::cancel
 //! [`advance`]: TimerWheel::advance
+//! [`advance_some`]: TimerWheel::advance_some
+
+use std::collections::VecDeque;
 
 const LEVELS: usize = 6;
 const SLOTS: usize = 64;
@@ -199,10 +209,36 @@ struct Rebuild {
     next_key: u32,
 }
 
+/// What is left of a list taken when it came due, while an advance that stopped part way
+/// has not drained it.
+#[derive(Clone, Copy, Debug)]
+struct Taken {
+    records: List,
+    from: TakenFrom,
+}
+
+/// How a taken list's records are judged.
+#[derive(Clone, Copy, Debug)]
+enum TakenFrom {
+    /// The list of timers filed already due: a record whose key is due by the advance's
+    /// `now` fires, any other is stale.
+    Overdue,
+    /// `list`, which came due at `deadline` when the wheel's time was `before`: a record
+    /// whose key is due by `deadline` fires, one whose key's deadline still belongs on
+    /// `list` is filed lower, any other is stale.
+    List {
+        list: usize,
+        deadline: u64,
+        before: u64,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct TimerWheel {
     lists: Lists,
     rebuild: Option<Box<Rebuild>>,
+    /// Lists taken and not yet drained, oldest first: an advance stopped part way.
+    taken: VecDeque<Taken>,
     chunks: Vec<Chunk>,
     /// The first free chunk; free chunks are chained by their `next`.
     free: u32,
@@ -240,6 +276,7 @@ impl TimerWheel {
         Self {
             lists: Lists::new(),
             rebuild: None,
+            taken: VecDeque::new(),
             chunks: Vec::with_capacity(timers.div_ceil(CHUNK_KEYS) + LISTS),
             free: NIL,
             records: 0,
@@ -308,31 +345,48 @@ impl TimerWheel {
         &mut self,
         now: u64,
         deadline_of: impl Fn(u32) -> Option<u64>,
-        mut fire: impl FnMut(u32),
+        fire: impl FnMut(u32),
     ) {
+        let all_done = self.advance_some(now, usize::MAX, deadline_of, fire);
+        debug_assert!(all_done, "an unbounded advance fires everything due");
+    }
+
+    /// [`advance`](Self::advance), but it stops once it has judged `limit` records (at
+    /// least one chunk's worth, and whole chunks: up to `limit + 15`); returns whether
+    /// every key due by `now` has been fired. The next advance goes on where it stopped.
+    #[inline]
+    pub fn advance_some(
+        &mut self,
+        now: u64,
+        limit: usize,
+        deadline_of: impl Fn(u32) -> Option<u64>,
+        mut fire: impl FnMut(u32),
+    ) -> bool {
         // The shard advances before every write, and almost always there is nothing to
         // do: no list is due, no rebuild under way or called for. Records stay where
         // they are, so `vacated` still holds.
         if now < self.due_at && self.rebuild.is_none() && !self.too_stale() {
             self.elapsed = self.elapsed.max(now);
-            return;
+            return true;
         }
-        self.advance_with_work(now, &deadline_of, &mut fire);
+        self.advance_with_work(now, limit.max(1), &deadline_of, &mut fire)
     }
 
     #[inline(never)]
     fn advance_with_work(
         &mut self,
         now: u64,
+        mut budget: usize,
         deadline_of: &impl Fn(u32) -> Option<u64>,
         fire: &mut impl FnMut(u32),
-    ) {
+    ) -> bool {
         self.vacated = None;
-        if now >= self.due_at {
-            self.fire_due(now, deadline_of, fire);
+        let done = now < self.due_at || self.fire_due(now, &mut budget, deadline_of, fire);
+        if done {
+            self.elapsed = self.elapsed.max(now);
         }
-        self.elapsed = self.elapsed.max(now);
         self.rebuild_step(deadline_of);
+        done
     }
 
     /// Whether stale records are so many that a rebuild should start.
@@ -341,22 +395,27 @@ impl TimerWheel {
         stale > self.scheduled / 2 + self.min_stale
     }
 
+    /// Fires what is due by `now`, within `budget` records; returns whether it all was.
+    /// One that stops leaves the wheel's time at the last list it took.
     fn fire_due(
         &mut self,
         now: u64,
+        budget: &mut usize,
         deadline_of: &impl Fn(u32) -> Option<u64>,
         fire: &mut impl FnMut(u32),
-    ) {
+    ) -> bool {
+        if !self.drain_taken(now, budget, deadline_of, fire) {
+            return false;
+        }
+        // Records here were filed already due, so one whose key's deadline is later is
+        // stale.
         for set in [Set::Current, Set::Replaced] {
-            let Some(overdue) = self.set_mut(set).map(|lists| lists.take(OVERDUE)) else {
-                continue;
-            };
-            // Records here were filed already due, so one whose key's deadline is
-            // later is stale.
-            self.drain(overdue, |_, key| match deadline_of(key) {
-                Some(deadline) if deadline <= now => fire(key),
-                _ => {}
-            });
+            if let Some(overdue) = self.set_mut(set).map(|lists| lists.take(OVERDUE)) {
+                self.take(overdue, TakenFrom::Overdue);
+            }
+        }
+        if !self.drain_taken(now, budget, deadline_of, fire) {
+            return false;
         }
         while let Some((set, due)) = self.next_due() {
             if due.deadline > now {
@@ -376,18 +435,72 @@ impl TimerWheel {
                 (also.deadline == due.deadline).then(|| (also.list, lists.take(also.list)))
             });
             self.elapsed = due.deadline;
-            for (list, taken) in std::iter::once((due.list, first)).chain(second) {
-                self.drain(taken, |wheel, key| match deadline_of(key) {
-                    Some(deadline) if deadline <= due.deadline => fire(key),
+            for (list, records) in std::iter::once((due.list, first)).chain(second) {
+                let from = TakenFrom::List {
+                    list,
+                    deadline: due.deadline,
+                    before,
+                };
+                self.take(records, from);
+            }
+            if !self.drain_taken(now, budget, deadline_of, fire) {
+                return false;
+            }
+        }
+        self.due_at = self.next_due().map_or(u64::MAX, |(_, due)| due.deadline);
+        true
+    }
+
+    fn take(&mut self, records: List, from: TakenFrom) {
+        if !records.is_empty() {
+            self.taken.push_back(Taken { records, from });
+        }
+    }
+
+    /// Drains the lists taken, oldest first, within `budget` records; returns whether
+    /// they are all empty. If not, `due_at` is 0, so that the next advance goes on.
+    fn drain_taken(
+        &mut self,
+        now: u64,
+        budget: &mut usize,
+        deadline_of: &impl Fn(u32) -> Option<u64>,
+        fire: &mut impl FnMut(u32),
+    ) -> bool {
+        while let Some(Taken { records, from }) = self.taken.pop_front() {
+            if *budget == 0 {
+                self.taken.push_front(Taken { records, from });
+                self.due_at = 0;
+                return false;
+            }
+            let rest = self.drain_some(records, budget, |wheel, key| match from {
+                TakenFrom::Overdue => {
+                    if deadline_of(key).is_some_and(|deadline| deadline <= now) {
+                        fire(key)
+                    }
+                }
+                TakenFrom::List {
+                    list,
+                    deadline: due,
+                    before,
+                } => match deadline_of(key) {
+                    Some(deadline) if deadline <= due => fire(key),
                     // Where this record would be if it were the timer's own.
                     Some(deadline) if list_for(before, deadline) == list => {
                         wheel.file(key, deadline)
                     }
                     _ => {}
+                },
+            });
+            if !rest.is_empty() {
+                self.taken.push_front(Taken {
+                    records: rest,
+                    from,
                 });
+                self.due_at = 0;
+                return false;
             }
         }
-        self.due_at = self.next_due().map_or(u64::MAX, |(_, due)| due.deadline);
+        true
     }
 
     /// A rebuild's next keys, or the start of one if stale records are too many.
@@ -426,7 +539,7 @@ impl TimerWheel {
             return None;
         }
         let overdue = self.sets().any(|lists| !lists.lists[OVERDUE].is_empty());
-        if overdue {
+        if overdue || !self.taken.is_empty() {
             return Some(self.elapsed);
         }
         self.next_due().map(|(_, due)| due.deadline)
@@ -515,9 +628,27 @@ impl TimerWheel {
 
     /// Frees the chunks of the detached `list`, handing each of its keys to `each`, which
     /// may file records (on chunks freed before it is called).
-    fn drain(&mut self, list: List, mut each: impl FnMut(&mut Self, u32)) {
+    fn drain(&mut self, list: List, each: impl FnMut(&mut Self, u32)) {
+        let mut unbounded = usize::MAX;
+        self.drain_some(list, &mut unbounded, each);
+    }
+
+    /// [`drain`](Self::drain), a chunk at a time while `budget` lasts (each key takes one
+    /// from it); returns what is left of the list.
+    fn drain_some(
+        &mut self,
+        list: List,
+        budget: &mut usize,
+        mut each: impl FnMut(&mut Self, u32),
+    ) -> List {
         let (mut chunk, mut fill) = (list.newest, list.fill as usize);
         while chunk != NIL {
+            if *budget == 0 {
+                return List {
+                    newest: chunk,
+                    fill: fill as u32,
+                };
+            }
             let taken = self.chunks[chunk as usize];
             self.chunks[chunk as usize].next = self.free;
             self.free = chunk;
@@ -525,10 +656,11 @@ impl TimerWheel {
             for i in 0..fill {
                 each(self, taken.key(i));
             }
-            let next = taken.next;
-            chunk = next;
+            *budget = budget.saturating_sub(fill);
+            chunk = taken.next;
             fill = CHUNK_KEYS;
         }
+        EMPTY
     }
 }
 

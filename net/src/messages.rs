@@ -36,6 +36,12 @@ pub enum OwnerMessage {
         key: Vec<u8>,
         reply: Reply<DeleteOutcome>,
     },
+    /// Free the expired entries (the periodic sweep), in turns between which the owner
+    /// serves; answers how many, once none is due (0 at once if an expiry is already
+    /// under way, which frees them).
+    Expire {
+        reply: Reply<usize>,
+    },
     /// Save the shard to a snapshot: its blocks, then `Done`, go to `parts` in steps
     /// between which the owner serves; answered when it is done.
     Save {

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use engine::metrics::Counter;
-use engine::{
-    mailboxes, Clock, CoarseClock, Command, Router, ShardConfig, ShardMetrics, ShardWriter,
-};
+use engine::{mailboxes, Clock, CoarseClock, Router, ShardConfig, ShardMetrics, ShardWriter};
 use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::api::Api;
@@ -318,7 +316,7 @@ async fn housekeeping(core: Rc<Core>) {
             next_cleanup = now + cleanup;
             let _ = shared
                 .mail
-                .call(core.id, |reply| Command::Expire { reply }.into())
+                .call(core.id, |reply| OwnerMessage::Expire { reply })
                 .await;
         }
         if let (Some(at), Some(interval)) = (next_summary, summary) {

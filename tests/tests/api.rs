@@ -362,6 +362,39 @@ fn entries_expire_at_their_ttl() {
     assert_eq!(get(&s, "/api/cache/long").0, 200);
 }
 
+/// Entries that reach their TTL together are more than a write frees before it is made
+/// (it takes a bounded share); the owner frees the rest in turns right after, without
+/// waiting for the sweep.
+#[test]
+fn entries_due_together_are_all_freed_after_one_write_without_the_sweep() {
+    let s = Server::start(&[("CACHE_CORES", "1"), ("CACHE_CLEANUP_INTERVAL", "3600")]);
+    let agent = ureq::AgentBuilder::new().build();
+    let short = 2_000;
+    for i in 0..short {
+        let r = agent
+            .put(&s.url(&format!("/api/cache/short{i}")))
+            .send_json(json!({"value": i, "ttl": 1}));
+        assert_eq!(status_and_json(r).0, 200);
+    }
+    put(&s, "/api/cache/long", json!({"value": "v"}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&s, &format!("/api/cache/short{}", short - 1)).0 == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "still served 10 s after a 1 s TTL"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    assert_eq!(s.metrics()["expirations"], 0, "no write and no sweep yet");
+    put(&s, "/api/cache/trigger", json!({"value": "v"}));
+    while s.metrics()["expirations"] != short {
+        assert!(Instant::now() < deadline, "not all freed: {}", s.metrics());
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    assert_eq!(s.metrics()["l1_size"], 2);
+    assert_eq!(get(&s, "/api/cache/long").0, 200);
+}
+
 #[test]
 fn the_entry_bound_holds_under_concurrent_writers() {
     let s = Server::start(&[("CACHE_L1_MAX_ENTRIES", "100")]);

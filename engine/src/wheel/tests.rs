@@ -46,10 +46,18 @@ impl Timers {
     /// The keys fired, once each, as the shard takes them: a key fired twice is
     /// removed once.
     fn fired(&mut self, now: u64) -> Vec<u32> {
+        let (fired, done) = self.fired_some(now, usize::MAX);
+        assert!(done, "an unbounded advance does all that is due");
+        fired
+    }
+
+    /// [`Self::fired`], within `limit` records; and whether all that is due fired.
+    fn fired_some(&mut self, now: u64, limit: usize) -> (Vec<u32>, bool) {
         let mut out = BTreeSet::new();
         let deadlines = &self.deadlines;
-        self.wheel.advance(
+        let done = self.wheel.advance_some(
             now,
+            limit,
             |k| deadlines.get(&k).copied(),
             |k| {
                 out.insert(k);
@@ -62,7 +70,7 @@ impl Timers {
             );
             self.cancel(*k);
         }
-        out.into_iter().collect()
+        (out.into_iter().collect(), done)
     }
 }
 
@@ -273,15 +281,57 @@ fn a_list_due_on_both_sets_at_once_fires_from_both() {
     assert_eq!(t.fired(due), vec![0, 2]);
 }
 
+/// A coarse list of many timers comes due and is drained a few chunks per advance: each
+/// stops within its limit, time stays at the list until it is drained, and timers
+/// scheduled meanwhile, due or not, fire when they should.
+#[test]
+fn a_bounded_advance_stops_within_its_limit_and_goes_on_where_it_stopped() {
+    let start = 1_000_000;
+    let mut t = Timers::new(start);
+    // Deadlines spread over four seconds, a minute out: one level-2 list holds them.
+    for key in 0..1_000u32 {
+        t.schedule(key, start + 60_000 + u64::from(key) * 4);
+    }
+    let now = start + 60_000 + 2_000;
+    let (mut fired, mut calls) = (Vec::new(), 0);
+    loop {
+        let (some, done) = t.fired_some(now, 32);
+        assert!(some.len() <= 32 + 15, "{} fired at once", some.len());
+        fired.extend(some);
+        calls += 1;
+        if calls == 3 {
+            // While the list is half drained: one timer already due, one not yet.
+            t.schedule(5_000, now - 1);
+            t.schedule(5_001, now + 10);
+            t.reschedule(999, now + 20);
+        }
+        if done {
+            break;
+        }
+    }
+    assert!(calls > 10, "{calls} calls");
+    fired.sort_unstable();
+    let mut expected: Vec<u32> = (0..=500).collect();
+    expected.push(5_000);
+    assert_eq!(fired, expected);
+    // Keys 501 to 505 are due by now + 20 (each 4 ms after the one before).
+    let mut expected: Vec<u32> = (501..=505).collect();
+    expected.extend([999, 5_001]);
+    assert_eq!(t.fired(now + 20), expected);
+    let rest = t.fired(start + 60_000 + 4_000);
+    assert_eq!(rest, (506..999).collect::<Vec<u32>>());
+    assert!(t.wheel.is_empty());
+}
+
 proptest! {
     /// Against a reference (a plain map of deadlines): with random schedules,
-    /// reschedules, cancels, key reuse and advances, exactly the live timers with
-    /// deadline <= now fire, and no other key; rebuilds (made frequent here) lose no
-    /// timer.
+    /// reschedules, cancels, key reuse, advances and advances stopped part way (followed
+    /// by more of those), exactly the live timers with deadline <= now fire, and no other
+    /// key; rebuilds (made frequent here) lose no timer.
     #[test]
     fn matches_a_reference_model(
         min_stale in 0usize..8,
-        ops in proptest::collection::vec((0u8..4, 0u64..300_000, any::<bool>()), 1..300)
+        ops in proptest::collection::vec((0u8..5, 0u64..300_000, any::<bool>()), 1..300)
     ) {
         let start = 1_700_000_000_000u64;
         let mut t = Timers::with_min_stale(start, min_stale);
@@ -298,11 +348,16 @@ proptest! {
             let deadline = if flag { now + amount } else { now + amount % 100 };
             match op {
                 0 => {
-                    let key = free_keys.pop().unwrap_or_else(|| {
-                        next_key += 1;
-                        next_key - 1
-                    });
-                    t.schedule(key, deadline);
+                    // Now and then a batch close together, so that lists span several
+                    // chunks and advances stop part way through them.
+                    let batch = if amount % 4 == 0 { 1 + amount % 40 } else { 1 };
+                    for i in 0..batch {
+                        let key = free_keys.pop().unwrap_or_else(|| {
+                            next_key += 1;
+                            next_key - 1
+                        });
+                        t.schedule(key, deadline + i * (amount % 7));
+                    }
                 }
                 1 if !live.is_empty() => {
                     let key = live[amount as usize % live.len()];
@@ -312,6 +367,13 @@ proptest! {
                 2 if !live.is_empty() => {
                     let key = live[amount as usize % live.len()];
                     t.reschedule(key, deadline.saturating_sub(50));
+                }
+                4 => {
+                    // Part of an advance: what fires is due (`fired_some` checks), and
+                    // the rest fires by a later full one.
+                    now += amount % 200;
+                    let (got, _) = t.fired_some(now, 1 + amount as usize % 40);
+                    free_keys.extend(&got);
                 }
                 _ => {
                     now += if flag { amount } else { amount % 200 };
