@@ -11,6 +11,9 @@
 //! a version from the instance's clock; the owner then hands the L2 part and the event
 //! to `tiers.rs` and answers once L2 has. Events from other instances drop only entries
 //! older than their version.
+//!
+//! Due expiries run here too: a bounded share before each write, and the rest, when many
+//! entries reach their TTL together, in short turns between other work (`expire_due`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

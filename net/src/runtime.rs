@@ -228,7 +228,7 @@ impl Budget {
 
     /// A budget for work that should hold the core for less than a millisecond at a time
     /// and can take several milliseconds overall (the metrics' merge of every core's
-    /// histograms).
+    /// histograms, the owner's expiry of many entries due together).
     pub fn with_slice(slice: Duration) -> Self {
         Self {
             slice,
