@@ -411,7 +411,7 @@ impl TimerWheel {
         // stale.
         for set in [Set::Current, Set::Replaced] {
             if let Some(overdue) = self.set_mut(set).map(|lists| lists.take(OVERDUE)) {
-                self.take(overdue, TakenFrom::Overdue);
+                self.queue_taken(overdue, TakenFrom::Overdue);
             }
         }
         if !self.drain_taken(now, budget, deadline_of, fire) {
@@ -441,7 +441,7 @@ impl TimerWheel {
                     deadline: due.deadline,
                     before,
                 };
-                self.take(records, from);
+                self.queue_taken(records, from);
             }
             if !self.drain_taken(now, budget, deadline_of, fire) {
                 return false;
@@ -451,7 +451,8 @@ impl TimerWheel {
         true
     }
 
-    fn take(&mut self, records: List, from: TakenFrom) {
+    /// Queues a list taken from its set, to be drained after those taken before it.
+    fn queue_taken(&mut self, records: List, from: TakenFrom) {
         if !records.is_empty() {
             self.taken.push_back(Taken { records, from });
         }
