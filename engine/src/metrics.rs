@@ -209,15 +209,6 @@ impl LatencyRecorder {
         self.0.lock().saturating_record(us);
     }
 
-    /// Merges several recorders (one per core) into one histogram.
-    pub fn merged<'a>(recorders: impl IntoIterator<Item = &'a LatencyRecorder>) -> Histogram<u64> {
-        let mut total = empty_histogram();
-        for r in recorders {
-            r.add_to(&mut total);
-        }
-        total
-    }
-
     /// Adds what this recorder holds to `total` (made by [`empty_histogram`]), holding
     /// the recorder's lock for the walk over its buckets; returns how many latencies
     /// that was.
@@ -247,6 +238,15 @@ impl LatencyRecorder {
 mod tests {
     use super::*;
 
+    /// Several recorders (one per core) merged into one histogram, as the server merges them.
+    fn merged(recorders: &[&LatencyRecorder]) -> Histogram<u64> {
+        let mut total = empty_histogram();
+        for r in recorders {
+            r.add_to(&mut total);
+        }
+        total
+    }
+
     #[test]
     fn snapshots_sum_across_shards() {
         let a = ShardMetrics::default();
@@ -274,7 +274,7 @@ mod tests {
         for us in 901..=1000 {
             core1.record(Duration::from_micros(us));
         }
-        let summary = LatencyRecorder::summarize(&LatencyRecorder::merged([&core0, &core1]));
+        let summary = LatencyRecorder::summarize(&merged(&[&core0, &core1]));
         assert_eq!(summary.count, 1000);
         assert!((495..=505).contains(&summary.p50_us), "{summary:?}");
         assert!((985..=995).contains(&summary.p99_us), "{summary:?}");
@@ -287,7 +287,7 @@ mod tests {
         while us < HIGHEST_TRACKABLE_US {
             let recorder = LatencyRecorder::default();
             recorder.record(Duration::from_micros(us));
-            let summary = LatencyRecorder::summarize(&LatencyRecorder::merged([&recorder]));
+            let summary = LatencyRecorder::summarize(&merged(&[&recorder]));
             let within = us..=us + us / 100;
             assert!(
                 within.contains(&summary.max_us),
