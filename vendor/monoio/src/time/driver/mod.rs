@@ -316,7 +316,13 @@ where
     }
 
     fn submit(&self) -> io::Result<()> {
-        self.park.submit()
+        self.park.submit()?;
+        // cache-manager patch (PATCHES.md): the executor submits here, instead of parking,
+        // whenever tasks are still queued after a round, and only parking fired timers. A
+        // thread whose run queue never empties (a busy-polling load generator's, whose
+        // spinners keep a task queued) then never fired one. Fire those due here too.
+        self.handle.process();
+        Ok(())
     }
 
     fn park(&self) -> io::Result<()> {
