@@ -1,13 +1,16 @@
 //! One keep-alive connection for the load generator, HTTP/1.1 or RESP: writes a request
 //! from a reused buffer and reads exactly one reply (an HTTP head parsed by httparse, its
 //! body skipped by its Content-Length; a RESP reply framed by its first line). Nothing is
-//! allocated per request.
+//! allocated per request. It runs on the thread's monoio executor (`runtime`), whose
+//! receives and sends own their buffers while in flight, so the connection lends its
+//! buffers to each and takes them back.
 
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
 
 /// What a server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -18,11 +21,16 @@ pub enum Protocol {
     Resp,
 }
 
+/// Room for a receive: replies of up to this much arrive whole in one.
+const INPUT: usize = 64 << 10;
+
 pub struct Connection {
     stream: TcpStream,
     protocol: Protocol,
+    /// What has arrived and is not yet consumed: its length is what was received. The
+    /// buffer is owned here and lent to each receive (the ring writes into it while the
+    /// receive is in flight).
     input: Vec<u8>,
-    filled: usize,
 }
 
 impl Connection {
@@ -32,24 +40,26 @@ impl Connection {
         Ok(Self {
             stream,
             protocol,
-            input: vec![0; 64 << 10],
-            filled: 0,
+            input: Vec::with_capacity(INPUT),
         })
     }
 
     /// Sends `request` and returns the status of the reply (for RESP, see [`resp_reply`]).
-    pub async fn exchange(&mut self, request: &[u8]) -> io::Result<u16> {
-        self.stream.write_all(request).await?;
+    /// The request's buffer is lent to the send and given back; if this is abandoned
+    /// before the send completes, it stays with the send and `request` is left empty.
+    pub async fn exchange(&mut self, request: &mut Vec<u8>) -> io::Result<u16> {
+        let (written, lent) = self.stream.write_all(std::mem::take(request)).await;
+        *request = lent;
+        written?;
         self.read_reply().await
     }
 
     async fn read_reply(&mut self) -> io::Result<u16> {
         loop {
-            let input = &self.input[..self.filled];
             let framed = match self.protocol {
-                Protocol::Http => response_head(input)?
+                Protocol::Http => response_head(&self.input)?
                     .map(|head| (head.status, head.length + head.content_length.unwrap_or(0))),
-                Protocol::Resp => resp_reply(input)?,
+                Protocol::Resp => resp_reply(&self.input)?,
             };
             match framed {
                 Some((status, length)) => {
@@ -63,26 +73,28 @@ impl Connection {
 
     /// Drops `n` bytes from the front of the input, reading until there are that many.
     async fn consume(&mut self, mut n: usize) -> io::Result<()> {
-        while self.filled < n {
-            n -= self.filled;
-            self.filled = 0;
+        while self.input.len() < n {
+            n -= self.input.len();
+            self.input.clear();
             self.fill().await?;
         }
-        self.input.copy_within(n..self.filled, 0);
-        self.filled -= n;
+        self.input.drain(..n);
         Ok(())
     }
 
+    /// Receives more input after what is there, making room first if it is full.
     async fn fill(&mut self) -> io::Result<()> {
-        if self.filled == self.input.len() {
-            self.input.resize(self.input.len() * 2, 0);
+        let filled = self.input.len();
+        if filled == self.input.capacity() {
+            self.input.reserve(filled.max(INPUT));
         }
-        let n = self.stream.read(&mut self.input[self.filled..]).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        let spare = std::mem::take(&mut self.input).slice_mut(filled..);
+        let (received, lent) = self.stream.read(spare).await;
+        self.input = lent.into_inner();
+        match received? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(()),
         }
-        self.filled += n;
-        Ok(())
     }
 }
 

@@ -1,22 +1,20 @@
 //! A connection's request deadlines on one timer for its whole life.
 //!
-//! `tokio::time::timeout` around every request puts an entry into the timer wheel and
-//! takes it out again, under the timer driver's lock, for each request: about 2 % of a
-//! load thread's time at 64 connections (BENCHMARKS.md, "The load generator's own cost"),
-//! time the load core then cannot spend sending. Here the connection keeps one sleep and
-//! resets it to each request's deadline. Each deadline is later than the last, and tokio
-//! moves a registered timer to a later deadline with one atomic operation: the wheel keeps
-//! the entry where it was and, when that slot comes up, files it again further on without
-//! waking the task. (Keeping the timer where it was and moving it on from the task when it
-//! fired, as the server's connection timer does, would wake every connection once per
-//! timeout period for nothing.)
+//! A timeout future around every request creates a timer and drops it again for each
+//! request: on tokio, where the load ran before, about 2 % of a load thread's time at 64
+//! connections (BENCHMARKS.md, "The load generator's own cost"), time the load core then
+//! cannot spend sending. Here the connection keeps one sleep for its life and resets it to
+//! each request's deadline, which moves its entry in the thread's timer wheel. (Keeping
+//! the timer where it was and moving it on from the task when it fired, as the server's
+//! connection timer does, would wake every connection once per timeout period for
+//! nothing.)
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Instant;
 
-use tokio::time::Sleep;
+use monoio::time::Sleep;
 
 pub struct Deadlines {
     sleep: Pin<Box<Sleep>>,
@@ -26,7 +24,7 @@ impl Default for Deadlines {
     fn default() -> Self {
         // Reset before it is first polled, by the first request.
         Self {
-            sleep: Box::pin(tokio::time::sleep(std::time::Duration::MAX)),
+            sleep: Box::pin(monoio::time::sleep(std::time::Duration::MAX)),
         }
     }
 }
@@ -52,11 +50,7 @@ mod tests {
     use std::time::Duration;
 
     fn run<T>(test: impl Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(test)
+        crate::runtime::block_on(crate::runtime::IoDriver::Auto, test).unwrap()
     }
 
     #[test]
@@ -77,7 +71,7 @@ mod tests {
             // An earlier request, which waits once, sets the timer to its nearer deadline.
             let near = Instant::now() + Duration::from_millis(20);
             let answered = deadlines.run(near, async {
-                tokio::task::yield_now().await;
+                monoio::time::sleep(Duration::from_millis(1)).await;
                 1
             });
             assert_eq!(answered.await, Some(1));

@@ -1,8 +1,8 @@
 //! `cache-bench load`: drives a cache over HTTP from pinned threads, open or closed loop,
 //! and records latency in HDR histograms per outcome (GET hit, GET miss, PUT, error).
 //!
-//! Each thread runs a single-threaded tokio runtime with its share of the connections,
-//! pinned to a core counted from the last one down.
+//! Each thread runs a monoio executor (`runtime`: io_uring, or epoll) with its share of
+//! the connections, pinned to a core counted from the last one down.
 //! Requests target the cache-manager API (spelled in `target`): `GET
 //! /api/cache/{prefix}{i}` (asking for raw bytes) and `PUT /api/cache/{prefix}{i}?ttl=S`
 //! with a raw body. A GET answered 200 is a
@@ -24,6 +24,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use crate::client::Connection;
 use crate::deadline::Deadlines;
 use crate::pacing::{charged_start, corrected_latency, Schedule};
+use crate::runtime::{block_on, IoDriver, Spin};
 use crate::target::{resolve, Target};
 use crate::workload::{KeyDistribution, Op, ValueSize, Workload};
 
@@ -50,6 +51,8 @@ pub struct LoadConfig {
     pub quiet: bool,
     /// The load threads never sleep (see `Workload::busy_poll` in main.rs).
     pub busy_poll: bool,
+    /// What the load threads wait on.
+    pub io_driver: IoDriver,
 }
 
 mod seconds {
@@ -191,15 +194,12 @@ struct ThreadState {
 /// PUTs every key once, over up to 64 connections, before the measured run.
 pub fn prefill(config: &LoadConfig) -> anyhow::Result<()> {
     let target = resolve(&config.target)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    block_on(config.io_driver, async {
         let connections = config.connections.clamp(1, 64) as u64;
         let mut tasks = Vec::new();
         for c in 0..connections {
             let (config, target) = (config.clone(), target.clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.push(monoio::spawn(async move {
                 let mut conn = target
                     .connect()
                     .await
@@ -217,7 +217,7 @@ pub fn prefill(config: &LoadConfig) -> anyhow::Result<()> {
                         config.ttl,
                         &body[..len],
                     );
-                    let status = conn.exchange(&request).await?;
+                    let status = conn.exchange(&mut request).await?;
                     if status != 200 {
                         bail!("prefill PUT of key {key} answered {status}");
                     }
@@ -227,10 +227,10 @@ pub fn prefill(config: &LoadConfig) -> anyhow::Result<()> {
             }));
         }
         for task in tasks {
-            task.await??;
+            task.await?;
         }
         Ok(())
-    })
+    })?
 }
 
 /// Printable random bytes, so raw values are also valid UTF-8.
@@ -287,13 +287,8 @@ pub fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    let local = tokio::task::LocalSet::new();
-                    Ok::<_, anyhow::Error>(
-                        local.block_on(&runtime, drive_thread(plan, connections, tx)),
-                    )
+                    let driver = plan.config.io_driver;
+                    Ok::<_, anyhow::Error>(block_on(driver, drive_thread(plan, connections, tx))?)
                 })?,
         );
     }
@@ -335,26 +330,33 @@ async fn drive_thread(
         window_requests: 0,
         window_errors: 0,
     }));
-    let reporter = tokio::task::spawn_local(report_windows(plan.clone(), state.clone(), tx));
-    if plan.config.busy_poll {
-        // Keeps the thread's loop turning (each turn polls the sockets without waiting)
-        // rather than sleeping whenever every connection waits for the server, for as
-        // long as the thread runs, late requests of an overrun open loop included: the
-        // task is dropped with the thread's `LocalSet`.
-        tokio::task::spawn_local(async {
-            loop {
-                tokio::task::yield_now().await;
-            }
-        });
-    }
+    let reporter = monoio::spawn(report_windows(plan.clone(), state.clone(), tx));
+    // Keeps the thread's loop turning rather than sleeping whenever every connection
+    // waits for the server, for as long as the connections run, late requests of an
+    // overrun open loop included.
+    let spin = plan.config.busy_poll.then(|| Rc::new(Spin::default()));
+    let spinners = spin.as_ref().map(Spin::start);
     let tasks: Vec<_> = connections
         .into_iter()
-        .map(|i| tokio::task::spawn_local(drive_connection(plan.clone(), state.clone(), i)))
+        .map(|i| {
+            monoio::spawn(drive_connection(
+                plan.clone(),
+                state.clone(),
+                spin.clone(),
+                i,
+            ))
+        })
         .collect();
     for task in tasks {
-        let _ = task.await;
+        task.await;
     }
-    let _ = reporter.await;
+    if let (Some(spin), Some(spinners)) = (spin, spinners) {
+        spin.stop();
+        for spinner in spinners {
+            spinner.await;
+        }
+    }
+    reporter.await;
     let state = Rc::try_unwrap(state)
         .ok()
         .expect("all tasks are done")
@@ -372,7 +374,7 @@ async fn report_windows(
     loop {
         second += 1;
         let at = plan.start + Duration::from_secs(second);
-        tokio::time::sleep_until(at.min(plan.end).into()).await;
+        monoio::time::sleep_until(at.min(plan.end).into()).await;
         let mut s = state.borrow_mut();
         let window = Window {
             second,
@@ -388,22 +390,20 @@ async fn report_windows(
     }
 }
 
-/// Waits for a connection's next intended send: on tokio's timer (1 ms resolution, so
+/// Waits for a connection's next intended send: on the thread's timer (1 ms resolution, so
 /// the connections whose times fall within a millisecond go out together), or with
-/// `--busy-poll` to the microsecond by yielding until the time comes.
-async fn wait_until(plan: &Plan, at: Instant) {
-    if plan.config.busy_poll {
-        while Instant::now() < at {
-            tokio::task::yield_now().await;
-        }
-    } else {
-        tokio::time::sleep_until(at.into()).await;
+/// `--busy-poll` to the microsecond by the spinning thread's watch.
+async fn wait_until(spin: Option<&Spin>, at: Instant) {
+    match spin {
+        Some(spin) => spin.until(at).await,
+        None => monoio::time::sleep_until(at.into()).await,
     }
 }
 
 async fn drive_connection(
     plan: std::sync::Arc<Plan>,
     state: Rc<RefCell<ThreadState>>,
+    spin: Option<Rc<Spin>>,
     index: usize,
 ) {
     let config = &plan.config;
@@ -421,7 +421,7 @@ async fn drive_connection(
     let mut request = Vec::with_capacity(256 + body.len());
     let mut conn: Option<Connection> = None;
     let mut deadlines = Deadlines::default();
-    tokio::time::sleep_until(plan.start.into()).await;
+    monoio::time::sleep_until(plan.start.into()).await;
     let mut free_at = Instant::now();
     // The connection's latest reading of the clock.
     let mut now = free_at;
@@ -432,7 +432,7 @@ async fn drive_connection(
                 if at >= plan.end {
                     break;
                 }
-                wait_until(&plan, at).await;
+                wait_until(spin.as_deref(), at).await;
                 at
             }
             // Closed loop: the next request starts when the last one completed, and that
@@ -459,7 +459,7 @@ async fn drive_connection(
         }
         let measured = intended >= plan.measure_from;
         if conn.is_none() {
-            match tokio::time::timeout(config.request_timeout, plan.target.connect()).await {
+            match monoio::time::timeout(config.request_timeout, plan.target.connect()).await {
                 Ok(Ok(c)) => conn = Some(c),
                 _ => {
                     {
@@ -470,7 +470,7 @@ async fn drive_connection(
                             s.recorded.errors.connect += 1;
                         }
                     }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    monoio::time::sleep(Duration::from_millis(10)).await;
                     now = Instant::now();
                     continue;
                 }
@@ -480,7 +480,7 @@ async fn drive_connection(
         let exchanged = deadlines
             .run(
                 sent + config.request_timeout,
-                conn.as_mut().expect("connected").exchange(&request),
+                conn.as_mut().expect("connected").exchange(&mut request),
             )
             .await;
         let outcome = match exchanged {

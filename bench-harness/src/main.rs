@@ -15,6 +15,7 @@ mod pacing;
 mod ping;
 mod replay;
 mod report;
+mod runtime;
 mod sweep;
 mod target;
 mod trace;
@@ -28,6 +29,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::load::LoadConfig;
+use crate::runtime::IoDriver;
 use crate::workload::{KeyDistribution, ValueSize};
 
 #[derive(Parser)]
@@ -212,6 +214,11 @@ struct Workload {
     /// its own (`taskset`), apart from the server's.
     #[arg(long)]
     busy_poll: bool,
+    /// What the load threads wait on: io_uring (whose receives and sends many connections
+    /// share a syscall for, costing the load core less per request than epoll), epoll, or
+    /// auto (io_uring where the kernel allows it, else epoll).
+    #[arg(long, value_enum, default_value_t)]
+    io_driver: IoDriver,
 }
 
 impl Workload {
@@ -238,6 +245,7 @@ impl Workload {
             request_timeout: self.request_timeout,
             quiet: self.quiet,
             busy_poll: self.busy_poll,
+            io_driver: self.io_driver,
         })
     }
 }

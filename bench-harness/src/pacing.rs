@@ -8,7 +8,7 @@
 //! are staggered across one interval so they do not fire in lockstep.
 //!
 //! Only the server's delay is charged, not the tool's: when the connection was free by
-//! the intended time, a late send is the timer's doing (tokio's has 1 ms resolution) and
+//! the intended time, a late send is the timer's doing (the load thread's has 1 ms resolution) and
 //! latency is measured from the actual send.
 
 use std::time::{Duration, Instant};

@@ -172,27 +172,24 @@ pub fn over_http(target: &str, prefix: &str, keys: &[u64]) -> anyhow::Result<f64
         target.protocol == crate::client::Protocol::Http,
         "a replay's --target must be an http:// URL of the service"
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    crate::runtime::block_on(crate::runtime::IoDriver::Auto, async {
         let mut conn = target.connect().await?;
         let mut request = Vec::new();
         let mut hits = 0usize;
         for &key in keys {
             target.get_request(&mut request, prefix, key);
-            match conn.exchange(&request).await? {
+            match conn.exchange(&mut request).await? {
                 200 => hits += 1,
                 404 => {
                     target.put_request(&mut request, prefix, key, None, b"1");
-                    let status = conn.exchange(&request).await?;
+                    let status = conn.exchange(&mut request).await?;
                     anyhow::ensure!(status == 200, "PUT of key {key} answered {status}");
                 }
                 status => anyhow::bail!("GET of key {key} answered {status}"),
             }
         }
         Ok(hits as f64 / keys.len().max(1) as f64)
-    })
+    })?
 }
 
 #[cfg(test)]
