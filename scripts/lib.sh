@@ -162,7 +162,7 @@ median_table() {
 }
 
 # load_pacing — sets the array $pacing to cache-bench's open-loop pacing: `--busy-poll`,
-# or tokio's timer (nothing) with BUSY_POLL=0.
+# or the load thread's 1 ms timer (nothing) with BUSY_POLL=0.
 load_pacing() {
     pacing=(--busy-poll)
     [ "${BUSY_POLL:-1}" = 1 ] || pacing=()

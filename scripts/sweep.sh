@@ -12,7 +12,7 @@
 # a kernel thread that wakes there (kdamond runs for milliseconds at a time on this VM)
 # stalls the requests behind it, so without this the tail measures those threads. A
 # dedicated host gets the same from isolcpus. The load busy-polls (`--busy-poll`; BUSY_POLL=0
-# paces on tokio's 1 ms timer instead), so that neither its own wake-ups nor bursts of a
+# paces on its 1 ms timer instead), so that neither its own wake-ups nor bursts of a
 # millisecond's requests enter the figures. The table goes to stdout, the plot and the
 # JSON report to target/sweep/.
 set -euo pipefail

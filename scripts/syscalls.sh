@@ -30,7 +30,7 @@
 #     (default 9) of DURATION, each rate's two servers in a new random order each round,
 #     and the same percentiles of all the rounds' requests together (`cache-bench merge`).
 #     The load busy-polls (`--busy-poll`), so that requests leave when meant rather than
-#     in a burst per millisecond of tokio's timer; BUSY_POLL=0 paces on that timer, as
+#     in a burst per millisecond of its timer; BUSY_POLL=0 paces on that timer, as
 #     runs before 2026-12-05 (run 14) did;
 #
 # Syscall counts use wrk (-t1) for HTTP and redis-benchmark for Redis, and so do the

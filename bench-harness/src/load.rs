@@ -24,7 +24,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use crate::client::Connection;
 use crate::deadline::Deadlines;
 use crate::pacing::{charged_start, corrected_latency, Schedule};
-use crate::runtime::{block_on, IoDriver, Spin};
+use crate::runtime::{block_on, ActiveDriver, IoDriver, Spin};
 use crate::target::{resolve, Target};
 use crate::workload::{KeyDistribution, Op, ValueSize, Workload};
 
@@ -145,6 +145,8 @@ impl Recorded {
 /// The outcome of a run.
 pub struct LoadReport {
     pub config: LoadConfig,
+    /// What the load threads ran on (one entry unless some fell back to epoll).
+    pub drivers: Vec<ActiveDriver>,
     pub recorded: Recorded,
     /// Measured time (after the warm-up).
     pub elapsed: Duration,
@@ -288,21 +290,29 @@ pub fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
                         core_affinity::set_for_current(core);
                     }
                     let driver = plan.config.io_driver;
-                    Ok::<_, anyhow::Error>(block_on(driver, drive_thread(plan, connections, tx))?)
+                    Ok::<_, anyhow::Error>(block_on(driver, async {
+                        let active = crate::runtime::active();
+                        (drive_thread(plan, connections, tx).await, active)
+                    })?)
                 })?,
         );
     }
     drop(tx);
     let windows = show_progress(&plan, threads, rx);
     let mut recorded = Recorded::default();
+    let mut drivers = Vec::new();
     for handle in handles {
-        let thread = handle
+        let (thread, driver) = handle
             .join()
             .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
         recorded.merge(&thread);
+        drivers.extend(driver);
     }
+    drivers.sort_by_key(|d| *d as u8);
+    drivers.dedup();
     let config = plan.config.clone();
     Ok(LoadReport {
+        drivers,
         elapsed: measured_time(plan.measure_from, plan.end, recorded.last_completed),
         config,
         recorded,

@@ -41,12 +41,18 @@ pub fn print_table(report: &LoadReport, out: &mut impl Write) -> io::Result<()> 
     };
     writeln!(
         out,
-        "{} for {:?} after {:?} warm-up, {} connections on {} threads, {}",
+        "{} for {:?} after {:?} warm-up, {} connections on {} threads ({}), {}",
         report.config.target,
         report.config.duration,
         report.config.warmup,
         report.config.connections,
         report.config.threads,
+        report
+            .drivers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" and "),
         mode
     )?;
     writeln!(
@@ -205,6 +211,7 @@ pub fn to_json(report: &LoadReport) -> Value {
             "error": percentiles(&r.error),
         },
         "windows": report.windows,
+        "io_drivers": report.drivers,
         "config": report.config,
     })
 }

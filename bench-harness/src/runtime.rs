@@ -40,6 +40,32 @@ pub enum IoDriver {
     Epoll,
 }
 
+/// The interface a thread's executor was built on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActiveDriver {
+    IoUring,
+    Epoll,
+}
+
+impl std::fmt::Display for ActiveDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::IoUring => "io_uring",
+            Self::Epoll => "epoll",
+        })
+    }
+}
+
+thread_local! {
+    static ACTIVE: Cell<Option<ActiveDriver>> = const { Cell::new(None) };
+}
+
+/// The interface the current thread's executor runs on (`None` outside [`block_on`]).
+pub fn active() -> Option<ActiveDriver> {
+    ACTIVE.with(Cell::get)
+}
+
 /// Runs `future` to completion on a new executor of the kind `driver` allows, on the
 /// calling thread, with timers enabled.
 pub fn block_on<F: Future>(driver: IoDriver, future: F) -> io::Result<F::Output> {
@@ -49,7 +75,9 @@ pub fn block_on<F: Future>(driver: IoDriver, future: F) -> io::Result<F::Output>
         // Cooperative task running needs Linux 5.19; an older kernel gets a plain ring.
         let built = ring(Some(cooperative)).or_else(|_| ring(None));
         match built {
-            Ok(mut runtime) => return Ok(runtime.block_on(future)),
+            Ok(mut runtime) => {
+                return Ok(run_on(ActiveDriver::IoUring, || runtime.block_on(future)))
+            }
             Err(e) if driver == IoDriver::IoUring => {
                 return Err(io::Error::new(
                     e.kind(),
@@ -62,7 +90,15 @@ pub fn block_on<F: Future>(driver: IoDriver, future: F) -> io::Result<F::Output>
     let mut runtime = RuntimeBuilder::<LegacyDriver>::new()
         .enable_timer()
         .build()?;
-    Ok(runtime.block_on(future))
+    Ok(run_on(ActiveDriver::Epoll, || runtime.block_on(future)))
+}
+
+/// Runs `block_on` with [`active`] saying `driver`.
+fn run_on<T>(driver: ActiveDriver, block_on: impl FnOnce() -> T) -> T {
+    let outer = ACTIVE.with(|active| active.replace(Some(driver)));
+    let output = block_on();
+    ACTIVE.with(|active| active.set(outer));
+    output
 }
 
 fn ring(
@@ -220,12 +256,18 @@ mod tests {
     }
 
     #[test]
-    fn each_driver_runs_a_future_or_says_why_not() {
-        assert_eq!(block_on(IoDriver::Epoll, async { 7 }).unwrap(), 7);
-        assert_eq!(block_on(IoDriver::Auto, async { 8 }).unwrap(), 8);
-        match block_on(IoDriver::IoUring, async { 9 }) {
-            Ok(n) => assert_eq!(n, 9),
+    fn each_driver_runs_a_future_and_says_which_or_why_not() {
+        assert_eq!(
+            block_on(IoDriver::Epoll, async { active() }).unwrap(),
+            Some(ActiveDriver::Epoll)
+        );
+        assert!(block_on(IoDriver::Auto, async { active() })
+            .unwrap()
+            .is_some());
+        match block_on(IoDriver::IoUring, async { active() }) {
+            Ok(driver) => assert_eq!(driver, Some(ActiveDriver::IoUring)),
             Err(e) => assert!(e.to_string().contains("io_uring unavailable"), "{e}"),
         }
+        assert_eq!(active(), None, "outside the executor");
     }
 }

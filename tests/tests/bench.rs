@@ -173,8 +173,14 @@ fn open_loop_holds_the_offered_rate_and_replay_runs_over_http() {
     let dir = std::env::temp_dir().join(format!("cache-bench-e2e-open-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("open.json");
-    // Paced by tokio's timer, then by yielding until each request's time (--busy-poll).
-    for busy_poll in [false, true] {
+    // Paced by the load thread's timer, then by its spinners until each request's time
+    // (--busy-poll), each on io_uring (or epoll where the kernel forbids it) and on epoll.
+    for (busy_poll, driver) in [
+        (false, "auto"),
+        (true, "auto"),
+        (false, "epoll"),
+        (true, "epoll"),
+    ] {
         let mut args = vec![
             "load",
             "--target",
@@ -193,6 +199,8 @@ fn open_loop_holds_the_offered_rate_and_replay_runs_over_http() {
             "--json",
             json.to_str().unwrap(),
             "--quiet",
+            "--io-driver",
+            driver,
         ];
         if busy_poll {
             args.push("--busy-poll");
@@ -206,14 +214,20 @@ fn open_loop_holds_the_offered_rate_and_replay_runs_over_http() {
         let requests = report["requests"].as_f64().unwrap();
         assert!(
             (requests - 2000.0).abs() / 2000.0 < 0.02,
-            "{requests} requests in a second at 2000 offered (busy poll: {busy_poll})"
+            "{requests} requests in a second at 2000 offered (busy poll: {busy_poll}, {driver})"
         );
         let rate = report["throughput_rps"].as_f64().unwrap();
         assert!(
             rate <= 2000.0 * 1.02,
-            "achieved {rate} req/s for 2000 offered (busy poll: {busy_poll})"
+            "achieved {rate} req/s for 2000 offered (busy poll: {busy_poll}, {driver})"
         );
         assert_eq!(report["hit_ratio"], 1.0, "every key was prefilled");
+        assert_eq!(report["config"]["io_driver"], driver);
+        let ran = report["io_drivers"].as_array().unwrap();
+        match driver {
+            "epoll" => assert_eq!(ran, &["epoll"]),
+            _ => assert_eq!(ran.len(), 1, "{ran:?}"),
+        }
     }
 
     let trace = dir.join("keys.txt");
