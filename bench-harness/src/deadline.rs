@@ -49,13 +49,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn run<T>(test: impl Future<Output = T>) -> T {
-        crate::runtime::block_on(crate::runtime::IoDriver::Auto, test).unwrap()
+    fn run<T: Send + 'static, Fut: Future<Output = T>>(
+        test: impl FnOnce() -> Fut + Send + 'static,
+    ) -> T {
+        crate::runtime::run(crate::runtime::IoDriver::Auto, test).unwrap()
     }
 
     #[test]
     fn work_that_completes_in_time_gives_its_output() {
-        run(async {
+        run(|| async {
             let mut deadlines = Deadlines::default();
             for i in 0..3 {
                 let soon = Instant::now() + Duration::from_secs(5);
@@ -66,7 +68,7 @@ mod tests {
 
     #[test]
     fn work_past_its_deadline_is_abandoned_at_that_deadline_not_an_earlier_one() {
-        run(async {
+        run(|| async {
             let mut deadlines = Deadlines::default();
             // An earlier request, which waits once, sets the timer to its nearer deadline.
             let near = Instant::now() + Duration::from_millis(20);

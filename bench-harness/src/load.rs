@@ -24,7 +24,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use crate::client::Connection;
 use crate::deadline::Deadlines;
 use crate::pacing::{charged_start, corrected_latency, Schedule};
-use crate::runtime::{block_on, ActiveDriver, IoDriver, Spin};
+use crate::runtime::{ActiveDriver, IoDriver, Spin, Thread};
 use crate::target::{resolve, Target};
 use crate::workload::{KeyDistribution, Op, ValueSize, Workload};
 
@@ -196,7 +196,8 @@ struct ThreadState {
 /// PUTs every key once, over up to 64 connections, before the measured run.
 pub fn prefill(config: &LoadConfig) -> anyhow::Result<()> {
     let target = resolve(&config.target)?;
-    block_on(config.io_driver, async {
+    let config = config.clone();
+    crate::runtime::run(config.io_driver, move || async move {
         let connections = config.connections.clamp(1, 64) as u64;
         let mut tasks = Vec::new();
         for c in 0..connections {
@@ -273,40 +274,27 @@ pub fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         target,
         start,
     });
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cpus = crate::runtime::last_cpu() + 1;
     let (tx, rx) = mpsc::channel::<Window>();
-    let mut handles = Vec::with_capacity(threads);
+    let mut started = Vec::with_capacity(threads);
     for t in 0..threads {
         let (plan, tx) = (plan.clone(), tx.clone());
-        // From the last core down: servers pin from core 0 up, so on a shared machine the
-        // load generator stays off their cores for as long as it can.
-        let core = (!cores.is_empty()).then(|| cores[cores.len() - 1 - t % cores.len()]);
         let connections: Vec<usize> = (t..plan.config.connections).step_by(threads).collect();
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("load-{t}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    let driver = plan.config.io_driver;
-                    Ok::<_, anyhow::Error>(block_on(driver, async {
-                        let active = crate::runtime::active();
-                        (drive_thread(plan, connections, tx).await, active)
-                    })?)
-                })?,
-        );
+        // From the last CPU down: servers pin from the first up, so on a shared machine
+        // the load generator stays off their cores for as long as it can.
+        let cpu = cpus - 1 - t % cpus;
+        let driver = plan.config.io_driver;
+        started.push(Thread::start(cpu, driver, move || {
+            drive_thread(plan, connections, tx)
+        })?);
     }
     drop(tx);
     let windows = show_progress(&plan, threads, rx);
     let mut recorded = Recorded::default();
     let mut drivers = Vec::new();
-    for handle in handles {
-        let (thread, driver) = handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
-        recorded.merge(&thread);
-        drivers.extend(driver);
+    for thread in started {
+        drivers.push(thread.driver);
+        recorded.merge(&thread.join()?);
     }
     drivers.sort_by_key(|d| *d as u8);
     drivers.dedup();

@@ -172,16 +172,18 @@ pub fn over_http(target: &str, prefix: &str, keys: &[u64]) -> anyhow::Result<f64
         target.protocol == crate::client::Protocol::Http,
         "a replay's --target must be an http:// URL of the service"
     );
-    crate::runtime::block_on(crate::runtime::IoDriver::Auto, async {
+    // The load thread outlives this call's borrows as far as the compiler knows.
+    let (prefix, keys) = (prefix.to_owned(), keys.to_vec());
+    crate::runtime::run(crate::runtime::IoDriver::Auto, move || async move {
         let mut conn = target.connect().await?;
         let mut request = Vec::new();
         let mut hits = 0usize;
-        for &key in keys {
-            target.get_request(&mut request, prefix, key);
+        for &key in &keys {
+            target.get_request(&mut request, &prefix, key);
             match conn.exchange(&mut request).await? {
                 200 => hits += 1,
                 404 => {
-                    target.put_request(&mut request, prefix, key, None, b"1");
+                    target.put_request(&mut request, &prefix, key, None, b"1");
                     let status = conn.exchange(&mut request).await?;
                     anyhow::ensure!(status == 200, "PUT of key {key} answered {status}");
                 }

@@ -1,6 +1,7 @@
 //! The cache-manager HTTP service as a library: the binary (`main.rs`) parses the
 //! configuration and calls [`server::run`]; the fuzz targets reach the pure request
-//! decoders, [`framing`] and [`body`], and the snapshot reader, [`snapshot`].
+//! decoders, [`framing`] and [`body`], and the snapshot reader, [`snapshot`]; the load
+//! generator (`bench-harness`) runs its threads on the service's executors, [`runtime`].
 
 mod api;
 pub mod body;
@@ -17,7 +18,7 @@ mod origin;
 mod owner;
 mod render;
 mod routes;
-mod runtime;
+pub mod runtime;
 pub mod server;
 pub mod snapshot;
 mod stats;

@@ -213,7 +213,7 @@ fn build_executor(
 /// shortest length parks the task until the executor's next pass through the ring (about a
 /// millisecond, the timer wheel's tick), so a task that spends its slice, then waits, runs
 /// at no less than half speed and delays others by no more than a slice.
-pub struct Budget {
+pub(crate) struct Budget {
     slice: Duration,
     since: Instant,
 }
@@ -256,7 +256,7 @@ impl Budget {
 /// time that a sleeping core would not use, at most the gap between two requests each
 /// time, so a core's busy time is not its work while requests come faster than `max`.
 #[derive(Debug)]
-pub struct IdleWatch {
+pub(crate) struct IdleWatch {
     max: Duration,
     window: Duration,
 }
