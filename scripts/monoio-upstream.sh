@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/monoio-upstream.sh — runs monoio's own test suite against the copy this
-# repository carries (vendor/monoio, five patches: vendor/monoio/PATCHES.md) and against
+# repository carries (vendor/monoio, six patches: vendor/monoio/PATCHES.md) and against
 # the unchanged release of the same version, and fails if the carried copy fails a test
 # the release passes. vendor/monoio holds the library only; its tests come from the
 # release's package, which `cargo vendor` fetches from crates.io.
