@@ -18,7 +18,7 @@ use crate::glob::Glob;
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
 use crate::readthrough::{Flights, Joined, LeaderGuard, Origin, Outcome};
 use crate::router::Router;
-use crate::shard::{InsertError, Inserted, ShardConfig, ShardWriter};
+use crate::shard::{InsertError, Inserted, ShardConfig, ShardWriter, EXPIRY_PER_WRITE};
 use crate::table::{EntryRef, TableReader};
 use crate::time::{Clock, SystemClock};
 
@@ -202,8 +202,12 @@ impl<C: Clock> Cache<C> {
         self.get_with(key, |e| e.value.to_vec())
     }
 
-    /// Stores `value` under `key` for `ttl` (forever if `None`). Runs due expiries on the
-    /// shard first, so expired entries make room before anything is evicted.
+    /// Stores `value` under `key` for `ttl` (forever if `None`). First frees up to
+    /// [`EXPIRY_PER_WRITE`] of the shard's due expiries, so expired entries make room
+    /// before a live one is evicted; after many entries reached their TTL together, the
+    /// next inserts free the rest a share at a time (reads already miss them), so no one
+    /// insert holds the shard's lock for all of them. [`Cache::run_pending_tasks`] frees
+    /// them all at once.
     pub fn insert(
         &self,
         key: &[u8],
@@ -214,7 +218,7 @@ impl<C: Clock> Cache<C> {
         let now = self.clock.now_ms();
         let expires_at = ttl.map(|t| crate::time::deadline_ms(now, t));
         let mut shard = self.writers[self.router.shard_of(hash)].lock();
-        shard.expire(now);
+        shard.expire_some(now, EXPIRY_PER_WRITE);
         shard.insert(hash, key, value, expires_at, now)
     }
 
@@ -268,7 +272,7 @@ impl<C: Clock> Cache<C> {
             let mut writer = self.writers[shard].lock();
             if let (Ok(Some(value)), false) = (&result, guard.pending.is_fenced()) {
                 let now = self.clock.now_ms();
-                writer.expire(now);
+                writer.expire_some(now, EXPIRY_PER_WRITE);
                 let expires_at = ttl.map(|t| crate::time::deadline_ms(now, t));
                 let _ = writer.insert(hash, key, value, expires_at, now);
             }
@@ -300,7 +304,7 @@ impl<C: Clock> Cache<C> {
             .sum()
     }
 
-    /// Drops every expired entry now instead of at the next insert; returns how many.
+    /// Drops every expired entry now instead of at the next inserts; returns how many.
     pub fn run_pending_tasks(&self) -> usize {
         let now = self.clock.now_ms();
         self.writers.iter().map(|w| w.lock().expire(now)).sum()
@@ -347,6 +351,43 @@ mod tests {
         assert_eq!(cache.get(b"k"), None);
         assert_eq!(cache.run_pending_tasks(), 1);
         assert!(cache.is_empty());
+    }
+
+    /// Entries that reach their TTL together are freed a bounded share per insert, never
+    /// seen by a read meanwhile, and all of them by the inserts that follow. (A share may
+    /// go to moving the wheel's records to finer lists before any is freed.)
+    #[test]
+    fn an_insert_frees_a_bounded_share_of_the_entries_due_together() {
+        const DUE: usize = 20 * EXPIRY_PER_WRITE;
+        let clock = ManualClock::new(1_000_000);
+        let cache = Cache::builder(4 * DUE)
+            .shards(1)
+            .clock(clock.clone())
+            .build();
+        for i in 0..DUE {
+            cache
+                .insert(&i.to_le_bytes(), b"v", Some(Duration::from_secs(10)))
+                .unwrap();
+        }
+        clock.advance(Duration::from_secs(11));
+        cache.insert(b"fresh", b"v", None).unwrap();
+        let held = cache.len();
+        assert!(
+            held > DUE - 2 * EXPIRY_PER_WRITE,
+            "one insert freed {} of {DUE} due entries",
+            DUE + 1 - held
+        );
+        assert!((0..DUE).all(|i| cache.get(&i.to_le_bytes()).is_none()));
+        let mut inserts = 0;
+        while cache.len() > 1 + inserts {
+            inserts += 1;
+            assert!(inserts <= DUE, "the inserts do not free the rest");
+            cache
+                .insert(format!("more{inserts}").as_bytes(), b"v", None)
+                .unwrap();
+        }
+        assert_eq!(cache.get(b"fresh").as_deref(), Some(&b"v"[..]));
+        assert_eq!(cache.run_pending_tasks(), 0, "nothing due is left");
     }
 
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -44,7 +44,7 @@ pub use reclaim::fence_free_reads;
 pub use router::{mailboxes, Command, KeyFilter, Mailboxes, OwnedEntry, Router, ShardGone};
 pub use shard::{
     entry_charge, Expiry, InsertError, Inserted, SavedEntry, ShardConfig, ShardWriter,
-    ENTRY_OVERHEAD, MAX_SHARD_ENTRIES,
+    ENTRY_OVERHEAD, EXPIRY_PER_WRITE, MAX_SHARD_ENTRIES,
 };
 pub use table::{EntryRef, TableReader, LATEST_CACHED_AT_MS, MAX_FLAGS};
 pub use time::{deadline_ms, Clock, CoarseClock, ManualClock, SystemClock};

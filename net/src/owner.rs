@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use engine::router::Reply;
 use engine::singleflight::{Fill, FlightError, Join, SingleFlight};
-use engine::{Command, OwnedEntry, SavedEntry, ShardMetrics, ShardWriter};
+use engine::{Command, OwnedEntry, SavedEntry, ShardMetrics, ShardWriter, EXPIRY_PER_WRITE};
 use l2::{Envelope, Version};
 use monoio::task::JoinHandle;
 
@@ -41,12 +41,6 @@ type Flights = SingleFlight<Filled, FillError>;
 const SAVE_STEP: usize = 1024;
 /// Restored entries confirmed against L2 in one pipelined round.
 const CONFIRM_STEP: usize = 256;
-/// The timer records of due expiries a write works through before it is made, so that
-/// expired entries make room before CLOCK evicts a live one. Each is a read of an entry
-/// and, for an expired one, its removal: 128 took 5 µs by the median and 68 µs at the
-/// 99th percentile (`cargo run --release -p engine --example expiry_pauses`). What is
-/// left, after many entries reached their TTL together, goes to [`Owner::expire_due`].
-const EXPIRY_PER_WRITE: usize = 128;
 /// How long [`Owner::expire_due`] works before it lets the core serve (`Budget`).
 const EXPIRY_TURN: Duration = Duration::from_micros(100);
 
@@ -565,8 +559,8 @@ impl Owner {
         }
     }
 
-    /// A write's share of the due expiries ([`EXPIRY_PER_WRITE`]), the rest started in
-    /// the background.
+    /// A write's share of the due expiries ([`EXPIRY_PER_WRITE`]); what is left, after
+    /// many entries reached their TTL together, goes to [`Owner::expire_due`].
     fn expire_before_write(self: &Rc<Self>, writer: &mut ShardWriter, now: u64) {
         if !writer.expire_some(now, EXPIRY_PER_WRITE).done {
             // Its handle is dropped: the task runs on, detached.
