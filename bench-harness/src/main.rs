@@ -214,9 +214,9 @@ struct Workload {
     /// its own (`taskset`), apart from the server's.
     #[arg(long)]
     busy_poll: bool,
-    /// What the load threads wait on: io_uring (whose receives and sends many connections
-    /// share a syscall for, costing the load core less per request than epoll), epoll, or
-    /// auto (io_uring where the kernel allows it, else epoll).
+    /// What the load threads wait on: io_uring (where many connections' receives and sends
+    /// share each syscall), epoll, or auto (io_uring where the kernel allows it, else
+    /// epoll).
     #[arg(long, value_enum, default_value_t)]
     io_driver: IoDriver,
 }

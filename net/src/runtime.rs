@@ -50,7 +50,7 @@ pub enum IoDriver {
     /// io_uring, or epoll where io_uring is missing or forbidden.
     #[default]
     Auto,
-    /// io_uring only: a core that cannot set up its ring stops the start.
+    /// io_uring only: a core (or load thread) that cannot set up its ring fails to start.
     IoUring,
     /// epoll only, for hosts whose policy rules out io_uring or to compare the two.
     Epoll,
