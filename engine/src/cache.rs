@@ -18,7 +18,7 @@ use crate::glob::Glob;
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
 use crate::readthrough::{Flights, Joined, LeaderGuard, Origin, Outcome};
 use crate::router::Router;
-use crate::shard::{InsertError, Inserted, ShardConfig, ShardWriter, EXPIRY_PER_WRITE};
+use crate::shard::{InsertError, Inserted, ShardConfig, ShardWriter, EXPIRY_PER_WRITE, SWEEP_STEP};
 use crate::table::{EntryRef, TableReader};
 use crate::time::{Clock, SystemClock};
 
@@ -286,22 +286,37 @@ impl<C: Clock> Cache<C> {
         result
     }
 
-    /// Deletes every key matching `pattern` (Redis glob syntax); returns how many. A
-    /// pattern without wildcards goes straight to its key's shard.
+    /// Deletes every key matching `pattern` (Redis glob syntax) that the cache held when
+    /// the call reached its shard; returns how many. Each shard is swept in steps of
+    /// [`SWEEP_STEP`] slots under its lock, so writes from other threads go on between
+    /// them, and what they write meanwhile is kept. A pattern without wildcards goes
+    /// straight to its key's shard.
     pub fn invalidate(&self, pattern: &Glob) -> usize {
         if pattern.is_literal() {
             return usize::from(self.remove(pattern.literal_prefix()));
         }
-        let now = self.clock.now_ms();
-        self.writers
-            .iter()
-            .zip(self.flights.iter())
-            .map(|(w, flights)| {
-                let mut writer = w.lock();
+        let mut removed = 0;
+        for (writer, flights) in self.writers.iter().zip(self.flights.iter()) {
+            let mut sweep = {
+                let mut writer = writer.lock();
                 flights.fence_where(|k| pattern.matches(k));
-                writer.remove_matching(pattern, now)
-            })
-            .sum()
+                writer.begin_sweep()
+            };
+            // The lock is let go between steps, so that a large shard's other writers
+            // wait for a step rather than the whole.
+            loop {
+                let now = self.clock.now_ms();
+                let swept = writer
+                    .lock()
+                    .sweep_some(sweep, SWEEP_STEP, now, |k| pattern.matches(k));
+                removed += swept.removed.live;
+                match swept.unfinished {
+                    Some(rest) => sweep = rest,
+                    None => break,
+                }
+            }
+        }
+        removed
     }
 
     /// Drops every expired entry now instead of at the next inserts; returns how many.

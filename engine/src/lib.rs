@@ -41,10 +41,12 @@ pub use metrics::{
 };
 pub use readthrough::Origin;
 pub use reclaim::fence_free_reads;
-pub use router::{mailboxes, Command, KeyFilter, Mailboxes, OwnedEntry, Router, ShardGone};
+pub use router::{
+    mailboxes, Command, KeyFilter, Mailboxes, OwnedEntry, Removal, Router, ShardGone,
+};
 pub use shard::{
-    entry_charge, Expiry, InsertError, Inserted, SavedEntry, ShardConfig, ShardWriter,
-    ENTRY_OVERHEAD, EXPIRY_PER_WRITE, MAX_SHARD_ENTRIES,
+    entry_charge, Expiry, InsertError, Inserted, Removed, SavedEntry, ShardConfig, ShardWriter,
+    Sweep, Swept, ENTRY_OVERHEAD, EXPIRY_PER_WRITE, MAX_SHARD_ENTRIES, SWEEP_STEP,
 };
 pub use table::{EntryRef, TableReader, LATEST_CACHED_AT_MS, MAX_FLAGS};
 pub use time::{deadline_ms, Clock, CoarseClock, ManualClock, SystemClock};

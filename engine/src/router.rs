@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::glob::Glob;
 use crate::hashing::KeyHasher;
-use crate::shard::{InsertError, Inserted, ShardWriter};
+use crate::shard::{InsertError, Inserted, Removed, ShardWriter};
 
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -125,16 +125,45 @@ pub enum Command {
         keys: Vec<(u64, Vec<u8>)>,
         reply: Reply<usize>,
     },
-    InvalidatePattern {
-        pattern: Arc<Glob>,
-        reply: Reply<usize>,
-    },
-    /// Drops everything, or only the keys `only` picks (coherence was lost for them);
-    /// answers how many entries were dropped.
-    Flush {
-        only: Option<KeyFilter>,
-        reply: Reply<usize>,
-    },
+    /// A pattern invalidation or a flush.
+    Remove(Removal),
+}
+
+/// A command that removes every key it picks from a shard: a pattern invalidation, or a
+/// flush of everything or of the keys whose coherence was lost. An owner may carry it out
+/// whole ([`Command::apply`]) or in steps ([`ShardWriter::begin_sweep`]); either way it
+/// removes what the shard held when the removal began.
+#[derive(Debug)]
+pub struct Removal {
+    picking: Picking,
+    reply: Reply<usize>,
+}
+
+#[derive(Clone, Debug)]
+enum Picking {
+    Pattern(Arc<Glob>),
+    Everything,
+    Only(KeyFilter),
+}
+
+impl Removal {
+    pub fn picks(&self, key: &[u8]) -> bool {
+        match &self.picking {
+            Picking::Pattern(pattern) => pattern.matches(key),
+            Picking::Everything => true,
+            Picking::Only(filter) => filter.picks(key),
+        }
+    }
+
+    /// Answers with what was removed: for a pattern, the live keys (what an invalidation
+    /// reports); for a flush, every entry dropped.
+    pub fn answer(self, removed: Removed) {
+        let count = match self.picking {
+            Picking::Pattern(_) => removed.live,
+            Picking::Everything | Picking::Only(_) => removed.live + removed.expired,
+        };
+        let _ = self.reply.send(count);
+    }
 }
 
 impl Command {
@@ -171,15 +200,10 @@ impl Command {
                     .count();
                 let _ = reply.send(removed);
             }
-            Command::InvalidatePattern { pattern, reply } => {
-                let _ = reply.send(shard.remove_matching(&pattern, now_ms));
-            }
-            Command::Flush { only, reply } => {
-                let dropped = match only {
-                    Some(doomed) => shard.clear_where(|key| doomed.picks(key)),
-                    None => shard.clear(),
-                };
-                let _ = reply.send(dropped);
+            Command::Remove(removal) => {
+                let sweep = shard.begin_sweep();
+                let swept = shard.sweep_some(sweep, u32::MAX, now_ms, |key| removal.picks(key));
+                removal.answer(swept.removed);
             }
         }
     }
@@ -305,10 +329,10 @@ impl<M: From<Command>> Mailboxes<M> {
     /// Deletes every key matching `pattern` on every shard; returns how many.
     pub async fn invalidate_pattern(&self, pattern: Arc<Glob>) -> Result<usize, ShardGone> {
         self.fan_out(|_, reply| {
-            Some(Command::InvalidatePattern {
-                pattern: pattern.clone(),
+            Some(Command::Remove(Removal {
+                picking: Picking::Pattern(pattern.clone()),
                 reply,
-            })
+            }))
         })
         .await
     }
@@ -317,10 +341,10 @@ impl<M: From<Command>> Mailboxes<M> {
     /// entries were dropped.
     pub async fn flush(&self, only: Option<KeyFilter>) -> Result<usize, ShardGone> {
         self.fan_out(|_, reply| {
-            Some(Command::Flush {
-                only: only.clone(),
+            Some(Command::Remove(Removal {
+                picking: only.clone().map_or(Picking::Everything, Picking::Only),
                 reply,
-            })
+            }))
         })
         .await
     }

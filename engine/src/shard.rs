@@ -15,7 +15,6 @@ use std::sync::Arc;
 use crate::eviction::{
     self, slot_bytes, Eviction, Policy, Region, Standing, MAX_SLOTS, SKETCH_BYTES_PER_ENTRY,
 };
-use crate::glob::Glob;
 use crate::hashing::KeyHasher;
 use crate::metrics::ShardMetrics;
 use crate::slab::{footprint, Handle};
@@ -24,6 +23,10 @@ use crate::table::{
     TableReader, TableWriter, BUCKET_BYTES, MAX_ENTRIES, MAX_FLAGS, MAX_KEY_LEN, NEVER,
 };
 use crate::wheel::{TimerWheel, TIMER_BYTES};
+
+mod sweep;
+use sweep::Sweeping;
+pub use sweep::{Removed, Sweep, Swept, SWEEP_STEP};
 
 /// A shard's bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +223,9 @@ pub struct ShardWriter {
     /// Inserts to wait before looking for a chunk to empty again, after a look found
     /// none that could be.
     evacuation_pause: u32,
+    /// Removals under way in steps (`sweep.rs`), and how many were ever begun.
+    sweeps: Vec<Sweeping>,
+    sweeps_begun: u64,
 }
 
 impl ShardWriter {
@@ -281,6 +287,8 @@ impl ShardWriter {
             inserts_since_sample: 0,
             evacuating: None,
             evacuation_pause: 0,
+            sweeps: Vec::new(),
+            sweeps_begun: 0,
         }
     }
 
@@ -463,6 +471,9 @@ impl ShardWriter {
                 (slot, NEVER)
             }
         };
+        if !self.sweeps.is_empty() {
+            self.note_write_for_sweeps(slot);
+        }
         // The node's own times, as it keeps them (an expiry past 24.8 days rounds up to a
         // second).
         let (cached_at_ms, expires_at, stale_until) = {
@@ -578,7 +589,7 @@ impl ShardWriter {
         mut visit: impl FnMut(SavedEntry<'_>),
     ) -> Option<u32> {
         let names = &self.policy.home().names;
-        for (visited, (slot, resident)) in self.policy.iter_from(from).enumerate() {
+        for (visited, (slot, resident)) in self.policy.iter_range(from..u32::MAX).enumerate() {
             if visited == limit {
                 return Some(slot);
             }
@@ -642,48 +653,6 @@ impl ShardWriter {
         }
         self.publish_levels();
         live
-    }
-
-    /// Deletes every live key `pattern` matches and returns how many.
-    pub fn remove_matching(&mut self, pattern: &Glob, now_ms: u64) -> usize {
-        let window = self.config.stale_window_ms;
-        let names = &self.policy.home().names;
-        let doomed: Vec<(u32, bool)> = self
-            .policy
-            .iter()
-            .filter(|(_, r)| pattern.matches(r.key(names)))
-            .map(|(slot, r)| (slot, r.node(names).stale_until_ms(window) > now_ms))
-            .collect();
-        let live = doomed.iter().filter(|(_, live)| *live).count();
-        for (slot, _) in &doomed {
-            self.remove_slot(*slot);
-        }
-        self.metrics.deletes.add(live as u64);
-        self.metrics.expirations.add((doomed.len() - live) as u64);
-        self.publish_levels();
-        live
-    }
-
-    /// Deletes everything (a coherence flush); returns how many entries were dropped.
-    pub fn clear(&mut self) -> usize {
-        self.clear_where(|_| true)
-    }
-
-    /// Deletes every entry whose key `doomed` picks (a flush of the keys whose coherence
-    /// was lost); returns how many entries were dropped.
-    pub fn clear_where(&mut self, doomed: impl Fn(&[u8]) -> bool) -> usize {
-        let names = &self.policy.home().names;
-        let slots: Vec<u32> = self
-            .policy
-            .iter()
-            .filter(|(_, r)| doomed(r.key(names)))
-            .map(|(slot, _)| slot)
-            .collect();
-        for &slot in &slots {
-            self.remove_slot(slot);
-        }
-        self.publish_levels();
-        slots.len()
     }
 
     /// Drops every entry whose deadline is at or before `now_ms`; returns how many. It

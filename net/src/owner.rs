@@ -14,6 +14,7 @@
 //!
 //! Due expiries run here too: a bounded share before each write, and the rest, when many
 //! entries reach their TTL together, in short turns between other work (`expire_due`).
+//! Pattern invalidations and flushes also run in such turns (`remove_in_turns`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -22,7 +23,10 @@ use std::time::Duration;
 
 use engine::router::Reply;
 use engine::singleflight::{Fill, FlightError, Join, SingleFlight};
-use engine::{Command, OwnedEntry, SavedEntry, ShardMetrics, ShardWriter, EXPIRY_PER_WRITE};
+use engine::{
+    Command, OwnedEntry, Removal, Removed, SavedEntry, ShardMetrics, ShardWriter, Sweep,
+    EXPIRY_PER_WRITE, SWEEP_STEP,
+};
 use l2::{Envelope, Version};
 use monoio::task::JoinHandle;
 
@@ -41,8 +45,9 @@ type Flights = SingleFlight<Filled, FillError>;
 const SAVE_STEP: usize = 1024;
 /// Restored entries confirmed against L2 in one pipelined round.
 const CONFIRM_STEP: usize = 256;
-/// How long [`Owner::expire_due`] works before it lets the core serve (`Budget`).
-const EXPIRY_TURN: Duration = Duration::from_micros(100);
+/// How long [`Owner::expire_due`] and [`Owner::remove_in_turns`] work before they let
+/// the core serve (`Budget`).
+const TURN: Duration = Duration::from_micros(100);
 
 /// Whether a fill that waited on an abandoned flight may fill again.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -125,7 +130,15 @@ impl Owner {
                 self.fence(&command);
                 let mut writer = self.writer.borrow_mut();
                 self.expire_before_write(&mut writer, now);
-                command.apply(&mut writer, now);
+                match command {
+                    // Begun here, before the next message, so that it removes what the
+                    // shard holds now and spares what later messages write.
+                    Command::Remove(removal) => {
+                        let sweep = writer.begin_sweep();
+                        monoio::spawn(self.clone().remove_in_turns(removal, sweep));
+                    }
+                    command => command.apply(&mut writer, now),
+                }
             }
             OwnerMessage::Expire { reply } => match self.start_expiry() {
                 Some(expiry) => {
@@ -574,12 +587,12 @@ impl Owner {
     }
 
     /// Expires everything due, [`EXPIRY_PER_WRITE`] records at a time, letting the core
-    /// serve every [`EXPIRY_TURN`]: when many entries reach their TTL together, the whole
+    /// serve every [`TURN`]: when many entries reach their TTL together, the whole
     /// of it would hold the core for tens of milliseconds (BENCHMARKS.md, "Expiry
     /// pauses"). Reads treat an expired entry as absent meanwhile. Answers how many
     /// expired.
     async fn expire_due(self: Rc<Self>) -> usize {
-        let mut budget = Budget::with_slice(EXPIRY_TURN);
+        let mut budget = Budget::with_slice(TURN);
         let mut expired = 0;
         loop {
             let step = self
@@ -596,6 +609,30 @@ impl Owner {
         expired
     }
 
+    /// Carries out a pattern invalidation or a flush in steps of [`SWEEP_STEP`] slots,
+    /// letting the core serve every [`TURN`]: done whole, removing a million entries
+    /// would hold it for 0.3 s (BENCHMARKS.md, "Invalidations in steps"). Writes between
+    /// the steps are kept (`engine`'s `shard/sweep.rs`); reads meanwhile may still find
+    /// keys the removal has yet to reach, as they would on another core. Answers once
+    /// every step is done.
+    async fn remove_in_turns(self: Rc<Self>, removal: Removal, mut sweep: Sweep) {
+        let mut budget = Budget::with_slice(TURN);
+        let mut removed = Removed::default();
+        loop {
+            let swept = self
+                .writer
+                .borrow_mut()
+                .sweep_some(sweep, SWEEP_STEP, self.now(), |key| removal.picks(key));
+            removed += swept.removed;
+            match swept.unfinished {
+                Some(rest) => sweep = rest,
+                None => break,
+            }
+            budget.spend().await;
+        }
+        removal.answer(removed);
+    }
+
     fn fence(&self, command: &Command) {
         match command {
             Command::Set { key, .. } | Command::Delete { key, .. } => {
@@ -606,16 +643,8 @@ impl Owner {
                     self.flights.fence(key);
                 }
             }
-            Command::InvalidatePattern { pattern, .. } => {
-                self.flights.fence_where(|key| pattern.matches(key));
-            }
-            Command::Flush { only: None, .. } => {
-                self.flights.fence_where(|_| true);
-            }
-            Command::Flush {
-                only: Some(doomed), ..
-            } => {
-                self.flights.fence_where(|key| doomed.picks(key));
+            Command::Remove(removal) => {
+                self.flights.fence_where(|key| removal.picks(key));
             }
             Command::Lookup { .. } => {}
         }

@@ -724,3 +724,55 @@ fn the_cores_wait_on_the_io_driver_they_are_told_to() {
         "{log}"
     );
 }
+
+/// A pattern invalidation over many times the slots one step of its sweep visits (each
+/// core's shard is swept a few hundred slots at a time, serving between the steps):
+/// another connection's reads and writes are answered meanwhile, and when it answers, it
+/// has removed every matching key the cache held and counted each once, and kept every
+/// other key, those written while it ran included.
+#[test]
+fn a_pattern_invalidation_in_steps_removes_every_match_and_keeps_the_rest() {
+    let s = Server::start(&[("CACHE_CORES", "2"), ("CACHE_L1_MAX_ENTRIES", "100000")]);
+    const DOOMED: usize = 4_000;
+    const KEPT: usize = 200;
+    for i in 0..DOOMED {
+        assert_eq!(
+            put(&s, &format!("/api/cache/bulk:{i}"), json!({"value": i})).0,
+            200
+        );
+    }
+    for i in 0..KEPT {
+        assert_eq!(
+            put(&s, &format!("/api/cache/keep:{i}"), json!({"value": i})).0,
+            200
+        );
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (invalidated, written) = std::thread::scope(|scope| {
+        let meanwhile = scope.spawn(|| {
+            let mut written = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, hit) = get(&s, &format!("/api/cache/keep:{}", written % KEPT));
+                assert_eq!((status, &hit["value"]), (200, &json!(written % KEPT)));
+                let key = format!("/api/cache/new:{written}");
+                assert_eq!(put(&s, &key, json!({"value": written})).0, 200);
+                written += 1;
+            }
+            written
+        });
+        let (status, answer) = status_and_json(
+            ureq::post(&s.url("/api/cache/invalidate")).send_json(json!({"pattern": "bulk:*"})),
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(status, 200);
+        (answer["invalidated"].clone(), meanwhile.join().unwrap())
+    });
+    assert_eq!(invalidated, json!(DOOMED));
+    assert_eq!(s.metrics()["l1_size"], json!(KEPT + written));
+    for i in (0..DOOMED).step_by(97) {
+        assert_eq!(get(&s, &format!("/api/cache/bulk:{i}")).0, 404, "bulk:{i}");
+    }
+    for i in 0..written {
+        assert_eq!(get(&s, &format!("/api/cache/new:{i}")).0, 200, "new:{i}");
+    }
+}

@@ -39,6 +39,7 @@ mod climber;
 mod ring;
 mod sketch;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 pub use ring::{slot_bytes, Region, MAX_SLOTS};
@@ -311,13 +312,15 @@ impl<T: Resident> Policy<T> {
         self.ring.get_mut(slot)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.ring.iter()
+    /// Slots made so far, occupied or vacant: a slot made later is numbered at or above
+    /// this.
+    pub fn slot_count(&self) -> u32 {
+        self.ring.slot_count()
     }
 
-    /// Every resident from slot `first` on, in slot order.
-    pub fn iter_from(&self, first: u32) -> impl Iterator<Item = (u32, &T)> {
-        self.ring.iter_from(first)
+    /// Every resident whose slot is numbered within `slots`, in slot order.
+    pub fn iter_range(&self, slots: Range<u32>) -> impl Iterator<Item = (u32, &T)> {
+        self.ring.iter_range(slots)
     }
 
     /// How the resident of `slot` stands: its key's estimated frequency and its region.

@@ -23,6 +23,8 @@
 //! Each slot also carries its region and one mark for the policy's own use, in the top
 //! bits of its link (slot numbers take 29 bits), so that neither costs memory of its own.
 
+use std::ops::Range;
+
 /// The regions of a W-TinyLFU cache, each a CLOCK list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -291,17 +293,20 @@ impl<T> Ring<T> {
     }
 
     /// Every occupied slot with its resident, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.iter_from(0)
+    /// Slots made so far, occupied or vacant: every slot's number is below this, and a
+    /// slot made later has a number at or above it.
+    pub fn slot_count(&self) -> u32 {
+        self.slots.len() as u32
     }
 
-    /// Every occupied slot from `first` on with its resident, in slot order.
-    pub fn iter_from(&self, first: u32) -> impl Iterator<Item = (u32, &T)> {
-        self.slots
+    /// Every occupied slot numbered within `slots` with its resident, in slot order.
+    pub fn iter_range(&self, slots: Range<u32>) -> impl Iterator<Item = (u32, &T)> {
+        let end = self.slots.len().min(slots.end as usize);
+        let start = end.min(slots.start as usize);
+        self.slots[start..end]
             .iter()
-            .enumerate()
-            .skip(first as usize)
-            .filter_map(|(slot, s)| s.item.as_ref().map(|r| (slot as u32, r)))
+            .zip(slots.start..)
+            .filter_map(|(s, slot)| s.item.as_ref().map(|r| (slot, r)))
     }
 
     /// Links `slot` just behind `region`'s hand (its count is the caller's).
@@ -513,7 +518,7 @@ mod tests {
         ring.remove(b);
         assert_eq!(ring.insert_with(Probation, |_| "d"), b);
         assert_eq!(ring.insert_with(Probation, |_| "e"), a);
-        assert_eq!(ring.iter().count(), 3);
+        assert_eq!(ring.iter_range(0..u32::MAX).count(), 3);
         assert_eq!(ring.slots.len(), 3, "no growth while slots are free");
     }
 

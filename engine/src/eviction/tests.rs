@@ -144,7 +144,7 @@ impl Shard {
     fn check_regions(&self) {
         let by_region = |r: Region| {
             self.policy
-                .iter()
+                .iter_range(0..u32::MAX)
                 .filter(|(slot, _)| self.policy.ring.region_of(*slot) == r)
                 .map(|(_, i)| (1usize, i.charge))
                 .fold((0, 0), |(n, b), (m, c)| (n + m, b + c))
