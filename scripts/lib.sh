@@ -113,12 +113,13 @@ NGINX
 
 # start_cache_manager [--core N] [VAR=VALUE ...] — the release binary on a free port,
 # started under `taskset -c N` if given; sets $port (its PID is the last of $pids).
+# CACHE_MANAGER_BIN names another build to start.
 start_cache_manager() {
     local pin=()
     if [ "${1:-}" = --core ]; then pin=(taskset -c "$2"); shift 2; fi
     port=$(free_port)
     "${pin[@]}" env CACHE_LISTEN="127.0.0.1:$port" CACHE_L1_MAX_ENTRIES=20000 RUST_LOG=warn "$@" \
-        target/release/cache-manager > "$work/cache-manager-$port.log" 2>&1 &
+        "${CACHE_MANAGER_BIN:-target/release/cache-manager}" > "$work/cache-manager-$port.log" 2>&1 &
     pids+=($!)
     wait_port "$port" || { head -5 "$work/cache-manager-$port.log" >&2; return 1; }
 }
