@@ -46,6 +46,14 @@ use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, Mutex};
 /// models race each reclamation.
 const BATCH: usize = if cfg!(engine_loom) { 1 } else { 128 };
 
+/// Nodes retired before a seal while the writer removes many at once (a pattern
+/// invalidation's or a flush's sweep): a million removals sealed every [`BATCH`] made
+/// 7,811 `membarrier` calls, about 40 % of the sweep's time, each an interrupt to every
+/// other core running the process (BENCHMARKS.md, "Invalidations in steps"). What
+/// waits unsealed is then about a hundred kilobytes a shard, for as long as the sweep
+/// runs, and a seal frees up to a batch at once (about 50 µs of frees).
+const BULK_BATCH: usize = if cfg!(engine_loom) { 1 } else { 1024 };
+
 /// A node the writer unlinks and hands to the reclaimer. The writer frees it: the
 /// reclaimer says when, through the function given to [`Reclaimer::retire`].
 pub(crate) trait Retirable {
@@ -168,6 +176,8 @@ struct Retired<T> {
     sealed: VecDeque<Sealed<T>>,
     /// Emptied node lists, kept for the next batches.
     spare: Vec<Vec<*mut T>>,
+    /// Retirements that fill a batch: [`BATCH`], or [`BULK_BATCH`] in bulk.
+    batch: usize,
     /// Under loom, nodes poisoned instead of freed, freed by the drain.
     #[cfg(engine_loom)]
     graveyard: Vec<*mut T>,
@@ -205,6 +215,7 @@ impl<T: Retirable> Reclaimer<T> {
                 open: Vec::with_capacity(BATCH),
                 sealed: VecDeque::new(),
                 spare: Vec::new(),
+                batch: BATCH,
                 #[cfg(engine_loom)]
                 graveyard: Vec::new(),
             }),
@@ -241,7 +252,24 @@ impl<T: Retirable> Reclaimer<T> {
         // `enter` never touches this field: the reference is unique while it lives.
         let retired = unsafe { &mut *self.retired.get() };
         retired.open.push(ptr);
-        if retired.open.len() >= BATCH {
+        if retired.open.len() >= retired.batch {
+            retired.seal();
+            retired.free_passed(free);
+        }
+    }
+
+    /// Seals batches of [`BULK_BATCH`] retirements from now on while `bulk`, else of
+    /// [`BATCH`]; leaving bulk seals what is open (and frees, with `free`, what no reader
+    /// can reach), so that a sweep's last nodes do not wait for the next writes.
+    ///
+    /// # Safety
+    /// As for [`Reclaimer::retire`]: the caller is the table's one writer, and `free`
+    /// frees a node whole.
+    pub(crate) unsafe fn retire_in_bulk(&self, bulk: bool, free: impl FnMut(*mut T)) {
+        // SAFETY: as in `retire`: the writer is the only caller, one call at a time.
+        let retired = unsafe { &mut *self.retired.get() };
+        retired.batch = if bulk { BULK_BATCH } else { BATCH };
+        if !bulk && !retired.open.is_empty() {
             retired.seal();
             retired.free_passed(free);
         }

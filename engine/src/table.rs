@@ -466,6 +466,22 @@ impl TableWriter {
         };
     }
 
+    /// Whether the writer is about to remove many nodes at once: the reclaimer then
+    /// seals its batches less often (`reclaim::BULK_BATCH`).
+    pub(crate) fn retire_in_bulk(&mut self, bulk: bool) {
+        let table = &*self.0.table;
+        // SAFETY: as in `retire`: only the one writer reaches the slab, now through
+        // `&mut self`.
+        let slab = unsafe { &mut *table.slab.get() };
+        // SAFETY: as in `retire`: the writer is the reclaimer's only caller, and what it
+        // hands back was retired there, from `allocate` with this slab.
+        unsafe {
+            table
+                .reclaimer
+                .retire_in_bulk(bulk, |node| free(node, slab, &table.directory))
+        };
+    }
+
     /// The link that currently names `target`, whose key's hash is `hash`.
     fn link_to(&self, target: NonNull<Node>, hash: u64) -> &AtomicU32 {
         self.find_link(target, hash)

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use super::{Reclaimer, Retirable, BATCH};
+use super::{Reclaimer, Retirable, BATCH, BULK_BATCH};
 use crate::sync::AtomicU32;
 
 struct Counted {
@@ -124,6 +124,30 @@ fn reads_that_began_after_a_seal_do_not_hold_it() {
         "batches sealed during the read stay"
     );
     drop(still_reading);
+    reclaimer.drain(free);
+}
+
+#[test]
+fn in_bulk_batches_are_sealed_less_often_and_leaving_bulk_seals_what_is_open() {
+    let freed = Arc::new(AtomicUsize::new(0));
+    let mut reclaimer = Reclaimer::<Counted>::new();
+    // SAFETY: read between the writer's calls, on the writer's thread.
+    let sealed = |r: &Reclaimer<Counted>| unsafe { &*r.retired.get() }.sealed.len();
+    // SAFETY: as in `retire_batch`.
+    unsafe { reclaimer.retire_in_bulk(true, free) };
+    // Holds every batch sealed while it lasts, so that each stays to be counted.
+    let read = reclaimer.enter();
+    for _ in 0..BULK_BATCH + BATCH {
+        // SAFETY: as in `retire_batch`.
+        unsafe { reclaimer.retire(node(&freed), free) };
+    }
+    assert_eq!(sealed(&reclaimer), 1, "one bulk batch, the rest open");
+    // SAFETY: as in `retire_batch`.
+    unsafe { reclaimer.retire_in_bulk(false, free) };
+    assert_eq!(sealed(&reclaimer), 2, "leaving bulk sealed the open nodes");
+    assert_eq!(freed.load(SeqCst), 0, "both held by the read");
+    drop(read);
+    let _ = seal_until_freed(&reclaimer, &freed, BULK_BATCH + BATCH);
     reclaimer.drain(free);
 }
 
