@@ -87,8 +87,9 @@ impl ShardWriter {
         Sweep { id }
     }
 
-    /// Visits up to `slots` more of `sweep`'s slots and removes each entry there that
-    /// was in the shard when the sweep began and whose key `doomed` picks.
+    /// Visits up to `slots` (at least one) more of `sweep`'s slots and removes each
+    /// entry there that was in the shard when the sweep began and whose key `doomed`
+    /// picks.
     ///
     /// # Panics
     /// If `sweep` was begun by another writer.
@@ -106,7 +107,7 @@ impl ShardWriter {
             .expect("a sweep goes on with the writer that began it");
         let state = &mut self.sweeps[at];
         let from = state.next;
-        let to = from.saturating_add(slots).min(state.end);
+        let to = from.saturating_add(slots.max(1)).min(state.end);
         // The slots of this step written since the sweep began; the rest stay noted.
         let mut spared = std::mem::take(&mut state.fresh);
         state.fresh = spared.split_off(&to);
