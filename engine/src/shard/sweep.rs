@@ -154,3 +154,6 @@ impl ShardWriter {
         }
     }
 }
+
+#[cfg(all(test, not(engine_loom)))]
+mod tests;
