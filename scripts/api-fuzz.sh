@@ -38,10 +38,8 @@ if [ ! -x "$venv/bin/st" ]; then
 fi
 
 cargo build --release -q -p net
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-pids+=($!)
-wait_port "$redis_port"
+start_redis
+redis_port=$port
 origin_port=$(free_port)
 CACHE_LISTEN=127.0.0.1:$origin_port RUST_LOG=warn target/release/cache-manager &
 pids+=($!)

@@ -59,10 +59,8 @@ url[varnish]="http://127.0.0.1:$port"
 target/release/cache-bench load --target "${url[varnish]}" --connections 8 --duration 3s --warmup 0s \
     --keys "$keys" --quiet > /dev/null
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no > "$work/redis.log" 2>&1 &
-pids+=($!)
-wait_port "$redis_port"
+start_redis
+redis_port=$port
 url[redis]="redis://127.0.0.1:$redis_port"
 target/release/cache-bench load --target "${url[redis]}" --keys "$keys" --value-size 100 \
     --prefill --duration 1ms --warmup 0s --quiet > /dev/null

@@ -71,8 +71,6 @@ start_fleet() {
     done
 }
 
-# cpu_ticks PID... — utime + stime of the processes, in clock ticks.
-cpu_ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
 tick=$(getconf CLK_TCK)
 
 reports=()

@@ -124,10 +124,41 @@ start_cache_manager() {
     wait_port "$port" || { head -5 "$work/cache-manager-$port.log" >&2; return 1; }
 }
 
+# start_redis [--core N] — redis-server on a free port without persistence, started under
+# `taskset -c N` if given; sets $port (its PID is the last of $pids).
+start_redis() {
+    local pin=()
+    if [ "${1:-}" = --core ]; then pin=(taskset -c "$2"); shift 2; fi
+    port=$(free_port)
+    "${pin[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        > "$work/redis-$port.log" 2>&1 &
+    pids+=($!)
+    wait_port "$port"
+}
+
+# pin_nginx CORE — moves the nginx that start_nginx started, master and workers, to CORE.
+pin_nginx() {
+    local master; master=$(cat "$work/nginx.pid")
+    for p in "$master" $(pgrep -P "$master"); do taskset -pc "$1" "$p" > /dev/null; done
+}
+
 # prefill PORT KEYS SIZE — PUTs key:0 … key:KEYS-1 with SIZE-byte values.
 prefill() {
     target/release/cache-bench load --target "http://127.0.0.1:$1" --keys "$2" --value-size "$3" \
         --prefill --duration 1ms --warmup 0s --quiet > /dev/null
+}
+
+cpu_ticks() { # PID... -> user + system clock ticks of all the processes' threads
+    local p
+    for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'
+}
+
+core_ticks() { # CORE -> "busy total" clock ticks of that core since boot
+    awk -v cpu="cpu$1" '$1 == cpu {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat
+}
+
+busy_share() { # BEFORE AFTER (each "busy total") -> percent busy in between
+    awk -v b="$1" -v a="$2" 'BEGIN {split(b, x, " "); split(a, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2])}'
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }

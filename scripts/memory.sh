@@ -70,11 +70,9 @@ grown=$(((after - one_entry_kib) * 1024))
 charged=$(curl -sf "http://127.0.0.1:$port/api/cache/metrics" | python3 -c 'import json,sys; m = json.load(sys.stdin); print(m["l1_bytes"], m["l1_size"])')
 printf '%-26s %16s %22s\n' "cache-manager" "$(per_entry "$grown")" "$(overhead "$grown")"
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no > "$work/redis.log" 2>&1 &
-pids+=($!)
-redis_pid=$!
-wait_port "$redis_port"
+start_redis
+redis_port=$port
+redis_pid=${pids[-1]}
 used() { redis-cli -p "$redis_port" info memory | awk -F: '/^used_memory:/ {print $2 + 0}'; }
 before=$(rss_kib "$redis_pid")
 used_before=$(used)

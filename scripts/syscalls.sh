@@ -95,15 +95,11 @@ url[cache-manager]="http://127.0.0.1:$port"
 start_nginx 1
 url[nginx]="http://127.0.0.1:$port"
 pid[nginx]=$(pgrep -P "$(cat "$work/nginx.pid")" | head -n1)
-taskset -pc 0 "$(cat "$work/nginx.pid")" > /dev/null
-taskset -pc 0 "${pid[nginx]}" > /dev/null
+pin_nginx 0
 
-redis_port=$(free_port)
-taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    > "$work/redis.log" 2>&1 &
-pids+=($!)
-pid[redis]=$!
-wait_port "$redis_port"
+start_redis --core 0
+redis_port=$port
+pid[redis]=${pids[-1]}
 redis-benchmark -p "$redis_port" -t set -n $((keys * 5)) -r "$keys" -d 100 -q > /dev/null
 # The same keys as the HTTP servers', for cache-bench (redis-benchmark's are zero-padded).
 target/release/cache-bench load --target "redis://127.0.0.1:$redis_port" --keys "$keys" \
@@ -166,18 +162,6 @@ open_loop() {
         --rate "$rate" --duration "$duration" --warmup 1s --keys "$keys" --quiet \
         "${pacing[@]}" --histogram "$histogram" > /dev/null
     tail_of "$histogram"
-}
-
-cpu_ticks() { # all threads of the process, user + system, in clock ticks
-    awk '{print $14 + $15}' "/proc/$1/stat"
-}
-
-core_ticks() { # CORE -> "busy total" clock ticks of that core since boot
-    awk -v cpu="cpu$1" '$1 == cpu {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat
-}
-
-busy_share() { # BEFORE AFTER (each "busy total") -> percent busy in between
-    awk -v b="$1" -v a="$2" 'BEGIN {split(b, x, " "); split(a, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2])}'
 }
 
 # The syscalls counted: all of them, and a few by name for the breakdown.
