@@ -14,6 +14,7 @@ pub mod framing;
 mod history;
 mod http;
 mod messages;
+mod open_files;
 mod origin;
 mod owner;
 mod render;

@@ -27,6 +27,7 @@ use crate::core::{Core, CoreStats, Latch, Shared, SnapshotStats};
 use crate::history::History;
 use crate::http;
 use crate::messages::{OwnerMessage, Restored};
+use crate::open_files;
 use crate::owner::Owner;
 use crate::runtime;
 use crate::stats;
@@ -37,7 +38,8 @@ use crate::warm;
 const MAILBOX_DEPTH: usize = 4096;
 
 /// Runs the service until a signal stops it.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(mut config: Config) -> anyhow::Result<()> {
+    open_files::fit_process(&mut config)?;
     let config = Arc::new(config);
     let cores = config.cores();
     let clock = CoarseClock::new();

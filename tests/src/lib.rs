@@ -138,10 +138,31 @@ impl Server {
         server
     }
 
+    /// Starts the service as `start_logging` does, with its open-file limit, soft and
+    /// hard, set to `open_files` (by util-linux's `prlimit`, which then runs it).
+    pub fn start_with_open_files(
+        env: &[(&str, &str)],
+        open_files: u64,
+        log: impl Into<Stdio>,
+    ) -> Server {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg("--")
+            .arg(binary());
+        let mut server = Self::spawn_command(command, env, log);
+        server.wait_until_answers("/readyz", Duration::from_secs(5));
+        server
+    }
+
     fn spawn(env: &[(&str, &str)], log: impl Into<Stdio>) -> Server {
+        Self::spawn_command(Command::new(binary()), env, log)
+    }
+
+    /// Runs `command` (the binary, or a program that runs it) with the test's settings.
+    fn spawn_command(mut command: Command, env: &[(&str, &str)], log: impl Into<Stdio>) -> Server {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut command = Command::new(binary());
         command
             .env_clear()
             .env("CACHE_LISTEN", addr.to_string())

@@ -349,6 +349,57 @@ fn the_idle_timeout_counts_from_the_last_request() {
 }
 
 #[test]
+fn under_a_short_open_file_limit_the_connections_past_what_fits_get_a_503() {
+    // CACHE_MAX_CONNECTIONS (4,096 by default) cannot fit under 200 descriptors: the
+    // service lowers it to what does and says so. Before, the accepts past the limit
+    // failed (EMFILE), and those clients waited in the listen backlog for no answer.
+    let log = std::env::temp_dir().join(format!(
+        "cache-manager-e2e-nofile-{}.log",
+        std::process::id()
+    ));
+    let s = Server::start_with_open_files(
+        &[("CACHE_CORES", "1"), ("CACHE_LOG_FORMAT", "json")],
+        200,
+        std::fs::File::create(&log).unwrap(),
+    );
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(held.len() < 200, "no 503 within 200 connections");
+        let mut c = s.connect();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = exchange(&mut c, b"GET /healthz HTTP/1.1\r\n\r\n");
+        if r.status == 503 {
+            break r;
+        }
+        assert_eq!(r.status, 200);
+        held.push(c);
+    };
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("CACHE_MAX_CONNECTIONS"));
+    assert!(
+        held.len() >= 100,
+        "only {} connections held under 200 descriptors",
+        held.len()
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let warning = logged
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("CACHE_MAX_CONNECTIONS lowered"))
+        })
+        .unwrap_or_else(|| panic!("no warning that the connection limit was lowered: {logged}"));
+    assert_eq!(warning["fields"]["fitted"], held.len());
+    assert_eq!(warning["fields"]["requested"], 4096);
+    assert_eq!(warning["fields"]["open_file_limit"], 200);
+}
+
+#[test]
 fn connections_past_the_per_core_limit_get_a_503() {
     let s = Server::start(&[("CACHE_MAX_CONNECTIONS", "5"), ("CACHE_CORES", "1")]);
     let mut held: Vec<TcpStream> = (0..5).map(|_| s.connect()).collect();
