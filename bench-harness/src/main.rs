@@ -221,6 +221,10 @@ struct Workload {
     io_driver: IoDriver,
 }
 
+/// Descriptors a load needs besides its connections: the standard streams, each load
+/// thread's ring or epoll instance and eventfds, the report files.
+const OWN_FILES: u64 = 64;
+
 impl Workload {
     fn config(&self, rate: Option<f64>) -> anyhow::Result<LoadConfig> {
         anyhow::ensure!(
@@ -228,6 +232,10 @@ impl Workload {
             "--read-ratio must be within 0..=1"
         );
         anyhow::ensure!(self.keys > 0, "--keys must be at least 1");
+        // Every connection is a descriptor: under a shell's soft limit (often 1,024), the
+        // connects past it would fail.
+        net::open_files::raise_soft_limit(self.connections as u64 + OWN_FILES)
+            .with_context(|| format!("--connections {}", self.connections))?;
         Ok(LoadConfig {
             target: self.target.trim_end_matches('/').to_owned(),
             connections: self.connections,

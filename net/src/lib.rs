@@ -14,7 +14,7 @@ pub mod framing;
 mod history;
 mod http;
 mod messages;
-mod open_files;
+pub mod open_files;
 mod origin;
 mod owner;
 mod render;

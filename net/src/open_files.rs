@@ -9,6 +9,8 @@
 //! core's connections need, plus a reserve for the rest (listeners, rings, origin and
 //! Redis connections, snapshot files). Where the hard limit is lower than that, the
 //! per-core connection limit is lowered to fit under it, and a warning names both.
+//! `cache-bench` raises its own limit for its connections the same way
+//! ([`raise_soft_limit`]).
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
@@ -81,6 +83,38 @@ pub fn fit(
     })
 }
 
+/// Why the soft limit could not be raised as far as needed.
+#[derive(Debug, thiserror::Error)]
+pub enum RaiseError {
+    #[error(
+        "{need} open files are needed, over the hard limit of {hard}: raise it (`ulimit -n`, \
+         systemd's LimitNOFILE)"
+    )]
+    OverHard { need: u64, hard: u64 },
+    #[error("raising the open-file limit to {to} (RLIMIT_NOFILE): {source}")]
+    Refused { to: u64, source: rustix::io::Errno },
+}
+
+/// Raises the process's soft limit to `need` descriptors, unless it is that high already.
+pub fn raise_soft_limit(need: u64) -> Result<(), RaiseError> {
+    let limits = getrlimit(Resource::Nofile);
+    if let Some(hard) = limits.maximum.filter(|&hard| hard < need) {
+        return Err(RaiseError::OverHard { need, hard });
+    }
+    if limits.current.is_some_and(|soft| soft < need) {
+        set_soft_limit(need, limits.maximum)?;
+    }
+    Ok(())
+}
+
+fn set_soft_limit(to: u64, hard: Option<u64>) -> Result<(), RaiseError> {
+    let limit = Rlimit {
+        current: Some(to),
+        maximum: hard,
+    };
+    setrlimit(Resource::Nofile, limit).map_err(|source| RaiseError::Refused { to, source })
+}
+
 /// Raises the process's soft limit as [`fit`] finds it must, and lowers
 /// `config.max_connections` where the hard limit is short, with a warning.
 pub fn fit_process(config: &mut Config) -> anyhow::Result<()> {
@@ -97,16 +131,7 @@ pub fn fit_process(config: &mut Config) -> anyhow::Result<()> {
         limits.maximum,
     )?;
     if let Some(raised) = fitted.raise_to {
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(raised),
-                maximum: limits.maximum,
-            },
-        )
-        .map_err(|e| {
-            anyhow::anyhow!("raising the open-file limit to {raised} (RLIMIT_NOFILE): {e}")
-        })?;
+        set_soft_limit(raised, limits.maximum)?;
     }
     if fitted.max_connections < config.max_connections {
         tracing::warn!(
@@ -161,6 +186,23 @@ mod tests {
         let at_limit = fit(4096, 2, 0, Some(4096), Some(4096)).unwrap();
         assert_eq!(at_limit.raise_to, None);
         assert_eq!(at_limit.max_connections, 2008);
+    }
+
+    #[test]
+    fn the_process_limit_is_raised_only_within_the_hard_limit() {
+        let limits = getrlimit(Resource::Nofile);
+        let soft = limits.current.expect("a finite soft limit");
+        raise_soft_limit(soft).unwrap();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(soft));
+        if let Some(hard) = limits.maximum {
+            match raise_soft_limit(hard + 1) {
+                Err(RaiseError::OverHard { need, hard: named }) => {
+                    assert_eq!((need, named), (hard + 1, hard));
+                }
+                other => panic!("raising past the hard limit of {hard}: {other:?}"),
+            }
+            assert_eq!(getrlimit(Resource::Nofile).current, Some(soft));
+        }
     }
 
     #[test]
