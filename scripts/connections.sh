@@ -26,7 +26,8 @@ keys=10000
 install_missing nginx:nginx redis-server:redis-server
 cargo build --release -q -p net -p bench-harness
 make_files "$keys" 100
-# Every connection is a descriptor in the client and in the server.
+# Every connection is a descriptor in the client and in the server. cache-manager,
+# cache-bench and Redis raise their own soft limit; nginx does not.
 ulimit -n "$(ulimit -Hn)"
 
 declare -A target pid results
