@@ -13,8 +13,10 @@
 # count: each server's CPU per request (utime + stime of all its threads over the
 # requests) and requests/s, medians over rounds; how busy the load core was (near 100 %,
 # a figure is the client's limit rather than the server's); and cache-manager's CPU per
-# request over each peer's, the median of the per-round ratios. Installs nginx and redis
-# if missing.
+# request over each peer's, the median of the per-round ratios. Before the rounds, while
+# each server is fresh: its memory per idle connection, the growth of its resident
+# memory (all its processes) while it holds IDLE_CONNECTIONS (default 2,000) connections
+# that have each made one GET. Installs nginx and redis if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -46,6 +48,42 @@ target[redis]="redis://127.0.0.1:$port"
 pid[redis]=${pids[-1]}
 target/release/cache-bench load --target "${target[redis]}" --keys "$keys" --value-size 100 \
     --prefill --duration 1ms --warmup 0s --quiet > /dev/null
+
+# idle_memory SERVER PID... -> KiB of resident memory per idle connection
+idle_memory() {
+    local server=$1
+    shift
+    python3 - "${target[$server]}" "${IDLE_CONNECTIONS:-2000}" "$@" <<'PY'
+import socket, sys, time
+target, n, pids = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+scheme, address = target.split("://")
+host, port = address.split(":")
+if scheme == "redis":
+    request, answer = b"*2\r\n$3\r\nGET\r\n$5\r\nkey:1\r\n", b"$"
+else:
+    request, answer = b"GET /api/cache/key:1 HTTP/1.1\r\nHost: t\r\nAccept: application/octet-stream\r\n\r\n", b"HTTP/1.1 200"
+def resident():
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            total += next(int(l.split()[1]) for l in status if l.startswith("VmRSS:"))
+    return total
+before = resident()
+held = [socket.create_connection((host, int(port))) for _ in range(n)]
+for s in held:
+    s.sendall(request)
+for s in held:
+    got = s.recv(4096)
+    assert got.startswith(answer), got[:40]
+time.sleep(0.5)
+print(f"{(resident() - before) / n:.1f}")
+PY
+}
+
+declare -A idle
+idle[cache-manager]=$(idle_memory cache-manager "${pid[cache-manager]}")
+idle[nginx]=$(idle_memory nginx "$(cat "$work/nginx.pid")" $(pgrep -P "$(cat "$work/nginx.pid")"))
+idle[redis]=$(idle_memory redis "${pid[redis]}")
 
 hz=$(getconf CLK_TCK)
 servers=(cache-manager nginx redis)
@@ -93,3 +131,5 @@ for connections in ${counts//,/ }; do
     done
     echo "            cache-manager's CPU/req over Redis's $(echo "${results[$connections-over-redis]}" | median), over nginx's $(echo "${results[$connections-over-nginx]}" | median) (median per round)"
 done
+echo "resident memory per idle connection (${IDLE_CONNECTIONS:-2000} held, each after one GET):" \
+    "cache-manager ${idle[cache-manager]} KiB, nginx ${idle[nginx]} KiB, Redis ${idle[redis]} KiB"
