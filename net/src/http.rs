@@ -10,7 +10,10 @@
 //! the connection would otherwise wait for input, or once they fill [`OUTPUT_HIGH_WATER`]:
 //! a client that pipelines requests for large values and reads nothing holds that much
 //! and one answer, not an answer per request it sent. A send that makes no progress for
-//! `CACHE_SEND_TIMEOUT_MS` closes the connection (nginx's `send_timeout`).
+//! `CACHE_SEND_TIMEOUT_MS` closes the connection (nginx's `send_timeout`). An idle
+//! connection holds a small input buffer (in its armed receive) and no output buffer: the
+//! core lends one for each answer ([`spare_outputs`]), so a connection costs about 7 KiB
+//! of memory while it waits, against 12 before (BENCHMARKS.md, "Many connections").
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -94,6 +97,8 @@ struct Connection<H: Handler> {
 /// A connection's write side: its socket half and the answers gathered for it.
 struct Outbox<Timed> {
     writer: OwnedWriteHalf<TcpStream>,
+    /// Empty, without a buffer, while the connection has nothing to send (see
+    /// [`spare_outputs`]); [`Outbox::output`] lends it one.
     output: Vec<u8>,
     /// The answers in `output` to time once it is sent, with their requests' arrival.
     timed: Vec<(Timed, Instant)>,
@@ -110,7 +115,11 @@ const OUTPUT_HIGH_WATER: usize = 32 << 10;
 /// An output buffer that grew past this for a large answer is given back once it is sent.
 const OUTPUT_KEEP: usize = 4 * READ_CHUNK;
 /// Free space below which the buffer is compacted (or grown) before a read.
-const MIN_READ: usize = 4 << 10;
+const MIN_READ: usize = 1 << 10;
+/// A new connection's input buffer. Most requests are far smaller, and an idle connection
+/// holds its buffer in the receive it has armed; a larger request grows it by
+/// [`READ_CHUNK`] or more (`make_room`).
+const FIRST_INPUT: usize = 2 << 10;
 
 /// Serves one connection until the client closes it, an error closes it, or shutdown.
 pub async fn serve<H: Handler>(
@@ -125,13 +134,13 @@ pub async fn serve<H: Handler>(
         reader,
         outbox: Outbox {
             writer,
-            output: Vec::with_capacity(READ_CHUNK),
+            output: Vec::new(),
             timed: Vec::new(),
         },
         core,
         handler,
         idle_slot,
-        input: Vec::with_capacity(READ_CHUNK),
+        input: Vec::with_capacity(FIRST_INPUT),
         pos: 0,
         arrived: Instant::now(),
         spare_path: String::new(),
@@ -142,7 +151,7 @@ pub async fn serve<H: Handler>(
             Ok(request) => {
                 let head_only = request.head.method == Method::Head;
                 let reply = Reply::new(
-                    &mut conn.outbox.output,
+                    conn.outbox.output(),
                     &*conn.core,
                     head_only,
                     request.head.persistence,
@@ -219,13 +228,8 @@ impl<H: Handler> Connection<H> {
 
     /// Answers a request that could not be read, closing the connection.
     fn refuse(&mut self, response: &Response) {
-        let _ = Reply::new(
-            &mut self.outbox.output,
-            &*self.core,
-            false,
-            Persistence::Close,
-        )
-        .send(response);
+        let _ =
+            Reply::new(self.outbox.output(), &*self.core, false, Persistence::Close).send(response);
     }
 
     /// Writes the pending responses (see [`Outbox::send`]).
@@ -350,7 +354,7 @@ impl<H: Handler> Connection<H> {
                 return Err(ReadError::Reject(refused));
             }
             self.outbox
-                .output
+                .output()
                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             self.flush().await?;
         }
@@ -519,6 +523,9 @@ impl<Timed> Outbox<Timed> {
         core: &Core,
     ) -> io::Result<Option<Instant>> {
         if self.output.is_empty() {
+            if self.output.capacity() > 0 {
+                spare_outputs::give_back(std::mem::take(&mut self.output));
+            }
             return Ok(None);
         }
         let sending = self.writer.write(std::mem::take(&mut self.output));
@@ -539,13 +546,94 @@ impl<Timed> Outbox<Timed> {
                 n => n,
             };
         }
-        if bytes.capacity() <= OUTPUT_KEEP {
-            self.output = bytes;
-            self.output.clear();
-        } else {
-            self.output = Vec::with_capacity(READ_CHUNK);
-        }
+        spare_outputs::give_back(bytes);
         Ok(whole.then_some(handed_over))
+    }
+
+    /// The buffer answers are written into: the one in hand, or a spare one.
+    fn output(&mut self) -> &mut Vec<u8> {
+        if self.output.capacity() == 0 {
+            self.output = spare_outputs::take();
+        }
+        &mut self.output
+    }
+}
+
+/// Output buffers that no connection holds, for the next answer written on this core
+/// (each core is a thread). A connection holds one only from its first answer to the end
+/// of that answer's send: an idle connection costs no output buffer, and an answer is
+/// written into the buffer a send gave back last, still in cache, rather than into its
+/// connection's own, which with a thousand busy connections was untouched since that
+/// connection's last answer and cold (BENCHMARKS.md, "Many connections").
+mod spare_outputs {
+    use std::cell::RefCell;
+
+    use super::{OUTPUT_KEEP, READ_CHUNK};
+
+    /// The most spare buffers a core keeps: each send in flight holds one, and the spares
+    /// are what a pass of the executor gave back, so this bounds what a burst of
+    /// connections leaves behind (16 MiB of address space; only the pages written stay
+    /// resident), not how many connections are served.
+    const KEPT: usize = 1024;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// The buffer given back last, or a new one.
+    pub(super) fn take() -> Vec<u8> {
+        SPARE
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+    }
+
+    /// Keeps `buffer` for the next answer, unless a large answer grew it past
+    /// [`OUTPUT_KEEP`] or enough are kept already.
+    pub(super) fn give_back(mut buffer: Vec<u8>) {
+        if buffer.capacity() > OUTPUT_KEEP {
+            return;
+        }
+        buffer.clear();
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < KEPT {
+                spare.push(buffer);
+            }
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn kept() -> usize {
+            SPARE.with_borrow(Vec::len)
+        }
+
+        #[test]
+        fn the_buffer_given_back_last_is_lent_first_and_empty() {
+            let (mut first, second) = (take(), take());
+            first.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            let (first_at, second_at) = (first.as_ptr(), second.as_ptr());
+            give_back(first);
+            give_back(second);
+            let lent = take();
+            assert_eq!(lent.as_ptr(), second_at);
+            let again = take();
+            assert_eq!((again.as_ptr(), again.len()), (first_at, 0));
+            assert_eq!(kept(), 0);
+        }
+
+        #[test]
+        fn a_buffer_a_large_answer_grew_is_not_kept_nor_more_than_kept() {
+            let mut grown = take();
+            grown.reserve(OUTPUT_KEEP + 1);
+            give_back(grown);
+            assert_eq!(kept(), 0);
+            for _ in 0..KEPT + 10 {
+                give_back(Vec::with_capacity(READ_CHUNK));
+            }
+            assert_eq!(kept(), KEPT);
+        }
     }
 }
 
