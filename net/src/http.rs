@@ -562,8 +562,8 @@ impl<Timed> Outbox<Timed> {
 /// Output buffers that no connection holds, for the next answer written on this core
 /// (each core is a thread). A connection holds one only from its first answer to the end
 /// of that answer's send, so an idle connection costs no output buffer: 7.2 KiB of
-/// memory per idle connection instead of 9.7 with a buffer of its own (and 11.8 with the
-/// larger first input buffer too). The CPU per request was the same within this VM's
+/// memory per idle connection, against 11.8 with a buffer of its own and the larger
+/// first input buffer. The CPU per request was the same within this VM's
 /// noise, at 64 and at 1,000 connections (BENCHMARKS.md, "Many connections").
 mod spare_outputs {
     use std::cell::RefCell;
