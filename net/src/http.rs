@@ -12,8 +12,7 @@
 //! and one answer, not an answer per request it sent. A send that makes no progress for
 //! `CACHE_SEND_TIMEOUT_MS` closes the connection (nginx's `send_timeout`). An idle
 //! connection holds a small input buffer (in its armed receive) and no output buffer: the
-//! core lends one for each answer ([`spare_outputs`]), so a connection costs about 7 KiB
-//! of memory while it waits, against 12 before (BENCHMARKS.md, "Many connections").
+//! core lends one for each answer ([`spare_outputs`]).
 
 use std::future::{poll_fn, Future};
 use std::io;
