@@ -48,6 +48,7 @@ impl<T> Thread<T> {
             blocking_threads: 1,
             idle_spin: Duration::ZERO,
             io_driver: driver,
+            watching: Default::default(),
         };
         let (done, output) = mpsc::channel();
         let (handle, driver) = net::runtime::start_core(cpu, settings, move || async move {

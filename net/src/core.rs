@@ -33,6 +33,9 @@ pub struct CoreStats {
     pub latency: OpLatency,
     /// What the core's executor waits on, set once it is built.
     pub io_driver: OnceLock<ActiveDriver>,
+    /// Nanoseconds the core spent watching its ring with nothing to run
+    /// (`runtime::IdleWatch`): busy time that was not work.
+    pub idle_watch: Arc<Counter>,
 }
 
 /// Latency per operation, on one core.

@@ -31,9 +31,10 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use engine::metrics::Counter;
 use monoio::blocking::DefaultThreadPool;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
@@ -80,13 +81,15 @@ impl Serialize for ActiveDriver {
 }
 
 /// How each core's executor is built.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ExecutorSettings {
     /// Unpinned threads for blocking calls (at least one).
     pub blocking_threads: usize,
     /// How long a core with nothing to run watches its ring before it sleeps.
     pub idle_spin: Duration,
     pub io_driver: IoDriver,
+    /// Where the core adds up, in nanoseconds, the time it spent watching.
+    pub watching: Arc<Counter>,
 }
 
 type Executor = monoio::FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -176,7 +179,10 @@ fn build_executor(
             .with_entries(RING_ENTRIES)
             .attach_thread_pool(Box::new(pool.clone()));
         if !settings.idle_spin.is_zero() {
-            builder = builder.with_park_spin(Box::new(IdleWatch::new(settings.idle_spin)));
+            builder = builder.with_park_spin(Box::new(IdleWatch::new(
+                settings.idle_spin,
+                settings.watching.clone(),
+            )));
         }
         if let Some(flags) = flags {
             builder = builder.uring_builder(flags);
@@ -282,17 +288,21 @@ async fn yield_to_queued() {
 /// A watch that a request ends leaves the window as it is. What watching costs is CPU
 /// time that a sleeping core would not use, at most the gap between two requests each
 /// time, so a core's busy time is not its work while requests come faster than `max`.
+/// That time is added up in `watching` (the metric `idle_watch_us`), so that the work can
+/// be told from the watch: busy time less watching time.
 #[derive(Debug)]
 pub(crate) struct IdleWatch {
     max: Duration,
     window: Duration,
+    watching: Arc<Counter>,
 }
 
 impl IdleWatch {
-    pub fn new(max: Duration) -> Self {
+    pub fn new(max: Duration, watching: Arc<Counter>) -> Self {
         Self {
             max,
             window: Duration::ZERO,
+            watching,
         }
     }
 }
@@ -311,6 +321,11 @@ impl monoio::ParkSpin for IdleWatch {
         } else {
             self.window / 2
         };
+    }
+
+    fn watched(&mut self, lasted: Duration) {
+        self.watching
+            .add(u64::try_from(lasted.as_nanos()).unwrap_or(u64::MAX));
     }
 }
 
@@ -335,6 +350,7 @@ mod tests {
             blocking_threads: 1,
             idle_spin: Duration::ZERO,
             io_driver: IoDriver::Auto,
+            watching: Default::default(),
         };
         let (core, driver) = start_core(0, settings, move || async move {
             let alone = monoio::other_work_pending();
@@ -383,6 +399,7 @@ mod tests {
             blocking_threads: 1,
             idle_spin: Duration::ZERO,
             io_driver: IoDriver::Auto,
+            watching: Default::default(),
         };
         let (core, _driver) = start_core(0, settings, move || async move {
             let mut stream = monoio::net::TcpStream::connect(addr).await.unwrap();
@@ -434,6 +451,7 @@ mod tests {
                 blocking_threads: 1,
                 idle_spin: Duration::ZERO,
                 io_driver,
+                watching: Default::default(),
             };
             let (core, driver) = start_core(0, settings, move || async move {
                 let mut stream = monoio::net::TcpStream::connect(addr).await.unwrap();
@@ -497,7 +515,7 @@ mod tests {
 
     #[test]
     fn the_window_widens_to_cover_short_waits_and_closes_on_long_ones() {
-        let mut watch = IdleWatch::new(MAX);
+        let mut watch = IdleWatch::new(MAX, Default::default());
         assert_eq!(watch.window(), Duration::ZERO, "starts asleep");
         for expected in [us(10), us(20), MAX, MAX] {
             watch.after_sleep(us(25));
@@ -511,7 +529,7 @@ mod tests {
 
     #[test]
     fn a_wait_of_exactly_the_most_still_counts_as_covered() {
-        let mut watch = IdleWatch::new(MAX);
+        let mut watch = IdleWatch::new(MAX, Default::default());
         watch.after_sleep(MAX);
         assert_eq!(watch.window(), us(10));
         watch.after_sleep(MAX + Duration::from_nanos(1));
@@ -519,8 +537,20 @@ mod tests {
     }
 
     #[test]
+    fn the_time_watched_is_added_up_and_leaves_the_window_as_it_is() {
+        let watching = Arc::new(Counter::default());
+        let mut watch = IdleWatch::new(MAX, watching.clone());
+        watch.after_sleep(us(25));
+        let window = watch.window();
+        watch.watched(us(7));
+        watch.watched(Duration::from_nanos(1_500));
+        assert_eq!(watching.get(), 8_500);
+        assert_eq!(watch.window(), window);
+    }
+
+    #[test]
     fn a_zero_most_never_opens_the_window() {
-        let mut watch = IdleWatch::new(Duration::ZERO);
+        let mut watch = IdleWatch::new(Duration::ZERO, Default::default());
         for waited in [Duration::ZERO, us(1), Duration::from_secs(1)] {
             watch.after_sleep(waited);
             assert_eq!(watch.window(), Duration::ZERO);

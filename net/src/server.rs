@@ -130,6 +130,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             blocking_threads,
             idle_spin: config.idle_spin(),
             io_driver: config.io_driver,
+            watching: shared.cores[id].idle_watch.clone(),
         };
         let stats = shared.clone();
         let (executor, driver) = runtime::start_core(id, settings, move || async move {

@@ -415,6 +415,13 @@ pub const METRICS: &[Metric] = &[
         "Connections closed because the client took nothing of an answer for CACHE_SEND_TIMEOUT_MS.",
         |r| r.cores(|c| c.send_timeouts.get()),
     ),
+    metric(
+        "idle_watch_us",
+        "idle_watch_microseconds_total",
+        Counter,
+        "Time the cores spent watching their rings with nothing to run (CACHE_IDLE_SPIN_US): busy time that was not work.",
+        |r| r.cores(|c| c.idle_watch.get() / 1000),
+    ),
 ];
 
 /// The metrics at one moment, with what is not a single number: the eviction policy's
@@ -500,6 +507,8 @@ pub struct CoreSnapshot {
     pub requests: u64,
     /// `io_uring` or `epoll`; null only while the core is starting.
     pub io_driver: Option<ActiveDriver>,
+    /// Microseconds spent watching the ring with nothing to run.
+    pub idle_watch_us: u64,
 }
 
 /// How long a merge of the cores' latency histograms holds its core at a time.
@@ -567,6 +576,7 @@ fn counts(shared: &Shared) -> (Vec<Value>, Vec<CoreSnapshot>) {
                 connections: stats.connections.get(),
                 requests: stats.requests.get(),
                 io_driver: stats.io_driver.get().copied(),
+                idle_watch_us: stats.idle_watch.get() / 1000,
             }
         })
         .collect();

@@ -267,7 +267,8 @@ impl IoUringDriver {
     /// that work. Without the cooperative flag the kernel interrupts the thread and the
     /// completion appears in the ring by itself. Wakers sent from other threads arrive on
     /// the channel while the thread still counts as awake, so no eventfd write is needed.
-    fn watch(inner: &mut UringInner, limit: Duration) -> io::Result<bool> {
+    /// Also says how long it watched, the submission aside.
+    fn watch(inner: &mut UringInner, limit: Duration) -> io::Result<(bool, Duration)> {
         /// Ring checks between two readings of the clock.
         const CHECKS_PER_CLOCK_READ: usize = 32;
 
@@ -278,20 +279,22 @@ impl IoUringDriver {
         loop {
             for _ in 0..CHECKS_PER_CLOCK_READ {
                 if !inner.uring.completion().is_empty() {
-                    return Ok(true);
+                    return Ok((true, start.elapsed()));
                 }
                 if inner.uring.submission().taskrun() {
+                    let lasted = start.elapsed();
                     inner.submit()?;
-                    return Ok(true);
+                    return Ok((true, lasted));
                 }
                 #[cfg(feature = "sync")]
                 if !inner.waker_receiver.is_empty() {
-                    return Ok(true);
+                    return Ok((true, start.elapsed()));
                 }
                 std::hint::spin_loop();
             }
-            if start.elapsed() >= limit {
-                return Ok(false);
+            let lasted = start.elapsed();
+            if lasted >= limit {
+                return Ok((false, lasted));
             }
         }
     }
@@ -372,7 +375,11 @@ impl IoUringDriver {
         if let Some(window) = window {
             let limit = timeout.map_or(window, |t| t.min(window));
             if !limit.is_zero() {
-                need_wait = !Self::watch(inner, limit)?;
+                let (seen, lasted) = Self::watch(inner, limit)?;
+                need_wait = !seen;
+                if let Some(spin) = &mut *self.spin.borrow_mut() {
+                    spin.watched(lasted);
+                }
             }
         }
 

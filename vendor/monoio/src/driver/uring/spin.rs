@@ -12,4 +12,8 @@ pub trait ParkSpin {
     /// Called after each wait that watching did not end, with how long the whole wait
     /// took, the watch and the sleep after it.
     fn after_sleep(&mut self, waited: Duration);
+
+    /// Called after each watch with how long it lasted, whether it saw work arrive or ran
+    /// out its window: CPU time that a core asleep would not have used.
+    fn watched(&mut self, _lasted: Duration) {}
 }
