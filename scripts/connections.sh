@@ -95,6 +95,7 @@ for round in $(seq 1 "$rounds"); do
     declare -A cpu_now=()
     for run in $(shuf -e "${runs[@]}"); do
         server=${run%@*} connections=${run#*@}
+        [ "$server" != cache-manager ] || watched=$(watched_us "${target[$server]}")
         before=$(cpu_ticks "${pid[$server]}")
         load_core=$(core_ticks 1)
         taskset -c 1 target/release/cache-bench load --target "${target[$server]}" \
@@ -107,6 +108,9 @@ print(r["requests"], round(r["throughput_rps"]), r["errors"])' "$work/run.json")
         [ "$errors" = 0 ] || echo "$server at $connections connections: $errors errors" >&2
         cpu_now[$run]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
         results[$run-cpu]+="${cpu_now[$run]} "
+        if [ "$server" = cache-manager ]; then
+            results[$run-watched]+="$(awk -v a="$watched" -v b="$(watched_us "${target[$server]}")" -v n="$requests" 'BEGIN {printf "%.2f", (b - a) / n}') "
+        fi
         results[$run-rps]+="$rps "
         results[$run-load]+="$(busy_share "$load_core" "$(core_ticks 1)") "
     done
@@ -129,7 +133,8 @@ for connections in ${counts//,/ }; do
             "$(echo "${results[$server@$connections-rps]}" | median)" \
             "$(echo "${results[$server@$connections-load]}" | median)"
     done
-    echo "            cache-manager's CPU/req over Redis's $(echo "${results[$connections-over-redis]}" | median), over nginx's $(echo "${results[$connections-over-nginx]}" | median) (median per round)"
+    echo "            cache-manager's CPU/req over Redis's $(echo "${results[$connections-over-redis]}" | median), over nginx's $(echo "${results[$connections-over-nginx]}" | median) (median per round);"
+    echo "            of its CPU/req, $(echo "${results[cache-manager@$connections-watched]}" | median) µs was watching for work (idle_watch_us)"
 done
 echo "resident memory per idle connection (${IDLE_CONNECTIONS:-2000} held, each after one GET):" \
     "cache-manager ${idle[cache-manager]} KiB, nginx ${idle[nginx]} KiB, Redis ${idle[redis]} KiB"

@@ -153,6 +153,11 @@ cpu_ticks() { # PID... -> user + system clock ticks of all the processes' thread
     for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'
 }
 
+watched_us() { # URL -> the microseconds cache-manager's cores have spent watching for work
+    python3 -c 'import json, sys, urllib.request
+print(json.load(urllib.request.urlopen(sys.argv[1] + "/api/cache/metrics"))["idle_watch_us"])' "$1"
+}
+
 core_ticks() { # CORE -> "busy total" clock ticks of that core since boot
     awk -v cpu="cpu$1" '$1 == cpu {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat
 }

@@ -54,7 +54,9 @@
 # on the server core in that run (BENCHMARKS.md, "The open loop's tail").
 #
 # cache-manager runs with its defaults, so its cores watch for up to CACHE_IDLE_SPIN_US
-# before they sleep (README, "Latency"); its busy time then includes watching.
+# before they sleep (README, "Latency"); its busy time then includes watching, which is
+# reported beside the CPU figures (the metric idle_watch_us, read before and after each
+# run) with the ratios the CPU less the watching would give.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -231,9 +233,10 @@ tools=(one own)
 declare -A ratios
 ceiling=""
 for round in $(seq 1 "$cpu_rounds"); do
-    declare -A cpu_now=() rps_now=()
+    declare -A cpu_now=() rps_now=() watched_now=()
     for run in $(shuf -e {one,own}:{cache-manager,nginx,redis}); do
         tool=${run%%:*} server=${run#*:}
+        [ "$server" != cache-manager ] || watched=$(watched_us "${url[$server]}")
         before=$(cpu_ticks "${pid[$server]}")
         server_core=$(core_ticks 0) load_core=$(core_ticks 1)
         started=$(date +%s.%N)
@@ -245,6 +248,10 @@ for round in $(seq 1 "$cpu_rounds"); do
         fi
         elapsed=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {print e - s}')
         after=$(cpu_ticks "${pid[$server]}")
+        if [ "$server" = cache-manager ]; then
+            watched_now[$tool]=$(awk -v a="$watched" -v b="$(watched_us "${url[$server]}")" -v n="$requests" 'BEGIN {printf "%.2f", (b - a) / n}')
+            results[$tool-watched]+="${watched_now[$tool]} "
+        fi
         results[$tool-$server-busy0]+="$(busy_share "$server_core" "$(core_ticks 0)") "
         load_busy=$(busy_share "$load_core" "$(core_ticks 1)")
         results[$tool-$server-busy1]+="$load_busy "
@@ -263,6 +270,7 @@ for round in $(seq 1 "$cpu_rounds"); do
         for peer in nginx redis; do
             ratios[$tool-cpu-$peer]+="$(awk -v a="${cpu_now[$tool:cache-manager]}" -v b="${cpu_now[$tool:$peer]}" 'BEGIN {printf "%.3f", a / b}') "
             ratios[$tool-rps-$peer]+="$(awk -v a="${rps_now[$tool:cache-manager]}" -v b="${rps_now[$tool:$peer]}" 'BEGIN {printf "%.3f", a / b}') "
+            ratios[$tool-work-$peer]+="$(awk -v a="${cpu_now[$tool:cache-manager]}" -v w="${watched_now[$tool]}" -v b="${cpu_now[$tool:$peer]}" 'BEGIN {printf "%.3f", (a - w) / b}') "
         done
     done
 done
@@ -305,6 +313,8 @@ ratios_of() {
     echo "(per round, cache-manager's figure over the peer's, the median over rounds:"
     echo " CPU/req over Redis's $(echo "${ratios[$1-cpu-redis]}" | median) (under it in $(echo "${ratios[$1-cpu-redis]}" | below_in) of $cpu_rounds rounds), over nginx's $(echo "${ratios[$1-cpu-nginx]}" | median) (bar: 0.667);"
     echo " req/s over Redis's $(echo "${ratios[$1-rps-redis]}" | median) (bar: 1.2), over nginx's $(echo "${ratios[$1-rps-nginx]}" | median) (bar: 1.6))"
+    echo "(of cache-manager's CPU/req, $(echo "${results[$1-watched]}" | median) µs was watching for work (idle_watch_us); without it,"
+    echo " over Redis's $(echo "${ratios[$1-work-redis]}" | median), over nginx's $(echo "${ratios[$1-work-nginx]}" | median))"
 }
 ratios_of one
 echo "(the one client's ceiling: carrying Redis's load kept its core busy enough that it could"
