@@ -5,7 +5,10 @@
 # of the same bytes) and Redis, each pinned to core 0, all driven by one client
 # (`cache-bench load`, closed loop, one thread pinned to core 1; HTTP, or RESP GETs of the
 # same keys for Redis) at each count in CONNECTIONS (comma-separated, default
-# 64,256,1000,2000), 10,000 keys with 100-byte values.
+# 64,256,1000,2000,16new), 10,000 keys with 100-byte values. A count ending in `new`
+# opens a new connection for every request, that many at a time (`--reconnect`: HTTP
+# requests say `Connection: close`, and the client closes Redis's), as clients without
+# keep-alive do.
 #
 # Each round (ROUNDS, default 5) visits every server at every count in a new random
 # order, for SECONDS each (default 3): this VM's speed drifts over minutes, and a server
@@ -23,7 +26,7 @@ source scripts/lib.sh
 
 seconds="${1:-3}"
 rounds="${2:-5}"
-counts="${3:-64,256,1000,2000}"
+counts="${3:-64,256,1000,2000,16new}"
 keys=10000
 install_missing nginx:nginx redis-server:redis-server
 cargo build --release -q -p net -p bench-harness
@@ -94,13 +97,14 @@ done
 for round in $(seq 1 "$rounds"); do
     declare -A cpu_now=()
     for run in $(shuf -e "${runs[@]}"); do
-        server=${run%@*} connections=${run#*@}
+        server=${run%@*} connections=${run#*@} reconnect=()
+        [ "${connections%new}" = "$connections" ] || reconnect=(--reconnect)
         [ "$server" != cache-manager ] || watched=$(watched_us "${target[$server]}")
         before=$(cpu_ticks "${pid[$server]}")
         load_core=$(core_ticks 1)
         taskset -c 1 target/release/cache-bench load --target "${target[$server]}" \
-            --connections "$connections" --threads 1 --duration "${seconds}s" --warmup 0s \
-            --keys "$keys" --quiet --json "$work/run.json" > /dev/null
+            --connections "${connections%new}" "${reconnect[@]}" --threads 1 \
+            --duration "${seconds}s" --warmup 0s --keys "$keys" --quiet --json "$work/run.json" > /dev/null
         after=$(cpu_ticks "${pid[$server]}")
         read -r requests rps errors < <(python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))
@@ -125,6 +129,7 @@ done
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
 echo "each server on core 0, cache-bench load (closed loop) on core 1; medians of $rounds rounds of ${seconds}s"
+echo "(a count ending in \"new\": that many requests at a time, each on a new connection)"
 printf '%-11s %-14s %14s %12s %16s\n' connections server "CPU/req (µs)" "req/s" "load core busy"
 for connections in ${counts//,/ }; do
     for server in "${servers[@]}"; do

@@ -2,7 +2,9 @@
 //! and records latency in HDR histograms per outcome (GET hit, GET miss, PUT, error).
 //!
 //! Each thread runs a monoio executor (`runtime`: io_uring, or epoll) with its share of
-//! the connections, pinned to a core counted from the last one down.
+//! the connections, pinned to a core counted from the last one down. A connection is
+//! kept for request after request, or with `--reconnect` made anew for each (the
+//! connect counted in the request's latency) and dropped once its answer is read.
 //! Requests target the cache-manager API (spelled in `target`): `GET
 //! /api/cache/{prefix}{i}` (asking for raw bytes) and `PUT /api/cache/{prefix}{i}?ttl=S`
 //! with a raw body. A GET answered 200 is a
@@ -53,6 +55,8 @@ pub struct LoadConfig {
     pub busy_poll: bool,
     /// What the load threads wait on.
     pub io_driver: IoDriver,
+    /// A new connection for every request (`--reconnect`).
+    pub reconnect: bool,
 }
 
 mod seconds {
@@ -255,7 +259,10 @@ struct Plan {
 
 /// Runs the load and returns what it measured.
 pub fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
-    let target = resolve(&config.target)?;
+    let mut target = resolve(&config.target)?;
+    if config.reconnect {
+        target = target.closing_each_connection();
+    }
     if config.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -456,6 +463,9 @@ async fn drive_connection(
             ),
         }
         let measured = intended >= plan.measure_from;
+        // Without keep-alive the connect is part of every request; with it, only of the
+        // rare one after a failure, whose latency it would distort.
+        let connect_began = config.reconnect.then(Instant::now);
         if conn.is_none() {
             match monoio::time::timeout(config.request_timeout, plan.target.connect()).await {
                 Ok(Ok(c)) => conn = Some(c),
@@ -474,7 +484,7 @@ async fn drive_connection(
                 }
             }
         }
-        let sent = Instant::now();
+        let sent = connect_began.unwrap_or_else(Instant::now);
         let exchanged = deadlines
             .run(
                 sent + config.request_timeout,
@@ -520,8 +530,9 @@ async fn drive_connection(
                 (Outcome::Timeout, _) => r.errors.timeout += 1,
             }
         }
-        if matches!(outcome, Outcome::Io | Outcome::Timeout) {
-            // The connection's state is unknown: start afresh.
+        if config.reconnect || matches!(outcome, Outcome::Io | Outcome::Timeout) {
+            // Without keep-alive the connection has served its request; after a failure
+            // its state is unknown: either way the next request starts afresh.
             conn = None;
         }
     }

@@ -219,6 +219,12 @@ struct Workload {
     /// epoll).
     #[arg(long, value_enum, default_value_t)]
     io_driver: IoDriver,
+    /// A new connection for every request, closed once its answer is read, as clients
+    /// without keep-alive make them (`ab` without -k, `redis-benchmark -k 0`): each HTTP
+    /// request says `Connection: close`, and a request's latency includes its connect.
+    /// --connections is then how many requests are in flight at once.
+    #[arg(long)]
+    reconnect: bool,
 }
 
 /// Descriptors a load needs besides its connections: the standard streams, each load
@@ -254,6 +260,7 @@ impl Workload {
             quiet: self.quiet,
             busy_poll: self.busy_poll,
             io_driver: self.io_driver,
+            reconnect: self.reconnect,
         })
     }
 }

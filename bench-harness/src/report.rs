@@ -39,9 +39,14 @@ pub fn print_table(report: &LoadReport, out: &mut impl Write) -> io::Result<()> 
         Some(rate) => format!("open loop at {rate} req/s (latency from intended send time)"),
         None => "closed loop".to_owned(),
     };
+    let connections = if report.config.reconnect {
+        "connections at a time, a new one per request,"
+    } else {
+        "connections"
+    };
     writeln!(
         out,
-        "{} for {:?} after {:?} warm-up, {} connections on {} threads ({}), {}",
+        "{} for {:?} after {:?} warm-up, {} {connections} on {} threads ({}), {}",
         report.config.target,
         report.config.duration,
         report.config.warmup,

@@ -22,6 +22,8 @@ pub struct Target {
     /// was about 1 % of a load thread's time.
     get_tail: Box<[u8]>,
     pub protocol: Protocol,
+    /// Whether each HTTP request asks the server to close the connection after it.
+    closing: bool,
 }
 
 pub fn resolve(target: &str) -> anyhow::Result<Target> {
@@ -43,16 +45,42 @@ pub fn resolve(target: &str) -> anyhow::Result<Target> {
 
 impl Target {
     fn new(addr: SocketAddr, authority: &str, protocol: Protocol) -> Self {
-        Self {
+        let mut target = Self {
             addr,
             host: authority.to_owned(),
-            get_tail: format!(
-                " HTTP/1.1\r\nHost: {authority}\r\nAccept: application/octet-stream\r\n\r\n"
-            )
-            .into_bytes()
-            .into(),
+            get_tail: Box::default(),
             protocol,
+            closing: false,
+        };
+        target.set_get_tail();
+        target
+    }
+
+    /// Every HTTP request then says `Connection: close`, for a load that opens a
+    /// connection per request (`--reconnect`); RESP has no such word, so a Redis target
+    /// is unchanged (the client closes).
+    pub fn closing_each_connection(mut self) -> Self {
+        self.closing = true;
+        self.set_get_tail();
+        self
+    }
+
+    fn connection_header(&self) -> &'static str {
+        if self.closing {
+            "Connection: close\r\n"
+        } else {
+            ""
         }
+    }
+
+    fn set_get_tail(&mut self) {
+        self.get_tail = format!(
+            " HTTP/1.1\r\nHost: {}\r\nAccept: application/octet-stream\r\n{}\r\n",
+            self.host,
+            self.connection_header()
+        )
+        .into_bytes()
+        .into();
     }
 
     pub async fn connect(&self) -> std::io::Result<Connection> {
@@ -95,9 +123,10 @@ impl Target {
                 }
                 let _ = write!(
                     buf,
-                    " HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                    " HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{}\r\n",
                     self.host,
-                    body.len()
+                    body.len(),
+                    self.connection_header()
                 );
                 buf.extend_from_slice(body);
             }
@@ -155,6 +184,14 @@ mod tests {
         assert_eq!(
             buf,
             &b"PUT /api/cache/p3?ttl=60 HTTP/1.1\r\nHost: h:1\r\nContent-Type: application/octet-stream\r\nContent-Length: 3\r\n\r\nabc"[..]
+        );
+        let closing = http.clone().closing_each_connection();
+        closing.get_request(&mut buf, "key:", 7);
+        assert_eq!(buf, b"GET /api/cache/key:7 HTTP/1.1\r\nHost: h:1\r\nAccept: application/octet-stream\r\nConnection: close\r\n\r\n");
+        closing.put_request(&mut buf, "p", 3, None, b"abc");
+        assert_eq!(
+            buf,
+            &b"PUT /api/cache/p3 HTTP/1.1\r\nHost: h:1\r\nContent-Type: application/octet-stream\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"[..]
         );
         assert!(resolve("https://x").is_err());
         let local = resolve("http://127.0.0.1:4000/").unwrap();

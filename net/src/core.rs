@@ -23,6 +23,8 @@ use crate::tiers::Tiers;
 #[derive(Debug, Default)]
 pub struct CoreStats {
     pub connections: Gauge,
+    /// Connections accepted, served or refused.
+    pub accepted: Counter,
     pub requests: Counter,
     /// Requests answered with an error before reaching a handler (framing, limits).
     pub rejected: Counter,

@@ -250,6 +250,7 @@ async fn core_main(
         match accepted {
             None => break,
             Some(Ok((stream, _peer))) => {
+                core.stats().accepted.incr();
                 if core.open_connections() >= core.config.max_connections {
                     core.stats().refused.incr();
                     monoio::spawn(http::refuse_connection(stream, core.clone()));

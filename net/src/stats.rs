@@ -388,6 +388,13 @@ pub const METRICS: &[Metric] = &[
         |r| r.cores(|c| c.connections.get()),
     ))),
     metric(
+        "accepted_connections",
+        "accepted_connections_total",
+        Counter,
+        "Client connections accepted, served or refused.",
+        |r| r.cores(|c| c.accepted.get()),
+    ),
+    metric(
         "requests",
         "requests_total",
         Counter,

@@ -281,6 +281,56 @@ fn a_load_speaks_resp_to_redis() {
     assert_eq!(redis.cli(&["STRLEN", "resp:7"]), "100");
 }
 
+#[test]
+fn a_load_without_keep_alive_opens_a_connection_for_every_request() {
+    let args = |target: &str| {
+        [
+            "--target",
+            target,
+            "--connections",
+            "4",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--keys",
+            "50",
+            "--reconnect",
+        ]
+        .map(str::to_owned)
+    };
+    let accepted = |s: &Server| s.metrics()["accepted_connections"].as_u64().unwrap();
+    let server = Server::start(&[]);
+    let before = accepted(&server);
+    let http = args(&server.url(""));
+    let report = load_report("reconnect-http", &http.each_ref().map(String::as_str));
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["config"]["reconnect"], true);
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{report}");
+    // One connection per request, and one for each reading of the metrics.
+    assert_eq!(accepted(&server), before + requests + 1);
+
+    let redis = e2e::redis::RedisServer::start();
+    let received = || -> u64 {
+        let stats = redis.cli(&["INFO", "stats"]);
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .expect("INFO stats names its connections")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = received();
+    let resp = args(&redis.url());
+    let report = load_report("reconnect-resp", &resp.each_ref().map(String::as_str));
+    assert_eq!(report["errors"], 0, "{report}");
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{report}");
+    assert_eq!(received(), before + requests + 1);
+}
+
 /// `memory --shift`: every cache, in a process of its own, reports each phase; under the
 /// same byte bound the engine holds more entries of smaller values.
 #[test]
