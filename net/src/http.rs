@@ -127,7 +127,7 @@ pub async fn serve<H: Handler>(
     handler: Rc<H>,
     idle_slot: usize,
 ) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY came with the socket, from the listener (`server::listening_socket`).
     let (reader, writer) = stream.into_split();
     let mut conn = Connection {
         reader,
