@@ -651,6 +651,14 @@ pub async fn prometheus(shared: &Shared) -> Response {
             c.core, c.entries
         );
     }
+    let _ = writeln!(out, "# HELP cache_core_idle_watch_microseconds_total Time spent watching the ring with nothing to run, by core.\n# TYPE cache_core_idle_watch_microseconds_total counter");
+    for c in &s.cores {
+        let _ = writeln!(
+            out,
+            "cache_core_idle_watch_microseconds_total{{core=\"{}\"}} {}",
+            c.core, c.idle_watch_us
+        );
+    }
     let mut response = Response::json(200, out.into_bytes());
     response.content_type = "text/plain; version=0.0.4";
     response
