@@ -54,7 +54,7 @@ step cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
 step cargo test --workspace
 # The same service on epoll, which it falls back to where io_uring is forbidden (Docker's
 # default seccomp profile): the tests of everything that runs on the cores' executors.
-step env CACHE_IO_DRIVER=epoll cargo test -p e2e --test http --test api --test warm --test origin
+step env CACHE_IO_DRIVER=epoll cargo test -p e2e --test http --test api --test warm --test origin --test cores
 step scripts/loom.sh
 # The engine's unsafe code under memcheck: a bounded run (scripts/memcheck.sh alone runs
 # every case).

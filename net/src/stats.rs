@@ -25,6 +25,16 @@ pub enum Kind {
     Gauge,
 }
 
+impl Kind {
+    /// Its `# TYPE` in the Prometheus text format.
+    fn prometheus(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
 /// What a metric reads as.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Value {
@@ -431,6 +441,35 @@ pub const METRICS: &[Metric] = &[
     ),
 ];
 
+/// A figure `/metrics` also gives for each core, as `cache_core_{name}{core="N"}`.
+struct ByCore {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    read: fn(&CoreSnapshot) -> u64,
+}
+
+const BY_CORE: &[ByCore] = &[
+    ByCore {
+        name: "requests_total",
+        kind: Counter,
+        help: "Requests received, by core.",
+        read: |c| c.requests,
+    },
+    ByCore {
+        name: "entries",
+        kind: Gauge,
+        help: "Entries held, by core.",
+        read: |c| c.entries,
+    },
+    ByCore {
+        name: "idle_watch_microseconds_total",
+        kind: Counter,
+        help: "Time spent watching the ring with nothing to run, by core.",
+        read: |c| c.idle_watch_us,
+    },
+];
+
 /// The metrics at one moment, with what is not a single number: the eviction policy's
 /// name, latency percentiles per operation and the per-core breakdown.
 pub struct Snapshot {
@@ -597,10 +636,7 @@ pub async fn prometheus(shared: &Shared) -> Response {
     let s = snapshot(shared).await;
     let mut out = String::with_capacity(4096);
     for (metric, value) in METRICS.iter().zip(&s.values) {
-        let kind = match metric.kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-        };
+        let kind = metric.kind.prometheus();
         let (name, help, value) = (metric.prometheus, metric.help, value.prometheus());
         let _ = writeln!(
             out,
@@ -632,32 +668,20 @@ pub async fn prometheus(shared: &Shared) -> Response {
             p.count
         );
     }
-    let _ = writeln!(out, "# HELP cache_core_requests_total Requests received, by core.\n# TYPE cache_core_requests_total counter");
-    for c in &s.cores {
+    for metric in BY_CORE {
+        let (name, help, kind) = (metric.name, metric.help, metric.kind.prometheus());
         let _ = writeln!(
             out,
-            "cache_core_requests_total{{core=\"{}\"}} {}",
-            c.core, c.requests
+            "# HELP cache_core_{name} {help}\n# TYPE cache_core_{name} {kind}"
         );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP cache_core_entries Entries held, by core.\n# TYPE cache_core_entries gauge"
-    );
-    for c in &s.cores {
-        let _ = writeln!(
-            out,
-            "cache_core_entries{{core=\"{}\"}} {}",
-            c.core, c.entries
-        );
-    }
-    let _ = writeln!(out, "# HELP cache_core_idle_watch_microseconds_total Time spent watching the ring with nothing to run, by core.\n# TYPE cache_core_idle_watch_microseconds_total counter");
-    for c in &s.cores {
-        let _ = writeln!(
-            out,
-            "cache_core_idle_watch_microseconds_total{{core=\"{}\"}} {}",
-            c.core, c.idle_watch_us
-        );
+        for c in &s.cores {
+            let _ = writeln!(
+                out,
+                "cache_core_{name}{{core=\"{}\"}} {}",
+                c.core,
+                (metric.read)(c)
+            );
+        }
     }
     let mut response = Response::json(200, out.into_bytes());
     response.content_type = "text/plain; version=0.0.4";
